@@ -1,0 +1,161 @@
+"""Argument parsing and the subcommands, nothing else."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import fields
+from typing import Any
+
+from . import __version__
+from .config import ENV_PREFIX, Config, ConfigError, build, key_type, load_yaml
+
+EPILOG_SERVE = """\
+Every flag is also a key of the YAML --config file (dashes or underscores) and an
+environment variable INFPROF_<KEY> (e.g. INFPROF_TRACE_FILE=/var/log/triton/trace.json).
+Precedence: flags > environment > config file > defaults.
+
+examples:
+  inference-profiler serve --trace-file /var/log/triton/trace.json
+  inference-profiler serve --trace-file '/var/log/triton/{pod}/trace.json' --ebpf on
+  inference-profiler serve --config /etc/inference-profiler.yaml --triton none
+"""
+
+
+def add_config_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE", default=os.environ.get(ENV_PREFIX + "CONFIG"),
+                   help="YAML config file (keys as the flags below)")
+    g = p.add_argument_group("settings (also config keys and INFPROF_* env vars)")
+    for f in fields(Config):
+        t, is_list = key_type(f.name)
+        flag = "--" + f.name.replace("_", "-")
+        kw: dict[str, Any] = {"dest": f.name, "default": None, "help": f.metadata.get("help", "")}
+        if f.metadata.get("metavar"):
+            kw["metavar"] = f.metadata["metavar"]
+        if f.metadata.get("choices"):
+            kw["choices"] = f.metadata["choices"]
+        if is_list:
+            kw["action"] = "append"
+        elif t is bool:
+            kw["action"] = argparse.BooleanOptionalAction
+        default = f.default if not is_list else None
+        if default not in (None, "", [], False) and not is_list:
+            kw["help"] += f" (default: {default})"
+        elif is_list:
+            d = f.default_factory() if callable(f.default_factory) else []
+            if d and f.name != "stage_buckets":
+                kw["help"] += f" (default: {' '.join(map(str, d))})"
+        g.add_argument(flag, **kw)
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    file_values = load_yaml(args.config) if args.config else {}
+    flag_values = {f.name: getattr(args, f.name, None) for f in fields(Config)}
+    return build(file_values, os.environ, flag_values, args.config or "config")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="inference-profiler",
+        description="Where every millisecond of a Triton inference goes: per-stage latency from "
+        "Triton's trace files, eBPF socket histograms and Triton's own endpoints, as Prometheus metrics.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Start with `inference-profiler demo`. Each command has --help.",
+    )
+    p.add_argument("--version", action="version", version=f"inference-profiler {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    s = sub.add_parser("serve", help="run the exporter daemon", epilog=EPILOG_SERVE,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_flags(s)
+
+    c = sub.add_parser("check", help="preflight: config, trace dirs, Triton, eBPF; non-zero exit on failure")
+    add_config_flags(c)
+
+    m = sub.add_parser(
+        "summary",
+        help="offline report of trace files",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  inference-profiler summary /var/log/triton/trace.json.*\n"
+        "  inference-profiler summary --format trace_summary -t trace.json.0\n"
+        "  inference-profiler summary --timeline --model resnet50 trace.json.*\n"
+        "  inference-profiler summary --format json trace.json.* | jq .",
+    )
+    m.add_argument("files", nargs="+", metavar="FILE", help="trace files (Triton's triton,file= output)")
+    m.add_argument("--format", choices=("table", "json", "trace_summary"), default="table",
+                   help="table (default), json for scripts, or the layout of Triton's trace_summary.py")
+    m.add_argument("-t", "--show-trace", action="store_true", help="print each trace's timestamps and gaps")
+    m.add_argument("--timeline", action="store_true",
+                   help="print the stage timeline per model: stages in order, offset and interval")
+    m.add_argument("--model", action="append", help="only this model (repeatable)")
+    m.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+
+    d = sub.add_parser("demo", help="start a local Triton with traffic and the exporter against it")
+    d.add_argument("--listen", default="127.0.0.1:9478", metavar="HOST:PORT", help="exporter listen address")
+    d.add_argument("--workdir", default=None, metavar="DIR", help="where models and traces go (default: a temp dir)")
+    d.add_argument("--rate", type=float, default=50.0, help="requests per second of generated traffic")
+    d.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (0: until Ctrl-C)")
+
+    t = sub.add_parser("tcp-events", help="print live TCP send/recv events on Triton's ports (debugging)")
+    t.add_argument("--port", type=int, action="append", metavar="P",
+                   help="port to watch (repeatable; default 8000 and 8001)")
+    t.add_argument("--count", type=int, default=0, help="exit after this many events (0: until Ctrl-C)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = parser()
+    args = p.parse_args(argv)
+    if args.command is None:
+        p.print_help()
+        return 2
+    try:
+        return run(args)
+    except ConfigError as e:
+        print(f"inference-profiler: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def run(args: argparse.Namespace) -> int:
+    from . import logs
+
+    if args.command == "serve":
+        cfg = config_from_args(args)
+        logs.setup(cfg.log_level, cfg.log_format)
+        from .daemon import Daemon
+
+        try:
+            daemon = Daemon(cfg)
+        except OSError as e:
+            raise ConfigError(f"cannot listen on {cfg.listen}: {e.strerror}; pick another --listen") from None
+        daemon.run_forever()
+        return 0
+    if args.command == "check":
+        cfg = config_from_args(args)
+        logs.setup("warning", "text")
+        from .check import run_checks
+
+        return run_checks(cfg)
+    if args.command == "summary":
+        from .summary import run_summary
+
+        return run_summary(args)
+    if args.command == "demo":
+        logs.setup("info", "text")
+        from .demo import run_demo
+
+        return run_demo(args)
+    if args.command == "tcp-events":
+        logs.setup("warning", "text")
+        from .ebpf.tcp_events import run_tcp_events
+
+        return run_tcp_events(args)
+    raise AssertionError(args.command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

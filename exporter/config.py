@@ -1,0 +1,228 @@
+"""One typed config, loaded from defaults <- YAML file <- INFPROF_* env <- flags.
+
+Every key of `Config` is also a `serve` flag (`--key-name`) and an env var
+(`INFPROF_KEY_NAME`); lists come from repeated flags, YAML lists, or commas in env.
+Errors are `ConfigError` with one line saying what is wrong and how to fix it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import MISSING, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .histogram import DEFAULT_STAGE_BUCKETS
+
+ENV_PREFIX = "INFPROF_"
+
+
+class ConfigError(Exception):
+    """A user mistake in the config; its message is one line for the terminal."""
+
+
+def default_state_dir() -> str:
+    if os.geteuid() == 0:
+        return "/var/lib/inference-profiler"
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return os.path.join(base, "inference-profiler")
+
+
+def _opt(default: Any, help: str, *, metavar: str | None = None, choices: tuple[str, ...] = ()) -> Any:
+    meta = {"help": help, "metavar": metavar, "choices": choices}
+    if isinstance(default, list):
+        items: list[Any] = list(default)
+        return field(default_factory=items.copy, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class Config:
+    listen: str = _opt("0.0.0.0:9478", "where /metrics, /healthz and /readyz are served", metavar="HOST:PORT")
+    trace_file: list[str] = _opt(
+        [],
+        "Triton's triton,file= path; PATH and PATH.N are read. Globs allowed; a {name} "
+        "segment matches like * and becomes label 'name' (repeatable)",
+        metavar="PATH",
+    )
+    state_dir: str = _opt(default_state_dir(), "checkpoint and trace histogram state (survives restarts)", metavar="DIR")
+    triton: list[str] = _opt(
+        ["http://localhost:8000"], "Triton HTTP endpoint (repeatable); 'none' for no Triton source", metavar="URL"
+    )
+    triton_metrics_url: list[str] = _opt(
+        [], "Triton /metrics URL per --triton (default: port 8002 of the same host)", metavar="URL"
+    )
+    triton_timeout_seconds: float = _opt(2.0, "timeout of one Triton scrape (keep below Prometheus' scrape_timeout)")
+    triton_cache_seconds: float = _opt(1.0, "answers from Triton are reused for this long")
+    triton_passthrough: bool = _opt(False, "also expose Triton's raw nv_* families")
+    ebpf: str = _opt("auto", "eBPF TCP collection: auto runs it where the kernel allows", choices=("auto", "on", "off"))
+    ebpf_port: list[int] = _opt([8000, 8001], "Triton port watched by eBPF (repeatable)", metavar="N")
+    perf_analyzer_csv: list[str] = _opt([], "perf_analyzer -f result file to expose (repeatable, globs)", metavar="PATH")
+    stage_buckets: list[float] = _opt(list(DEFAULT_STAGE_BUCKETS), "stage histogram bucket bounds in seconds")
+    max_models: int = _opt(100, "cap on distinct models in trace metrics; traces past it are rejected")
+    trace_poll_seconds: float = _opt(0.25, "how often trace directories are scanned")
+    trace_settle_seconds: float = _opt(
+        10.0, "a trace file left incomplete this long is ingested as far as it is valid"
+    )
+    trace_delete_ingested: bool = _opt(False, "delete trace files once ingested (retention)")
+    trace_open_traces: int = _opt(
+        16384, "traces held open while a file streams; bounds memory on huge files"
+    )
+    trace_child_hold_seconds: float = _opt(
+        30.0, "how long an ensemble/BLS child waits for its parent's protocol in a later file"
+    )
+    web_config_file: str = _opt("", "TLS and basic auth for the endpoint (exporter-toolkit web config)", metavar="FILE")
+    log_level: str = _opt("info", "log level", choices=("debug", "info", "warning", "error"))
+    log_format: str = _opt("text", "log line format", choices=("text", "json"))
+
+    @property
+    def listen_host_port(self) -> tuple[str, int]:
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]") or "0.0.0.0", int(port)
+
+
+KEYS: dict[str, Any] = {f.name: f for f in fields(Config)}
+
+
+def key_type(name: str) -> tuple[type, bool]:
+    """(scalar type, is_list) of a config key."""
+    hints = typing.get_type_hints(Config)
+    t = hints[name]
+    if typing.get_origin(t) is list:
+        return typing.get_args(t)[0], True
+    if isinstance(t, types.UnionType):
+        t = next(a for a in typing.get_args(t) if a is not type(None))
+    return t, False
+
+
+def _coerce_scalar(key: str, t: type, raw: Any, origin: str) -> Any:
+    try:
+        if t is bool:
+            if isinstance(raw, bool):
+                return raw
+            s = str(raw).strip().lower()
+            if s in ("1", "true", "yes", "on"):
+                return True
+            if s in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if t is int:
+            if isinstance(raw, bool):
+                raise ValueError(raw)
+            return int(str(raw).strip())
+        if t is float:
+            if isinstance(raw, bool):
+                raise ValueError(raw)
+            return float(str(raw).strip())
+        if isinstance(raw, (dict, list)):
+            raise ValueError(raw)
+        return str(raw)
+    except ValueError:
+        raise ConfigError(f"{origin}: {key} must be {t.__name__}, got {raw!r}") from None
+
+
+def coerce(key: str, raw: Any, origin: str) -> Any:
+    t, is_list = key_type(key)
+    if is_list:
+        if isinstance(raw, str):
+            items: list[Any] = [p for p in raw.split(",") if p.strip()] if "," in raw or origin.startswith("env") else [raw]
+        elif isinstance(raw, list):
+            items = raw
+        else:
+            items = [raw]
+        return [_coerce_scalar(key, t, v, origin) for v in items]
+    return _coerce_scalar(key, t, raw, origin)
+
+
+def load_yaml(path: str) -> dict[str, Any]:
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist; pass an existing file to --config") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"config file {path}{where} is not valid YAML") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must be a mapping of keys to values")
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+def build(file_values: Mapping[str, Any], env: Mapping[str, str], flag_values: Mapping[str, Any],
+          file_name: str = "config") -> Config:
+    """Merge the three layers over the defaults and validate."""
+    values: dict[str, Any] = {}
+    for k, v in file_values.items():
+        if k not in KEYS:
+            raise ConfigError(f"{file_name}: unknown key '{k}' (known: {', '.join(sorted(KEYS))})")
+        values[k] = coerce(k, v, file_name)
+    for name, raw in env.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        k = name[len(ENV_PREFIX):].lower()
+        if k == "config":
+            continue
+        if k not in KEYS:
+            raise ConfigError(f"environment: unknown variable {name} (keys: {', '.join(sorted(KEYS))})")
+        values[k] = coerce(k, raw, f"env {name}")
+    for k, v in flag_values.items():
+        if v is not None:
+            values[k] = coerce(k, v, f"--{k.replace('_', '-')}")
+    cfg = Config(**values)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    _host, sep, port = cfg.listen.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"listen must be HOST:PORT (e.g. 0.0.0.0:9478), got {cfg.listen!r}")
+    for k in KEYS.values():
+        choices = k.metadata.get("choices")
+        if choices and getattr(cfg, k.name) not in choices:
+            raise ConfigError(f"{k.name} must be one of {', '.join(choices)}, got {getattr(cfg, k.name)!r}")
+    if any(t.strip().lower() == "none" for t in cfg.triton):
+        cfg.triton = []
+    for url in cfg.triton + cfg.triton_metrics_url:
+        if not url.startswith(("http://", "https://")):
+            raise ConfigError(f"Triton URL must start with http:// or https://, got {url!r}")
+    if cfg.triton_metrics_url and len(cfg.triton_metrics_url) != len(cfg.triton):
+        raise ConfigError("give one --triton-metrics-url per --triton, in the same order")
+    for p in cfg.ebpf_port:
+        if not 0 < p < 65536:
+            raise ConfigError(f"ebpf_port must be a TCP port (1-65535), got {p}")
+    b = cfg.stage_buckets
+    if not b or any(x <= 0 for x in b) or any(b2 <= b1 for b1, b2 in itertools.pairwise(b)):
+        raise ConfigError("stage_buckets must be positive and strictly increasing")
+    if cfg.max_models < 1:
+        raise ConfigError("max_models must be at least 1")
+    for k in ("triton_timeout_seconds", "triton_cache_seconds", "trace_poll_seconds", "trace_settle_seconds"):
+        if getattr(cfg, k) < 0:
+            raise ConfigError(f"{k} must not be negative")
+    if cfg.trace_open_traces < 1:
+        raise ConfigError("trace_open_traces must be at least 1")
+    if cfg.web_config_file and not os.path.isfile(cfg.web_config_file):
+        raise ConfigError(f"web_config_file {cfg.web_config_file} does not exist")
+
+
+def defaults() -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for f in fields(Config):
+        if f.default is not MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not MISSING:
+            out[f.name] = f.default_factory()
+    return out

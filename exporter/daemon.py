@@ -1,0 +1,82 @@
+"""`serve`: builds every configured source, serves /metrics, stops cleanly on SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from types import FrameType
+
+from prometheus_client import ProcessCollector
+from prometheus_client.registry import CollectorRegistry
+
+from .config import Config
+from .server import MetricsServer
+from .source import ErrorCounts, SelfCollector, Source
+
+log = logging.getLogger("daemon")
+
+
+def build_sources(cfg: Config, errors: ErrorCounts) -> list[Source]:
+    """Every source the config turns on. Sources never import each other."""
+    from .traces.source import TraceSource
+
+    sources: list[Source] = []
+    if cfg.trace_file:
+        sources.append(TraceSource(cfg, errors))
+    return sources
+
+
+class Daemon:
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.errors = ErrorCounts()
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(SelfCollector(self.errors))
+        self.registry.register(ProcessCollector(namespace="inference_profiler", registry=None))
+        self.sources = build_sources(cfg, self.errors)
+        for s in self.sources:
+            for c in s.collectors():
+                self.registry.register(c)
+        host, port = cfg.listen_host_port
+        ssl_context, auth = None, None
+        if cfg.web_config_file:
+            from .webconfig import load_web_config
+
+            ssl_context, auth = load_web_config(cfg.web_config_file)
+        self.server = MetricsServer(self.registry, host, port, self.ready, ssl_context, auth)
+        self._stop = threading.Event()
+
+    def ready(self) -> bool:
+        return all(s.ready() for s in self.sources)
+
+    def start(self) -> None:
+        for s in self.sources:
+            s.start()
+        self.server.start()
+        names = ", ".join(s.name for s in self.sources) or "none"
+        log.info("serving /metrics on %s (sources: %s)", self.cfg.listen, names)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.server.stop()
+        for s in reversed(self.sources):
+            try:
+                s.stop()
+            except Exception:
+                log.exception("stopping source %s failed", s.name)
+
+    def run_forever(self) -> None:
+        def on_signal(signum: int, frame: FrameType | None) -> None:
+            log.info("received %s, shutting down", signal.Signals(signum).name)
+            self._stop.set()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        self.start()
+        try:
+            while not self._stop.wait(1.0):
+                pass
+        finally:
+            self.stop()
+            log.info("stopped")

@@ -1,0 +1,109 @@
+"""Bucket schemes and the one conversion from bucket counts to Prometheus buckets.
+
+Shared by the trace histograms (fixed ladder, observed in Python) and the eBPF
+histograms (log-linear, counted in the kernel). Buckets are "le": a value equal to
+a bound lands in that bound's bucket (ceil, never floor).
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+# 4 sub-buckets per power of two: bounds are m * 2**e with m in 5..8 (plus 0..4).
+LOG_LINEAR_SUB = 4
+
+
+def ladder(lo: float, hi: float, steps: Sequence[float] = (1.0, 2.5, 5.0)) -> tuple[float, ...]:
+    """A 1-2.5-5 ladder from lo to hi (hi always included as the last bound)."""
+    out: list[float] = []
+    decade = 1e-9
+    while decade <= hi * 10:
+        for s in steps:
+            v = float(f"{s * decade:.6g}")
+            if lo - 1e-15 <= v < hi - 1e-15:
+                out.append(v)
+        decade *= 10
+    out.append(hi)
+    return tuple(sorted(set(out)))
+
+
+DEFAULT_STAGE_BUCKETS: tuple[float, ...] = ladder(50e-6, 60.0)
+
+
+def log_linear_index(v: int) -> int:
+    """Index of the smallest log-linear bound >= v (mirrors bpf/histogram.h)."""
+    if v <= LOG_LINEAR_SUB:
+        return max(v, 0)
+    x = v - 1
+    e = x.bit_length() - 3  # x >= 4, so e >= 0 and 4 <= x >> e <= 7
+    m = x >> e
+    return 5 + 4 * e + (m - 4)
+
+
+def log_linear_bound(i: int) -> int:
+    """Upper bound (inclusive) of log-linear bucket i."""
+    if i <= LOG_LINEAR_SUB:
+        return i
+    e, k = divmod(i - 5, 4)
+    return (5 + k) << e
+
+
+def log_linear_bounds(max_index: int, multiplier: float = 1.0) -> tuple[float, ...]:
+    """Bounds of buckets 0..max_index, scaled to base units (e.g. 1e-9 for ns)."""
+    return tuple(log_linear_bound(i) * multiplier for i in range(max_index + 1))
+
+
+def format_le(bound: float) -> str:
+    """Prometheus 'le' label text, as client_python writes it."""
+    if bound == float("inf"):
+        return "+Inf"
+    return repr(float(bound))
+
+
+def cumulative(counts: Iterable[int]) -> list[int]:
+    total = 0
+    out: list[int] = []
+    for c in counts:
+        total += c
+        out.append(total)
+    return out
+
+
+def indexed_counts(by_index: Mapping[int, int], n_bounds: int) -> list[int]:
+    """Dense counts (len n_bounds + 1, the last for values above every bound) from a sparse map."""
+    dense = [0] * (n_bounds + 1)
+    for i, c in by_index.items():
+        dense[min(max(i, 0), n_bounds)] += c
+    return dense
+
+
+@dataclass
+class Histogram:
+    """One series' bucket counts over integer observations (ns, bytes), with exact sum."""
+
+    bounds: tuple[int, ...]  # inclusive upper bounds in the observed integer unit
+    counts: list[int] = field(default_factory=list)
+    total: int = 0  # exact sum of observations, in the integer unit
+    count: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.counts:
+            self.counts = [0] * (len(self.bounds) + 1)
+
+    def observe(self, v: int) -> int:
+        i = bisect_left(self.bounds, v)
+        self.counts[i] += 1
+        self.total += v
+        self.count += 1
+        return i
+
+    def merge(self, other: Histogram) -> None:
+        for i, c in enumerate(other.counts):
+            self.counts[i] += c
+        self.total += other.total
+        self.count += other.count
+
+    def copy(self) -> Histogram:
+        return Histogram(self.bounds, list(self.counts), self.total, self.count)

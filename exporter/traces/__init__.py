@@ -1,0 +1,1 @@
+"""Triton trace files: tailing rolling files, checkpoint, record assembly, the trace collector."""

@@ -1,0 +1,71 @@
+"""The trace collector: reads the tailer's committed aggregate at scrape time."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+from prometheus_client.samples import Exemplar as PromExemplar
+
+from ..histogram import cumulative, format_le
+from ..source import PREFIX
+from .tailer import TraceTailer
+
+REJECT_REASONS = (
+    "malformed_json", "not_utf8", "wrong_type", "missing_field", "unknown_timestamp", "bad_label",
+    "missing_header", "incomplete_trace", "negative_span", "model_cap", "truncated_file",
+)
+
+
+class TraceCollector(Collector):
+    def __init__(self, tailer: TraceTailer) -> None:
+        self.tailer = tailer
+
+    def collect(self) -> Iterator[Metric]:
+        agg = self.tailer.live  # one committed snapshot; never mutated after commit
+        names = self.tailer.label_names
+        les = [format_le(b / 1e9) for b in agg.bounds_ns] + ["+Inf"]
+        h = HistogramMetricFamily(
+            PREFIX + "stage_duration_seconds",
+            "Time per Triton request stage, from trace files (SPEC stage table).",
+            labels=[*names, "model", "version", "protocol", "stage"],
+        )
+        for key in sorted(agg.histograms):
+            hist = agg.histograms[key]
+            ex = agg.exemplars.get(key, {})
+            buckets: list[tuple[str, float] | tuple[str, float, PromExemplar]] = []
+            for i, (le, c) in enumerate(zip(les, cumulative(hist.counts), strict=True)):
+                e = ex.get(i)
+                if e is None:
+                    buckets.append((le, float(c)))
+                else:
+                    lab = {"trace_id": e.trace_id}
+                    if e.request_id:
+                        lab["request_id"] = e.request_id[:64]
+                    buckets.append((le, float(c), PromExemplar(lab, e.value, e.timestamp)))
+            h.add_metric(list(key), buckets, hist.total / 1e9)
+        yield h
+        t = CounterMetricFamily(PREFIX + "traces", "Traces counted from trace files.",
+                                labels=[*names, "model", "version", "protocol"])
+        for key, n in sorted(agg.traces.items()):
+            t.add_metric(list(key), float(n))
+        yield t
+        f = CounterMetricFamily(PREFIX + "trace_files", "Trace files ingested, by result.", labels=["result"])
+        for result in ("parsed", "failed"):
+            f.add_metric([result], float(agg.files.get(result, 0)))
+        yield f
+        r = CounterMetricFamily(PREFIX + "trace_records_rejected",
+                                "Trace records or spans not counted, by reason.", labels=["reason"])
+        for reason in sorted(set(REJECT_REASONS) | set(agg.rejected)):
+            r.add_metric([reason], float(agg.rejected.get(reason, 0)))
+        yield r
+        g = GaugeMetricFamily(PREFIX + "trace_last_ingest_timestamp_seconds",
+                              "Unix time of the last trace file ingested (0: none yet).")
+        g.add_metric([], agg.last_ingest)
+        yield g

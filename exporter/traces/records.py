@@ -1,0 +1,243 @@
+"""Reading Triton trace files as a stream of records, rejecting what is broken.
+
+A file is one JSON array of small objects: headers `{"id","model_name","model_version"
+[,"request_id"][,"parent_id"]}` and timestamps `{"id","timestamps":[{"name","ns"}]}`.
+Objects are split at `{"id":` and decoded one by one, so a corrupt object costs only
+itself; memory stays bounded by the read chunk whatever the file's size.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+from ..stages import KNOWN_TIMESTAMPS
+
+CHUNK = 1 << 20
+MAX_NAME = 256  # longer model names / request ids are rejected (label hygiene)
+
+OBJECT_START = re.compile(rb"\{\s*\"id\"\s*:")
+# Triton does not JSON-escape names: recover headers whose model name holds a quote.
+LENIENT_HEADER = re.compile(
+    rb'^\{"id":(\d+),"model_name":"(.*?)","model_version":"?(-?\d+)"?'
+    rb'(?:,"request_id":"(.*?)")?(?:,"parent_id":(\d+))?\}$',
+    re.DOTALL,
+)
+
+_decoder = json.JSONDecoder()
+
+
+@dataclass(slots=True)
+class Header:
+    id: int
+    model: str
+    version: str
+    request_id: str | None
+    parent_id: int | None
+
+
+@dataclass(slots=True)
+class Stamps:
+    id: int
+    stamps: list[tuple[str, int]]
+
+
+Record = Header | Stamps
+RejectFn = Callable[[str], None]
+
+
+@dataclass(slots=True)
+class ReadResult:
+    complete: bool = False  # the top-level array was closed
+    array: bool = True  # the file starts like a JSON array
+    end_offset: int = 0  # byte offset after the last whole object (resume point)
+    objects: int = 0
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def to_record(obj: Any, reject: RejectFn) -> Record | None:
+    """Validate one decoded object; None (and a counted reason) when it is unusable."""
+    if not isinstance(obj, dict):
+        reject("wrong_type")
+        return None
+    tid = obj.get("id")
+    if tid is None:
+        reject("missing_field")
+        return None
+    if not _is_int(tid) or tid < 0:
+        reject("wrong_type")
+        return None
+    ts = obj.get("timestamps")
+    if ts is not None:
+        if not isinstance(ts, list):
+            reject("wrong_type")
+            return None
+        stamps: list[tuple[str, int]] = []
+        for t in ts:
+            if not isinstance(t, dict) or "name" not in t or "ns" not in t:
+                reject("missing_field" if isinstance(t, dict) else "wrong_type")
+                continue
+            name, ns = t["name"], t["ns"]
+            if not isinstance(name, str) or not _is_int(ns) or ns < 0:
+                reject("wrong_type")
+                continue
+            if name not in KNOWN_TIMESTAMPS:
+                reject("unknown_timestamp")
+                continue
+            stamps.append((name, ns))
+        return Stamps(tid, stamps) if stamps else None
+    if "model_name" in obj:
+        model, version = obj.get("model_name"), obj.get("model_version")
+        rid, pid = obj.get("request_id"), obj.get("parent_id")
+        if version is None:
+            reject("missing_field")
+            return None
+        if not isinstance(model, str) or not (_is_int(version) or isinstance(version, str)):
+            reject("wrong_type")
+            return None
+        if (rid is not None and not isinstance(rid, (str, int))) or (pid is not None and not _is_int(pid)):
+            reject("wrong_type")
+            return None
+        if not model or len(model) > MAX_NAME or (isinstance(rid, str) and len(rid) > MAX_NAME):
+            reject("bad_label")
+            return None
+        return Header(tid, model, str(version), None if rid is None or rid == "" else str(rid), pid)
+    if "activity" in obj:
+        return None  # tensor records of trace level TENSORS: not timing data
+    reject("missing_field")
+    return None
+
+
+def _lenient_header(raw: bytes) -> Header | None:
+    m = LENIENT_HEADER.match(raw)
+    if m is None:
+        return None
+    try:
+        model = m.group(2).decode("utf-8")
+        rid = m.group(4).decode("utf-8") if m.group(4) is not None else None
+    except UnicodeDecodeError:
+        return None
+    if not model or len(model) > MAX_NAME:
+        return None
+    pid = int(m.group(5)) if m.group(5) is not None else None
+    return Header(int(m.group(1)), model, m.group(3).decode(), rid or None, pid)
+
+
+def decode_object(raw: bytes, reject: RejectFn) -> Record | None:
+    """One object's bytes (trailing separators allowed) -> a record, or a counted reject."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        reject("not_utf8")
+        return None
+    try:
+        obj, end = _decoder.raw_decode(text)
+    except json.JSONDecodeError:
+        header = _lenient_header(raw.rstrip(b" \t\r\n,"))
+        if header is None:
+            reject("malformed_json")
+        return header
+    if text[end:].strip(" \t\r\n,"):
+        reject("malformed_json")  # garbage after a good object: keep the object
+    return to_record(obj, reject)
+
+
+def read_records(
+    fp: BinaryIO,
+    reject: RejectFn,
+    result: ReadResult,
+    start: int = 0,
+    chunk: int = CHUNK,
+    salvage_tail: bool = False,
+) -> Iterator[Record]:
+    """Stream the records of one trace file from byte `start` (0 or a past end_offset).
+
+    Fills `result` as it goes: `complete` once the closing `]` is seen after a whole
+    object, `end_offset` after each whole object. A record is yielded only once the
+    start of the next object (or the closing bracket) proves it whole.
+    """
+    fp.seek(start)
+    buf = b""
+    base = start  # file offset of buf[0]
+    seen_open = start > 0
+    result.end_offset = start
+    while True:
+        data = fp.read(chunk)
+        eof = not data
+        buf += data
+        starts = [m.start() for m in OBJECT_START.finditer(buf)]
+        if not seen_open and (starts or eof):
+            head = (buf[: starts[0]] if starts else buf).strip(b" \t\r\n")
+            result.array = head.startswith(b"[")
+            if starts and head != b"[":
+                reject("malformed_json")  # bytes before the first object that are not '['
+            elif not starts and head.strip(b"[] \t\r\n"):
+                reject("malformed_json")
+            seen_open = True
+        if not eof:
+            # all but the last object are whole; keep the last for the next chunk
+            for a, b in itertools.pairwise(starts):
+                rec = decode_object(buf[a:b], reject)
+                result.objects += 1
+                result.end_offset = base + b
+                if rec is not None:
+                    yield rec
+            if starts:
+                cut = starts[-1]
+                base += cut
+                buf = buf[cut:]
+            elif len(buf) > 64 * chunk:
+                reject("malformed_json")  # a run of bytes with no object in it
+                base += len(buf)
+                buf = b""
+            continue
+        # end of file: the last piece must be an object followed by the closing bracket
+        for a, b in itertools.pairwise(starts):
+            rec = decode_object(buf[a:b], reject)
+            result.objects += 1
+            result.end_offset = base + b
+            if rec is not None:
+                yield rec
+        tail = buf[starts[-1]:] if starts else b""
+        stripped = tail.rstrip(b" \t\r\n")
+        if not starts:
+            whole = buf.strip(b" \t\r\n")
+            result.complete = whole.endswith(b"]") and (start > 0 or result.array)
+            return
+        if stripped.endswith(b"]"):
+            body = stripped[:-1]
+            try:
+                text = body.decode("utf-8")
+                _, end = _decoder.raw_decode(text)
+                whole_obj = not text[end:].strip(" \t\r\n,")
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                whole_obj = False
+            if whole_obj or _lenient_header(body.rstrip(b" \t\r\n,")) is not None:
+                rec = decode_object(body, reject)
+                result.objects += 1
+                result.end_offset = base + len(buf)
+                result.complete = True
+                if rec is not None:
+                    yield rec
+                return
+        # no closing bracket after a whole object: still being written, or truncated
+        if salvage_tail and stripped:
+            try:
+                _, end = _decoder.raw_decode(stripped.decode("utf-8"))
+                whole_tail = end == len(stripped.decode("utf-8").rstrip(" \t\r\n,"))
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                whole_tail = False
+            if whole_tail:
+                rec = decode_object(stripped, reject)
+                result.objects += 1
+                result.end_offset = base + len(buf)
+                if rec is not None:
+                    yield rec
+        return

@@ -1,0 +1,269 @@
+"""Tailing rolling trace files: what to ingest, ingesting it, committing it exactly once."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .aggregate import TraceAggregate
+from .assembly import Finished, StreamState, TraceAssembler
+from .checkpoint import (
+    STATE_VERSION,
+    FileEntry,
+    atomic_write_json,
+    entries_from_json,
+    entries_to_json,
+    head_hash,
+    load_json,
+)
+from .discovery import TracePattern
+from .records import ReadResult, read_records
+
+log = logging.getLogger("traces")
+
+STATE_FILE = "traces-state.json"
+
+
+@dataclass
+class TailerSettings:
+    patterns: list[str]
+    state_dir: str | None  # None: in-memory only (summary, tests)
+    bounds_ns: tuple[int, ...]
+    max_models: int = 100
+    settle_seconds: float = 10.0
+    delete_ingested: bool = False
+    window: int = 16384
+    child_hold_seconds: float = 30.0
+
+
+@dataclass
+class _Plan:
+    path: str
+    start: int
+    st: os.stat_result
+    head: str
+    restart: bool  # index 0 rewritten: Triton restarted, trace ids start again
+
+
+class TraceTailer:
+    """Owns the live aggregate; `poll()` ingests whatever is new and commits it."""
+
+    def __init__(self, settings: TailerSettings, on_error: Callable[[str], None] | None = None) -> None:
+        self.s = settings
+        self.patterns = [TracePattern(p) for p in settings.patterns]
+        self.label_names: list[str] = []
+        for p in self.patterns:
+            for n in p.label_names:
+                if n not in self.label_names:
+                    self.label_names.append(n)
+        self.on_error = on_error or (lambda reason: None)
+        self.live = TraceAggregate(settings.bounds_ns)
+        self.entries: dict[str, FileEntry] = {}
+        self.streams: dict[str, StreamState] = {}
+        self.lock = threading.Lock()  # one poll at a time
+        self._waiting_logged: set[str] = set()
+        self._load()
+
+    # --- state -------------------------------------------------------------
+    @property
+    def state_path(self) -> str | None:
+        return os.path.join(self.s.state_dir, STATE_FILE) if self.s.state_dir else None
+
+    def _load(self) -> None:
+        path = self.state_path
+        if path is None:
+            return
+        v = load_json(path)
+        if v is None:
+            return
+        agg = v.get("aggregate", {})
+        if tuple(agg.get("bounds_ns", ())) != self.s.bounds_ns:
+            log.warning("stage buckets changed since the last run; stage histograms start from zero")
+        self.live = TraceAggregate.from_json(agg, self.s.bounds_ns)
+        self.entries = entries_from_json(v.get("files", {}))
+        self.streams = {k: StreamState.from_json(sv) for k, sv in v.get("streams", {}).items()}
+        log.info("resumed from %s: %d files ingested before, %d traces counted",
+                 path, len(self.entries), sum(self.live.traces.values()))
+
+    def _commit(self, agg: TraceAggregate, entries: dict[str, FileEntry],
+                streams: dict[str, StreamState]) -> None:
+        path = self.state_path
+        if path is not None:
+            state: dict[str, Any] = {
+                "version": STATE_VERSION,
+                "files": entries_to_json(entries),
+                "streams": {k: s.to_json() for k, s in streams.items()},
+                "aggregate": agg.to_json(),
+            }
+            atomic_write_json(path, state)
+        # only after the state is on disk may a scrape see the new counts
+        self.live, self.entries, self.streams = agg, entries, streams
+
+    # --- one scan ----------------------------------------------------------
+    def poll(self) -> int:
+        """Ingest every new or rewritten complete file; returns the number of files ingested."""
+        with self.lock:
+            n = 0
+            seen: set[str] = set()
+            for pat in self.patterns:
+                for base, files in sorted(pat.expand().items()):
+                    labels = pat.labels(base)
+                    label_values = [labels.get(n_, "") for n_ in self.label_names]
+                    for order, path in files:
+                        seen.add(path)
+                        try:
+                            n += self._consider(base, order, path, label_values)
+                        except OSError as e:
+                            self.on_error("read_failed")
+                            log.warning("cannot read trace file %s: %s", path, e.strerror or e)
+            self._expire_pending()
+            stale = [p for p in self.entries if p not in seen and not os.path.exists(p)]
+            if stale:
+                entries = {p: e for p, e in self.entries.items() if p not in stale}
+                self._commit(self.live, entries, self.streams)
+            return n
+
+    def _consider(self, base: str, order: int, path: str, labels: list[str]) -> int:
+        st = os.stat(path)
+        entry = self.entries.get(path)
+        if entry is not None and entry.same_stat(st) and entry.complete:
+            return 0
+        if entry is not None and entry.same_stat(st) and not entry.complete:
+            return 0  # a truncated file ingested as far as it was valid; nothing new
+        head = head_hash(path, st.st_size) if st.st_size else ""
+        start = 0
+        restart = False
+        if entry is not None:
+            grown_same = head == entry.head and st.st_ino == entry.inode and st.st_size >= entry.offset
+            if grown_same and entry.complete and st.st_size == entry.size:
+                self.entries[path] = FileEntry(st.st_ino, st.st_size, st.st_mtime_ns, head, entry.offset, True)
+                return 0  # touched, same content
+            if grown_same and not entry.complete:
+                start = entry.offset
+            else:
+                restart = order == 0
+        elif order == 0 and base in self.streams:
+            restart = True
+        if st.st_size == 0 or not self._looks_complete(path, st):
+            if time.time() - st.st_mtime < self.s.settle_seconds:
+                if path not in self._waiting_logged:
+                    log.debug("waiting for %s to be complete", path)
+                    self._waiting_logged.add(path)
+                return 0
+            if st.st_size == 0 or (entry is not None and entry.offset >= st.st_size):
+                return 0
+            return self._ingest(base, _Plan(path, start, st, head, restart), labels, partial=True)
+        return self._ingest(base, _Plan(path, start, st, head, restart), labels, partial=False)
+
+    @staticmethod
+    def _looks_complete(path: str, st: os.stat_result) -> bool:
+        with open(path, "rb") as f:
+            f.seek(max(0, st.st_size - 64))
+            return f.read().rstrip(b" \t\r\n").endswith(b"]")
+
+    def _ingest(self, base: str, plan: _Plan, labels: list[str], partial: bool) -> int:
+        t0 = time.monotonic()
+        delta = TraceAggregate(self.s.bounds_ns)
+        stream = self.streams.get(base, StreamState()).copy()
+        if plan.restart:
+            # Triton restarted: trace ids start again; children still waiting belong to the old run
+            TraceAssembler(stream, lambda f: None, delta.reject).expire(0, force=True)
+            stream.protocols.clear()
+        known = self.live.models
+
+        def emit(f: Finished) -> None:
+            delta.observe_trace(f, labels, self.s.max_models, known)
+
+        asm = TraceAssembler(stream, emit, delta.reject, self.s.window)
+        result = ReadResult()
+        with open(plan.path, "rb") as fp:
+            for rec in read_records(fp, delta.reject, result, plan.start, salvage_tail=partial):
+                asm.feed(rec)
+        if not result.complete and not partial:
+            return 0  # the ']' seen was not the array's end: still being written, retry
+        asm.finish_file()
+        st = os.stat(plan.path)
+        if (st.st_ino, st.st_size, st.st_mtime_ns) != (plan.st.st_ino, plan.st.st_size, plan.st.st_mtime_ns):
+            return 0  # changed while we read it: read it again next poll
+        ok = result.complete and result.array
+        if plan.start == 0 or ok:
+            delta.files["parsed" if ok else "failed"] += 1
+        if partial:
+            delta.reject("truncated_file")
+            log.warning("trace file %s ends without its closing ']' and has not changed for %.0fs; "
+                        "ingested %d objects up to byte %d", plan.path, self.s.settle_seconds,
+                        result.objects, result.end_offset)
+            self.on_error("truncated_file")
+        elif not result.array:
+            log.warning("trace file %s is not a JSON array; its records were read one by one", plan.path)
+        delta.last_ingest = time.time()
+        entries = dict(self.entries)
+        entries[plan.path] = FileEntry(plan.st.st_ino, plan.st.st_size, plan.st.st_mtime_ns, plan.head,
+                                       result.end_offset if partial else plan.st.st_size, not partial)
+        streams = dict(self.streams)
+        streams[base] = stream
+        self._commit(self.live.merged(delta), entries, streams)
+        traces = sum(delta.traces.values())
+        rejected = sum(delta.rejected.values())
+        log.info("ingested %s: %d traces%s in %.2fs", plan.path, traces,
+                 f", {rejected} records rejected ({', '.join(f'{k}={v}' for k, v in sorted(delta.rejected.items()))})"
+                 if rejected else "", time.monotonic() - t0)
+        if self.s.delete_ingested and not partial:
+            try:
+                os.unlink(plan.path)
+            except OSError as e:
+                log.warning("cannot delete ingested %s: %s", plan.path, e.strerror)
+        return 1
+
+    def _expire_pending(self) -> None:
+        if not any(s.pending for s in self.streams.values()):
+            return
+        now = time.time()
+        if not any(now - since >= self.s.child_hold_seconds
+                   for s in self.streams.values() for _, since in s.pending.values()):
+            return
+        delta = TraceAggregate(self.s.bounds_ns)
+        streams = dict(self.streams)
+        for base, s in self.streams.items():
+            if not s.pending:
+                continue
+            pat_labels = self._labels_for(base)
+            s2 = s.copy()
+
+            def emit(f: Finished, lv: list[str] = pat_labels) -> None:
+                delta.observe_trace(f, lv, self.s.max_models, self.live.models)
+
+            TraceAssembler(s2, emit, delta.reject).expire(self.s.child_hold_seconds)
+            streams[base] = s2
+        self._commit(self.live.merged(delta), self.entries, streams)
+
+    def _labels_for(self, base: str) -> list[str]:
+        for p in self.patterns:
+            if p.labels(base) and all(p.labels(base).values()):
+                lab = p.labels(base)
+                return [lab.get(n, "") for n in self.label_names]
+        return [""] * len(self.label_names)
+
+
+class TailerThread(threading.Thread):
+    def __init__(self, tailer: TraceTailer, interval: float) -> None:
+        super().__init__(name="trace-tailer", daemon=True)
+        self.tailer = tailer
+        self.interval = interval
+        self.stopping = threading.Event()
+        self.first_poll_done = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                self.tailer.poll()
+            except Exception:
+                log.exception("trace poll failed; retrying")
+                self.tailer.on_error("poll_failed")
+            self.first_poll_done.set()
+            self.stopping.wait(self.interval)

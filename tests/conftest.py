@@ -1,0 +1,79 @@
+"""Shared test setup: real parts (Triton, eBPF, Prometheus) are required where the machine can.
+
+A test marked `triton`, `ebpf` or `prometheus` is skipped only when the machine truly
+cannot run it, with the reason; with INFPROF_REQUIRE=all (as .ci/run sets) such a
+skip is a failure instead, so CI cannot pass by skipping the real tests.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = ROOT.parent / "shared" / "samples"
+if not SAMPLES.exists():
+    SAMPLES = ROOT / "tests" / "samples"
+
+
+def _triton() -> str | None:
+    try:
+        import pytriton  # noqa: F401
+    except ImportError:
+        return "the nvidia-pytriton wheel is not installed (run scripts/setup.sh)"
+    binary = Path(sys.modules["pytriton"].__file__ or "").parent / "tritonserver" / "bin" / "tritonserver"
+    if not binary.exists():
+        return f"no tritonserver binary at {binary}"
+    return None
+
+
+def _ebpf() -> str | None:
+    if os.geteuid() != 0:
+        return "loading BPF programs needs root (CAP_BPF/CAP_PERFMON)"
+    try:
+        import bcc  # noqa: F401
+    except ImportError:
+        return "BCC python bindings missing (python3-bpfcc; run scripts/setup.sh)"
+    if not Path(f"/lib/modules/{os.uname().release}/build").exists():
+        return "no kernel headers for BCC (run scripts/setup.sh)"
+    if not Path("/sys/kernel/tracing/events").exists() and not Path("/sys/kernel/debug/tracing/events").exists():
+        return "tracefs not mounted"
+    return None
+
+
+def _prometheus() -> str | None:
+    if shutil.which("prometheus") is None or shutil.which("promtool") is None:
+        return "prometheus/promtool not installed (apt package prometheus; run scripts/setup.sh)"
+    return None
+
+
+CAPABILITIES = {"triton": _triton, "ebpf": _ebpf, "prometheus": _prometheus}
+_cache: dict[str, str | None] = {}
+
+
+def missing(capability: str) -> str | None:
+    if capability not in _cache:
+        _cache[capability] = CAPABILITIES[capability]()
+    return _cache[capability]
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    required = {s.strip() for s in os.environ.get("INFPROF_REQUIRE", "").split(",") if s.strip()}
+    for cap in CAPABILITIES:
+        if item.get_closest_marker(cap) is None:
+            continue
+        why = missing(cap)
+        if why is None:
+            continue
+        if "all" in required or cap in required:
+            pytest.fail(f"{cap} required here (INFPROF_REQUIRE) but unavailable: {why}", pytrace=False)
+        pytest.skip(f"{cap} unavailable: {why}")
+
+
+@pytest.fixture
+def samples() -> Path:
+    return SAMPLES
