@@ -7,6 +7,7 @@ a bound lands in that bound's bucket (ceil, never floor).
 
 from __future__ import annotations
 
+import math
 from bisect import bisect_left
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -107,3 +108,50 @@ class Histogram:
 
     def copy(self) -> Histogram:
         return Histogram(self.bounds, list(self.counts), self.total, self.count)
+
+
+class QuantileSketch:
+    """Constant-memory quantiles of positive integers with <= 0.5% relative error.
+
+    Log buckets of ratio GAMMA (DDSketch's idea); the mean stays exact (integer sum).
+    Used by `summary`, whose memory must not grow with the size of its input.
+    """
+
+    GAMMA = 1.01
+    _LOG_GAMMA = math.log(GAMMA)
+
+    __slots__ = ("buckets", "count", "total", "zeros")
+
+    def __init__(self) -> None:
+        self.buckets: dict[int, int] = {}
+        self.count = 0
+        self.total = 0
+        self.zeros = 0
+
+    def add(self, v: int) -> None:
+        self.count += 1
+        self.total += v
+        if v <= 0:
+            self.zeros += 1
+            return
+        i = math.ceil(math.log(v) / self._LOG_GAMMA)
+        self.buckets[i] = self.buckets.get(i, 0) + 1
+
+    def quantile(self, q: float) -> float:
+        """Nearest-rank quantile (the value whose rank is ceil(q * count))."""
+        if self.count == 0:
+            return 0.0
+        rank = max(1, math.ceil(q * self.count))
+        if rank <= self.zeros:
+            return 0.0
+        seen = self.zeros
+        for i in sorted(self.buckets):
+            seen += self.buckets[i]
+            if seen >= rank:
+                # midpoint (in ratio) of the bucket (GAMMA**(i-1), GAMMA**i]
+                return 2 * self.GAMMA**i / (self.GAMMA + 1)
+        return float(self.GAMMA ** max(self.buckets))
+
+    @property
+    def mean(self) -> float:
+        return self.total / self.count if self.count else 0.0
