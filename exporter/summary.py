@@ -80,7 +80,11 @@ def iter_finished(paths: list[str], rejected: Counter[str], progress: Progress) 
     for path in paths:
         base = path.rsplit(".", 1)[0] if path.rsplit(".", 1)[-1].isdigit() else path
         state = streams.setdefault(base, StreamState())
-        asm = TraceAssembler(state, lambda f, p=path: out.append((p, f)), reject)
+
+        def emit(f: Finished, p: str = path) -> None:
+            out.append((p, f))
+
+        asm = TraceAssembler(state, emit, reject)
         result = ReadResult()
         with open(path, "rb") as fp:
             for rec in read_records(_CountingReader(fp, progress), reject, result, salvage_tail=True):  # type: ignore[arg-type]

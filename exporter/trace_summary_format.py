@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import TextIO
 
 from .traces.assembly import Trace
-from .traces.records import ReadResult, read_records
+from .traces.records import ReadResult, Stamps, read_records
 
 FRONTENDS = {
     "http": ("HTTP_RECV_START", (("HTTP_INFER", "HTTP_RECV_START", "HTTP_SEND_END"),
@@ -56,13 +56,13 @@ def load_file(path: str) -> tuple[dict[int, Trace], list[tuple[int, str, int]]]:
             t = traces.get(rec.id)
             if t is None:
                 t = traces[rec.id] = Trace(rec.id)
-            if hasattr(rec, "stamps"):
-                for name, ns in rec.stamps:  # type: ignore[union-attr]
+            if isinstance(rec, Stamps):
+                for name, ns in rec.stamps:
                     t.stamps[name] = ns
                     raw.append((rec.id, name, ns))
             else:
-                t.model, t.version = rec.model, rec.version  # type: ignore[union-attr]
-                t.request_id, t.parent_id = rec.request_id, rec.parent_id  # type: ignore[union-attr]
+                t.model, t.version = rec.model, rec.version
+                t.request_id, t.parent_id = rec.request_id, rec.parent_id
     return traces, raw
 
 
