@@ -18,6 +18,12 @@ log = logging.getLogger("server")
 AuthCheck = Callable[[str | None], bool]
 
 
+class _HTTPServer(ThreadingHTTPServer):
+    def handle_error(self, request: object, client_address: object) -> None:
+        # failed TLS handshakes and dropped clients are the client's problem, not a traceback
+        log.debug("connection from %s failed", client_address, exc_info=True)
+
+
 class MetricsServer:
     def __init__(
         self,
@@ -32,10 +38,13 @@ class MetricsServer:
         self.ready = ready
         self.auth = auth
         handler = self._handler()
-        self.httpd = ThreadingHTTPServer((host, port), handler)
+        self.httpd = _HTTPServer((host, port), handler)
         self.httpd.daemon_threads = True
         if ssl_context is not None:
-            self.httpd.socket = ssl_context.wrap_socket(self.httpd.socket, server_side=True)
+            # handshake in the request thread: done in accept(), one idle client would block everyone
+            self.httpd.socket = ssl_context.wrap_socket(
+                self.httpd.socket, server_side=True, do_handshake_on_connect=False
+            )
         self._thread: threading.Thread | None = None
 
     @property
@@ -55,6 +64,7 @@ class MetricsServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            timeout = 60  # seconds a connection may stay silent (TLS handshake included)
 
             def log_message(self, format: str, *args: object) -> None:
                 log.debug("%s " + format, self.client_address[0], *args)

@@ -1,0 +1,197 @@
+"""TLS and basic auth for the endpoint, from an exporter-toolkit style web config file.
+
+    tls_server_config:
+      cert_file: server.crt          # relative paths are relative to this file
+      key_file: server.key
+      client_ca_file: ca.crt         # optional: verify client certificates
+      client_auth_type: RequireAndVerifyClientCert
+      min_version: TLS12             # TLS10..TLS13; default TLS12
+      max_version: TLS13
+    basic_auth_users:
+      prometheus: $2b$12$...         # bcrypt hash (htpasswd -nBC 12 "" | tr -d ':\\n')
+
+Every mistake is a `ConfigError` with one line naming the file and the fix.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import logging
+import os
+import ssl
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+import bcrypt
+import yaml
+
+from .config import ConfigError
+from .server import AuthCheck
+
+log = logging.getLogger("webconfig")
+
+TLS_VERSIONS = {
+    "TLS10": ssl.TLSVersion.TLSv1,
+    "TLS11": ssl.TLSVersion.TLSv1_1,
+    "TLS12": ssl.TLSVersion.TLSv1_2,
+    "TLS13": ssl.TLSVersion.TLSv1_3,
+}
+# exporter-toolkit's names; RequestClientCert/RequireAnyClientCert (unverified certs) have no
+# equivalent in Python's ssl module, which always verifies what it asks for.
+CLIENT_AUTH = {
+    "NoClientCert": ssl.CERT_NONE,
+    "VerifyClientCertIfGiven": ssl.CERT_OPTIONAL,
+    "RequireAndVerifyClientCert": ssl.CERT_REQUIRED,
+}
+TLS_KEYS = {"cert_file", "key_file", "client_ca_file", "client_auth_type", "min_version", "max_version"}
+TOP_KEYS = {"tls_server_config", "basic_auth_users", "http_server_config"}
+# checked against when the user is unknown, so a wrong user costs as long as a wrong password
+_DUMMY_HASH = bcrypt.hashpw(b"inference-profiler", bcrypt.gensalt(4))
+
+
+def load_web_config(path: str) -> tuple[ssl.SSLContext | None, AuthCheck | None]:
+    """The TLS context and the basic auth check the file asks for (either may be None)."""
+    data = _read(path)
+    unknown = set(data) - TOP_KEYS
+    if unknown:
+        raise ConfigError(f"web config {path}: unknown key '{sorted(unknown)[0]}' (known: {', '.join(sorted(TOP_KEYS))})")
+    if data.get("http_server_config"):
+        log.warning("web config %s: http_server_config is ignored (the endpoint serves HTTP/1.1)", path)
+    base = os.path.dirname(os.path.abspath(path))
+    tls = data.get("tls_server_config")
+    context = _tls_context(path, base, _mapping(path, "tls_server_config", tls)) if tls else None
+    users = data.get("basic_auth_users")
+    auth = BasicAuth(_users(path, _mapping(path, "basic_auth_users", users))) if users else None
+    if auth is not None and context is None:
+        log.warning("web config %s: basic auth without TLS sends passwords in clear text", path)
+    return context, auth
+
+
+def _read(path: str) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"web config {path} does not exist; fix --web-config-file") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read web config {path}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"web config {path}{where} is not valid YAML") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"web config {path} must be a mapping (tls_server_config, basic_auth_users)")
+    return data
+
+
+def _mapping(path: str, key: str, value: Any) -> Mapping[str, Any]:
+    if not isinstance(value, dict):
+        raise ConfigError(f"web config {path}: {key} must be a mapping")
+    return value
+
+
+def _tls_context(path: str, base: str, tls: Mapping[str, Any]) -> ssl.SSLContext:
+    unknown = set(tls) - TLS_KEYS
+    if unknown:
+        raise ConfigError(
+            f"web config {path}: tls_server_config.{sorted(unknown)[0]} is not supported "
+            f"(supported: {', '.join(sorted(TLS_KEYS))})"
+        )
+    for k in ("cert_file", "key_file"):
+        if not tls.get(k):
+            raise ConfigError(f"web config {path}: tls_server_config needs {k}")
+    files = {k: os.path.join(base, str(tls[k])) for k in ("cert_file", "key_file", "client_ca_file") if tls.get(k)}
+    for k, f in files.items():
+        if not os.path.isfile(f):
+            raise ConfigError(f"web config {path}: {k} {f} does not exist")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = _tls_version(path, "min_version", tls.get("min_version", "TLS12"))
+    if tls.get("max_version"):
+        ctx.maximum_version = _tls_version(path, "max_version", tls["max_version"])
+    try:
+        ctx.load_cert_chain(files["cert_file"], files["key_file"])
+    except ssl.SSLError as e:
+        raise ConfigError(
+            f"web config {path}: cannot load cert_file/key_file ({e.reason or e}); are they PEM and a matching pair?"
+        ) from None
+    # exporter-toolkit: a client CA without an explicit type means client certs are required
+    default_auth = "RequireAndVerifyClientCert" if "client_ca_file" in files else "NoClientCert"
+    auth_type = str(tls.get("client_auth_type") or default_auth)
+    if auth_type not in CLIENT_AUTH:
+        raise ConfigError(
+            f"web config {path}: client_auth_type {auth_type!r} is not supported (use {', '.join(CLIENT_AUTH)})"
+        )
+    ctx.verify_mode = CLIENT_AUTH[auth_type]
+    if ctx.verify_mode != ssl.CERT_NONE:
+        if "client_ca_file" not in files:
+            raise ConfigError(f"web config {path}: client_auth_type {auth_type} needs client_ca_file")
+        try:
+            ctx.load_verify_locations(files["client_ca_file"])
+        except ssl.SSLError as e:
+            raise ConfigError(f"web config {path}: cannot load client_ca_file ({e.reason or e})") from None
+    return ctx
+
+
+def _tls_version(path: str, key: str, value: Any) -> ssl.TLSVersion:
+    if str(value) not in TLS_VERSIONS:
+        raise ConfigError(f"web config {path}: {key} must be one of {', '.join(TLS_VERSIONS)}, got {value!r}")
+    return TLS_VERSIONS[str(value)]
+
+
+def _users(path: str, users: Mapping[str, Any]) -> dict[str, bytes]:
+    out: dict[str, bytes] = {}
+    for user, hashed in users.items():
+        h = str(hashed or "").encode()
+        try:
+            bcrypt.checkpw(b"", h)
+        except ValueError:
+            raise ConfigError(
+                f"web config {path}: basic_auth_users.{user} is not a bcrypt hash (make one with: htpasswd -nBC 12 '' | tr -d ':\\n')"
+            ) from None
+        out[str(user)] = h
+    return out
+
+
+class BasicAuth:
+    """Checks an Authorization header against bcrypt hashes; remembers recent successes."""
+
+    CACHE_SIZE = 64
+
+    def __init__(self, users: Mapping[str, bytes]) -> None:
+        self.users = dict(users)
+        self._ok: dict[bytes, None] = {}  # digests of accepted header values, oldest first
+        self._lock = threading.Lock()
+
+    def __call__(self, header: str | None) -> bool:
+        if not header:
+            return False
+        scheme, _, encoded = header.partition(" ")
+        if scheme.lower() != "basic":
+            return False
+        try:
+            user, sep, password = base64.b64decode(encoded.strip(), validate=True).decode("utf-8").partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            return False
+        if not sep:
+            return False
+        hashed = self.users.get(user)
+        # bcrypt costs ~0.1-0.3 s; Prometheus sends the same header every scrape
+        key = hashlib.sha256(b"%s\0%s\0%s" % (user.encode(), password.encode(), hashed or b"")).digest()
+        with self._lock:
+            if key in self._ok:
+                return True
+        try:
+            ok = bcrypt.checkpw(password.encode(), hashed or _DUMMY_HASH) and hashed is not None
+        except ValueError:  # bcrypt >= 5 refuses passwords over 72 bytes
+            return False
+        if ok:
+            with self._lock:
+                self._ok[key] = None
+                while len(self._ok) > self.CACHE_SIZE:
+                    del self._ok[next(iter(self._ok))]
+        return ok
