@@ -14,6 +14,9 @@ from pathlib import Path
 
 import pytest
 
+# real-Triton fixtures (triton_server, triton_factory, exporter_factory)
+pytest_plugins = ["tests.triton_harness"]
+
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT.parent / "shared" / "samples"
 if not SAMPLES.exists():
