@@ -1,0 +1,119 @@
+"""Pieces every dashboard shares: the datasource, queries, variables, table merges."""
+
+from __future__ import annotations
+
+from grafana_foundation_sdk.builders import dashboard as db
+from grafana_foundation_sdk.builders import prometheus
+from grafana_foundation_sdk.cog.builder import Builder
+from grafana_foundation_sdk.models.dashboard import (
+    DataSourceRef,
+    DataTransformerConfig,
+    Panel,
+    VariableHide,
+    VariableModel,
+    VariableOption,
+    VariableRefresh,
+    VariableSort,
+)
+from grafana_foundation_sdk.models.prometheus import PromQueryFormat
+
+P = "inference_profiler_"
+DATASOURCE = DataSourceRef(type_val="prometheus", uid="${datasource}")
+REFS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+PanelBuilder = Builder[Panel]
+VariableBuilder = Builder[VariableModel]
+
+
+def query(expr: str, legend: str = "", ref: str = "A", *, instant: bool = False,
+          table: bool = False, heatmap: bool = False) -> prometheus.Dataquery:
+    """One PromQL target; instant table queries feed bar charts and tables."""
+    q = prometheus.Dataquery().expr(expr).ref_id(ref).datasource(DATASOURCE)
+    if legend:
+        q = q.legend_format(legend)
+    q = q.instant() if instant else q.range()
+    if table:
+        q = q.format(PromQueryFormat.TABLE)
+    elif heatmap:
+        q = q.format(PromQueryFormat.HEATMAP)
+    return q
+
+
+def datasource_variable() -> db.DatasourceVariable:
+    return db.DatasourceVariable("datasource").label("Data source").type("prometheus")
+
+
+def label_variable(name: str, title: str, metric: str, *, multi: bool = True,
+                   description: str = "", label: str = "") -> db.QueryVariable:
+    """A variable holding the values of label `label` (default: `name`) on `metric`,
+    already filtered by earlier variables."""
+    v = (
+        db.QueryVariable(name)
+        .label(title)
+        .query(f"label_values({metric}, {label or name})")
+        .datasource(DATASOURCE)
+        .refresh(VariableRefresh.ON_TIME_RANGE_CHANGED)
+        .sort(VariableSort.ALPHABETICAL_ASC)
+        .multi(multi)
+        .include_all(multi)
+    )
+    if multi:
+        v = v.all_value(".*")
+    if description:
+        v = v.description(description)
+    return v
+
+
+def hidden_label_variable(name: str, label: str, metric: str) -> db.QueryVariable:
+    """A variable only used to repeat rows/panels (one per value of `label`); not shown."""
+    return (
+        label_variable(name, name, metric, label=label)
+        .hide(VariableHide.HIDE_VARIABLE)
+        .current(VariableOption(text="All", value="$__all", selected=True))
+    )
+
+
+def merge_columns(names: dict[str, str], exclude: tuple[str, ...] = ("Time",)) -> list[DataTransformerConfig]:
+    """Merge instant table queries into one row per key and name each value column.
+
+    `names` maps query refId to the column title (dict order is column order)."""
+    rename = {f"Value #{ref}": title for ref, title in names.items()}
+    order = {title: i + 1 for i, title in enumerate(names.values())}
+    return [
+        DataTransformerConfig(id_val="merge", options={}),
+        DataTransformerConfig(
+            id_val="organize",
+            options={
+                "excludeByName": dict.fromkeys(exclude, True),
+                "renameByName": rename,
+                "indexByName": order,
+            },
+        ),
+    ]
+
+
+def mean(metric: str, selector: str, by: str, window: str = "$__rate_interval") -> str:
+    """Mean observation of a histogram: rate of its sum over rate of its count."""
+    return (
+        f"sum by ({by}) (rate({metric}_sum{{{selector}}}[{window}]))\n"
+        f"/ sum by ({by}) (rate({metric}_count{{{selector}}}[{window}]))"
+    )
+
+
+def mean_over_range(metric: str, selector: str, by: str) -> str:
+    """Mean observation over the dashboard's whole time range."""
+    return (
+        f"sum by ({by}) (increase({metric}_sum{{{selector}}}[$__range]))\n"
+        f"/ sum by ({by}) (increase({metric}_count{{{selector}}}[$__range]))"
+    )
+
+
+def quantile(q: float, metric: str, selector: str, by: str) -> str:
+    by_le = f"{by}, le" if by else "le"
+    return (
+        f"histogram_quantile({q}, sum by ({by_le}) "
+        f"(rate({metric}_bucket{{{selector}}}[$__rate_interval])))"
+    )
+
+
+def heatmap_buckets(metric: str, selector: str) -> str:
+    return f"sum by (le) (increase({metric}_bucket{{{selector}}}[$__rate_interval]))"
