@@ -64,6 +64,7 @@ class Config:
     ebpf: str = _opt("auto", "eBPF TCP collection: auto runs it where the kernel allows", choices=("auto", "on", "off"))
     ebpf_port: list[int] = _opt([8000, 8001], "Triton port watched by eBPF (repeatable)", metavar="N")
     perf_analyzer_csv: list[str] = _opt([], "perf_analyzer -f result file to expose (repeatable, globs)", metavar="PATH")
+    perf_analyzer_poll_seconds: float = _opt(5.0, "how often perf_analyzer CSV globs are re-read for new or rewritten files")
     stage_buckets: list[float] = _opt(list(DEFAULT_STAGE_BUCKETS), "stage histogram bucket bounds in seconds")
     max_models: int = _opt(100, "cap on distinct models in trace metrics; traces past it are rejected")
     trace_poll_seconds: float = _opt(0.25, "how often trace directories are scanned")
@@ -209,7 +210,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError("stage_buckets must be positive and strictly increasing")
     if cfg.max_models < 1:
         raise ConfigError("max_models must be at least 1")
-    for k in ("triton_timeout_seconds", "triton_cache_seconds", "trace_poll_seconds", "trace_settle_seconds"):
+    for k in ("triton_timeout_seconds", "triton_cache_seconds", "trace_poll_seconds", "trace_settle_seconds",
+              "perf_analyzer_poll_seconds"):
         if getattr(cfg, k) < 0:
             raise ConfigError(f"{k} must not be negative")
     if cfg.trace_open_traces < 1:

@@ -24,6 +24,14 @@ def build_sources(cfg: Config, errors: ErrorCounts) -> list[Source]:
     sources: list[Source] = []
     if cfg.trace_file:
         sources.append(TraceSource(cfg, errors))
+    if cfg.triton:
+        from .triton.source import TritonSource
+
+        sources.append(TritonSource(cfg, errors))
+    if cfg.perf_analyzer_csv:
+        from .triton.perf_source import PerfAnalyzerSource
+
+        sources.append(PerfAnalyzerSource(cfg, errors))
     return sources
 
 

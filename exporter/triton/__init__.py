@@ -1,0 +1,1 @@
+"""Triton's own endpoints (/metrics, statistics, model config) and perf_analyzer CSV files."""
