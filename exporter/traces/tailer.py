@@ -155,10 +155,24 @@ class TraceTailer:
                     log.debug("waiting for %s to be complete", path)
                     self._waiting_logged.add(path)
                 return 0
-            if st.st_size == 0 or (entry is not None and entry.offset >= st.st_size):
+            if entry is not None and entry.offset >= st.st_size:
                 return 0
+            if st.st_size == 0:
+                return self._empty_file(path, st)
             return self._ingest(base, _Plan(path, start, st, head, restart), labels, partial=True)
         return self._ingest(base, _Plan(path, start, st, head, restart), labels, partial=False)
+
+    def _empty_file(self, path: str, st: os.stat_result) -> int:
+        """A file left empty: counted as failed once, ingested if it ever gets content."""
+        delta = TraceAggregate(self.s.bounds_ns)
+        delta.files["failed"] += 1
+        delta.reject("empty_file")
+        entries = dict(self.entries)
+        entries[path] = FileEntry(st.st_ino, 0, st.st_mtime_ns, "", 0, False)
+        self._commit(self.live.merged(delta), entries, self.streams)
+        log.warning("trace file %s has stayed empty for %.0fs; counted as failed", path, self.s.settle_seconds)
+        self.on_error("empty_file")
+        return 1
 
     @staticmethod
     def _looks_complete(path: str, st: os.stat_result) -> bool:
