@@ -85,15 +85,13 @@ def test_sigkill_mid_ingestion_then_restart_counts_exactly_once(tmp_path: Path) 
         files.append(str(p))
     want = reference.stage_stats(files)
     state, port, log = tmp_path / "state", free_port(), tmp_path / "exporter.log"
-    kills = 0
-    for _ in range(3):  # kill it three times at different points of the backlog
+    for kills in range(3):  # kill it three times at different points of the backlog
         proc = serve(str(d / "trace.json"), state, port, log)
         try:
             wait_for(port, lambda m, k=kills: files_parsed(m) >= 2 * k + 1)
         finally:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
-        kills += 1
     proc = serve(str(d / "trace.json"), state, port, log)
     try:
         m = wait_for(port, lambda m: files_parsed(m) >= 8)
