@@ -80,4 +80,26 @@ if [ -d "$TS" ] && [ -f "$TS/python_backend_stubs/$PYVER/triton_python_backend_s
     cp -f "$TS/python_backend_stubs/$PYVER/triton_python_backend_stub" "$TS/backends/python/"
 fi
 
+# perf_analyzer: only tritonclient 2.41.1's wheel still carries the binary; the libb64 and
+# libcudart it links come from the Triton wheel's bundled libraries (ENVIRONMENT.md).
+PA=.venv/opt/perf_analyzer
+if [ ! -x "$PA/perf_analyzer" ]; then
+    say "provisioning perf_analyzer into $PA"
+    mkdir -p .cache/perf_analyzer "$PA/lib"
+    whl=$(ls .cache/perf_analyzer/tritonclient-2.41.1-*.whl 2>/dev/null | head -n1 || true)
+    if [ -z "$whl" ]; then
+        .venv/bin/python -m pip download -q --no-deps --only-binary=:all: tritonclient==2.41.1 \
+            -d .cache/perf_analyzer 2>&1 | grep -v '^WARNING: Location' || true
+        whl=$(ls .cache/perf_analyzer/tritonclient-2.41.1-*.whl | head -n1)
+    fi
+    unzip -o -j -q "$whl" 'tritonclient-2.41.1.data/data/bin/perf_analyzer' -d "$PA"
+    chmod +x "$PA/perf_analyzer"
+fi
+mkdir -p "$PA/lib"
+ln -sfn "$(ls "$SITE"/nvidia_pytriton.libs/libb64-*.so.0d | head -n1)" "$PA/lib/libb64.so.0d"
+ln -sfn "$(ls "$SITE"/nvidia_pytriton.libs/libcudart-*.so.12* | head -n1)" "$PA/lib/libcudart.so.12"
+if LD_LIBRARY_PATH="$PA/lib" ldd "$PA/perf_analyzer" | grep -q 'not found'; then
+    say "WARNING: perf_analyzer misses libraries: $(LD_LIBRARY_PATH="$PA/lib" ldd "$PA/perf_analyzer" | grep 'not found' | tr -s ' \t\n' ' ')"
+fi
+
 say "done. Try: .venv/bin/inference-profiler demo"

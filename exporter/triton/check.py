@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import glob
+import os
 from collections.abc import Iterable, Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
 from ..check import CheckResult
 from ..config import Config
-from .perf_csv import PerfCsvError, parse_perf_csv
 from .statistics import ApiShapeError, parse_repository_index, parse_trace_settings
 from .target import default_metrics_url, target_name
 
@@ -76,8 +76,13 @@ def _trace_result(name: str, level: tuple[str, ...], rate: str, log_frequency: i
 
 
 def _perf_checks(patterns: list[str]) -> Iterator[CheckResult]:
+    if not patterns:
+        return
+    # pandas is imported only when CSVs are configured
+    from .perf_csv import PerfCsvError, parse_perf_csv
+
     for pat in patterns:
-        paths = sorted(glob.glob(pat)) if glob.has_magic(pat) else [pat]
+        paths = sorted(glob.glob(pat)) if glob.has_magic(pat) else [p for p in [pat] if os.path.exists(p)]
         if not paths:
             yield CheckResult(f"perf_analyzer {pat}", "warn", "no file matches yet")
         for p in paths:

@@ -1,0 +1,60 @@
+"""Running the perf_analyzer binary that scripts/setup.sh provisions into the venv.
+
+The binary comes from tritonclient 2.41.1's wheel and needs libb64/libcudart, which
+setup.sh links into <venv>/opt/perf_analyzer/lib (ENVIRONMENT.md).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+
+class PerfAnalyzerError(Exception):
+    """perf_analyzer is missing or its run failed; the message says which and shows its output tail."""
+
+
+def perf_analyzer_home() -> Path:
+    return Path(sys.prefix) / "opt" / "perf_analyzer"
+
+
+def perf_analyzer_binary() -> Path:
+    binary = perf_analyzer_home() / "perf_analyzer"
+    if not os.access(binary, os.X_OK):
+        raise PerfAnalyzerError(f"no perf_analyzer at {binary}; run scripts/setup.sh")
+    return binary
+
+
+def perf_analyzer_env() -> dict[str, str]:
+    env = dict(os.environ)
+    libs = [str(perf_analyzer_home() / "lib")]
+    if env.get("LD_LIBRARY_PATH"):
+        libs.append(env["LD_LIBRARY_PATH"])
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(libs)
+    return env
+
+
+def run_perf_analyzer(model: str, url: str, csv_path: str | os.PathLike[str], *,
+                      concurrency_range: str = "2:4:2", protocol: str = "http",
+                      measurement_ms: int = 1000, extra: Sequence[str] = (), timeout: float = 120.0) -> str:
+    """Run perf_analyzer against `url` (host:port) writing `-f csv_path`; returns its stdout.
+
+    With the add_sub example model perf_analyzer 2.41 fails at concurrency 1 ("input
+    'INPUT1' does not exist"), so the default range starts at 2.
+    """
+    cmd = [str(perf_analyzer_binary()), "-m", model, "-u", url, "-i", protocol,
+           "-f", str(csv_path), "-p", str(measurement_ms), *extra]
+    if not any(a.startswith(("--concurrency-range", "--request-rate-range", "--request-intervals")) for a in extra):
+        cmd += ["--concurrency-range", concurrency_range]
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=perf_analyzer_env(),
+                           stdin=subprocess.DEVNULL, check=False)
+    except subprocess.TimeoutExpired:
+        raise PerfAnalyzerError(f"perf_analyzer did not finish within {timeout:.0f}s: {' '.join(cmd)}") from None
+    if r.returncode != 0:
+        tail = "\n".join((r.stdout + r.stderr).strip().splitlines()[-10:])
+        raise PerfAnalyzerError(f"perf_analyzer exited with {r.returncode}: {' '.join(cmd)}\n{tail}")
+    return r.stdout
