@@ -11,6 +11,7 @@ import math
 from bisect import bisect_left
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 # 4 sub-buckets per power of two: bounds are m * 2**e with m in 5..8 (plus 0..4).
 LOG_LINEAR_SUB = 4
@@ -78,6 +79,19 @@ def indexed_counts(by_index: Mapping[int, int], n_bounds: int) -> list[int]:
     for i, c in by_index.items():
         dense[min(max(i, 0), n_bounds)] += c
     return dense
+
+
+def log_linear_buckets(by_index: Mapping[int, int], first: int, last: int,
+                       divisor: float = 1.0) -> list[tuple[str, float]]:
+    """Cumulative (le, count) pairs, +Inf last, from sparse log-linear bucket counts (eBPF maps).
+
+    Exposes bounds first..last divided by divisor (1e9: ns -> s); indexes below first
+    fold into first's bucket, above last into +Inf, so every le stays exact.
+    """
+    bounds = [log_linear_bound(i) / divisor for i in range(first, last + 1)]
+    dense = indexed_counts({i - first: c for i, c in by_index.items()}, len(bounds))
+    les = [format_le(b) for b in bounds] + ["+Inf"]
+    return [(le, float(c)) for le, c in zip(les, cumulative(dense), strict=True)]
 
 
 @dataclass
@@ -155,3 +169,22 @@ class QuantileSketch:
     @property
     def mean(self) -> float:
         return self.total / self.count if self.count else 0.0
+
+
+def sketch_add_many(sk: QuantileSketch, values: Any) -> None:
+    """QuantileSketch.add over a numpy array of non-negative integers, vectorised."""
+    import numpy as np
+
+    v = np.asarray(values, dtype=np.int64)
+    if not len(v):
+        return
+    sk.count += len(v)
+    sk.total += int(v.sum())
+    pos = v[v > 0]
+    sk.zeros += len(v) - len(pos)
+    if len(pos):
+        idx = np.ceil(np.log(pos.astype(np.float64)) / QuantileSketch._LOG_GAMMA).astype(np.int64)
+        uniq, counts = np.unique(idx, return_counts=True)
+        b = sk.buckets
+        for i, c in zip(uniq.tolist(), counts.tolist(), strict=True):
+            b[i] = b.get(i, 0) + c

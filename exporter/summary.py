@@ -17,10 +17,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from .histogram import QuantileSketch
-from .stages import STAGES, stage_spans
-from .traces.assembly import Finished, StreamState, TraceAssembler
-from .traces.records import ReadResult, read_records
+import numpy as np
+import numpy.typing as npt
+
+from .histogram import QuantileSketch, sketch_add_many
+from .stages import COLUMN, COLUMNS, PROTOCOLS, STAGES, stage_matrix
+from .traces.assembly import StreamState, Trace, TraceBatch, release_pending, resolve
+from .traces.records import ReadResult
+from .traces.scanner import FileScan
 
 GroupKey = tuple[str, str, str]  # model, version, protocol
 
@@ -69,37 +73,35 @@ class _CountingReader:
         return int(self.fp.seek(pos))
 
 
-def iter_finished(paths: list[str], rejected: Counter[str], progress: Progress) -> Iterator[tuple[str, Finished]]:
-    """(file, finished trace) for every countable trace in the files, in the daemon's semantics."""
+def iter_batches(paths: list[str], rejected: Counter[str],
+                 progress: Progress) -> Iterator[tuple[TraceBatch, npt.NDArray[np.int8]]]:
+    """Batches of countable-or-not finished traces with their protocols, in the daemon's semantics."""
     streams: dict[str, StreamState] = {}
-    out: list[tuple[str, Finished]] = []
 
     def reject(reason: str) -> None:
         rejected[reason] += 1
 
+    pushed_out: list[Trace] = []
+    now = time.time()
     for path in paths:
         base = path.rsplit(".", 1)[0] if path.rsplit(".", 1)[-1].isdigit() else path
         state = streams.setdefault(base, StreamState())
-
-        def emit(f: Finished, p: str = path) -> None:
-            out.append((p, f))
-
-        asm = TraceAssembler(state, emit, reject)
+        scan = FileScan(16384, reject)
         result = ReadResult()
         with open(path, "rb") as fp:
-            for rec in read_records(_CountingReader(fp, progress), reject, result, salvage_tail=True):  # type: ignore[arg-type]
-                asm.feed(rec)
-                if out:
-                    yield from out
-                    out.clear()
-        asm.finish_file()
+            reader = _CountingReader(fp, progress)
+            for batch in scan.batches(reader, result, salvage_tail=True):  # type: ignore[arg-type]
+                yield resolve(batch, state, scan.lookup, now, pushed_out.append)
         if not result.complete:
             rejected["truncated_file"] += 1
-        yield from out
-        out.clear()
+        released, codes = release_pending(state, lambda _: None, 1e18, now)
+        if released:
+            yield TraceBatch.from_traces(released), np.array(codes, dtype=np.int8)
     for state in streams.values():
-        TraceAssembler(state, lambda f: out.append(("", f)), reject).expire(0, force=True)
-    yield from out
+        left, codes = release_pending(state, lambda _: None, 0, now, force=True)
+        pushed_out.extend(left)
+    if pushed_out:
+        yield TraceBatch.from_traces(pushed_out), np.zeros(len(pushed_out), dtype=np.int8)
 
 
 @dataclass
@@ -114,32 +116,49 @@ def collect(paths: list[str], models: list[str] | None, progress: Progress,
             show_trace: bool = False, out: TextIO = sys.stdout) -> tuple[dict[GroupKey, Group], Counter[str]]:
     rejected: Counter[str] = Counter()
     groups: dict[GroupKey, Group] = {}
-    for _, f in iter_finished(paths, rejected, progress):
-        t = f.trace
-        if models and t.model not in models:
-            continue
-        key = (t.model or "", t.version or "", f.protocol)
-        g = groups.get(key)
-        if g is None:
-            g = groups[key] = Group()
-        g.traces += 1
-        res = stage_spans(t.stamps)
-        if res.negative:
-            rejected["negative_span"] += res.negative
-        for stage, ns in res.spans:
-            sk = g.stages.get(stage)
-            if sk is None:
-                sk = g.stages[stage] = QuantileSketch()
-            sk.add(ns)
-        # timeline: offsets from the first timestamp (idle gRPC wait excluded)
-        stamps = {k: v for k, v in t.stamps.items() if k != "GRPC_WAITREAD_START"}
-        t0 = min(stamps.values())
-        for name, ns in stamps.items():
-            g.offsets[name] = g.offsets.get(name, 0) + (ns - t0)
-            g.offset_counts[name] += 1
+    wait_col = COLUMN["GRPC_WAITREAD_START"]
+    for batch, codes in iter_batches(paths, rejected, progress):
+        ok = batch.usable(lambda reason, n: rejected.update({reason: n}))
+        if models:
+            ok &= np.fromiter((m in models for m in batch.models), dtype=bool, count=len(batch))
+        rows = np.flatnonzero(ok)
+        keys = [(batch.models[i] or "", batch.versions[i] or "", PROTOCOLS[int(codes[i])]) for i in rows.tolist()]
+        by_key: dict[GroupKey, list[int]] = {}
+        for r, k in zip(rows.tolist(), keys, strict=True):
+            by_key.setdefault(k, []).append(r)
+        for key, rlist in by_key.items():
+            g = groups.get(key)
+            if g is None:
+                g = groups[key] = Group()
+            sel = np.asarray(rlist, dtype=np.intp)
+            stamps = batch.stamps[sel]
+            g.traces += len(sel)
+            durations, negative = stage_matrix(stamps)
+            rejected["negative_span"] += int(negative.sum())
+            for j, stage in enumerate(STAGES):
+                d = durations[:, j]
+                d = d[d >= 0]
+                if len(d):
+                    sk = g.stages.get(stage)
+                    if sk is None:
+                        sk = g.stages[stage] = QuantileSketch()
+                    sketch_add_many(sk, d)
+            # timeline: offsets from each trace's first timestamp (idle gRPC wait excluded)
+            st = stamps.copy()
+            st[:, wait_col] = -1
+            present = st >= 0
+            first = np.where(present, st, np.iinfo(np.int64).max).min(axis=1)
+            offs = np.where(present, st - first[:, None], 0)
+            for col in np.flatnonzero(present.any(axis=0)).tolist():
+                name = COLUMNS[col]
+                g.offsets[name] = g.offsets.get(name, 0) + int(offs[:, col].sum())
+                g.offset_counts[name] += int(present[:, col].sum())
         if show_trace:
-            print_trace(t.model or "", t.version or "", t.id, t.parent_id, f.protocol, t.stamps, out)
-    return groups, rejected
+            for i in rows.tolist():
+                t = batch.trace(i)
+                print_trace(t.model or "", t.version or "", t.id, t.parent_id, PROTOCOLS[int(codes[i])],
+                            t.stamps, out)
+    return groups, +rejected
 
 
 def print_trace(model: str, version: str, tid: int, parent: int | None, protocol: str,

@@ -9,9 +9,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
+
 from ..histogram import Histogram
-from ..stages import stage_spans
-from .assembly import Finished
+from ..stages import PROTOCOLS, STAGES, stage_matrix
+from .assembly import TraceBatch
 
 # series key: (*pattern labels, model, version, protocol, stage)
 SeriesKey = tuple[str, ...]
@@ -40,29 +43,85 @@ class TraceAggregate:
     def reject(self, reason: str, n: int = 1) -> None:
         self.rejected[reason] += n
 
-    def observe_trace(self, f: Finished, labels: Sequence[str], max_models: int,
-                      known_models: set[str]) -> None:
-        t = f.trace
-        model = t.model or ""
-        if model not in known_models and model not in self.models:
-            if len(known_models | self.models) >= max_models:
-                self.rejected["model_cap"] += 1
-                return
-            self.models.add(model)
-        version = t.version or ""
-        base = (*labels, model, version, f.protocol)
-        res = stage_spans(t.stamps)
-        if res.negative:
-            self.rejected["negative_span"] += res.negative
-        self.traces[base] += 1
+    def observe_batch(self, batch: TraceBatch, codes: npt.NDArray[np.int8], labels: Sequence[str],
+                      max_models: int, known_models: set[str]) -> None:
+        """Stage histograms and trace counts of a batch of finished traces (vectorised)."""
+        if not len(batch):
+            return
+        rows = np.flatnonzero(batch.usable(self.reject))
+        if not len(rows):
+            return
+        # one group per (model, version, protocol); models past the cap are rejected
+        groups: dict[tuple[str, str, int], int] = {}
+        group_keys: list[tuple[str, str, int]] = []
+        gidx = np.empty(len(rows), dtype=np.int64)
+        allowed = np.ones(len(rows), dtype=bool)
+        models, versions, cl = batch.models, batch.versions, codes.tolist()
+        for k, i in enumerate(rows.tolist()):
+            key = (models[i] or "", versions[i] or "", cl[i])
+            g = groups.get(key)
+            if g is None:
+                model = key[0]
+                if model not in known_models and model not in self.models:
+                    if len(known_models | self.models) >= max_models:
+                        g = -1
+                    else:
+                        self.models.add(model)
+                if g is None:
+                    g = len(group_keys)
+                    group_keys.append(key)
+                groups[key] = g
+            if g < 0:
+                allowed[k] = False
+            gidx[k] = g
+        self.rejected["model_cap"] += int((~allowed).sum())
+        rows, gidx = rows[allowed], gidx[allowed]
+        if not len(rows):
+            return
+        n_groups = len(group_keys)
+        per_group = np.bincount(gidx, minlength=n_groups)
+        bases = [(*labels, m, v, PROTOCOLS[c]) for m, v, c in group_keys]
+        for g, base in enumerate(bases):
+            if per_group[g]:
+                self.traces[base] += int(per_group[g])
+        durations, negative = stage_matrix(batch.stamps[rows])
+        self.rejected["negative_span"] += int(negative.sum())
+        bounds = np.asarray(self.bounds_ns, dtype=np.int64)
+        n_buckets = len(bounds) + 1
         now = time.time()
-        for stage, ns in res.spans:
-            key = (*base, stage)
-            h = self.histograms.get(key)
-            if h is None:
-                h = self.histograms[key] = Histogram(self.bounds_ns)
-            i = h.observe(ns)
-            self.exemplars.setdefault(key, {})[i] = Exemplar(str(t.id), t.request_id, ns / 1e9, now)
+        ids, rids = batch.ids[rows], [batch.request_ids[i] for i in rows.tolist()]
+        for j, stage in enumerate(STAGES):
+            d = durations[:, j]
+            valid = np.flatnonzero(d >= 0)
+            if not len(valid):
+                continue
+            dv, gv = d[valid], gidx[valid]
+            bucket = np.searchsorted(bounds, dv, side="left")
+            flat = gv * n_buckets + bucket
+            counts = np.bincount(flat, minlength=n_groups * n_buckets).reshape(n_groups, n_buckets)
+            order = np.argsort(gv, kind="stable")
+            gs = gv[order]
+            starts = np.flatnonzero(np.r_[True, gs[1:] != gs[:-1]])
+            sums = np.add.reduceat(dv[order], starts)
+            # the newest trace of each (group, bucket) becomes its exemplar
+            uniq, last_rev = np.unique(flat[::-1], return_index=True)
+            last = len(flat) - 1 - last_rev
+            for g_start, total in zip(gs[starts].tolist(), sums.tolist(), strict=True):
+                key = (*bases[g_start], stage)
+                h = self.histograms.get(key)
+                if h is None:
+                    h = self.histograms[key] = Histogram(self.bounds_ns)
+                row = counts[g_start]
+                for b in np.flatnonzero(row).tolist():
+                    h.counts[b] += int(row[b])
+                n = int(row.sum())
+                h.count += n
+                h.total += int(total)
+            for f, pos in zip(uniq.tolist(), last.tolist(), strict=True):
+                g, b = divmod(f, n_buckets)
+                r = int(valid[pos])
+                self.exemplars.setdefault((*bases[g], stage), {})[b] = Exemplar(
+                    str(int(ids[r])), rids[r], int(dv[pos]) / 1e9, now)
 
     def merged(self, delta: TraceAggregate) -> TraceAggregate:
         """A new aggregate = self + delta (self is left untouched for concurrent scrapes)."""

@@ -1,26 +1,30 @@
-"""Trace assembly: merge a stream's records by id into whole traces.
+"""Trace assembly: merge a stream's records by id into whole traces, then give each
+finished trace its protocol.
 
 Objects of one trace arrive split and out of time order; the last duplicate of a
-timestamp name wins. Memory is bounded: at most `window` traces are open, the
-oldest is finished when a new one would pass the bound (Triton writes a trace's
-objects together, so a window of thousands never splits one). Ensemble/BLS
+timestamp name wins. Memory is bounded: at most `window` traces are open, the one
+opened first is finished when a new one would pass the bound (Triton writes a
+trace's objects together, so a window of thousands never splits one). Ensemble/BLS
 children take the protocol of their top-level parent, also when the parent is in a
 later file: such children wait (bounded, persisted with the checkpoint).
 """
 
 from __future__ import annotations
 
-import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..stages import frontend_protocol, is_countable
+import numpy as np
+import numpy.typing as npt
+
+from ..stages import COLUMN, COLUMNS, countable_rows, frontend_protocol, protocol_codes
 from .records import Header, Record, Stamps
 
-MAX_PROTOCOLS = 65536  # remembered top-level protocols per stream
+MAX_PROTOCOLS = 65536  # remembered protocols of finished traces, per stream
 MAX_PENDING = 10000  # children waiting for a parent in a later file
+PROTOCOL_CODE = {"none": 0, "http": 1, "grpc": 2}
 
 
 @dataclass(slots=True)
@@ -40,25 +44,106 @@ class Trace:
         return cls(int(v[0]), v[1], v[2], v[3], v[4], {str(k): int(n) for k, n in v[5].items()})
 
 
-@dataclass(slots=True)
-class Finished:
-    trace: Trace
-    protocol: str
+@dataclass
+class TraceBatch:
+    """Finished traces as columns: the unit the stage math works on."""
+
+    ids: npt.NDArray[np.int64]
+    parents: npt.NDArray[np.int64]  # -1: top-level
+    stamps: npt.NDArray[np.int64]  # [rows, len(COLUMNS)], -1 where absent
+    models: list[str | None]  # None: no header object was seen
+    versions: list[str | None]
+    request_ids: list[str | None]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @classmethod
+    def from_traces(cls, traces: list[Trace]) -> TraceBatch:
+        n = len(traces)
+        stamps = np.full((n, len(COLUMNS)), -1, dtype=np.int64)
+        for i, t in enumerate(traces):
+            for name, ns in t.stamps.items():
+                stamps[i, COLUMN[name]] = ns
+        return cls(
+            np.array([t.id for t in traces], dtype=np.int64),
+            np.array([-1 if t.parent_id is None else t.parent_id for t in traces], dtype=np.int64),
+            stamps,
+            [t.model for t in traces],
+            [t.version for t in traces],
+            [t.request_id for t in traces],
+        )
+
+    def usable(self, reject: Callable[[str, int], None]) -> npt.NDArray[np.bool_]:
+        """Rows that count (a header, REQUEST_START and REQUEST_END); the others rejected by reason."""
+        has_header = np.fromiter((m is not None for m in self.models), dtype=bool, count=len(self))
+        countable = countable_rows(self.stamps)
+        reject("missing_header", int((~has_header).sum()))
+        reject("incomplete_trace", int((has_header & ~countable).sum()))
+        return has_header & countable
+
+    def trace(self, i: int) -> Trace:
+        row = self.stamps[i]
+        p = int(self.parents[i])
+        return Trace(int(self.ids[i]), self.models[i], self.versions[i], self.request_ids[i],
+                     None if p < 0 else p, {COLUMNS[j]: int(row[j]) for j in np.flatnonzero(row >= 0)})
+
+    def select(self, rows: npt.NDArray[np.intp]) -> TraceBatch:
+        idx = rows.tolist()
+        return TraceBatch(self.ids[rows], self.parents[rows], self.stamps[rows],
+                          [self.models[i] for i in idx], [self.versions[i] for i in idx],
+                          [self.request_ids[i] for i in idx])
 
 
-Emit = Callable[[Finished], None]
-RejectFn = Callable[[str], None]
+class MergeWindow:
+    """The pure-Python assembler: records in, finished traces out (see the module doc)."""
+
+    def __init__(self, window: int, emit: Callable[[Trace], None]) -> None:
+        self.window = window
+        self.emit = emit
+        self.open: OrderedDict[int, Trace] = OrderedDict()
+
+    def feed(self, rec: Record) -> None:
+        t = self.open.get(rec.id)
+        if t is None:
+            if len(self.open) >= self.window:
+                self.emit(self.open.popitem(last=False)[1])
+            t = Trace(rec.id)
+            self.open[rec.id] = t
+        if isinstance(rec, Stamps):
+            for name, ns in rec.stamps:
+                t.stamps[name] = ns  # last duplicate wins
+        elif isinstance(rec, Header):
+            t.model, t.version, t.request_id, t.parent_id = rec.model, rec.version, rec.request_id, rec.parent_id
+
+    def open_trace(self, tid: int) -> Trace | None:
+        return self.open.get(tid)
+
+    def finish_all(self) -> None:
+        while self.open:
+            self.emit(self.open.popitem(last=False)[1])
+
+
+OpenLookup = Callable[[int], "Trace | None"]
 
 
 @dataclass
 class StreamState:
     """What outlives one file of a stream: protocols of recent traces and waiting children."""
 
-    protocols: OrderedDict[int, str] = field(default_factory=OrderedDict)
+    protocols: OrderedDict[int, int] = field(default_factory=OrderedDict)
     pending: OrderedDict[int, tuple[Trace, float]] = field(default_factory=OrderedDict)
 
     def copy(self) -> StreamState:
         return StreamState(OrderedDict(self.protocols), OrderedDict(self.pending))
+
+    def remember(self, ids: list[int], codes: list[int]) -> None:
+        protos = self.protocols
+        for tid, code in zip(ids, codes, strict=True):
+            protos[tid] = code
+            protos.move_to_end(tid)
+        while len(protos) > MAX_PROTOCOLS:
+            protos.popitem(last=False)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -70,106 +155,74 @@ class StreamState:
     def from_json(cls, v: dict[str, Any]) -> StreamState:
         s = cls()
         for k, p in v.get("protocols", []):
-            s.protocols[int(k)] = str(p)
+            s.protocols[int(k)] = int(p)
         for tj, since in v.get("pending", []):
             t = Trace.from_json(tj)
             s.pending[t.id] = (t, float(since))
         return s
 
 
-class TraceAssembler:
-    """Feed records of one file; finished traces go to `emit`, unusable ones to `reject`."""
-
-    def __init__(self, state: StreamState, emit: Emit, reject: RejectFn, window: int = 16384,
-                 clock: Callable[[], float] = time.time) -> None:
-        self.state = state
-        self.emit = emit
-        self.reject = reject
-        self.window = window
-        self.clock = clock
-        self.open: OrderedDict[int, Trace] = OrderedDict()
-
-    def feed(self, rec: Record) -> None:
-        t = self.open.get(rec.id)
+def _open_protocol(tid: int, lookup: OpenLookup, state: StreamState) -> int | None:
+    """Protocol of a trace still open (or finished earlier), walking up to its top-level parent."""
+    for _ in range(16):
+        known = state.protocols.get(tid)
+        if known is not None:
+            return known
+        t = lookup(tid)
         if t is None:
-            if len(self.open) >= self.window:
-                _, oldest = self.open.popitem(last=False)
-                self._finish(oldest)
-            t = Trace(rec.id)
-            self.open[rec.id] = t
-        if isinstance(rec, Stamps):
-            for name, ns in rec.stamps:
-                t.stamps[name] = ns  # last duplicate wins
-        elif isinstance(rec, Header):
-            t.model, t.version, t.request_id, t.parent_id = rec.model, rec.version, rec.request_id, rec.parent_id
-
-    def finish_file(self) -> None:
-        """End of a whole file: every open trace is complete."""
-        while self.open:
-            _, t = self.open.popitem(last=False)
-            self._finish(t)
-
-    def expire(self, hold_seconds: float, force: bool = False) -> None:
-        """Children whose parent never came: counted with protocol 'none' after the hold time."""
-        now = self.clock()
-        for tid in list(self.state.pending):
-            t, since = self.state.pending[tid]
-            if force or now - since >= hold_seconds:
-                del self.state.pending[tid]
-                self._remember(t.id, "none")
-                self._emit_countable(t, "none")
-
-    def _protocol_of(self, tid: int, depth: int = 0) -> str | None:
-        p = self.state.protocols.get(tid)
-        if p is not None:
-            return p
-        t = self.open.get(tid)
-        if t is None or depth > 16:
             return None
         if t.parent_id is None:
-            return frontend_protocol(t.stamps)
-        return self._protocol_of(t.parent_id, depth + 1)
+            return PROTOCOL_CODE[frontend_protocol(t.stamps)]
+        tid = t.parent_id
+    return None
 
-    def _remember(self, tid: int, protocol: str) -> None:
-        protos = self.state.protocols
-        protos[tid] = protocol
-        protos.move_to_end(tid)
-        while len(protos) > MAX_PROTOCOLS:
-            protos.popitem(last=False)
 
-    def _finish(self, t: Trace) -> None:
-        if t.model is None:
-            self.reject("missing_header")
-            return
-        if t.parent_id is None:
-            protocol: str | None = frontend_protocol(t.stamps)
-        else:
-            protocol = self._protocol_of(t.parent_id)
-        if protocol is None:
-            pend = self.state.pending
-            pend[t.id] = (t, self.clock())
-            while len(pend) > MAX_PENDING:
-                _, (old, _) = pend.popitem(last=False)
-                self._remember(old.id, "none")
-                self._emit_countable(old, "none")
-            return
-        self._remember(t.id, protocol)
-        self._release_children(t.id, protocol)
-        self._emit_countable(t, protocol)
+def resolve(batch: TraceBatch, state: StreamState, lookup: OpenLookup, now: float,
+            overflow: Callable[[Trace], None]) -> tuple[TraceBatch, npt.NDArray[np.int8]]:
+    """Protocols of a batch of finished traces; children whose parent is unknown yet wait
+    in state.pending (the returned batch leaves them out; `overflow` gets any pushed out)."""
+    codes = protocol_codes(batch.stamps)
+    parents = batch.parents
+    child_rows = np.flatnonzero(parents >= 0)
+    top = np.flatnonzero(parents < 0)
+    state.remember(batch.ids[top].tolist(), codes[top].tolist())
+    keep = np.ones(len(batch), dtype=bool)
+    if len(child_rows):
+        ids = batch.ids
+        for i in child_rows.tolist():
+            p = _open_protocol(int(parents[i]), lookup, state)
+            if p is None:
+                t = batch.trace(i)
+                state.pending[t.id] = (t, now)
+                keep[i] = False
+                continue
+            codes[i] = p
+            state.remember([int(ids[i])], [p])
+        while len(state.pending) > MAX_PENDING:
+            _, (old, _) = state.pending.popitem(last=False)
+            state.remember([old.id], [0])
+            overflow(old)
+    out = batch if keep.all() else batch.select(np.flatnonzero(keep))
+    return out, codes if keep.all() else codes[keep]
 
-    def _emit_countable(self, t: Trace, protocol: str) -> None:
-        if is_countable(t.stamps):
-            self.emit(Finished(t, protocol))
-        else:
-            self.reject("incomplete_trace")
 
-    def _release_children(self, parent: int, protocol: str) -> None:
-        pend = self.state.pending
-        if not pend:
-            return
-        waiting = [tid for tid, (c, _) in pend.items() if c.parent_id == parent]
-        for tid in waiting:
-            child, _ = pend.pop(tid)
-            self._remember(child.id, protocol)
-            self._release_children(child.id, protocol)
-            self._emit_countable(child, protocol)
+def release_pending(state: StreamState, lookup: OpenLookup, hold_seconds: float, now: float,
+                    force: bool = False) -> tuple[list[Trace], list[int]]:
+    """Waiting children whose parent's protocol is now known, or that waited too long ('none')."""
+    out: list[Trace] = []
+    codes: list[int] = []
+    progress = True
+    while progress and state.pending:
+        progress = False
+        for tid in list(state.pending):
+            t, since = state.pending[tid]
+            p = _open_protocol(t.parent_id, lookup, state) if t.parent_id is not None else None
+            if p is None and (force or now - since >= hold_seconds):
+                p = 0
+            if p is not None:
+                del state.pending[tid]
+                state.remember([tid], [p])
+                out.append(t)
+                codes.append(p)
+                progress = True
+    return out, codes

@@ -10,8 +10,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from .aggregate import TraceAggregate
-from .assembly import Finished, StreamState, TraceAssembler
+from .assembly import StreamState, Trace, TraceBatch, release_pending, resolve
 from .checkpoint import (
     STATE_VERSION,
     FileEntry,
@@ -22,7 +24,8 @@ from .checkpoint import (
     load_json,
 )
 from .discovery import TracePattern
-from .records import ReadResult, read_records
+from .records import ReadResult
+from .scanner import FileScan
 
 log = logging.getLogger("traces")
 
@@ -180,27 +183,34 @@ class TraceTailer:
             f.seek(max(0, st.st_size - 64))
             return f.read().rstrip(b" \t\r\n").endswith(b"]")
 
+    def _observe_traces(self, delta: TraceAggregate, traces: list[Trace], codes: list[int],
+                        labels: list[str]) -> None:
+        if traces:
+            delta.observe_batch(TraceBatch.from_traces(traces), np.array(codes, dtype=np.int8), labels,
+                                self.s.max_models, self.live.models)
+
     def _ingest(self, base: str, plan: _Plan, labels: list[str], partial: bool) -> int:
         t0 = time.monotonic()
+        now = time.time()
         delta = TraceAggregate(self.s.bounds_ns)
         stream = self.streams.get(base, StreamState()).copy()
         if plan.restart:
             # Triton restarted: trace ids start again; children still waiting belong to the old run
-            TraceAssembler(stream, lambda f: None, delta.reject).expire(0, force=True)
+            old, old_codes = release_pending(stream, lambda _: None, 0, now, force=True)
+            self._observe_traces(delta, old, old_codes, labels)
             stream.protocols.clear()
-        known = self.live.models
-
-        def emit(f: Finished) -> None:
-            delta.observe_trace(f, labels, self.s.max_models, known)
-
-        asm = TraceAssembler(stream, emit, delta.reject, self.s.window)
+        pushed_out: list[Trace] = []
+        scan = FileScan(self.s.window, delta.reject)
         result = ReadResult()
         with open(plan.path, "rb") as fp:
-            for rec in read_records(fp, delta.reject, result, plan.start, salvage_tail=partial):
-                asm.feed(rec)
+            for batch in scan.batches(fp, result, plan.start, salvage_tail=partial):
+                kept, codes = resolve(batch, stream, scan.lookup, now, pushed_out.append)
+                delta.observe_batch(kept, codes, labels, self.s.max_models, self.live.models)
         if not result.complete and not partial:
             return 0  # the ']' seen was not the array's end: still being written, retry
-        asm.finish_file()
+        self._observe_traces(delta, pushed_out, [0] * len(pushed_out), labels)
+        released, released_codes = release_pending(stream, lambda _: None, self.s.child_hold_seconds, now)
+        self._observe_traces(delta, released, released_codes, labels)
         st = os.stat(plan.path)
         if (st.st_ino, st.st_size, st.st_mtime_ns) != (plan.st.st_ino, plan.st.st_size, plan.st.st_mtime_ns):
             return 0  # changed while we read it: read it again next poll
@@ -235,8 +245,6 @@ class TraceTailer:
         return 1
 
     def _expire_pending(self) -> None:
-        if not any(s.pending for s in self.streams.values()):
-            return
         now = time.time()
         if not any(now - since >= self.s.child_hold_seconds
                    for s in self.streams.values() for _, since in s.pending.values()):
@@ -244,16 +252,11 @@ class TraceTailer:
         delta = TraceAggregate(self.s.bounds_ns)
         streams = dict(self.streams)
         for base, s in self.streams.items():
-            if not s.pending:
-                continue
-            pat_labels = self._labels_for(base)
-            s2 = s.copy()
-
-            def emit(f: Finished, lv: list[str] = pat_labels) -> None:
-                delta.observe_trace(f, lv, self.s.max_models, self.live.models)
-
-            TraceAssembler(s2, emit, delta.reject).expire(self.s.child_hold_seconds)
-            streams[base] = s2
+            if s.pending:
+                s2 = s.copy()
+                old, codes = release_pending(s2, lambda _: None, self.s.child_hold_seconds, now)
+                self._observe_traces(delta, old, codes, self._labels_for(base))
+                streams[base] = s2
         self._commit(self.live.merged(delta), self.entries, streams)
 
     def _labels_for(self, base: str) -> list[str]:
