@@ -63,6 +63,8 @@ class Config:
     triton_passthrough: bool = _opt(False, "also expose Triton's raw nv_* families")
     ebpf: str = _opt("auto", "eBPF TCP collection: auto runs it where the kernel allows", choices=("auto", "on", "off"))
     ebpf_port: list[int] = _opt([8000, 8001], "Triton port watched by eBPF (repeatable)", metavar="N")
+    ebpf_attach: str = _opt("auto", "eBPF attach method: auto takes the first the kernel allows",
+                            choices=("auto", "tracepoint", "fentry", "kprobe"))
     perf_analyzer_csv: list[str] = _opt([], "perf_analyzer -f result file to expose (repeatable, globs)", metavar="PATH")
     perf_analyzer_poll_seconds: float = _opt(5.0, "how often perf_analyzer CSV globs are re-read for new or rewritten files")
     stage_buckets: list[float] = _opt(list(DEFAULT_STAGE_BUCKETS), "stage histogram bucket bounds in seconds")

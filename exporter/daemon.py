@@ -32,6 +32,10 @@ def build_sources(cfg: Config, errors: ErrorCounts) -> list[Source]:
         from .triton.perf_source import PerfAnalyzerSource
 
         sources.append(PerfAnalyzerSource(cfg, errors))
+    if cfg.ebpf != "off":
+        from .ebpf.source import EbpfSource
+
+        sources.append(EbpfSource(cfg, errors))
     return sources
 
 

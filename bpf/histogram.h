@@ -1,0 +1,90 @@
+/* Metric maps shared by every program in bpf/: their key, the log-linear bucket
+ * function and the update macros. exporter/ebpf/ reads these maps generically,
+ * as each program's .yaml declares them.
+ *
+ * Buckets are log-linear, 4 per power of two, "le" semantics: bucket i counts
+ * values v with bound(i-1) < v <= bound(i), bounds 0,1,2,3,4,5,6,7,8,10,12,14,16,20,...
+ * log_linear_index() is the same function as exporter/histogram.py's; the tests
+ * run values through this copy in the kernel and compare.
+ */
+#ifndef INFPROF_HISTOGRAM_H
+#define INFPROF_HISTOGRAM_H
+
+/* bucket slot holding the exact sum of observations (indexes stay below 253) */
+#define HIST_SUM_SLOT 255
+
+/* errors[] slots, exposed as errors_total{source="ebpf", reason} */
+#define ERR_MAP_FULL 0    /* an insert was refused: the map is full */
+#define ERR_READ_FAILED 1 /* bpf_probe_read_kernel of a socket field failed */
+#define ERR_SLOTS 2
+
+/* One key for every series of every metric of a program. The loader defines
+ * METRIC_<name> = the metric's position in the program's .yaml, so the
+ * declaration stays the one place that says which metric an id is. */
+struct metric_key {
+    u8 metric;
+    u8 role;      /* 0 server (watched port is local), 1 client (it is remote) */
+    u16 port;
+    u8 direction; /* 0 send, 1 recv */
+    u8 pad[3];
+    u32 bucket;   /* log-linear index, HIST_SUM_SLOT, or 0 for counters */
+};
+
+#ifndef METRIC_SERIES
+#define METRIC_SERIES 16384
+#endif
+BPF_HASH(metrics, struct metric_key, u64, METRIC_SERIES);
+BPF_ARRAY(errors, u64, ERR_SLOTS);
+
+static __always_inline void count_error(u32 slot)
+{
+    u64 *n = errors.lookup(&slot);
+    if (n)
+        __sync_fetch_and_add(n, 1);
+}
+
+/* Number of significant bits of x (0 for 0), without loops or clz (BPF has neither). */
+static __always_inline u32 bit_length(u64 x)
+{
+    u32 n = 0;
+    if (x >> 32) { x >>= 32; n += 32; }
+    if (x >> 16) { x >>= 16; n += 16; }
+    if (x >> 8)  { x >>= 8;  n += 8; }
+    if (x >> 4)  { x >>= 4;  n += 4; }
+    if (x >> 2)  { x >>= 2;  n += 2; }
+    if (x >> 1)  { x >>= 1;  n += 1; }
+    return n + (u32)x;
+}
+
+/* Index of the smallest bound >= v: ceil, so a value on a bound lands in its le. */
+static __always_inline u32 log_linear_index(u64 v)
+{
+    if (v <= 4)
+        return (u32)v;
+    u64 x = v - 1;                  /* bound(i) = (5 + k) << e covers x = bound - 1 */
+    u32 e = bit_length(x) - 3;      /* x >= 4: the top three bits of x are 1kk */
+    u32 m = (u32)(x >> e);          /* 4..7 */
+    return 5 + 4 * e + (m - 4);
+}
+
+/* Add n to the series at k, creating it; a refused insert is counted, never fatal. */
+static __always_inline void metric_add(struct metric_key *k, u64 n)
+{
+    u64 zero = 0;
+    u64 *c = metrics.lookup_or_try_init(k, &zero);
+    if (c)
+        __sync_fetch_and_add(c, n);
+    else
+        count_error(ERR_MAP_FULL);
+}
+
+/* One observation of v: its bucket's count and the series' exact sum. */
+static __always_inline void hist_observe(struct metric_key *k, u64 v)
+{
+    k->bucket = log_linear_index(v);
+    metric_add(k, 1);
+    k->bucket = HIST_SUM_SLOT;
+    metric_add(k, v);
+}
+
+#endif

@@ -1,0 +1,40 @@
+"""`check` items for eBPF: can the programs load here, and by which attach method."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from ..check import CheckResult
+from ..config import Config
+from .declaration import DeclarationError, metric_programs
+from .kernel import bpf_stats_enabled
+from .loader import LoadError, environment_problem, load_programs
+
+
+def ebpf_checks(cfg: Config) -> Iterable[CheckResult]:
+    if cfg.ebpf == "off":
+        yield CheckResult("ebpf", "warn", "off (--ebpf off): no socket latency, size or RTT histograms")
+        return
+    # under auto, serve runs on without eBPF: a refusal is a warning, under on a failure
+    bad = "fail" if cfg.ebpf == "on" else "warn"
+    try:
+        decls = metric_programs()
+    except DeclarationError as e:
+        yield CheckResult("ebpf", bad, str(e))
+        return
+    problem = environment_problem()
+    if problem:
+        yield CheckResult("ebpf", bad, problem)
+        return
+    ports = ",".join(map(str, cfg.ebpf_port))
+    # loading for real is the only sure answer: the kernel may refuse what it seems to offer
+    for d, r in zip(decls, load_programs(decls, cfg.ebpf_port, cfg.ebpf_attach), strict=True):
+        if isinstance(r, LoadError):
+            yield CheckResult(f"ebpf {d.program}", bad, str(r))
+            continue
+        extra = f", with {', '.join(r.defines)}" if r.defines else ""
+        r.close()
+        yield CheckResult(f"ebpf {d.program}", "pass", f"loadable, attach method {r.method}{extra} (ports {ports})")
+    if not bpf_stats_enabled():
+        yield CheckResult("ebpf stats", "warn", "kernel.bpf_stats_enabled is 0: no ebpf_run_seconds_total "
+                          "(sysctl -w kernel.bpf_stats_enabled=1)")

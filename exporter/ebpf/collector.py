@@ -1,0 +1,119 @@
+"""The eBPF collector: at scrape time, reads each program's maps into the families its .yaml declares."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import defaultdict
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from ..histogram import log_linear_buckets
+from ..source import PREFIX, ErrorCounts
+from .declaration import MetricDecl, ProgramDecl
+from .kernel import bpf_stats_enabled
+from .loader import LoadedProgram, SeriesKey
+
+HIST_SUM_SLOT = 255  # bpf/histogram.h
+log = logging.getLogger("ebpf")
+
+
+@dataclass
+class ProgramState:
+    decl: ProgramDecl
+    loaded: LoadedProgram | None
+    reason: str = ""  # why not loaded
+
+
+def label_value(spec: str | tuple[str, ...], raw: int) -> str:
+    if isinstance(spec, tuple) and 0 <= raw < len(spec):
+        return spec[raw]
+    return str(raw)
+
+
+def metric_families(decl: ProgramDecl, series: Mapping[SeriesKey, int]) -> list[Metric]:
+    """One family per declared metric from the program's raw series (pure: no kernel here)."""
+    grouped: dict[int, dict[tuple[str, ...], dict[int, int]]] = defaultdict(lambda: defaultdict(dict))
+    for (metric, role, port, direction, bucket), value in series.items():
+        if metric >= len(decl.metrics):
+            continue
+        m = decl.metrics[metric]
+        fields = {"port": port, "role": role, "direction": direction}
+        labels = tuple(label_value(decl.key[name], fields[name]) for name in m.labels)
+        buckets = grouped[metric][labels]
+        buckets[bucket] = buckets.get(bucket, 0) + value
+    return [_family(m, grouped.get(i, {})) for i, m in enumerate(decl.metrics)]
+
+
+def _family(m: MetricDecl, by_labels: Mapping[tuple[str, ...], dict[int, int]]) -> Metric:
+    if m.type == "counter":
+        c = CounterMetricFamily(PREFIX + m.name, m.help, labels=list(m.labels))
+        for labels in sorted(by_labels):
+            c.add_metric(list(labels), sum(by_labels[labels].values()) / m.divisor)
+        return c
+    first, last = m.index_range
+    h = HistogramMetricFamily(PREFIX + m.name, m.help, labels=list(m.labels))
+    for labels in sorted(by_labels):
+        counts = dict(by_labels[labels])
+        total = counts.pop(HIST_SUM_SLOT, 0)
+        h.add_metric(list(labels), log_linear_buckets(counts, first, last, m.divisor), total / m.divisor)
+    return h
+
+
+class EbpfCollector(Collector):
+    def __init__(self, programs: Sequence[ProgramState], lock: threading.Lock, errors: ErrorCounts) -> None:
+        self.programs = programs
+        self.lock = lock  # held while programs are read or closed
+        self.errors = errors
+        self._logged: set[str] = set()
+
+    def _read_failed(self, program: str, e: Exception) -> None:
+        self.errors.inc("ebpf", "map_read_failed")
+        if program not in self._logged:  # once per program: the counter says how often
+            self._logged.add(program)
+            log.warning("eBPF %s: reading its metrics map failed: %s", program, e)
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily(PREFIX + "ebpf_up", "1 when the eBPF program is loaded and attached.",
+                               labels=["program"])
+        info = GaugeMetricFamily(PREFIX + "ebpf_attach_info",
+                                 "How each eBPF program is attached (method none: not loaded).",
+                                 labels=["program", "method"])
+        stats = bpf_stats_enabled()
+        run_s = CounterMetricFamily(PREFIX + "ebpf_run_seconds",
+                                    "Kernel time spent in the program (kernel.bpf_stats_enabled=1).",
+                                    labels=["program"])
+        run_n = CounterMetricFamily(PREFIX + "ebpf_run_count",
+                                    "Runs of the program (kernel.bpf_stats_enabled=1).", labels=["program"])
+        families: list[Metric] = []
+        with self.lock:
+            for p in self.programs:
+                name = p.decl.program
+                loaded = p.loaded
+                up.add_metric([name], 1.0 if loaded else 0.0)
+                info.add_metric([name, loaded.method if loaded else "none"], 1.0)
+                series: dict[SeriesKey, int] = {}
+                if loaded:
+                    try:
+                        series = loaded.read_series()
+                    except Exception as e:  # a map that cannot be read costs its series, not the scrape
+                        self._read_failed(name, e)
+                families.extend(metric_families(p.decl, series))
+                if loaded and stats:
+                    ns, runs = loaded.run_stats()
+                    run_s.add_metric([name], ns / 1e9)
+                    run_n.add_metric([name], float(runs))
+        yield up
+        yield info
+        if stats:
+            yield run_s
+            yield run_n
+        yield from families

@@ -1,0 +1,196 @@
+"""Compiling and loading a declared program with BCC, and reading its maps back."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes as ct
+import logging
+import os
+import re
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .attach import plan_attach
+from .declaration import ProgramDecl
+from .kernel import bcc_problem, headers_problem, need_missing, privilege_problem
+
+log = logging.getLogger("ebpf")
+
+_INCLUDE = re.compile(r'^\s*#include\s+"([^"]+)"')
+SeriesKey = tuple[int, int, int, int, int]  # metric, role, port, direction, bucket
+
+
+class LoadError(Exception):
+    """Why a program could not be loaded; its message is one line."""
+
+
+def program_text(source: Path, _seen: set[Path] | None = None) -> str:
+    """The source with its local "..." includes inlined: BCC rewrites map calls only in its main file."""
+    seen = _seen if _seen is not None else set()
+    out: list[str] = []
+    for line in source.read_text().splitlines():
+        m = _INCLUDE.match(line)
+        if m is None:
+            out.append(line)
+            continue
+        inc = (source.parent / m.group(1)).resolve()
+        if inc not in seen:
+            seen.add(inc)
+            out.append(program_text(inc, seen))
+    return "\n".join(out) + "\n"
+
+
+class StderrCapture:
+    """What was written to fd 2 while captured (readable during the capture too)."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self.final: list[str] | None = None
+
+    def lines(self) -> list[str]:
+        if self.final is not None:
+            return self.final
+        size = os.fstat(self._fd).st_size
+        return os.pread(self._fd, size, 0).decode(errors="replace").splitlines()
+
+
+@contextlib.contextmanager
+def captured_stderr() -> Iterator[StderrCapture]:
+    """libbcc prints compiler and verifier output on fd 2; keep it for the debug log instead."""
+    with tempfile.TemporaryFile(mode="w+b") as tmp:
+        cap = StderrCapture(tmp.fileno())
+        saved = os.dup(2)
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield cap
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            cap.final = cap.lines()
+
+
+def environment_problem() -> str | None:
+    """The first reason no program can load here (privileges, BCC, headers), or None."""
+    return privilege_problem() or bcc_problem() or headers_problem()
+
+
+@dataclass
+class LoadedProgram:
+    decl: ProgramDecl
+    method: str
+    bpf: Any  # bcc.BPF
+    defines: tuple[str, ...] = ()
+    _closed: bool = field(default=False, repr=False)
+
+    def set_ports(self, ports: Sequence[int]) -> None:
+        table = self.bpf["watched_ports"]
+        for p in ports:
+            table[ct.c_int(p)] = ct.c_uint8(1)
+
+    def read_series(self) -> dict[SeriesKey, int]:
+        """Every series of the program's `metrics` map (bpf/histogram.h)."""
+        table = self.bpf["metrics"]
+        try:
+            pairs = list(table.items_lookup_batch())
+        except Exception:  # kernels before 5.6 have no batch lookup; one syscall per key then
+            pairs = list(table.items())
+        # batch lookup yields plain ints for u64 values, items() ctypes objects
+        return {(k.metric, k.role, k.port, k.direction, k.bucket): int(getattr(v, "value", v)) for k, v in pairs}
+
+    def read_errors(self) -> list[int]:
+        """errors[] of bpf/histogram.h: ERR_MAP_FULL, ERR_READ_FAILED."""
+        table = self.bpf["errors"]
+        return [int(table[ct.c_int(i)].value) for i in range(len(table))]
+
+    def run_stats(self) -> tuple[int, int]:
+        """(run time ns, runs) summed over the program's functions, from their fdinfo."""
+        ns = runs = 0
+        for fn in self.bpf.funcs.values():
+            try:
+                text = Path(f"/proc/self/fdinfo/{fn.fd}").read_text()
+            except OSError:
+                continue
+            for line in text.splitlines():
+                name, _, value = line.partition(":")
+                if name == "run_time_ns":
+                    ns += int(value)
+                elif name == "run_cnt":
+                    runs += int(value)
+        return ns, runs
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.bpf.cleanup()
+
+
+def _one_line(exc: BaseException, stderr: Sequence[str]) -> str:
+    """The line that says why: a compiler error if there was one, else BCC's message."""
+    errs = [ln.strip() for ln in stderr if "error:" in ln]
+    text = errs[0] if errs else str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if "Need super-user privileges" in text and privilege_problem() is None:
+        text = "the kernel refused the program (EPERM)"  # BCC says this for any EPERM, even as root
+    return re.sub(r"b'([^']*)'", r"\1", text)
+
+
+def _compile(decl: ProgramDecl, ports: Sequence[int], forced: str,
+             extra_defines: Sequence[str], stderr: StderrCapture) -> LoadedProgram:
+    from bcc import BPF
+
+    plan = plan_attach(decl, need_missing, forced)
+    if plan.problem:
+        raise LoadError(plan.problem)
+    text = program_text(decl.source)
+    tried: list[str] = list(plan.refused)  # methods ruled out before trying, then those refused
+    for cand in plan.candidates:
+        defines = [*decl.metric_defines(), *plan.defines, *extra_defines]
+        if cand.define:
+            defines.append(cand.define)
+        before = len(stderr.lines())
+        try:
+            bpf = BPF(text=text, cflags=[f"-D{d}" for d in defines])
+        except Exception as e:  # BCC raises bare Exception for compile, load and attach failures
+            tried.append(f"{cand.method}: {_one_line(e, stderr.lines()[before:])}")
+            continue
+        prog = LoadedProgram(decl, cand.method, bpf, plan.defines)
+        try:
+            prog.set_ports(ports)
+        except Exception as e:
+            prog.close()
+            raise LoadError(f"{decl.program}: cannot set watched ports: {e}") from None
+        return prog
+    raise LoadError(f"{decl.program}: {'; '.join(tried)}")
+
+
+def load_programs(decls: Sequence[ProgramDecl], ports: Sequence[int], forced: str = "auto",
+                  extra_defines: Sequence[str] = ()) -> list[LoadedProgram | LoadError]:
+    """Load every program, each loaded or why not. One at a time: BCC's compiler is not thread-safe."""
+    problem = environment_problem()
+    if problem:
+        return [LoadError(problem) for _ in decls]
+    results: list[LoadedProgram | LoadError] = []
+    with captured_stderr() as stderr:
+        for d in decls:
+            try:
+                results.append(_compile(d, ports, forced, extra_defines, stderr))
+            except LoadError as e:
+                results.append(e)
+            except Exception as e:  # anything else from BCC is also a refusal, with its reason
+                results.append(LoadError(f"{d.program}: {_one_line(e, [])}"))
+    for line in stderr.lines():
+        if line.strip():
+            log.debug("bcc: %s", line)
+    return results
+
+
+def load_program(decl: ProgramDecl, ports: Sequence[int], forced: str = "auto",
+                 extra_defines: Sequence[str] = ()) -> LoadedProgram:
+    """One program, or LoadError saying why not."""
+    (result,) = load_programs([decl], ports, forced, extra_defines)
+    if isinstance(result, LoadError):
+        raise result
+    return result
+

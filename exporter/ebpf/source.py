@@ -1,0 +1,111 @@
+"""The eBPF source: loads the declared programs at start, polls their error counters, unloads on stop."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from prometheus_client.registry import Collector
+
+from ..config import Config, ConfigError
+from ..source import ErrorCounts
+from .collector import EbpfCollector, ProgramState
+from .declaration import DeclarationError, metric_programs
+from .loader import LoadError, environment_problem, load_programs
+
+log = logging.getLogger("ebpf")
+
+ERROR_REASONS = ("map_full", "read_failed")  # errors[] slots of bpf/histogram.h, in order
+
+
+class EbpfSource:
+    """`--ebpf auto` runs without the programs the kernel refuses (saying why); `on` fails instead."""
+
+    name = "ebpf"
+
+    def __init__(self, cfg: Config, errors: ErrorCounts) -> None:
+        self.cfg = cfg
+        self.errors = errors
+        self.lock = threading.Lock()
+        self.programs: list[ProgramState] = []
+        self._seen_errors: dict[tuple[str, int], int] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._load()
+
+    def _load(self) -> None:
+        try:
+            decls = metric_programs()
+        except DeclarationError as e:
+            self._refuse(str(e))
+            return
+        problem = environment_problem()
+        if problem:
+            # the same reason for every program: one line, not one per program
+            self._refuse(problem)
+            self.programs = [ProgramState(d, None, problem) for d in decls]
+            return
+        results = load_programs(decls, self.cfg.ebpf_port, self.cfg.ebpf_attach)
+        failed = [r for r in results if isinstance(r, LoadError)]
+        if failed and self.cfg.ebpf == "on":
+            for r in results:
+                if not isinstance(r, LoadError):
+                    r.close()
+            raise ConfigError(f"--ebpf on: {failed[0]}; fix that or pass --ebpf auto")
+        for d, r in zip(decls, results, strict=True):
+            if isinstance(r, LoadError):
+                log.warning("eBPF program %s not running: %s", d.program, r)
+                self.errors.inc("ebpf", "load_failed")
+                self.programs.append(ProgramState(d, None, str(r)))
+            else:
+                extra = f" (+{', '.join(r.defines)})" if r.defines else ""
+                log.info("eBPF program %s attached by %s%s, ports %s", d.program, r.method, extra,
+                         ",".join(map(str, self.cfg.ebpf_port)))
+                self.programs.append(ProgramState(d, r))
+
+    def _refuse(self, reason: str) -> None:
+        if self.cfg.ebpf == "on":
+            raise ConfigError(f"--ebpf on: {reason}; or pass --ebpf auto/off")
+        log.warning("eBPF collection off: %s", reason)
+        self.errors.inc("ebpf", "load_failed")
+
+    def collectors(self) -> list[Collector]:
+        return [EbpfCollector(self.programs, self.lock, self.errors)]
+
+    def start(self) -> None:
+        if any(p.loaded for p in self.programs):
+            self._thread = threading.Thread(target=self._poll_errors, name="ebpf-errors", daemon=True)
+            self._thread.start()
+
+    def _poll_errors(self) -> None:
+        while not self._stop.wait(1.0):
+            self.count_kernel_errors()
+
+    def count_kernel_errors(self) -> None:
+        """Kernel-side failures (map full, failed reads) into errors_total{source="ebpf"}."""
+        with self.lock:
+            for p in self.programs:
+                if p.loaded is None:
+                    continue
+                for slot, n in enumerate(p.loaded.read_errors()):
+                    key = (p.decl.program, slot)
+                    delta = n - self._seen_errors.get(key, 0)
+                    if delta > 0 and slot < len(ERROR_REASONS):
+                        self.errors.inc("ebpf", ERROR_REASONS[slot], delta)
+                        if key not in self._seen_errors:  # the first time only: the counter says the rest
+                            log.warning("eBPF %s: %s in the kernel (counted in errors_total)",
+                                        p.decl.program, ERROR_REASONS[slot])
+                        self._seen_errors[key] = n
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        with self.lock:
+            for p in self.programs:
+                if p.loaded is not None:
+                    p.loaded.close()
+                    p.loaded = None
+
+    def ready(self) -> bool:
+        return True
