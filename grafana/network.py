@@ -140,8 +140,11 @@ def traffic_panels() -> list[PanelBuilder]:
     retrans = (
         timeseries.Panel().title("Retransmits").unit("pps").height(8).span(12)
         .description("TCP segments retransmitted per second: loss or congestion between clients and Triton.")
-        .with_target(query(f"sum by (port) (rate({P}tcp_retransmits_total{{{PORT_SEL}}}[$__rate_interval]))",
-                           "{{port}}"))
+        # ports with traffic but no retransmit yet have no series: they show as an explicit 0
+        .with_target(query(
+            f"sum by (port) (rate({P}tcp_retransmits_total{{{PORT_SEL}}}[$__rate_interval]))\n"
+            f"or sum by (port) (rate({P}tcp_bytes_total{{{PORT_SEL}}}[$__rate_interval])) * 0",
+            "{{port}}"))
     )
     return [size, rate, rtt, retrans]
 
