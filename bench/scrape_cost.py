@@ -1,0 +1,208 @@
+"""Cost of answering /metrics: our collectors vs a bare prometheus_client registry, same series.
+
+State: 100 models x every trace stage x 20 buckets in the trace histograms (built with
+the real TraceCollector over a TraceAggregate), plus the Triton collector fed 100
+models (a snapshot parsed from synthetic Triton /metrics text and statistics, held in
+its cache so no network is involved). Baseline: prometheus_client Histogram/Counter/
+Gauge objects holding exactly the same series. Both are timed in turn, encoder alone
+and through our HTTP server, and the ratio ours/baseline printed (target <= 2).
+
+    .venv/bin/python bench/scrape_cost.py [--models 100] [--rounds 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import time
+import urllib.request
+from collections.abc import Callable
+from typing import Any
+
+import prometheus_client
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import generate_latest
+from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
+
+from exporter.histogram import Histogram as BucketCounts
+from exporter.server import MetricsServer
+from exporter.stages import STAGES
+from exporter.traces.aggregate import TraceAggregate
+from exporter.traces.collector import REJECT_REASONS, TraceCollector
+from exporter.traces.tailer import TailerSettings, TraceTailer
+from exporter.triton.collector import TritonCollector
+from exporter.triton.metrics_text import STAGE_FAMILIES, parse_metrics_text
+from exporter.triton.statistics import BATCH_STAGES, parse_model_config, parse_statistics
+from exporter.triton.target import TritonSnapshot, TritonTarget
+
+BOUNDS_S = tuple(50e-6 * (60.0 / 50e-6) ** (i / 18) for i in range(19))  # 19 bounds + +Inf = 20 buckets
+BATCH_SIZES = range(1, 9)
+TARGET = "127.0.0.1:8000"
+
+
+def models(n: int) -> list[str]:
+    return [f"model_{i:03d}" for i in range(n)]
+
+
+def triton_text(names: list[str]) -> str:
+    lines: list[str] = []
+    fams = [(f, "counter") for f in STAGE_FAMILIES] + [
+        ("nv_inference_request_success", "counter"), ("nv_inference_request_failure", "counter"),
+        ("nv_inference_count", "counter"), ("nv_inference_exec_count", "counter"),
+        ("nv_inference_pending_request_count", "gauge")]
+    for fam, typ in fams:
+        lines += [f"# HELP {fam} x", f"# TYPE {fam} {typ}"]
+        for m in names:
+            reason = ',reason="BACKEND"' if fam.endswith("failure") else ""
+            lines.append(f'{fam}{{model="{m}",version="1"{reason}}} {random.randint(0, 10**9)}')
+    return "\n".join(lines) + "\n"
+
+
+def triton_stats(names: list[str]) -> dict[str, Any]:
+    def stage() -> dict[str, int]:
+        return {"count": random.randint(1, 10**6), "ns": random.randint(1, 10**12)}
+
+    return {"model_stats": [{"name": m, "version": "1", "inference_count": 1, "execution_count": 1,
+                             "batch_stats": [{"batch_size": b, **{s: stage() for s in BATCH_STAGES}}
+                                             for b in BATCH_SIZES]} for m in names]}
+
+
+def ours(names: list[str]) -> CollectorRegistry:
+    bounds_ns = tuple(round(b * 1e9) for b in BOUNDS_S)
+    tailer = TraceTailer(TailerSettings(patterns=[], state_dir=None, bounds_ns=bounds_ns))
+    agg = TraceAggregate(bounds_ns)
+    for m in names:
+        agg.traces[(m, "1", "http")] = random.randint(1, 10**6)
+        for st in STAGES:
+            h = BucketCounts(bounds_ns)
+            h.counts = [random.randint(0, 1000) for _ in h.counts]
+            h.count, h.total = sum(h.counts), random.randint(1, 10**12)
+            agg.histograms[(m, "1", "http", st)] = h
+    agg.files["parsed"] = 10
+    agg.last_ingest = time.time()
+    tailer.live = agg
+
+    target = TritonTarget("http://" + TARGET, "http://127.0.0.1:8002/metrics", 2.0, cache_seconds=1e9)
+    cfg = parse_model_config({"backend": "python", "max_batch_size": 8,
+                              "dynamic_batching": {"max_queue_delay_microseconds": 500},
+                              "instance_group": [{"count": 1}]})
+    snap = TritonSnapshot(target.name, True, 0.004, parse_metrics_text(triton_text(names)),
+                          parse_statistics(triton_stats(names)), {(m, "1"): cfg for m in names})
+    target._cached, target._cached_at = snap, time.monotonic()  # held in the scrape cache: no network
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(TraceCollector(tailer))
+    reg.register(TritonCollector([target]))
+    return reg
+
+
+def baseline(names: list[str]) -> CollectorRegistry:
+    prometheus_client.disable_created_metrics()  # our families carry no _created samples either
+    reg = CollectorRegistry(auto_describe=False)
+    p = "inference_profiler_"
+    h = Histogram(p + "stage_duration_seconds", "x", ["model", "version", "protocol", "stage"],
+                  buckets=BOUNDS_S, registry=reg)
+    traces = Counter(p + "traces", "x", ["model", "version", "protocol"], registry=reg)
+    files = Counter(p + "trace_files", "x", ["result"], registry=reg)
+    rej = Counter(p + "trace_records_rejected", "x", ["reason"], registry=reg)
+    last = Gauge(p + "trace_last_ingest_timestamp_seconds", "x", registry=reg)
+    t = p + "triton_"
+    up = Gauge(t + "up", "x", ["target"], registry=reg)
+    dur = Gauge(t + "scrape_duration_seconds", "x", ["target"], registry=reg)
+    lab = ["target", "model", "version"]
+    stage = Counter(t + "stage_seconds", "x", [*lab, "stage"], registry=reg)
+    req = Counter(t + "requests", "x", [*lab, "outcome"], registry=reg)
+    inf = Counter(t + "inferences", "x", lab, registry=reg)
+    exe = Counter(t + "executions", "x", lab, registry=reg)
+    pend = Gauge(t + "pending_requests", "x", lab, registry=reg)
+    bexe = Counter(t + "batch_executions", "x", [*lab, "batch_size"], registry=reg)
+    bst = Counter(t + "batch_stage_seconds", "x", [*lab, "batch_size", "stage"], registry=reg)
+    info = Gauge(t + "model_config_info", "x", [*lab, "platform", "max_batch_size", "dynamic_batching",
+                                                "max_queue_delay_seconds", "instance_count"], registry=reg)
+    for r in ("parsed", "failed"):
+        files.labels(r).inc(3)
+    for r in REJECT_REASONS:
+        rej.labels(r).inc(0)
+    last.set(time.time())
+    up.labels(TARGET).set(1)
+    dur.labels(TARGET).set(0.004)
+    for m in names:
+        traces.labels(m, "1", "http").inc(random.randint(1, 10**6))
+        for st in STAGES:
+            child = h.labels(m, "1", "http", st)
+            for _ in range(3):
+                child.observe(random.random() * 0.1)
+        for st in STAGE_FAMILIES.values():
+            stage.labels(TARGET, m, "1", st).inc(random.random() * 1000)
+        for o in ("success", "failure"):
+            req.labels(TARGET, m, "1", o).inc(random.randint(0, 10**6))
+        inf.labels(TARGET, m, "1").inc(5)
+        exe.labels(TARGET, m, "1").inc(5)
+        pend.labels(TARGET, m, "1").set(0)
+        for b in BATCH_SIZES:
+            bexe.labels(TARGET, m, "1", str(b)).inc(7)
+            for st in BATCH_STAGES:
+                bst.labels(TARGET, m, "1", str(b), st).inc(random.random())
+        info.labels(TARGET, m, "1", "python", "8", "true", "0.0005", "1").set(1)
+    return reg
+
+
+def series(text: str) -> int:
+    return sum(1 for ln in text.splitlines() if ln and not ln.startswith("#"))
+
+
+def paired(a: Callable[[], object], b: Callable[[], object], rounds: int) -> tuple[float, float, float]:
+    """Median seconds of a and b run in turn, and the median of the per-pair ratios a/b."""
+    ta: list[float] = []
+    tb: list[float] = []
+    for _ in range(3):  # warm-up
+        a()
+        b()
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        a()
+        t1 = time.perf_counter()
+        b()
+        t2 = time.perf_counter()
+        ta.append(t1 - t0)
+        tb.append(t2 - t1)
+    return statistics.median(ta), statistics.median(tb), statistics.median(x / y for x, y in zip(ta, tb, strict=True))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", type=int, default=100)
+    ap.add_argument("--rounds", type=int, default=10)
+    args = ap.parse_args()
+    random.seed(1)
+    names = models(args.models)
+    a, b = ours(names), baseline(names)
+    na, nb = series(generate_latest(a).decode()), series(generate_latest(b).decode())
+    print(f"series: ours {na}, baseline {nb} ({args.models} models x {len(STAGES)} stages x "
+          f"{len(BOUNDS_S) + 1} buckets + Triton families)")
+    if na != nb:
+        raise SystemExit(f"the two registries do not hold the same number of series ({na} vs {nb})")
+    rows: list[tuple[str, float, float, float]] = []
+    rows.append(("text encoder", *paired(lambda: generate_latest(a), lambda: generate_latest(b), args.rounds)))
+    rows.append(("openmetrics encoder", *paired(lambda: generate_openmetrics(a), lambda: generate_openmetrics(b),
+                                                args.rounds)))
+    servers = [MetricsServer(r, "127.0.0.1", 0) for r in (a, b)]
+    for s in servers:
+        s.start()
+    try:
+        def get(s: MetricsServer) -> Callable[[], bytes]:
+            return lambda: urllib.request.urlopen(f"http://127.0.0.1:{s.port}/metrics", timeout=30).read()
+
+        rows.append(("GET /metrics (HTTP)", *paired(get(servers[0]), get(servers[1]), args.rounds)))
+    finally:
+        for s in servers:
+            s.stop()
+    print(f"{'path':22} {'ours ms':>9} {'baseline ms':>12} {'ratio':>7}")
+    for name, ta, tb, ratio in rows:
+        print(f"{name:22} {ta * 1e3:9.1f} {tb * 1e3:12.1f} {ratio:7.2f}")
+    worst = max(r[3] for r in rows)
+    print(f"worst ratio {worst:.2f} (target <= 2.00): {'OK' if worst <= 2 else 'OVER TARGET'}")
+
+
+if __name__ == "__main__":
+    main()
