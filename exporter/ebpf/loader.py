@@ -86,13 +86,13 @@ class LoadedProgram:
     _closed: bool = field(default=False, repr=False)
 
     def set_ports(self, ports: Sequence[int]) -> None:
-        table = self.bpf["watched_ports"]
+        table = self.bpf[b"watched_ports"]
         for p in ports:
             table[ct.c_int(p)] = ct.c_uint8(1)
 
     def read_series(self) -> dict[SeriesKey, int]:
         """Every series of the program's `metrics` map (bpf/histogram.h)."""
-        table = self.bpf["metrics"]
+        table = self.bpf[b"metrics"]
         try:
             pairs = list(table.items_lookup_batch())
         except Exception:  # kernels before 5.6 have no batch lookup; one syscall per key then
@@ -102,7 +102,7 @@ class LoadedProgram:
 
     def read_errors(self) -> list[int]:
         """errors[] of bpf/histogram.h: ERR_MAP_FULL, ERR_READ_FAILED."""
-        table = self.bpf["errors"]
+        table = self.bpf[b"errors"]
         return [int(table[ct.c_int(i)].value) for i in range(len(table))]
 
     def run_stats(self) -> tuple[int, int]:
@@ -151,7 +151,7 @@ def _compile(decl: ProgramDecl, ports: Sequence[int], forced: str,
             defines.append(cand.define)
         before = len(stderr.lines())
         try:
-            bpf = BPF(text=text, cflags=[f"-D{d}" for d in defines])
+            bpf = BPF(text=text.encode(), cflags=[f"-D{d}" for d in defines])
         except Exception as e:  # BCC raises bare Exception for compile, load and attach failures
             tried.append(f"{cand.method}: {_one_line(e, stderr.lines()[before:])}")
             continue

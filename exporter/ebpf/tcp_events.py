@@ -45,7 +45,7 @@ def run_tcp_events(args: argparse.Namespace) -> int:
     wanted = args.count or 0
     printed = 0
     mono_to_wall = time.time() - time.monotonic()  # bpf_ktime_get_ns is CLOCK_MONOTONIC
-    table = prog.bpf["events"]
+    table = prog.bpf[b"events"]
 
     def on_event(_ctx: Any, data: Any, _size: int) -> None:
         nonlocal printed
@@ -65,7 +65,7 @@ def run_tcp_events(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     finally:
-        dropped = int(prog.bpf["dropped"][ct.c_int(0)].value)
+        dropped = int(prog.bpf[b"dropped"][ct.c_int(0)].value)
         prog.close()
     if dropped:
         print(f"{dropped} event(s) dropped: the ring buffer was full", file=sys.stderr)

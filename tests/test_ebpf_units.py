@@ -1,0 +1,123 @@
+"""Pure logic of the eBPF source: declarations, attach choice, map series -> families."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from prometheus_client.core import HistogramMetricFamily
+
+from exporter.ebpf.attach import plan_attach
+from exporter.ebpf.collector import HIST_SUM_SLOT, metric_families
+from exporter.ebpf.declaration import (
+    DeclarationError,
+    bpf_dir,
+    load_declaration,
+    metric_programs,
+)
+from exporter.ebpf.kernel import need_missing
+from exporter.histogram import log_linear_bound, log_linear_buckets, log_linear_index
+
+SPEC_EBPF = {
+    "tcp_latency_seconds": ("histogram", ("port", "role")),
+    "tcp_socket_queue_seconds": ("histogram", ("port",)),
+    "tcp_message_bytes": ("histogram", ("port", "role", "direction")),
+    "tcp_srtt_seconds": ("histogram", ("port",)),
+    "tcp_bytes_total": ("counter", ("port", "role", "direction")),
+    "tcp_retransmits_total": ("counter", ("port",)),
+}
+
+
+def test_declarations_cover_the_spec_metrics_exactly() -> None:
+    declared = {m.name: (m.type, m.labels) for d in metric_programs() for m in d.metrics}
+    assert declared == SPEC_EBPF
+
+
+def test_every_program_source_uses_only_its_declared_metric_ids() -> None:
+    for d in metric_programs():
+        text = d.source.read_text()
+        used = {w for w in text.replace("(", " ").replace(",", " ").split() if w.startswith("METRIC_")}
+        assert used == {f"METRIC_{m.name}" for m in d.metrics}, d.program
+
+
+def test_tcp_events_declaration_feeds_no_metric() -> None:
+    d = load_declaration(bpf_dir() / "tcp_events.yaml")
+    assert d.metrics == () and [m.method for m in d.attach] == ["tracepoint", "fentry", "kprobe"]
+
+
+def test_bad_declaration_is_one_line_error(tmp_path: Path) -> None:
+    p = tmp_path / "x.yaml"
+    p.write_text("program: x\nsource: x.c\nattach: [{method: tracepoint}]\nkey: {port: number}\n"
+                 "metrics: [{name: m, help: h, type: histogram, labels: [port, role]}]\n")
+    with pytest.raises(DeclarationError, match="labels \\['role'\\] not in key"):
+        load_declaration(p)
+
+
+def test_attach_prefers_tracepoints_then_fentry_then_kprobes() -> None:
+    d = next(d for d in metric_programs() if d.program == "tcp_messages")
+    all_there = plan_attach(d, lambda need: None)
+    assert [c.method for c in all_there.candidates] == ["tracepoint", "fentry", "kprobe"]
+    assert all_there.defines == ("HAVE_SK_DATA_READY",)
+
+    old_kernel = plan_attach(d, lambda need: "missing" if "sock:sock_" in need or "sk_data_ready" in need else None)
+    assert [c.method for c in old_kernel.candidates] == ["fentry", "kprobe"]
+    assert old_kernel.defines == ()
+    assert old_kernel.refused == ("tracepoint: missing",)
+
+    only_kprobes = plan_attach(d, lambda need: None if need.startswith(("kprobe", "tracepoint sock:inet")) else "no")
+    assert [c.method for c in only_kprobes.candidates] == ["kprobe"]
+
+
+def test_attach_problems_say_why() -> None:
+    d = next(d for d in metric_programs() if d.program == "tcp_messages")
+    nothing = plan_attach(d, lambda need: f"no {need}")
+    assert nothing.problem is not None and "no tracepoint sock:inet_sock_set_state" in nothing.problem
+    forced = plan_attach(d, lambda need: None if need.startswith("tracepoint") else "no kprobes", "kprobe")
+    assert forced.candidates == ()
+    assert forced.problem == "tcp_messages: no attach method available (kprobe: no kprobes)"
+    srtt = next(d for d in metric_programs() if d.program == "tcp_srtt")
+    assert "not declared" in str(plan_attach(srtt, lambda need: None, "fentry").problem)
+
+
+def test_need_check_rejects_unknown_kinds() -> None:
+    assert need_missing("uprobe foo") == "unknown need 'uprobe foo'"
+
+
+def test_metric_families_decode_labels_buckets_and_sum() -> None:
+    d = next(d for d in metric_programs() if d.program == "tcp_messages")
+    ids = {m.name: i for i, m in enumerate(d.metrics)}
+    lat = ids["tcp_latency_seconds"]
+    i5ms = log_linear_index(5_000_000)
+    series = {
+        (lat, 0, 8000, 0, i5ms): 3,  # server, 3 observations around 5 ms
+        (lat, 0, 8000, 0, HIST_SUM_SLOT): 15_000_000,
+        (lat, 1, 8000, 0, 0): 1,  # client, one 0 ns observation: below the first bound
+        (lat, 1, 8000, 0, HIST_SUM_SLOT): 0,
+        (ids["tcp_bytes_total"], 0, 8001, 1, 0): 1234,
+        (ids["tcp_socket_queue_seconds"], 0, 8000, 0, 300): 2,  # above the last bound: +Inf only
+        (ids["tcp_socket_queue_seconds"], 1, 8000, 0, 300): 1,  # role is no label: summed
+    }
+    fams = {f.name: f for f in metric_families(d, series)}
+    h = fams["inference_profiler_tcp_latency_seconds"]
+    assert isinstance(h, HistogramMetricFamily)
+    server = {s.labels["le"]: s.value for s in h.samples
+              if s.labels.get("role") == "server" and s.name.endswith("_bucket")}
+    le5 = repr(log_linear_bound(i5ms) / 1e9)
+    prev = repr(log_linear_bound(i5ms - 1) / 1e9)
+    assert server[le5] == 3 and server[prev] == 0 and server["+Inf"] == 3
+    sums = {s.labels["role"]: s.value for s in h.samples if s.name.endswith("_sum")}
+    assert sums == {"server": 0.015, "client": 0.0}
+    client_first = next(s for s in h.samples if s.labels.get("role") == "client" and s.name.endswith("_bucket"))
+    assert client_first.labels["le"] == "1.024e-06" and client_first.value == 1
+    b = fams["inference_profiler_tcp_bytes"]
+    assert [(s.labels, s.value) for s in b.samples if s.name.endswith("_total")] == [
+        ({"port": "8001", "role": "server", "direction": "recv"}, 1234.0)]
+    q = [s for s in fams["inference_profiler_tcp_socket_queue_seconds"].samples if s.name.endswith("_bucket")]
+    assert [s.value for s in q if s.labels["le"] != "+Inf"] == [0.0] * (len(q) - 1)
+    assert [s.value for s in q if s.labels["le"] == "+Inf"] == [3.0]
+
+
+def test_log_linear_buckets_fold_out_of_range_indexes_exactly() -> None:
+    got = log_linear_buckets({0: 1, 10: 2, 11: 4, 12: 8, 200: 16}, 10, 11, 1.0)
+    assert got == [(repr(float(log_linear_bound(10))), 3.0), (repr(float(log_linear_bound(11))), 7.0),
+                   ("+Inf", 31.0)]
