@@ -194,3 +194,33 @@ def test_check_reports_triton_and_tracing(triton_factory: Callable[..., TritonSe
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def test_model_config_follows_the_repository(triton_factory: Callable[..., TritonServer],
+                                             exporter_factory: Callable[..., ExporterProcess]) -> None:
+    t = triton_factory(trace_file=None, extra_args=["--model-control-mode=explicit", "--load-model=*"])
+    e = exporter_factory(*triton_args(t))
+
+    def repository(action: str, model: str) -> None:
+        req = urllib.request.Request(f"{t.http_url}/v2/repository/models/{model}/{action}", data=b"{}",
+                                     method="POST", headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            r.read()
+
+    def info(s: Scrape) -> dict[str, dict[str, str]]:
+        return {lab["model"]: lab for lab, _ in s.select("inference_profiler_triton_model_config_info")}
+
+    s = e.wait_for(lambda s: set(info(s)) == {MODEL, ENSEMBLE})
+    assert info(s)[MODEL]["max_queue_delay_seconds"] == expected_config(MODEL)["max_queue_delay_seconds"]
+    repository("unload", ENSEMBLE)
+    e.wait_for(lambda s: set(info(s)) == {MODEL}, timeout=10)
+    # a new config.pbtxt, loaded: the index changes twice and the labels follow
+    cfg = t.model_repository / MODEL / "config.pbtxt"
+    cfg.write_text(re.sub(r"max_queue_delay_microseconds:\s*\d+", "max_queue_delay_microseconds: 2500",
+                          cfg.read_text()).replace("count: 1", "count: 2"))
+    repository("unload", MODEL)
+    e.wait_for(lambda s: set(info(s)) == set(), timeout=10)
+    repository("load", MODEL)
+    s = e.wait_for(lambda s: MODEL in info(s), timeout=20)
+    assert info(s)[MODEL]["max_queue_delay_seconds"] == "0.0025"
+    assert info(s)[MODEL]["instance_count"] == "2"

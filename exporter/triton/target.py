@@ -34,6 +34,9 @@ from .statistics import (
 log = logging.getLogger("triton")
 
 OnError = Callable[[str], None]
+# configs are re-read when the repository index changes, and at least this often (a reload
+# with a new config.pbtxt leaves the index as it was)
+CONFIG_REFRESH_SECONDS = 300.0
 
 
 def target_name(url: str) -> str:
@@ -99,6 +102,7 @@ class TritonTarget:
         self._client: Any = None
         self._index: frozenset[ModelKey] | None = None
         self._configs: dict[ModelKey, ModelConfigInfo] = {}
+        self._configs_at = 0.0
 
     # --- scrape side -----------------------------------------------------------------
 
@@ -192,11 +196,11 @@ class TritonTarget:
         c = self._client
         stats = parse_statistics(c.get_inference_statistics())
         index = parse_repository_index(c.get_model_repository_index())
-        if index != self._index:  # models loaded, unloaded or reloaded: read their configs again
+        if index != self._index or time.monotonic() - self._configs_at > CONFIG_REFRESH_SECONDS:
             configs: dict[ModelKey, ModelConfigInfo] = {}
             for model, version in sorted(index):
                 if time.monotonic() > deadline:
                     raise FetchError("timeout", "model configs not read within the timeout")
                 configs[(model, version)] = parse_model_config(c.get_model_config(model, version))
-            self._configs, self._index = configs, index
+            self._configs, self._index, self._configs_at = configs, index, time.monotonic()
         return stats, dict(self._configs)
