@@ -125,66 +125,51 @@ class Histogram:
 
 
 class QuantileSketch:
-    """Constant-memory quantiles of positive integers with <= 0.5% relative error.
+    """Constant-memory quantiles of non-negative integers with <= 0.5% relative error.
 
-    Log buckets of ratio GAMMA (DDSketch's idea); the mean stays exact (integer sum).
-    Used by `summary`, whose memory must not grow with the size of its input.
+    Log buckets of ratio GAMMA (DDSketch's idea) over 1 .. 2**63; the mean stays
+    exact (integer sum). Used by `summary`, whose memory must not grow with its input.
     """
 
     GAMMA = 1.01
     _LOG_GAMMA = math.log(GAMMA)
+    SIZE = 4400  # ceil(log(2**63) / log(GAMMA)) + 1
 
-    __slots__ = ("buckets", "count", "total", "zeros")
+    __slots__ = ("buckets", "count", "total")
 
     def __init__(self) -> None:
-        self.buckets: dict[int, int] = {}
+        import numpy as np
+
+        self.buckets = np.zeros(self.SIZE, dtype=np.int64)  # bucket 0 holds zeros
         self.count = 0
         self.total = 0
-        self.zeros = 0
 
-    def add(self, v: int) -> None:
-        self.count += 1
-        self.total += v
-        if v <= 0:
-            self.zeros += 1
+    def add_many(self, values: Any) -> None:
+        import numpy as np
+
+        v = np.asarray(values, dtype=np.int64)
+        if not len(v):
             return
-        i = math.ceil(math.log(v) / self._LOG_GAMMA)
-        self.buckets[i] = self.buckets.get(i, 0) + 1
+        self.count += len(v)
+        self.total += int(v.sum())
+        idx = np.zeros(len(v), dtype=np.int64)
+        pos = v > 0
+        idx[pos] = np.ceil(np.log(v[pos].astype(np.float64)) / self._LOG_GAMMA).astype(np.int64) + 1
+        self.buckets += np.bincount(np.minimum(idx, self.SIZE - 1), minlength=self.SIZE)
 
     def quantile(self, q: float) -> float:
         """Nearest-rank quantile (the value whose rank is ceil(q * count))."""
+        import numpy as np
+
         if self.count == 0:
             return 0.0
         rank = max(1, math.ceil(q * self.count))
-        if rank <= self.zeros:
+        i = int(np.searchsorted(np.cumsum(self.buckets), rank))
+        if i == 0:
             return 0.0
-        seen = self.zeros
-        for i in sorted(self.buckets):
-            seen += self.buckets[i]
-            if seen >= rank:
-                # midpoint (in ratio) of the bucket (GAMMA**(i-1), GAMMA**i]
-                return 2 * self.GAMMA**i / (self.GAMMA + 1)
-        return float(self.GAMMA ** max(self.buckets))
+        # midpoint (in ratio) of the bucket (GAMMA**(i-2), GAMMA**(i-1)]
+        return float(2 * self.GAMMA ** (i - 1) / (self.GAMMA + 1))
 
     @property
     def mean(self) -> float:
         return self.total / self.count if self.count else 0.0
-
-
-def sketch_add_many(sk: QuantileSketch, values: Any) -> None:
-    """QuantileSketch.add over a numpy array of non-negative integers, vectorised."""
-    import numpy as np
-
-    v = np.asarray(values, dtype=np.int64)
-    if not len(v):
-        return
-    sk.count += len(v)
-    sk.total += int(v.sum())
-    pos = v[v > 0]
-    sk.zeros += len(v) - len(pos)
-    if len(pos):
-        idx = np.ceil(np.log(pos.astype(np.float64)) / QuantileSketch._LOG_GAMMA).astype(np.int64)
-        uniq, counts = np.unique(idx, return_counts=True)
-        b = sk.buckets
-        for i, c in zip(uniq.tolist(), counts.tolist(), strict=True):
-            b[i] = b.get(i, 0) + c

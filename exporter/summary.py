@@ -20,7 +20,7 @@ from typing import Any, TextIO
 import numpy as np
 import numpy.typing as npt
 
-from .histogram import QuantileSketch, sketch_add_many
+from .histogram import QuantileSketch
 from .stages import COLUMN, COLUMNS, PROTOCOLS, STAGES, stage_matrix
 from .traces.assembly import StreamState, Trace, TraceBatch, release_pending, resolve
 from .traces.records import ReadResult
@@ -120,17 +120,16 @@ def collect(paths: list[str], models: list[str] | None, progress: Progress,
     for batch, codes in iter_batches(paths, rejected, progress):
         ok = batch.usable(lambda reason, n: rejected.update({reason: n}))
         if models:
-            ok &= np.fromiter((m in models for m in batch.models), dtype=bool, count=len(batch))
+            wanted = [i for i, (m, _) in enumerate(batch.headers) if m in models]
+            ok &= np.isin(batch.hdr, wanted)
         rows = np.flatnonzero(ok)
-        keys = [(batch.models[i] or "", batch.versions[i] or "", PROTOCOLS[int(codes[i])]) for i in rows.tolist()]
-        by_key: dict[GroupKey, list[int]] = {}
-        for r, k in zip(rows.tolist(), keys, strict=True):
-            by_key.setdefault(k, []).append(r)
-        for key, rlist in by_key.items():
+        keys, gidx = batch.groups(rows, codes)
+        for k, (model, version, code) in enumerate(keys):
+            key = (model, version, PROTOCOLS[code])
             g = groups.get(key)
             if g is None:
                 g = groups[key] = Group()
-            sel = np.asarray(rlist, dtype=np.intp)
+            sel = rows[gidx == k]
             stamps = batch.stamps[sel]
             g.traces += len(sel)
             durations, negative = stage_matrix(stamps)
@@ -142,7 +141,7 @@ def collect(paths: list[str], models: list[str] | None, progress: Progress,
                     sk = g.stages.get(stage)
                     if sk is None:
                         sk = g.stages[stage] = QuantileSketch()
-                    sketch_add_many(sk, d)
+                    sk.add_many(d)
             # timeline: offsets from each trace's first timestamp (idle gRPC wait excluded)
             st = stamps.copy()
             st[:, wait_col] = -1

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import TextIO
 
 from .traces.assembly import Trace
-from .traces.records import ReadResult, Stamps, read_records
+from .traces.records import ChunkEnd, ReadResult, Stamps, read_records
 
 FRONTENDS = {
     "http": ("HTTP_RECV_START", (("HTTP_INFER", "HTTP_RECV_START", "HTTP_SEND_END"),
@@ -53,6 +53,8 @@ def load_file(path: str) -> tuple[dict[int, Trace], list[tuple[int, str, int]]]:
     rejected: Counter[str] = Counter()
     with open(path, "rb") as fp:
         for rec in read_records(fp, lambda r: rejected.update([r]), ReadResult(), salvage_tail=True):
+            if isinstance(rec, ChunkEnd):
+                continue
             t = traces.get(rec.id)
             if t is None:
                 t = traces[rec.id] = Trace(rec.id)

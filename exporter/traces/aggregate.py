@@ -52,28 +52,15 @@ class TraceAggregate:
         if not len(rows):
             return
         # one group per (model, version, protocol); models past the cap are rejected
-        groups: dict[tuple[str, str, int], int] = {}
-        group_keys: list[tuple[str, str, int]] = []
-        gidx = np.empty(len(rows), dtype=np.int64)
-        allowed = np.ones(len(rows), dtype=bool)
-        models, versions, cl = batch.models, batch.versions, codes.tolist()
-        for k, i in enumerate(rows.tolist()):
-            key = (models[i] or "", versions[i] or "", cl[i])
-            g = groups.get(key)
-            if g is None:
-                model = key[0]
-                if model not in known_models and model not in self.models:
-                    if len(known_models | self.models) >= max_models:
-                        g = -1
-                    else:
-                        self.models.add(model)
-                if g is None:
-                    g = len(group_keys)
-                    group_keys.append(key)
-                groups[key] = g
-            if g < 0:
-                allowed[k] = False
-            gidx[k] = g
+        group_keys, gidx = batch.groups(rows, codes)
+        allowed_groups = np.ones(len(group_keys), dtype=bool)
+        for g, (model, _, _) in enumerate(group_keys):
+            if model not in known_models and model not in self.models:
+                if len(known_models | self.models) >= max_models:
+                    allowed_groups[g] = False
+                else:
+                    self.models.add(model)
+        allowed = allowed_groups[gidx]
         self.rejected["model_cap"] += int((~allowed).sum())
         rows, gidx = rows[allowed], gidx[allowed]
         if not len(rows):

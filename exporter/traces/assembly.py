@@ -51,48 +51,62 @@ class TraceBatch:
     ids: npt.NDArray[np.int64]
     parents: npt.NDArray[np.int64]  # -1: top-level
     stamps: npt.NDArray[np.int64]  # [rows, len(COLUMNS)], -1 where absent
-    models: list[str | None]  # None: no header object was seen
-    versions: list[str | None]
+    hdr: npt.NDArray[np.int32]  # index into `headers`, -1: no header object was seen
+    headers: list[tuple[str, str]]  # (model, version) table, shared by a scan's batches
     request_ids: list[str | None]
 
     def __len__(self) -> int:
         return len(self.ids)
 
     @classmethod
-    def from_traces(cls, traces: list[Trace]) -> TraceBatch:
+    def from_traces(cls, traces: list[Trace], headers: list[tuple[str, str]] | None = None) -> TraceBatch:
+        table = headers if headers is not None else []
+        index = {h: i for i, h in enumerate(table)}
         n = len(traces)
         stamps = np.full((n, len(COLUMNS)), -1, dtype=np.int64)
+        hdr = np.full(n, -1, dtype=np.int32)
         for i, t in enumerate(traces):
             for name, ns in t.stamps.items():
                 stamps[i, COLUMN[name]] = ns
+            if t.model is not None:
+                key = (t.model, t.version or "")
+                h = index.get(key)
+                if h is None:
+                    h = index[key] = len(table)
+                    table.append(key)
+                hdr[i] = h
         return cls(
             np.array([t.id for t in traces], dtype=np.int64),
             np.array([-1 if t.parent_id is None else t.parent_id for t in traces], dtype=np.int64),
-            stamps,
-            [t.model for t in traces],
-            [t.version for t in traces],
-            [t.request_id for t in traces],
+            stamps, hdr, table, [t.request_id for t in traces],
         )
 
     def usable(self, reject: Callable[[str, int], None]) -> npt.NDArray[np.bool_]:
         """Rows that count (a header, REQUEST_START and REQUEST_END); the others rejected by reason."""
-        has_header = np.fromiter((m is not None for m in self.models), dtype=bool, count=len(self))
+        has_header = self.hdr >= 0
         countable = countable_rows(self.stamps)
         reject("missing_header", int((~has_header).sum()))
         reject("incomplete_trace", int((has_header & ~countable).sum()))
         return has_header & countable
 
+    def groups(self, rows: npt.NDArray[np.intp], codes: npt.NDArray[np.int8]
+               ) -> tuple[list[tuple[str, str, int]], npt.NDArray[np.intp]]:
+        """(model, version, protocol code) of the given rows: distinct keys and each row's key index."""
+        uniq, inverse = np.unique(self.hdr[rows].astype(np.int64) * 4 + codes[rows], return_inverse=True)
+        keys = [(*self.headers[u // 4], u % 4) for u in uniq.tolist()]
+        return keys, inverse.astype(np.intp)
+
     def trace(self, i: int) -> Trace:
         row = self.stamps[i]
         p = int(self.parents[i])
-        return Trace(int(self.ids[i]), self.models[i], self.versions[i], self.request_ids[i],
+        h = int(self.hdr[i])
+        model, version = self.headers[h] if h >= 0 else (None, None)
+        return Trace(int(self.ids[i]), model, version, self.request_ids[i],
                      None if p < 0 else p, {COLUMNS[j]: int(row[j]) for j in np.flatnonzero(row >= 0)})
 
     def select(self, rows: npt.NDArray[np.intp]) -> TraceBatch:
-        idx = rows.tolist()
-        return TraceBatch(self.ids[rows], self.parents[rows], self.stamps[rows],
-                          [self.models[i] for i in idx], [self.versions[i] for i in idx],
-                          [self.request_ids[i] for i in idx])
+        return TraceBatch(self.ids[rows], self.parents[rows], self.stamps[rows], self.hdr[rows], self.headers,
+                          [self.request_ids[i] for i in rows.tolist()])
 
 
 class MergeWindow:
@@ -131,19 +145,17 @@ OpenLookup = Callable[[int], "Trace | None"]
 class StreamState:
     """What outlives one file of a stream: protocols of recent traces and waiting children."""
 
-    protocols: OrderedDict[int, int] = field(default_factory=OrderedDict)
+    protocols: dict[int, int] = field(default_factory=dict)
     pending: OrderedDict[int, tuple[Trace, float]] = field(default_factory=OrderedDict)
 
     def copy(self) -> StreamState:
-        return StreamState(OrderedDict(self.protocols), OrderedDict(self.pending))
+        return StreamState(dict(self.protocols), OrderedDict(self.pending))
 
     def remember(self, ids: list[int], codes: list[int]) -> None:
         protos = self.protocols
-        for tid, code in zip(ids, codes, strict=True):
-            protos[tid] = code
-            protos.move_to_end(tid)
-        while len(protos) > MAX_PROTOCOLS:
-            protos.popitem(last=False)
+        protos.update(zip(ids, codes, strict=True))
+        if len(protos) > 2 * MAX_PROTOCOLS:  # keep the newest (dicts keep insertion order)
+            self.protocols = dict(list(protos.items())[-MAX_PROTOCOLS:])
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -47,6 +47,13 @@ class Stamps:
 
 
 Record = Header | Stamps
+
+
+class ChunkEnd:
+    """Yielded by read_records(fast=...) after each chunk: a point to hand out finished traces."""
+
+
+CHUNK_END = ChunkEnd()
 RejectFn = Callable[[str], None]
 
 
@@ -58,8 +65,12 @@ class ReadResult:
     objects: int = 0
 
 
+INT64_MAX = (1 << 63) - 1
+
+
 def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+    """A JSON integer that fits the int64 columns the stage math works on."""
+    return isinstance(v, int) and not isinstance(v, bool) and -INT64_MAX <= v <= INT64_MAX
 
 
 def to_record(obj: Any, reject: RejectFn) -> Record | None:
@@ -102,7 +113,7 @@ def to_record(obj: Any, reject: RejectFn) -> Record | None:
         if not isinstance(model, str) or not (_is_int(version) or isinstance(version, str)):
             reject("wrong_type")
             return None
-        if (rid is not None and not isinstance(rid, (str, int))) or (pid is not None and not _is_int(pid)):
+        if (rid is not None and not isinstance(rid, (str, int))) or (pid is not None and (not _is_int(pid) or pid < 0)):
             reject("wrong_type")
             return None
         if not model or len(model) > MAX_NAME or (isinstance(rid, str) and len(rid) > MAX_NAME):
@@ -149,6 +160,11 @@ def decode_object(raw: bytes, reject: RejectFn) -> Record | None:
     return to_record(obj, reject)
 
 
+# (buf, pos) -> (pos, status, end): consumes whole objects from pos on; status 1 stops at an
+# object [pos, end) it leaves to Python; status 0 stops at the last object start (or len(buf))
+FastPath = Callable[[bytes, int], tuple[int, int, int]]
+
+
 def read_records(
     fp: BinaryIO,
     reject: RejectFn,
@@ -156,12 +172,14 @@ def read_records(
     start: int = 0,
     chunk: int = CHUNK,
     salvage_tail: bool = False,
-) -> Iterator[Record]:
+    fast: FastPath | None = None,
+) -> Iterator[Record | ChunkEnd]:
     """Stream the records of one trace file from byte `start` (0 or a past end_offset).
 
     Fills `result` as it goes: `complete` once the closing `]` is seen after a whole
     object, `end_offset` after each whole object. A record is yielded only once the
-    start of the next object (or the closing bracket) proves it whole.
+    start of the next object (or the closing bracket) proves it whole. With `fast`,
+    the objects it handles are consumed there and only the others are yielded, in order.
     """
     fp.seek(start)
     buf = b""
@@ -172,54 +190,64 @@ def read_records(
         data = fp.read(chunk)
         eof = not data
         buf += data
-        starts = [m.start() for m in OBJECT_START.finditer(buf)]
-        if not seen_open and (starts or eof):
-            head = (buf[: starts[0]] if starts else buf).strip(b" \t\r\n")
+        if fast is None:
+            starts = [m.start() for m in OBJECT_START.finditer(buf)]
+            first = starts[0] if starts else None
+        else:
+            m = OBJECT_START.search(buf)
+            first = m.start() if m else None
+        if not seen_open and (first is not None or eof):
+            head = (buf[:first] if first is not None else buf).strip(b" \t\r\n")
             result.array = head.startswith(b"[")
-            if starts and head != b"[":
+            if first is not None and head != b"[":
                 reject("malformed_json")  # bytes before the first object that are not '['
-            elif not starts and head.strip(b"[] \t\r\n"):
+            elif first is None and head.strip(b"[] \t\r\n"):
                 reject("malformed_json")
             seen_open = True
-        if not eof:
-            # all but the last object are whole; keep the last for the next chunk
+        # every object but the last is whole
+        last: int | None
+        if fast is None:
             for a, b in itertools.pairwise(starts):
                 rec = decode_object(buf[a:b], reject)
                 result.objects += 1
                 result.end_offset = base + b
                 if rec is not None:
                     yield rec
-            if starts:
-                cut = starts[-1]
-                base += cut
-                buf = buf[cut:]
+            last = starts[-1] if starts else None
+        else:
+            pos = first if first is not None else len(buf)
+            while True:
+                pos, status, end = fast(buf, pos)
+                if status != 1:
+                    break
+                rec = decode_object(buf[pos:end], reject)
+                result.objects += 1
+                result.end_offset = base + end
+                if rec is not None:
+                    yield rec
+                pos = end
+            if first is not None and pos > first:
+                result.end_offset = base + pos
+            last = pos if first is not None else None
+            yield CHUNK_END
+        if not eof:
+            if last is not None:
+                base += last
+                buf = buf[last:]
             elif len(buf) > 64 * chunk:
                 reject("malformed_json")  # a run of bytes with no object in it
                 base += len(buf)
                 buf = b""
             continue
         # end of file: the last piece must be an object followed by the closing bracket
-        for a, b in itertools.pairwise(starts):
-            rec = decode_object(buf[a:b], reject)
-            result.objects += 1
-            result.end_offset = base + b
-            if rec is not None:
-                yield rec
-        tail = buf[starts[-1]:] if starts else b""
-        stripped = tail.rstrip(b" \t\r\n")
-        if not starts:
+        if last is None:
             whole = buf.strip(b" \t\r\n")
             result.complete = whole.endswith(b"]") and (start > 0 or result.array)
             return
+        stripped = buf[last:].rstrip(b" \t\r\n")
         if stripped.endswith(b"]"):
             body = stripped[:-1]
-            try:
-                text = body.decode("utf-8")
-                _, end = _decoder.raw_decode(text)
-                whole_obj = not text[end:].strip(" \t\r\n,")
-            except (UnicodeDecodeError, json.JSONDecodeError):
-                whole_obj = False
-            if whole_obj or _lenient_header(body.rstrip(b" \t\r\n,")) is not None:
+            if _whole_object(body) or _lenient_header(body.rstrip(b" \t\r\n,")) is not None:
                 rec = decode_object(body, reject)
                 result.objects += 1
                 result.end_offset = base + len(buf)
@@ -228,16 +256,20 @@ def read_records(
                     yield rec
                 return
         # no closing bracket after a whole object: still being written, or truncated
-        if salvage_tail and stripped:
-            try:
-                _, end = _decoder.raw_decode(stripped.decode("utf-8"))
-                whole_tail = end == len(stripped.decode("utf-8").rstrip(" \t\r\n,"))
-            except (UnicodeDecodeError, json.JSONDecodeError):
-                whole_tail = False
-            if whole_tail:
-                rec = decode_object(stripped, reject)
-                result.objects += 1
-                result.end_offset = base + len(buf)
-                if rec is not None:
-                    yield rec
+        if salvage_tail and stripped and _whole_object(stripped):
+            rec = decode_object(stripped, reject)
+            result.objects += 1
+            result.end_offset = base + len(buf)
+            if rec is not None:
+                yield rec
         return
+
+
+def _whole_object(raw: bytes) -> bool:
+    """raw is one JSON value followed by nothing but separators."""
+    try:
+        text = raw.decode("utf-8")
+        _, end = _decoder.raw_decode(text)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return not text[end:].strip(" \t\r\n,")

@@ -10,8 +10,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import BinaryIO
 
+import numpy as np
+
+from ..stages import COLUMN, COLUMNS
 from .assembly import MergeWindow, Trace, TraceBatch
-from .records import ReadResult, RejectFn, read_records
+from .records import ChunkEnd, ReadResult, RejectFn, Stamps, read_records
 
 BATCH = 8192
 
@@ -23,6 +26,7 @@ class PyFileScan:
         self.reject = reject
         self.batch = batch
         self._done: list[Trace] = []
+        self.headers: list[tuple[str, str]] = []
         self.merge = MergeWindow(window, self._done.append)
 
     def lookup(self, tid: int) -> Trace | None:
@@ -31,14 +35,77 @@ class PyFileScan:
     def batches(self, fp: BinaryIO, result: ReadResult, start: int = 0,
                 salvage_tail: bool = False) -> Iterator[TraceBatch]:
         for rec in read_records(fp, self.reject, result, start, salvage_tail=salvage_tail):
+            if isinstance(rec, ChunkEnd):
+                continue
             self.merge.feed(rec)
             if len(self._done) >= self.batch:
-                yield TraceBatch.from_traces(self._done)
+                yield TraceBatch.from_traces(self._done, self.headers)
                 self._done.clear()
         self.merge.finish_all()
         if self._done:
-            yield TraceBatch.from_traces(self._done)
+            yield TraceBatch.from_traces(self._done, self.headers)
             self._done.clear()
 
 
-FileScan = PyFileScan
+
+
+try:
+    from . import _scan  # type: ignore[attr-defined]
+except ImportError:  # no compiler where it was installed: the pure-Python path serves
+    _scan = None
+
+
+class CFileScan:
+    """The same as PyFileScan, with objects decoded and merged by the C scanner."""
+
+    def __init__(self, window: int, reject: RejectFn, batch: int = BATCH) -> None:
+        self.reject = reject
+        self.batch = batch
+        self.sc = _scan.Scanner(COLUMNS, window)
+
+    def lookup(self, tid: int) -> Trace | None:
+        found = self.sc.lookup(tid)
+        if found is None:
+            return None
+        parent, stamps = found
+        return Trace(tid, parent_id=parent, stamps=stamps)
+
+    def _take(self) -> TraceBatch:
+        ids, parents, stamps, hdr, rids = self.sc.take()
+        return TraceBatch(
+            np.frombuffer(ids, dtype=np.int64),
+            np.frombuffer(parents, dtype=np.int64),
+            np.frombuffer(stamps, dtype=np.int64).reshape(-1, len(COLUMNS)),
+            np.frombuffer(hdr, dtype=np.int32),
+            self.sc.headers,
+            rids,
+        )
+
+    def batches(self, fp: BinaryIO, result: ReadResult, start: int = 0,
+                salvage_tail: bool = False) -> Iterator[TraceBatch]:
+        sc = self.sc
+        before = sc.objects
+
+        def fast(buf: bytes, pos: int) -> tuple[int, int, int]:
+            out: tuple[int, int, int] = sc.feed(buf, pos, False)
+            return out
+
+        for rec in read_records(fp, self.reject, result, start, C_CHUNK, salvage_tail, fast):
+            if isinstance(rec, ChunkEnd):
+                if sc.finished >= self.batch:
+                    yield self._take()
+                continue
+            if isinstance(rec, Stamps):
+                for name, ns in rec.stamps:
+                    sc.inject_stamp(rec.id, COLUMN[name], ns)
+            else:
+                sc.inject_header(rec.id, rec.model, rec.version, rec.request_id,
+                                 -1 if rec.parent_id is None else rec.parent_id)
+        sc.finish_all()
+        result.objects += sc.objects - before
+        while sc.finished:
+            yield self._take()
+
+
+C_CHUNK = 4 << 20
+FileScan: type[PyFileScan] | type[CFileScan] = CFileScan if _scan is not None else PyFileScan

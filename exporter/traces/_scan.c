@@ -1,0 +1,563 @@
+/* Fast path of the trace scanner: split a trace file's bytes into objects at
+ * `{"id":` (the same rule as records.py), decode the common object shapes and
+ * merge them by id into open traces with a FIFO window (the same rule as
+ * assembly.MergeWindow). Anything unusual -- escapes, non-ASCII, unknown keys,
+ * unknown timestamp names, odd numbers -- is handed back to Python, which
+ * decodes it with the reference code and injects the result, so both paths
+ * count exactly the same. Knows nothing of Triton's names: the column names
+ * are given by Python (exporter/stages.py). */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+#define MAX_COLS 64
+#define MAX_NAME 256
+
+typedef struct {
+    int64_t id;
+    int64_t parent;     /* -1: none */
+    int32_t hdr;        /* index into the header table, -1: no header seen */
+    PyObject *rid;      /* owned, or NULL */
+    int64_t stamps[MAX_COLS];
+} Slot;
+
+typedef struct {
+    PyObject_HEAD
+    int ncols;
+    char *names[MAX_COLS];
+    Py_ssize_t name_len[MAX_COLS];
+    Py_ssize_t window;
+    /* FIFO ring of open slots, in order of first appearance */
+    Slot *ring;
+    Py_ssize_t head, count;
+    /* open addressing: id -> ring index, -1 empty */
+    int64_t *hkeys;
+    Py_ssize_t *hvals;
+    Py_ssize_t hcap;
+    /* finished traces */
+    int64_t *out_ids, *out_parents, *out_stamps;
+    int32_t *out_hdr;
+    Py_ssize_t out_n, out_cap;
+    PyObject *out_rids;
+    PyObject *hdr_index, *hdr_list; /* (model, version) -> index, and the table */
+    Py_ssize_t objects; /* objects decoded on the fast path */
+} Scanner;
+
+static inline uint64_t hash64(int64_t k) {
+    uint64_t x = (uint64_t)k;
+    x ^= x >> 33; x *= 0xff51afd7ed558ccdULL; x ^= x >> 33;
+    return x;
+}
+
+static Py_ssize_t h_find(Scanner *s, int64_t id) {
+    Py_ssize_t mask = s->hcap - 1, i = (Py_ssize_t)(hash64(id) & (uint64_t)mask);
+    while (s->hvals[i] >= 0) {
+        if (s->hkeys[i] == id) return i;
+        i = (i + 1) & mask;
+    }
+    return -1 - i; /* free position, encoded */
+}
+
+static void h_delete(Scanner *s, Py_ssize_t i) {
+    Py_ssize_t mask = s->hcap - 1, j = i;
+    s->hvals[i] = -1;
+    for (;;) {
+        j = (j + 1) & mask;
+        if (s->hvals[j] < 0) return;
+        Py_ssize_t k = (Py_ssize_t)(hash64(s->hkeys[j]) & (uint64_t)mask);
+        /* move j back to i if its home k is not cyclically in (i, j] */
+        if ((j > i && (k <= i || k > j)) || (j < i && (k <= i && k > j))) {
+            s->hkeys[i] = s->hkeys[j];
+            s->hvals[i] = s->hvals[j];
+            s->hvals[j] = -1;
+            i = j;
+        }
+    }
+}
+
+static int out_grow(Scanner *s) {
+    if (s->out_n < s->out_cap) return 0;
+    Py_ssize_t cap = s->out_cap ? s->out_cap * 2 : 4096;
+    int64_t *a = PyMem_Realloc(s->out_ids, cap * sizeof(int64_t));
+    if (!a) return -1;
+    s->out_ids = a;
+    a = PyMem_Realloc(s->out_parents, cap * sizeof(int64_t));
+    if (!a) return -1;
+    s->out_parents = a;
+    a = PyMem_Realloc(s->out_stamps, cap * s->ncols * sizeof(int64_t));
+    if (!a) return -1;
+    s->out_stamps = a;
+    int32_t *h = PyMem_Realloc(s->out_hdr, cap * sizeof(int32_t));
+    if (!h) return -1;
+    s->out_hdr = h;
+    s->out_cap = cap;
+    return 0;
+}
+
+/* Move the oldest open trace to the output. */
+static int finish_oldest(Scanner *s) {
+    Slot *t = &s->ring[s->head];
+    if (out_grow(s) < 0) { PyErr_NoMemory(); return -1; }
+    Py_ssize_t n = s->out_n;
+    s->out_ids[n] = t->id;
+    s->out_parents[n] = t->parent;
+    memcpy(&s->out_stamps[n * s->ncols], t->stamps, s->ncols * sizeof(int64_t));
+    s->out_hdr[n] = t->hdr;
+    if (PyList_Append(s->out_rids, t->rid ? t->rid : Py_None) < 0) return -1;
+    Py_CLEAR(t->rid);
+    s->out_n++;
+    Py_ssize_t h = h_find(s, t->id);
+    if (h >= 0) h_delete(s, h);
+    s->head = (s->head + 1) % s->window;
+    s->count--;
+    return 0;
+}
+
+/* The open trace for id, opening it (and finishing the oldest if full). */
+static Slot *get_slot(Scanner *s, int64_t id) {
+    Py_ssize_t h = h_find(s, id);
+    if (h >= 0) return &s->ring[s->hvals[h]];
+    if (s->count >= s->window) {
+        if (finish_oldest(s) < 0) return NULL;
+        h = h_find(s, id);
+    }
+    Py_ssize_t pos = (s->head + s->count) % s->window;
+    Slot *t = &s->ring[pos];
+    t->id = id; t->parent = -1; t->hdr = -1;
+    t->rid = NULL;
+    for (int c = 0; c < s->ncols; c++) t->stamps[c] = -1;
+    Py_ssize_t free_at = -1 - h;
+    s->hkeys[free_at] = id;
+    s->hvals[free_at] = pos;
+    s->count++;
+    return t;
+}
+
+/* The header table index of (model, version); steals both references. */
+static int32_t intern_header(Scanner *s, PyObject *model, PyObject *version) {
+    PyObject *key = PyTuple_Pack(2, model, version);
+    Py_DECREF(model); Py_DECREF(version);
+    if (!key) return -2;
+    PyObject *idx = PyDict_GetItemWithError(s->hdr_index, key);
+    if (idx) { Py_DECREF(key); return (int32_t)PyLong_AsLong(idx); }
+    if (PyErr_Occurred()) { Py_DECREF(key); return -2; }
+    Py_ssize_t n = PyList_GET_SIZE(s->hdr_list);
+    PyObject *v = PyLong_FromSsize_t(n);
+    if (!v || PyDict_SetItem(s->hdr_index, key, v) < 0 || PyList_Append(s->hdr_list, key) < 0) {
+        Py_XDECREF(v); Py_DECREF(key); return -2;
+    }
+    Py_DECREF(v); Py_DECREF(key);
+    return (int32_t)n;
+}
+
+static void set_header(Slot *t, int32_t hdr, PyObject *rid, int64_t parent) {
+    t->hdr = hdr;
+    Py_XSETREF(t->rid, rid);
+    t->parent = parent;
+}
+
+/* ---- the fast object decoder ------------------------------------------------ */
+
+static inline int is_ws(unsigned char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; }
+static inline int is_re_ws(unsigned char c) { return is_ws(c) || c == 0x0b || c == 0x0c; }
+
+typedef struct { const unsigned char *p, *end; } Cur;
+
+static inline void skip_ws(Cur *c) { while (c->p < c->end && is_ws(*c->p)) c->p++; }
+
+static inline int eat(Cur *c, unsigned char ch) {
+    skip_ws(c);
+    if (c->p < c->end && *c->p == ch) { c->p++; return 1; }
+    return 0;
+}
+
+/* A plain string: printable ASCII without escapes. */
+static int read_str(Cur *c, const unsigned char **s, Py_ssize_t *n) {
+    skip_ws(c);
+    if (c->p >= c->end || *c->p != '"') return 0;
+    const unsigned char *a = ++c->p;
+    while (c->p < c->end && *c->p != '"') {
+        unsigned char ch = *c->p;
+        if (ch < 0x20 || ch >= 0x7f || ch == '\\') return 0;
+        c->p++;
+    }
+    if (c->p >= c->end) return 0;
+    *s = a; *n = c->p - a;
+    c->p++;
+    return 1;
+}
+
+/* A non-negative JSON integer of at most 18 digits. */
+static int read_uint(Cur *c, int64_t *v) {
+    skip_ws(c);
+    const unsigned char *a = c->p;
+    int64_t x = 0;
+    while (c->p < c->end && *c->p >= '0' && *c->p <= '9') { x = x * 10 + (*c->p - '0'); c->p++; }
+    Py_ssize_t n = c->p - a;
+    if (n == 0 || n > 18 || (n > 1 && *a == '0')) return 0;
+    if (c->p < c->end && (*c->p == '.' || *c->p == 'e' || *c->p == 'E')) return 0;
+    *v = x;
+    return 1;
+}
+
+static int key_is(const unsigned char *k, Py_ssize_t n, const char *want) {
+    return (Py_ssize_t)strlen(want) == n && memcmp(k, want, n) == 0;
+}
+
+static int column_of(Scanner *s, const unsigned char *name, Py_ssize_t n) {
+    for (int i = 0; i < s->ncols; i++)
+        if (s->name_len[i] == n && memcmp(s->names[i], name, n) == 0) return i;
+    return -1;
+}
+
+enum { K_ID = 1, K_TS = 2, K_MODEL = 4, K_VERSION = 8, K_RID = 16, K_PARENT = 32 };
+
+#define MAX_STAMPS 32
+
+/* Decode one object at [a, b). 1: applied; 0: not a fast shape (Python decodes it); -1: error. */
+static int fast_object(Scanner *s, const unsigned char *a, const unsigned char *b) {
+    Cur c = {a, b};
+    int seen = 0;
+    int64_t id = -1, parent = -1;
+    const unsigned char *model = NULL, *vstr = NULL, *rid = NULL;
+    Py_ssize_t model_n = 0, vstr_n = 0, rid_n = 0;
+    int64_t vnum = -1, ridnum = -1;
+    int ncols_seen = 0, cols[MAX_STAMPS];
+    int64_t ns_vals[MAX_STAMPS];
+    if (!eat(&c, '{')) return 0;
+    for (;;) {
+        const unsigned char *k; Py_ssize_t kn;
+        if (!read_str(&c, &k, &kn) || !eat(&c, ':')) return 0;
+        int bit;
+        if (key_is(k, kn, "id")) { bit = K_ID; if (!read_uint(&c, &id)) return 0; }
+        else if (key_is(k, kn, "timestamps")) {
+            bit = K_TS;
+            if (!eat(&c, '[')) return 0;
+            for (;;) {
+                const unsigned char *nm = NULL; Py_ssize_t nmn = 0; int64_t ns = -1; int have = 0;
+                if (!eat(&c, '{')) return 0;
+                for (int m = 0; m < 2; m++) {
+                    const unsigned char *k2; Py_ssize_t k2n;
+                    if (!read_str(&c, &k2, &k2n) || !eat(&c, ':')) return 0;
+                    if (key_is(k2, k2n, "name") && !(have & 1)) { if (!read_str(&c, &nm, &nmn)) return 0; have |= 1; }
+                    else if (key_is(k2, k2n, "ns") && !(have & 2)) { if (!read_uint(&c, &ns)) return 0; have |= 2; }
+                    else return 0;
+                    if (m == 0 && !eat(&c, ',')) return 0;
+                }
+                if (!eat(&c, '}')) return 0;
+                int col = column_of(s, nm, nmn);
+                if (col < 0 || ncols_seen >= MAX_STAMPS) return 0;
+                cols[ncols_seen] = col; ns_vals[ncols_seen] = ns; ncols_seen++;
+                if (eat(&c, ',')) continue;
+                if (eat(&c, ']')) break;
+                return 0;
+            }
+            if (ncols_seen == 0) return 0;
+        }
+        else if (key_is(k, kn, "model_name")) {
+            bit = K_MODEL;
+            if (!read_str(&c, &model, &model_n) || model_n == 0 || model_n > MAX_NAME) return 0;
+        }
+        else if (key_is(k, kn, "model_version")) {
+            bit = K_VERSION;
+            skip_ws(&c);
+            if (c.p < c.end && *c.p == '"') { if (!read_str(&c, &vstr, &vstr_n)) return 0; }
+            else if (!read_uint(&c, &vnum)) return 0;
+        }
+        else if (key_is(k, kn, "request_id")) {
+            bit = K_RID;
+            skip_ws(&c);
+            if (c.p < c.end && *c.p == '"') {
+                if (!read_str(&c, &rid, &rid_n) || rid_n > MAX_NAME) return 0;
+            } else if (!read_uint(&c, &ridnum)) return 0;
+        }
+        else if (key_is(k, kn, "parent_id")) { bit = K_PARENT; if (!read_uint(&c, &parent)) return 0; }
+        else return 0;
+        if (seen & bit) return 0; /* duplicate key: let Python decide */
+        seen |= bit;
+        if (eat(&c, ',')) continue;
+        if (eat(&c, '}')) break;
+        return 0;
+    }
+    /* only separators may follow up to the next object */
+    while (c.p < b) { if (!is_ws(*c.p) && *c.p != ',') return 0; c.p++; }
+    if (!(seen & K_ID)) return 0;
+    if (seen & K_TS) {
+        if (seen != (K_ID | K_TS)) return 0;
+        Slot *t = get_slot(s, id);
+        if (!t) return -1;
+        for (int i = 0; i < ncols_seen; i++) t->stamps[cols[i]] = ns_vals[i];
+        return 1;
+    }
+    if (!(seen & K_MODEL) || !(seen & K_VERSION)) return 0;
+    PyObject *m = PyUnicode_DecodeASCII((const char *)model, model_n, NULL);
+    PyObject *v = vstr ? PyUnicode_DecodeASCII((const char *)vstr, vstr_n, NULL)
+                       : PyUnicode_FromFormat("%lld", (long long)vnum);
+    PyObject *r = NULL;
+    if (rid && rid_n > 0) r = PyUnicode_DecodeASCII((const char *)rid, rid_n, NULL);
+    else if (!rid && ridnum >= 0) r = PyUnicode_FromFormat("%lld", (long long)ridnum);
+    int want_rid = (rid && rid_n > 0) || (!rid && ridnum >= 0);
+    if (!m || !v || (want_rid && !r)) {
+        Py_XDECREF(m); Py_XDECREF(v); Py_XDECREF(r);
+        return -1;
+    }
+    int32_t hdr = intern_header(s, m, v);
+    if (hdr < 0) { Py_XDECREF(r); return -1; }
+    Slot *t = get_slot(s, id);
+    if (!t) { Py_XDECREF(r); return -1; }
+    set_header(t, hdr, r, (seen & K_PARENT) ? parent : -1);
+    return 1;
+}
+
+/* The common shape, exactly as Triton writes it:
+ * {"id":N,"timestamps":[{"name":"X","ns":N}]}   -> 1 with *id, *col, *ns and *after set */
+static int compact_stamp(Scanner *s, const unsigned char *a, const unsigned char *end,
+                         int64_t *id, int *col, int64_t *ns, const unsigned char **after) {
+    static const char K1[] = "{\"id\":", K2[] = ",\"timestamps\":[{\"name\":\"", K3[] = "\",\"ns\":", K4[] = "}]}";
+    const unsigned char *p = a;
+    if (end - p < 64 || memcmp(p, K1, sizeof K1 - 1) != 0) return 0;
+    Cur c = {p + sizeof K1 - 1, end};
+    if (*c.p < '0' || *c.p > '9' || !read_uint(&c, id)) return 0;
+    p = c.p;
+    if (end - p < (Py_ssize_t)sizeof K2 || memcmp(p, K2, sizeof K2 - 1) != 0) return 0;
+    p += sizeof K2 - 1;
+    const unsigned char *q = memchr(p, '"', (size_t)(end - p < 64 ? end - p : 64));
+    if (!q) return 0;
+    *col = column_of(s, p, q - p);
+    if (*col < 0) return 0;
+    p = q;
+    if (end - p < (Py_ssize_t)sizeof K3 || memcmp(p, K3, sizeof K3 - 1) != 0) return 0;
+    c.p = p + sizeof K3 - 1;
+    if (c.p >= end || *c.p < '0' || *c.p > '9' || !read_uint(&c, ns)) return 0;
+    p = c.p;
+    if (end - p < (Py_ssize_t)sizeof K4 - 1 || memcmp(p, K4, sizeof K4 - 1) != 0) return 0;
+    *after = p + sizeof K4 - 1;
+    return 1;
+}
+
+static inline int starts_at(const unsigned char *p, const unsigned char *end) {
+    return end - p >= 6 && memcmp(p, "{\"id\":", 6) == 0;
+}
+
+/* Next object start at or after p: '{' ws* '"id"' ws* ':' (records.OBJECT_START). */
+static const unsigned char *next_start(const unsigned char *p, const unsigned char *end) {
+    while (p < end) {
+        p = memchr(p, '{', end - p);
+        if (!p) return NULL;
+        const unsigned char *q = p + 1;
+        while (q < end && is_re_ws(*q)) q++;
+        if (end - q >= 4 && memcmp(q, "\"id\"", 4) == 0) {
+            q += 4;
+            while (q < end && is_re_ws(*q)) q++;
+            if (q < end && *q == ':') return p;
+        }
+        p++;
+    }
+    return NULL;
+}
+
+/* feed(buf, pos, final) -> (pos, status, end)
+ * status 0: stopped before the last object of buf (more data needed, or the tail when final)
+ * status 1: the object [pos, end) is not a fast shape: decode it in Python, then feed from end */
+static PyObject *Scanner_feed(Scanner *s, PyObject *args) {
+    Py_buffer view;
+    Py_ssize_t pos;
+    int final;
+    if (!PyArg_ParseTuple(args, "y*np", &view, &pos, &final)) return NULL;
+    const unsigned char *base = view.buf, *end = base + view.len;
+    const unsigned char *a = next_start(base + pos, end);
+    PyObject *res = NULL;
+    while (a) {
+        int64_t id, ns;
+        int col;
+        const unsigned char *after;
+        if (compact_stamp(s, a, end, &id, &col, &ns, &after)) {
+            /* whole once only separators lead to the next object start */
+            const unsigned char *q = after;
+            while (q < end && (*q == ',' || is_ws(*q))) q++;
+            if (starts_at(q, end)) {
+                Slot *t = get_slot(s, id);
+                if (!t) goto done;
+                t->stamps[col] = ns;
+                s->objects++;
+                a = q;
+                continue;
+            }
+        }
+        const unsigned char *b = next_start(a + 1, end);
+        if (!b) break; /* the last object: whole only once the caller knows what follows */
+        int r = fast_object(s, a, b);
+        if (r < 0) goto done;
+        if (r == 0) {
+            res = Py_BuildValue("nin", (Py_ssize_t)(a - base), 1, (Py_ssize_t)(b - base));
+            goto done;
+        }
+        s->objects++;
+        a = b;
+    }
+    {
+        Py_ssize_t at = a ? (Py_ssize_t)(a - base) : (Py_ssize_t)view.len;
+        res = Py_BuildValue("nin", at, 0, at);
+    }
+done:
+    PyBuffer_Release(&view);
+    (void)final;
+    return res;
+}
+
+static PyObject *Scanner_inject_header(Scanner *s, PyObject *args) {
+    long long id, parent;
+    PyObject *m, *v, *r;
+    if (!PyArg_ParseTuple(args, "LOOOL", &id, &m, &v, &r, &parent)) return NULL;
+    Py_INCREF(m); Py_INCREF(v);
+    int32_t hdr = intern_header(s, m, v);
+    if (hdr < 0) return NULL;
+    Slot *t = get_slot(s, id);
+    if (!t) return NULL;
+    if (r != Py_None) Py_INCREF(r);
+    set_header(t, hdr, r == Py_None ? NULL : r, parent);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Scanner_inject_stamp(Scanner *s, PyObject *args) {
+    long long id, ns;
+    int col;
+    if (!PyArg_ParseTuple(args, "LiL", &id, &col, &ns)) return NULL;
+    if (col < 0 || col >= s->ncols) { PyErr_SetString(PyExc_ValueError, "column"); return NULL; }
+    Slot *t = get_slot(s, id);
+    if (!t) return NULL;
+    t->stamps[col] = ns;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Scanner_lookup(Scanner *s, PyObject *arg) {
+    long long id = PyLong_AsLongLong(arg);
+    if (id == -1 && PyErr_Occurred()) return NULL;
+    Py_ssize_t h = h_find(s, id);
+    if (h < 0) Py_RETURN_NONE;
+    Slot *t = &s->ring[s->hvals[h]];
+    PyObject *d = PyDict_New();
+    if (!d) return NULL;
+    for (int c = 0; c < s->ncols; c++) {
+        if (t->stamps[c] < 0) continue;
+        PyObject *v = PyLong_FromLongLong(t->stamps[c]);
+        if (!v || PyDict_SetItemString(d, s->names[c], v) < 0) { Py_XDECREF(v); Py_DECREF(d); return NULL; }
+        Py_DECREF(v);
+    }
+    PyObject *parent = t->hdr >= 0 && t->parent >= 0 ? PyLong_FromLongLong(t->parent) : Py_NewRef(Py_None);
+    return Py_BuildValue("(NN)", parent, d);
+}
+
+static PyObject *Scanner_finish_all(Scanner *s, PyObject *unused) {
+    while (s->count > 0)
+        if (finish_oldest(s) < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Scanner_take(Scanner *s, PyObject *unused) {
+    Py_ssize_t n = s->out_n;
+    PyObject *ids = PyBytes_FromStringAndSize((const char *)s->out_ids, n * sizeof(int64_t));
+    PyObject *parents = PyBytes_FromStringAndSize((const char *)s->out_parents, n * sizeof(int64_t));
+    PyObject *stamps = PyBytes_FromStringAndSize((const char *)s->out_stamps, n * s->ncols * sizeof(int64_t));
+    PyObject *hdrs = PyBytes_FromStringAndSize((const char *)s->out_hdr, n * sizeof(int32_t));
+    if (!ids || !parents || !stamps || !hdrs) {
+        Py_XDECREF(ids); Py_XDECREF(parents); Py_XDECREF(stamps); Py_XDECREF(hdrs); return NULL;
+    }
+    PyObject *res = Py_BuildValue("(NNNNO)", ids, parents, stamps, hdrs, s->out_rids);
+    if (!res) return NULL;
+    Py_SETREF(s->out_rids, PyList_New(0));
+    s->out_n = 0;
+    if (!s->out_rids) { Py_DECREF(res); return NULL; }
+    return res;
+}
+
+static PyObject *Scanner_pending(Scanner *s, void *closure) { return PyLong_FromSsize_t(s->out_n); }
+static PyObject *Scanner_objects(Scanner *s, void *closure) { return PyLong_FromSsize_t(s->objects); }
+static PyObject *Scanner_headers(Scanner *s, void *closure) { return Py_NewRef(s->hdr_list); }
+
+static int Scanner_init(Scanner *s, PyObject *args, PyObject *kw) {
+    PyObject *names;
+    Py_ssize_t window;
+    if (!PyArg_ParseTuple(args, "O!n", &PyTuple_Type, &names, &window)) return -1;
+    Py_ssize_t k = PyTuple_GET_SIZE(names);
+    if (k > MAX_COLS || window < 1) { PyErr_SetString(PyExc_ValueError, "too many columns or bad window"); return -1; }
+    s->ncols = (int)k;
+    for (Py_ssize_t i = 0; i < k; i++) {
+        Py_ssize_t n;
+        const char *u = PyUnicode_AsUTF8AndSize(PyTuple_GET_ITEM(names, i), &n);
+        if (!u) return -1;
+        s->names[i] = PyMem_Malloc(n + 1);
+        if (!s->names[i]) { PyErr_NoMemory(); return -1; }
+        memcpy(s->names[i], u, n + 1);
+        s->name_len[i] = n;
+    }
+    s->window = window;
+    s->ring = PyMem_Calloc(window, sizeof(Slot));
+    s->hcap = 16;
+    while (s->hcap < window * 2) s->hcap <<= 1;
+    s->hkeys = PyMem_Malloc(s->hcap * sizeof(int64_t));
+    s->hvals = PyMem_Malloc(s->hcap * sizeof(Py_ssize_t));
+    if (!s->ring || !s->hkeys || !s->hvals) { PyErr_NoMemory(); return -1; }
+    for (Py_ssize_t i = 0; i < s->hcap; i++) s->hvals[i] = -1;
+    s->out_rids = PyList_New(0);
+    s->hdr_index = PyDict_New();
+    s->hdr_list = PyList_New(0);
+    if (!s->out_rids || !s->hdr_index || !s->hdr_list) return -1;
+    return 0;
+}
+
+static void Scanner_dealloc(Scanner *s) {
+    if (s->ring) {
+        for (Py_ssize_t i = 0; i < s->count; i++) {
+            Slot *t = &s->ring[(s->head + i) % s->window];
+            Py_CLEAR(t->rid);
+        }
+        PyMem_Free(s->ring);
+    }
+    for (int i = 0; i < s->ncols; i++) PyMem_Free(s->names[i]);
+    PyMem_Free(s->hkeys); PyMem_Free(s->hvals);
+    PyMem_Free(s->out_ids); PyMem_Free(s->out_parents); PyMem_Free(s->out_stamps); PyMem_Free(s->out_hdr);
+    Py_XDECREF(s->out_rids); Py_XDECREF(s->hdr_index); Py_XDECREF(s->hdr_list);
+    Py_TYPE(s)->tp_free((PyObject *)s);
+}
+
+static PyMethodDef Scanner_methods[] = {
+    {"feed", (PyCFunction)Scanner_feed, METH_VARARGS, "feed(buf, pos, final) -> (pos, status, end)"},
+    {"inject_header", (PyCFunction)Scanner_inject_header, METH_VARARGS, "a header decoded by Python"},
+    {"inject_stamp", (PyCFunction)Scanner_inject_stamp, METH_VARARGS, "a timestamp decoded by Python"},
+    {"lookup", (PyCFunction)Scanner_lookup, METH_O, "(parent, stamps) of an open trace, or None"},
+    {"finish_all", (PyCFunction)Scanner_finish_all, METH_NOARGS, "finish every open trace"},
+    {"take", (PyCFunction)Scanner_take, METH_NOARGS, "the finished traces as columns"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef Scanner_getset[] = {
+    {"finished", (getter)Scanner_pending, NULL, "finished traces not taken yet", NULL},
+    {"objects", (getter)Scanner_objects, NULL, "objects decoded on the fast path", NULL},
+    {"headers", (getter)Scanner_headers, NULL, "the (model, version) table that header indexes point into", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject ScannerType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "exporter.traces._scan.Scanner",
+    .tp_basicsize = sizeof(Scanner),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Scanner_init,
+    .tp_dealloc = (destructor)Scanner_dealloc,
+    .tp_methods = Scanner_methods,
+    .tp_getset = Scanner_getset,
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_scan", "Fast trace-file scanner.", -1, NULL};
+
+PyMODINIT_FUNC PyInit__scan(void) {
+    if (PyType_Ready(&ScannerType) < 0) return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (!m) return NULL;
+    Py_INCREF(&ScannerType);
+    if (PyModule_AddObject(m, "Scanner", (PyObject *)&ScannerType) < 0) { Py_DECREF(&ScannerType); Py_DECREF(m); return NULL; }
+    return m;
+}
