@@ -1,0 +1,202 @@
+"""Soak run (not CI): steady traced traffic through the whole stack for a long time.
+
+A real Triton (rolling traces, trace rate 1) serves add_sub and its ensemble over HTTP and
+gRPC at --rate requests/s; `inference-profiler serve` runs with every source on (traces,
+Triton endpoints, eBPF where the kernel allows); a real Prometheus scrapes it every 5 s
+with our rules. At the end the traces the exporter counted must equal the requests sent
+(an ensemble request is two traces: the ensemble and its add_sub child).
+
+Reports the exporter's CPU (% of one core), its RSS at start and end, and, as the
+same-run baseline, the same figures for Triton with the ratios exporter/Triton.
+
+    .venv/bin/python bench/soak.py                       # 10 minutes at 300 req/s
+    .venv/bin/python bench/soak.py --duration 120        # a shorter run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import psutil
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from exporter.demo.launcher import ENSEMBLE, MODEL, TritonServer, copy_model_repository, free_port  # noqa: E402
+from exporter.demo.traffic import TrafficDriver  # noqa: E402
+
+
+def scrape_traces(url: str) -> float:
+    with urllib.request.urlopen(url + "/metrics", timeout=10) as r:
+        text = r.read().decode()
+    return sum(float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines()
+               if ln.startswith("inference_profiler_traces_total{"))
+
+
+def start_prometheus(work: Path, target: str) -> tuple[subprocess.Popen[bytes], str]:
+    cfg = yaml.safe_load((ROOT / "prometheus" / "prometheus.yml").read_text())
+    cfg["global"] = {"scrape_interval": "5s", "evaluation_interval": "5s"}
+    cfg["scrape_configs"][0]["scrape_timeout"] = "5s"
+    cfg["scrape_configs"][0]["static_configs"][0]["targets"] = [target]
+    cfg["rule_files"] = [str(ROOT / "prometheus" / "rules" / "*.rules.yml")]
+    (work / "prometheus.yml").write_text(yaml.safe_dump(cfg))
+    port = free_port()
+    log = open(work / "prometheus.log", "wb")  # noqa: SIM115 - lives as long as the process
+    proc = subprocess.Popen(["prometheus", f"--config.file={work / 'prometheus.yml'}",
+                             f"--storage.tsdb.path={work / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}",
+                             "--log.level=warn"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+class Usage:
+    """CPU seconds and RSS of a process and its children (Triton's python backend stubs)
+    between two points in time."""
+
+    def __init__(self, pid: int) -> None:
+        self.proc = psutil.Process(pid)
+        self.procs = [self.proc, *self.proc.children(recursive=True)]
+        self.t0 = time.monotonic()
+        self.cpu0 = self._cpu()
+        self.rss0 = self._rss()
+        self.rss_max = self.rss0
+
+    def _cpu(self) -> float:
+        return float(sum(t.user + t.system for t in (p.cpu_times() for p in self.procs)))
+
+    def _rss(self) -> int:
+        return sum(p.memory_info().rss for p in self.procs)
+
+    def sample(self) -> None:
+        self.rss_max = max(self.rss_max, self._rss())
+
+    def result(self) -> dict[str, float]:
+        wall = time.monotonic() - self.t0
+        return {"cpu_percent": 100 * (self._cpu() - self.cpu0) / wall, "processes": len(self.procs),
+                "rss_start_mb": self.rss0 / 2**20, "rss_end_mb": self._rss() / 2**20,
+                "rss_max_mb": self.rss_max / 2**20, "seconds": wall}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--duration", type=float, default=600.0, help="seconds of traffic (default 600)")
+    ap.add_argument("--rate", type=float, default=300.0, help="requests per second in total (default 300)")
+    ap.add_argument("--concurrency", type=int, default=8, help="client threads")
+    ap.add_argument("--warmup", type=float, default=15.0, help="seconds of traffic before measuring")
+    ap.add_argument("--ebpf", default="auto", choices=("auto", "on", "off"))
+    ap.add_argument("--no-prometheus", action="store_true", help="do not run a Prometheus scraping the exporter")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "soak.json")
+    args = ap.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="soak-"))
+    triton = TritonServer(copy_model_repository(work), work / "triton", trace_file=work / "traces" / "trace.json",
+                          log_frequency=1000, trace_rate=1)
+    exporter: subprocess.Popen[bytes] | None = None
+    prom: subprocess.Popen[bytes] | None = None
+    driver: TrafficDriver | None = None
+    try:
+        triton.start()
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        with open(work / "exporter.log", "wb") as log:
+            exporter = subprocess.Popen(
+                [str(ROOT / ".venv" / "bin" / "inference-profiler"), "serve", "--listen", f"127.0.0.1:{port}",
+                 "--trace-file", str(triton.trace_file), "--state-dir", str(work / "state"),
+                 "--triton", triton.http_url, "--triton-metrics-url", triton.metrics_url,
+                 "--ebpf", args.ebpf, "--ebpf-port", str(triton.http_port), "--ebpf-port", str(triton.grpc_port),
+                 "--trace-delete-ingested"],
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        for _ in range(300):
+            if exporter.poll() is not None:
+                raise SystemExit(f"exporter exited: {(work / 'exporter.log').read_text()[-2000:]}")
+            try:
+                urllib.request.urlopen(url + "/readyz", timeout=1).read()
+                break
+            except OSError:
+                time.sleep(0.1)
+        if not args.no_prometheus:
+            prom, prom_url = start_prometheus(work, f"127.0.0.1:{port}")
+            print(f"prometheus at {prom_url}")
+        print(f"work dir {work}; exporter at {url}; traffic {args.rate:g} req/s for {args.duration:g} s "
+              f"after {args.warmup:g} s warm-up", flush=True)
+
+        driver = TrafficDriver(triton.http_address, triton.grpc_address, rate=args.rate,
+                               models=(MODEL, ENSEMBLE), concurrency=args.concurrency).start()
+        time.sleep(args.warmup)
+        assert triton.pid is not None
+        exp_use, tri_use = Usage(exporter.pid), Usage(triton.pid)
+        sent0 = sum(driver.counts.succeeded.values())
+        end = time.monotonic() + args.duration
+        while time.monotonic() < end:
+            time.sleep(min(10.0, max(0.0, end - time.monotonic())))
+            exp_use.sample()
+            tri_use.sample()
+            c = driver.counts
+            print(f"  {time.monotonic() - exp_use.t0:6.0f} s: sent {sum(c.sent.values())}, "
+                  f"failed {sum(c.failed.values())}, exporter RSS {exp_use.rss_max / 2**20:.1f} MB", flush=True)
+        exp, tri = exp_use.result(), tri_use.result()
+        counts = driver.stop()
+        driver = None
+        sent = sum(counts.succeeded.values())
+        achieved = (sent - sent0) / exp["seconds"]
+        ensemble = sum(n for (_, m), n in counts.succeeded.items() if m == ENSEMBLE)
+        expected = sent + ensemble
+
+        # every trace must reach the exporter: flush Triton's pending traces until the count settles
+        deadline, counted = time.monotonic() + 120, 0.0
+        while time.monotonic() < deadline:
+            triton.flush_traces()
+            counted = scrape_traces(url)
+            if counted >= expected:
+                break
+            time.sleep(1.0)
+        failed = sum(counts.failed.values())
+        result: dict[str, Any] = {
+            "duration_s": args.duration, "target_rate": args.rate, "achieved_rate": achieved,
+            "requests_succeeded": sent, "requests_failed": failed, "ensemble_requests": ensemble,
+            "traces_expected": expected, "traces_counted": counted, "exporter": exp, "triton": tri,
+            "ratio_cpu_exporter_to_triton": exp["cpu_percent"] / tri["cpu_percent"],
+            "ratio_rss_end_to_start_exporter": exp["rss_end_mb"] / exp["rss_start_mb"],
+        }
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"\nmeasured {exp['seconds']:.0f} s at {achieved:.1f} req/s (target {args.rate:g}); "
+              f"{sent} requests ok, {failed} failed")
+        print(f"exporter: CPU {exp['cpu_percent']:.1f} % of a core, RSS {exp['rss_start_mb']:.1f} MB at start, "
+              f"{exp['rss_end_mb']:.1f} MB at end (max {exp['rss_max_mb']:.1f})")
+        print(f"triton:   CPU {tri['cpu_percent']:.1f} % of a core ({tri['processes']:.0f} processes), RSS {tri['rss_start_mb']:.1f} -> "
+              f"{tri['rss_end_mb']:.1f} MB")
+        print(f"ratios:   exporter/Triton CPU {result['ratio_cpu_exporter_to_triton']:.3f}, "
+              f"exporter RSS end/start {result['ratio_rss_end_to_start_exporter']:.3f}")
+        ok = counted == expected
+        print(f"traces:   counted {counted:.0f}, expected {expected} ({sent} requests + {ensemble} ensemble "
+              f"children): {'EQUAL' if ok else 'DIFFERENT'}")
+        print(f"written {args.out}")
+        return 0 if ok else 1
+    finally:
+        if driver is not None:
+            driver.stop()
+        for p in (prom, exporter):
+            if p is not None and p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                try:
+                    p.wait(20)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+        triton.stop()
+        if os.environ.get("SOAK_KEEP") is None:
+            subprocess.run(["rm", "-rf", str(work)], check=False)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
