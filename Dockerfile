@@ -44,14 +44,15 @@ LABEL org.opencontainers.image.title="inference-profiler" \
       org.opencontainers.image.created="${CREATED}" \
       org.opencontainers.image.licenses="Apache-2.0" \
       org.opencontainers.image.base.name="${DEBIAN_IMAGE}"
-# python3-bpfcc brings libbcc (with its own LLVM); no compiler or headers are installed
+# python3-bpfcc brings libbcc (with its own LLVM); no compiler or headers are installed.
+# The state dir is group 0 writable: the eBPF variant runs as uid 0 without CAP_DAC_OVERRIDE.
 # hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 python3-bpfcc ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --user-group --home-dir /var/lib/inference-profiler \
       --no-create-home --shell /usr/sbin/nologin profiler \
- && install -d -o 10001 -g 10001 -m 0750 /var/lib/inference-profiler
+ && install -d -o 10001 -g 0 -m 0770 /var/lib/inference-profiler
 COPY --from=build /opt/inference-profiler /opt/inference-profiler
 COPY deploy/docker/healthcheck.py /opt/inference-profiler/healthcheck.py
 ENV PATH=/opt/inference-profiler/bin:$PATH \
