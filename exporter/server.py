@@ -84,10 +84,12 @@ class MetricsServer:
                 self.do_GET()
 
             def do_GET(self) -> None:
-                if server.auth is not None and not server.auth(self.headers.get("Authorization")):
+                path = self.path.split("?", 1)[0]
+                # probes (kubelet, Docker HEALTHCHECK) carry no credentials; health reveals nothing
+                if (server.auth is not None and path not in ("/healthz", "/readyz")
+                        and not server.auth(self.headers.get("Authorization"))):
                     self._send(401, b"Unauthorized\n", headers={"WWW-Authenticate": 'Basic realm="inference-profiler"'})
                     return
-                path = self.path.split("?", 1)[0]
                 if path == "/metrics":
                     encoder, ctype = choose_encoder(self.headers.get("Accept", ""))
                     try:

@@ -130,11 +130,17 @@ def test_right_credentials_get_metrics(server: MetricsServer, pki: Path) -> None
      "Basic " + base64.b64encode(b"no-colon").decode(), _basic("prometheus", "x" * 100)],
 )
 def test_wrong_credentials_get_401(server: MetricsServer, pki: Path, auth: str | None) -> None:
-    for path in ("/metrics", "/healthz", "/"):
+    for path in ("/metrics", "/", "/metrics?x=1"):
         status, headers, body = _get(server.port, _client_ctx(pki), path, auth=auth)
         assert status == 401
         assert headers["www-authenticate"].startswith("Basic ")
         assert b"inference_profiler" not in body
+
+
+def test_probes_need_no_credentials(server: MetricsServer, pki: Path) -> None:
+    # kubelet and Docker HEALTHCHECK probes carry no Authorization header
+    assert _get(server.port, _client_ctx(pki), "/healthz")[0] == 200
+    assert _get(server.port, _client_ctx(pki), "/readyz")[:3:2] == (200, b"ready\n")
 
 
 def test_plain_http_to_tls_port_fails(server: MetricsServer) -> None:
