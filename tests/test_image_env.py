@@ -79,6 +79,12 @@ def dockerignore_admits(path: str) -> bool:
     return admitted
 
 
+def dockerignore_excluded_names() -> list[str]:
+    """The '**/NAME' patterns of .dockerignore: names left out at any depth."""
+    lines = (ROOT / ".dockerignore").read_text().splitlines()
+    return [ln.strip()[3:] for ln in lines if ln.strip().startswith("**/")]
+
+
 def _copy_context(build: list[tuple[str, str]], ctx: Path) -> None:
     for word, args in build:
         if word != "COPY" or args.startswith("--from"):
@@ -91,7 +97,8 @@ def _copy_context(build: list[tuple[str, str]], ctx: Path) -> None:
             target = ctx / s
             target.parent.mkdir(parents=True, exist_ok=True)
             if src.is_dir():
-                shutil.copytree(src, target, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+                shutil.copytree(src, target, dirs_exist_ok=True,
+                                ignore=shutil.ignore_patterns(*dockerignore_excluded_names()))
             else:
                 shutil.copy2(src, target)
 
