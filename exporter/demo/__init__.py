@@ -1,1 +1,165 @@
-"""`inference-profiler demo`: a local Triton with traffic and the exporter against it."""
+"""`inference-profiler demo`: a local Triton with traffic and the exporter against it.
+
+Starts the wheel's tritonserver with add_sub and add_sub_ensemble and rolling traces,
+drives HTTP and gRPC traffic, runs the exporter in-process with every source on, and
+prints where to look plus a per-stage summary every few seconds. Ctrl-C stops it all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import socket
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from types import FrameType
+
+from ..config import Config, ConfigError, build
+from ..daemon import Daemon
+from ..traces.source import TraceSource
+from .launcher import ENSEMBLE, MODEL, TritonError, TritonServer, copy_model_repository
+from .report import Snapshot, format_report, snapshot
+from .traffic import TrafficDriver
+
+log = logging.getLogger("demo")
+
+REPORT_SECONDS = 10.0
+LOG_FREQUENCY = 100  # top-level traces per rolling file: a new file every ~2 s at 50 req/s
+
+
+def demo_config(args: argparse.Namespace, triton: TritonServer, workdir: Path) -> Config:
+    """The exporter's config against the demo's Triton (defaults otherwise; env ignored)."""
+    assert triton.trace_file is not None
+    flags = {
+        "listen": args.listen,
+        "trace_file": [str(triton.trace_file)],
+        "state_dir": str(workdir / "state"),
+        "triton": [triton.http_url],
+        "triton_metrics_url": [triton.metrics_url],
+        "ebpf": "auto",
+        "ebpf_port": [triton.http_port, triton.grpc_port],
+        "trace_poll_seconds": 0.5,
+    }
+    return build({}, {}, flags, "demo")
+
+
+def _banner(cfg: Config, port: int, triton: TritonServer, workdir: Path, rate: float) -> str:
+    host, _ = cfg.listen_host_port
+    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::', '') else host}:{port}/metrics"
+    return f"""
+Inference Profiler demo (workdir {workdir})
+  Triton     HTTP {triton.http_url}  gRPC {triton.grpc_address}  metrics {triton.metrics_url}
+             models {MODEL} (python, dynamic batching) and {ENSEMBLE}; log {triton.log_path}
+  traces     {triton.trace_file}.N  (rate 1, a new file every {triton.log_frequency} requests)
+  traffic    {rate:g} req/s over HTTP and gRPC to both models
+  exporter   {url}
+
+Look at it:
+  curl -s {url} | grep 'stage_duration_seconds_count'
+  curl -s {url} | grep '^inference_profiler_traces_total'
+  curl -s -H 'Accept: application/openmetrics-text' {url} | grep trace_id | head -3
+  curl -s {url} | grep -E '^inference_profiler_(triton|tcp)_' | head
+  inference-profiler summary {triton.trace_file}.*
+
+Per-stage summary every {REPORT_SECONDS:.0f}s below; Ctrl-C stops everything.
+"""
+
+
+def _live_snapshot(daemon: Daemon) -> Snapshot:
+    for source in daemon.sources:
+        if isinstance(source, TraceSource):
+            agg = source.tailer.live  # one committed aggregate, never mutated after commit
+            return snapshot(agg.histograms, agg.traces)
+    return Snapshot({}, {})
+
+
+def _check_listen(cfg: Config) -> None:
+    """Fail on a taken --listen port before starting anything."""
+    host, port = cfg.listen_host_port
+    if port == 0:
+        return
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise ConfigError(f"cannot listen on {cfg.listen}: {e.strerror}; pick another --listen") from None
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    if args.rate <= 0:
+        raise ConfigError(f"--rate must be positive, got {args.rate}")
+    workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="inference-profiler-demo-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    stop = threading.Event()
+    # the per-stage summary is the demo's view; one log line per ingested file is noise here
+    logging.getLogger("traces").setLevel(logging.WARNING)
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    try:
+        triton = TritonServer(copy_model_repository(workdir), workdir, trace_file=workdir / "traces" / "trace.json",
+                              log_frequency=LOG_FREQUENCY, trace_rate=1)
+    except TritonError as e:
+        print(f"inference-profiler demo: {e}", file=sys.stderr)
+        return 1
+    cfg = demo_config(args, triton, workdir)
+    _check_listen(cfg)
+
+    traffic: TrafficDriver | None = None
+    daemon: Daemon | None = None
+    started = False
+    try:
+        print(f"starting Triton (log {triton.log_path}) ...", flush=True)
+        triton.start()
+        traffic = TrafficDriver(triton.http_address, triton.grpc_address, args.rate).start()
+        # after Triton: compiling the eBPF programs can take a while, traces pile up meanwhile
+        print("starting the exporter ...", flush=True)
+        try:
+            daemon = Daemon(cfg)
+        except OSError as e:
+            raise ConfigError(f"cannot listen on {cfg.listen}: {e.strerror}; pick another --listen") from None
+        daemon.start()
+        started = True
+        print(_banner(cfg, daemon.server.port, triton, workdir, args.rate), flush=True)
+        t0 = time.monotonic()
+        prev = _live_snapshot(daemon)
+        next_report = t0 + REPORT_SECONDS
+        while not stop.is_set():
+            now = time.monotonic()
+            if args.duration and now - t0 >= args.duration:
+                break
+            if now >= next_report:
+                cur = _live_snapshot(daemon)
+                print(format_report(prev, cur, now - t0), flush=True)
+                c = traffic.counts
+                if c.failed:
+                    print(f"  {sum(c.failed.values())} requests failed; last: {c.last_error}", flush=True)
+                prev, next_report = cur, now + REPORT_SECONDS
+            stop.wait(min(0.5, max(0.0, next_report - now)))
+    except TritonError as e:
+        print(f"inference-profiler demo: {e}", file=sys.stderr)
+        return 1
+    finally:
+        print("stopping ...", flush=True)
+        if traffic is not None:
+            counts = traffic.stop()
+            sent, ok = sum(counts.sent.values()), sum(counts.succeeded.values())
+            print(f"traffic: {sent} requests sent, {ok} succeeded", flush=True)
+        triton.stop()
+        if daemon is not None and started:
+            daemon.stop()
+        elif daemon is not None:
+            daemon.server.httpd.server_close()  # bound but never served
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    print(f"stopped; traces and logs kept in {workdir}", flush=True)
+    return 0
