@@ -57,7 +57,7 @@ def test_real_perf_analyzer_runs_are_exposed(triton_factory: Callable[..., Trito
     shutil.copy(samples / "perf-analyzer-example.csv", runs / "example.csv")
     (runs / "broken.csv").write_text("Concurrency,Inferences/Second\n1,x\n")
 
-    e = exporter_factory("--triton", "none", "--perf-analyzer-csv", str(runs / "*.csv"),
+    e = exporter_factory("--triton", "none", "--ebpf", "off", "--perf-analyzer-csv", str(runs / "*.csv"),
                          "--perf-analyzer-poll-seconds", "0.2")
     s = e.wait_for(lambda s: len({lab["run"] for lab, _ in
                                   s.select("inference_profiler_perf_analyzer_throughput")}) == 3)

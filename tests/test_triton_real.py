@@ -29,7 +29,7 @@ CACHE = 0.3  # --triton-cache-seconds
 
 def triton_args(t: TritonServer, *extra: str) -> list[str]:
     return ["--triton", t.http_url, "--triton-metrics-url", t.metrics_url,
-            "--triton-timeout-seconds", str(TIMEOUT), "--triton-cache-seconds", str(CACHE), *extra]
+            "--triton-timeout-seconds", str(TIMEOUT), "--triton-cache-seconds", str(CACHE), "--ebpf", "off", *extra]
 
 
 def triton_own_metrics(t: TritonServer) -> str:
@@ -123,7 +123,7 @@ def test_triton_stopped_hung_and_back(triton_factory: Callable[..., TritonServer
         time.sleep(CACHE)
         for _ in range(3):
             s, took = _timed_scrape(e)
-            assert took < TIMEOUT + 0.5, took
+            assert took < TIMEOUT + 0.75, took
             assert s.total("inference_profiler_triton_up", target=tgt) == 0
             assert not s.select("inference_profiler_triton_requests_total", target=tgt)
             assert s.total("inference_profiler_perf_analyzer_throughput") > 0  # the rest keeps serving
@@ -134,7 +134,7 @@ def test_triton_stopped_hung_and_back(triton_factory: Callable[..., TritonServer
     t.stop()
     time.sleep(CACHE)
     s, took = _timed_scrape(e)
-    assert took < TIMEOUT + 0.5
+    assert took < TIMEOUT + 0.75, took
     assert s.total("inference_profiler_triton_up", target=tgt) == 0
     assert s.total("inference_profiler_perf_analyzer_throughput") > 0
     assert s.total("inference_profiler_build_info") == 1
@@ -154,8 +154,9 @@ def test_triton_stopped_hung_and_back(triton_factory: Callable[..., TritonServer
 
 def test_check_reports_triton_and_tracing(triton_factory: Callable[..., TritonServer], tmp_path: Path) -> None:
     def check(*args: str) -> tuple[int, str]:
+        env = {k: v for k, v in os.environ.items() if k != "INFPROF_REQUIRE"}  # a test variable, not a key
         r = subprocess.run([*EXPORTER, "check", "--state-dir", str(tmp_path / "state"), "--ebpf", "off", *args],
-                           capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+                           capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL, env=env)
         return r.returncode, r.stdout + r.stderr
 
     traced = triton_factory(log_frequency=20)
