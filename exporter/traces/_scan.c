@@ -11,7 +11,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#define MAX_COLS 64
+#define MAX_COLS 32
 #define MAX_NAME 256
 
 typedef struct {
@@ -42,6 +42,8 @@ typedef struct {
     PyObject *out_rids;
     PyObject *hdr_index, *hdr_list; /* (model, version) -> index, and the table */
     Py_ssize_t objects; /* objects decoded on the fast path */
+    int64_t last_id;    /* objects of one trace come together: skip the hash for a repeat */
+    Slot *last_slot;
 } Scanner;
 
 static inline uint64_t hash64(int64_t k) {
@@ -98,6 +100,7 @@ static int out_grow(Scanner *s) {
 /* Move the oldest open trace to the output. */
 static int finish_oldest(Scanner *s) {
     Slot *t = &s->ring[s->head];
+    if (t == s->last_slot) s->last_slot = NULL;
     if (out_grow(s) < 0) { PyErr_NoMemory(); return -1; }
     Py_ssize_t n = s->out_n;
     s->out_ids[n] = t->id;
@@ -116,8 +119,12 @@ static int finish_oldest(Scanner *s) {
 
 /* The open trace for id, opening it (and finishing the oldest if full). */
 static Slot *get_slot(Scanner *s, int64_t id) {
+    if (s->last_slot && s->last_id == id) return s->last_slot;
     Py_ssize_t h = h_find(s, id);
-    if (h >= 0) return &s->ring[s->hvals[h]];
+    if (h >= 0) {
+        s->last_id = id;
+        return s->last_slot = &s->ring[s->hvals[h]];
+    }
     if (s->count >= s->window) {
         if (finish_oldest(s) < 0) return NULL;
         h = h_find(s, id);
@@ -131,7 +138,8 @@ static Slot *get_slot(Scanner *s, int64_t id) {
     s->hkeys[free_at] = id;
     s->hvals[free_at] = pos;
     s->count++;
-    return t;
+    s->last_id = id;
+    return s->last_slot = t;
 }
 
 /* The header table index of (model, version); steals both references. */

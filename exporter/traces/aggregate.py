@@ -86,14 +86,21 @@ class TraceAggregate:
             bucket = np.searchsorted(bounds, dv, side="left")
             flat = gv * n_buckets + bucket
             counts = np.bincount(flat, minlength=n_groups * n_buckets).reshape(n_groups, n_buckets)
-            order = np.argsort(gv, kind="stable")
-            gs = gv[order]
-            starts = np.flatnonzero(np.r_[True, gs[1:] != gs[:-1]])
-            sums = np.add.reduceat(dv[order], starts)
-            # the newest trace of each (group, bucket) becomes its exemplar
-            uniq, last_rev = np.unique(flat[::-1], return_index=True)
-            last = len(flat) - 1 - last_rev
-            for g_start, total in zip(gs[starts].tolist(), sums.tolist(), strict=True):
+            if int(dv.max()) * len(dv) < 1 << 53:  # float64 sums are exact below 2**53
+                sums_all = np.bincount(gv, weights=dv, minlength=n_groups)
+                present = np.flatnonzero(np.bincount(gv, minlength=n_groups))
+                gs_starts, sums = present, np.rint(sums_all[present]).astype(np.int64)
+            else:
+                order = np.argsort(gv, kind="stable")
+                gs = gv[order]
+                starts = np.flatnonzero(np.r_[True, gs[1:] != gs[:-1]])
+                gs_starts, sums = gs[starts], np.add.reduceat(dv[order], starts)
+            # a recent trace of each (group, bucket) becomes its exemplar
+            last_of = np.full(n_groups * n_buckets, -1, dtype=np.int64)
+            last_of[flat] = np.arange(len(flat))
+            uniq = np.flatnonzero(last_of >= 0)
+            last = last_of[uniq]
+            for g_start, total in zip(gs_starts.tolist(), sums.tolist(), strict=True):
                 key = (*bases[g_start], stage)
                 h = self.histograms.get(key)
                 if h is None:

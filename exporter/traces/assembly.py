@@ -159,15 +159,15 @@ class StreamState:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "protocols": [[k, v] for k, v in self.protocols.items()],
+            "protocol_ids": list(self.protocols),
+            "protocol_codes": list(self.protocols.values()),
             "pending": [[t.to_json(), since] for t, since in self.pending.values()],
         }
 
     @classmethod
     def from_json(cls, v: dict[str, Any]) -> StreamState:
         s = cls()
-        for k, p in v.get("protocols", []):
-            s.protocols[int(k)] = int(p)
+        s.protocols = dict(zip(v.get("protocol_ids", []), v.get("protocol_codes", []), strict=False))
         for tj, since in v.get("pending", []):
             t = Trace.from_json(tj)
             s.pending[t.id] = (t, float(since))
@@ -209,7 +209,8 @@ def resolve(batch: TraceBatch, state: StreamState, lookup: OpenLookup, now: floa
                 keep[i] = False
                 continue
             codes[i] = p
-            state.remember([int(ids[i])], [p])
+            state.protocols[int(ids[i])] = p  # at once: a grandchild may follow in this batch
+        state.remember([], [])
         while len(state.pending) > MAX_PENDING:
             _, (old, _) = state.pending.popitem(last=False)
             state.remember([old.id], [0])

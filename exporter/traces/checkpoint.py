@@ -44,8 +44,9 @@ def atomic_write_json(path: str, value: Any) -> None:
     d = os.path.dirname(path) or "."
     os.makedirs(d, exist_ok=True)
     tmp = f"{path}.tmp.{os.getpid()}"
+    text = json.dumps(value, separators=(",", ":"))  # dumps uses the C encoder, dump does not
     with open(tmp, "w") as f:
-        json.dump(value, f, separators=(",", ":"))
+        f.write(text)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)

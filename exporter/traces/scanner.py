@@ -7,6 +7,7 @@ faster and hands every object it does not handle quickly back to Python.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import BinaryIO
 
@@ -16,7 +17,7 @@ from ..stages import COLUMN, COLUMNS
 from .assembly import MergeWindow, Trace, TraceBatch
 from .records import ChunkEnd, ReadResult, RejectFn, Stamps, read_records
 
-BATCH = 8192
+BATCH = 32768
 
 
 class PyFileScan:
@@ -52,6 +53,8 @@ class PyFileScan:
 try:
     from . import _scan  # type: ignore[attr-defined]
 except ImportError:  # no compiler where it was installed: the pure-Python path serves
+    _scan = None
+if os.environ.get("INFPROF_PURE_PYTHON_SCANNER"):  # for benchmarks and debugging
     _scan = None
 
 

@@ -1,0 +1,100 @@
+"""Trace ingest throughput and peak RSS: the daemon's ingest path and `summary`, side by
+side with a straightforward json.load-everything implementation of the same stage math.
+
+    .venv/bin/python bench/trace_ingest.py [--traces 160000] [--runs 3]
+
+Writes real-shaped rolling-trace files (tests/tracegen.py, the object layout of Triton
+2.51) of N and N/2 traces under bench/out/, runs every contender as its own process
+(wall time and the process's own peak RSS from wait4), and prints medians and ratios.
+The RSS column at two file sizes shows whether memory grows with the input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+OUT = ROOT / "bench" / "out"
+PY = sys.executable
+
+BASELINE = "from tests.reference import stage_stats; import sys; r = stage_stats([sys.argv[1]]); print(sum(r['traces'].values()))"
+DAEMON = (
+    "import sys, tempfile; from exporter.traces.tailer import TailerSettings, TraceTailer;"
+    "from exporter.traces.source import bounds_ns; from exporter.histogram import DEFAULT_STAGE_BUCKETS;"
+    "t = TraceTailer(TailerSettings([sys.argv[1]], tempfile.mkdtemp(), bounds_ns(list(DEFAULT_STAGE_BUCKETS))));"
+    "t.poll(); print(sum(t.live.traces.values()))"
+)
+
+
+def make_file(path: Path, n: int) -> None:
+    from tests import tracegen
+
+    if path.exists():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tracegen.write_file(str(tmp), tracegen.traces(n, seed=1, ensemble_every=10))
+    tmp.rename(path)
+
+
+def measure(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, int, str]:
+    """(wall seconds, peak RSS in MB of that process, its stdout)."""
+    t0 = time.perf_counter()
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=ROOT,
+                         env={**os.environ, **(env or {})})
+    assert p.stdout is not None
+    out = p.stdout.read().decode()
+    _, status, usage = os.wait4(p.pid, 0)
+    wall = time.perf_counter() - t0
+    p.returncode = os.waitstatus_to_exitcode(status)
+    if p.returncode != 0:
+        raise SystemExit(f"{cmd} failed with {p.returncode}")
+    return wall, usage.ru_maxrss // 1024, out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--traces", type=int, default=160000)
+    ap.add_argument("--runs", type=int, default=3)
+    args = ap.parse_args()
+    big, half = OUT / f"trace-{args.traces}.json", OUT / f"trace-{args.traces // 2}.json"
+    print(f"writing inputs under {OUT} ...", flush=True)
+    make_file(big, args.traces)
+    make_file(half, args.traces // 2)
+    traces = {}
+    for f in (big, half):
+        traces[f] = int(measure([PY, "-c", BASELINE, str(f)])[2].strip() or 0)
+    contenders = [
+        ("baseline: json.load + stage math", [PY, "-c", BASELINE], None),
+        ("daemon ingest (C scanner)", [PY, "-c", DAEMON], None),
+        ("daemon ingest (pure Python)", [PY, "-c", DAEMON], {"INFPROF_PURE_PYTHON_SCANNER": "1"}),
+        ("summary (C scanner)", [PY, "-m", "exporter.cli", "summary", "--format", "json", "--no-progress"], None),
+    ]
+    size_mb = big.stat().st_size / 1e6
+    print(f"input: {big.name} {size_mb:.0f} MB, {traces[big]} traces counted; {half.name} "
+          f"{half.stat().st_size / 1e6:.0f} MB; {args.runs} runs each, interleaved, medians\n")
+    results: dict[str, dict[Path, list[tuple[float, int]]]] = {name: {big: [], half: []} for name, _, _ in contenders}
+    for _ in range(args.runs):
+        for name, cmd, env in contenders:
+            for f in (big, half):
+                wall, rss, _ = measure([*cmd, str(f)], env)
+                results[name][f].append((wall, rss))
+    base_wall = statistics.median(w for w, _ in results[contenders[0][0]][big])
+    print(f"{'contender':<34}{'wall s':>8}{'traces/s':>11}{'x baseline':>12}{'RSS MB':>9}{'RSS MB (half)':>15}")
+    for name, _, _ in contenders:
+        wall = statistics.median(w for w, _ in results[name][big])
+        rss = statistics.median(r for _, r in results[name][big])
+        rss_half = statistics.median(r for _, r in results[name][half])
+        print(f"{name:<34}{wall:8.2f}{traces[big] / wall:11.0f}{base_wall / wall:12.1f}{rss:9d}{rss_half:15d}")
+    print("\n(wall includes interpreter start and imports; traces/s = traces in the big file / wall)")
+
+
+if __name__ == "__main__":
+    main()
