@@ -46,6 +46,7 @@ class Expected:
         self.durations: dict[tuple[str, str, str, str], list[int]] = defaultdict(list)
         self.top_level = 0
         self.children = 0
+        self.negative = 0  # spans not observed because their end is before their start
 
     def add(self, other: Expected) -> None:
         for k, n in other.traces.items():
@@ -54,6 +55,7 @@ class Expected:
             self.durations[sk].extend(v)
         self.top_level += other.top_level
         self.children += other.children
+        self.negative += other.negative
 
     @property
     def total(self) -> int:
@@ -97,16 +99,23 @@ def expected_from_files(files: list[Path]) -> Expected:
             out.top_level += 1
         spans: dict[str, int] = {}
         for stage, (start, end) in STAGE_TABLE.items():
-            if start in stamps and end in stamps and stamps[end] >= stamps[start]:
-                spans[stage] = stamps[end] - stamps[start]
+            if start in stamps and end in stamps:
+                if stamps[end] >= stamps[start]:
+                    spans[stage] = stamps[end] - stamps[start]
+                else:
+                    out.negative += 1
         if "request" in spans and "queue" in spans and "compute" in spans:
             d = spans["request"] - spans["queue"] - spans["compute"]
             if d >= 0:
                 spans["handler_overhead"] = d
+            else:
+                out.negative += 1
         if all(s in spans for s in ("http_infer", "request", "http_recv", "http_send")):
             d = spans["http_infer"] - spans["request"] - spans["http_recv"] - spans["http_send"]
             if d >= 0:
                 spans["frontend_overhead"] = d
+            else:
+                out.negative += 1  # real Triton: REQUEST_END can come after HTTP_SEND_START
         for stage, d in spans.items():
             out.durations[(*key, stage)].append(d)
     return out
@@ -117,6 +126,7 @@ def assert_metrics_match(scrape: Scrape, exp: Expected) -> None:
     got_traces = {(lab["model"], lab["version"], lab["protocol"]): int(v)
                   for lab, v in scrape.select("inference_profiler_traces_total")}
     assert got_traces == dict(exp.traces)
+    assert scrape.total("inference_profiler_trace_records_rejected_total", reason="negative_span") == exp.negative
 
     name = "inference_profiler_stage_duration_seconds"
     got_count = {(lab["model"], lab["version"], lab["protocol"], lab["stage"]): int(v)
