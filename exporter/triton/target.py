@@ -9,6 +9,7 @@ share one fetch in flight.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -133,12 +134,18 @@ class TritonTarget:
         except FutureTimeout:
             self._report("scrape_timeout", f"no answer within {self.timeout:g}s")
             return TritonSnapshot(self.name, False, self.timeout)
+        except Exception as e:  # a bug in a fetch must cost this target's series, not the scrape
+            log.exception("triton %s: fetch failed", self.name)
+            self._report("request_failed", f"fetch failed: {e}")
+            return TritonSnapshot(self.name, False, 0.0)
 
     def snapshot(self) -> TritonSnapshot:
         return self.wait(self.begin(), time.monotonic() + self.timeout)
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        with contextlib.suppress(RuntimeError):  # already closed
+            self._pool.submit(self._drop_client)  # on the worker: the client belongs to its thread
+        self._pool.shutdown(wait=False, cancel_futures=False)
 
     def _report(self, reason: str, detail: str) -> None:
         self.on_error(reason)
@@ -164,7 +171,7 @@ class TritonTarget:
             stats, configs = self._api(deadline)
         except Exception as e:
             up = False
-            self._client = None  # reconnect next time: the server may have restarted
+            self._drop_client()  # reconnect next time: the server may have restarted
             self._index = None
             self._report(_classify(e), f"statistics/config API at {self.url} failed: {e}")
             configs = {}
@@ -174,6 +181,14 @@ class TritonTarget:
             if was_up is False:
                 log.info("triton %s: reachable again", self.name)
         return TritonSnapshot(self.name, up, time.monotonic() - t0, metrics, stats, configs)
+
+    def _drop_client(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            try:
+                client.close()
+            except Exception as e:  # best effort: the connection may already be gone
+                log.debug("triton %s: closing client: %s", self.name, e)
 
     def _get_metrics_text(self, deadline: float) -> str:
         left = max(0.05, deadline - time.monotonic())
