@@ -32,7 +32,7 @@ log = logging.getLogger("demo.triton")
 
 MODEL = "add_sub"
 ENSEMBLE = "add_sub_ensemble"
-LOG_TAIL_LINES = 25
+LOG_TAIL_LINES = 12
 
 
 class TritonError(Exception):
@@ -106,12 +106,23 @@ def copy_model_repository(dest: str | os.PathLike[str]) -> Path:
     return out
 
 
+# errors Triton logs on every CPU-only machine; they say nothing about a failure
+_CPU_NOISE = ("CudaDriverHelper", "CUDA driver", "unable to create stream", "NVML", "DCGM")
+
+
 def _tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    """Triton's error lines and the end of its log, without its option tables."""
     try:
         text = path.read_text(errors="replace")
     except OSError:
         return "(no log)"
-    return "\n".join(text.splitlines()[-lines:])
+    own = text.rsplit("==== start ", 1)[-1].splitlines()[1:]  # this start's lines only
+    plain = [ln for ln in own if ln.strip() and not ln.startswith(("+", "|"))]
+    errors = [ln for ln in plain if ((ln[:1] == "E" and ln[1:5].isdigit()) or ln.startswith("error"))
+              and not any(n in ln for n in _CPU_NOISE)]
+    out = errors[-(lines // 2):]
+    out += [ln for ln in plain[len(plain) - (lines - len(out)):] if ln not in out]
+    return "\n".join(out) or "(empty log)"
 
 
 def _complete(path: Path) -> bool:
