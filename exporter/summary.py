@@ -32,7 +32,8 @@ GroupKey = tuple[str, str, str]  # model, version, protocol
 class Progress:
     """A one-line progress bar on stderr for large inputs (only on a terminal)."""
 
-    def __init__(self, total: int, enabled: bool, out: TextIO = sys.stderr) -> None:
+    def __init__(self, total: int, enabled: bool, out: TextIO | None = None) -> None:
+        out = out or sys.stderr
         self.total = max(total, 1)
         self.enabled = enabled and out.isatty() and total > 16 << 20
         self.out = out

@@ -1,11 +1,10 @@
 """`summary --format trace_summary`: the layout and numbers of Triton's qa/common/trace_summary.py.
 
-Same spans and arithmetic (sums of integer ns divided by count*1000, printed with
-Python's default float formatting), per file, HTTP then GRPC. Two differences, on
-purpose: a negative span is skipped (trace_summary.py stops with ValueError), and
-children are matched to their parent's frontend through the daemon's assembly.
-Note trace_summary.py's GRPC infer starts at GRPC_WAITREAD_START (idle time
-included), unlike SPEC's grpc_infer stage; this format keeps trace_summary.py's.
+Same spans and arithmetic as its current version (sums of integer ns divided by
+count*1000, printed with Python's default float formatting), per file, HTTP then
+GRPC; GRPC infer starts at GRPC_WAITREAD_END as in SPEC. One difference, on purpose:
+a negative span is skipped where trace_summary.py stops with ValueError, and a trace
+without a header is skipped where it stops with KeyError.
 """
 
 from __future__ import annotations
@@ -15,16 +14,17 @@ from dataclasses import dataclass, field
 from typing import TextIO
 
 from .traces.assembly import Trace
-from .traces.records import ChunkEnd, ReadResult, Stamps, read_records
+from .traces.records import ChunkEnd, Header, ReadResult, Stamps, read_records
 
 FRONTENDS = {
     "http": ("HTTP_RECV_START", (("HTTP_INFER", "HTTP_RECV_START", "HTTP_SEND_END"),
                                  ("HTTP_RECV", "HTTP_RECV_START", "HTTP_RECV_END"),
                                  ("HTTP_SEND", "HTTP_SEND_START", "HTTP_SEND_END")), "HTTP_SEND_END"),
-    "grpc": ("GRPC_WAITREAD_START", (("GRPC_INFER", "GRPC_WAITREAD_START", "GRPC_SEND_END"),
-                                     ("GRPC_WAITREAD", "GRPC_WAITREAD_START", "GRPC_WAITREAD_END"),
+    "grpc": ("GRPC_WAITREAD_START", (("GRPC_INFER", "GRPC_WAITREAD_END", "GRPC_SEND_END"),
                                      ("GRPC_SEND", "GRPC_SEND_START", "GRPC_SEND_END")), "GRPC_SEND_END"),
 }
+# the span whose two ends must both be present for the frontend's spans to be summed
+FRONTEND_GATE = {"http": ("HTTP_RECV_START", "HTTP_SEND_END"), "grpc": ("GRPC_WAITREAD_END", "GRPC_SEND_END")}
 CORE = (("REQUEST", "REQUEST_START", "REQUEST_END"),)
 QUEUE_COMPUTE = (("QUEUE", "QUEUE_START", "COMPUTE_START"), ("COMPUTE", "COMPUTE_START", "COMPUTE_END"))
 COMPUTE_PARTS = (("COMPUTE_INPUT", "COMPUTE_START", "COMPUTE_INPUT_END"),
@@ -46,8 +46,10 @@ def _add(spans: Counter[str], ts: dict[str, int], name: str, a: str, b: str) -> 
         spans[name] += 0  # trace_summary.py raises here; we skip the span but keep the key
 
 
-def load_file(path: str) -> tuple[dict[int, Trace], list[tuple[int, str, int]]]:
-    """Traces of one file merged by id, plus every timestamp in file order (for -t)."""
+def load_file(path: str) -> tuple[dict[int, Trace], list[tuple[int, str, int]], set[int]]:
+    """Traces of one file merged by id, every timestamp in file order (for -t), and the ids
+    whose first object names the parent."""
+    first_parent: set[int] = set()
     traces: dict[int, Trace] = {}
     raw: list[tuple[int, str, int]] = []
     rejected: Counter[str] = Counter()
@@ -58,6 +60,9 @@ def load_file(path: str) -> tuple[dict[int, Trace], list[tuple[int, str, int]]]:
             t = traces.get(rec.id)
             if t is None:
                 t = traces[rec.id] = Trace(rec.id)
+                # trace_summary.py shows 'parent id' only when the id's first object carries it
+                if isinstance(rec, Header) and rec.parent_id is not None:
+                    first_parent.add(rec.id)
             if isinstance(rec, Stamps):
                 for name, ns in rec.stamps:
                     t.stamps[name] = ns
@@ -65,11 +70,11 @@ def load_file(path: str) -> tuple[dict[int, Trace], list[tuple[int, str, int]]]:
             else:
                 t.model, t.version = rec.model, rec.version
                 t.request_id, t.parent_id = rec.request_id, rec.parent_id
-    return traces, raw
+    return traces, raw, first_parent
 
 
 def summarize(frontend: str, traces: dict[int, Trace], raw: list[tuple[int, str, int]],
-              show_trace: bool, out: TextIO) -> None:
+              first_parent: set[int], show_trace: bool, out: TextIO) -> None:
     mark, front_spans, _ = FRONTENDS[frontend]
     matched: set[int] = set()
     for tid in sorted(traces):
@@ -92,7 +97,8 @@ def summarize(frontend: str, traces: dict[int, Trace], raw: list[tuple[int, str,
         key = (t.model, t.version or "")
         m = models.setdefault(key, _Model(tid))
         m.count += 1
-        if mark in ts and FRONTENDS[frontend][2] in ts:
+        gate_a, gate_b = FRONTEND_GATE[frontend]
+        if gate_a in ts and gate_b in ts:
             for name, a, b in front_spans:
                 if a in ts and b in ts:
                     _add(m.spans, ts, name, a, b)
@@ -108,10 +114,11 @@ def summarize(frontend: str, traces: dict[int, Trace], raw: list[tuple[int, str,
         if show_trace:
             out.write(f"{t.model} ({t.version}):\n")
             out.write(f"\tid: {tid}\n")
-            if t.parent_id is not None:
+            if t.parent_id is not None and tid in first_parent:
                 out.write(f"\tparent id: {t.parent_id}\n")
             now: int | None = None
-            for name, ns in sorted(by_id.get(tid, []), key=lambda x: x[1]):
+            shown = [x for x in by_id.get(tid, []) if not x[0].startswith("GRPC_WAITREAD")]
+            for name, ns in sorted(shown, key=lambda x: x[1]):
                 if now is not None:
                     out.write(f"\t\t{(ns - now) / 1000}us\n")
                 out.write(f"\t{name}\n")
@@ -119,15 +126,16 @@ def summarize(frontend: str, traces: dict[int, Trace], raw: list[tuple[int, str,
     for (model, version), m in models.items():
         cnt, sp = m.count, m.spans
         out.write(f"Summary for {model} ({version}): trace count = {cnt}\n")
-        label = frontend.upper()
-        infer = f"{label}_INFER"
-        if infer in sp:
-            first = "Wait/Read" if frontend == "grpc" else "Receive"
-            recv = f"{label}_WAITREAD" if frontend == "grpc" else f"{label}_RECV"
-            res = f"{label} infer request (avg): {sp[infer] / (cnt * 1000)}us\n"
-            res += f"\t{first} (avg): {sp[recv] / (cnt * 1000)}us\n"
-            res += f"\tSend (avg): {sp[label + '_SEND'] / (cnt * 1000)}us\n"
-            res += f"\tOverhead (avg): {(sp[infer] - sp['REQUEST'] - sp[recv] - sp[label + '_SEND']) / (cnt * 1000)}us\n"
+        infer = f"{frontend.upper()}_INFER"
+        if infer in sp and frontend == "http":
+            res = f"HTTP infer request (avg): {sp[infer] / (cnt * 1000)}us\n"
+            res += f"\tReceive (avg): {sp['HTTP_RECV'] / (cnt * 1000)}us\n"
+            res += f"\tSend (avg): {sp['HTTP_SEND'] / (cnt * 1000)}us\n"
+            res += f"\tOverhead (avg): {(sp[infer] - sp['REQUEST'] - sp['HTTP_RECV'] - sp['HTTP_SEND']) / (cnt * 1000)}us\n"
+            out.write(res + "\n")
+        elif infer in sp:
+            res = f"GRPC infer request (avg): {sp[infer] / (cnt * 1000)}us\n"
+            res += f"\tSend (avg): {sp['GRPC_SEND'] / (cnt * 1000)}us\n"
             out.write(res + "\n")
         out.write(f"\tHandler (avg): {sp['REQUEST'] / (cnt * 1000)}us\n")
         if "QUEUE" in sp and "COMPUTE" in sp:
@@ -173,9 +181,9 @@ def dataflow(traces: dict[int, Trace], out: TextIO) -> None:
 
 def run_trace_summary(paths: list[str], show_trace: bool, out: TextIO) -> int:
     for path in paths:
-        traces, raw = load_file(path)
+        traces, raw, first_parent = load_file(path)
         out.write(f"File: {path}\n")
-        summarize("http", traces, raw, show_trace, out)
-        summarize("grpc", traces, raw, show_trace, out)
+        summarize("http", traces, raw, first_parent, show_trace, out)
+        summarize("grpc", traces, raw, first_parent, show_trace, out)
         dataflow(traces, out)
     return 0
