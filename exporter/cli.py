@@ -34,6 +34,10 @@ def add_config_flags(p: argparse.ArgumentParser) -> None:
         kw: dict[str, Any] = {"dest": f.name, "default": None, "help": f.metadata.get("help", "")}
         if f.metadata.get("metavar"):
             kw["metavar"] = f.metadata["metavar"]
+        elif t is float:
+            kw["metavar"] = "SECONDS" if f.name.endswith("_seconds") else "X"
+        elif t is int:
+            kw["metavar"] = "N"
         if f.metadata.get("choices"):
             kw["choices"] = f.metadata["choices"]
         if is_list:

@@ -133,12 +133,10 @@ def _coerce_scalar(key: str, t: type, raw: Any, origin: str) -> Any:
 def coerce(key: str, raw: Any, origin: str) -> Any:
     t, is_list = key_type(key)
     if is_list:
-        if isinstance(raw, str):
-            items: list[Any] = [p for p in raw.split(",") if p.strip()] if "," in raw or origin.startswith("env") else [raw]
-        elif isinstance(raw, list):
-            items = raw
-        else:
-            items = [raw]
+        items: list[Any] = []
+        for v in raw if isinstance(raw, list) else [raw]:
+            # "a,b" in env vars and flags is two items (paths with commas are not supported)
+            items.extend(p.strip() for p in v.split(",") if p.strip()) if isinstance(v, str) else items.append(v)
         return [_coerce_scalar(key, t, v, origin) for v in items]
     return _coerce_scalar(key, t, raw, origin)
 
