@@ -10,9 +10,6 @@
 #ifndef INFPROF_HISTOGRAM_H
 #define INFPROF_HISTOGRAM_H
 
-/* bucket slot holding the exact sum of observations (indexes stay below 253) */
-#define HIST_SUM_SLOT 255
-
 /* errors[] slots, exposed as errors_total{source="ebpf", reason} */
 #define ERR_MAP_FULL 0    /* an insert was refused: the map is full */
 #define ERR_READ_FAILED 1 /* bpf_probe_read_kernel of a socket field failed */
@@ -27,13 +24,22 @@ struct metric_key {
     u16 port;
     u8 direction; /* 0 send, 1 recv */
     u8 pad[3];
-    u32 bucket;   /* log-linear index, HIST_SUM_SLOT, or 0 for counters */
+    u32 bucket;   /* log-linear index; 0 for counters */
+};
+
+/* A histogram bucket's observations and their exact sum (the series' _sum is the
+ * sum over its buckets: one map update per observation); a counter uses count. */
+struct metric_value {
+    u64 count;
+    u64 sum;
 };
 
 #ifndef METRIC_SERIES
-#define METRIC_SERIES 16384
+#define METRIC_SERIES 4096
 #endif
-BPF_HASH(metrics, struct metric_key, u64, METRIC_SERIES);
+/* Per CPU: no atomics and no cache line bouncing between cores on the hot path;
+ * not preallocated, since series are few and created once. */
+BPF_F_TABLE("percpu_hash", struct metric_key, struct metric_value, metrics, METRIC_SERIES, BPF_F_NO_PREALLOC);
 BPF_ARRAY(errors, u64, ERR_SLOTS);
 
 static __always_inline void count_error(u32 slot)
@@ -67,24 +73,32 @@ static __always_inline u32 log_linear_index(u64 v)
     return 5 + 4 * e + (m - 4);
 }
 
-/* Add n to the series at k, creating it; a refused insert is counted, never fatal. */
-static __always_inline void metric_add(struct metric_key *k, u64 n)
+static __always_inline struct metric_value *metric_series(struct metric_key *k)
 {
-    u64 zero = 0;
-    u64 *c = metrics.lookup_or_try_init(k, &zero);
-    if (c)
-        __sync_fetch_and_add(c, n);
-    else
-        count_error(ERR_MAP_FULL);
+    struct metric_value zero = {};
+    struct metric_value *v = metrics.lookup_or_try_init(k, &zero);
+    if (!v)
+        count_error(ERR_MAP_FULL); /* a refused insert is counted, never fatal */
+    return v;
 }
 
-/* One observation of v: its bucket's count and the series' exact sum. */
-static __always_inline void hist_observe(struct metric_key *k, u64 v)
+/* Add n to the counter at k. */
+static __always_inline void metric_add(struct metric_key *k, u64 n)
 {
-    k->bucket = log_linear_index(v);
-    metric_add(k, 1);
-    k->bucket = HIST_SUM_SLOT;
-    metric_add(k, v);
+    struct metric_value *v = metric_series(k);
+    if (v)
+        v->count += n;
+}
+
+/* One observation of x in the histogram at k: its bucket's count and sum. */
+static __always_inline void hist_observe(struct metric_key *k, u64 x)
+{
+    k->bucket = log_linear_index(x);
+    struct metric_value *v = metric_series(k);
+    if (v) {
+        v->count += 1;
+        v->sum += x;
+    }
 }
 
 #endif

@@ -3,9 +3,9 @@
  *
  * A socket alternates between messages in one direction and the other. For the
  * server role a request is what it receives and the response what it sends; for
- * the client role the other way round. Latency = first byte call of the request
- * -> first call of its response; a message's bytes are observed when the
- * direction turns (or the socket closes).
+ * the client role the other way round. Latency = first call of the request ->
+ * first call of its response; a message's bytes are observed when the direction
+ * turns (or the socket closes).
  */
 #include <net/sock.h>
 #include <net/tcp_states.h>
@@ -20,14 +20,37 @@
 struct sock_state {
     u64 request_start_ns; /* first call of the request in flight, 0 when none */
     u64 message_bytes;    /* bytes of the message in flight */
+    u64 queued_since_ns;  /* oldest data_ready not yet read, 0 when none */
     u16 port;
     u8 role;
     u8 phase;
+    u32 pad;
 };
 
+/* Only sockets on the watched ports have an entry; it goes when the socket closes. */
 BPF_HASH(sockets, u64, struct sock_state, 65536);
-BPF_HASH(queued_since, u64, u64, 65536); /* first data_ready not yet read, per socket */
 
+/* The state of sk if it is on a watched port, created on first sight. */
+static __always_inline struct sock_state *watched_socket(struct sock *sk)
+{
+    u64 key = (u64)sk;
+    struct sock_state *st = sockets.lookup(&key);
+    if (st)
+        return st;
+    int read_failed = 0;
+    u16 port = 0;
+    u8 role = socket_role(sk, &port, &read_failed);
+    if (read_failed)
+        count_error(ERR_READ_FAILED);
+    if (role == ROLE_NONE)
+        return 0;
+    struct sock_state fresh = {.port = port, .role = role, .phase = PHASE_IDLE};
+    if (sockets.insert(&key, &fresh)) {
+        count_error(ERR_MAP_FULL);
+        return 0;
+    }
+    return sockets.lookup(&key);
+}
 
 static __always_inline void observe_message(struct sock_state *st)
 {
@@ -36,37 +59,15 @@ static __always_inline void observe_message(struct sock_state *st)
     hist_observe(&k, st->message_bytes);
 }
 
-/* Counts one send/recv call; returns the watched port of sk, 0 when not watched. */
-static __always_inline u16 on_tcp_call(struct sock *sk, u32 bytes, u8 dir)
+static __always_inline void on_tcp_call(struct sock_state *st, u32 bytes, u8 dir, u64 now)
 {
-    u64 key = (u64)sk;
-    u64 now = bpf_ktime_get_ns();
-    struct sock_state *st = sockets.lookup(&key);
-    if (!st) {
-        int read_failed = 0;
-        u16 port = 0;
-        u8 role = socket_role(sk, &port, &read_failed);
-        if (read_failed)
-            count_error(ERR_READ_FAILED);
-        if (role == ROLE_NONE)
-            return 0;
-        struct sock_state fresh = {.port = port, .role = role, .phase = PHASE_IDLE};
-        if (sockets.insert(&key, &fresh)) {
-            count_error(ERR_MAP_FULL);
-            return 0;
-        }
-        st = sockets.lookup(&key);
-        if (!st)
-            return 0;
-    }
-
     struct metric_key k = {.metric = METRIC_tcp_bytes_total, .port = st->port, .role = st->role,
                            .direction = dir};
     metric_add(&k, bytes);
 
     if (st->phase == dir + 1) {
         st->message_bytes += bytes;
-        return st->port;
+        return;
     }
     if (st->phase != PHASE_IDLE)
         observe_message(st);
@@ -80,29 +81,30 @@ static __always_inline u16 on_tcp_call(struct sock *sk, u32 bytes, u8 dir)
     }
     st->phase = dir + 1;
     st->message_bytes = bytes;
-    return st->port;
 }
 
 static __always_inline int on_tcp_send(void *ctx, struct sock *sk, u32 bytes)
 {
-    on_tcp_call(sk, bytes, DIR_SEND);
+    struct sock_state *st = watched_socket(sk);
+    if (st)
+        on_tcp_call(st, bytes, DIR_SEND, st->phase == DIR_SEND + 1 ? 0 : bpf_ktime_get_ns());
     return 0;
 }
 
 static __always_inline int on_tcp_recv(void *ctx, struct sock *sk, u32 bytes)
 {
-    u16 port = on_tcp_call(sk, bytes, DIR_RECV);
+    struct sock_state *st = watched_socket(sk);
+    if (!st)
+        return 0;
+    u64 now = bpf_ktime_get_ns();
 #ifdef HAVE_SK_DATA_READY
-    u64 key = (u64)sk;
-    u64 *since = queued_since.lookup(&key);
-    if (since) {
-        u64 waited = bpf_ktime_get_ns() - *since;
-        queued_since.delete(&key);
-        struct metric_key qk = {.metric = METRIC_tcp_socket_queue_seconds, .port = port};
-        if (port)
-            hist_observe(&qk, waited);
+    if (st->queued_since_ns) {
+        struct metric_key qk = {.metric = METRIC_tcp_socket_queue_seconds, .port = st->port};
+        hist_observe(&qk, now - st->queued_since_ns);
+        st->queued_since_ns = 0;
     }
 #endif
+    on_tcp_call(st, bytes, DIR_RECV, now);
     return 0;
 }
 
@@ -114,19 +116,10 @@ TRACEPOINT_PROBE(sock, sk_data_ready)
 {
     if (args->protocol != IPPROTO_TCP)
         return 0;
-    struct sock *sk = (struct sock *)args->skaddr;
-    int read_failed = 0;
-    u16 port = 0;
-    if (socket_role(sk, &port, &read_failed) == ROLE_NONE) {
-        if (read_failed)
-            count_error(ERR_READ_FAILED);
-        return 0;
-    }
-    u64 key = (u64)sk;
-    u64 now = bpf_ktime_get_ns();
+    struct sock_state *st = watched_socket((struct sock *)args->skaddr);
     /* keep the oldest unread arrival: queueing is measured from it */
-    if (queued_since.insert(&key, &now) && !queued_since.lookup(&key))
-        count_error(ERR_MAP_FULL);
+    if (st && !st->queued_since_ns)
+        st->queued_since_ns = bpf_ktime_get_ns();
     return 0;
 }
 #endif
@@ -143,6 +136,5 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
             observe_message(st);
         sockets.delete(&key);
     }
-    queued_since.delete(&key);
     return 0;
 }

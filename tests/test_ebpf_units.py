@@ -8,7 +8,7 @@ import pytest
 from prometheus_client.core import HistogramMetricFamily
 
 from exporter.ebpf.attach import plan_attach
-from exporter.ebpf.collector import HIST_SUM_SLOT, metric_families
+from exporter.ebpf.collector import metric_families
 from exporter.ebpf.declaration import (
     DeclarationError,
     bpf_dir,
@@ -89,13 +89,11 @@ def test_metric_families_decode_labels_buckets_and_sum() -> None:
     lat = ids["tcp_latency_seconds"]
     i5ms = log_linear_index(5_000_000)
     series = {
-        (lat, 0, 8000, 0, i5ms): 3,  # server, 3 observations around 5 ms
-        (lat, 0, 8000, 0, HIST_SUM_SLOT): 15_000_000,
-        (lat, 1, 8000, 0, 0): 1,  # client, one 0 ns observation: below the first bound
-        (lat, 1, 8000, 0, HIST_SUM_SLOT): 0,
-        (ids["tcp_bytes_total"], 0, 8001, 1, 0): 1234,
-        (ids["tcp_socket_queue_seconds"], 0, 8000, 0, 300): 2,  # above the last bound: +Inf only
-        (ids["tcp_socket_queue_seconds"], 1, 8000, 0, 300): 1,  # role is no label: summed
+        (lat, 0, 8000, 0, i5ms): (3, 15_000_000),  # server, 3 observations around 5 ms
+        (lat, 1, 8000, 0, 0): (1, 0),  # client, one 0 ns observation: below the first bound
+        (ids["tcp_bytes_total"], 0, 8001, 1, 0): (1234, 0),
+        (ids["tcp_socket_queue_seconds"], 0, 8000, 0, 250): (2, 7),  # above the last bound: +Inf only
+        (ids["tcp_socket_queue_seconds"], 1, 8000, 0, 250): (1, 1),  # role is no label: summed
     }
     fams = {f.name: f for f in metric_families(d, series)}
     h = fams["inference_profiler_tcp_latency_seconds"]

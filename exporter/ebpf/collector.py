@@ -22,7 +22,6 @@ from .declaration import MetricDecl, ProgramDecl
 from .kernel import bpf_stats_enabled
 from .loader import LoadedProgram, SeriesKey
 
-HIST_SUM_SLOT = 255  # bpf/histogram.h
 log = logging.getLogger("ebpf")
 
 
@@ -39,31 +38,34 @@ def label_value(spec: str | tuple[str, ...], raw: int) -> str:
     return str(raw)
 
 
-def metric_families(decl: ProgramDecl, series: Mapping[SeriesKey, int]) -> list[Metric]:
+def metric_families(decl: ProgramDecl, series: Mapping[SeriesKey, tuple[int, int]]) -> list[Metric]:
     """One family per declared metric from the program's raw series (pure: no kernel here)."""
-    grouped: dict[int, dict[tuple[str, ...], dict[int, int]]] = defaultdict(lambda: defaultdict(dict))
-    for (metric, role, port, direction, bucket), value in series.items():
+    # metric id -> label values -> bucket index -> (count, sum)
+    grouped: dict[int, dict[tuple[str, ...], dict[int, tuple[int, int]]]] = defaultdict(lambda: defaultdict(dict))
+    for (metric, role, port, direction, bucket), (count, total) in series.items():
         if metric >= len(decl.metrics):
             continue
         m = decl.metrics[metric]
         fields = {"port": port, "role": role, "direction": direction}
         labels = tuple(label_value(decl.key[name], fields[name]) for name in m.labels)
         buckets = grouped[metric][labels]
-        buckets[bucket] = buckets.get(bucket, 0) + value
+        c0, s0 = buckets.get(bucket, (0, 0))
+        buckets[bucket] = (c0 + count, s0 + total)
     return [_family(m, grouped.get(i, {})) for i, m in enumerate(decl.metrics)]
 
 
-def _family(m: MetricDecl, by_labels: Mapping[tuple[str, ...], dict[int, int]]) -> Metric:
+def _family(m: MetricDecl, by_labels: Mapping[tuple[str, ...], dict[int, tuple[int, int]]]) -> Metric:
     if m.type == "counter":
         c = CounterMetricFamily(PREFIX + m.name, m.help, labels=list(m.labels))
         for labels in sorted(by_labels):
-            c.add_metric(list(labels), sum(by_labels[labels].values()) / m.divisor)
+            c.add_metric(list(labels), sum(n for n, _ in by_labels[labels].values()) / m.divisor)
         return c
     first, last = m.index_range
     h = HistogramMetricFamily(PREFIX + m.name, m.help, labels=list(m.labels))
     for labels in sorted(by_labels):
-        counts = dict(by_labels[labels])
-        total = counts.pop(HIST_SUM_SLOT, 0)
+        buckets = by_labels[labels]
+        counts = {i: n for i, (n, _) in buckets.items()}
+        total = sum(x for _, x in buckets.values())
         h.add_metric(list(labels), log_linear_buckets(counts, first, last, m.divisor), total / m.divisor)
     return h
 
@@ -100,7 +102,7 @@ class EbpfCollector(Collector):
                 loaded = p.loaded
                 up.add_metric([name], 1.0 if loaded else 0.0)
                 info.add_metric([name, loaded.method if loaded else "none"], 1.0)
-                series: dict[SeriesKey, int] = {}
+                series: dict[SeriesKey, tuple[int, int]] = {}
                 if loaded:
                     try:
                         series = loaded.read_series()

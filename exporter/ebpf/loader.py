@@ -90,15 +90,19 @@ class LoadedProgram:
         for p in ports:
             table[ct.c_int(p)] = ct.c_uint8(1)
 
-    def read_series(self) -> dict[SeriesKey, int]:
-        """Every series of the program's `metrics` map (bpf/histogram.h)."""
+    def read_series(self) -> dict[SeriesKey, tuple[int, int]]:
+        """Every series of the program's per-CPU `metrics` map (bpf/histogram.h): (count, sum)."""
         table = self.bpf[b"metrics"]
         try:
             pairs = list(table.items_lookup_batch())
         except Exception:  # kernels before 5.6 have no batch lookup; one syscall per key then
             pairs = list(table.items())
-        # batch lookup yields plain ints for u64 values, items() ctypes objects
-        return {(k.metric, k.role, k.port, k.direction, k.bucket): int(getattr(v, "value", v)) for k, v in pairs}
+        out: dict[SeriesKey, tuple[int, int]] = {}
+        for k, per_cpu in pairs:
+            values = per_cpu if isinstance(per_cpu, ct.Array) else [per_cpu]
+            out[(k.metric, k.role, k.port, k.direction, k.bucket)] = (
+                sum(int(v.count) for v in values), sum(int(v.sum) for v in values))
+        return out
 
     def read_errors(self) -> list[int]:
         """errors[] of bpf/histogram.h: ERR_MAP_FULL, ERR_READ_FAILED."""
