@@ -209,3 +209,28 @@ def test_compose_triton_and_exporter_commands_work_for_real(
     t.flush_traces()
     scrape = e.wait_for(lambda m: m.total("inference_profiler_traces_total") >= 12, timeout=60)
     assert scrape.total("inference_profiler_triton_up") == 1, shlex.join(args)
+
+    # the load generator's perf_analyzer runs, shortened (one rate level, 1 s windows), write
+    # result files that the exporter's --perf-analyzer-csv glob picks up
+    from exporter.triton.perf_analyzer import perf_analyzer_binary, perf_analyzer_env
+
+    ports = {"triton:8000": t.http_address, "triton:8001": t.grpc_address}
+    runs = _perf_analyzer_commands()
+    assert len(runs) == 2
+    for cmd in runs:
+        cmd = [_map(ports.get(a, a), paths) for a in cmd]
+        cmd[cmd.index("--request-rate-range") + 1] = "50"
+        cmd[cmd.index("--measurement-interval") + 1] = "1000"
+        (tmp_path / "perf").mkdir(exist_ok=True)
+        r = subprocess.run([str(perf_analyzer_binary()), *cmd[1:]], env=perf_analyzer_env(),
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, shlex.join(cmd) + "\n" + r.stdout[-2000:] + r.stderr[-2000:]
+    runs_seen = {lab["run"] for lab, _ in e.wait_for(
+        lambda m: len(m.select("inference_profiler_perf_analyzer_throughput")) >= 2, timeout=30
+    ).select("inference_profiler_perf_analyzer_throughput")}
+    assert runs_seen == {"add_sub_ensemble-http.csv", "add_sub_ensemble-grpc.csv"}
+
+
+def _perf_analyzer_commands() -> list[list[str]]:
+    script = re.sub(r"\\\n\s*", " ", service("loadgen")["command"][0])
+    return [shlex.split(ln.split("||")[0]) for ln in script.splitlines() if ln.strip().startswith("perf_analyzer")]
