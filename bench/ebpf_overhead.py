@@ -2,9 +2,12 @@
 against per-event printing (the old bpftrace approach), side by side in one run.
 
 Workload: one TCP connection on 127.0.0.1, a server process answering each 100-byte
-request with 1000 bytes at once; the client counts exchanges per second. Each
-round measures, in rotating order,
+request with 1000 bytes, at once (--work-us 0: the worst case, all cost is per
+event) or after busy work standing in for inference (500 us: a small model); the
+client counts exchanges per second. Each round measures, in rotating order,
   none      no probes attached,
+  floor     empty BPF programs on the same tracepoints as ours: what any in-kernel
+            approach hooking there pays before doing anything,
   ours      the metric programs of bpf/ (tcp_messages, tcp_srtt, tcp_retransmits)
             watching the workload's port: in-kernel aggregation only (loaded once,
             their tracepoints attached for this slice and detached after),
@@ -19,7 +22,7 @@ kernel's per-program stats (kernel.bpf_stats_enabled): ns per run ("per event").
 Target: ours loses <= 3%. Needs root. On a shared machine, trust the CPU-per-exchange
 ratio more than the rate: other load moves the rate, much less the CPU per exchange.
 
-    .venv/bin/python bench/ebpf_overhead.py [--seconds 2] [--rounds 8]
+    .venv/bin/python bench/ebpf_overhead.py [--seconds 2] [--rounds 6] [--work-us 0,500]
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from exporter.ebpf.declaration import metric_programs
 from exporter.ebpf.kernel import BPF_STATS_SYSCTL
@@ -42,7 +46,8 @@ from exporter.ebpf.loader import LoadedProgram, LoadError, load_programs
 REQUEST, RESPONSE = 100, 1000
 
 SERVER = f"""
-import socket, sys
+import socket, sys, time
+work = float(sys.argv[1]) / 1e6  # seconds of busy work per request, standing in for inference
 ls = socket.socket(); ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 ls.bind(("127.0.0.1", 0)); ls.listen(); print(ls.getsockname()[1], flush=True)
 while True:
@@ -58,6 +63,10 @@ while True:
             got += len(chunk)
         if got < {REQUEST}:
             c.close(); break
+        if work:
+            until = time.perf_counter() + work
+            while time.perf_counter() < until:
+                pass
         c.sendall(answer)
 """
 
@@ -166,8 +175,30 @@ class Result:
         self.per_program: dict[str, list[int]] = {}
 
 
-class Ours:
-    """Our metric programs, loaded once; attach() and detach() toggle all their tracepoints."""
+class Probes:
+    """BPF programs loaded once; attach() and detach() toggle all their tracepoints."""
+
+    def __init__(self, bpfs: list[Any]) -> None:
+        self.bpfs = bpfs
+        self.tracepoints = [(b, tp) for b in bpfs for tp in list(b.tracepoint_fds)]
+        self.detach()
+
+    def attach(self) -> None:
+        for b, tp in self.tracepoints:
+            b.attach_tracepoint(tp=tp, fn_name=b"tracepoint__" + tp.replace(b":", b"__"))
+
+    def detach(self) -> None:
+        for b, tp in self.tracepoints:
+            if tp in b.tracepoint_fds:
+                b.detach_tracepoint(tp)
+
+    def close(self) -> None:
+        for b in self.bpfs:
+            b.cleanup()
+
+
+class Ours(Probes):
+    """Our metric programs, as the daemon loads them."""
 
     def __init__(self, port: int) -> None:
         self.loaded: list[LoadedProgram] = []
@@ -175,21 +206,16 @@ class Ours:
             if isinstance(res, LoadError):
                 sys.exit(f"cannot load our programs: {res}")
             self.loaded.append(res)
-        self.tracepoints = [(p, tp) for p in self.loaded for tp in list(p.bpf.tracepoint_fds)]
-        self.detach()
+        super().__init__([p.bpf for p in self.loaded])
 
-    def attach(self) -> None:
-        for p, tp in self.tracepoints:
-            p.bpf.attach_tracepoint(tp=tp, fn_name=b"tracepoint__" + tp.replace(b":", b"__"))
 
-    def detach(self) -> None:
-        for p, tp in self.tracepoints:
-            if tp in p.bpf.tracepoint_fds:
-                p.bpf.detach_tracepoint(tp)
+def floor_probes(ours: Ours) -> Probes:
+    """Empty programs on the tracepoints ours use: what any BPF hook there costs at least."""
+    from bcc import BPF
 
-    def close(self) -> None:
-        for p in self.loaded:
-            p.close()
+    text = "".join(f"int tracepoint__{tp.decode().replace(':', '__')}(void *ctx) {{ return 0; }}\n"
+                   for _, tp in ours.tracepoints)
+    return Probes([BPF(text=text.encode())])
 
 
 def measure(port: int, seconds: float, r: Result, server_pid: int, tool_pids: tuple[int, ...] = ()) -> None:
@@ -202,11 +228,21 @@ def measure(port: int, seconds: float, r: Result, server_pid: int, tool_pids: tu
     r.exchanges += n
 
 
-def measure_none(port: int, seconds: float, r: Result, server_pid: int, ours: Ours) -> None:
+def measure_none(port: int, seconds: float, r: Result, server_pid: int, probes: dict[str, Probes]) -> None:
     measure(port, seconds, r, server_pid)
 
 
-def measure_ours(port: int, seconds: float, r: Result, server_pid: int, ours: Ours) -> None:
+def measure_floor(port: int, seconds: float, r: Result, server_pid: int, probes: dict[str, Probes]) -> None:
+    probes["floor"].attach()
+    try:
+        measure(port, seconds, r, server_pid)
+    finally:
+        probes["floor"].detach()
+
+
+def measure_ours(port: int, seconds: float, r: Result, server_pid: int, probes: dict[str, Probes]) -> None:
+    ours = probes["ours"]
+    assert isinstance(ours, Ours)
     ours.attach()
     try:
         before = {p.decl.program: p.run_stats() for p in ours.loaded}
@@ -223,7 +259,7 @@ def measure_ours(port: int, seconds: float, r: Result, server_pid: int, ours: Ou
         ours.detach()
 
 
-def measure_bpftrace(port: int, seconds: float, r: Result, server_pid: int, ours: Ours) -> None:
+def measure_bpftrace(port: int, seconds: float, r: Result, server_pid: int, probes: dict[str, Probes]) -> None:
     with tempfile.NamedTemporaryFile("w", suffix=".bt", delete=False) as f:
         f.write(BPFTRACE)
     proc = subprocess.Popen(["bpftrace", f.name, str(port)], stdout=subprocess.PIPE,
@@ -249,47 +285,41 @@ def measure_bpftrace(port: int, seconds: float, r: Result, server_pid: int, ours
         os.unlink(f.name)
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    ap.add_argument("--seconds", type=float, default=2.0, help="length of one measurement")
-    ap.add_argument("--rounds", type=int, default=8, help="rounds of all conditions, order rotating")
-    args = ap.parse_args()
-    if os.geteuid() != 0:
-        sys.exit("needs root (loads BPF programs, runs bpftrace)")
-    stats_before = BPF_STATS_SYSCTL.read_text().strip()
-    BPF_STATS_SYSCTL.write_text("1")  # per-program run time and count, for ns per event
-    server = subprocess.Popen([sys.executable, "-c", SERVER], stdout=subprocess.PIPE, text=True)
-    ours: Ours | None = None
+Condition = Callable[[int, float, Result, int, dict[str, Probes]], None]
+CONDITIONS: dict[str, Condition] = {
+    "none": measure_none, "floor": measure_floor, "ours": measure_ours, "bpftrace": measure_bpftrace}
+
+
+def run_workload(work_us: float, seconds: float, rounds: int) -> dict[str, Result]:
+    server = subprocess.Popen([sys.executable, "-c", SERVER, str(work_us)], stdout=subprocess.PIPE, text=True)
+    probes: dict[str, Probes] = {}
     try:
         assert server.stdout is not None
         port = int(server.stdout.readline())
         ours = Ours(port)
+        probes = {"ours": ours, "floor": floor_probes(ours)}
         exchange_rate(port, 1.0)  # warm-up
-        conditions: dict[str, Callable[[int, float, Result, int, Ours], None]] = {
-            "none": measure_none, "ours": measure_ours, "bpftrace": measure_bpftrace}
-        results = {name: Result() for name in conditions}
-        names = list(conditions)
-        for rnd in range(args.rounds):
+        results = {name: Result() for name in CONDITIONS}
+        names = list(CONDITIONS)
+        for rnd in range(rounds):
             order = names[rnd % len(names):] + names[:rnd % len(names)]
             for name in order:
-                conditions[name](port, args.seconds, results[name], server.pid, ours)
-            print(f"round {rnd + 1}: " + ", ".join(f"{n} {results[n].rates[-1]:,.0f}/s" for n in names),
-                  file=sys.stderr)
-        others = other_bpf_holders()
+                CONDITIONS[name](port, seconds, results[name], server.pid, probes)
+            print(f"server work {work_us:g} us, round {rnd + 1}: "
+                  + ", ".join(f"{n} {results[n].rates[-1]:,.0f}/s" for n in names), file=sys.stderr)
+        return results
     finally:
-        if ours is not None:
-            ours.close()
+        for p in probes.values():
+            p.close()
         server.kill()
         server.wait()
-        BPF_STATS_SYSCTL.write_text(stats_before)
 
-    if others:
-        print(f"\nnote: other processes held BPF programs during the run (their cost is in every "
-              f"condition): {', '.join(f'{c}[{p}]' for p, c in sorted(others.items()))}")
+
+def report(work_us: float, seconds: float, rounds: int, results: dict[str, Result]) -> None:
     none = results["none"]
     base_cpu = none.workload_cpu_ns / none.exchanges
-    print(f"\nloopback request/response, {REQUEST} B -> {RESPONSE} B, one connection, "
-          f"{args.rounds} x {args.seconds:g} s per condition")
+    print(f"\nloopback request/response, {REQUEST} B -> {RESPONSE} B, one connection, server work "
+          f"{work_us:g} us per request, {rounds} x {seconds:g} s per condition")
     print(f"{'condition':10} {'exch/s':>8} {'vs none':>8} {'cpu us/exch':>12} {'vs none':>8} "
           f"{'tool cpu us/exch':>17} {'kernel ns/event':>16} {'kernel ns/exch':>15}")
     for name, r in results.items():
@@ -300,9 +330,35 @@ def main() -> int:
         per_exch = f"{r.kernel_ns / r.exchanges:,.0f}" if r.kernel_runs else "-"
         print(f"{name:10} {statistics.median(r.rates):8,.0f} {ratio:8.3f} {cpu / 1e3:12.2f} "
               f"{cpu / base_cpu:8.3f} {tool:>17} {per_event:>16} {per_exch:>15}")
-    print("\nours per program (kernel stats; runs count every TCP socket's events, filtered in the kernel):")
-    for prog, (ns, runs) in results["ours"].per_program.items():
+    ours = results["ours"]
+    print(f"ours, kernel time / workload CPU without probes: {ours.kernel_ns / ours.exchanges / base_cpu:.1%} "
+          "(the loss the programs' own run time explains)")
+    for prog, (ns, runs) in ours.per_program.items():
         print(f"  {prog:16} {runs:>10,} runs  {ns / runs if runs else 0:8,.0f} ns/run")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    ap.add_argument("--seconds", type=float, default=2.0, help="length of one measurement")
+    ap.add_argument("--rounds", type=int, default=6, help="rounds of all conditions, order rotating")
+    ap.add_argument("--work-us", default="0,500",
+                    help="server busy work per request, comma-separated workloads (0: bare echo)")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("needs root (loads BPF programs, runs bpftrace)")
+    stats_before = BPF_STATS_SYSCTL.read_text().strip()
+    BPF_STATS_SYSCTL.write_text("1")  # per-program run time and count, for ns per event
+    try:
+        runs = [(float(w), run_workload(float(w), args.seconds, args.rounds)) for w in args.work_us.split(",")]
+        others = other_bpf_holders()
+    finally:
+        BPF_STATS_SYSCTL.write_text(stats_before)
+    for work_us, results in runs:
+        report(work_us, args.seconds, args.rounds, results)
+    print("\nruns count every TCP socket's events on the machine (filtered in the kernel), so ns/exch is an upper bound")
+    if others:
+        print(f"note: other processes held BPF programs during the run (their cost is in every "
+              f"condition): {', '.join(f'{c}[{p}]' for p, c in sorted(others.items()))}")
     return 0
 
 
