@@ -239,6 +239,11 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _env(**extra: str) -> dict[str, str]:
+    # INFPROF_* of the test run (INFPROF_REQUIRE in CI) would be config keys to the exporter
+    return {**{k: v for k, v in os.environ.items() if not k.startswith("INFPROF_")}, **extra}
+
+
 def _serve(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "exporter.cli", "serve", "--triton", "none", "--ebpf", "off", *args],
@@ -248,7 +253,7 @@ def _serve(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
 
 def test_serve_with_web_config_end_to_end(pki: Path, tmp_path: Path) -> None:
     port = _free_port()
-    env = {**os.environ, "INFPROF_WEB_CONFIG_FILE": str(pki / "web.yml")}
+    env = _env(INFPROF_WEB_CONFIG_FILE=str(pki / "web.yml"))
     p = _serve(["--listen", f"127.0.0.1:{port}", "--state-dir", str(tmp_path / "state")], env)
     try:
         deadline = time.monotonic() + 20
@@ -271,7 +276,7 @@ def test_serve_with_bad_web_config_exits_with_one_line(pki: Path, tmp_path: Path
     bad = tmp_path / "bad.yml"
     bad.write_text("basic_auth_users:\n  alice: plaintext\n")
     p = _serve(["--listen", "127.0.0.1:0", "--web-config-file", str(bad), "--state-dir", str(tmp_path / "s")],
-               dict(os.environ))
+               _env())
     _, err = p.communicate(timeout=30)
     assert p.returncode == 2
     assert err.strip().count("\n") == 0 and "not a bcrypt hash" in err and "Traceback" not in err
