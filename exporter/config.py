@@ -21,6 +21,9 @@ import yaml
 from .histogram import DEFAULT_STAGE_BUCKETS
 
 ENV_PREFIX = "INFPROF_"
+# INFPROF_* variables that are not config keys: the config file path, the test suite's
+# switch that turns skips of real-part tests into failures, and the scanner override
+NOT_KEYS = frozenset({"config", "require", "pure_python_scanner"})
 
 
 class ConfigError(Exception):
@@ -174,7 +177,7 @@ def build(file_values: Mapping[str, Any], env: Mapping[str, str], flag_values: M
         if not name.startswith(ENV_PREFIX):
             continue
         k = name[len(ENV_PREFIX):].lower()
-        if k == "config":
+        if k in NOT_KEYS:
             continue
         if k not in KEYS:
             raise ConfigError(f"environment: unknown variable {name} (keys: {', '.join(sorted(KEYS))})")
