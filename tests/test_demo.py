@@ -9,6 +9,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -52,21 +53,27 @@ class Demo:
     def output(self) -> str:
         return self.out.read_text(errors="replace")
 
-    def wait_for_histograms(self, timeout: float = 60.0) -> Scrape:
-
+    def wait_for(self, cond: Callable[[Scrape], bool], timeout: float = 60.0) -> Scrape:
+        """Scrape the demo's /metrics until `cond` holds (timeout counted from the demo's start)."""
         while True:
             assert self.proc.poll() is None, f"demo exited with {self.proc.returncode}:\n{self.output()[-3000:]}"
             try:
                 with urllib.request.urlopen(self.url, timeout=2) as r:
                     m = Scrape(r.read().decode())
-                got = {(lab["protocol"], lab["stage"]) for lab, v in m.select(STAGE_COUNT, model=MODEL) if v > 0}
-                if {("http", "compute_infer"), ("grpc", "compute_infer"), ("http", "http_infer"),
-                        ("grpc", "grpc_infer")} <= got:
+                if cond(m):
                     return m
             except (urllib.error.URLError, OSError):
                 pass
-            assert time.monotonic() - self.t0 < timeout, f"no stage histograms after {timeout}s:\n{self.output()}"
+            assert time.monotonic() - self.t0 < timeout, f"condition not met after {timeout}s:\n{self.output()}"
             time.sleep(0.5)
+
+    def wait_for_histograms(self) -> Scrape:
+        def live(m: Scrape) -> bool:
+            got = {(lab["protocol"], lab["stage"]) for lab, v in m.select(STAGE_COUNT, model=MODEL) if v > 0}
+            return {("http", "compute_infer"), ("grpc", "compute_infer"), ("http", "http_infer"),
+                    ("grpc", "grpc_infer")} <= got
+
+        return self.wait_for(live)
 
     def cleanup(self) -> None:
         if self.proc.poll() is None:
@@ -88,6 +95,10 @@ def test_demo_shows_live_stage_histograms_and_exits_cleanly(tmp_path: Path) -> N
         assert m.total("inference_profiler_traces_total", model="add_sub_ensemble") > 0
         # the ensemble's children carry the top-level protocol, never "none"
         assert m.total("inference_profiler_traces_total", model=MODEL, protocol="none") == 0
+        # every source on: Triton's endpoints, and the CSV of the demo's perf_analyzer run
+        m = demo.wait_for(lambda m: m.total("inference_profiler_perf_analyzer_throughput") > 0
+                          and m.total("inference_profiler_triton_up") == 1)
+        assert m.total("inference_profiler_triton_requests_total", model=MODEL, outcome="success") > 0
         assert demo.proc.wait(60) == 0, demo.output()[-3000:]
         out = demo.output()
         assert "traces counted" in out and "compute_infer" in out  # the periodic per-stage summary

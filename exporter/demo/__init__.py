@@ -22,6 +22,8 @@ from ..config import Config, ConfigError, build
 from ..daemon import Daemon
 from ..traces.source import TraceSource
 from .launcher import ENSEMBLE, MODEL, TritonError, TritonServer, copy_model_repository
+from .perf_run import RATE as PERF_RATE
+from .perf_run import PerfAnalyzerRun
 from .report import Snapshot, format_report, snapshot
 from .traffic import TrafficDriver
 
@@ -43,6 +45,7 @@ def demo_config(args: argparse.Namespace, triton: TritonServer, workdir: Path) -
         "ebpf": "auto",
         "ebpf_port": [triton.http_port, triton.grpc_port],
         "trace_poll_seconds": 0.5,
+        "perf_analyzer_csv": [str(workdir / "perf_analyzer" / "*.csv")],
     }
     return build({}, {}, flags, "demo")
 
@@ -55,14 +58,15 @@ Inference Profiler demo (workdir {workdir})
   Triton     HTTP {triton.http_url}  gRPC {triton.grpc_address}  metrics {triton.metrics_url}
              models {MODEL} (python, dynamic batching) and {ENSEMBLE}; log {triton.log_path}
   traces     {triton.trace_file}.N  (rate 1, a new file every {triton.log_frequency} requests)
-  traffic    {rate:g} req/s over HTTP and gRPC to both models
+  traffic    {rate:g} req/s over HTTP and gRPC to both models; one perf_analyzer run
+             ({PERF_RATE} req/s to {MODEL}) whose CSV the exporter exposes
   exporter   {url}
 
 Look at it:
   curl -s {url} | grep 'stage_duration_seconds_count'
   curl -s {url} | grep '^inference_profiler_traces_total'
   curl -s -H 'Accept: application/openmetrics-text' {url} | grep trace_id | head -3
-  curl -s {url} | grep -E '^inference_profiler_(triton|tcp)_' | head
+  curl -s {url} | grep -E '^inference_profiler_(triton|tcp|perf_analyzer)_' | head
   inference-profiler summary {triton.trace_file}.*
 
 Per-stage summary every {REPORT_SECONDS:.0f}s below; Ctrl-C stops everything.
@@ -115,6 +119,7 @@ def run_demo(args: argparse.Namespace) -> int:
     _check_listen(cfg)
 
     traffic: TrafficDriver | None = None
+    perf: PerfAnalyzerRun | None = None
     daemon: Daemon | None = None
     started = False
     try:
@@ -130,6 +135,11 @@ def run_demo(args: argparse.Namespace) -> int:
         daemon.start()
         started = True
         print(_banner(cfg, daemon.server.port, triton, workdir, args.rate), flush=True)
+        perf = PerfAnalyzerRun(MODEL, triton.http_address, workdir / "perf_analyzer" / f"{MODEL}.csv",
+                               workdir / "perf_analyzer.log")
+        if not perf.start():
+            print(f"  (no perf_analyzer run: {perf.error})", flush=True)
+            perf = None
         t0 = time.monotonic()
         prev = _live_snapshot(daemon)
         next_report = t0 + REPORT_SECONDS
@@ -144,12 +154,19 @@ def run_demo(args: argparse.Namespace) -> int:
                 if c.failed:
                     print(f"  {sum(c.failed.values())} requests failed; last: {c.last_error}", flush=True)
                 prev, next_report = cur, now + REPORT_SECONDS
+            if perf is not None and perf.finished() is not None:
+                code = perf.finished()
+                print(f"perf_analyzer finished: {perf.csv_path}" if code == 0 else
+                      f"perf_analyzer exited with {code}; see {perf.log_path}", flush=True)
+                perf = None
             stop.wait(min(0.5, max(0.0, next_report - now)))
     except TritonError as e:
         print(f"inference-profiler demo: {e}", file=sys.stderr)
         return 1
     finally:
         print("stopping ...", flush=True)
+        if perf is not None:
+            perf.stop()
         if traffic is not None:
             counts = traffic.stop()
             sent, ok = sum(counts.sent.values()), sum(counts.succeeded.values())
