@@ -26,7 +26,7 @@ from exporter.ebpf.collector import EbpfCollector, ProgramState
 from exporter.ebpf.declaration import bpf_dir, metric_programs
 from exporter.ebpf.kernel import tracefs
 from exporter.ebpf.loader import LoadedProgram, LoadError, load_programs, program_text
-from exporter.ebpf.source import EbpfSource
+from exporter.ebpf.source import EbpfSource, KernelErrors
 from exporter.histogram import log_linear_bound, log_linear_index
 from exporter.source import ErrorCounts
 from tests.triton_harness import EXPORTER, Scrape
@@ -408,3 +408,23 @@ def test_check_reports_attach_method() -> None:
                for ln in lines), r.stdout
     assert not [ln for ln in lines if ln.startswith("FAIL")], r.stdout
 
+
+
+def test_full_metric_map_is_counted_never_fatal() -> None:
+    """With room for 3 series only, updates past them are refused, counted, and the rest goes on."""
+    port = free_port()
+    d = next(d for d in metric_programs() if d.program == "tcp_messages")
+    (res,) = load_programs([d], [port], extra_defines=["METRIC_SERIES=3"])
+    assert isinstance(res, LoadedProgram), res
+    try:
+        run_exchanges(port, 20, 0.0)
+        map_full, read_failed = res.read_errors()
+        assert map_full > 0 and read_failed == 0
+        assert len(res.read_series()) == 3
+        errors = ErrorCounts()
+        counter = KernelErrors([ProgramState(d, res)], errors, threading.Lock())
+        counter.count()
+        counter.count()  # counts deltas: nothing twice
+        assert errors.get("ebpf", "map_full") == map_full
+    finally:
+        res.close()

@@ -18,6 +18,31 @@ log = logging.getLogger("ebpf")
 ERROR_REASONS = ("map_full", "read_failed")  # errors[] slots of bpf/histogram.h, in order
 
 
+class KernelErrors:
+    """Kernel-side failures (map full, failed reads) into errors_total{source="ebpf"}, as deltas."""
+
+    def __init__(self, programs: list[ProgramState], errors: ErrorCounts, lock: threading.Lock) -> None:
+        self.programs = programs
+        self.errors = errors
+        self.lock = lock
+        self._seen: dict[tuple[str, int], int] = {}
+
+    def count(self) -> None:
+        with self.lock:
+            for p in self.programs:
+                if p.loaded is None:
+                    continue
+                for slot, n in enumerate(p.loaded.read_errors()):
+                    key = (p.decl.program, slot)
+                    delta = n - self._seen.get(key, 0)
+                    if delta > 0 and slot < len(ERROR_REASONS):
+                        self.errors.inc("ebpf", ERROR_REASONS[slot], delta)
+                        if key not in self._seen:  # the first time only: the counter says the rest
+                            log.warning("eBPF %s: %s in the kernel (counted in errors_total)",
+                                        p.decl.program, ERROR_REASONS[slot])
+                        self._seen[key] = n
+
+
 class EbpfSource:
     """`--ebpf auto` runs without the programs the kernel refuses (saying why); `on` fails instead."""
 
@@ -28,10 +53,10 @@ class EbpfSource:
         self.errors = errors
         self.lock = threading.Lock()
         self.programs: list[ProgramState] = []
-        self._seen_errors: dict[tuple[str, int], int] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._load()
+        self.kernel_errors = KernelErrors(self.programs, self.errors, self.lock)
 
     def _load(self) -> None:
         try:
@@ -79,23 +104,7 @@ class EbpfSource:
 
     def _poll_errors(self) -> None:
         while not self._stop.wait(1.0):
-            self.count_kernel_errors()
-
-    def count_kernel_errors(self) -> None:
-        """Kernel-side failures (map full, failed reads) into errors_total{source="ebpf"}."""
-        with self.lock:
-            for p in self.programs:
-                if p.loaded is None:
-                    continue
-                for slot, n in enumerate(p.loaded.read_errors()):
-                    key = (p.decl.program, slot)
-                    delta = n - self._seen_errors.get(key, 0)
-                    if delta > 0 and slot < len(ERROR_REASONS):
-                        self.errors.inc("ebpf", ERROR_REASONS[slot], delta)
-                        if key not in self._seen_errors:  # the first time only: the counter says the rest
-                            log.warning("eBPF %s: %s in the kernel (counted in errors_total)",
-                                        p.decl.program, ERROR_REASONS[slot])
-                        self._seen_errors[key] = n
+            self.kernel_errors.count()
 
     def stop(self) -> None:
         self._stop.set()
