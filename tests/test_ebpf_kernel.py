@@ -271,7 +271,7 @@ def test_latency_counts_every_exchange_around_the_delay(exchanges: tuple[Scrape,
     delivered = sum(1 for ns in seen if ns / 1e9 <= hi) / EXCHANGES
     assert in_range(b, lo, hi) >= min(0.95, delivered - 0.02) * EXCHANGES, (delivered, sorted(kernel.items()))
     mean = s.total(name + "_sum", port=port, role=role) / EXCHANGES
-    assert abs(mean - sum(seen) / len(seen) / 1e9) < 200e-6
+    assert abs(mean - sum(seen) / len(seen) / 1e9) < 500e-6  # preemption between the two clocks, averaged
 
 
 def test_bytes_totals_equal_bytes_sent(after_exchanges: Scrape, loopback_port: int) -> None:
