@@ -48,7 +48,7 @@ def test_real_perf_analyzer_runs_are_exposed(triton_factory: Callable[..., Trito
     t = triton_factory(trace_file=None)
     runs = tmp_path / "runs"
     runs.mkdir()
-    fast = ["--measurement-request-count", "20", "-s", "50", "--max-trials", "5"]
+    fast = ["-s", "100", "--max-trials", "8"]
     run_perf_analyzer(MODEL, t.http_address, runs / "plain.csv", concurrency_range="2:4:2",
                       measurement_ms=300, extra=fast)
     run_perf_analyzer(MODEL, t.grpc_address, runs / "verbose-rate.csv", protocol="grpc", measurement_ms=300,

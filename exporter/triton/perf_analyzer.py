@@ -39,22 +39,28 @@ def perf_analyzer_env() -> dict[str, str]:
 
 def run_perf_analyzer(model: str, url: str, csv_path: str | os.PathLike[str], *,
                       concurrency_range: str = "2:4:2", protocol: str = "http",
-                      measurement_ms: int = 1000, extra: Sequence[str] = (), timeout: float = 120.0) -> str:
+                      measurement_ms: int = 1000, extra: Sequence[str] = (), timeout: float = 120.0,
+                      attempts: int = 3) -> str:
     """Run perf_analyzer against `url` (host:port) writing `-f csv_path`; returns its stdout.
 
     With the add_sub example model perf_analyzer 2.41 fails at concurrency 1 ("input
-    'INPUT1' does not exist"), so the default range starts at 2.
+    'INPUT1' does not exist"), so the default range starts at 2. On a busy machine it
+    may find no stable measurement; that failure alone is retried (`attempts` runs).
     """
     cmd = [str(perf_analyzer_binary()), "-m", model, "-u", url, "-i", protocol,
            "-f", str(csv_path), "-p", str(measurement_ms), *extra]
     if not any(a.startswith(("--concurrency-range", "--request-rate-range", "--request-intervals")) for a in extra):
         cmd += ["--concurrency-range", concurrency_range]
-    try:
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=perf_analyzer_env(),
-                           stdin=subprocess.DEVNULL, check=False)
-    except subprocess.TimeoutExpired:
-        raise PerfAnalyzerError(f"perf_analyzer did not finish within {timeout:.0f}s: {' '.join(cmd)}") from None
-    if r.returncode != 0:
-        tail = "\n".join((r.stdout + r.stderr).strip().splitlines()[-10:])
-        raise PerfAnalyzerError(f"perf_analyzer exited with {r.returncode}: {' '.join(cmd)}\n{tail}")
-    return r.stdout
+    for attempt in range(1, attempts + 1):
+        try:
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=perf_analyzer_env(),
+                               stdin=subprocess.DEVNULL, check=False)
+        except subprocess.TimeoutExpired:
+            raise PerfAnalyzerError(f"perf_analyzer did not finish within {timeout:.0f}s: {' '.join(cmd)}") from None
+        if r.returncode == 0:
+            return r.stdout
+        output = r.stdout + r.stderr
+        if "Failed to obtain stable measurement" not in output or attempt == attempts:
+            tail = "\n".join(output.strip().splitlines()[-10:])
+            raise PerfAnalyzerError(f"perf_analyzer exited with {r.returncode}: {' '.join(cmd)}\n{tail}")
+    raise AssertionError("unreachable")
