@@ -122,31 +122,47 @@ def test_whole_file_failures_are_counted_once(tmp_path: Path, content: bytes, re
     assert sum(t.live.traces.values()) == 0
 
 
-def test_huge_single_file_streams_in_bounded_memory(tmp_path: Path) -> None:
-    """A 200 MB single file (log-frequency 0 style): all counted, RSS far below the file size."""
-    path = tmp_path / "trace.json"
+def _write_single_file(path: Path, size: int) -> int:
     n = 0
     with open(path, "w") as f:
         f.write("[")
         first = True
         seed = 0
-        while f.tell() < 200 << 20:
+        while f.tell() < size:
             for o in tracegen.traces(2000, seed=seed, start_id=1 + n):
                 f.write(o if first else "," + o)
                 first = False
             n += 2000
             seed += 1
         f.write("]")
-    code = (
-        "import resource, sys; from tests.test_trace_bad_input import tailer;"
-        f"t = tailer({str(path)!r}); t.poll();"
-        "print(sum(t.live.traces.values()), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=Path(__file__).resolve().parent.parent, timeout=600).stdout.split()
-    traces, maxrss_kb = int(out[0]), int(out[1])
-    assert traces == n
-    assert maxrss_kb < 200 * 1024, f"peak RSS {maxrss_kb} kB for a 200 MB file"
+    return n
+
+
+@pytest.mark.parametrize("pure_python", [False, True], ids=["c-scanner", "python-scanner"])
+def test_huge_single_file_streams_in_bounded_memory(tmp_path: Path, pure_python: bool) -> None:
+    """A 200 MB single file (log-frequency 0 style) is all counted, and peak RSS does not
+    grow with the file: twice the file, (nearly) the same peak."""
+    peaks = {}
+    for size in (100 << 20, 200 << 20):
+        path = tmp_path / f"s{size}" / "trace.json"
+        path.parent.mkdir()
+        n = _write_single_file(path, size)
+        code = (
+            "import resource, sys; from tests.test_trace_bad_input import tailer;"
+            "from exporter.traces import scanner;"
+            f"assert (scanner.FileScan is scanner.PyFileScan) == {pure_python};"
+            f"t = tailer({str(path)!r}); t.poll();"
+            "print(sum(t.live.traces.values()), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+        )
+        env = {**os.environ, "INFPROF_PURE_PYTHON_SCANNER": "1" if pure_python else ""}
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env,
+                             cwd=Path(__file__).resolve().parent.parent, timeout=900).stdout.split()
+        assert int(out[0]) == n
+        peaks[size] = int(out[1]) / 1024
+        path.unlink()
+    small, big = peaks[100 << 20], peaks[200 << 20]
+    assert big < small * 1.15 + 10, f"peak RSS {small:.0f} MB for 100 MB, {big:.0f} MB for 200 MB"
+    assert big < 250, f"peak RSS {big:.0f} MB for a 200 MB file"
 
 
 # --- property-based fuzz ---------------------------------------------------------

@@ -17,7 +17,8 @@ from ..stages import COLUMN, COLUMNS
 from .assembly import MergeWindow, Trace, TraceBatch
 from .records import ChunkEnd, ReadResult, RejectFn, Stamps, read_records
 
-BATCH = 32768
+BATCH = 8192  # Trace objects held by the Python path before a batch is formed
+C_BATCH = 32768  # rows of the C path (8 bytes a cell): bigger batches, fewer numpy calls
 
 
 class PyFileScan:
@@ -61,7 +62,7 @@ if os.environ.get("INFPROF_PURE_PYTHON_SCANNER"):  # for benchmarks and debuggin
 class CFileScan:
     """The same as PyFileScan, with objects decoded and merged by the C scanner."""
 
-    def __init__(self, window: int, reject: RejectFn, batch: int = BATCH) -> None:
+    def __init__(self, window: int, reject: RejectFn, batch: int = C_BATCH) -> None:
         self.reject = reject
         self.batch = batch
         self.sc = _scan.Scanner(COLUMNS, window)
