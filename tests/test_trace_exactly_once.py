@@ -135,3 +135,23 @@ def test_sigkill_inside_one_big_file(tmp_path: Path) -> None:
     traces, _ = counts(m)
     assert traces == want["traces"]
     assert files_parsed(m) == 1
+
+
+def test_new_rolling_file_is_counted_within_a_second(tmp_path: Path) -> None:
+    d = tmp_path / "traces"
+    d.mkdir()
+    tracegen.write_file(str(d / "trace.json.0"), tracegen.traces(10))
+    port, log = free_port(), tmp_path / "exporter.log"
+    proc = serve(str(d / "trace.json"), tmp_path / "state", port, log)
+    try:
+        wait_for(port, lambda m: files_parsed(m) >= 1)
+        lags = []
+        for i in (1, 2, 3):
+            tracegen.write_file(str(d / f"trace.json.{i}"), tracegen.traces(10, seed=i, start_id=1 + 10 * i))
+            t0 = time.monotonic()
+            wait_for(port, lambda m, k=i: files_parsed(m) >= k + 1, timeout=30)
+            lags.append(time.monotonic() - t0)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert max(lags) < 1.0, lags
