@@ -18,9 +18,8 @@ import pytest
 pytest_plugins = ["tests.triton_harness"]
 
 ROOT = Path(__file__).resolve().parent.parent
-SAMPLES = ROOT.parent / "shared" / "samples"
-if not SAMPLES.exists():
-    SAMPLES = ROOT / "tests" / "samples"
+SAMPLES = ROOT / "tests" / "samples"  # real Triton 2.51 output (see its README)
+ROLLING_TRACES = SAMPLES / "triton-2.51" / "rolling-traces"
 
 
 def _triton() -> str | None:

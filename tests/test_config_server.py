@@ -16,6 +16,7 @@ import pytest
 
 from exporter.config import Config, ConfigError, build, load_yaml
 from tests import tracegen
+from tests.conftest import ROLLING_TRACES
 
 
 def test_precedence_flags_over_env_over_file() -> None:
@@ -93,8 +94,7 @@ def test_cli_user_mistakes_never_show_a_traceback(tmp_path: Path) -> None:
 
 
 def test_endpoints_and_openmetrics_exemplars(tmp_path: Path) -> None:
-    shutil.copy(Path(__file__).parent.parent.parent / "shared" / "samples" / "triton-2.51" / "rolling-traces" /
-                "trace.json.0", tmp_path / "trace.json.0")
+    shutil.copy(ROLLING_TRACES / "trace.json.0", tmp_path / "trace.json.0")
     tracegen.write_file(str(tmp_path / "trace.json.1"), tracegen.traces(5, start_id=1000))
     port = _free_port()
     proc = subprocess.Popen([sys.executable, "-m", "exporter.cli", "serve", "--trace-file", str(tmp_path / "trace.json"),

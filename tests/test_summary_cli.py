@@ -12,8 +12,9 @@ import pytest
 
 from exporter.cli import main
 from tests import reference, tracegen
+from tests.conftest import ROLLING_TRACES
 
-SAMPLES = Path(__file__).resolve().parent.parent.parent / "shared" / "samples" / "triton-2.51" / "rolling-traces"
+SAMPLES = ROLLING_TRACES
 
 LINES = {  # trace_summary.py line label -> reference stage
     "HTTP infer request": "http_infer", "\tReceive": "http_recv", "GRPC infer request": "grpc_infer",

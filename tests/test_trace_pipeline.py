@@ -15,8 +15,9 @@ from exporter.histogram import DEFAULT_STAGE_BUCKETS
 from exporter.traces.source import bounds_ns
 from exporter.traces.tailer import TailerSettings, TraceTailer
 from tests import reference, tracegen
+from tests.conftest import ROLLING_TRACES
 
-SAMPLE_DIR = Path(__file__).resolve().parent.parent.parent / "shared" / "samples" / "triton-2.51" / "rolling-traces"
+SAMPLE_DIR = ROLLING_TRACES
 
 
 def make_tailer(pattern: str, state_dir: Path | None, **kw: Any) -> TraceTailer:

@@ -6,7 +6,6 @@ import io
 import os
 import tempfile
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -15,8 +14,9 @@ from hypothesis import strategies as st
 from exporter.traces import scanner
 from exporter.traces.records import ReadResult
 from tests import tracegen
+from tests.conftest import ROLLING_TRACES
 
-SAMPLES = Path(__file__).resolve().parent.parent.parent / "shared" / "samples" / "triton-2.51" / "rolling-traces"
+SAMPLES = ROLLING_TRACES
 
 
 def run(cls: Any, data: bytes, window: int = 16384, salvage: bool = False) -> tuple[list[Any], Counter[str], tuple[Any, ...]]:
