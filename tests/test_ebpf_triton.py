@@ -91,7 +91,7 @@ def test_ebpf_auto_unprivileged_serves_triton_metrics(triton_factory: Callable[.
     log_path = os.path.join(world_writable_dir, "exporter.log")
     with open(log_path, "wb") as logf:
         proc = subprocess.Popen(
-            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", *EXPORTER,
+            ["setpriv", "--inh-caps=-all", "--bounding-set=-all", *EXPORTER,
              "serve", "--ebpf", "auto", "--triton", triton.http_url, "--triton-metrics-url", triton.metrics_url,
              "--listen", f"127.0.0.1:{port}",
              "--state-dir", world_writable_dir],

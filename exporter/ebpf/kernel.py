@@ -84,8 +84,8 @@ def privilege_problem() -> str | None:
 
     if has(CAP_SYS_ADMIN) or (has(CAP_BPF) and has(CAP_PERFMON)):
         return None
-    return (f"loading BPF programs needs root or CAP_BPF+CAP_PERFMON (uid {os.geteuid()} has neither): "
-            "run as root or grant those capabilities")
+    return (f"loading BPF programs needs CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN), which this process "
+            f"(uid {os.geteuid()}) lacks: run as root or grant those capabilities")
 
 
 def headers_problem() -> str | None:
