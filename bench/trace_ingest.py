@@ -25,6 +25,15 @@ OUT = ROOT / "bench" / "out"
 PY = sys.executable
 
 BASELINE = "from tests.reference import stage_stats; import sys; r = stage_stats([sys.argv[1]]); print(sum(r['traces'].values()))"
+SUMMARY = "import sys; from exporter.cli import main; main(['summary', '--format', 'json', '--no-progress', sys.argv[1]])"
+# Every contender runs under this wrapper, which prints the process's own peak RSS (VmHWM) on
+# stderr at exit: wait4's ru_maxrss would include the forking parent's peak.
+WRAP = (
+    "import atexit, sys;"
+    "atexit.register(lambda: print([l.split()[1] for l in open('/proc/self/status')"
+    " if l.startswith('VmHWM')][0], file=sys.stderr));"
+    "code = sys.argv.pop(1); exec(compile(code, '<bench>', 'exec'))"
+)
 DAEMON = (
     "import sys, tempfile; from exporter.traces.tailer import TailerSettings, TraceTailer;"
     "from exporter.traces.source import bounds_ns; from exporter.histogram import DEFAULT_STAGE_BUCKETS;"
@@ -44,19 +53,15 @@ def make_file(path: Path, n: int) -> None:
     tmp.rename(path)
 
 
-def measure(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, int, str]:
-    """(wall seconds, peak RSS in MB of that process, its stdout)."""
+def measure(code: str, path: Path, env: dict[str, str] | None = None) -> tuple[float, int, str]:
+    """(wall seconds, peak RSS in MB of that process, its stdout) of one contender on one file."""
     t0 = time.perf_counter()
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=ROOT,
-                         env={**os.environ, **(env or {})})
-    assert p.stdout is not None
-    out = p.stdout.read().decode()
-    _, status, usage = os.wait4(p.pid, 0)
+    r = subprocess.run([PY, "-c", WRAP, code, str(path)], capture_output=True, text=True, cwd=ROOT,
+                       env={**os.environ, **(env or {})})
     wall = time.perf_counter() - t0
-    p.returncode = os.waitstatus_to_exitcode(status)
-    if p.returncode != 0:
-        raise SystemExit(f"{cmd} failed with {p.returncode}")
-    return wall, usage.ru_maxrss // 1024, out
+    if r.returncode != 0:
+        raise SystemExit(f"contender failed with {r.returncode}: {r.stderr[-1000:]}")
+    return wall, int(r.stderr.split()[-1]) // 1024, r.stdout
 
 
 def main() -> None:
@@ -70,21 +75,21 @@ def main() -> None:
     make_file(half, args.traces // 2)
     traces = {}
     for f in (big, half):
-        traces[f] = int(measure([PY, "-c", BASELINE, str(f)])[2].strip() or 0)
+        traces[f] = int(measure(BASELINE, f)[2].strip() or 0)
     contenders = [
-        ("baseline: json.load + stage math", [PY, "-c", BASELINE], None),
-        ("daemon ingest (C scanner)", [PY, "-c", DAEMON], None),
-        ("daemon ingest (pure Python)", [PY, "-c", DAEMON], {"INFPROF_PURE_PYTHON_SCANNER": "1"}),
-        ("summary (C scanner)", [PY, "-m", "exporter.cli", "summary", "--format", "json", "--no-progress"], None),
+        ("baseline: json.load + stage math", BASELINE, None),
+        ("daemon ingest (C scanner)", DAEMON, None),
+        ("daemon ingest (pure Python)", DAEMON, {"INFPROF_PURE_PYTHON_SCANNER": "1"}),
+        ("summary (C scanner)", SUMMARY, None),
     ]
     size_mb = big.stat().st_size / 1e6
     print(f"input: {big.name} {size_mb:.0f} MB, {traces[big]} traces counted; {half.name} "
           f"{half.stat().st_size / 1e6:.0f} MB; {args.runs} runs each, interleaved, medians\n")
     results: dict[str, dict[Path, list[tuple[float, int]]]] = {name: {big: [], half: []} for name, _, _ in contenders}
     for _ in range(args.runs):
-        for name, cmd, env in contenders:
+        for name, code, env in contenders:
             for f in (big, half):
-                wall, rss, _ = measure([*cmd, str(f)], env)
+                wall, rss, _ = measure(code, f, env)
                 results[name][f].append((wall, rss))
     base_wall = statistics.median(w for w, _ in results[contenders[0][0]][big])
     print(f"{'contender':<34}{'wall s':>8}{'traces/s':>11}{'x baseline':>12}{'RSS MB':>9}{'RSS MB (half)':>15}")

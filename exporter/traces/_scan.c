@@ -181,7 +181,7 @@ static inline int eat(Cur *c, unsigned char ch) {
 }
 
 /* A plain string: printable ASCII without escapes. */
-static int read_str(Cur *c, const unsigned char **s, Py_ssize_t *n) {
+static inline int read_str(Cur *c, const unsigned char **s, Py_ssize_t *n) {
     skip_ws(c);
     if (c->p >= c->end || *c->p != '"') return 0;
     const unsigned char *a = ++c->p;
@@ -196,8 +196,20 @@ static int read_str(Cur *c, const unsigned char **s, Py_ssize_t *n) {
     return 1;
 }
 
+/* Digits at p (no whitespace): a non-negative JSON integer of at most 18 digits. */
+static inline const unsigned char *scan_uint(const unsigned char *p, const unsigned char *end, int64_t *v) {
+    const unsigned char *a = p;
+    int64_t x = 0;
+    while (p < end && (unsigned)(*p - '0') < 10) { x = x * 10 + (*p - '0'); p++; }
+    Py_ssize_t n = p - a;
+    if (n == 0 || n > 18 || (n > 1 && *a == '0')) return NULL;
+    if (p < end && (*p == '.' || *p == 'e' || *p == 'E')) return NULL;
+    *v = x;
+    return p;
+}
+
 /* A non-negative JSON integer of at most 18 digits. */
-static int read_uint(Cur *c, int64_t *v) {
+static inline int read_uint(Cur *c, int64_t *v) {
     skip_ws(c);
     const unsigned char *a = c->p;
     int64_t x = 0;
@@ -213,7 +225,7 @@ static int key_is(const unsigned char *k, Py_ssize_t n, const char *want) {
     return (Py_ssize_t)strlen(want) == n && memcmp(k, want, n) == 0;
 }
 
-static int column_of(Scanner *s, const unsigned char *name, Py_ssize_t n) {
+static inline int column_of(Scanner *s, const unsigned char *name, Py_ssize_t n) {
     for (int i = 0; i < s->ncols; i++)
         if (s->name_len[i] == n && memcmp(s->names[i], name, n) == 0) return i;
     return -1;
@@ -271,7 +283,11 @@ static int fast_object(Scanner *s, const unsigned char *a, const unsigned char *
             bit = K_VERSION;
             skip_ws(&c);
             if (c.p < c.end && *c.p == '"') { if (!read_str(&c, &vstr, &vstr_n)) return 0; }
-            else if (!read_uint(&c, &vnum)) return 0;
+            else {
+                const unsigned char *d = c.p;
+                if (!read_uint(&c, &vnum)) return 0;
+                vstr = d; vstr_n = c.p - d; /* the digits are the version's text */
+            }
         }
         else if (key_is(k, kn, "request_id")) {
             bit = K_RID;
@@ -300,8 +316,7 @@ static int fast_object(Scanner *s, const unsigned char *a, const unsigned char *
     }
     if (!(seen & K_MODEL) || !(seen & K_VERSION)) return 0;
     PyObject *m = PyUnicode_DecodeASCII((const char *)model, model_n, NULL);
-    PyObject *v = vstr ? PyUnicode_DecodeASCII((const char *)vstr, vstr_n, NULL)
-                       : PyUnicode_FromFormat("%lld", (long long)vnum);
+    PyObject *v = PyUnicode_DecodeASCII((const char *)vstr, vstr_n, NULL);
     PyObject *r = NULL;
     if (rid && rid_n > 0) r = PyUnicode_DecodeASCII((const char *)rid, rid_n, NULL);
     else if (!rid && ridnum >= 0) r = PyUnicode_FromFormat("%lld", (long long)ridnum);
@@ -325,9 +340,8 @@ static int compact_stamp(Scanner *s, const unsigned char *a, const unsigned char
     static const char K1[] = "{\"id\":", K2[] = ",\"timestamps\":[{\"name\":\"", K3[] = "\",\"ns\":", K4[] = "}]}";
     const unsigned char *p = a;
     if (end - p < 64 || memcmp(p, K1, sizeof K1 - 1) != 0) return 0;
-    Cur c = {p + sizeof K1 - 1, end};
-    if (*c.p < '0' || *c.p > '9' || !read_uint(&c, id)) return 0;
-    p = c.p;
+    p = scan_uint(p + sizeof K1 - 1, end, id);
+    if (!p) return 0;
     if (end - p < (Py_ssize_t)sizeof K2 || memcmp(p, K2, sizeof K2 - 1) != 0) return 0;
     p += sizeof K2 - 1;
     const unsigned char *q = memchr(p, '"', (size_t)(end - p < 64 ? end - p : 64));
@@ -336,9 +350,8 @@ static int compact_stamp(Scanner *s, const unsigned char *a, const unsigned char
     if (*col < 0) return 0;
     p = q;
     if (end - p < (Py_ssize_t)sizeof K3 || memcmp(p, K3, sizeof K3 - 1) != 0) return 0;
-    c.p = p + sizeof K3 - 1;
-    if (c.p >= end || *c.p < '0' || *c.p > '9' || !read_uint(&c, ns)) return 0;
-    p = c.p;
+    p = scan_uint(p + sizeof K3 - 1, end, ns);
+    if (!p) return 0;
     if (end - p < (Py_ssize_t)sizeof K4 - 1 || memcmp(p, K4, sizeof K4 - 1) != 0) return 0;
     *after = p + sizeof K4 - 1;
     return 1;
