@@ -24,8 +24,16 @@ sys.path.insert(0, str(ROOT))
 OUT = ROOT / "bench" / "out"
 PY = sys.executable
 
-BASELINE = "from tests.reference import stage_stats; import sys; r = stage_stats([sys.argv[1]]); print(sum(r['traces'].values()))"
-SUMMARY = "import sys; from exporter.cli import main; main(['summary', '--format', 'json', '--no-progress', sys.argv[1]])"
+# Each contender prints the traces it counted and the seconds its work took (after imports).
+BASELINE = (
+    "import sys, time; from tests.reference import stage_stats; t0 = time.perf_counter();"
+    "r = stage_stats([sys.argv[1]]); print(sum(r['traces'].values()), time.perf_counter() - t0)"
+)
+SUMMARY = (
+    "import io, sys, time, contextlib; from exporter.cli import main; t0 = time.perf_counter(); out = io.StringIO()\n"
+    "with contextlib.redirect_stdout(out): main(['summary', '--format', 'json', '--no-progress', sys.argv[1]])\n"
+    "import json; g = json.loads(out.getvalue())['groups']; print(sum(x['traces'] for x in g), time.perf_counter() - t0)"
+)
 # Every contender runs under this wrapper, which prints the process's own peak RSS (VmHWM) on
 # stderr at exit: wait4's ru_maxrss would include the forking parent's peak.
 WRAP = (
@@ -35,10 +43,10 @@ WRAP = (
     "code = sys.argv.pop(1); exec(compile(code, '<bench>', 'exec'))"
 )
 DAEMON = (
-    "import sys, tempfile; from exporter.traces.tailer import TailerSettings, TraceTailer;"
+    "import sys, tempfile, time; from exporter.traces.tailer import TailerSettings, TraceTailer;"
     "from exporter.traces.source import bounds_ns; from exporter.histogram import DEFAULT_STAGE_BUCKETS;"
     "t = TraceTailer(TailerSettings([sys.argv[1]], tempfile.mkdtemp(), bounds_ns(list(DEFAULT_STAGE_BUCKETS))));"
-    "t.poll(); print(sum(t.live.traces.values()))"
+    "t0 = time.perf_counter(); t.poll(); print(sum(t.live.traces.values()), time.perf_counter() - t0)"
 )
 
 
@@ -54,7 +62,7 @@ def make_file(path: Path, n: int) -> None:
 
 
 def measure(code: str, path: Path, env: dict[str, str] | None = None) -> tuple[float, int, str]:
-    """(wall seconds, peak RSS in MB of that process, its stdout) of one contender on one file."""
+    """(process wall seconds, peak RSS in MB of that process, its stdout) of one contender on one file."""
     t0 = time.perf_counter()
     r = subprocess.run([PY, "-c", WRAP, code, str(path)], capture_output=True, text=True, cwd=ROOT,
                        env={**os.environ, **(env or {})})
@@ -75,7 +83,7 @@ def main() -> None:
     make_file(half, args.traces // 2)
     traces = {}
     for f in (big, half):
-        traces[f] = int(measure(BASELINE, f)[2].strip() or 0)
+        traces[f] = int(measure(BASELINE, f)[2].split()[0])
     contenders = [
         ("baseline: json.load + stage math", BASELINE, None),
         ("daemon ingest (C scanner)", DAEMON, None),
@@ -85,20 +93,30 @@ def main() -> None:
     size_mb = big.stat().st_size / 1e6
     print(f"input: {big.name} {size_mb:.0f} MB, {traces[big]} traces counted; {half.name} "
           f"{half.stat().st_size / 1e6:.0f} MB; {args.runs} runs each, interleaved, medians\n")
-    results: dict[str, dict[Path, list[tuple[float, int]]]] = {name: {big: [], half: []} for name, _, _ in contenders}
+    results: dict[str, dict[Path, list[tuple[float, float, int]]]] = {
+        name: {big: [], half: []} for name, _, _ in contenders}
     for _ in range(args.runs):
         for name, code, env in contenders:
             for f in (big, half):
-                wall, rss, _ = measure(code, f, env)
-                results[name][f].append((wall, rss))
-    base_wall = statistics.median(w for w, _ in results[contenders[0][0]][big])
-    print(f"{'contender':<34}{'wall s':>8}{'traces/s':>11}{'x baseline':>12}{'RSS MB':>9}{'RSS MB (half)':>15}")
+                wall, rss, out = measure(code, f, env)
+                counted, work = out.split()
+                if int(counted) != traces[f]:
+                    raise SystemExit(f"{name} counted {counted} traces in {f.name}, the baseline {traces[f]}")
+                results[name][f].append((float(work), wall, rss))
+    base_work = statistics.median(w for w, _, _ in results[contenders[0][0]][big])
+    base_wall = statistics.median(w for _, w, _ in results[contenders[0][0]][big])
+    print(f"{'contender':<32}{'work s':>8}{'traces/s':>10}{'x base':>8}{'process s':>11}{'x base':>8}"
+          f"{'RSS MB':>8}{'RSS (half)':>12}")
     for name, _, _ in contenders:
-        wall = statistics.median(w for w, _ in results[name][big])
-        rss = statistics.median(r for _, r in results[name][big])
-        rss_half = statistics.median(r for _, r in results[name][half])
-        print(f"{name:<34}{wall:8.2f}{traces[big] / wall:11.0f}{base_wall / wall:12.1f}{rss:9d}{rss_half:15d}")
-    print("\n(wall includes interpreter start and imports; traces/s = traces in the big file / wall)")
+        work = statistics.median(w for w, _, _ in results[name][big])
+        wall = statistics.median(w for _, w, _ in results[name][big])
+        rss = statistics.median(r for _, _, r in results[name][big])
+        rss_half = statistics.median(r for _, _, r in results[name][half])
+        print(f"{name:<32}{work:8.2f}{traces[big] / work:10.0f}{base_work / work:8.1f}{wall:11.2f}"
+              f"{base_wall / wall:8.1f}{rss:8d}{rss_half:12d}")
+    print("\nwork: seconds inside the process after imports (a daemon pays its start once);"
+          " process: the whole process, start and imports included; traces/s from work;"
+          " every contender's trace count is checked against the baseline's")
 
 
 if __name__ == "__main__":

@@ -73,49 +73,45 @@ class TraceAggregate:
                 self.traces[base] += int(per_group[g])
         durations, negative = stage_matrix(batch.stamps[rows])
         self.rejected["negative_span"] += int(negative.sum())
+        # every (row, stage) observation at once: one series = (group, stage)
+        n_stages = len(STAGES)
         bounds = np.asarray(self.bounds_ns, dtype=np.int64)
         n_buckets = len(bounds) + 1
+        row_i, stage_j = np.nonzero(durations >= 0)
+        dv = durations[row_i, stage_j]
+        series = gidx[row_i] * n_stages + stage_j
+        n_series = n_groups * n_stages
+        flat = series * n_buckets + np.searchsorted(bounds, dv, side="left")
+        counts = np.bincount(flat, minlength=n_series * n_buckets).reshape(n_series, n_buckets)
+        per_series = np.bincount(series, minlength=n_series)
+        if len(dv) and int(dv.max()) * len(dv) < 1 << 53:  # float64 sums are exact below 2**53
+            sums = np.rint(np.bincount(series, weights=dv, minlength=n_series)).astype(np.int64)
+        else:
+            sums = np.zeros(n_series, dtype=np.int64)
+            np.add.at(sums, series, dv)
+        for sid in np.flatnonzero(per_series).tolist():
+            g, j = divmod(sid, n_stages)
+            key = (*bases[g], STAGES[j])
+            h = self.histograms.get(key)
+            if h is None:
+                h = self.histograms[key] = Histogram(self.bounds_ns)
+            row = counts[sid]
+            for b in np.flatnonzero(row).tolist():
+                h.counts[b] += int(row[b])
+            h.count += int(per_series[sid])
+            h.total += int(sums[sid])
+        # a recent trace of each (series, bucket) becomes its exemplar
+        last_of = np.full(n_series * n_buckets, -1, dtype=np.int64)
+        last_of[flat] = np.arange(len(flat))
+        cells = np.flatnonzero(last_of >= 0)
         now = time.time()
-        ids, rids = batch.ids[rows], [batch.request_ids[i] for i in rows.tolist()]
-        for j, stage in enumerate(STAGES):
-            d = durations[:, j]
-            valid = np.flatnonzero(d >= 0)
-            if not len(valid):
-                continue
-            dv, gv = d[valid], gidx[valid]
-            bucket = np.searchsorted(bounds, dv, side="left")
-            flat = gv * n_buckets + bucket
-            counts = np.bincount(flat, minlength=n_groups * n_buckets).reshape(n_groups, n_buckets)
-            if int(dv.max()) * len(dv) < 1 << 53:  # float64 sums are exact below 2**53
-                sums_all = np.bincount(gv, weights=dv, minlength=n_groups)
-                present = np.flatnonzero(np.bincount(gv, minlength=n_groups))
-                gs_starts, sums = present, np.rint(sums_all[present]).astype(np.int64)
-            else:
-                order = np.argsort(gv, kind="stable")
-                gs = gv[order]
-                starts = np.flatnonzero(np.r_[True, gs[1:] != gs[:-1]])
-                gs_starts, sums = gs[starts], np.add.reduceat(dv[order], starts)
-            # a recent trace of each (group, bucket) becomes its exemplar
-            last_of = np.full(n_groups * n_buckets, -1, dtype=np.int64)
-            last_of[flat] = np.arange(len(flat))
-            uniq = np.flatnonzero(last_of >= 0)
-            last = last_of[uniq]
-            for g_start, total in zip(gs_starts.tolist(), sums.tolist(), strict=True):
-                key = (*bases[g_start], stage)
-                h = self.histograms.get(key)
-                if h is None:
-                    h = self.histograms[key] = Histogram(self.bounds_ns)
-                row = counts[g_start]
-                for b in np.flatnonzero(row).tolist():
-                    h.counts[b] += int(row[b])
-                n = int(row.sum())
-                h.count += n
-                h.total += int(total)
-            for f, pos in zip(uniq.tolist(), last.tolist(), strict=True):
-                g, b = divmod(f, n_buckets)
-                r = int(valid[pos])
-                self.exemplars.setdefault((*bases[g], stage), {})[b] = Exemplar(
-                    str(int(ids[r])), rids[r], int(dv[pos]) / 1e9, now)
+        ids = batch.ids[rows]
+        for f, pos in zip(cells.tolist(), last_of[cells].tolist(), strict=True):
+            sid, b = divmod(f, n_buckets)
+            g, j = divmod(sid, n_stages)
+            r = int(row_i[pos])
+            self.exemplars.setdefault((*bases[g], STAGES[j]), {})[b] = Exemplar(
+                str(int(ids[r])), batch.request_ids[int(rows[r])], int(dv[pos]) / 1e9, now)
 
     def merged(self, delta: TraceAggregate) -> TraceAggregate:
         """A new aggregate = self + delta (self is left untouched for concurrent scrapes)."""

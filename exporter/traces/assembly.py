@@ -154,7 +154,7 @@ class StreamState:
     def remember(self, ids: list[int], codes: list[int]) -> None:
         protos = self.protocols
         protos.update(zip(ids, codes, strict=True))
-        if len(protos) > 2 * MAX_PROTOCOLS:  # keep the newest (dicts keep insertion order)
+        if len(protos) > 4 * MAX_PROTOCOLS:  # keep the newest (dicts keep insertion order)
             self.protocols = dict(list(protos.items())[-MAX_PROTOCOLS:])
 
     def to_json(self) -> dict[str, Any]:
