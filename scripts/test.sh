@@ -3,6 +3,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PATH="$(pwd)/.venv/bin:$PATH"
-echo "== ruff"; ruff check exporter tests bench grafana prometheus deploy 2>/dev/null || ruff check exporter tests
+echo "== ruff"; ruff check .
 echo "== mypy --strict exporter/"; mypy --strict exporter
 echo "== pytest"; exec pytest -q -rs --timeout 900 "$@"
