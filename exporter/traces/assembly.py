@@ -22,7 +22,9 @@ import numpy.typing as npt
 from ..stages import COLUMN, COLUMNS, countable_rows, frontend_protocol, protocol_codes
 from .records import Header, Record, Stamps
 
-MAX_PROTOCOLS = 65536  # remembered protocols of finished traces, per stream
+# Protocols of recently finished traces, per stream, for children that finish after their
+# parent. They are written with every checkpoint, so the bound also bounds each state write.
+MAX_PROTOCOLS = 16384
 MAX_PENDING = 10000  # children waiting for a parent in a later file
 PROTOCOL_CODE = {"none": 0, "http": 1, "grpc": 2}
 
@@ -154,7 +156,7 @@ class StreamState:
     def remember(self, ids: list[int], codes: list[int]) -> None:
         protos = self.protocols
         protos.update(zip(ids, codes, strict=True))
-        if len(protos) > 4 * MAX_PROTOCOLS:  # keep the newest (dicts keep insertion order)
+        if len(protos) > 2 * MAX_PROTOCOLS:  # keep the newest (dicts keep insertion order)
             self.protocols = dict(list(protos.items())[-MAX_PROTOCOLS:])
 
     def to_json(self) -> dict[str, Any]:
