@@ -115,6 +115,14 @@ def test_metric_families_decode_labels_buckets_and_sum() -> None:
     assert [s.value for s in q if s.labels["le"] == "+Inf"] == [3.0]
 
 
+def test_port_counters_start_at_zero_for_every_watched_port() -> None:
+    d = next(d for d in metric_programs() if d.program == "tcp_retransmits")
+    fams = {f.name: f for f in metric_families(d, {(0, 0, 8001, 0, 0): (2, 0)}, ports=[8000, 8001])}
+    r = fams["inference_profiler_tcp_retransmits"]
+    assert sorted((s.labels["port"], s.value) for s in r.samples if s.name.endswith("_total")) == [
+        ("8000", 0.0), ("8001", 2.0)]
+
+
 def test_log_linear_buckets_fold_out_of_range_indexes_exactly() -> None:
     got = log_linear_buckets({0: 1, 10: 2, 11: 4, 12: 8, 200: 16}, 10, 11, 1.0)
     assert got == [(repr(float(log_linear_bound(10))), 3.0), (repr(float(log_linear_bound(11))), 7.0),

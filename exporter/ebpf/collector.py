@@ -38,10 +38,19 @@ def label_value(spec: str | tuple[str, ...], raw: int) -> str:
     return str(raw)
 
 
-def metric_families(decl: ProgramDecl, series: Mapping[SeriesKey, tuple[int, int]]) -> list[Metric]:
-    """One family per declared metric from the program's raw series (pure: no kernel here)."""
+def metric_families(decl: ProgramDecl, series: Mapping[SeriesKey, tuple[int, int]],
+                    ports: Sequence[int] = ()) -> list[Metric]:
+    """One family per declared metric from the program's raw series (pure: no kernel here).
+
+    Counters labelled by port alone start at 0 for every watched port, so a rate over
+    them (retransmits) exists before the first event.
+    """
     # metric id -> label values -> bucket index -> (count, sum)
     grouped: dict[int, dict[tuple[str, ...], dict[int, tuple[int, int]]]] = defaultdict(lambda: defaultdict(dict))
+    for i, m in enumerate(decl.metrics):
+        if m.type == "counter" and list(m.labels) == ["port"]:
+            for port in ports:
+                grouped[i][(str(port),)].setdefault(0, (0, 0))
     for (metric, role, port, direction, bucket), (count, total) in series.items():
         if metric >= len(decl.metrics):
             continue
@@ -71,8 +80,10 @@ def _family(m: MetricDecl, by_labels: Mapping[tuple[str, ...], dict[int, tuple[i
 
 
 class EbpfCollector(Collector):
-    def __init__(self, programs: Sequence[ProgramState], lock: threading.Lock, errors: ErrorCounts) -> None:
+    def __init__(self, programs: Sequence[ProgramState], lock: threading.Lock, errors: ErrorCounts,
+                 ports: Sequence[int] = ()) -> None:
         self.programs = programs
+        self.ports = ports
         self.lock = lock  # held while programs are read or closed
         self.errors = errors
         self._logged: set[str] = set()
@@ -108,7 +119,7 @@ class EbpfCollector(Collector):
                         series = loaded.read_series()
                     except Exception as e:  # a map that cannot be read costs its series, not the scrape
                         self._read_failed(name, e)
-                families.extend(metric_families(p.decl, series))
+                families.extend(metric_families(p.decl, series, self.ports))
                 if loaded and stats:
                     ns, runs = loaded.run_stats()
                     run_s.add_metric([name], ns / 1e9)

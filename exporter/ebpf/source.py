@@ -95,7 +95,7 @@ class EbpfSource:
         self.errors.inc("ebpf", "load_failed")
 
     def collectors(self) -> list[Collector]:
-        return [EbpfCollector(self.programs, self.lock, self.errors)]
+        return [EbpfCollector(self.programs, self.lock, self.errors, self.cfg.ebpf_port)]
 
     def start(self) -> None:
         if any(p.loaded for p in self.programs):
