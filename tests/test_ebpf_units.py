@@ -127,3 +127,12 @@ def test_log_linear_buckets_fold_out_of_range_indexes_exactly() -> None:
     got = log_linear_buckets({0: 1, 10: 2, 11: 4, 12: 8, 200: 16}, 10, 11, 1.0)
     assert got == [(repr(float(log_linear_bound(10))), 3.0), (repr(float(log_linear_bound(11))), 7.0),
                    ("+Inf", 31.0)]
+
+
+def test_check_fails_when_no_program_is_found(monkeypatch: pytest.MonkeyPatch) -> None:
+    from exporter.config import build
+    from exporter.ebpf import check
+
+    monkeypatch.setattr(check, "metric_programs", lambda: [])
+    results = list(check.ebpf_checks(build({}, {}, {"ebpf": "on"})))
+    assert [(r.status, "no BPF programs found" in r.detail) for r in results] == [("fail", True)]

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 
 from ..check import CheckResult
 from ..config import Config
-from .declaration import DeclarationError, metric_programs
+from .declaration import DeclarationError, bpf_dir, metric_programs
 from .kernel import bpf_stats_enabled
 from .loader import LoadError, environment_problem, load_programs
 
@@ -21,6 +21,9 @@ def ebpf_checks(cfg: Config) -> Iterable[CheckResult]:
         decls = metric_programs()
     except DeclarationError as e:
         yield CheckResult("ebpf", bad, str(e))
+        return
+    if not decls:
+        yield CheckResult("ebpf", bad, f"no BPF programs found in {bpf_dir()} (is the package installed whole?)")
         return
     problem = environment_problem()
     if problem:
