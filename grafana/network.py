@@ -6,7 +6,6 @@ from grafana_foundation_sdk.builders import dashboard as db
 from grafana_foundation_sdk.builders import heatmap, stat, table, timeseries
 from grafana_foundation_sdk.models import heatmap as hm
 from grafana_foundation_sdk.models.dashboard import (
-    DashboardCursorSync,
     ValueMap,
     ValueMappingResult,
 )
@@ -15,6 +14,7 @@ from .panels import (
     P,
     PanelBuilder,
     VariableBuilder,
+    base_dashboard,
     datasource_variable,
     heatmap_buckets,
     hidden_label_variable,
@@ -170,14 +170,9 @@ def cost_panels() -> list[PanelBuilder]:
 
 def dashboard() -> db.Dashboard:
     d = (
-        db.Dashboard("Network (eBPF)")
-        .uid(UID)
-        .description("Socket-level view of Triton's ports from in-kernel eBPF histograms (inference-profiler).")
-        .tags(["inference-profiler", "triton", "ebpf"])
-        .refresh("30s")
-        .time("now-30m", "now")
-        .tooltip(DashboardCursorSync.CROSSHAIR)
-        .variables(variables())
+        base_dashboard("Network (eBPF)", UID,
+                       "Socket-level view of Triton's ports from in-kernel eBPF histograms (inference-profiler).",
+                       ["inference-profiler", "triton", "ebpf"], variables())
     )
     for group, panels in (("Probes", status_panels()), ("Socket latency", latency_panels()),
                           ("Socket queue", socket_panels()), ("Traffic", traffic_panels()),

@@ -6,6 +6,7 @@ from grafana_foundation_sdk.builders import dashboard as db
 from grafana_foundation_sdk.builders import prometheus
 from grafana_foundation_sdk.cog.builder import Builder
 from grafana_foundation_sdk.models.dashboard import (
+    DashboardCursorSync,
     DataSourceRef,
     DataTransformerConfig,
     Panel,
@@ -22,6 +23,15 @@ DATASOURCE = DataSourceRef(type_val="prometheus", uid="${datasource}")
 REFS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 PanelBuilder = Builder[Panel]
 VariableBuilder = Builder[VariableModel]
+
+
+def base_dashboard(title: str, uid: str, description: str, tags: list[str], variables: list[VariableBuilder],
+                   *, refresh: str = "30s", since: str = "now-30m") -> db.Dashboard:
+    """What every dashboard of ours sets the same way: identity, refresh, range, shared crosshair."""
+    return (
+        db.Dashboard(title).uid(uid).description(description).tags(tags)
+        .refresh(refresh).time(since, "now").tooltip(DashboardCursorSync.CROSSHAIR).variables(variables)
+    )
 
 
 def query(expr: str, legend: str = "", ref: str = "A", *, instant: bool = False,

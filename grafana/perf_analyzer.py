@@ -7,12 +7,13 @@ from grafana_foundation_sdk.builders import common as cb
 from grafana_foundation_sdk.builders import dashboard as db
 from grafana_foundation_sdk.models import common
 from grafana_foundation_sdk.models import xychart as xy
-from grafana_foundation_sdk.models.dashboard import DashboardCursorSync, DynamicConfigValue
+from grafana_foundation_sdk.models.dashboard import DynamicConfigValue
 
 from .panels import (
     REFS,
     P,
     VariableBuilder,
+    base_dashboard,
     datasource_variable,
     label_variable,
     merge_columns,
@@ -100,14 +101,9 @@ def breakdown() -> barchart.Panel:
 
 def dashboard() -> db.Dashboard:
     return (
-        db.Dashboard("perf_analyzer runs")
-        .uid(UID)
-        .description("Results of perf_analyzer runs (-f CSV files) exposed by inference-profiler.")
-        .tags(["inference-profiler", "triton", "perf_analyzer"])
-        .refresh("1m")
-        .time("now-6h", "now")
-        .tooltip(DashboardCursorSync.CROSSHAIR)
-        .variables(variables())
+        base_dashboard("perf_analyzer runs", UID,
+                       "Results of perf_analyzer runs (-f CSV files) exposed by inference-profiler.",
+                       ["inference-profiler", "triton", "perf_analyzer"], variables(), refresh="1m", since="now-6h")
         .with_panel(curve())
         .with_panel(runs_table())
         .with_panel(breakdown())

@@ -20,13 +20,13 @@ from grafana_foundation_sdk.builders import dashboard as db
 from grafana_foundation_sdk.models import common
 from grafana_foundation_sdk.models import heatmap as hm
 from grafana_foundation_sdk.models import piechart as pie
-from grafana_foundation_sdk.models.dashboard import DashboardCursorSync
 
 from .panels import (
     REFS,
     P,
     PanelBuilder,
     VariableBuilder,
+    base_dashboard,
     datasource_variable,
     heatmap_buckets,
     hidden_label_variable,
@@ -207,14 +207,9 @@ def stage_row() -> list[PanelBuilder]:
 
 def dashboard() -> db.Dashboard:
     d = (
-        db.Dashboard("Inference stage timeline")
-        .uid(UID)
-        .description("Per-stage latency of Triton requests from trace files (inference-profiler).")
-        .tags(["inference-profiler", "triton"])
-        .refresh("30s")
-        .time("now-30m", "now")
-        .tooltip(DashboardCursorSync.CROSSHAIR)
-        .variables(variables())
+        base_dashboard("Inference stage timeline", UID,
+                       "Per-stage latency of Triton requests from trace files (inference-profiler).",
+                       ["inference-profiler", "triton"], variables())
         .with_row(db.Row("Overview"))
     )
     for p in overview_panels():

@@ -6,7 +6,6 @@ from grafana_foundation_sdk.builders import barchart, stat, table, timeseries
 from grafana_foundation_sdk.builders import dashboard as db
 from grafana_foundation_sdk.models import common
 from grafana_foundation_sdk.models.dashboard import (
-    DashboardCursorSync,
     ValueMap,
     ValueMappingResult,
 )
@@ -15,6 +14,7 @@ from .panels import (
     P,
     PanelBuilder,
     VariableBuilder,
+    base_dashboard,
     datasource_variable,
     label_variable,
     merge_columns,
@@ -156,14 +156,9 @@ def config_table() -> table.Panel:
 
 def dashboard() -> db.Dashboard:
     d = (
-        db.Dashboard("Triton server")
-        .uid(UID)
-        .description("Triton Inference Server's own counters, statistics API and model configs (inference-profiler).")
-        .tags(["inference-profiler", "triton"])
-        .refresh("30s")
-        .time("now-30m", "now")
-        .tooltip(DashboardCursorSync.CROSSHAIR)
-        .variables(variables())
+        base_dashboard("Triton server", UID,
+                       "Triton Inference Server's own counters, statistics API and model configs (inference-profiler).",
+                       ["inference-profiler", "triton"], variables())
         .with_row(db.Row("Status"))
     )
     for p in status_panels():
