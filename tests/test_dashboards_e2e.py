@@ -125,12 +125,13 @@ def prometheus_config(workdir: Path, target: str) -> Path:
 
 
 def run_perf_analyzer(triton: TritonServer, csv: Path) -> None:
-    """A short real perf_analyzer run (concurrency 2 and 3) writing its -f CSV; the product's
-    launcher retries the 'no stable measurement' failure a busy machine can cause."""
+    """A short real perf_analyzer run (two request rates) writing its -f CSV. Rate-limited: Triton
+    2.51 traced at rate 1 can crash past ~1,000 inferences/s (ENVIRONMENT.md), which an unlimited
+    concurrency sweep reaches; the product's launcher retries perf_analyzer's own flaky failures."""
     from exporter.triton.perf_analyzer import run_perf_analyzer as launch
 
-    launch(MODEL, triton.http_address, csv, concurrency_range="2:3:1", measurement_ms=300,
-           extra=["--stability-percentage", "100", "-r", "4"], attempts=4)
+    launch(MODEL, triton.http_address, csv, measurement_ms=300,
+           extra=["--request-rate-range", "100:200:100", "--stability-percentage", "100", "-r", "4"], attempts=4)
     assert csv.exists()
 
 
