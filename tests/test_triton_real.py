@@ -143,7 +143,10 @@ def test_triton_stopped_hung_and_back(triton_factory: Callable[..., TritonServer
     # back on the same ports: up again, counters resume from Triton's fresh start (a reset)
     t.start()
     send_requests(t.http_address, t.grpc_address, {("grpc", MODEL): 4})
-    s = e.wait_for(lambda s: s.total("inference_profiler_triton_up", target=tgt) == 1, timeout=10)
+    # Triton counts a request just after its response is sent: wait for the count, not only for up
+    s = e.wait_for(lambda s: s.total("inference_profiler_triton_up", target=tgt) == 1
+                   and s.total("inference_profiler_triton_requests_total", model=MODEL, outcome="success") >= 4,
+                   timeout=10)
     assert s.total("inference_profiler_triton_requests_total", model=MODEL, outcome="success") == 4
     assert s.select("inference_profiler_triton_model_config_info", model=MODEL)
     assert e.proc.poll() is None
