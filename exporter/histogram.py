@@ -8,7 +8,6 @@ a bound lands in that bound's bucket (ceil, never floor).
 from __future__ import annotations
 
 import math
-from bisect import bisect_left
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,11 +51,6 @@ def log_linear_bound(i: int) -> int:
     return (5 + k) << e
 
 
-def log_linear_bounds(max_index: int, multiplier: float = 1.0) -> tuple[float, ...]:
-    """Bounds of buckets 0..max_index, scaled to base units (e.g. 1e-9 for ns)."""
-    return tuple(log_linear_bound(i) * multiplier for i in range(max_index + 1))
-
-
 def format_le(bound: float) -> str:
     """Prometheus 'le' label text, as client_python writes it."""
     if bound == float("inf"):
@@ -96,7 +90,8 @@ def log_linear_buckets(by_index: Mapping[int, int], first: int, last: int,
 
 @dataclass
 class Histogram:
-    """One series' bucket counts over integer observations (ns, bytes), with exact sum."""
+    """One series' bucket counts over integer observations (ns, bytes), with exact sum; filled by
+    vectorised bucketing (traces.aggregate), merged and copied here."""
 
     bounds: tuple[int, ...]  # inclusive upper bounds in the observed integer unit
     counts: list[int] = field(default_factory=list)
@@ -106,13 +101,6 @@ class Histogram:
     def __post_init__(self) -> None:
         if not self.counts:
             self.counts = [0] * (len(self.bounds) + 1)
-
-    def observe(self, v: int) -> int:
-        i = bisect_left(self.bounds, v)
-        self.counts[i] += 1
-        self.total += v
-        self.count += 1
-        return i
 
     def merge(self, other: Histogram) -> None:
         for i, c in enumerate(other.counts):

@@ -1,12 +1,11 @@
 """The stage table of SPEC.md: the one place that knows Triton's timestamp names.
 
-A trace's timestamps (name -> ns) become stage spans; pure functions, no I/O.
+Traces' timestamps (a matrix, one column per name) become stage spans; pure functions, no I/O.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -36,19 +35,6 @@ KNOWN_TIMESTAMPS: frozenset[str] = frozenset(
     {n for _, a, b in SPANS for n in (a, b)} | {"INFER_RESPONSE_COMPLETE", "CUSTOM_ACTIVITY"}
 )
 
-# Stages a request passes through, in order, for the timeline view (network first).
-TIMELINE_ORDER: tuple[str, ...] = (
-    "http_recv",
-    "grpc_waitread",
-    "queue",
-    "compute_input",
-    "compute_infer",
-    "compute_output",
-    "http_send",
-    "grpc_send",
-)
-
-
 def frontend_protocol(timestamps: Mapping[str, int]) -> str:
     """'http', 'grpc' or 'none' (in-process C API) from a top-level trace's timestamps."""
     if any(n.startswith("HTTP_") for n in timestamps):
@@ -56,57 +42,6 @@ def frontend_protocol(timestamps: Mapping[str, int]) -> str:
     if any(n.startswith("GRPC_") for n in timestamps):
         return "grpc"
     return "none"
-
-
-def is_countable(timestamps: Mapping[str, int]) -> bool:
-    """Only traces that went through the request handler count (SPEC)."""
-    return "REQUEST_START" in timestamps and "REQUEST_END" in timestamps
-
-
-@dataclass(frozen=True, slots=True)
-class StageResult:
-    spans: list[tuple[str, int]]  # (stage, duration ns), only non-negative spans
-    negative: int  # spans whose end was before their start
-
-
-def stage_spans(timestamps: Mapping[str, int]) -> StageResult:
-    """One observation per stage present; derived overheads where all parts are present."""
-    out: list[tuple[str, int]] = []
-    got: dict[str, int] = {}
-    negative = 0
-    for stage, start, end in SPANS:
-        a = timestamps.get(start)
-        if a is None:
-            continue
-        b = timestamps.get(end)
-        if b is None:
-            continue
-        d = b - a
-        if d < 0:
-            negative += 1
-            continue
-        got[stage] = d
-        out.append((stage, d))
-    req = got.get("request")
-    if req is not None:
-        q = got.get("queue")
-        c = got.get("compute")
-        if q is not None and c is not None:
-            d = req - q - c
-            if d < 0:
-                negative += 1
-            else:
-                out.append(("handler_overhead", d))
-        hi = got.get("http_infer")
-        hr = got.get("http_recv")
-        hs = got.get("http_send")
-        if hi is not None and hr is not None and hs is not None:
-            d = hi - req - hr - hs
-            if d < 0:
-                negative += 1
-            else:
-                out.append(("frontend_overhead", d))
-    return StageResult(out, negative)
 
 
 # --- the same table over many traces at once (columns of a stamps matrix) ---------------
@@ -133,9 +68,10 @@ def countable_rows(stamps: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
 
 
 def stage_matrix(stamps: npt.NDArray[np.int64]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
-    """stage_spans() of every row: (durations [rows, STAGES], negatives per row).
+    """The stage table over every row: (durations [rows, STAGES], negatives per row).
 
-    A duration is -1 where the stage is absent or its span negative (not observed).
+    One observation per stage present; derived overheads where all their parts are. A
+    duration is -1 where the stage is absent or its span negative (not observed).
     """
     n = stamps.shape[0]
     out = np.full((n, len(STAGES)), -1, dtype=np.int64)

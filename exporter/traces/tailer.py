@@ -68,6 +68,7 @@ class TraceTailer:
         self.live = TraceAggregate(settings.bounds_ns)
         self.entries: dict[str, FileEntry] = {}
         self.streams: dict[str, StreamState] = {}
+        self.stream_labels: dict[str, list[str]] = {}  # base path -> its pattern's label values
         self.lock = threading.Lock()  # one poll at a time
         self._waiting_logged: set[str] = set()
         self._load()
@@ -117,6 +118,7 @@ class TraceTailer:
                 for base, files in sorted(pat.expand().items()):
                     labels = pat.labels(base)
                     label_values = [labels.get(n_, "") for n_ in self.label_names]
+                    self.stream_labels[base] = label_values
                     for order, path in files:
                         seen.add(path)
                         try:
@@ -255,16 +257,10 @@ class TraceTailer:
             if s.pending:
                 s2 = s.copy()
                 old, codes = release_pending(s2, lambda _: None, self.s.child_hold_seconds, now)
-                self._observe_traces(delta, old, codes, self._labels_for(base))
+                labels = self.stream_labels.get(base, [""] * len(self.label_names))
+                self._observe_traces(delta, old, codes, labels)
                 streams[base] = s2
         self._commit(self.live.merged(delta), self.entries, streams)
-
-    def _labels_for(self, base: str) -> list[str]:
-        for p in self.patterns:
-            if p.labels(base) and all(p.labels(base).values()):
-                lab = p.labels(base)
-                return [lab.get(n, "") for n in self.label_names]
-        return [""] * len(self.label_names)
 
 
 class TailerThread(threading.Thread):
