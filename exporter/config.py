@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from .histogram import DEFAULT_STAGE_BUCKETS
+from .traces.pipeline import WINDOW
 
 ENV_PREFIX = "INFPROF_"
 # INFPROF_* variables that are not config keys: the config file path, the test suite's
@@ -78,7 +79,7 @@ class Config:
     )
     trace_delete_ingested: bool = _opt(False, "delete trace files once ingested (retention)")
     trace_open_traces: int = _opt(
-        16384, "traces held open while a file streams; bounds memory on huge files"
+        WINDOW, "traces held open while a file streams; bounds memory on huge files"
     )
     trace_child_hold_seconds: float = _opt(
         30.0, "how long an ensemble/BLS child waits for its parent's protocol in a later file"

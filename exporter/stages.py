@@ -1,16 +1,23 @@
-"""The stage table of SPEC.md: the one place that knows Triton's timestamp names.
+"""The stage table: the one place that knows Triton's timestamp names (docs/metrics.md, "Stages").
 
-Traces' timestamps (a matrix, one column per name) become stage spans; pure functions, no I/O.
+A batch of finished traces is a matrix of timestamps (one column per name, -1 where
+absent) plus, for the names Triton repeats once per response, their first occurrence,
+their count and (where there are more than two) every occurrence. From these come the
+spans, the response stages and the exclusive timeline; pure functions, no I/O.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import enum
+import itertools
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
-# (stage, start timestamp, end timestamp), in request order where it matters.
+# (stage, start timestamp, end timestamp), in request order. Repeated names: the last occurrence.
 SPANS: tuple[tuple[str, str, str], ...] = (
     ("http_infer", "HTTP_RECV_START", "HTTP_SEND_END"),
     ("http_recv", "HTTP_RECV_START", "HTTP_RECV_END"),
@@ -26,73 +33,339 @@ SPANS: tuple[tuple[str, str, str], ...] = (
     ("compute_output", "COMPUTE_OUTPUT_START", "COMPUTE_END"),
 )
 
+# The handler's and the frontend's own segments of the timeline, observed as stages too.
 DERIVED: tuple[str, ...] = ("handler_overhead", "frontend_overhead")
+# Whole-request stages, one observation per trace (inter_response: one per gap, apart).
+RESPONSE_STAGES: tuple[str, ...] = ("end_to_end", "first_response")
+INTER_RESPONSE = "inter_response"
 
-STAGES: tuple[str, ...] = tuple(s for s, _, _ in SPANS) + DERIVED
+# One column of the duration matrix per stage, in this order.
+STAGES: tuple[str, ...] = tuple(s for s, _, _ in SPANS) + DERIVED + RESPONSE_STAGES
+# Every stage a histogram series can carry (custom activities add "custom_<name>").
+ALL_STAGES: tuple[str, ...] = (*STAGES, INTER_RESPONSE)
 
-# Every timestamp name Triton 2.x writes at level TIMESTAMPS; others are counted as unknown.
+# Names Triton writes once per response of a decoupled (streaming) request.
+REPEATED: tuple[str, ...] = (
+    "GRPC_SEND_START", "GRPC_SEND_END", "HTTP_SEND_START", "HTTP_SEND_END", "INFER_RESPONSE_COMPLETE",
+)
+SEND_PAIRS: tuple[tuple[str, str], ...] = (("HTTP_SEND_START", "HTTP_SEND_END"), ("GRPC_SEND_START", "GRPC_SEND_END"))
+
+# Every timestamp name Triton 2.x writes at level TIMESTAMPS.
 KNOWN_TIMESTAMPS: frozenset[str] = frozenset(
     {n for _, a, b in SPANS for n in (a, b)} | {"INFER_RESPONSE_COMPLETE", "CUSTOM_ACTIVITY"}
 )
+# A backend's own activity (TRITONSERVER_InferenceTraceReportActivity): X_START/X_END pairs.
+CUSTOM_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}_(START|END)")
+MAX_CUSTOM_NAMES = 32  # distinct custom activity names per scan; more are rejected
+CUSTOM_PREFIX = "custom_"
 
-def frontend_protocol(timestamps: Mapping[str, int]) -> str:
-    """'http', 'grpc' or 'none' (in-process C API) from a top-level trace's timestamps."""
+
+def custom_stage(name: str) -> tuple[str, bool]:
+    """('custom_<x>', is_start) of a custom activity timestamp name X_START / X_END."""
+    base, _, edge = name.rpartition("_")
+    return CUSTOM_PREFIX + base.lower(), edge == "START"
+
+
+class Protocol(enum.IntEnum):
+    """The frontend a top-level trace came through; children take their parent's."""
+
+    NONE = 0
+    HTTP = 1
+    GRPC = 2
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
+PROTOCOLS: tuple[str, ...] = tuple(p.label for p in Protocol)  # label text by code
+
+
+def frontend_protocol(timestamps: Mapping[str, int]) -> Protocol:
+    """The frontend of a top-level trace, from its timestamp names."""
     if any(n.startswith("HTTP_") for n in timestamps):
-        return "http"
+        return Protocol.HTTP
     if any(n.startswith("GRPC_") for n in timestamps):
-        return "grpc"
-    return "none"
+        return Protocol.GRPC
+    return Protocol.NONE
 
 
-# --- the same table over many traces at once (columns of a stamps matrix) ---------------
+# --- the columns of a stamps matrix -------------------------------------------------------
 
-# Column order of a stamps matrix: one column per known timestamp name, -1 where absent.
-COLUMNS: tuple[str, ...] = tuple(sorted(KNOWN_TIMESTAMPS))
+FIRST_SUFFIX, COUNT_SUFFIX = "#first", "#count"
+NAMES: tuple[str, ...] = tuple(sorted(KNOWN_TIMESTAMPS))  # the columns a file's names map to
+# Then, per repeated name, its first occurrence and its count ('#' never occurs in a name read
+# from a file: only NAMES are matched against files).
+COLUMNS: tuple[str, ...] = (
+    *NAMES, *(n + FIRST_SUFFIX for n in REPEATED), *(n + COUNT_SUFFIX for n in REPEATED),
+)
 COLUMN: dict[str, int] = {n: i for i, n in enumerate(COLUMNS)}
+NCOLS = len(COLUMNS)  # extra codes >= NCOLS name custom activities
+FIRST_COL: tuple[int, ...] = tuple(COLUMN.get(n + FIRST_SUFFIX, -1) for n in NAMES)
+COUNT_COL: tuple[int, ...] = tuple(COLUMN.get(n + COUNT_SUFFIX, -1) for n in NAMES)
 
-PROTOCOLS: tuple[str, ...] = ("none", "http", "grpc")  # codes 0, 1, 2
 
-_HTTP_COLS = [COLUMN[n] for n in COLUMNS if n.startswith("HTTP_")]
-_GRPC_COLS = [COLUMN[n] for n in COLUMNS if n.startswith("GRPC_")]
+def merge_stamp(stamps: dict[str, int], extra: list[tuple[str, int]], name: str, ns: int) -> None:
+    """One timestamp into a trace's dict of columns (the rule the C scanner follows too).
+
+    Names that repeat keep the first (earliest), the last (latest) and the count; once a
+    third occurs, every occurrence is also listed in `extra`.
+    """
+    if name not in REPEATED:
+        stamps[name] = ns  # the last in file order wins
+        return
+    count = stamps.get(name + COUNT_SUFFIX, 0)
+    if count == 0:
+        stamps[name] = stamps[name + FIRST_SUFFIX] = ns
+    else:
+        first, last = stamps[name + FIRST_SUFFIX], stamps[name]
+        if count == 2:
+            extra.extend(((name, first), (name, last)))
+        if count >= 2:
+            extra.append((name, ns))
+        stamps[name + FIRST_SUFFIX], stamps[name] = min(first, ns), max(last, ns)
+    stamps[name + COUNT_SUFFIX] = count + 1
+
+
+_HTTP_COLS = [COLUMN[n] for n in NAMES if n.startswith("HTTP_")]
+_GRPC_COLS = [COLUMN[n] for n in NAMES if n.startswith("GRPC_")]
 
 
 def protocol_codes(stamps: npt.NDArray[np.int64]) -> npt.NDArray[np.int8]:
-    """frontend_protocol() of each row of a stamps matrix, as codes into PROTOCOLS."""
+    """frontend_protocol() of each row of a stamps matrix, as Protocol codes."""
     http = (stamps[:, _HTTP_COLS] >= 0).any(axis=1)
     grpc = (stamps[:, _GRPC_COLS] >= 0).any(axis=1)
-    return np.where(http, 1, np.where(grpc, 2, 0)).astype(np.int8)
+    return np.where(http, Protocol.HTTP, np.where(grpc, Protocol.GRPC, Protocol.NONE)).astype(np.int8)
 
 
 def countable_rows(stamps: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
     return (stamps[:, COLUMN["REQUEST_START"]] >= 0) & (stamps[:, COLUMN["REQUEST_END"]] >= 0)
 
 
-def stage_matrix(stamps: npt.NDArray[np.int64]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
-    """The stage table over every row: (durations [rows, STAGES], negatives per row).
+# --- the exclusive timeline ----------------------------------------------------------------
 
-    One observation per stage present; derived overheads where all their parts are. A
-    duration is -1 where the stage is absent or its span negative (not observed).
-    """
+# Segments by priority: an instant of [arrival, end] belongs to the first whose interval holds it.
+# (segment, start name, end name); "send" is every response's send, "frontend_overhead" the rest.
+SEGMENT_SPANS: tuple[tuple[str, str, str], ...] = (
+    ("compute_input", "COMPUTE_START", "COMPUTE_INPUT_END"),
+    ("compute_infer", "COMPUTE_INPUT_END", "COMPUTE_OUTPUT_START"),
+    ("compute_output", "COMPUTE_OUTPUT_START", "COMPUTE_END"),
+    ("queue", "QUEUE_START", "COMPUTE_START"),
+    ("send", "", ""),
+    ("between_responses", "REQUEST_END", "INFER_RESPONSE_COMPLETE"),
+    ("handler_overhead", "REQUEST_START", "REQUEST_END"),
+    ("recv", "HTTP_RECV_START", "HTTP_RECV_END"),
+)
+SEGMENTS: tuple[str, ...] = (*(s for s, _, _ in SEGMENT_SPANS), "frontend_overhead")
+SEGMENT: dict[str, int] = {s: i for i, s in enumerate(SEGMENTS)}
+# The order a request passes through them, for display.
+SEGMENT_ORDER: tuple[str, ...] = (
+    "recv", "queue", "compute_input", "compute_infer", "compute_output", "handler_overhead",
+    "between_responses", "send", "frontend_overhead",
+)
+_SEND = SEGMENT["send"]
+
+
+def exclusive_reference(intervals: list[tuple[int, int, int]], lo: int, hi: int, n_segments: int) -> list[int]:
+    """Per segment, the time of [lo, hi] it owns: of (segment, start, end) intervals, the lowest
+    segment index wins where they overlap; the last segment owns what none covers."""
+    events: list[tuple[int, int, int]] = []  # (time, +1 open / -1 close, segment)
+    for seg, a, b in intervals:
+        if b > a and a < hi and b > lo:
+            events.extend(((max(a, lo), 1, seg), (min(b, hi), -1, seg)))
+    events.sort()
+    active = [0] * n_segments
+    out = [0] * n_segments
+    at = lo
+    for t, delta, seg in events:
+        if t > at:
+            owner = next((s for s in range(n_segments - 1) if active[s]), n_segments - 1)
+            out[owner] += t - at
+            at = t
+        active[seg] += delta
+    out[n_segments - 1] += hi - at
+    return out
+
+
+def _exclusive_numpy(starts: npt.NDArray[np.int64], ends: npt.NDArray[np.int64],
+                     lo: npt.NDArray[np.int64], hi: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    """exclusive_reference() over rows of K intervals each (interval k is segment k), vectorised."""
+    n, k = starts.shape
+    valid = (starts >= 0) & (ends > starts)
+    pts = np.concatenate([np.clip(starts, lo[:, None], hi[:, None]), np.clip(ends, lo[:, None], hi[:, None]),
+                          lo[:, None], hi[:, None]], axis=1)
+    pts = np.sort(pts, axis=1)
+    a, b = pts[:, :-1], pts[:, 1:]
+    cover = (valid[:, None, :] & (starts[:, None, :] <= a[:, :, None]) & (b[:, :, None] <= ends[:, None, :]))
+    owner = np.where(cover.any(axis=2), cover.argmax(axis=2), k)
+    out = np.zeros((n, k + 1), dtype=np.int64)
+    np.add.at(out, (np.repeat(np.arange(n), a.shape[1]), owner.ravel()), (b - a).ravel())
+    return out
+
+
+try:
+    from .traces._scan import exclusive as _exclusive_c  # type: ignore[import-not-found,unused-ignore]
+except ImportError:  # no compiler where it was installed
+    _exclusive_c = None
+
+
+def exclusive(starts: npt.NDArray[np.int64], ends: npt.NDArray[np.int64],
+              lo: npt.NDArray[np.int64], hi: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    """[rows, K+1] exclusive times of K prioritised intervals per row within [lo, hi]."""
+    if _exclusive_c is None or not len(starts):
+        return _exclusive_numpy(starts, ends, lo, hi)
+    n, k = starts.shape
+    raw = _exclusive_c(np.ascontiguousarray(starts, dtype=np.int64), np.ascontiguousarray(ends, dtype=np.int64),
+                       np.ascontiguousarray(lo, dtype=np.int64), np.ascontiguousarray(hi, dtype=np.int64), k)
+    return np.frombuffer(raw, dtype=np.int64).reshape(n, k + 1)
+
+
+# --- the request model over a batch --------------------------------------------------------
+
+MAX_SPAN_NS = 7 * 24 * 3600 * 10**9  # longer spans are not plausible: counted, not observed
+
+
+@dataclass
+class Anatomy:
+    """The stage table over a batch's rows."""
+
+    durations: npt.NDArray[np.int64]  # [rows, STAGES], -1 where absent or not observed
+    negative: npt.NDArray[np.int64]  # per row: spans whose end is before their start
+    implausible: npt.NDArray[np.int64]  # per row: spans longer than MAX_SPAN_NS
+    segments: npt.NDArray[np.int64]  # [rows, SEGMENTS], >= 0, a row sums to its end_to_end
+    timed: npt.NDArray[np.bool_]  # rows with an end_to_end (and so a timeline)
+    responses: npt.NDArray[np.int64]  # responses out per row
+    gap_rows: npt.NDArray[np.intp]  # inter_response: the row of each gap
+    gaps: npt.NDArray[np.int64]  # and its length
+
+
+def _col(stamps: npt.NDArray[np.int64], name: str) -> npt.NDArray[np.int64]:
+    return stamps[:, COLUMN[name]]
+
+
+def _first_present(*cols: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    out = cols[-1]
+    for c in reversed(cols[:-1]):
+        out = np.where(c >= 0, c, out)
+    return out
+
+
+Extra = Mapping[str, list[int]]  # one trace's every occurrence of its repeated names
+
+
+def occurrences(row: npt.NDArray[np.int64], extra: Extra, name: str) -> list[int]:
+    """Every time of a repeated name in one trace, in time order."""
+    count = int(row[COLUMN[name + COUNT_SUFFIX]])
+    if count >= 3:
+        return sorted(extra.get(name, ()))
+    if count == 2:
+        return [int(row[COLUMN[name + FIRST_SUFFIX]]), int(row[COLUMN[name]])]
+    return [int(row[COLUMN[name]])] if count == 1 else []
+
+
+def response_times(row: npt.NDArray[np.int64], extra: Extra) -> list[int]:
+    """When responses went out: the sends' ends, else the responses' completions, else the
+    request's release."""
+    sends = sorted(occurrences(row, extra, "HTTP_SEND_END") + occurrences(row, extra, "GRPC_SEND_END"))
+    return sends or occurrences(row, extra, "INFER_RESPONSE_COMPLETE") or [int(row[COLUMN["REQUEST_END"]])]
+
+
+def trace_segments(row: npt.NDArray[np.int64], extra: Extra, lo: int, hi: int) -> list[int]:
+    """The timeline of one trace, every response's send an interval of its own."""
+    intervals: list[tuple[int, int, int]] = []
+    for j, (seg, a, b) in enumerate(SEGMENT_SPANS):
+        if seg == "send":
+            for start, end in SEND_PAIRS:
+                pairs = zip(occurrences(row, extra, start), occurrences(row, extra, end), strict=False)
+                intervals.extend((j, x, y) for x, y in pairs)
+        elif row[COLUMN[a]] >= 0 and row[COLUMN[b]] >= 0:
+            intervals.append((j, int(row[COLUMN[a]]), int(row[COLUMN[b]])))
+    return exclusive_reference(intervals, lo, hi, len(SEGMENTS))
+
+
+_COUNT_COLS = [COLUMN[n + COUNT_SUFFIX] for n in REPEATED]
+
+
+def anatomy(stamps: npt.NDArray[np.int64], extra_of: Callable[[int], Extra]) -> Anatomy:
+    """The stage table over every row of a stamps matrix; extra_of(row) gives the every
+    occurrence of the names a row repeats more than twice."""
     n = stamps.shape[0]
     out = np.full((n, len(STAGES)), -1, dtype=np.int64)
     negative = np.zeros(n, dtype=np.int64)
-    for j, (_, a, b) in enumerate(SPANS):
-        sa, sb = stamps[:, COLUMN[a]], stamps[:, COLUMN[b]]
-        present = (sa >= 0) & (sb >= 0)
-        d = sb - sa
-        neg = present & (d < 0)
-        negative += neg
-        out[:, j] = np.where(present & ~neg, d, -1)
+    implausible = np.zeros(n, dtype=np.int64)
     col = {s: i for i, s in enumerate(STAGES)}
 
-    def derived(name: str, total: str, parts: tuple[str, ...]) -> None:
-        cols = [out[:, col[total]]] + [out[:, col[p]] for p in parts]
-        present = np.logical_and.reduce([c >= 0 for c in cols])
-        d = cols[0] - sum(cols[1:])
+    def observe(stage: str, start: npt.NDArray[np.int64], end: npt.NDArray[np.int64]) -> None:
+        present = (start >= 0) & (end >= 0)
+        d = end - start
         neg = present & (d < 0)
+        huge = present & (d > MAX_SPAN_NS)
         negative[:] += neg
-        out[:, col[name]] = np.where(present & ~neg, d, -1)
+        implausible[:] += huge
+        out[:, col[stage]] = np.where(present & ~neg & ~huge, d, -1)
 
-    derived("handler_overhead", "request", ("queue", "compute"))
-    derived("frontend_overhead", "http_infer", ("request", "http_recv", "http_send"))
-    return out, negative
+    for stage, a, b in SPANS:
+        observe(stage, _col(stamps, a), _col(stamps, b))
+
+    # arrival at the frontend, responses out, and the end of the request
+    arrival = _first_present(_col(stamps, "HTTP_RECV_START"), _col(stamps, "GRPC_WAITREAD_END"),
+                             _col(stamps, "REQUEST_START"))
+    send_end = np.maximum(_col(stamps, "HTTP_SEND_END"), _col(stamps, "GRPC_SEND_END"))
+    done = _col(stamps, "INFER_RESPONSE_COMPLETE")
+    released = _col(stamps, "REQUEST_END")
+    end = np.maximum(send_end, done)
+    end = np.where(end >= 0, end, released)
+    first_send = _first_present(_col(stamps, "HTTP_SEND_END" + FIRST_SUFFIX), _col(stamps, "GRPC_SEND_END" + FIRST_SUFFIX))
+    first = np.where(send_end >= 0, first_send,
+                     np.where(done >= 0, _col(stamps, "INFER_RESPONSE_COMPLETE" + FIRST_SUFFIX), released))
+    observe("end_to_end", arrival, end)
+    observe("first_response", np.where(first >= 0, arrival, -1), first)
+    timed = out[:, col["end_to_end"]] >= 0
+
+    # the exclusive timeline: one pass over every row, then the streaming rows one by one
+    k = len(SEGMENT_SPANS)
+    starts = np.full((n, k), -1, dtype=np.int64)
+    ends = np.full((n, k), -1, dtype=np.int64)
+    for j, (seg, a, b) in enumerate(SEGMENT_SPANS):
+        if seg == "send":
+            http = _col(stamps, "HTTP_SEND_START") >= 0
+            sa = np.where(http, _col(stamps, "HTTP_SEND_START"), _col(stamps, "GRPC_SEND_START"))
+            sb = np.where(http, _col(stamps, "HTTP_SEND_END"), _col(stamps, "GRPC_SEND_END"))
+        else:
+            sa, sb = _col(stamps, a), _col(stamps, b)
+        both = (sa >= 0) & (sb >= 0)
+        starts[:, j] = np.where(both, sa, -1)
+        ends[:, j] = np.where(both, sb, -1)
+    rows = np.flatnonzero(timed)
+    segments = np.zeros((n, len(SEGMENTS)), dtype=np.int64)
+    segments[rows] = exclusive(starts[rows], ends[rows], arrival[rows], end[rows])
+
+    sends = (np.maximum(_col(stamps, "HTTP_SEND_END" + COUNT_SUFFIX), 0)
+             + np.maximum(_col(stamps, "GRPC_SEND_END" + COUNT_SUFFIX), 0))
+    done_count = _col(stamps, "INFER_RESPONSE_COMPLETE" + COUNT_SUFFIX)
+    responses = np.where(sends > 0, sends, np.maximum(done_count, 1))
+    gap_rows: list[int] = []
+    gaps: list[int] = []
+    streaming = timed & (stamps[:, _COUNT_COLS] >= 2).any(axis=1)
+    for i in np.flatnonzero(streaming).tolist():
+        row, ex = stamps[i], extra_of(i)
+        segments[i] = trace_segments(row, ex, int(arrival[i]), int(end[i]))
+        times = response_times(row, ex)
+        gap_rows.extend([i] * (len(times) - 1))
+        gaps.extend(b - a for a, b in itertools.pairwise(times))
+    # the handler's and the frontend's own time are their segments (never negative)
+    out[:, col["handler_overhead"]] = np.where(timed, segments[:, SEGMENT["handler_overhead"]], -1)
+    fe = timed & (protocol_codes(stamps) != Protocol.NONE)
+    out[:, col["frontend_overhead"]] = np.where(fe, segments[:, SEGMENT["frontend_overhead"]], -1)
+    return Anatomy(out, negative, implausible, segments, timed, responses,
+                   np.asarray(gap_rows, dtype=np.intp), np.asarray(gaps, dtype=np.int64))
+
+
+def custom_spans(stamps: Mapping[str, list[int]]) -> dict[str, int]:
+    """Custom activity stages of one trace: X_START -> X_END, the last of each (as Triton's
+    spans); pairs that run backwards are left out."""
+    edges: dict[str, list[int]] = {}
+    for name, times in stamps.items():
+        stage, is_start = custom_stage(name)
+        edges.setdefault(stage, [-1, -1])[0 if is_start else 1] = max(times)
+    return {s: b - a for s, (a, b) in edges.items() if a >= 0 and b >= a}

@@ -21,10 +21,26 @@ import numpy as np
 import numpy.typing as npt
 
 from .histogram import QuantileSketch
-from .stages import COLUMN, COLUMNS, PROTOCOLS, STAGES, stage_matrix
-from .traces.assembly import StreamState, Trace, TraceBatch, release_pending, resolve
+from .stages import (
+    ALL_STAGES,
+    INTER_RESPONSE,
+    KNOWN_TIMESTAMPS,
+    NCOLS,
+    PROTOCOLS,
+    REPEATED,
+    SEGMENT,
+    SEGMENT_ORDER,
+    SEGMENTS,
+    STAGES,
+    Extra,
+    custom_spans,
+    occurrences,
+    response_times,
+)
+from .traces.assembly import StreamState, Trace
+from .traces.discovery import stream_of
+from .traces.pipeline import Batch, file_batches, released
 from .traces.records import ReadResult
-from .traces.scanner import FileScan
 
 GroupKey = tuple[str, str, str]  # model, version, protocol
 
@@ -74,50 +90,46 @@ class _CountingReader:
         return int(self.fp.seek(pos))
 
 
-def iter_batches(paths: list[str], rejected: Counter[str],
-                 progress: Progress) -> Iterator[tuple[TraceBatch, npt.NDArray[np.int8]]]:
-    """Batches of countable-or-not finished traces with their protocols, in the daemon's semantics."""
+def iter_batches(paths: list[str], rejected: Counter[str], progress: Progress) -> Iterator[Batch]:
+    """Batches of finished traces with their protocols: the daemon's pipeline, file by file."""
     streams: dict[str, StreamState] = {}
 
     def reject(reason: str) -> None:
         rejected[reason] += 1
 
-    pushed_out: list[Trace] = []
     now = time.time()
     for path in paths:
-        base = path.rsplit(".", 1)[0] if path.rsplit(".", 1)[-1].isdigit() else path
-        state = streams.setdefault(base, StreamState())
-        scan = FileScan(16384, reject)
+        stream = streams.setdefault(stream_of(path), StreamState())
         result = ReadResult()
         with open(path, "rb") as fp:
             reader = _CountingReader(fp, progress)
-            for batch in scan.batches(reader, result, salvage_tail=True):  # type: ignore[arg-type]
-                yield resolve(batch, state, scan.lookup, now, pushed_out.append)
+            yield from file_batches(reader, result, stream, reject, now, salvage_tail=True)  # type: ignore[arg-type]
         if not result.complete:
             rejected["truncated_file"] += 1
-        released, codes = release_pending(state, lambda _: None, 1e18, now)
-        if released:
-            yield TraceBatch.from_traces(released), np.array(codes, dtype=np.int8)
-    for state in streams.values():
-        left, codes = release_pending(state, lambda _: None, 0, now, force=True)
-        pushed_out.extend(left)
-    if pushed_out:
-        yield TraceBatch.from_traces(pushed_out), np.zeros(len(pushed_out), dtype=np.int8)
+    for stream in streams.values():  # the input is all there is: nobody else is coming
+        yield from released(stream, now, 0, force=True)
 
 
 @dataclass
 class Group:
     traces: int = 0
     stages: dict[str, QuantileSketch] = field(default_factory=dict)
-    offsets: dict[str, int] = field(default_factory=dict)  # timeline: sum of offsets per timestamp
-    offset_counts: Counter[str] = field(default_factory=Counter)
+    responses: QuantileSketch = field(default_factory=QuantileSketch)
+    segments: list[int] = field(default_factory=lambda: [0] * len(SEGMENTS))  # ns per segment
+    timed: int = 0  # traces with a timeline
+
+    def add(self, stage: str, values: npt.NDArray[np.int64]) -> None:
+        if len(values):
+            sk = self.stages.get(stage)
+            if sk is None:
+                sk = self.stages[stage] = QuantileSketch()
+            sk.add_many(values)
 
 
 def collect(paths: list[str], models: list[str] | None, progress: Progress,
             show_trace: bool = False, out: TextIO = sys.stdout) -> tuple[dict[GroupKey, Group], Counter[str]]:
     rejected: Counter[str] = Counter()
     groups: dict[GroupKey, Group] = {}
-    wait_col = COLUMN["GRPC_WAITREAD_START"]
     for batch, codes in iter_batches(paths, rejected, progress):
         ok = batch.usable(lambda reason, n: rejected.update({reason: n}))
         if models:
@@ -125,70 +137,77 @@ def collect(paths: list[str], models: list[str] | None, progress: Progress,
             ok &= np.isin(batch.hdr, wanted)
         rows = np.flatnonzero(ok)
         keys, gidx = batch.groups(rows, codes)
+        an = batch.anatomy(rows)
+        rejected["negative_span"] += int(an.negative.sum())
+        rejected["implausible_span"] += int(an.implausible.sum())
         for k, (model, version, code) in enumerate(keys):
-            key = (model, version, PROTOCOLS[code])
-            g = groups.get(key)
-            if g is None:
-                g = groups[key] = Group()
-            sel = rows[gidx == k]
-            stamps = batch.stamps[sel]
-            g.traces += len(sel)
-            durations, negative = stage_matrix(stamps)
-            rejected["negative_span"] += int(negative.sum())
+            g = groups.setdefault((model, version, PROTOCOLS[code]), Group())
+            sel = gidx == k
+            g.traces += int(sel.sum())
+            d = an.durations[sel]
             for j, stage in enumerate(STAGES):
-                d = durations[:, j]
-                d = d[d >= 0]
-                if len(d):
-                    sk = g.stages.get(stage)
-                    if sk is None:
-                        sk = g.stages[stage] = QuantileSketch()
-                    sk.add_many(d)
-            # timeline: offsets from each trace's first timestamp (idle gRPC wait excluded)
-            st = stamps.copy()
-            st[:, wait_col] = -1
-            present = st >= 0
-            first = np.where(present, st, np.iinfo(np.int64).max).min(axis=1)
-            offs = np.where(present, st - first[:, None], 0)
-            for col in np.flatnonzero(present.any(axis=0)).tolist():
-                name = COLUMNS[col]
-                g.offsets[name] = g.offsets.get(name, 0) + int(offs[:, col].sum())
-                g.offset_counts[name] += int(present[:, col].sum())
+                g.add(stage, d[d[:, j] >= 0, j])
+            g.add(INTER_RESPONSE, an.gaps[sel[an.gap_rows]])
+            g.responses.add_many(an.responses[sel])
+            timed = sel & an.timed
+            g.timed += int(timed.sum())
+            g.segments = [a + int(b) for a, b in zip(g.segments, an.segments[timed].sum(axis=0), strict=True)]
+        if len(batch.extra) and (batch.extra[:, 1] >= NCOLS).any():
+            for k_row, i in enumerate(rows.tolist()):
+                spans = custom_spans(batch.customs_of(i))
+                if spans:
+                    model, version, code = keys[int(gidx[k_row])]
+                    g = groups[(model, version, PROTOCOLS[code])]
+                    for stage, ns in spans.items():
+                        g.add(stage, np.array([ns], dtype=np.int64))
         if show_trace:
             for i in rows.tolist():
                 t = batch.trace(i)
-                print_trace(t.model or "", t.version or "", t.id, t.parent_id, PROTOCOLS[int(codes[i])],
-                            t.stamps, out)
+                print_trace(t, PROTOCOLS[int(codes[i])], batch.stamps[i], batch.repeats(i), out)
     return groups, +rejected
 
 
-def print_trace(model: str, version: str, tid: int, parent: int | None, protocol: str,
-                stamps: dict[str, int], out: TextIO) -> None:
-    out.write(f"{model} ({version}) id {tid}{f' parent {parent}' if parent is not None else ''} [{protocol}]\n")
+def print_trace(t: Trace, protocol: str, row: npt.NDArray[np.int64], repeats: Extra, out: TextIO) -> None:
+    """One trace's timestamps in time order with the gap before each; every response of a
+    stream, and custom activities, included."""
+    parent = f" parent {t.parent_id}" if t.parent_id is not None else ""
+    responses = response_times(row, repeats)
+    out.write(f"{t.model} ({t.version}) id {t.id}{parent} [{protocol}]"
+              f"{f' {len(responses)} responses' if len(responses) > 1 else ''}\n")
+    events = [(ns, name) for name, ns in t.stamps.items() if name in KNOWN_TIMESTAMPS and name not in REPEATED]
+    for name in REPEATED:
+        events.extend((ns, name) for ns in occurrences(row, repeats, name))
+    events.extend((ns, name) for name, ns in t.extra if name not in REPEATED)
     prev: int | None = None
-    for name, ns in sorted(stamps.items(), key=lambda kv: kv[1]):
+    for ns, name in sorted(events):
         gap = "" if prev is None else f"+{(ns - prev) / 1000:.1f}us"
         out.write(f"    {name:<24}{gap:>14}\n")
         prev = ns
 
 
-def stage_stats(sk: QuantileSketch) -> dict[str, float]:
-    """count, exact mean and p50/p90/p99 (within 0.5%) in seconds."""
+def stage_stats(sk: QuantileSketch, scale: float = 1e9) -> dict[str, float]:
+    """count, exact mean and p50/p90/p99 (within 0.5%), in seconds (scale 1: as counted)."""
     return {
         "count": sk.count,
-        "mean": sk.mean / 1e9,
-        "p50": sk.quantile(0.50) / 1e9,
-        "p90": sk.quantile(0.90) / 1e9,
-        "p99": sk.quantile(0.99) / 1e9,
+        "mean": sk.mean / scale,
+        "p50": sk.quantile(0.50) / scale,
+        "p90": sk.quantile(0.90) / scale,
+        "p99": sk.quantile(0.99) / scale,
     }
 
 
 def timeline(g: Group) -> list[dict[str, float | str]]:
-    means = sorted(((g.offsets[n] / g.offset_counts[n], n) for n in g.offsets), key=lambda x: x[0])
+    """Mean time per exclusive segment, in request order: the rows add up to the mean end_to_end."""
     rows: list[dict[str, float | str]] = []
-    prev = 0.0
-    for mean, name in means:
-        rows.append({"timestamp": name, "offset": mean / 1e9, "interval": (mean - prev) / 1e9})
-        prev = mean
+    offset = 0.0
+    total = sum(g.segments)
+    for seg in SEGMENT_ORDER:
+        ns = g.segments[SEGMENT[seg]]
+        if not ns:
+            continue
+        mean = ns / g.timed / 1e9
+        rows.append({"segment": seg, "offset": offset, "mean": mean, "share": ns / total})
+        offset += mean
     return rows
 
 
@@ -200,30 +219,38 @@ def print_table(groups: dict[GroupKey, Group], rejected: Counter[str], out: Text
     for (model, version, protocol), g in sorted(groups.items()):
         out.write(f"\n{model} (version {version}) over {protocol}: {g.traces} traces\n")
         out.write(f"  {'stage':<18}{'count':>8}{'mean ms':>11}{'p50 ms':>11}{'p90 ms':>11}{'p99 ms':>11}\n")
-        for stage in STAGES:
-            if stage not in g.stages:
-                continue
+        for stage in sorted(g.stages, key=_stage_order):
             st = stage_stats(g.stages[stage])
             out.write(f"  {stage:<18}{int(st['count']):>8} {_ms(st['mean'])} {_ms(st['p50'])} "
                       f"{_ms(st['p90'])} {_ms(st['p99'])}\n")
+        if g.responses.count and g.responses.quantile(1.0) > 1:
+            r = stage_stats(g.responses, 1)
+            out.write(f"  {'responses':<18}{int(r['count']):>8} {r['mean']:10.2f} {r['p50']:10.0f} "
+                      f"{r['p90']:10.0f} {r['p99']:10.0f}   (per request)\n")
     if not groups:
         out.write("no complete traces found (traces need REQUEST_START and REQUEST_END)\n")
     if rejected:
         out.write("\nrejected: " + ", ".join(f"{k}={v}" for k, v in sorted(rejected.items())) + "\n")
 
 
+def _stage_order(stage: str) -> tuple[int, str]:
+    return (ALL_STAGES.index(stage), "") if stage in ALL_STAGES else (len(ALL_STAGES), stage)
+
+
 def print_timeline(groups: dict[GroupKey, Group], out: TextIO) -> None:
+    width = 40
     for (model, version, protocol), g in sorted(groups.items()):
         rows = timeline(g)
-        total = float(rows[-1]["offset"]) if rows else 0.0
-        out.write(f"\n{model} (version {version}) over {protocol}: mean timeline of {g.traces} traces\n")
-        out.write(f"  {'timestamp':<24}{'offset ms':>11}{'interval ms':>13}  \n")
+        total = sum(float(r["mean"]) for r in rows)
+        out.write(f"\n{model} (version {version}) over {protocol}: where the time of {g.timed} traces goes "
+                  f"(exclusive segments; they add up to end_to_end)\n")
+        out.write(f"  {'segment':<20}{'mean ms':>11}{'share':>8}  \n")
         for r in rows:
-            off, itv = float(r["offset"]), float(r["interval"])
-            width = 40
-            start = int(width * (off - itv) / total) if total else 0
-            bar = " " * start + "#" * max(1 if itv > 0 else 0, int(width * itv / total) if total else 0)
-            out.write(f"  {r['timestamp']!s:<24}{off * 1e3:11.3f}{itv * 1e3:13.3f}  |{bar:<{width}}|\n")
+            off, mean = float(r["offset"]), float(r["mean"])
+            start = int(width * off / total) if total else 0
+            bar = " " * start + "#" * max(1, round(width * mean / total) if total else 0)
+            out.write(f"  {r['segment']!s:<20}{mean * 1e3:11.3f}{float(r['share']):8.1%}  |{bar[:width]:<{width}}|\n")
+        out.write(f"  {'end_to_end':<20}{total * 1e3:11.3f}{1:8.1%}\n")
 
 
 def as_json(groups: dict[GroupKey, Group], rejected: Counter[str], files: int) -> dict[str, Any]:
@@ -232,7 +259,8 @@ def as_json(groups: dict[GroupKey, Group], rejected: Counter[str], files: int) -
         "groups": [
             {
                 "model": m, "version": v, "protocol": p, "traces": g.traces,
-                "stages": {s: stage_stats(g.stages[s]) for s in STAGES if s in g.stages},
+                "stages": {s: stage_stats(g.stages[s]) for s in sorted(g.stages, key=_stage_order)},
+                "responses": stage_stats(g.responses, 1),
                 "timeline": timeline(g),
             }
             for (m, v, p), g in sorted(groups.items())

@@ -13,23 +13,26 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TextIO
 
+from .stages import SPANS
 from .traces.assembly import Trace
 from .traces.records import ChunkEnd, Header, ReadResult, Stamps, read_records
 
+_SPAN = {stage.upper(): (a, b) for stage, a, b in SPANS}  # trace_summary.py's names are ours upper-cased
+
+
+def _spans(*names: str) -> tuple[tuple[str, str, str], ...]:
+    return tuple((n, *_SPAN[n]) for n in names)
+
+
 FRONTENDS = {
-    "http": ("HTTP_RECV_START", (("HTTP_INFER", "HTTP_RECV_START", "HTTP_SEND_END"),
-                                 ("HTTP_RECV", "HTTP_RECV_START", "HTTP_RECV_END"),
-                                 ("HTTP_SEND", "HTTP_SEND_START", "HTTP_SEND_END")), "HTTP_SEND_END"),
-    "grpc": ("GRPC_WAITREAD_START", (("GRPC_INFER", "GRPC_WAITREAD_END", "GRPC_SEND_END"),
-                                     ("GRPC_SEND", "GRPC_SEND_START", "GRPC_SEND_END")), "GRPC_SEND_END"),
+    "http": ("HTTP_RECV_START", _spans("HTTP_INFER", "HTTP_RECV", "HTTP_SEND"), "HTTP_SEND_END"),
+    "grpc": ("GRPC_WAITREAD_START", _spans("GRPC_INFER", "GRPC_SEND"), "GRPC_SEND_END"),
 }
 # the span whose two ends must both be present for the frontend's spans to be summed
-FRONTEND_GATE = {"http": ("HTTP_RECV_START", "HTTP_SEND_END"), "grpc": ("GRPC_WAITREAD_END", "GRPC_SEND_END")}
-CORE = (("REQUEST", "REQUEST_START", "REQUEST_END"),)
-QUEUE_COMPUTE = (("QUEUE", "QUEUE_START", "COMPUTE_START"), ("COMPUTE", "COMPUTE_START", "COMPUTE_END"))
-COMPUTE_PARTS = (("COMPUTE_INPUT", "COMPUTE_START", "COMPUTE_INPUT_END"),
-                 ("COMPUTE_INFER", "COMPUTE_INPUT_END", "COMPUTE_OUTPUT_START"),
-                 ("COMPUTE_OUTPUT", "COMPUTE_OUTPUT_START", "COMPUTE_END"))
+FRONTEND_GATE = {"http": _SPAN["HTTP_INFER"], "grpc": _SPAN["GRPC_INFER"]}
+CORE = _spans("REQUEST")
+QUEUE_COMPUTE = _spans("QUEUE", "COMPUTE")
+COMPUTE_PARTS = _spans("COMPUTE_INPUT", "COMPUTE_INFER", "COMPUTE_OUTPUT")
 
 
 @dataclass

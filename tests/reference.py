@@ -27,22 +27,31 @@ SPANS = [
 ]
 
 
+REPEATED = {"GRPC_SEND_START", "GRPC_SEND_END", "HTTP_SEND_START", "HTTP_SEND_END", "INFER_RESPONSE_COMPLETE"}
+KNOWN = {n for _, a, b in SPANS for n in (a, b)} | {"INFER_RESPONSE_COMPLETE", "CUSTOM_ACTIVITY"}
+# segment priority: the first whose interval holds an instant owns it; the rest is the frontend's
+SEGMENT_PRIORITY = ["compute_input", "compute_infer", "compute_output", "queue", "send", "between_responses",
+                    "handler_overhead", "recv"]
+
+
 def load_traces(paths: list[str]) -> dict[tuple[str, int], dict[str, Any]]:
+    """Every trace, with every occurrence of each timestamp name (0 ns: not captured, left out)."""
     traces: dict[tuple[str, int], dict[str, Any]] = {}
     for path in paths:
         base = path.rsplit(".", 1)[0] if path.rsplit(".", 1)[-1].isdigit() else path
         with open(path) as f:
             data = json.load(f)
         for obj in data:
-            t = traces.setdefault((base, obj["id"]), {"ts": {}})
+            t = traces.setdefault((base, obj["id"]), {"all": defaultdict(list)})
             for stamp in obj.get("timestamps", []):
-                t["ts"][stamp["name"]] = stamp["ns"]
+                if stamp["ns"]:
+                    t["all"][stamp["name"]].append(stamp["ns"])
             for k in ("model_name", "model_version", "parent_id", "request_id"):
                 if k in obj:
                     t[k] = obj[k]
+    for t in traces.values():  # spans take the last: the latest of a repeated name, else the last written
+        t["ts"] = {n: (max(v) if n in REPEATED else v[-1]) for n, v in t["all"].items() if n in KNOWN}
     return traces
-
-
 def protocol(traces: dict[tuple[str, int], dict[str, Any]], key: tuple[str, int]) -> str:
     t = traces[key]
     while "parent_id" in t and (key[0], t["parent_id"]) in traces:
@@ -58,41 +67,97 @@ def protocol(traces: dict[tuple[str, int], dict[str, Any]], key: tuple[str, int]
     return "none"
 
 
+def responses_out(t: dict[str, Any]) -> list[int]:
+    a = t["all"]
+    sends = sorted(a.get("HTTP_SEND_END", []) + a.get("GRPC_SEND_END", []))
+    return sends or sorted(a.get("INFER_RESPONSE_COMPLETE", [])) or [t["ts"]["REQUEST_END"]]
+
+
+def segments(t: dict[str, Any], lo: int, hi: int) -> dict[str, int]:
+    """Who owns each elementary piece of [lo, hi] between consecutive interval ends."""
+    ts, a = t["ts"], t["all"]
+    iv: list[tuple[str, int, int]] = []
+
+    def span(seg: str, x: str, y: str) -> None:
+        if x in ts and y in ts:
+            iv.append((seg, ts[x], ts[y]))
+
+    span("compute_input", "COMPUTE_START", "COMPUTE_INPUT_END")
+    span("compute_infer", "COMPUTE_INPUT_END", "COMPUTE_OUTPUT_START")
+    span("compute_output", "COMPUTE_OUTPUT_START", "COMPUTE_END")
+    span("queue", "QUEUE_START", "COMPUTE_START")
+    for x, y in (("HTTP_SEND_START", "HTTP_SEND_END"), ("GRPC_SEND_START", "GRPC_SEND_END")):
+        for s0, e0 in zip(sorted(a.get(x, [])), sorted(a.get(y, []))):
+            iv.append(("send", s0, e0))
+    span("between_responses", "REQUEST_END", "INFER_RESPONSE_COMPLETE")
+    span("handler_overhead", "REQUEST_START", "REQUEST_END")
+    span("recv", "HTTP_RECV_START", "HTTP_RECV_END")
+    points = sorted({lo, hi} | {min(max(p, lo), hi) for _, x, y in iv for p in (x, y)})
+    out: dict[str, int] = defaultdict(int)
+    for x, y in zip(points, points[1:]):
+        owners = [seg for seg, s0, e0 in iv if s0 <= x and y <= e0 and e0 > s0]
+        owner = min(owners, key=SEGMENT_PRIORITY.index) if owners else "frontend_overhead"
+        out[owner] += y - x
+    return out
+
+
 def stage_stats(paths: list[str]) -> dict[str, Any]:
     """{'traces': {(model, version, protocol): n}, 'stages': {(model, version, protocol, stage): [count, sum_ns]},
-    'negative': n}"""
+    'negative': n, 'responses': {(model, version, protocol): [count, sum]},
+    'timeline': {(model, version, protocol, segment): ns}}"""
     traces = load_traces(paths)
     counts: dict[tuple[str, str, str], int] = defaultdict(int)
     stages: dict[tuple[str, str, str, str], list[int]] = defaultdict(lambda: [0, 0])
+    responses: dict[tuple[str, str, str], list[int]] = defaultdict(lambda: [0, 0])
+    timeline: dict[tuple[str, str, str, str], int] = defaultdict(int)
     negative = 0
+
+    def add(key: tuple[str, str, str, str], d: int) -> None:
+        stages[key][0] += 1
+        stages[key][1] += d
+
     for key, t in traces.items():
         ts = t["ts"]
         if "model_name" not in t or "REQUEST_START" not in ts or "REQUEST_END" not in ts:
             continue
         labels = (t["model_name"], str(t["model_version"]), protocol(traces, key))
         counts[labels] += 1
-        got = {}
         for stage, a, b in SPANS:
             if a in ts and b in ts:
                 d = ts[b] - ts[a]
                 if d < 0:
                     negative += 1
                     continue
-                got[stage] = d
-        if "request" in got and "queue" in got and "compute" in got:
-            d = got["request"] - got["queue"] - got["compute"]
-            if d < 0:
-                negative += 1
-            else:
-                got["handler_overhead"] = d
-        if all(k in got for k in ("http_infer", "request", "http_recv", "http_send")):
-            d = got["http_infer"] - got["request"] - got["http_recv"] - got["http_send"]
-            if d < 0:
-                negative += 1
-            else:
-                got["frontend_overhead"] = d
-        for stage, d in got.items():
-            s = stages[(*labels, stage)]
-            s[0] += 1
-            s[1] += d
-    return {"traces": dict(counts), "stages": dict(stages), "negative": negative}
+                add((*labels, stage), d)
+        arrival = ts.get("HTTP_RECV_START", ts.get("GRPC_WAITREAD_END", ts["REQUEST_START"]))
+        outs = responses_out(t)
+        ends = [ts[n] for n in ("HTTP_SEND_END", "GRPC_SEND_END", "INFER_RESPONSE_COMPLETE") if n in ts]
+        end = max(ends) if ends else ts["REQUEST_END"]
+        responses[labels][0] += 1
+        responses[labels][1] += len(outs)
+        if end < arrival:
+            negative += 1
+            continue
+        add((*labels, "end_to_end"), end - arrival)
+        if outs[0] >= arrival:
+            add((*labels, "first_response"), outs[0] - arrival)
+        else:
+            negative += 1
+        for x, y in zip(outs, outs[1:]):
+            add((*labels, "inter_response"), y - x)
+        segs = segments(t, arrival, end)
+        for seg, ns in segs.items():
+            timeline[(*labels, seg)] += ns
+        add((*labels, "handler_overhead"), segs.get("handler_overhead", 0))
+        if any(n.startswith(("HTTP_", "GRPC_")) for n in ts):  # its own frontend (children have none)
+            add((*labels, "frontend_overhead"), segs.get("frontend_overhead", 0))
+        customs: dict[str, list[int]] = {}
+        for name, v in t["all"].items():
+            if name not in KNOWN and (name.endswith("_START") or name.endswith("_END")):
+                base, _, edge = name.rpartition("_")
+                customs.setdefault("custom_" + base.lower(), [-1, -1])[edge == "END"] = max(v)
+        for stage, (s0, e0) in customs.items():
+            if s0 >= 0 and e0 >= s0:
+                add((*labels, stage), e0 - s0)
+    return {"traces": dict(counts), "stages": dict(stages), "negative": negative,
+            "responses": dict(responses), "timeline": {k: v for k, v in timeline.items() if v}}

@@ -3,6 +3,7 @@ the timeline, and user errors."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from exporter.cli import main
+from exporter.stages import SEGMENT_ORDER
 from tests import reference, tracegen
 from tests.conftest import ROLLING_TRACES
 
@@ -54,16 +56,25 @@ def test_show_trace_prints_each_trace_with_gaps(capsys: pytest.CaptureFixture[st
     assert gaps and all(float(g) >= 0 for g in gaps)  # timestamps printed in time order
 
 
-def test_timeline_orders_stages_and_sums_intervals(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_timeline_segments_add_up_to_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     f = tmp_path / "t.json"
     tracegen.write_file(str(f), tracegen.traces(200, seed=3))
     assert main(["summary", "--timeline", str(f)]) == 0
     out = capsys.readouterr().out
-    for block in out.strip().split("\n\n"):
-        rows = re.findall(r"^  ([A-Z_]+)\s+([\d.]+)\s+([\d.]+)\s+\|", block, flags=re.M)
-        offsets = [float(r[1]) for r in rows]
-        assert offsets == sorted(offsets)
-        assert sum(float(r[2]) for r in rows) == pytest.approx(offsets[-1], abs=0.01)
+    assert main(["summary", "--format", "json", str(f)]) == 0
+    groups = {(g["model"], g["protocol"]): g for g in json.loads(capsys.readouterr().out)["groups"]}
+    blocks = [b for b in out.strip().split("\n\n") if b.strip()]
+    assert len(blocks) == len(groups)
+    for block in blocks:
+        model, protocol = re.match(r"(\S+) \(version \S+\) over (\w+):", block).groups()  # type: ignore[union-attr]
+        rows = re.findall(r"^  ([a-z_]+)\s+([\d.]+)\s+([\d.]+)%\s+\|", block, flags=re.M)
+        names = [r[0] for r in rows]
+        assert names == [s for s in SEGMENT_ORDER if s in names]  # request order
+        total = float(re.search(r"^  end_to_end\s+([\d.]+)", block, flags=re.M).group(1))  # type: ignore[union-attr]
+        assert sum(float(r[1]) for r in rows) == pytest.approx(total, abs=0.005)
+        e2e = groups[(model, protocol)]["stages"]["end_to_end"]["mean"] * 1e3
+        assert total == pytest.approx(e2e, abs=0.0005)
+        assert sum(float(r[2]) for r in rows) == pytest.approx(100, abs=0.3)
 
 
 def test_table_and_model_filter(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

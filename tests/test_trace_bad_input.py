@@ -26,7 +26,7 @@ BAD_OBJECTS = {
                    '{"id":900003,"model_name":["a"],"model_version":1}'],
     "missing_field": ['{"id":900004}', '{"id":900005,"model_name":"m"}',
                       '{"id":900006,"timestamps":[{"name":"REQUEST_END"}]}'],
-    "unknown_timestamp": ['{"id":900007,"timestamps":[{"name":"WARP_DRIVE_START","ns":5}]}'],
+    "unknown_timestamp": ['{"id":900007,"timestamps":[{"name":"WARP_DRIVE","ns":5}]}'],
     "malformed_json": ['{"id":900008,"timestamps":[{"name":"REQUEST_START",,"ns":1}]}',
                        '{"id":900009,"model_name":"m""model_version":1}'],
 }
@@ -189,15 +189,18 @@ def test_fuzz_garbage_between_traces_never_loses_good_traces(tmp_path: Path, ins
     for i, g in enumerate(groups):
         pieces.extend(where.get(i, []))
         pieces.append(",".join(g).encode())
+    pieces.extend(where.get(len(groups), []))  # garbage after the last trace, too
     d = Path(tempfile.mkdtemp(dir=tmp_path))
     (d / "trace.json.0").write_bytes(b"[" + b",".join(pieces) + b"]")
-    t = tailer(str(d / "trace.json"))
+    # settle 0: a file whose tail is garbage looks unfinished and is read as truncated at once
+    t = tailer(str(d / "trace.json"), settle_seconds=0)
     t.poll()
     # garbage that parses as a fragment of an existing id could only add stamps to a trace
     # (last wins); garbage never removes a good trace
     assert sum(t.live.traces.values()) == 30
     if inserts:
-        assert sum(t.live.rejected.values()) >= 1 or all(not g.strip() for _, g in inserts)
+        harmless = all(not g.strip() or g.endswith(b'"timestamps":[]}') for _, g in inserts)  # nothing to reject
+        assert sum(t.live.rejected.values()) >= 1 or harmless
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -5,7 +5,9 @@
  * unknown timestamp names, odd numbers -- is handed back to Python, which
  * decodes it with the reference code and injects the result, so both paths
  * count exactly the same. Knows nothing of Triton's names: the column names
- * are given by Python (exporter/stages.py). */
+ * and which of them repeat are given by Python (exporter/stages.py, whose
+ * merge_stamp() is the rule followed here). Also home of exclusive(), the
+ * timeline's per-row sweep. */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
@@ -20,13 +22,17 @@ typedef struct {
     int32_t hdr;        /* index into the header table, -1: no header seen */
     PyObject *rid;      /* owned, or NULL */
     int64_t stamps[MAX_COLS];
+    int64_t *ext;       /* (code, ns) pairs: occurrences of a name repeated > 2 times, custom activities */
+    Py_ssize_t ext_n, ext_cap;
 } Slot;
 
 typedef struct {
     PyObject_HEAD
-    int ncols;
+    int ncols;          /* columns of a row */
+    int nnames;         /* the first nnames columns are names a file can hold */
     char *names[MAX_COLS];
     Py_ssize_t name_len[MAX_COLS];
+    int first_col[MAX_COLS], count_col[MAX_COLS]; /* of a repeated name; -1: not repeated */
     Py_ssize_t window;
     /* FIFO ring of open slots, in order of first appearance */
     Slot *ring;
@@ -39,6 +45,8 @@ typedef struct {
     int64_t *out_ids, *out_parents, *out_stamps;
     int32_t *out_hdr;
     Py_ssize_t out_n, out_cap;
+    int64_t *out_ext;   /* (row, code, ns) triples of the finished rows */
+    Py_ssize_t out_ext_n, out_ext_cap;
     PyObject *out_rids;
     PyObject *hdr_index, *hdr_list; /* (model, version) -> index, and the table */
     Py_ssize_t objects; /* objects decoded on the fast path */
@@ -97,6 +105,39 @@ static int out_grow(Scanner *s) {
     return 0;
 }
 
+static int push_ext(Slot *t, int64_t code, int64_t ns) {
+    if (t->ext_n == t->ext_cap) {
+        Py_ssize_t cap = t->ext_cap ? t->ext_cap * 2 : 8;
+        int64_t *a = PyMem_Realloc(t->ext, cap * 2 * sizeof(int64_t));
+        if (!a) { PyErr_NoMemory(); return -1; }
+        t->ext = a; t->ext_cap = cap;
+    }
+    t->ext[2 * t->ext_n] = code;
+    t->ext[2 * t->ext_n + 1] = ns;
+    t->ext_n++;
+    return 0;
+}
+
+/* One timestamp into an open trace: stages.merge_stamp's rule. 0 ns means not captured. */
+static int set_stamp(Scanner *s, Slot *t, int col, int64_t ns) {
+    if (ns == 0) return 0;
+    int fc = s->first_col[col];
+    if (fc < 0) { t->stamps[col] = ns; return 0; }
+    int cc = s->count_col[col];
+    int64_t count = t->stamps[cc] < 0 ? 0 : t->stamps[cc];
+    if (count == 0) {
+        t->stamps[col] = t->stamps[fc] = ns;
+    } else {
+        int64_t first = t->stamps[fc], last = t->stamps[col];
+        if (count == 2 && (push_ext(t, col, first) < 0 || push_ext(t, col, last) < 0)) return -1;
+        if (count >= 2 && push_ext(t, col, ns) < 0) return -1;
+        if (ns < first) t->stamps[fc] = ns;
+        if (ns > last) t->stamps[col] = ns;
+    }
+    t->stamps[cc] = count + 1;
+    return 0;
+}
+
 /* Move the oldest open trace to the output. */
 static int finish_oldest(Scanner *s) {
     Slot *t = &s->ring[s->head];
@@ -107,6 +148,20 @@ static int finish_oldest(Scanner *s) {
     s->out_parents[n] = t->parent;
     memcpy(&s->out_stamps[n * s->ncols], t->stamps, s->ncols * sizeof(int64_t));
     s->out_hdr[n] = t->hdr;
+    if (t->ext_n) {
+        if (s->out_ext_n + t->ext_n > s->out_ext_cap) {
+            Py_ssize_t cap = s->out_ext_cap ? s->out_ext_cap : 1024;
+            while (cap < s->out_ext_n + t->ext_n) cap *= 2;
+            int64_t *a = PyMem_Realloc(s->out_ext, cap * 3 * sizeof(int64_t));
+            if (!a) { PyErr_NoMemory(); return -1; }
+            s->out_ext = a; s->out_ext_cap = cap;
+        }
+        for (Py_ssize_t i = 0; i < t->ext_n; i++) {
+            int64_t *e = &s->out_ext[3 * s->out_ext_n++];
+            e[0] = n; e[1] = t->ext[2 * i]; e[2] = t->ext[2 * i + 1];
+        }
+        t->ext_n = 0;
+    }
     if (PyList_Append(s->out_rids, t->rid ? t->rid : Py_None) < 0) return -1;
     Py_CLEAR(t->rid);
     s->out_n++;
@@ -133,6 +188,7 @@ static Slot *get_slot(Scanner *s, int64_t id) {
     Slot *t = &s->ring[pos];
     t->id = id; t->parent = -1; t->hdr = -1;
     t->rid = NULL;
+    t->ext_n = 0; /* the buffer of a reused slot is kept */
     for (int c = 0; c < s->ncols; c++) t->stamps[c] = -1;
     Py_ssize_t free_at = -1 - h;
     s->hkeys[free_at] = id;
@@ -226,7 +282,7 @@ static int key_is(const unsigned char *k, Py_ssize_t n, const char *want) {
 }
 
 static inline int column_of(Scanner *s, const unsigned char *name, Py_ssize_t n) {
-    for (int i = 0; i < s->ncols; i++)
+    for (int i = 0; i < s->nnames; i++)
         if (s->name_len[i] == n && memcmp(s->names[i], name, n) == 0) return i;
     return -1;
 }
@@ -311,7 +367,8 @@ static int fast_object(Scanner *s, const unsigned char *a, const unsigned char *
         if (seen != (K_ID | K_TS)) return 0;
         Slot *t = get_slot(s, id);
         if (!t) return -1;
-        for (int i = 0; i < ncols_seen; i++) t->stamps[cols[i]] = ns_vals[i];
+        for (int i = 0; i < ncols_seen; i++)
+            if (set_stamp(s, t, cols[i], ns_vals[i]) < 0) return -1;
         return 1;
     }
     if (!(seen & K_MODEL) || !(seen & K_VERSION)) return 0;
@@ -399,8 +456,7 @@ static PyObject *Scanner_feed(Scanner *s, PyObject *args) {
             while (q < end && (*q == ',' || is_ws(*q))) q++;
             if (starts_at(q, end)) {
                 Slot *t = get_slot(s, id);
-                if (!t) goto done;
-                t->stamps[col] = ns;
+                if (!t || set_stamp(s, t, col, ns) < 0) goto done;
                 s->objects++;
                 a = q;
                 continue;
@@ -445,10 +501,18 @@ static PyObject *Scanner_inject_stamp(Scanner *s, PyObject *args) {
     long long id, ns;
     int col;
     if (!PyArg_ParseTuple(args, "LiL", &id, &col, &ns)) return NULL;
-    if (col < 0 || col >= s->ncols) { PyErr_SetString(PyExc_ValueError, "column"); return NULL; }
+    if (col < 0 || col >= s->nnames) { PyErr_SetString(PyExc_ValueError, "column"); return NULL; }
     Slot *t = get_slot(s, id);
-    if (!t) return NULL;
-    t->stamps[col] = ns;
+    if (!t || set_stamp(s, t, col, ns) < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Scanner_inject_extra(Scanner *s, PyObject *args) {
+    long long id, code, ns;
+    if (!PyArg_ParseTuple(args, "LLL", &id, &code, &ns)) return NULL;
+    if (code < s->ncols) { PyErr_SetString(PyExc_ValueError, "code"); return NULL; }
+    Slot *t = get_slot(s, id);
+    if (!t || push_ext(t, code, ns) < 0) return NULL;
     Py_RETURN_NONE;
 }
 
@@ -460,7 +524,7 @@ static PyObject *Scanner_lookup(Scanner *s, PyObject *arg) {
     Slot *t = &s->ring[s->hvals[h]];
     PyObject *d = PyDict_New();
     if (!d) return NULL;
-    for (int c = 0; c < s->ncols; c++) {
+    for (int c = 0; c < s->nnames; c++) {
         if (t->stamps[c] < 0) continue;
         PyObject *v = PyLong_FromLongLong(t->stamps[c]);
         if (!v || PyDict_SetItemString(d, s->names[c], v) < 0) { Py_XDECREF(v); Py_DECREF(d); return NULL; }
@@ -482,13 +546,16 @@ static PyObject *Scanner_take(Scanner *s, PyObject *unused) {
     PyObject *parents = PyBytes_FromStringAndSize((const char *)s->out_parents, n * sizeof(int64_t));
     PyObject *stamps = PyBytes_FromStringAndSize((const char *)s->out_stamps, n * s->ncols * sizeof(int64_t));
     PyObject *hdrs = PyBytes_FromStringAndSize((const char *)s->out_hdr, n * sizeof(int32_t));
-    if (!ids || !parents || !stamps || !hdrs) {
-        Py_XDECREF(ids); Py_XDECREF(parents); Py_XDECREF(stamps); Py_XDECREF(hdrs); return NULL;
+    PyObject *ext = PyBytes_FromStringAndSize((const char *)s->out_ext, s->out_ext_n * 3 * sizeof(int64_t));
+    if (!ids || !parents || !stamps || !hdrs || !ext) {
+        Py_XDECREF(ids); Py_XDECREF(parents); Py_XDECREF(stamps); Py_XDECREF(hdrs); Py_XDECREF(ext);
+        return NULL;
     }
-    PyObject *res = Py_BuildValue("(NNNNO)", ids, parents, stamps, hdrs, s->out_rids);
+    PyObject *res = Py_BuildValue("(NNNNON)", ids, parents, stamps, hdrs, s->out_rids, ext);
     if (!res) return NULL;
     Py_SETREF(s->out_rids, PyList_New(0));
     s->out_n = 0;
+    s->out_ext_n = 0;
     if (!s->out_rids) { Py_DECREF(res); return NULL; }
     return res;
 }
@@ -497,13 +564,26 @@ static PyObject *Scanner_pending(Scanner *s, void *closure) { return PyLong_From
 static PyObject *Scanner_objects(Scanner *s, void *closure) { return PyLong_FromSsize_t(s->objects); }
 static PyObject *Scanner_headers(Scanner *s, void *closure) { return Py_NewRef(s->hdr_list); }
 
+/* Scanner(names, ncols, first_col, count_col, window): names are the columns a file's
+ * timestamp names map to (the first columns); first_col/count_col per name, -1 where it
+ * does not repeat; ncols the whole row. */
 static int Scanner_init(Scanner *s, PyObject *args, PyObject *kw) {
-    PyObject *names;
-    Py_ssize_t window;
-    if (!PyArg_ParseTuple(args, "O!n", &PyTuple_Type, &names, &window)) return -1;
+    PyObject *names, *firsts, *counts;
+    Py_ssize_t window, ncols;
+    if (!PyArg_ParseTuple(args, "O!nO!O!n", &PyTuple_Type, &names, &ncols, &PyTuple_Type, &firsts,
+                          &PyTuple_Type, &counts, &window)) return -1;
     Py_ssize_t k = PyTuple_GET_SIZE(names);
-    if (k > MAX_COLS || window < 1) { PyErr_SetString(PyExc_ValueError, "too many columns or bad window"); return -1; }
-    s->ncols = (int)k;
+    if (ncols > MAX_COLS || k > ncols || window < 1 || PyTuple_GET_SIZE(firsts) != k || PyTuple_GET_SIZE(counts) != k) {
+        PyErr_SetString(PyExc_ValueError, "too many columns or bad window"); return -1;
+    }
+    s->ncols = (int)ncols;
+    s->nnames = (int)k;
+    for (Py_ssize_t i = 0; i < k; i++) {
+        long f = PyLong_AsLong(PyTuple_GET_ITEM(firsts, i)), c = PyLong_AsLong(PyTuple_GET_ITEM(counts, i));
+        if (PyErr_Occurred()) return -1;
+        if (f >= ncols || c >= ncols || (f < 0) != (c < 0)) { PyErr_SetString(PyExc_ValueError, "repeat columns"); return -1; }
+        s->first_col[i] = (int)f; s->count_col[i] = (int)c;
+    }
     for (Py_ssize_t i = 0; i < k; i++) {
         Py_ssize_t n;
         const char *u = PyUnicode_AsUTF8AndSize(PyTuple_GET_ITEM(names, i), &n);
@@ -534,9 +614,11 @@ static void Scanner_dealloc(Scanner *s) {
             Slot *t = &s->ring[(s->head + i) % s->window];
             Py_CLEAR(t->rid);
         }
+        for (Py_ssize_t i = 0; i < s->window; i++) PyMem_Free(s->ring[i].ext);
         PyMem_Free(s->ring);
     }
-    for (int i = 0; i < s->ncols; i++) PyMem_Free(s->names[i]);
+    for (int i = 0; i < s->nnames; i++) PyMem_Free(s->names[i]);
+    PyMem_Free(s->out_ext);
     PyMem_Free(s->hkeys); PyMem_Free(s->hvals);
     PyMem_Free(s->out_ids); PyMem_Free(s->out_parents); PyMem_Free(s->out_stamps); PyMem_Free(s->out_hdr);
     Py_XDECREF(s->out_rids); Py_XDECREF(s->hdr_index); Py_XDECREF(s->hdr_list);
@@ -547,6 +629,7 @@ static PyMethodDef Scanner_methods[] = {
     {"feed", (PyCFunction)Scanner_feed, METH_VARARGS, "feed(buf, pos, final) -> (pos, status, end)"},
     {"inject_header", (PyCFunction)Scanner_inject_header, METH_VARARGS, "a header decoded by Python"},
     {"inject_stamp", (PyCFunction)Scanner_inject_stamp, METH_VARARGS, "a timestamp decoded by Python"},
+    {"inject_extra", (PyCFunction)Scanner_inject_extra, METH_VARARGS, "(id, code >= ncols, ns): a custom activity"},
     {"lookup", (PyCFunction)Scanner_lookup, METH_O, "(parent, stamps) of an open trace, or None"},
     {"finish_all", (PyCFunction)Scanner_finish_all, METH_NOARGS, "finish every open trace"},
     {"take", (PyCFunction)Scanner_take, METH_NOARGS, "the finished traces as columns"},
@@ -572,7 +655,66 @@ static PyTypeObject ScannerType = {
     .tp_getset = Scanner_getset,
 };
 
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_scan", "Fast trace-file scanner.", -1, NULL};
+/* ---- the exclusive timeline ---------------------------------------------------- */
+
+/* exclusive(starts, ends, lo, hi, k) -> bytes of int64 [n, k+1]: per row, the time of
+ * [lo, hi] each of its k intervals owns, interval j winning over every later one where
+ * they overlap, column k the time none covers (stages.exclusive_reference's rule).
+ * An interval with a negative start or end <= start is empty. */
+#define MAX_K 16
+static PyObject *exclusive(PyObject *self, PyObject *args) {
+    Py_buffer bs, be, bl, bh;
+    int k;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*i", &bs, &be, &bl, &bh, &k)) return NULL;
+    PyObject *res = NULL;
+    Py_ssize_t n = bl.len / (Py_ssize_t)sizeof(int64_t);
+    if (k < 1 || k > MAX_K || bs.len != n * k * (Py_ssize_t)sizeof(int64_t) || be.len != bs.len || bh.len != bl.len) {
+        PyErr_SetString(PyExc_ValueError, "exclusive: shapes");
+        goto done;
+    }
+    res = PyBytes_FromStringAndSize(NULL, n * (k + 1) * sizeof(int64_t));
+    if (!res) goto done;
+    const int64_t *st = bs.buf, *en = be.buf, *lo = bl.buf, *hi = bh.buf;
+    int64_t *out = (int64_t *)PyBytes_AS_STRING(res);
+    for (Py_ssize_t r = 0; r < n; r++) {
+        const int64_t *a = st + r * k, *b = en + r * k;
+        int64_t *o = out + r * (k + 1);
+        int64_t pts[2 * MAX_K + 2];
+        int np_ = 0;
+        int64_t L = lo[r], H = hi[r];
+        for (int j = 0; j <= k; j++) o[j] = 0;
+        pts[np_++] = L; pts[np_++] = H;
+        for (int j = 0; j < k; j++) {
+            if (a[j] < 0 || b[j] <= a[j]) continue;
+            pts[np_++] = a[j] < L ? L : (a[j] > H ? H : a[j]);
+            pts[np_++] = b[j] < L ? L : (b[j] > H ? H : b[j]);
+        }
+        for (int i = 1; i < np_; i++) { /* insertion sort: a handful of points */
+            int64_t v = pts[i];
+            int j = i - 1;
+            while (j >= 0 && pts[j] > v) { pts[j + 1] = pts[j]; j--; }
+            pts[j + 1] = v;
+        }
+        for (int i = 0; i + 1 < np_; i++) {
+            int64_t x = pts[i], y = pts[i + 1];
+            if (y <= x) continue;
+            int owner = k;
+            for (int j = 0; j < k; j++)
+                if (a[j] >= 0 && b[j] > a[j] && a[j] <= x && y <= b[j]) { owner = j; break; }
+            o[owner] += y - x;
+        }
+    }
+done:
+    PyBuffer_Release(&bs); PyBuffer_Release(&be); PyBuffer_Release(&bl); PyBuffer_Release(&bh);
+    return res;
+}
+
+static PyMethodDef module_methods[] = {
+    {"exclusive", exclusive, METH_VARARGS, "exclusive(starts, ends, lo, hi, k): the timeline's per-row sweep"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_scan", "Fast trace-file scanner.", -1, module_methods};
 
 PyMODINIT_FUNC PyInit__scan(void) {
     if (PyType_Ready(&ScannerType) < 0) return NULL;

@@ -13,11 +13,14 @@ import numpy as np
 import numpy.typing as npt
 
 from ..histogram import Histogram
-from ..stages import PROTOCOLS, STAGES, stage_matrix
+from ..stages import ALL_STAGES, INTER_RESPONSE, NCOLS, PROTOCOLS, SEGMENTS, custom_spans
 from .assembly import TraceBatch
 
-# series key: (*pattern labels, model, version, protocol, stage)
+# series key: (*pattern labels, model, version, protocol[, stage | segment])
 SeriesKey = tuple[str, ...]
+
+RESPONSE_BOUNDS: tuple[int, ...] = tuple(1 << i for i in range(13))  # responses per request: 1 .. 4096
+MAX_CUSTOM_STAGES = 16  # distinct custom activity stages exposed; more are rejected
 
 
 @dataclass
@@ -31,11 +34,14 @@ class Exemplar:
 @dataclass
 class TraceAggregate:
     bounds_ns: tuple[int, ...]
-    histograms: dict[SeriesKey, Histogram] = field(default_factory=dict)
+    histograms: dict[SeriesKey, Histogram] = field(default_factory=dict)  # stage durations
     traces: Counter[SeriesKey] = field(default_factory=Counter)  # (*labels, model, version, protocol)
+    responses: dict[SeriesKey, Histogram] = field(default_factory=dict)  # responses per request
+    timeline: Counter[SeriesKey] = field(default_factory=Counter)  # ns per segment
     files: Counter[str] = field(default_factory=Counter)  # parsed | failed
     rejected: Counter[str] = field(default_factory=Counter)
-    models: set[str] = field(default_factory=set)
+    models: set[tuple[str, str]] = field(default_factory=set)  # (model, version) pairs admitted
+    custom_stages: set[str] = field(default_factory=set)
     last_ingest: float = 0.0
     # newest exemplar per series and bucket; not persisted (they describe recent traces)
     exemplars: dict[SeriesKey, dict[int, Exemplar]] = field(default_factory=dict)
@@ -43,44 +49,111 @@ class TraceAggregate:
     def reject(self, reason: str, n: int = 1) -> None:
         self.rejected[reason] += n
 
+    def _admit(self, keys: list[tuple[str, str, int]], max_models: int, live: TraceAggregate | None
+               ) -> npt.NDArray[np.bool_]:
+        """Which (model, version, protocol) groups fit under the cap on (model, version) pairs."""
+        known = live.models if live is not None else set()
+        allowed = np.ones(len(keys), dtype=bool)
+        for g, (model, version, _) in enumerate(keys):
+            pair = (model, version)
+            if pair not in known and pair not in self.models:
+                if len(known) + len(self.models - known) >= max_models:
+                    allowed[g] = False
+                else:
+                    self.models.add(pair)
+        return allowed
+
+    def _custom_observations(self, batch: TraceBatch, rows: npt.NDArray[np.intp], stage_names: list[str],
+                             live: TraceAggregate | None) -> tuple[list[int], list[int], list[int]]:
+        """(row index, stage index, ns) of the custom activity spans of the given rows."""
+        out: tuple[list[int], list[int], list[int]] = ([], [], [])
+        if not len(batch.extra) or not (batch.extra[:, 1] >= NCOLS).any():
+            return out
+        known = live.custom_stages if live is not None else set()
+        index = {s: i for i, s in enumerate(stage_names)}
+        with_custom = set(batch.extra[batch.extra[:, 1] >= NCOLS, 0].tolist())
+        for r, row in enumerate(rows.tolist()):
+            if row not in with_custom:
+                continue
+            for stage, d in custom_spans(batch.customs_of(row)).items():
+                if stage not in known and stage not in self.custom_stages:
+                    if len(known | self.custom_stages) >= MAX_CUSTOM_STAGES:
+                        self.reject("custom_activity_cap")
+                        continue
+                    self.custom_stages.add(stage)
+                j = index.get(stage)
+                if j is None:
+                    j = index[stage] = len(stage_names)
+                    stage_names.append(stage)
+                out[0].append(r)
+                out[1].append(j)
+                out[2].append(d)
+        return out
+
     def observe_batch(self, batch: TraceBatch, codes: npt.NDArray[np.int8], labels: Sequence[str],
-                      max_models: int, known_models: set[str]) -> None:
-        """Stage histograms and trace counts of a batch of finished traces (vectorised)."""
+                      max_models: int, live: TraceAggregate | None = None) -> None:
+        """Stages, responses and timeline of a batch of finished traces (vectorised); `live`
+        is the committed aggregate this one will be merged into (for the caps)."""
         if not len(batch):
             return
         rows = np.flatnonzero(batch.usable(self.reject))
         if not len(rows):
             return
-        # one group per (model, version, protocol); models past the cap are rejected
+        # one group per (model, version, protocol); (model, version) pairs past the cap are rejected
         group_keys, gidx = batch.groups(rows, codes)
-        allowed_groups = np.ones(len(group_keys), dtype=bool)
-        for g, (model, _, _) in enumerate(group_keys):
-            if model not in known_models and model not in self.models:
-                if len(known_models | self.models) >= max_models:
-                    allowed_groups[g] = False
-                else:
-                    self.models.add(model)
-        allowed = allowed_groups[gidx]
+        allowed = self._admit(group_keys, max_models, live)[gidx]
         self.rejected["model_cap"] += int((~allowed).sum())
         rows, gidx = rows[allowed], gidx[allowed]
         if not len(rows):
             return
         n_groups = len(group_keys)
-        per_group = np.bincount(gidx, minlength=n_groups)
         bases = [(*labels, m, v, PROTOCOLS[c]) for m, v, c in group_keys]
-        for g, base in enumerate(bases):
-            if per_group[g]:
-                self.traces[base] += int(per_group[g])
-        durations, negative = stage_matrix(batch.stamps[rows])
-        self.rejected["negative_span"] += int(negative.sum())
+        for g, n in enumerate(np.bincount(gidx, minlength=n_groups).tolist()):
+            if n:
+                self.traces[bases[g]] += n
+        an = batch.anatomy(rows)
+        self.rejected["negative_span"] += int(an.negative.sum())
+        self.rejected["implausible_span"] += int(an.implausible.sum())
+
         # every (row, stage) observation at once: one series = (group, stage)
-        n_stages = len(STAGES)
+        stage_names = list(ALL_STAGES)
+        row_i, stage_j = np.nonzero(an.durations >= 0)
+        dv = an.durations[row_i, stage_j]
+        c_rows, c_stages, c_ns = self._custom_observations(batch, rows, stage_names, live)
+        if len(an.gaps) or c_rows:
+            row_i = np.concatenate([row_i, an.gap_rows, np.asarray(c_rows, dtype=np.intp)])
+            stage_j = np.concatenate([stage_j, np.full(len(an.gaps), ALL_STAGES.index(INTER_RESPONSE)),
+                                      np.asarray(c_stages, dtype=np.intp)])
+            dv = np.concatenate([dv, an.gaps, np.asarray(c_ns, dtype=np.int64)])
+        self._observe(gidx[row_i] * len(stage_names) + stage_j, dv, row_i,
+                      [(*b, s) for b in bases for s in stage_names], batch, rows)
+
+        # responses per request, and the timeline's segments summed per group
+        bounds = np.asarray(RESPONSE_BOUNDS, dtype=np.int64)
+        resp = np.bincount(gidx * (len(bounds) + 1) + np.searchsorted(bounds, an.responses, side="left"),
+                           minlength=n_groups * (len(bounds) + 1)).reshape(n_groups, -1)
+        resp_sum = np.bincount(gidx, weights=an.responses, minlength=n_groups)
+        order = np.argsort(gidx[an.timed], kind="stable")
+        timed_g = gidx[an.timed][order]
+        if len(timed_g):
+            starts = np.flatnonzero(np.r_[True, timed_g[1:] != timed_g[:-1]])
+            seg_sums = np.add.reduceat(an.segments[an.timed][order], starts, axis=0)
+            for g, sums in zip(timed_g[starts].tolist(), seg_sums.tolist(), strict=True):
+                for seg, ns in zip(SEGMENTS, sums, strict=True):
+                    self.timeline[(*bases[g], seg)] += ns
+        for g in np.flatnonzero(resp.sum(axis=1)).tolist():
+            h = self.responses.get(bases[g])
+            if h is None:
+                h = self.responses[bases[g]] = Histogram(RESPONSE_BOUNDS)
+            h.merge(Histogram(RESPONSE_BOUNDS, resp[g].tolist(), int(resp_sum[g]), int(resp[g].sum())))
+
+    def _observe(self, series: npt.NDArray[np.int64], dv: npt.NDArray[np.int64], row_i: npt.NDArray[np.intp],
+                 keys: list[SeriesKey], batch: TraceBatch, rows: npt.NDArray[np.intp]) -> None:
+        """Bucket every observation into its series' histogram; the newest of each bucket
+        becomes its exemplar."""
         bounds = np.asarray(self.bounds_ns, dtype=np.int64)
         n_buckets = len(bounds) + 1
-        row_i, stage_j = np.nonzero(durations >= 0)
-        dv = durations[row_i, stage_j]
-        series = gidx[row_i] * n_stages + stage_j
-        n_series = n_groups * n_stages
+        n_series = len(keys)
         flat = series * n_buckets + np.searchsorted(bounds, dv, side="left")
         counts = np.bincount(flat, minlength=n_series * n_buckets).reshape(n_series, n_buckets)
         per_series = np.bincount(series, minlength=n_series)
@@ -90,8 +163,7 @@ class TraceAggregate:
             sums = np.zeros(n_series, dtype=np.int64)
             np.add.at(sums, series, dv)
         for sid in np.flatnonzero(per_series).tolist():
-            g, j = divmod(sid, n_stages)
-            key = (*bases[g], STAGES[j])
+            key = keys[sid]
             h = self.histograms.get(key)
             if h is None:
                 h = self.histograms[key] = Histogram(self.bounds_ns)
@@ -100,7 +172,6 @@ class TraceAggregate:
                 h.counts[b] += int(row[b])
             h.count += int(per_series[sid])
             h.total += int(sums[sid])
-        # a recent trace of each (series, bucket) becomes its exemplar
         last_of = np.full(n_series * n_buckets, -1, dtype=np.int64)
         last_of[flat] = np.arange(len(flat))
         cells = np.flatnonzero(last_of >= 0)
@@ -108,9 +179,8 @@ class TraceAggregate:
         ids = batch.ids[rows]
         for f, pos in zip(cells.tolist(), last_of[cells].tolist(), strict=True):
             sid, b = divmod(f, n_buckets)
-            g, j = divmod(sid, n_stages)
             r = int(row_i[pos])
-            self.exemplars.setdefault((*bases[g], STAGES[j]), {})[b] = Exemplar(
+            self.exemplars.setdefault(keys[sid], {})[b] = Exemplar(
                 str(int(ids[r])), batch.request_ids[int(rows[r])], int(dv[pos]) / 1e9, now)
 
     def merged(self, delta: TraceAggregate) -> TraceAggregate:
@@ -122,10 +192,18 @@ class TraceAggregate:
                 out.histograms[k].merge(h)
             else:
                 out.histograms[k] = h.copy()
+        out.responses = {k: h.copy() for k, h in self.responses.items()}
+        for k, h in delta.responses.items():
+            if k in out.responses:
+                out.responses[k].merge(h)
+            else:
+                out.responses[k] = h.copy()
         out.traces = self.traces + delta.traces
+        out.timeline = self.timeline + delta.timeline
         out.files = self.files + delta.files
         out.rejected = self.rejected + delta.rejected
         out.models = self.models | delta.models
+        out.custom_stages = self.custom_stages | delta.custom_stages
         out.last_ingest = max(self.last_ingest, delta.last_ingest)
         out.exemplars = {k: dict(v) for k, v in self.exemplars.items()}
         for k, v in delta.exemplars.items():
@@ -137,9 +215,12 @@ class TraceAggregate:
             "bounds_ns": list(self.bounds_ns),
             "histograms": [[list(k), h.counts, h.total, h.count] for k, h in self.histograms.items()],
             "traces": [[list(k), n] for k, n in self.traces.items()],
+            "responses": [[list(k), h.counts, h.total, h.count] for k, h in self.responses.items()],
+            "timeline": [[list(k), n] for k, n in self.timeline.items()],
             "files": dict(self.files),
             "rejected": dict(self.rejected),
-            "models": sorted(self.models),
+            "models": sorted([m, v] for m, v in self.models),
+            "custom_stages": sorted(self.custom_stages),
             "last_ingest": self.last_ingest,
         }
 
@@ -151,8 +232,12 @@ class TraceAggregate:
             for k, counts, total, count in v.get("histograms", []):
                 agg.histograms[tuple(k)] = Histogram(bounds_ns, [int(c) for c in counts], int(total), int(count))
         agg.traces = Counter({tuple(k): int(n) for k, n in v.get("traces", [])})
+        for k, counts, total, count in v.get("responses", []):
+            agg.responses[tuple(k)] = Histogram(RESPONSE_BOUNDS, [int(c) for c in counts], int(total), int(count))
+        agg.timeline = Counter({tuple(k): int(n) for k, n in v.get("timeline", [])})
         agg.files = Counter({str(k): int(n) for k, n in v.get("files", {}).items()})
         agg.rejected = Counter({str(k): int(n) for k, n in v.get("rejected", {}).items()})
-        agg.models = set(v.get("models", []))
+        agg.models = {(str(p[0]), str(p[1])) for p in v.get("models", []) if isinstance(p, list) and len(p) == 2}
+        agg.custom_stages = {str(c) for c in v.get("custom_stages", [])}
         agg.last_ingest = float(v.get("last_ingest", 0.0))
         return agg

@@ -1,8 +1,9 @@
 """Trace assembly: merge a stream's records by id into whole traces, then give each
 finished trace its protocol.
 
-Objects of one trace arrive split and out of time order; the last duplicate of a
-timestamp name wins. Memory is bounded: at most `window` traces are open, the one
+Objects of one trace arrive split and out of time order; names Triton repeats once per
+response keep their first and last occurrence and their count (stages.merge_stamp), other
+duplicates: the last wins. Memory is bounded: at most `window` traces are open, the one
 opened first is finished when a new one would pass the bound (Triton writes a
 trace's objects together, so a window of thousands never splits one). Ensemble/BLS
 children take the protocol of their top-level parent, also when the parent is in a
@@ -19,14 +20,26 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from ..stages import COLUMN, COLUMNS, countable_rows, frontend_protocol, protocol_codes
+from ..stages import (
+    COLUMN,
+    COLUMNS,
+    NCOLS,
+    REPEATED,
+    Anatomy,
+    Extra,
+    Protocol,
+    anatomy,
+    countable_rows,
+    frontend_protocol,
+    merge_stamp,
+    protocol_codes,
+)
 from .records import Header, Record, Stamps
 
 # Protocols of recently finished traces, per stream, for children that finish after their
 # parent. They are written with every checkpoint, so the bound also bounds each state write.
 MAX_PROTOCOLS = 16384
 MAX_PENDING = 10000  # children waiting for a parent in a later file
-PROTOCOL_CODE = {"none": 0, "http": 1, "grpc": 2}
 
 
 @dataclass(slots=True)
@@ -36,14 +49,24 @@ class Trace:
     version: str | None = None
     request_id: str | None = None
     parent_id: int | None = None
-    stamps: dict[str, int] = field(default_factory=dict)
+    stamps: dict[str, int] = field(default_factory=dict)  # by column of stages.COLUMNS
+    # every occurrence of a name repeated more than twice, and custom activity timestamps
+    extra: list[tuple[str, int]] = field(default_factory=list)
+
+    def add(self, name: str, ns: int) -> None:
+        if name in COLUMN:
+            merge_stamp(self.stamps, self.extra, name, ns)
+        else:
+            self.extra.append((name, ns))
 
     def to_json(self) -> list[Any]:
-        return [self.id, self.model, self.version, self.request_id, self.parent_id, self.stamps]
+        return [self.id, self.model, self.version, self.request_id, self.parent_id, self.stamps,
+                [list(e) for e in self.extra]]
 
     @classmethod
     def from_json(cls, v: list[Any]) -> Trace:
-        return cls(int(v[0]), v[1], v[2], v[3], v[4], {str(k): int(n) for k, n in v[5].items()})
+        extra = [(str(n), int(ns)) for n, ns in v[6]] if len(v) > 6 else []
+        return cls(int(v[0]), v[1], v[2], v[3], v[4], {str(k): int(n) for k, n in v[5].items()}, extra)
 
 
 @dataclass
@@ -56,20 +79,36 @@ class TraceBatch:
     hdr: npt.NDArray[np.int32]  # index into `headers`, -1: no header object was seen
     headers: list[tuple[str, str]]  # (model, version) table, shared by a scan's batches
     request_ids: list[str | None]
+    # (row, code, ns) sorted by row: code < NCOLS a repeated name's column (every occurrence
+    # where it occurs more than twice), else the custom activity customs[code - NCOLS]
+    extra: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros((0, 3), dtype=np.int64))
+    customs: list[str] = field(default_factory=list)  # shared by a scan's batches
 
     def __len__(self) -> int:
         return len(self.ids)
 
     @classmethod
-    def from_traces(cls, traces: list[Trace], headers: list[tuple[str, str]] | None = None) -> TraceBatch:
+    def from_traces(cls, traces: list[Trace], headers: list[tuple[str, str]] | None = None,
+                    customs: list[str] | None = None) -> TraceBatch:
         table = headers if headers is not None else []
         index = {h: i for i, h in enumerate(table)}
+        custom_table = customs if customs is not None else []
+        code = {n: NCOLS + i for i, n in enumerate(custom_table)}
         n = len(traces)
         stamps = np.full((n, len(COLUMNS)), -1, dtype=np.int64)
         hdr = np.full(n, -1, dtype=np.int32)
+        extra: list[tuple[int, int, int]] = []
         for i, t in enumerate(traces):
             for name, ns in t.stamps.items():
                 stamps[i, COLUMN[name]] = ns
+            for name, ns in t.extra:
+                c = COLUMN.get(name)
+                if c is None:
+                    c = code.get(name)
+                    if c is None:
+                        c = code[name] = NCOLS + len(custom_table)
+                        custom_table.append(name)
+                extra.append((i, c, ns))
             if t.model is not None:
                 key = (t.model, t.version or "")
                 h = index.get(key)
@@ -81,6 +120,7 @@ class TraceBatch:
             np.array([t.id for t in traces], dtype=np.int64),
             np.array([-1 if t.parent_id is None else t.parent_id for t in traces], dtype=np.int64),
             stamps, hdr, table, [t.request_id for t in traces],
+            np.array(extra, dtype=np.int64).reshape(-1, 3), custom_table,
         )
 
     def usable(self, reject: Callable[[str, int], None]) -> npt.NDArray[np.bool_]:
@@ -98,17 +138,55 @@ class TraceBatch:
         keys = [(*self.headers[u // 4], u % 4) for u in uniq.tolist()]
         return keys, inverse.astype(np.intp)
 
+    def _extra_rows(self, i: int) -> npt.NDArray[np.int64]:
+        ex = self.extra
+        a, b = np.searchsorted(ex[:, 0], [i, i + 1])
+        return ex[a:b]
+
+    def extra_names(self, i: int) -> list[tuple[str, int]]:
+        """Row i's extra timestamps by name."""
+        return [(COLUMNS[c] if c < NCOLS else self.customs[c - NCOLS], ns)
+                for _, c, ns in self._extra_rows(i).tolist()]
+
+    def repeats(self, i: int) -> Extra:
+        """Every occurrence of the names row i repeats more than twice."""
+        out: dict[str, list[int]] = {}
+        for name, ns in self.extra_names(i):
+            if name in REPEATED:
+                out.setdefault(name, []).append(ns)
+        return out
+
+    def customs_of(self, i: int) -> dict[str, list[int]]:
+        """Row i's custom activity timestamps by name."""
+        out: dict[str, list[int]] = {}
+        for name, ns in self.extra_names(i):
+            if name not in COLUMN:
+                out.setdefault(name, []).append(ns)
+        return out
+
+    def anatomy(self, rows: npt.NDArray[np.intp]) -> Anatomy:
+        """The stage table over the given rows."""
+        return anatomy(self.stamps[rows], lambda i: self.repeats(int(rows[i])))
+
     def trace(self, i: int) -> Trace:
         row = self.stamps[i]
         p = int(self.parents[i])
         h = int(self.hdr[i])
         model, version = self.headers[h] if h >= 0 else (None, None)
-        return Trace(int(self.ids[i]), model, version, self.request_ids[i],
-                     None if p < 0 else p, {COLUMNS[j]: int(row[j]) for j in np.flatnonzero(row >= 0)})
+        return Trace(int(self.ids[i]), model, version, self.request_ids[i], None if p < 0 else p,
+                     {COLUMNS[j]: int(row[j]) for j in np.flatnonzero(row >= 0)}, self.extra_names(i))
 
     def select(self, rows: npt.NDArray[np.intp]) -> TraceBatch:
+        extra = self.extra
+        if len(extra):
+            new_index = np.full(len(self), -1, dtype=np.int64)
+            new_index[rows] = np.arange(len(rows))
+            extra = extra.copy()
+            extra[:, 0] = new_index[extra[:, 0]]
+            extra = extra[extra[:, 0] >= 0]
+            extra = extra[np.argsort(extra[:, 0], kind="stable")]
         return TraceBatch(self.ids[rows], self.parents[rows], self.stamps[rows], self.hdr[rows], self.headers,
-                          [self.request_ids[i] for i in rows.tolist()])
+                          [self.request_ids[i] for i in rows.tolist()], extra, self.customs)
 
 
 class MergeWindow:
@@ -128,7 +206,7 @@ class MergeWindow:
             self.open[rec.id] = t
         if isinstance(rec, Stamps):
             for name, ns in rec.stamps:
-                t.stamps[name] = ns  # last duplicate wins
+                t.add(name, ns)
         elif isinstance(rec, Header):
             t.model, t.version, t.request_id, t.parent_id = rec.model, rec.version, rec.request_id, rec.parent_id
 
@@ -141,6 +219,11 @@ class MergeWindow:
 
 
 OpenLookup = Callable[[int], "Trace | None"]
+
+
+def _closed(_: int) -> Trace | None:
+    """The lookup once a file is done: no trace is open any more."""
+    return None
 
 
 @dataclass
@@ -186,7 +269,7 @@ def _open_protocol(tid: int, lookup: OpenLookup, state: StreamState) -> int | No
         if t is None:
             return None
         if t.parent_id is None:
-            return PROTOCOL_CODE[frontend_protocol(t.stamps)]
+            return int(frontend_protocol(t.stamps))
         tid = t.parent_id
     return None
 
@@ -215,13 +298,13 @@ def resolve(batch: TraceBatch, state: StreamState, lookup: OpenLookup, now: floa
         state.remember([], [])
         while len(state.pending) > MAX_PENDING:
             _, (old, _) = state.pending.popitem(last=False)
-            state.remember([old.id], [0])
+            state.remember([old.id], [Protocol.NONE])
             overflow(old)
     out = batch if keep.all() else batch.select(np.flatnonzero(keep))
     return out, codes if keep.all() else codes[keep]
 
 
-def release_pending(state: StreamState, lookup: OpenLookup, hold_seconds: float, now: float,
+def release_pending(state: StreamState, hold_seconds: float, now: float,
                     force: bool = False) -> tuple[list[Trace], list[int]]:
     """Waiting children whose parent's protocol is now known, or that waited too long ('none')."""
     out: list[Trace] = []
@@ -231,9 +314,9 @@ def release_pending(state: StreamState, lookup: OpenLookup, hold_seconds: float,
         progress = False
         for tid in list(state.pending):
             t, since = state.pending[tid]
-            p = _open_protocol(t.parent_id, lookup, state) if t.parent_id is not None else None
+            p = _open_protocol(t.parent_id, _closed, state) if t.parent_id is not None else None
             if p is None and (force or now - since >= hold_seconds):
-                p = 0
+                p = Protocol.NONE
             if p is not None:
                 del state.pending[tid]
                 state.remember([tid], [p])

@@ -15,12 +15,13 @@ from prometheus_client.samples import Exemplar as PromExemplar
 
 from ..histogram import cumulative, format_le
 from ..source import PREFIX
+from .aggregate import RESPONSE_BOUNDS
 from .tailer import TraceTailer
 
 REJECT_REASONS = (
     "malformed_json", "not_utf8", "wrong_type", "missing_field", "unknown_timestamp", "bad_label",
-    "missing_header", "incomplete_trace", "negative_span", "model_cap", "truncated_file",
-    "empty_file",
+    "missing_header", "incomplete_trace", "negative_span", "implausible_span", "model_cap",
+    "custom_activity_cap", "truncated_file", "empty_file",
 )
 
 
@@ -57,6 +58,23 @@ class TraceCollector(Collector):
         for key, n in sorted(agg.traces.items()):
             t.add_metric(list(key), float(n))
         yield t
+        r_les = [format_le(float(b)) for b in RESPONSE_BOUNDS] + ["+Inf"]
+        rh = HistogramMetricFamily(PREFIX + "responses_per_request",
+                                   "Responses sent per request (several for decoupled, streaming models).",
+                                   labels=[*names, "model", "version", "protocol"])
+        for key in sorted(agg.responses):
+            hist = agg.responses[key]
+            rh.add_metric(list(key), list(zip(r_les, map(float, cumulative(hist.counts)), strict=True)),
+                          float(hist.total))
+        yield rh
+        tl = CounterMetricFamily(
+            PREFIX + "timeline_seconds",
+            "Time of end_to_end per exclusive segment: the segments of a trace add up to its end_to_end, so "
+            "the sum over segments of the rate, divided by the rate of traces_total, is the mean end_to_end.",
+            labels=[*names, "model", "version", "protocol", "segment"])
+        for key, ns in sorted(agg.timeline.items()):
+            tl.add_metric(list(key), ns / 1e9)
+        yield tl
         f = CounterMetricFamily(PREFIX + "trace_files", "Trace files ingested, by result.", labels=["result"])
         for result in ("parsed", "failed"):
             f.add_metric([result], float(agg.files.get(result, 0)))

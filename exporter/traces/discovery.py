@@ -49,16 +49,21 @@ class TracePattern:
             if os.path.isfile(path):
                 bases.setdefault(path, []).append((1 << 62, path))
         for path in glob.glob(glob.escape(self.glob) + ".*" if not glob.has_magic(self.glob) else self.glob + ".*"):
-            m = _INDEX.search(path)
-            if m is None or not os.path.isfile(path):
+            base = stream_of(path)
+            if base == path or not os.path.isfile(path):
                 continue
-            base = path[: m.start()]
             if glob.has_magic(self.glob) and not fnmatch.fnmatch(base, self.glob):
                 continue
-            bases.setdefault(base, []).append((int(m.group(1)), path))
+            bases.setdefault(base, []).append((int(path[len(base) + 1:]), path))
         for files in bases.values():
             files.sort()
         return bases
+
+
+def stream_of(path: str) -> str:
+    """The stream (Triton's `triton,file=` path) a file belongs to: PATH for PATH.N and PATH."""
+    m = _INDEX.search(path)
+    return path[: m.start()] if m else path
 
 
 def _glob_to_regex(s: str) -> str:

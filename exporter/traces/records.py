@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
-from ..stages import KNOWN_TIMESTAMPS
+from ..stages import CUSTOM_NAME, KNOWN_TIMESTAMPS
 
 CHUNK = 1 << 20
 MAX_NAME = 256  # longer model names / request ids are rejected (label hygiene)
@@ -99,10 +99,11 @@ def to_record(obj: Any, reject: RejectFn) -> Record | None:
             if not isinstance(name, str) or not _is_int(ns) or ns < 0:
                 reject("wrong_type")
                 continue
-            if name not in KNOWN_TIMESTAMPS:
+            if name not in KNOWN_TIMESTAMPS and not CUSTOM_NAME.fullmatch(name):
                 reject("unknown_timestamp")
                 continue
-            stamps.append((name, ns))
+            if ns:  # 0: not captured (HTTP sends of generate / generate_stream)
+                stamps.append((name, ns))
         return Stamps(tid, stamps) if stamps else None
     if "model_name" in obj:
         model, version = obj.get("model_name"), obj.get("model_version")

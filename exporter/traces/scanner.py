@@ -13,7 +13,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from ..stages import COLUMN, COLUMNS
+from ..stages import COLUMN, COLUMNS, COUNT_COL, FIRST_COL, MAX_CUSTOM_NAMES, NAMES, NCOLS
 from .assembly import MergeWindow, Trace, TraceBatch
 from .records import ChunkEnd, ReadResult, RejectFn, Stamps, read_records
 
@@ -21,11 +21,30 @@ BATCH = 8192  # Trace objects held by the Python path before a batch is formed
 C_BATCH = 32768  # rows of the C path (8 bytes a cell): bigger batches, fewer numpy calls
 
 
-class PyFileScan:
+class _CustomNames:
+    """The custom activity names of one scan, bounded: a name past the cap is rejected."""
+
+    def __init__(self, reject: RejectFn) -> None:
+        self.reject = reject
+        self.customs: list[str] = []
+        self._code: dict[str, int] = {}
+
+    def custom_code(self, name: str) -> int | None:
+        code = self._code.get(name)
+        if code is None:
+            if len(self.customs) >= MAX_CUSTOM_NAMES:
+                self.reject("custom_activity_cap")
+                return None
+            code = self._code[name] = NCOLS + len(self.customs)
+            self.customs.append(name)
+        return code
+
+
+class PyFileScan(_CustomNames):
     """Reads one file from `start` and yields batches of finished traces."""
 
     def __init__(self, window: int, reject: RejectFn, batch: int = BATCH) -> None:
-        self.reject = reject
+        super().__init__(reject)
         self.batch = batch
         self._done: list[Trace] = []
         self.headers: list[tuple[str, str]] = []
@@ -39,33 +58,33 @@ class PyFileScan:
         for rec in read_records(fp, self.reject, result, start, salvage_tail=salvage_tail):
             if isinstance(rec, ChunkEnd):
                 continue
+            if isinstance(rec, Stamps) and any(n not in COLUMN for n, _ in rec.stamps):
+                rec.stamps = [(n, ns) for n, ns in rec.stamps if n in COLUMN or self.custom_code(n) is not None]
             self.merge.feed(rec)
             if len(self._done) >= self.batch:
-                yield TraceBatch.from_traces(self._done, self.headers)
+                yield TraceBatch.from_traces(self._done, self.headers, self.customs)
                 self._done.clear()
         self.merge.finish_all()
         if self._done:
-            yield TraceBatch.from_traces(self._done, self.headers)
+            yield TraceBatch.from_traces(self._done, self.headers, self.customs)
             self._done.clear()
 
 
-
-
 try:
-    from . import _scan  # type: ignore[attr-defined]
+    from . import _scan  # type: ignore[attr-defined,unused-ignore]
 except ImportError:  # no compiler where it was installed: the pure-Python path serves
     _scan = None
 if os.environ.get("INFPROF_PURE_PYTHON_SCANNER"):  # for benchmarks and debugging
     _scan = None
 
 
-class CFileScan:
+class CFileScan(_CustomNames):
     """The same as PyFileScan, with objects decoded and merged by the C scanner."""
 
     def __init__(self, window: int, reject: RejectFn, batch: int = C_BATCH) -> None:
-        self.reject = reject
+        super().__init__(reject)
         self.batch = batch
-        self.sc = _scan.Scanner(COLUMNS, window)
+        self.sc = _scan.Scanner(NAMES, NCOLS, FIRST_COL, COUNT_COL, window)
 
     def lookup(self, tid: int) -> Trace | None:
         found = self.sc.lookup(tid)
@@ -75,7 +94,7 @@ class CFileScan:
         return Trace(tid, parent_id=parent, stamps=stamps)
 
     def _take(self) -> TraceBatch:
-        ids, parents, stamps, hdr, rids = self.sc.take()
+        ids, parents, stamps, hdr, rids, extra = self.sc.take()
         return TraceBatch(
             np.frombuffer(ids, dtype=np.int64),
             np.frombuffer(parents, dtype=np.int64),
@@ -83,6 +102,8 @@ class CFileScan:
             np.frombuffer(hdr, dtype=np.int32),
             self.sc.headers,
             rids,
+            np.frombuffer(extra, dtype=np.int64).reshape(-1, 3),
+            self.customs,
         )
 
     def batches(self, fp: BinaryIO, result: ReadResult, start: int = 0,
@@ -101,7 +122,11 @@ class CFileScan:
                 continue
             if isinstance(rec, Stamps):
                 for name, ns in rec.stamps:
-                    sc.inject_stamp(rec.id, COLUMN[name], ns)
+                    col = COLUMN.get(name)
+                    if col is not None:
+                        sc.inject_stamp(rec.id, col, ns)
+                    elif (code := self.custom_code(name)) is not None:
+                        sc.inject_extra(rec.id, code, ns)
             else:
                 sc.inject_header(rec.id, rec.model, rec.version, rec.request_id,
                                  -1 if rec.parent_id is None else rec.parent_id)

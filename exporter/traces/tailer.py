@@ -6,14 +6,12 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from .aggregate import TraceAggregate
-from .assembly import StreamState, Trace, TraceBatch, release_pending, resolve
+from .assembly import StreamState
 from .checkpoint import (
     STATE_VERSION,
     FileEntry,
@@ -24,8 +22,8 @@ from .checkpoint import (
     load_json,
 )
 from .discovery import TracePattern
+from .pipeline import CHILD_HOLD_SECONDS, WINDOW, Batch, file_batches, released
 from .records import ReadResult
-from .scanner import FileScan
 
 log = logging.getLogger("traces")
 
@@ -40,8 +38,8 @@ class TailerSettings:
     max_models: int = 100
     settle_seconds: float = 10.0
     delete_ingested: bool = False
-    window: int = 16384
-    child_hold_seconds: float = 30.0
+    window: int = WINDOW
+    child_hold_seconds: float = CHILD_HOLD_SECONDS
 
 
 @dataclass
@@ -185,34 +183,23 @@ class TraceTailer:
             f.seek(max(0, st.st_size - 64))
             return f.read().rstrip(b" \t\r\n").endswith(b"]")
 
-    def _observe_traces(self, delta: TraceAggregate, traces: list[Trace], codes: list[int],
-                        labels: list[str]) -> None:
-        if traces:
-            delta.observe_batch(TraceBatch.from_traces(traces), np.array(codes, dtype=np.int8), labels,
-                                self.s.max_models, self.live.models)
+    def _observe(self, delta: TraceAggregate, batches: Iterator[Batch], labels: list[str]) -> None:
+        for batch, codes in batches:
+            delta.observe_batch(batch, codes, labels, self.s.max_models, self.live)
 
     def _ingest(self, base: str, plan: _Plan, labels: list[str], partial: bool) -> int:
         t0 = time.monotonic()
-        now = time.time()
         delta = TraceAggregate(self.s.bounds_ns)
         stream = self.streams.get(base, StreamState()).copy()
-        if plan.restart:
-            # Triton restarted: trace ids start again; children still waiting belong to the old run
-            old, old_codes = release_pending(stream, lambda _: None, 0, now, force=True)
-            self._observe_traces(delta, old, old_codes, labels)
-            stream.protocols.clear()
-        pushed_out: list[Trace] = []
-        scan = FileScan(self.s.window, delta.reject)
         result = ReadResult()
         with open(plan.path, "rb") as fp:
-            for batch in scan.batches(fp, result, plan.start, salvage_tail=partial):
-                kept, codes = resolve(batch, stream, scan.lookup, now, pushed_out.append)
-                delta.observe_batch(kept, codes, labels, self.s.max_models, self.live.models)
+            self._observe(delta, file_batches(
+                fp, result, stream, delta.reject, time.time(), start=plan.start, salvage_tail=partial,
+                restart=plan.restart, window=self.s.window, hold_seconds=self.s.child_hold_seconds), labels)
         if not result.complete and not partial:
-            return 0  # the ']' seen was not the array's end: still being written, retry
-        self._observe_traces(delta, pushed_out, [0] * len(pushed_out), labels)
-        released, released_codes = release_pending(stream, lambda _: None, self.s.child_hold_seconds, now)
-        self._observe_traces(delta, released, released_codes, labels)
+            if time.time() - plan.st.st_mtime < self.s.settle_seconds:
+                return 0  # the ']' seen was not the array's end: still being written, retry
+            return self._ingest(base, plan, labels, partial=True)  # it has settled so: truncated
         st = os.stat(plan.path)
         if (st.st_ino, st.st_size, st.st_mtime_ns) != (plan.st.st_ino, plan.st.st_size, plan.st.st_mtime_ns):
             return 0  # changed while we read it: read it again next poll
@@ -256,9 +243,8 @@ class TraceTailer:
         for base, s in self.streams.items():
             if s.pending:
                 s2 = s.copy()
-                old, codes = release_pending(s2, lambda _: None, self.s.child_hold_seconds, now)
                 labels = self.stream_labels.get(base, [""] * len(self.label_names))
-                self._observe_traces(delta, old, codes, labels)
+                self._observe(delta, released(s2, now, self.s.child_hold_seconds), labels)
                 streams[base] = s2
         self._commit(self.live.merged(delta), self.entries, streams)
 
