@@ -322,13 +322,13 @@ def anatomy(stamps: npt.NDArray[np.int64], extra_of: Callable[[int], Extra]) -> 
     observe("first_response", np.where(first >= 0, arrival, -1), first)
     timed = out[:, col["end_to_end"]] >= 0
 
-    # the exclusive timeline: one pass over every row, then the streaming rows one by one
+    # the exclusive timeline: one pass over every row, then the streaming (or odd) rows one by one
     k = len(SEGMENT_SPANS)
     starts = np.full((n, k), -1, dtype=np.int64)
     ends = np.full((n, k), -1, dtype=np.int64)
     for j, (seg, a, b) in enumerate(SEGMENT_SPANS):
         if seg == "send":
-            http = _col(stamps, "HTTP_SEND_START") >= 0
+            http = (_col(stamps, "HTTP_SEND_START") >= 0) & (_col(stamps, "HTTP_SEND_END") >= 0)
             sa = np.where(http, _col(stamps, "HTTP_SEND_START"), _col(stamps, "GRPC_SEND_START"))
             sb = np.where(http, _col(stamps, "HTTP_SEND_END"), _col(stamps, "GRPC_SEND_END"))
         else:
@@ -346,7 +346,8 @@ def anatomy(stamps: npt.NDArray[np.int64], extra_of: Callable[[int], Extra]) -> 
     responses = np.where(sends > 0, sends, np.maximum(done_count, 1))
     gap_rows: list[int] = []
     gaps: list[int] = []
-    streaming = timed & (stamps[:, _COUNT_COLS] >= 2).any(axis=1)
+    both_frontends = (_col(stamps, "HTTP_SEND_END") >= 0) & (_col(stamps, "GRPC_SEND_END") >= 0)
+    streaming = timed & ((stamps[:, _COUNT_COLS] >= 2).any(axis=1) | both_frontends)
     for i in np.flatnonzero(streaming).tolist():
         row, ex = stamps[i], extra_of(i)
         segments[i] = trace_segments(row, ex, int(arrival[i]), int(end[i]))

@@ -32,6 +32,8 @@ def stats(t: TraceTailer) -> dict[str, Any]:
         "traces": {k[n:]: c for k, c in agg.traces.items()},
         "stages": {k[n:]: [h.count, h.total] for k, h in agg.histograms.items()},
         "negative": agg.rejected.get("negative_span", 0),
+        "responses": {k[n:]: [h.count, h.total] for k, h in agg.responses.items()},
+        "timeline": {k[n:]: v for k, v in agg.timeline.items() if v},
     }
 
 
@@ -41,6 +43,8 @@ def assert_matches_reference(t: TraceTailer, files: list[str]) -> None:
     assert got["traces"] == want["traces"]
     assert got["stages"] == want["stages"]
     assert got["negative"] == want["negative"]
+    assert got["responses"] == want["responses"]
+    assert got["timeline"] == want["timeline"]
 
 
 def test_real_samples_match_reference(tmp_path: Path) -> None:
@@ -53,6 +57,43 @@ def test_real_samples_match_reference(tmp_path: Path) -> None:
     assert sum(t.live.traces.values()) == 347
     assert t.live.files["parsed"] == 8
     assert t.poll() == 0  # nothing new: nothing counted twice
+
+
+def test_real_samples_anatomy(tmp_path: Path) -> None:
+    """Every HTTP trace of the samples gets its frontend_overhead; no span is negative; the
+    segments of each series add up to its end_to_end."""
+    t = make_tailer(str(SAMPLE_DIR / "trace.json"), None)
+    t.poll()
+    agg = t.live
+    http = agg.traces[("add_sub", "1", "http")]
+    assert http == 187
+    assert agg.histograms[("add_sub", "1", "http", "frontend_overhead")].count == http
+    assert agg.rejected["negative_span"] == 0
+    for key, n in agg.traces.items():
+        e2e = agg.histograms[(*key, "end_to_end")]
+        assert e2e.count == n
+        assert sum(v for k, v in agg.timeline.items() if k[:-1] == key) == e2e.total
+
+
+def test_streaming_and_custom_activities_match_reference(tmp_path: Path) -> None:
+    objs = list(tracegen.traces(600, seed=8, ensemble_every=7, streaming_every=3))
+    # Triton writes a trace's objects into one file: cut where a streaming trace's header begins
+    cut = next(i for i in range(len(objs) // 2, len(objs)) if '"request_id":"s-' in objs[i])
+    tracegen.write_file(str(tmp_path / "trace.json.0"), objs[:cut])
+    tracegen.write_file(str(tmp_path / "trace.json.1"), objs[cut:])
+    t = make_tailer(str(tmp_path / "trace.json"), tmp_path / "state")
+    t.poll()
+    assert_matches_reference(t, [str(tmp_path / "trace.json.0"), str(tmp_path / "trace.json.1")])
+    agg = t.live
+    assert agg.histograms[("streamer", "1", "grpc", "inter_response")].count > 0
+    assert agg.histograms[("streamer", "1", "http", "custom_tokenize")].count > 0
+    assert agg.responses[("streamer", "1", "http")].total > agg.responses[("streamer", "1", "http")].count
+    assert agg.rejected["negative_span"] == 0
+    # the state carries the new families across a restart
+    t2 = make_tailer(str(tmp_path / "trace.json"), tmp_path / "state")
+    assert t2.live.timeline == agg.timeline
+    assert {k: (h.count, h.total) for k, h in t2.live.responses.items()} == \
+        {k: (h.count, h.total) for k, h in agg.responses.items()}
 
 
 def test_histogram_buckets_are_le(tmp_path: Path) -> None:

@@ -27,7 +27,8 @@ def run(cls: Any, data: bytes, window: int = 16384, salvage: bool = False) -> tu
     for b in scan.batches(io.BytesIO(data), result, 0, salvage):
         for i in range(len(b)):
             t = b.trace(i)
-            out.append((t.id, t.model, t.version, t.request_id, t.parent_id, sorted(t.stamps.items())))
+            out.append((t.id, t.model, t.version, t.request_id, t.parent_id, sorted(t.stamps.items()),
+                        sorted(t.extra)))
     return out, rejected, (result.complete, result.array)
 
 
@@ -53,6 +54,13 @@ def test_synthetic_with_ensembles_and_small_window() -> None:
     assert_same(data, window=3)
 
 
+def test_streaming_traces_custom_activities_and_zeros() -> None:
+    data = ("[" + ",".join(tracegen.traces(3000, seed=4, ensemble_every=5, streaming_every=2)) + "]").encode()
+    assert b'"ns":0}' in data and b"TOKENIZE_START" in data
+    assert_same(data)
+    assert_same(data, window=2)
+
+
 def test_big_chunks_cross_object_boundaries() -> None:
     data = ("[" + ",\n ".join(tracegen.traces(40000, seed=3)) + "]").encode()
     assert len(data) > 2 * scanner.C_CHUNK
@@ -76,6 +84,10 @@ odd_objects = st.sampled_from([
     '{\x0b"id":15,"model_name":"m","model_version":1}',
     '{"id":16,"timestamps":[{"name":"REQUEST_START","ns":-1}]}',
     '{"id":3,"timestamps":[{"name":"QUEUE_START","ns":7}]',
+    '{"id":4,"timestamps":[{"name":"GRPC_SEND_END","ns":0}]}',
+    '{"id":4,"timestamps":[{"name":"INFER_RESPONSE_COMPLETE","ns":123},{"name":"INFER_RESPONSE_COMPLETE","ns":99}]}',
+    '{"id":4,"timestamps":[{"name":"MY_STEP_START","ns":7},{"name":"MY_STEP_END","ns":70}]}',
+    '{"id":4,"timestamps":[{"name":"MY_STEP_END","ns":80}]}',
 ])
 
 
@@ -84,7 +96,7 @@ odd_objects = st.sampled_from([
        seed=st.integers(0, 50), cut=st.one_of(st.none(), st.integers(0, 4000)), window=st.sampled_from([2, 16384]))
 def test_fuzz_odd_objects_and_truncation(extra: list[tuple[int, str]], seed: int, cut: int | None,
                                          window: int) -> None:
-    objs = list(tracegen.traces(20, seed=seed, ensemble_every=4))
+    objs = list(tracegen.traces(20, seed=seed, ensemble_every=4, streaming_every=3))
     for pos, o in sorted(extra, reverse=True):
         objs.insert(min(pos, len(objs)), o)
     data = ("[" + ",".join(objs) + "]").encode()

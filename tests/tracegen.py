@@ -57,8 +57,48 @@ def trace_objects(tid: int, rng: random.Random, t0: int, model: str = "add_sub",
     return objs
 
 
+def stream_objects(tid: int, rng: random.Random, t0: int, protocol: str = "grpc", from_thread: bool = False,
+                   responses: int = 4, model: str = "streamer", custom: bool = False) -> list[str]:
+    """A decoupled model's trace as Triton 2.51 writes it: gRPC stream sends repeat per response
+    (INFER_RESPONSE_COMPLETE once); HTTP generate_stream writes its sends as 0 and one
+    INFER_RESPONSE_COMPLETE per response plus a flag-only final. from_thread: execute() returns
+    at once, so the request is released (REQUEST_END) before its responses."""
+    stamps: list[tuple[str, int]] = []
+    t = t0
+    if protocol == "grpc":
+        stamps += [("GRPC_WAITREAD_START", t - rng.randint(0, 10_000_000)), ("GRPC_WAITREAD_END", t)]
+    else:
+        stamps += [("HTTP_RECV_START", t), ("HTTP_RECV_END", t + 9_000)]
+        t += 9_000
+    t += rng.randint(20_000, 90_000)
+    stamps.append(("REQUEST_START", t))
+    t += 5_000
+    stamps.append(("QUEUE_START", t))
+    t += rng.randint(5_000, 2_000_000)
+    stamps += [("COMPUTE_START", t), ("COMPUTE_INPUT_END", t + 30_000)]
+    t += 30_000
+    if from_thread:
+        stamps += [("COMPUTE_OUTPUT_START", t + 20_000), ("COMPUTE_END", t + 40_000), ("REQUEST_END", t + 60_000)]
+        t += 60_000
+    if custom:
+        stamps += [("TOKENIZE_START", t + 1_000), ("TOKENIZE_END", t + 250_000)]
+    for _ in range(responses):
+        t += rng.randint(200_000, 3_000_000)
+        if protocol == "grpc":
+            stamps += [("GRPC_SEND_START", t), ("GRPC_SEND_END", t + rng.randint(5_000, 60_000))]
+        else:
+            stamps += [("INFER_RESPONSE_COMPLETE", t), ("HTTP_SEND_START", 0), ("HTTP_SEND_END", 0)]
+    t += 100_000
+    stamps.append(("INFER_RESPONSE_COMPLETE", t))  # gRPC: once; HTTP: the flag-only final
+    if not from_thread:
+        stamps += [("COMPUTE_OUTPUT_START", t + 10_000), ("COMPUTE_END", t + 20_000), ("REQUEST_END", t + 30_000)]
+    header = f'{{"id":{tid},"model_name":"{model}","model_version":1,"request_id":"s-{tid}"}}'
+    rng.shuffle(stamps)  # Triton writes them in no particular order
+    return [header] + [_obj(tid, n, ns) for n, ns in stamps]
+
+
 def traces(n: int, seed: int = 1, start_id: int = 1, ensemble_every: int = 0,
-           models: tuple[str, ...] = ("add_sub",)) -> Iterator[str]:
+           models: tuple[str, ...] = ("add_sub",), streaming_every: int = 0) -> Iterator[str]:
     """Objects of n top-level traces (plus ensemble children), as JSON object strings."""
     rng = random.Random(seed)
     tid = start_id
@@ -67,7 +107,11 @@ def traces(n: int, seed: int = 1, start_id: int = 1, ensemble_every: int = 0,
         protocol = "http" if i % 2 == 0 else "grpc"
         model = models[i % len(models)]
         t0 += rng.randint(100_000, 3_000_000)
-        if ensemble_every and i % ensemble_every == 0:
+        if streaming_every and i % streaming_every == 1:
+            yield from stream_objects(tid, rng, t0, ("http", "grpc")[i // streaming_every % 2], from_thread=i % 3 == 0,
+                                      responses=rng.randint(1, 9), custom=i % 4 == 1)
+            tid += 1
+        elif ensemble_every and i % ensemble_every == 0:
             parent = tid
             child = tid + 1
             tid += 2

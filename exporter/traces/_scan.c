@@ -365,6 +365,9 @@ static int fast_object(Scanner *s, const unsigned char *a, const unsigned char *
     if (!(seen & K_ID)) return 0;
     if (seen & K_TS) {
         if (seen != (K_ID | K_TS)) return 0;
+        int any = 0;
+        for (int i = 0; i < ncols_seen; i++) any |= ns_vals[i] != 0;
+        if (!any) return 1; /* only "not captured" times: as records.to_record, no trace is opened */
         Slot *t = get_slot(s, id);
         if (!t) return -1;
         for (int i = 0; i < ncols_seen; i++)
@@ -455,8 +458,9 @@ static PyObject *Scanner_feed(Scanner *s, PyObject *args) {
             const unsigned char *q = after;
             while (q < end && (*q == ',' || is_ws(*q))) q++;
             if (starts_at(q, end)) {
-                Slot *t = get_slot(s, id);
-                if (!t || set_stamp(s, t, col, ns) < 0) goto done;
+                Slot *t = ns ? get_slot(s, id) : NULL;
+                if (ns && !t) goto done;
+                if (t && set_stamp(s, t, col, ns) < 0) goto done;
                 s->objects++;
                 a = q;
                 continue;
