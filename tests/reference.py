@@ -7,6 +7,7 @@ It shares no code with exporter/.
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections import defaultdict
 from typing import Any
@@ -87,14 +88,14 @@ def segments(t: dict[str, Any], lo: int, hi: int) -> dict[str, int]:
     span("compute_output", "COMPUTE_OUTPUT_START", "COMPUTE_END")
     span("queue", "QUEUE_START", "COMPUTE_START")
     for x, y in (("HTTP_SEND_START", "HTTP_SEND_END"), ("GRPC_SEND_START", "GRPC_SEND_END")):
-        for s0, e0 in zip(sorted(a.get(x, [])), sorted(a.get(y, []))):
+        for s0, e0 in zip(sorted(a.get(x, [])), sorted(a.get(y, [])), strict=False):
             iv.append(("send", s0, e0))
     span("between_responses", "REQUEST_END", "INFER_RESPONSE_COMPLETE")
     span("handler_overhead", "REQUEST_START", "REQUEST_END")
     span("recv", "HTTP_RECV_START", "HTTP_RECV_END")
     points = sorted({lo, hi} | {min(max(p, lo), hi) for _, x, y in iv for p in (x, y)})
     out: dict[str, int] = defaultdict(int)
-    for x, y in zip(points, points[1:]):
+    for x, y in itertools.pairwise(points):
         owners = [seg for seg, s0, e0 in iv if s0 <= x and y <= e0 and e0 > s0]
         owner = min(owners, key=SEGMENT_PRIORITY.index) if owners else "frontend_overhead"
         out[owner] += y - x
@@ -143,7 +144,7 @@ def stage_stats(paths: list[str]) -> dict[str, Any]:
             add((*labels, "first_response"), outs[0] - arrival)
         else:
             negative += 1
-        for x, y in zip(outs, outs[1:]):
+        for x, y in itertools.pairwise(outs):
             add((*labels, "inter_response"), y - x)
         segs = segments(t, arrival, end)
         for seg, ns in segs.items():

@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from exporter import stages
-from exporter.stages import COLUMN, SEGMENTS, STAGES, _exclusive_numpy, exclusive, exclusive_reference
+from exporter.stages import (
+    COLUMN,
+    SEGMENTS,
+    STAGES,
+    _exclusive_numpy,
+    exclusive,
+    exclusive_reference,
+)
 from exporter.traces.assembly import Trace, TraceBatch
 
 NAMES = sorted(stages.KNOWN_TIMESTAMPS - {"CUSTOM_ACTIVITY"})
 times = st.integers(0, 2_000)  # small: many ties and overlaps
 
 one_trace = st.lists(st.tuples(st.sampled_from(NAMES), times), max_size=40).map(
-    lambda stamps: [("REQUEST_START", 1), ("REQUEST_END", 2)] + stamps)
+    lambda stamps: [("REQUEST_START", 1), ("REQUEST_END", 2), *stamps])
 
 
 def batch_of(traces: list[list[tuple[str, int]]]) -> TraceBatch:
@@ -47,7 +56,7 @@ def test_segments_are_never_negative_and_add_up_to_end_to_end(traces: list[list[
         assert an.segments[i].tolist() == want
         times_out = stages.response_times(row, batch.repeats(i))
         assert an.responses[i] == len(times_out)
-        assert sorted(an.gaps[an.gap_rows == i].tolist()) == sorted(b - a for a, b in zip(times_out, times_out[1:]))
+        assert sorted(an.gaps[an.gap_rows == i].tolist()) == sorted(b - a for a, b in itertools.pairwise(times_out))
     # the handler's and the frontend's segments are their stages, never negative
     for stage in ("handler_overhead", "frontend_overhead"):
         col = an.durations[:, STAGES.index(stage)]
