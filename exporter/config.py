@@ -72,7 +72,7 @@ class Config:
     perf_analyzer_csv: list[str] = _opt([], "perf_analyzer -f result file to expose (repeatable, globs)", metavar="PATH")
     perf_analyzer_poll_seconds: float = _opt(5.0, "how often perf_analyzer CSV globs are re-read for new or rewritten files")
     stage_buckets: list[float] = _opt(list(DEFAULT_STAGE_BUCKETS), "stage histogram bucket bounds in seconds")
-    max_models: int = _opt(100, "cap on distinct models in trace metrics; traces past it are rejected")
+    max_models: int = _opt(100, "cap on distinct (model, version) pairs in trace metrics; traces past it are rejected")
     trace_poll_seconds: float = _opt(0.25, "how often trace directories are scanned")
     trace_settle_seconds: float = _opt(
         10.0, "a trace file left incomplete this long is ingested as far as it is valid"

@@ -176,12 +176,14 @@ def print_trace(t: Trace, protocol: str, row: npt.NDArray[np.int64], repeats: Ex
               f"{f' {len(responses)} responses' if len(responses) > 1 else ''}\n")
     events = [(ns, name) for name, ns in t.stamps.items() if name in KNOWN_TIMESTAMPS and name not in REPEATED]
     for name in REPEATED:
-        events.extend((ns, name) for ns in occurrences(row, repeats, name))
+        every = occurrences(row, repeats, name)
+        events.extend((ns, f"{name} {k}/{len(every)}" if len(every) > 1 else name)
+                      for k, ns in enumerate(every, start=1))
     events.extend((ns, name) for name, ns in t.extra if name not in REPEATED)
     prev: int | None = None
     for ns, name in sorted(events):
         gap = "" if prev is None else f"+{(ns - prev) / 1000:.1f}us"
-        out.write(f"    {name:<24}{gap:>14}\n")
+        out.write(f"    {name:<30}{gap:>14}\n")
         prev = ns
 
 
