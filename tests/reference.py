@@ -102,6 +102,58 @@ def segments(t: dict[str, Any], lo: int, hi: int) -> dict[str, int]:
     return out
 
 
+class Observed:
+    """One countable trace's labels and what it gives."""
+
+    def __init__(self, labels: tuple[str, str, str]) -> None:
+        self.labels = labels
+        self.durations: list[tuple[str, int]] = []  # (stage, ns), one per observation
+        self.negative = 0
+        self.responses = 0
+        self.segments: dict[str, int] = {}
+
+
+def observe(traces: dict[tuple[str, int], dict[str, Any]], key: tuple[str, int]) -> Observed | None:
+    """The stage table over one trace; None where it does not count."""
+    t = traces[key]
+    ts = t["ts"]
+    if "model_name" not in t or "REQUEST_START" not in ts or "REQUEST_END" not in ts:
+        return None
+    o = Observed((t["model_name"], str(t["model_version"]), protocol(traces, key)))
+    for stage, a, b in SPANS:
+        if a in ts and b in ts:
+            d = ts[b] - ts[a]
+            if d < 0:
+                o.negative += 1
+                continue
+            o.durations.append((stage, d))
+    arrival = ts.get("HTTP_RECV_START", ts.get("GRPC_WAITREAD_END", ts["REQUEST_START"]))
+    outs = responses_out(t)
+    ends = [ts[n] for n in ("HTTP_SEND_END", "GRPC_SEND_END", "INFER_RESPONSE_COMPLETE") if n in ts]
+    end = max(ends) if ends else ts["REQUEST_END"]
+    o.responses = len(outs)
+    if end < arrival:
+        o.negative += 1
+        return o
+    o.durations.append(("end_to_end", end - arrival))
+    if outs[0] >= arrival:
+        o.durations.append(("first_response", outs[0] - arrival))
+    else:
+        o.negative += 1
+    o.durations.extend(("inter_response", y - x) for x, y in itertools.pairwise(outs))
+    o.segments = segments(t, arrival, end)
+    o.durations.append(("handler_overhead", o.segments.get("handler_overhead", 0)))
+    if any(n.startswith(("HTTP_", "GRPC_")) for n in ts):  # its own frontend (children have none)
+        o.durations.append(("frontend_overhead", o.segments.get("frontend_overhead", 0)))
+    customs: dict[str, list[int]] = {}
+    for name, v in t["all"].items():
+        if name not in KNOWN and (name.endswith("_START") or name.endswith("_END")):
+            base, _, edge = name.rpartition("_")
+            customs.setdefault("custom_" + base.lower(), [-1, -1])[edge == "END"] = max(v)
+    o.durations.extend((stage, e0 - s0) for stage, (s0, e0) in customs.items() if s0 >= 0 and e0 >= s0)
+    return o
+
+
 def stage_stats(paths: list[str]) -> dict[str, Any]:
     """{'traces': {(model, version, protocol): n}, 'stages': {(model, version, protocol, stage): [count, sum_ns]},
     'negative': n, 'responses': {(model, version, protocol): [count, sum]},
@@ -112,53 +164,19 @@ def stage_stats(paths: list[str]) -> dict[str, Any]:
     responses: dict[tuple[str, str, str], list[int]] = defaultdict(lambda: [0, 0])
     timeline: dict[tuple[str, str, str, str], int] = defaultdict(int)
     negative = 0
-
-    def add(key: tuple[str, str, str, str], d: int) -> None:
-        stages[key][0] += 1
-        stages[key][1] += d
-
-    for key, t in traces.items():
-        ts = t["ts"]
-        if "model_name" not in t or "REQUEST_START" not in ts or "REQUEST_END" not in ts:
+    for key in traces:
+        o = observe(traces, key)
+        if o is None:
             continue
-        labels = (t["model_name"], str(t["model_version"]), protocol(traces, key))
-        counts[labels] += 1
-        for stage, a, b in SPANS:
-            if a in ts and b in ts:
-                d = ts[b] - ts[a]
-                if d < 0:
-                    negative += 1
-                    continue
-                add((*labels, stage), d)
-        arrival = ts.get("HTTP_RECV_START", ts.get("GRPC_WAITREAD_END", ts["REQUEST_START"]))
-        outs = responses_out(t)
-        ends = [ts[n] for n in ("HTTP_SEND_END", "GRPC_SEND_END", "INFER_RESPONSE_COMPLETE") if n in ts]
-        end = max(ends) if ends else ts["REQUEST_END"]
-        responses[labels][0] += 1
-        responses[labels][1] += len(outs)
-        if end < arrival:
-            negative += 1
-            continue
-        add((*labels, "end_to_end"), end - arrival)
-        if outs[0] >= arrival:
-            add((*labels, "first_response"), outs[0] - arrival)
-        else:
-            negative += 1
-        for x, y in itertools.pairwise(outs):
-            add((*labels, "inter_response"), y - x)
-        segs = segments(t, arrival, end)
-        for seg, ns in segs.items():
-            timeline[(*labels, seg)] += ns
-        add((*labels, "handler_overhead"), segs.get("handler_overhead", 0))
-        if any(n.startswith(("HTTP_", "GRPC_")) for n in ts):  # its own frontend (children have none)
-            add((*labels, "frontend_overhead"), segs.get("frontend_overhead", 0))
-        customs: dict[str, list[int]] = {}
-        for name, v in t["all"].items():
-            if name not in KNOWN and (name.endswith("_START") or name.endswith("_END")):
-                base, _, edge = name.rpartition("_")
-                customs.setdefault("custom_" + base.lower(), [-1, -1])[edge == "END"] = max(v)
-        for stage, (s0, e0) in customs.items():
-            if s0 >= 0 and e0 >= s0:
-                add((*labels, stage), e0 - s0)
+        counts[o.labels] += 1
+        negative += o.negative
+        responses[o.labels][0] += 1
+        responses[o.labels][1] += o.responses
+        for stage, d in o.durations:
+            s = stages[(*o.labels, stage)]
+            s[0] += 1
+            s[1] += d
+        for seg, ns in o.segments.items():
+            timeline[(*o.labels, seg)] += ns
     return {"traces": dict(counts), "stages": dict(stages), "negative": negative,
             "responses": dict(responses), "timeline": {k: v for k, v in timeline.items() if v}}

@@ -1,39 +1,27 @@
 """End to end on a real Triton: requests over HTTP, gRPC and through the ensemble with
 trace rate 1 -> Triton's rolling trace files -> `inference-profiler serve` -> /metrics.
 
-The expected numbers are computed here from the same files, plainly and independently
-of exporter/ (json.load, merge by id, SPEC's stage table).
+The expected numbers are computed from the same files, plainly and independently of
+exporter/ (tests/reference.py: json.load, merge by id, the stage table).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import subprocess
 import time
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+
+import pytest
 
 from exporter.demo.launcher import ENSEMBLE, MODEL, TritonServer
 from exporter.demo.traffic import TrafficCounts, plan_for, send_requests
-from tests.triton_harness import ExporterProcess, Scrape, flush_until_traced
-
-# SPEC "Stages": stage -> (from, to)
-STAGE_TABLE = {
-    "http_infer": ("HTTP_RECV_START", "HTTP_SEND_END"),
-    "http_recv": ("HTTP_RECV_START", "HTTP_RECV_END"),
-    "http_send": ("HTTP_SEND_START", "HTTP_SEND_END"),
-    "grpc_infer": ("GRPC_WAITREAD_END", "GRPC_SEND_END"),
-    "grpc_waitread": ("GRPC_WAITREAD_START", "GRPC_WAITREAD_END"),
-    "grpc_send": ("GRPC_SEND_START", "GRPC_SEND_END"),
-    "request": ("REQUEST_START", "REQUEST_END"),
-    "queue": ("QUEUE_START", "COMPUTE_START"),
-    "compute": ("COMPUTE_START", "COMPUTE_END"),
-    "compute_input": ("COMPUTE_START", "COMPUTE_INPUT_END"),
-    "compute_infer": ("COMPUTE_INPUT_END", "COMPUTE_OUTPUT_START"),
-    "compute_output": ("COMPUTE_OUTPUT_START", "COMPUTE_END"),
-}
+from tests import reference
+from tests.conftest import ROLLING_TRACES
+from tests.triton_harness import EXPORTER, ExporterProcess, Scrape, flush_until_traced
 
 SeriesKey = tuple[str, str, str]  # model, version, protocol
 
@@ -47,6 +35,7 @@ class Expected:
         self.top_level = 0
         self.children = 0
         self.negative = 0  # spans not observed because their end is before their start
+        self.timeline: dict[tuple[str, str, str, str], int] = defaultdict(int)  # ns per segment
 
     def add(self, other: Expected) -> None:
         for k, n in other.traces.items():
@@ -56,6 +45,8 @@ class Expected:
         self.top_level += other.top_level
         self.children += other.children
         self.negative += other.negative
+        for seg, ns in other.timeline.items():
+            self.timeline[seg] += ns
 
     @property
     def total(self) -> int:
@@ -63,61 +54,24 @@ class Expected:
 
 
 def expected_from_files(files: list[Path]) -> Expected:
-    """The files of ONE Triton run (trace ids are unique within a run)."""
-    traces: dict[int, dict[str, Any]] = {}
-    for f in files:
-        with open(f) as fp:
-            objects = json.load(fp)
-        for obj in objects:
-            t = traces.setdefault(obj["id"], {"stamps": {}})
-            for stamp in obj.get("timestamps", []):
-                t["stamps"][stamp["name"]] = stamp["ns"]  # last duplicate wins
-            for k in ("model_name", "model_version", "parent_id"):
-                if k in obj:
-                    t[k] = obj[k]
-
-    def protocol(t: dict[str, Any]) -> str:
-        while "parent_id" in t:
-            t = traces[t["parent_id"]]
-        names = t["stamps"]
-        if "HTTP_RECV_START" in names:
-            return "http"
-        if "GRPC_WAITREAD_START" in names:
-            return "grpc"
-        return "none"
-
+    """The files of ONE Triton run (trace ids are unique within a run), by tests/reference.py:
+    json.load, merge by id, the stage table, written apart from exporter/."""
+    traces = reference.load_traces([str(f) for f in files])
     out = Expected()
-    for t in traces.values():
-        stamps = t["stamps"]
-        if "REQUEST_START" not in stamps or "REQUEST_END" not in stamps:
+    for key, t in traces.items():
+        o = reference.observe(traces, key)
+        if o is None:
             continue
-        key = (t["model_name"], str(t["model_version"]), protocol(t))
-        out.traces[key] += 1
+        out.traces[o.labels] += 1
         if "parent_id" in t:
             out.children += 1
         else:
             out.top_level += 1
-        spans: dict[str, int] = {}
-        for stage, (start, end) in STAGE_TABLE.items():
-            if start in stamps and end in stamps:
-                if stamps[end] >= stamps[start]:
-                    spans[stage] = stamps[end] - stamps[start]
-                else:
-                    out.negative += 1
-        if "request" in spans and "queue" in spans and "compute" in spans:
-            d = spans["request"] - spans["queue"] - spans["compute"]
-            if d >= 0:
-                spans["handler_overhead"] = d
-            else:
-                out.negative += 1
-        if all(s in spans for s in ("http_infer", "request", "http_recv", "http_send")):
-            d = spans["http_infer"] - spans["request"] - spans["http_recv"] - spans["http_send"]
-            if d >= 0:
-                spans["frontend_overhead"] = d
-            else:
-                out.negative += 1  # real Triton: REQUEST_END can come after HTTP_SEND_START
-        for stage, d in spans.items():
-            out.durations[(*key, stage)].append(d)
+        out.negative += o.negative
+        for stage, d in o.durations:
+            out.durations[(*o.labels, stage)].append(d)
+        for seg, ns in o.segments.items():
+            out.timeline[(*o.labels, seg)] += ns
     return out
 
 
@@ -141,6 +95,13 @@ def assert_metrics_match(scrape: Scrape, exp: Expected) -> None:
         durations = exp.durations[key]
         want = len(durations) if le == float("inf") else sum(1 for d in durations if d <= round(le * 1e9))
         assert int(v) == want, (key, lab["le"])
+    # the timeline: each segment exactly, and per series the segments add up to end_to_end
+    got_timeline = {(lab["model"], lab["version"], lab["protocol"], lab["segment"]): round(v * 1e9)
+                    for lab, v in scrape.select("inference_profiler_timeline_seconds_total")}
+    assert {k: v for k, v in got_timeline.items() if v} == {k: v for k, v in exp.timeline.items() if v}
+    for key in exp.traces:
+        segs = sum(v for k, v in got_timeline.items() if k[:3] == key)
+        assert segs == got_sum[(*key, "end_to_end")], key
 
 
 def traffic(server: TritonServer, per_key: int, prefix: str) -> TrafficCounts:
@@ -247,3 +208,42 @@ def flush_until_traced_since(server: TritonServer, before: dict[Path, tuple[int,
             return files
         assert time.monotonic() < deadline, f"{n} of {top_level} traces written after the restart"
         time.sleep(0.1)
+
+
+def test_custom_activities_injected_into_a_real_file(
+    tmp_path: Path, exporter_factory: Callable[..., ExporterProcess]
+) -> None:
+    """A backend's own activities (X_START/X_END) in a real Triton file become stages
+    custom_x, the same through `serve` and `summary`; an unpaired or unknown name costs
+    only itself."""
+    objs = json.loads((ROLLING_TRACES / "trace.json.0").read_bytes())
+    ids = sorted({o["id"] for o in objs if "model_name" in o and "parent_id" not in o})[:20]
+    first = {o["id"]: o["timestamps"][0]["ns"] for o in objs if "timestamps" in o}
+    for i, tid in enumerate(ids):
+        objs.append({"id": tid, "timestamps": [{"name": "PREPROCESS_START", "ns": first[tid] + 1000}]})
+        objs.append({"id": tid, "timestamps": [{"name": "PREPROCESS_END", "ns": first[tid] + 1000 + 7000 * (i + 1)}]})
+    objs.append({"id": ids[0], "timestamps": [{"name": "ONLY_START", "ns": first[ids[0]] + 5}]})
+    objs.append({"id": ids[0], "timestamps": [{"name": "WARP DRIVE", "ns": first[ids[0]] + 5}]})
+    d = tmp_path / "traces"
+    d.mkdir()
+    (d / "trace.json.0").write_text(json.dumps(objs))
+    want = reference.stage_stats([str(d / "trace.json.0")])["stages"]
+    custom = {k: v for k, v in want.items() if k[3].startswith("custom_")}
+    assert sum(n for n, _ in custom.values()) == 20 and {k[3] for k in custom} == {"custom_preprocess"}
+
+    exporter = exporter_factory("--trace-file", str(d / "trace.json"), "--triton", "none", "--ebpf", "off")
+    scrape = exporter.wait_for(lambda m: m.total("inference_profiler_trace_files_total", result="parsed") >= 1)
+    name = "inference_profiler_stage_duration_seconds"
+    got = {(lab["model"], lab["version"], lab["protocol"], lab["stage"]): [int(n), 0]
+           for lab, n in scrape.select(name + "_count", stage="custom_preprocess")}
+    for lab, v in scrape.select(name + "_sum", stage="custom_preprocess"):
+        got[(lab["model"], lab["version"], lab["protocol"], lab["stage"])][1] = round(v * 1e9)
+    assert got == custom
+    assert scrape.total("inference_profiler_trace_records_rejected_total", reason="unknown_timestamp") == 1
+
+    out = subprocess.run([*EXPORTER, "summary", "--format", "json", str(d / "trace.json.0")],
+                         capture_output=True, text=True, check=True).stdout
+    summ = {(g["model"], g["version"], g["protocol"]): g["stages"] for g in json.loads(out)["groups"]}
+    for (m, v, p, stage), (n, total) in custom.items():
+        assert summ[(m, v, p)][stage]["count"] == n
+        assert summ[(m, v, p)][stage]["mean"] == pytest.approx(total / n / 1e9)
