@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -180,90 +180,113 @@ def read_records(
     Fills `result` as it goes: `complete` once the closing `]` is seen after a whole
     object, `end_offset` after each whole object. A record is yielded only once the
     start of the next object (or the closing bracket) proves it whole. With `fast`,
-    the objects it handles are consumed there and only the others are yielded, in order.
+    the objects it handles are consumed there and only the others are yielded, in order
+    (then a CHUNK_END follows each chunk).
     """
     fp.seek(start)
-    buf = b""
-    base = start  # file offset of buf[0]
-    seen_open = start > 0
     result.end_offset = start
+    buf, base = b"", start  # base: file offset of buf[0]
+    seen_open = start > 0
     while True:
         data = fp.read(chunk)
         eof = not data
         buf += data
-        if fast is None:
-            starts = [m.start() for m in OBJECT_START.finditer(buf)]
-            first = starts[0] if starts else None
-        else:
-            m = OBJECT_START.search(buf)
-            first = m.start() if m else None
+        m = OBJECT_START.search(buf)
+        first = m.start() if m else None
         if not seen_open and (first is not None or eof):
-            head = (buf[:first] if first is not None else buf).strip(b" \t\r\n")
-            result.array = head.startswith(b"[")
-            if first is not None and head != b"[":
-                reject("malformed_json")  # bytes before the first object that are not '['
-            elif first is None and head.strip(b"[] \t\r\n"):
-                reject("malformed_json")
             seen_open = True
-        # every object but the last is whole
-        last: int | None
+            _check_head(buf, first, reject, result)
         if fast is None:
-            for a, b in itertools.pairwise(starts):
-                rec = decode_object(buf[a:b], reject)
-                result.objects += 1
-                result.end_offset = base + b
-                if rec is not None:
-                    yield rec
-            last = starts[-1] if starts else None
+            last = yield from _python_objects(buf, base, first, reject, result)
         else:
-            pos = first if first is not None else len(buf)
-            while True:
-                pos, status, end = fast(buf, pos)
-                if status != 1:
-                    break
-                rec = decode_object(buf[pos:end], reject)
-                result.objects += 1
-                result.end_offset = base + end
-                if rec is not None:
-                    yield rec
-                pos = end
-            if first is not None and pos > first:
-                result.end_offset = base + pos
-            last = pos if first is not None else None
-            yield CHUNK_END
-        if not eof:
-            if last is not None:
-                base += last
-                buf = buf[last:]
-            elif len(buf) > 64 * chunk:
-                reject("malformed_json")  # a run of bytes with no object in it
-                base += len(buf)
-                buf = b""
-            continue
-        # end of file: the last piece must be an object followed by the closing bracket
-        if last is None:
-            whole = buf.strip(b" \t\r\n")
-            result.complete = whole.endswith(b"]") and (start > 0 or result.array)
+            last = yield from _fast_objects(fast, buf, base, first, reject, result)
+        if eof:
+            yield from _tail(buf, base, last, start, salvage_tail, reject, result)
             return
-        stripped = buf[last:].rstrip(b" \t\r\n")
-        if stripped.endswith(b"]"):
-            body = stripped[:-1]
-            if _whole_object(body) or _lenient_header(body.rstrip(b" \t\r\n,")) is not None:
-                rec = decode_object(body, reject)
-                result.objects += 1
-                result.end_offset = base + len(buf)
-                result.complete = True
-                if rec is not None:
-                    yield rec
-                return
-        # no closing bracket after a whole object: still being written, or truncated
-        if salvage_tail and stripped and _whole_object(stripped):
-            rec = decode_object(stripped, reject)
+        buf, base = _keep_last(buf, base, last, chunk, reject)
+
+
+def _check_head(buf: bytes, first: int | None, reject: RejectFn, result: ReadResult) -> None:
+    """The bytes before the first object must be the array's '['."""
+    head = (buf[:first] if first is not None else buf).strip(b" \t\r\n")
+    result.array = head.startswith(b"[")
+    if first is not None and head != b"[":
+        reject("malformed_json")  # bytes before the first object that are not '['
+    elif first is None and head.strip(b"[] \t\r\n"):
+        reject("malformed_json")
+
+
+def _python_objects(buf: bytes, base: int, first: int | None, reject: RejectFn,
+                    result: ReadResult) -> Generator[Record, None, int | None]:
+    """Every object of buf but the last (which may be incomplete) decoded in Python; returns
+    where the last begins."""
+    if first is None:
+        return None
+    starts = [m.start() for m in OBJECT_START.finditer(buf, first)]
+    for a, b in itertools.pairwise(starts):
+        rec = decode_object(buf[a:b], reject)
+        result.objects += 1
+        result.end_offset = base + b
+        if rec is not None:
+            yield rec
+    return starts[-1]
+
+
+def _fast_objects(fast: FastPath, buf: bytes, base: int, first: int | None, reject: RejectFn,
+                  result: ReadResult) -> Generator[Record | ChunkEnd, None, int | None]:
+    """The fast path consumes what it can; the objects it hands back are decoded here."""
+    pos = first if first is not None else len(buf)
+    while True:
+        pos, status, end = fast(buf, pos)
+        if status != 1:
+            break
+        rec = decode_object(buf[pos:end], reject)
+        result.objects += 1
+        result.end_offset = base + end
+        if rec is not None:
+            yield rec
+        pos = end
+    if first is not None and pos > first:
+        result.end_offset = base + pos
+    yield CHUNK_END
+    return pos if first is not None else None
+
+
+def _keep_last(buf: bytes, base: int, last: int | None, chunk: int, reject: RejectFn) -> tuple[bytes, int]:
+    """What of buf the next chunk extends: from the last object's start on."""
+    if last is not None:
+        return buf[last:], base + last
+    if len(buf) > 64 * chunk:
+        reject("malformed_json")  # a run of bytes with no object in it
+        return b"", base + len(buf)
+    return buf, base
+
+
+def _tail(buf: bytes, base: int, last: int | None, start: int, salvage_tail: bool, reject: RejectFn,
+          result: ReadResult) -> Iterator[Record]:
+    """At end of file: the last piece must be an object followed by the closing bracket."""
+    if last is None:
+        whole = buf.strip(b" \t\r\n")
+        result.complete = whole.endswith(b"]") and (start > 0 or result.array)
+        return
+    stripped = buf[last:].rstrip(b" \t\r\n")
+    if stripped.endswith(b"]"):
+        body = stripped[:-1]
+        if _whole_object(body) or _lenient_header(body.rstrip(b" \t\r\n,")) is not None:
+            rec = decode_object(body, reject)
             result.objects += 1
             result.end_offset = base + len(buf)
+            result.complete = True
             if rec is not None:
                 yield rec
-        return
+            return
+    # no closing bracket after a whole object: still being written, or truncated
+    if salvage_tail and stripped and _whole_object(stripped):
+        rec = decode_object(stripped, reject)
+        result.objects += 1
+        result.end_offset = base + len(buf)
+        if rec is not None:
+            yield rec
 
 
 def _whole_object(raw: bytes) -> bool:
