@@ -96,6 +96,20 @@ def test_streaming_and_custom_activities_match_reference(tmp_path: Path) -> None
         {k: (h.count, h.total) for k, h in agg.responses.items()}
 
 
+def test_children_found_when_a_batch_holds_more_parents_than_are_remembered(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch with more top-level traces than the protocol memory keeps: its own children
+    still find their parents (they were left waiting, and uncounted, before)."""
+    from exporter.traces import assembly
+
+    monkeypatch.setattr(assembly, "MAX_PROTOCOLS", 50)
+    tracegen.write_file(str(tmp_path / "trace.json.0"), tracegen.traces(1500, seed=5, ensemble_every=3))
+    t = make_tailer(str(tmp_path / "trace.json"), None)
+    t.poll()
+    assert sum(len(s.pending) for s in t.streams.values()) == 0
+    assert_matches_reference(t, [str(tmp_path / "trace.json.0")])
+
+
 def test_histogram_buckets_are_le(tmp_path: Path) -> None:
     """A span exactly on a bucket bound lands in that bound's bucket."""
     bound = bounds_ns(list(DEFAULT_STAGE_BUCKETS))[5]  # 2.5 ms

@@ -282,7 +282,8 @@ def resolve(batch: TraceBatch, state: StreamState, lookup: OpenLookup, now: floa
     parents = batch.parents
     child_rows = np.flatnonzero(parents >= 0)
     top = np.flatnonzero(parents < 0)
-    state.remember(batch.ids[top].tolist(), codes[top].tolist())
+    # no trimming until this batch's children are resolved: a batch can hold more tops than are kept
+    state.protocols.update(zip(batch.ids[top].tolist(), codes[top].tolist(), strict=True))
     keep = np.ones(len(batch), dtype=bool)
     if len(child_rows):
         ids = batch.ids
@@ -295,11 +296,11 @@ def resolve(batch: TraceBatch, state: StreamState, lookup: OpenLookup, now: floa
                 continue
             codes[i] = p
             state.protocols[int(ids[i])] = p  # at once: a grandchild may follow in this batch
-        state.remember([], [])
         while len(state.pending) > MAX_PENDING:
             _, (old, _) = state.pending.popitem(last=False)
             state.remember([old.id], [Protocol.NONE])
             overflow(old)
+    state.remember([], [])
     out = batch if keep.all() else batch.select(np.flatnonzero(keep))
     return out, codes if keep.all() else codes[keep]
 

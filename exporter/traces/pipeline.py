@@ -44,6 +44,8 @@ def file_batches(fp: BinaryIO, result: ReadResult, stream: StreamState, reject: 
     scan = FileScan(window, reject)
     for batch in scan.batches(fp, result, start, salvage_tail):
         yield resolve(batch, stream, scan.lookup, now, pushed_out.append)
+        if stream.pending:  # children whose parent this batch finished: before its protocol ages out
+            yield from released(stream, now, hold_seconds)
     if pushed_out:  # children pushed out of a full wait list
         yield TraceBatch.from_traces(pushed_out), np.full(len(pushed_out), Protocol.NONE, dtype=np.int8)
     yield from released(stream, now, hold_seconds)
