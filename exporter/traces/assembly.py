@@ -134,8 +134,9 @@ class TraceBatch:
     def groups(self, rows: npt.NDArray[np.intp], codes: npt.NDArray[np.int8]
                ) -> tuple[list[tuple[str, str, int]], npt.NDArray[np.intp]]:
         """(model, version, protocol code) of the given rows: distinct keys and each row's key index."""
-        uniq, inverse = np.unique(self.hdr[rows].astype(np.int64) * 4 + codes[rows], return_inverse=True)
-        keys = [(*self.headers[u // 4], u % 4) for u in uniq.tolist()]
+        n = len(Protocol)
+        uniq, inverse = np.unique(self.hdr[rows].astype(np.int64) * n + codes[rows], return_inverse=True)
+        keys = [(*self.headers[u // n], u % n) for u in uniq.tolist()]
         return keys, inverse.astype(np.intp)
 
     def _extra_rows(self, i: int) -> npt.NDArray[np.int64]:
