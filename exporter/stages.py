@@ -239,8 +239,9 @@ class Anatomy:
     gaps: npt.NDArray[np.int64]  # and its length
 
 
-def _col(stamps: npt.NDArray[np.int64], name: str) -> npt.NDArray[np.int64]:
-    return stamps[:, COLUMN[name]]
+def _col(by_column: npt.NDArray[np.int64], name: str) -> npt.NDArray[np.int64]:
+    column: npt.NDArray[np.int64] = by_column[COLUMN[name]]
+    return column
 
 
 def _first_present(*cols: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
@@ -290,20 +291,24 @@ def anatomy(stamps: npt.NDArray[np.int64], extra_of: Callable[[int], Extra]) -> 
     """The stage table over every row of a stamps matrix; extra_of(row) gives the every
     occurrence of the names a row repeats more than twice."""
     n = stamps.shape[0]
-    out = np.full((n, len(STAGES)), -1, dtype=np.int64)
+    by_column = np.ascontiguousarray(stamps.T)  # one column a contiguous row: the math below is per column
+    out = np.full((len(STAGES), n), -1, dtype=np.int64)  # transposed back at the end
     negative = np.zeros(n, dtype=np.int64)
     implausible = np.zeros(n, dtype=np.int64)
     col = {s: i for i, s in enumerate(STAGES)}
 
     def observe(stage: str, start: npt.NDArray[np.int64], end: npt.NDArray[np.int64]) -> None:
-        present = (start >= 0) & (end >= 0)
         d = end - start
-        neg = present & (d < 0)
-        huge = present & (d > MAX_SPAN_NS)
-        negative[:] += neg
-        implausible[:] += huge
-        out[:, col[stage]] = np.where(present & ~neg & ~huge, d, -1)
+        present = (start >= 0) & (end >= 0)
+        bad = present & ((d < 0) | (d > MAX_SPAN_NS))
+        if bad.any():
+            negative[:] += bad & (d < 0)
+            implausible[:] += bad & (d >= 0)
+            present &= ~bad
+        out[col[stage]] = np.where(present, d, -1)
 
+    stamps_in = stamps
+    stamps = by_column
     for stage, a, b in SPANS:
         observe(stage, _col(stamps, a), _col(stamps, b))
 
@@ -320,12 +325,12 @@ def anatomy(stamps: npt.NDArray[np.int64], extra_of: Callable[[int], Extra]) -> 
                      np.where(done >= 0, _col(stamps, "INFER_RESPONSE_COMPLETE" + FIRST_SUFFIX), released))
     observe("end_to_end", arrival, end)
     observe("first_response", np.where(first >= 0, arrival, -1), first)
-    timed = out[:, col["end_to_end"]] >= 0
+    timed = out[col["end_to_end"]] >= 0
 
     # the exclusive timeline: one pass over every row, then the streaming (or odd) rows one by one
     k = len(SEGMENT_SPANS)
-    starts = np.full((n, k), -1, dtype=np.int64)
-    ends = np.full((n, k), -1, dtype=np.int64)
+    starts = np.full((k, n), -1, dtype=np.int64)
+    ends = np.full((k, n), -1, dtype=np.int64)
     for j, (seg, a, b) in enumerate(SEGMENT_SPANS):
         if seg == "send":
             http = (_col(stamps, "HTTP_SEND_START") >= 0) & (_col(stamps, "HTTP_SEND_END") >= 0)
@@ -334,11 +339,11 @@ def anatomy(stamps: npt.NDArray[np.int64], extra_of: Callable[[int], Extra]) -> 
         else:
             sa, sb = _col(stamps, a), _col(stamps, b)
         both = (sa >= 0) & (sb >= 0)
-        starts[:, j] = np.where(both, sa, -1)
-        ends[:, j] = np.where(both, sb, -1)
+        starts[j] = np.where(both, sa, -1)
+        ends[j] = np.where(both, sb, -1)
     rows = np.flatnonzero(timed)
     segments = np.zeros((n, len(SEGMENTS)), dtype=np.int64)
-    segments[rows] = exclusive(starts[rows], ends[rows], arrival[rows], end[rows])
+    segments[rows] = exclusive(starts.T[rows], ends.T[rows], arrival[rows], end[rows])
 
     sends = (np.maximum(_col(stamps, "HTTP_SEND_END" + COUNT_SUFFIX), 0)
              + np.maximum(_col(stamps, "GRPC_SEND_END" + COUNT_SUFFIX), 0))
@@ -347,18 +352,18 @@ def anatomy(stamps: npt.NDArray[np.int64], extra_of: Callable[[int], Extra]) -> 
     gap_rows: list[int] = []
     gaps: list[int] = []
     both_frontends = (_col(stamps, "HTTP_SEND_END") >= 0) & (_col(stamps, "GRPC_SEND_END") >= 0)
-    streaming = timed & ((stamps[:, _COUNT_COLS] >= 2).any(axis=1) | both_frontends)
+    streaming = timed & ((stamps[_COUNT_COLS] >= 2).any(axis=0) | both_frontends)
     for i in np.flatnonzero(streaming).tolist():
-        row, ex = stamps[i], extra_of(i)
+        row, ex = stamps_in[i], extra_of(i)
         segments[i] = trace_segments(row, ex, int(arrival[i]), int(end[i]))
         times = response_times(row, ex)
         gap_rows.extend([i] * (len(times) - 1))
         gaps.extend(b - a for a, b in itertools.pairwise(times))
     # the handler's and the frontend's own time are their segments (never negative)
-    out[:, col["handler_overhead"]] = np.where(timed, segments[:, SEGMENT["handler_overhead"]], -1)
-    fe = timed & (protocol_codes(stamps) != Protocol.NONE)
-    out[:, col["frontend_overhead"]] = np.where(fe, segments[:, SEGMENT["frontend_overhead"]], -1)
-    return Anatomy(out, negative, implausible, segments, timed, responses,
+    out[col["handler_overhead"]] = np.where(timed, segments[:, SEGMENT["handler_overhead"]], -1)
+    own_frontend = (stamps[_HTTP_COLS + _GRPC_COLS] >= 0).any(axis=0)
+    out[col["frontend_overhead"]] = np.where(timed & own_frontend, segments[:, SEGMENT["frontend_overhead"]], -1)
+    return Anatomy(out.T, negative, implausible, segments, timed, responses,
                    np.asarray(gap_rows, dtype=np.intp), np.asarray(gaps, dtype=np.int64))
 
 

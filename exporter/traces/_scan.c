@@ -161,6 +161,11 @@ static int finish_oldest(Scanner *s) {
             e[0] = n; e[1] = t->ext[2 * i]; e[2] = t->ext[2 * i + 1];
         }
         t->ext_n = 0;
+        if (t->ext_cap > 256) { /* a long stream's buffer is not kept for the slot's next trace */
+            PyMem_Free(t->ext);
+            t->ext = NULL;
+            t->ext_cap = 0;
+        }
     }
     if (PyList_Append(s->out_rids, t->rid ? t->rid : Py_None) < 0) return -1;
     Py_CLEAR(t->rid);
