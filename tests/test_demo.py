@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from exporter.demo.launcher import MODEL, free_port
+from exporter.demo.launcher import MODEL, STREAM, STREAM_ENSEMBLE, STREAM_THREAD, TEXT, free_port
 from exporter.demo.report import Snapshot, format_report
 from tests.triton_harness import EXPORTER, Scrape
 
@@ -95,6 +95,18 @@ def test_demo_shows_live_stage_histograms_and_exits_cleanly(tmp_path: Path) -> N
         assert m.total("inference_profiler_traces_total", model="add_sub_ensemble") > 0
         # the ensemble's children carry the top-level protocol, never "none"
         assert m.total("inference_profiler_traces_total", model=MODEL, protocol="none") == 0
+        # the streaming models, over a gRPC stream and HTTP generate_stream: several responses per request
+        m = demo.wait_for(lambda m: all(
+            m.total(STAGE_COUNT, model=model, protocol=protocol, stage="inter_response") > 0
+            for model in (STREAM, STREAM_THREAD) for protocol in ("grpc", "http")))
+        for model in (STREAM, STREAM_THREAD):
+            for protocol in ("grpc", "http"):
+                count = m.total("inference_profiler_responses_per_request_count", model=model, protocol=protocol)
+                le1 = sum(v for lab, v in m.select("inference_profiler_responses_per_request_bucket", model=model,
+                                                   protocol=protocol) if float(lab["le"]) == 1)
+                assert count > 0 and le1 == 0, (model, protocol, count, le1)  # never a single response
+        assert m.total("inference_profiler_traces_total", model=STREAM_ENSEMBLE, protocol="grpc") > 0
+        assert m.total(STAGE_COUNT, model=TEXT, protocol="http", stage="end_to_end") > 0  # generate
         # every source on: Triton's endpoints, and the CSV of the demo's perf_analyzer run
         m = demo.wait_for(lambda m: m.total("inference_profiler_perf_analyzer_throughput") > 0
                           and m.total("inference_profiler_triton_up") == 1)
