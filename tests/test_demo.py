@@ -136,12 +136,12 @@ def test_demo_ctrl_c_stops_everything(tmp_path: Path) -> None:
 
 def test_report_means_are_per_interval() -> None:
     def snap(count: int, total_ns: int, traces: int) -> Snapshot:
-        return Snapshot({("m", "http", "request"): (count, total_ns), ("m", "http", "http_infer"): (count, total_ns * 2)},
+        return Snapshot({("m", "http", "request"): (count, total_ns), ("m", "http", "end_to_end"): (count, total_ns * 2)},
                         {("m", "http"): traces})
 
     text = format_report(snap(10, 10_000_000, 10), snap(30, 70_000_000, 30), 20.0)
-    # (70-10) ms over (30-10) requests = 3 ms; infer is twice that
+    # (70-10) ms over (30-10) requests = 3 ms; end_to_end is twice that; no first_response observed
     row = next(ln for ln in text.splitlines() if ln.strip().startswith("m "))
-    assert row.split()[2:5] == ["30", "6.000", "3.000"]
+    assert row.split()[2:6] == ["30", "6.000", "-", "3.000"]
     assert "30 traces counted (+20)" in text
     assert "no traces ingested yet" in format_report(Snapshot({}, {}), Snapshot({}, {}), 1.0)

@@ -80,6 +80,7 @@ Inference Profiler demo (workdir {workdir})
 Look at it:
   curl -s {url} | grep 'stage_duration_seconds_count'
   curl -s {url} | grep '^inference_profiler_traces_total'
+  curl -s {url} | grep '^inference_profiler_responses_per_request_count'   # streaming
   curl -s -H 'Accept: application/openmetrics-text' {url} | grep trace_id | head -3
   curl -s {url} | grep -E '^inference_profiler_(triton|tcp|perf_analyzer)_' | head
   inference-profiler summary {triton.trace_file}.*
