@@ -14,13 +14,14 @@ start: GRPC_SEND_END is gRPC's write completion, which comes after the client ha
 message); responses per request are the client's
 count (plus at most one flag-only final, which HTTP reports); nothing is rejected. Checked
 through `serve`'s /metrics (the exclusive segments add up to end_to_end per series too) and
-through `summary --format json`.
+through `summary --format json` and `summary -t`.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 from collections import Counter, defaultdict
 from collections.abc import Iterator
@@ -310,3 +311,15 @@ def test_summary_json_equals_the_plain_computation(run: Run, traces: list[Trace]
                 continue
             assert stages[stage]["count"] == count, (key, stage)
             assert math.isclose(stages[stage]["mean"], total * NS / count, rel_tol=1e-9), (key, stage)
+
+
+def test_summary_show_trace_lists_every_response(run: Run, traces: list[Trace]) -> None:
+    r = subprocess.run([*EXPORTER, "summary", "-t", *map(str, run.files)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    # one header per trace: "MODEL (VERSION) id N [PROTOCOL] K responses", K left out for one response
+    heads = re.findall(r"(?m)^(\S+) \((\S+)\) id \d+(?: parent \d+)? \[(\w+)\](?: (\d+) responses)?$", r.stdout)
+    listed = Counter((model, version, protocol, int(k or 1)) for model, version, protocol, k in heads)
+    assert listed == Counter((*t.key, len(t.responses)) for t in traces)
+    # every response of a stream is numbered: "GRPC_SEND_END i/K"
+    assert len(re.findall(r"(?m)^\s+GRPC_SEND_END \d+/\d+", r.stdout)) == sum(
+        len(t.responses) for t in traces if t.protocol == "grpc" and len(t.responses) > 1)
