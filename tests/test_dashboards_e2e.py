@@ -296,9 +296,10 @@ def expectation(prom: Prometheus, panel: dict[str, Any], expr: str) -> str:
     no-streaming text); an SLO line exists only for the stages that have an SLO; a segment's bar
     part only where the exporter exposes that segment for the model."""
     model = re.search(r'model="([^"$*]+)"', expr)
+    # over a window: one failed scrape must not make a streaming model look unary
     streams = model is not None and finite(prom.api("query", query=(
-        f'sum(inference_profiler_stage_duration_seconds_count{{model="{model.group(1)}", '
-        f'stage="inter_response"}}) > 0')))
+        f'sum(max_over_time(inference_profiler_stage_duration_seconds_count{{model="{model.group(1)}", '
+        f'stage="inter_response"}}[10m])) > 0')))
     if panel["fieldConfig"]["defaults"].get("noValue", "").startswith("No streaming") and not streams:
         return "empty"
     if "stage_p99_slo_seconds" in expr:
@@ -348,7 +349,17 @@ def check_dashboard(s: Stack, name: str, preferred: dict[str, str] = PREFERRED) 
     real = [g for g in gaps if g not in absent]
     if absent:
         print(f"{name}: {len(absent)} queries need the eBPF source, not running here:\n" + "\n".join(absent))
-    assert not real, f"{len(real)} of {ran} queries are wrong:\n" + "\n".join(real)
+    assert not real, f"{len(real)} of {ran} queries are wrong:\n" + "\n".join(real) + scrape_health(s.prometheus)
+
+
+def scrape_health(prom: Prometheus) -> str:
+    """Failed or slow scrapes of the exporter explain empty instant queries: said with a failure."""
+    def value(q: str) -> str:
+        res = prom.api("query", query=q)["result"]
+        return res[0]["value"][1] if res else "none"
+
+    return (f"\n(exporter scrapes over 10 min: min up {value('min_over_time(up[10m])')}, "
+            f"max duration {value('max_over_time(scrape_duration_seconds[10m])')} s)")
 
 
 # --- tests --------------------------------------------------------------------------
@@ -403,7 +414,7 @@ class SampleStack:
     exporter: ExporterProcess
     prometheus: Prometheus
     window: str  # a range holding exactly the second copy of the samples
-    at: float  # the instant query time that range ends at
+    at: float  # the instant query time that range ends at (a scrape's time)
 
 
 def exporter_total(e: ExporterProcess, name: str, **labels: str) -> float:
@@ -440,12 +451,20 @@ def sample_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SampleSta
             return total
 
         first = ingest_a_copy()
-        time.sleep(2.5)  # a few scrapes of the first copy's totals
-        start = time.time() - 1
+        time.sleep(2)  # a few scrapes of the first copy's totals
         assert ingest_a_copy() == 2 * first
-        time.sleep(2.5)
-        at = time.time()
-        yield SampleStack(exporter, prom, f"{int(at - start)}s", at)
+        time.sleep(2)
+        # the window runs from the last scrape holding the first copy's totals to the last scrape,
+        # both on sample times, so increase() is the second copy exactly, without extrapolation
+        # (a scrape that failed while the exporter ingested must not move the window's start)
+        totals: dict[float, float] = {}
+        for series in prom.api("query", query="inference_profiler_traces_total[1m]")["result"]:
+            for ts, v in series["values"]:
+                totals[ts] = totals.get(ts, 0.0) + float(v)
+        start = max(ts for ts, v in totals.items() if v == first)
+        at = max(totals)
+        assert totals[at] == 2 * first, totals
+        yield SampleStack(exporter, prom, f"{round((at - start) * 1000)}ms", at)
     finally:
         for p in reversed(procs):
             p.stop()
