@@ -7,8 +7,10 @@ from grafana_foundation_sdk.builders import prometheus
 from grafana_foundation_sdk.cog.builder import Builder
 from grafana_foundation_sdk.models.dashboard import (
     DashboardCursorSync,
+    DashboardLinkType,
     DataSourceRef,
     DataTransformerConfig,
+    DynamicConfigValue,
     Panel,
     VariableHide,
     VariableModel,
@@ -25,12 +27,25 @@ PanelBuilder = Builder[Panel]
 VariableBuilder = Builder[VariableModel]
 
 
+TAG = "inference-profiler"  # every dashboard of ours carries it; the links between them select on it
+
+
+def dashboard_links() -> db.DashboardLink:
+    """Links to the other dashboards, carrying the variables (model, instance, ...) and the time range."""
+    return (
+        db.DashboardLink("Inference Profiler").type(DashboardLinkType.DASHBOARDS).tags([TAG])
+        .as_dropdown(False).include_vars(True).keep_time(True)
+        .tooltip("The other Inference Profiler dashboards, same model and time range")
+    )
+
+
 def base_dashboard(title: str, uid: str, description: str, tags: list[str], variables: list[VariableBuilder],
                    *, refresh: str = "30s", since: str = "now-30m") -> db.Dashboard:
-    """What every dashboard of ours sets the same way: identity, refresh, range, shared crosshair."""
+    """What every dashboard of ours sets the same way: identity, refresh, range, shared crosshair, links."""
     return (
-        db.Dashboard(title).uid(uid).description(description).tags(tags)
+        db.Dashboard(title).uid(uid).description(description).tags([TAG, *(t for t in tags if t != TAG)])
         .refresh(refresh).time(since, "now").tooltip(DashboardCursorSync.CROSSHAIR).variables(variables)
+        .link(dashboard_links())
     )
 
 
@@ -123,6 +138,21 @@ def quantile(q: float, metric: str, selector: str, by: str) -> str:
         f"histogram_quantile({q}, sum by ({by_le}) "
         f"(rate({metric}_bucket{{{selector}}}[$__rate_interval])))"
     )
+
+
+def slo(stage: str) -> str:
+    """The p99 SLO of `stage` for $model from the recording rules: the model's own, else the default."""
+    return (
+        f'max(inference_profiler:stage_p99_slo_seconds{{model="$model", stage="{stage}"}})\n'
+        f'or max(inference_profiler:stage_p99_slo_seconds{{model="*", stage="{stage}"}})'
+    )
+
+
+SLO_STYLE = [  # a dashed red line, never filled or stacked
+    DynamicConfigValue(id_val="color", value={"mode": "fixed", "fixedColor": "red"}),
+    DynamicConfigValue(id_val="custom.lineStyle", value={"fill": "dash", "dash": [10, 10]}),
+    DynamicConfigValue(id_val="custom.fillOpacity", value=0),
+]
 
 
 def heatmap_buckets(metric: str, selector: str) -> str:

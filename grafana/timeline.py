@@ -1,8 +1,9 @@
-"""Inference stage timeline: where one model's request time goes, stage by stage.
+"""Inference stage timeline: where one model's request time goes, part by part.
 
-Replaces the matplotlib timeline notebook: the stages in request order as one
-stacked bar of mean durations, their percentiles over time, a heatmap per stage
-and each stage's share of the request.
+Replaces the matplotlib timeline notebook: the request's exclusive segments in request
+order as one stacked bar that adds up to the mean end-to-end time, their share and their
+evolution, a streaming row (time to first response, time between responses, responses per
+request), and each stage's percentiles (with its SLO) and heatmap.
 """
 
 from __future__ import annotations
@@ -21,8 +22,11 @@ from grafana_foundation_sdk.models import common
 from grafana_foundation_sdk.models import heatmap as hm
 from grafana_foundation_sdk.models import piechart as pie
 
+from exporter.stages import SEGMENT_ORDER
+
 from .panels import (
     REFS,
+    SLO_STYLE,
     P,
     PanelBuilder,
     VariableBuilder,
@@ -36,40 +40,38 @@ from .panels import (
     merge_columns,
     quantile,
     query,
+    slo,
 )
 
 UID = "inference-stage-timeline"
 STAGE = P + "stage_duration_seconds"
+TIMELINE = P + "timeline_seconds_total"
+TRACES = P + "traces_total"
+RESPONSES = P + "responses_per_request"
 SEL = 'instance=~"$instance", model="$model", version=~"$version", protocol=~"$protocol"'
 SOCKET = P + "tcp_socket_queue_seconds"
 
-# (segment title, stage regex) in the order a request passes through Triton.
-# grpc_waitread is left out: it holds idle connection time (SPEC), not request time.
-SEGMENTS: tuple[tuple[str, str], ...] = (
-    ("frontend recv", "http_recv"),
-    ("queue", "queue"),
-    ("compute input", "compute_input"),
-    ("compute infer", "compute_infer"),
-    ("compute output", "compute_output"),
-    ("handler overhead", "handler_overhead"),
-    ("frontend send", "http_send|grpc_send"),
-    ("frontend overhead", "frontend_overhead"),
-)
-SOCKET_TITLE = "socket queue (eBPF)"
+# (title, segment) in the order a request passes through Triton: the exporter's own table,
+# whose segments are exclusive (each instant of a request in exactly one) and add up to end_to_end
+SEGMENTS: tuple[tuple[str, str], ...] = tuple((s.replace("_", " "), s) for s in SEGMENT_ORDER)
+
+# a range query's series only while some request of the model had more than one response
+STREAMING = f'sum(rate({STAGE}_count{{{SEL}, stage="inter_response"}}[$__rate_interval])) > 0'
+NOT_STREAMING = ("No streaming: no request of this model had more than one response in this time range "
+                 "(these panels fill for decoupled models)")
 
 
 def segment_queries() -> tuple[list[prometheus.Dataquery], dict[str, str]]:
-    """Instant mean per segment over the range, each one table row keyed by model."""
-    # eBPF has no model label: it is labelled with the chosen model so it joins the row.
-    socket = (
-        f'label_replace(\n  sum(increase({SOCKET}_sum{{instance=~"$instance"}}[$__range]))\n'
-        f'  / sum(increase({SOCKET}_count{{instance=~"$instance"}}[$__range])),\n'
-        f'  "model", "$model", "", "")'
-    )
-    targets = [query(socket, SOCKET_TITLE, REFS[0], instant=True, table=True)]
-    names = {REFS[0]: SOCKET_TITLE}
-    for i, (title, stages) in enumerate(SEGMENTS, start=1):
-        expr = mean_over_range(STAGE, f'{SEL}, stage=~"{stages}"', "model")
+    """Per segment, its time per traced request over the range: one table row keyed by model.
+
+    Divided by every trace (not by the traces that have the segment), so the parts add up to
+    the mean end-to-end time."""
+    targets, names = [], {}
+    for i, (title, segment) in enumerate(SEGMENTS):
+        expr = (
+            f'sum by (model) (increase({TIMELINE}{{{SEL}, segment="{segment}"}}[$__range]))\n'
+            f"/ sum by (model) (increase({TRACES}{{{SEL}}}[$__range]))"
+        )
         targets.append(query(expr, title, REFS[i], instant=True, table=True))
         names[REFS[i]] = title
     return targets, names
@@ -89,35 +91,39 @@ def variables() -> list[VariableBuilder]:
 
 
 def overview_panels() -> list[PanelBuilder]:
-    req = f'{SEL}, stage="request"'
+    e2e = f'{SEL}, stage="end_to_end"'
     traces = stat.Panel().title("Traced requests per second").unit("reqps").height(5).span(6).description(
         "How many traced requests of this model Triton completes per second (counted from trace files)."
+    ).with_target(query(f'sum(rate({TRACES}{{{SEL}}}[$__rate_interval]))', "traces/s"))
+    mean_e2e = stat.Panel().title("Mean end-to-end time").unit("s").height(5).span(6).description(
+        "Mean time from the request's arrival at Triton's frontend to its last response out, over the "
+        "time range: the length of the stacked bar below."
+    ).with_target(query(mean_over_range(STAGE, e2e, "model"), "mean", instant=True))
+    p99 = stat.Panel().title("p99 end-to-end time").unit("s").height(5).span(6).description(
+        "99th percentile of end_to_end: the time 1 in 100 requests exceeds, arrival to last response."
+    ).with_target(query(quantile(0.99, STAGE, e2e, ""), "p99"))
+    socket = stat.Panel().title("Mean socket queue before Triton reads (eBPF)").unit("s").height(5).span(6).description(
+        "Time request data waits in the kernel socket before Triton reads it (eBPF, all models on the "
+        "watched ports). Before arrival and overlapping the frontend's receive, so not part of the bar."
     ).with_target(query(
-        f'sum(rate({P}traces_total{{{SEL}}}[$__rate_interval]))', "traces/s"))
-    mean_req = stat.Panel().title("Mean request time (handler)").unit("s").height(5).span(6).description(
-        "Mean time inside Triton's request handler (REQUEST_START to REQUEST_END) over the time range."
-    ).with_target(query(mean_over_range(STAGE, req, "model"), "mean", instant=True))
-    p99 = stat.Panel().title("p99 request time (handler)").unit("s").height(5).span(6).description(
-        "99th percentile of the request stage: the handler time that 1 in 100 requests exceeds."
-    ).with_target(query(quantile(0.99, STAGE, req, ""), "p99"))
-    e2e = stat.Panel().title("Mean frontend time (recv to send)").unit("s").height(5).span(6).description(
-        "Mean end-to-end server time as the frontend sees it (http_infer or grpc_infer)."
-    ).with_target(query(mean_over_range(STAGE, f'{SEL}, stage=~"http_infer|grpc_infer"', "model"),
-                        "mean", instant=True))
-    return [traces, mean_req, p99, e2e]
+        f'sum(increase({SOCKET}_sum{{instance=~"$instance"}}[$__range]))\n'
+        f'/ sum(increase({SOCKET}_count{{instance=~"$instance"}}[$__range]))', "mean", instant=True))
+    return [traces, mean_e2e, p99, socket]
 
 
 def timeline_bar() -> barchart.Panel:
     targets, names = segment_queries()
     p = (
         barchart.Panel()
-        .title("Request timeline: mean time per stage, in request order")
+        .title("Request timeline: mean time per segment, in request order")
         .description(
-            "Where an average request of this model spends its time, stage by stage in the order a "
-            "request passes through (socket queue from eBPF, then Triton's trace stages), as one "
-            "stacked bar of mean durations over the selected range; the replacement of the "
-            "matplotlib timeline. A stage's mean is over the requests that have it (frontend recv is "
-            "HTTP only)."
+            "Where an average request of this model spends its time, as one stacked bar that adds up to "
+            "the mean end-to-end time (arrival at the frontend to the last response out) over the selected "
+            "range; the replacement of the matplotlib timeline. The segments are exclusive: each instant of "
+            "a request belongs to exactly one, the innermost span open then (compute parts over queue, over "
+            "send, over the handler, over recv, over the rest of the frontend; between responses is a "
+            "streaming request's time after the handler released it). Each part is its total time divided "
+            "by all traced requests."
         )
         .unit("s")
         .height(7)
@@ -139,10 +145,9 @@ def share_pie() -> piechart.Panel:
     targets, names = segment_queries()
     p = (
         piechart.Panel()
-        .title("Share of request time per stage")
+        .title("Share of request time per segment")
         .description(
-            "Which stage dominates: each stage's mean as a share of the whole timeline above "
-            "(the same numbers, as fractions)."
+            "Which segment dominates: each segment's part of the end-to-end time (the bar above, as fractions)."
         )
         .unit("s")
         .height(9)
@@ -160,25 +165,88 @@ def share_pie() -> piechart.Panel:
 def means_over_time() -> timeseries.Panel:
     p = (
         timeseries.Panel()
-        .title("Mean time per stage over time (stacked)")
-        .description("How the timeline changes over time: each stage's mean, stacked in request order.")
+        .title("Mean time per segment over time (stacked)")
+        .description("How the timeline changes over time: each segment's time per request, stacked in request "
+                     "order; the top of the stack is the mean end-to-end time.")
         .unit("s")
         .height(9)
         .span(16)
         .fill_opacity(60)
         .stacking(cb.StackingConfig().mode(common.StackingMode.NORMAL))
     )
-    for i, (title, stages) in enumerate(SEGMENTS):
-        p = p.with_target(query(mean(STAGE, f'{SEL}, stage=~"{stages}"', "model"), title, REFS[i]))
+    for i, (title, segment) in enumerate(SEGMENTS):
+        p = p.with_target(query(
+            f'sum by (model) (rate({TIMELINE}{{{SEL}, segment="{segment}"}}[$__rate_interval]))\n'
+            f"/ sum by (model) (rate({TRACES}{{{SEL}}}[$__rate_interval]))", title, REFS[i]))
     return p
+
+
+def streaming(expr: str) -> str:
+    """`expr` only while the model streams, so a unary model's row shows the no-streaming text."""
+    return f"({expr})\nand on () ({STREAMING})"
+
+
+def streaming_panels() -> list[PanelBuilder]:
+    first = f'{SEL}, stage="first_response"'
+    gaps = f'{SEL}, stage="inter_response"'
+    ttfr = (
+        timeseries.Panel()
+        .title("Time to first response: p50 / p95 / p99 and SLO")
+        .description(
+            "first_response: arrival at the frontend to the first response out (time to first token for "
+            "LLMs), with the p99 SLO of prometheus/rules/slo.rules.yml (dashed)."
+        )
+        .unit("s")
+        .height(8)
+        .span(8)
+        .no_value(NOT_STREAMING)
+        .with_target(query(streaming(quantile(0.5, STAGE, first, "")), "p50", "A"))
+        .with_target(query(streaming(quantile(0.95, STAGE, first, "")), "p95", "B"))
+        .with_target(query(streaming(quantile(0.99, STAGE, first, "")), "p99", "C"))
+        .with_target(query(streaming(slo("first_response")), "SLO (p99)", "D"))
+        .override_by_query("D", SLO_STYLE)
+    )
+    between = (
+        heatmap.Panel()
+        .title("Time between responses: distribution")
+        .description(
+            "inter_response: every gap between two consecutive responses of a request (time per output "
+            "token when a response carries one token), by duration bucket over time."
+        )
+        .unit("s")
+        .height(8)
+        .span(8)
+        .calculate(False)
+        .no_value(NOT_STREAMING)
+        .y_axis(heatmap.YAxisConfig().unit("s"))
+        .cell_values(heatmap.CellValues().unit("short"))
+        .color(heatmap.HeatmapColorOptions().mode(hm.HeatmapColorMode.SCHEME).scheme("Blues")
+               .scale(hm.HeatmapColorScale.EXPONENTIAL).exponent(0.5).steps(64).fill("dark-blue"))
+        .with_target(query(streaming(heatmap_buckets(STAGE, gaps)), "{{le}}", heatmap=True))
+    )
+    count = (
+        timeseries.Panel()
+        .title("Responses per request: mean and p99")
+        .description("How many responses a request of this model gets (tokens or chunks of a stream).")
+        .unit("short")
+        .height(8)
+        .span(8)
+        .no_value(NOT_STREAMING)
+        .with_target(query(streaming(
+            f"sum(rate({RESPONSES}_sum{{{SEL}}}[$__rate_interval]))\n"
+            f"/ sum(rate({RESPONSES}_count{{{SEL}}}[$__rate_interval]))"), "mean", "A"))
+        .with_target(query(streaming(quantile(0.99, RESPONSES, SEL, "")), "p99", "B"))
+    )
+    return [ttfr, between, count]
 
 
 def stage_row() -> list[PanelBuilder]:
     sel = f'{SEL}, stage="$stage"'
     pct = (
         timeseries.Panel()
-        .title("$stage: p50 / p95 / p99 and mean")
-        .description("The spread of this stage over time: median, tail percentiles and mean.")
+        .title("$stage: p50 / p95 / p99, mean and SLO")
+        .description("The spread of this stage over time: median, tail percentiles and mean, with the "
+                     "stage's p99 SLO of prometheus/rules/slo.rules.yml (dashed) where one is set.")
         .unit("s")
         .height(8)
         .span(12)
@@ -186,6 +254,8 @@ def stage_row() -> list[PanelBuilder]:
         .with_target(query(quantile(0.95, STAGE, sel, ""), "p95", "B"))
         .with_target(query(quantile(0.99, STAGE, sel, ""), "p99", "C"))
         .with_target(query(mean(STAGE, sel, "model"), "mean", "D"))
+        .with_target(query(slo("$stage"), "SLO (p99)", "E"))
+        .override_by_query("E", SLO_STYLE)
     )
     heat = (
         heatmap.Panel()
@@ -215,6 +285,9 @@ def dashboard() -> db.Dashboard:
     for p in overview_panels():
         d = d.with_panel(p)
     d = d.with_panel(timeline_bar()).with_panel(share_pie()).with_panel(means_over_time())
+    d = d.with_row(db.Row("Streaming (decoupled models)"))
+    for p in streaming_panels():
+        d = d.with_panel(p)
     d = d.with_row(db.Row("Stage $stage").repeat("stage"))
     for p in stage_row():
         d = d.with_panel(p)

@@ -29,10 +29,11 @@ import pytest
 import yaml
 
 from exporter import daemon
-from exporter.demo.launcher import MODEL, TritonServer, free_port
-from exporter.demo.traffic import TrafficDriver
+from exporter.demo.launcher import ALL_MODELS, MODEL, STREAM, TritonServer, free_port
+from exporter.demo.traffic import STREAM_TRAFFIC, TrafficDriver
 from grafana import build
-from tests.conftest import missing
+from tests.conftest import ROLLING_TRACES, missing
+from tests.test_anatomy_real import plain_traces
 from tests.triton_harness import ExporterProcess, start_triton
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -151,7 +152,7 @@ class Stack:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     work = tmp_path_factory.mktemp("e2e")
-    triton = start_triton(work / "triton", log_frequency=20)
+    triton = start_triton(work / "triton", log_frequency=20, models=ALL_MODELS)
     procs: list[Any] = [triton]
     try:
         csv = work / "perf" / "add_sub.csv"
@@ -175,7 +176,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         prom = Prometheus(prometheus_config(work, instance), work)
         procs.append(prom)
         s = Stack(triton, exporter, prom, instance, ebpf)
-        driver = TrafficDriver(triton.http_address, triton.grpc_address, rate=40, concurrency=4).start()
+        driver = TrafficDriver(triton.http_address, triton.grpc_address, rate=60, concurrency=4,
+                               extra=STREAM_TRAFFIC).start()
         time.sleep(TRAFFIC_SECONDS)
         counts = driver.stop()
         assert sum(counts.succeeded.values()) > 100, counts
@@ -229,11 +231,12 @@ def substitute(text: str, values: dict[str, str]) -> str:
     return re.sub(r"\$\{(\w+)\}|\$(\w+)", one, text)
 
 
-def resolve_variables(prom: Prometheus, dash: dict[str, Any], s: Stack,
-                      empty: list[str]) -> tuple[dict[str, str], dict[str, list[str]]]:
-    """Values for every variable: single-select ones get a real value, multi-select ones
-    'All', repeat-only (hidden) ones every value. Empty variable queries go to `empty`."""
-    values: dict[str, str] = {"__rate_interval": RATE_INTERVAL, "__range": s.range(), "__interval": "1s"}
+def resolve_variables(prom: Prometheus, dash: dict[str, Any], range_: str, empty: list[str],
+                      preferred: dict[str, str]) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """Values for every variable: single-select ones get a real value (`preferred` where it has
+    one), multi-select ones 'All', repeat-only (hidden) ones every value. Empty variable queries
+    go to `empty`."""
+    values: dict[str, str] = {"__rate_interval": RATE_INTERVAL, "__range": range_, "__interval": "1s"}
     repeats: dict[str, list[str]] = {}
     for v in dash["templating"]["list"]:
         if v["type"] != "query":
@@ -250,7 +253,7 @@ def resolve_variables(prom: Prometheus, dash: dict[str, Any], s: Stack,
         elif v.get("multi"):
             values[v["name"]] = v["allValue"]
         else:
-            pref = PREFERRED.get(v["name"])
+            pref = preferred.get(v["name"])
             values[v["name"]] = pref if pref in found else found[0]
     return values, repeats
 
@@ -282,11 +285,41 @@ def run_query(prom: Prometheus, target: dict[str, Any], expr: str) -> bool:
     return finite(data)
 
 
-def dashboard_gaps(s: Stack, name: str) -> tuple[int, list[str]]:
-    """(queries run, queries that returned no finite data, each with its panel and source)."""
+SLO_STAGES = {r["labels"]["stage"] for g in yaml.safe_load((PROM / "rules" / "slo.rules.yml").read_text())["groups"]
+              for r in g["rules"] if r.get("labels", {}).get("model") == "*"}
+
+
+def expectation(prom: Prometheus, panel: dict[str, Any], expr: str) -> str:
+    """'data' or 'empty': what a query of the stage timeline must return, variables substituted.
+
+    Streaming-row queries are empty for a model that does not stream (the panel then shows its
+    no-streaming text); an SLO line exists only for the stages that have an SLO; a segment's bar
+    part only where the exporter exposes that segment for the model."""
+    model = re.search(r'model="([^"$*]+)"', expr)
+    # over a window: one failed scrape must not make a streaming model look unary
+    streams = model is not None and finite(prom.api("query", query=(
+        f'sum(max_over_time(inference_profiler_stage_duration_seconds_count{{model="{model.group(1)}", '
+        f'stage="inter_response"}}[10m])) > 0')))
+    if panel["fieldConfig"]["defaults"].get("noValue", "").startswith("No streaming") and not streams:
+        return "empty"
+    if "stage_p99_slo_seconds" in expr:
+        stage = re.search(r'stage="(\w+)"', expr)
+        return "data" if stage is not None and stage.group(1) in SLO_STAGES else "empty"
+    segment = re.search(r'segment="(\w+)"', expr)
+    if segment is not None and model is not None:
+        exists = prom.api("series", **{"match[]": f'inference_profiler_timeline_seconds_total{{model="{model.group(1)}", '
+                                                   f'segment="{segment.group(1)}"}}', "start": str(time.time() - 3600)})
+        return "data" if exists else "empty"
+    return "data"
+
+
+def dashboard_gaps(prom: Prometheus, name: str, range_: str,
+                   preferred: dict[str, str] = PREFERRED) -> tuple[int, list[str]]:
+    """(queries run, queries that returned no finite data where they must, or data where they must
+    not, each with its panel and source)."""
     dash = DASHBOARDS[name]
     gaps: list[str] = []
-    values, repeats = resolve_variables(s.prometheus, dash, s, gaps)
+    values, repeats = resolve_variables(prom, dash, range_, gaps, preferred)
     ran = 0
     for panel, names in panels(dash):
         # a repeated panel inside a repeated row is run for every pair of values
@@ -298,15 +331,17 @@ def dashboard_gaps(s: Stack, name: str) -> tuple[int, list[str]]:
             for t in panel["targets"]:
                 expr = substitute(t["expr"], vals)
                 ran += 1
-                if not run_query(s.prometheus, t, expr):
+                want = expectation(prom, panel, expr) if name == "inference-stage-timeline" else "data"
+                if run_query(prom, t, expr) != (want == "data"):
                     where = ", ".join(f"{k}={v}" for k, v in combo.items())
+                    what = "no data" if want == "data" else "data where it must be empty"
                     gaps.append(f"{name}: panel '{panel['title']}' [{where}] ref {t['refId']} "
-                                f"[{source_of(expr)}]: {expr}")
+                                f"[{source_of(expr)}] {what}: {expr}")
     return ran, gaps
 
 
-def check_dashboard(s: Stack, name: str) -> None:
-    ran, gaps = dashboard_gaps(s, name)
+def check_dashboard(s: Stack, name: str, preferred: dict[str, str] = PREFERRED) -> None:
+    ran, gaps = dashboard_gaps(s.prometheus, name, s.range(), preferred)
     assert ran > 0
     # without the eBPF source (not wired into the daemon yet, or no BPF on this machine) its
     # queries cannot have data; they are listed, everything else must have data
@@ -314,13 +349,28 @@ def check_dashboard(s: Stack, name: str) -> None:
     real = [g for g in gaps if g not in absent]
     if absent:
         print(f"{name}: {len(absent)} queries need the eBPF source, not running here:\n" + "\n".join(absent))
-    assert not real, f"{len(real)} of {ran} queries returned no data:\n" + "\n".join(real)
+    assert not real, f"{len(real)} of {ran} queries are wrong:\n" + "\n".join(real) + scrape_health(s.prometheus)
+
+
+def scrape_health(prom: Prometheus) -> str:
+    """Failed or slow scrapes of the exporter explain empty instant queries: said with a failure."""
+    def value(q: str) -> str:
+        res = prom.api("query", query=q)["result"]
+        return res[0]["value"][1] if res else "none"
+
+    return (f"\n(exporter scrapes over 10 min: min up {value('min_over_time(up[10m])')}, "
+            f"max duration {value('max_over_time(scrape_duration_seconds[10m])')} s)")
 
 
 # --- tests --------------------------------------------------------------------------
 
 def test_timeline_dashboard_queries_return_data(stack: Stack) -> None:
+    """A unary model: its streaming row must be empty (the panels show their no-streaming text)."""
     check_dashboard(stack, "inference-stage-timeline")
+
+
+def test_timeline_dashboard_of_a_streaming_model(stack: Stack) -> None:
+    check_dashboard(stack, "inference-stage-timeline", {"model": STREAM})
 
 
 def test_triton_dashboard_queries_return_data(stack: Stack) -> None:
@@ -334,7 +384,7 @@ def test_perf_analyzer_dashboard_queries_return_data(stack: Stack) -> None:
 @pytest.mark.ebpf
 def test_network_dashboard_queries_return_data(stack: Stack) -> None:
     if not stack.ebpf:
-        _, gaps = dashboard_gaps(stack, "inference-profiler-network")
+        _, gaps = dashboard_gaps(stack.prometheus, "inference-profiler-network", stack.range())
         pytest.skip("the eBPF source is not built by the daemon yet; queries without data:\n" + "\n".join(gaps))
     check_dashboard(stack, "inference-profiler-network")
 
@@ -355,6 +405,110 @@ def test_no_alert_fires_on_a_healthy_stack(stack: Stack) -> None:
     assert not [a for a in firing if a["alertname"] in {"TritonDown", "InferenceProfilerDown",
                                                         "InferenceProfilerAbsent", "TraceIngestionStalled",
                                                         "TraceFilesFailing", "TraceRecordsRejected"}], firing
+
+
+# --- the sample traces (real Triton 2.51 files) ----------------------------------------
+
+@dataclass
+class SampleStack:
+    exporter: ExporterProcess
+    prometheus: Prometheus
+    window: str  # a range holding exactly the second copy of the samples
+    at: float  # the instant query time that range ends at (a scrape's time)
+
+
+def exporter_total(e: ExporterProcess, name: str, **labels: str) -> float:
+    return e.scrape().total(name, **labels)
+
+
+@pytest.fixture(scope="module")
+def sample_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SampleStack]:
+    """The exporter and Prometheus over the samples, ingested twice: counters only count what
+    happens between two scrapes, so the range of the second copy holds the samples exactly once."""
+    work = tmp_path_factory.mktemp("samples")
+    traces = work / "traces"
+    traces.mkdir()
+    samples = sorted(ROLLING_TRACES.glob("trace.json.*"), key=lambda f: int(f.suffix[1:]))
+    port = free_port()
+    exporter = ExporterProcess(["--trace-file", str(traces / "trace.json"), "--state-dir", str(work / "state"),
+                                "--listen", f"127.0.0.1:{port}", "--triton", "none", "--ebpf", "off",
+                                "--trace-poll-seconds", "0.2"], work, port)
+    procs: list[Any] = [exporter]
+    try:
+        exporter.wait_ready()
+        prom = Prometheus(prometheus_config(work, f"127.0.0.1:{port}"), work)
+        procs.append(prom)
+        copies = 0
+
+        def ingest_a_copy() -> float:
+            nonlocal copies
+            for f in samples:
+                (traces / f"trace.json.{copies * len(samples) + int(f.suffix[1:])}").write_bytes(f.read_bytes())
+            copies += 1
+            exporter.wait_for(lambda m: m.total("inference_profiler_trace_files_total") == copies * len(samples))
+            total = exporter_total(exporter, "inference_profiler_traces_total")
+            wait_for_value(prom, "sum(inference_profiler_traces_total)", lambda v: v == total)
+            return total
+
+        first = ingest_a_copy()
+        time.sleep(2)  # a few scrapes of the first copy's totals
+        assert ingest_a_copy() == 2 * first
+        time.sleep(2)
+        # the window runs from the last scrape holding the first copy's totals to the last scrape,
+        # both on sample times, so increase() is the second copy exactly, without extrapolation
+        # (a scrape that failed while the exporter ingested must not move the window's start)
+        totals: dict[float, float] = {}
+        for series in prom.api("query", query="inference_profiler_traces_total[1m]")["result"]:
+            for ts, v in series["values"]:
+                totals[ts] = totals.get(ts, 0.0) + float(v)
+        start = max(ts for ts, v in totals.items() if v == first)
+        at = max(totals)
+        assert totals[at] == 2 * first, totals
+        yield SampleStack(exporter, prom, f"{round((at - start) * 1000)}ms", at)
+    finally:
+        for p in reversed(procs):
+            p.stop()
+
+
+def test_sample_traces_timeline_dashboard_queries(sample_stack: SampleStack) -> None:
+    """Every query of the stage timeline runs on the samples; none of them streams, so the
+    streaming row is empty and everything else has data. First of the sample tests: the rate
+    panels' windows still hold the second copy's ingestion."""
+    ran, gaps = dashboard_gaps(sample_stack.prometheus, "inference-stage-timeline", "1h")
+    real = [g for g in gaps if "[ebpf]" not in g]
+    assert ran > 0 and not real, "\n".join(real)
+
+
+def test_sample_traces_timeline_bar_adds_up_to_the_mean_end_to_end(sample_stack: SampleStack) -> None:
+    s = sample_stack
+    bar = next(p for p, _ in panels(DASHBOARDS["inference-stage-timeline"]) if p["type"] == "barchart")
+    values = {"instance": ".*", "model": MODEL, "version": ".*", "protocol": ".*", "__range": s.window}
+    parts: dict[str, float] = {}
+    for t in bar["targets"]:
+        res = s.prometheus.api("query", query=substitute(t["expr"], values), time=str(s.at))["result"]
+        parts[t["legendFormat"]] = sum(float(r["value"][1]) for r in res)
+        assert all(r["metric"] == {"model": MODEL} for r in res), res
+    def e2e_total(part: str) -> str:
+        return f'sum(increase(inference_profiler_stage_duration_seconds_{part}{{model="{MODEL}", stage="end_to_end"}}[{s.window}]))'
+
+    res = s.prometheus.api("query", query=f"{e2e_total('sum')} / {e2e_total('count')}", time=str(s.at))["result"]
+    assert res, "no end_to_end on the samples"
+    e2e = float(res[0]["value"][1])
+    # the same mean from the files themselves (json.load), once per copy
+    plain = [t for t in plain_traces(sorted(ROLLING_TRACES.glob("trace.json.*"))) if t.model == MODEL]
+    assert math.isclose(e2e, sum(t.end_to_end for t in plain) / len(plain) * 1e-9, rel_tol=1e-9)
+    assert all(v >= 0 for v in parts.values()), parts
+    assert math.isclose(sum(parts.values()), e2e, rel_tol=1e-9), (parts, e2e)
+    assert parts["frontend overhead"] > 0 and parts["compute infer"] > 0, parts
+
+
+def test_sample_traces_frontend_overhead_for_every_http_trace(sample_stack: SampleStack) -> None:
+    m = sample_stack.exporter.scrape()
+    http = m.total("inference_profiler_traces_total", protocol="http")
+    assert http > 0
+    assert m.total("inference_profiler_stage_duration_seconds_count", protocol="http",
+                   stage="frontend_overhead") == http
+    assert m.total("inference_profiler_trace_records_rejected_total", reason="negative_span") == 0
 
 
 def test_triton_down_alert_fires_when_triton_stops(stack: Stack) -> None:

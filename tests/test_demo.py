@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from exporter.demo.launcher import MODEL, free_port
+from exporter.demo.launcher import MODEL, STREAM, STREAM_ENSEMBLE, STREAM_THREAD, TEXT, free_port
 from exporter.demo.report import Snapshot, format_report
 from tests.triton_harness import EXPORTER, Scrape
 
@@ -95,6 +95,21 @@ def test_demo_shows_live_stage_histograms_and_exits_cleanly(tmp_path: Path) -> N
         assert m.total("inference_profiler_traces_total", model="add_sub_ensemble") > 0
         # the ensemble's children carry the top-level protocol, never "none"
         assert m.total("inference_profiler_traces_total", model=MODEL, protocol="none") == 0
+        # the streaming models, over a gRPC stream and HTTP generate_stream: several responses per request
+        m = demo.wait_for(lambda m: all(
+            m.total(STAGE_COUNT, model=model, protocol=protocol, stage="inter_response") > 0
+            for model in (STREAM, STREAM_THREAD) for protocol in ("grpc", "http")))
+        for model in (STREAM, STREAM_THREAD):
+            for protocol in ("grpc", "http"):
+                count = m.total("inference_profiler_responses_per_request_count", model=model, protocol=protocol)
+                le1 = sum(v for lab, v in m.select("inference_profiler_responses_per_request_bucket", model=model,
+                                                   protocol=protocol) if float(lab["le"]) == 1)
+                assert count > le1, (model, protocol, count, le1)  # requests with several responses
+                if model == STREAM_THREAD:
+                    # never a single response (token_stream has some: its child traces in the ensemble)
+                    assert le1 == 0, (model, protocol, count, le1)
+        assert m.total("inference_profiler_traces_total", model=STREAM_ENSEMBLE, protocol="grpc") > 0
+        assert m.total(STAGE_COUNT, model=TEXT, protocol="http", stage="end_to_end") > 0  # generate
         # every source on: Triton's endpoints, and the CSV of the demo's perf_analyzer run
         m = demo.wait_for(lambda m: m.total("inference_profiler_perf_analyzer_throughput") > 0
                           and m.total("inference_profiler_triton_up") == 1)
@@ -124,12 +139,12 @@ def test_demo_ctrl_c_stops_everything(tmp_path: Path) -> None:
 
 def test_report_means_are_per_interval() -> None:
     def snap(count: int, total_ns: int, traces: int) -> Snapshot:
-        return Snapshot({("m", "http", "request"): (count, total_ns), ("m", "http", "http_infer"): (count, total_ns * 2)},
+        return Snapshot({("m", "http", "request"): (count, total_ns), ("m", "http", "end_to_end"): (count, total_ns * 2)},
                         {("m", "http"): traces})
 
     text = format_report(snap(10, 10_000_000, 10), snap(30, 70_000_000, 30), 20.0)
-    # (70-10) ms over (30-10) requests = 3 ms; infer is twice that
+    # (70-10) ms over (30-10) requests = 3 ms; end_to_end is twice that; no first_response observed
     row = next(ln for ln in text.splitlines() if ln.strip().startswith("m "))
-    assert row.split()[2:5] == ["30", "6.000", "3.000"]
+    assert row.split()[2:6] == ["30", "6.000", "-", "3.000"]
     assert "30 traces counted (+20)" in text
     assert "no traces ingested yet" in format_report(Snapshot({}, {}), Snapshot({}, {}), 1.0)

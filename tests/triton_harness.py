@@ -33,7 +33,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.demo.launcher import TritonServer, copy_model_repository, free_port
+from exporter.demo.launcher import UNARY_MODELS, TritonServer, copy_model_repository, free_port
 
 TRITON_FIXTURES = ("triton_server", "triton_factory")
 # the installed console script, as users run it
@@ -48,9 +48,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 def start_triton(workdir: Path, **kwargs: Any) -> TritonServer:
-    """A started Triton with the example models; rolling traces at workdir/traces/trace.json."""
+    """A started Triton with the example models (`models`, default add_sub and its ensemble);
+    rolling traces at workdir/traces/trace.json."""
     workdir.mkdir(parents=True, exist_ok=True)
-    repo = copy_model_repository(workdir)
+    repo = copy_model_repository(workdir, kwargs.pop("models", UNARY_MODELS))
     kwargs.setdefault("trace_file", workdir / "traces" / "trace.json")
     kwargs.setdefault("log_frequency", 20)
     kwargs.setdefault("trace_rate", 1)

@@ -1,8 +1,10 @@
 """`inference-profiler demo`: a local Triton with traffic and the exporter against it.
 
-Starts the wheel's tritonserver with add_sub and add_sub_ensemble and rolling traces,
-drives HTTP and gRPC traffic, runs the exporter in-process with every source on, and
-prints where to look plus a per-stage summary every few seconds. Ctrl-C stops it all.
+Starts the wheel's tritonserver with add_sub, add_sub_ensemble, the streaming (decoupled)
+token_stream models and rolling traces, drives HTTP and gRPC traffic (gRPC streams and
+HTTP generate_stream for the streaming models), runs the exporter in-process with every
+source on, and prints where to look plus a per-stage summary every few seconds. Ctrl-C
+stops it all.
 """
 
 from __future__ import annotations
@@ -21,11 +23,21 @@ from types import FrameType
 from ..config import Config, ConfigError, build
 from ..daemon import Daemon
 from ..traces.source import TraceSource
-from .launcher import ENSEMBLE, MODEL, TritonError, TritonServer, copy_model_repository
+from .launcher import (
+    ENSEMBLE,
+    MODEL,
+    STREAM,
+    STREAM_ENSEMBLE,
+    STREAM_THREAD,
+    TEXT,
+    TritonError,
+    TritonServer,
+    copy_model_repository,
+)
 from .perf_run import RATE as PERF_RATE
 from .perf_run import PerfAnalyzerRun
 from .report import Snapshot, format_report, snapshot
-from .traffic import TrafficDriver
+from .traffic import STREAM_TRAFFIC, TrafficDriver
 
 log = logging.getLogger("demo")
 
@@ -56,15 +68,19 @@ def _banner(cfg: Config, port: int, triton: TritonServer, workdir: Path, rate: f
     return f"""
 Inference Profiler demo (workdir {workdir})
   Triton     HTTP {triton.http_url}  gRPC {triton.grpc_address}  metrics {triton.metrics_url}
-             models {MODEL} (python, dynamic batching) and {ENSEMBLE}; log {triton.log_path}
+             models {MODEL} (python, dynamic batching) and {ENSEMBLE};
+             streaming (decoupled) {STREAM} (responses from execute()), {STREAM_THREAD}
+             (from a thread), {STREAM_ENSEMBLE}; {TEXT} for generate; log {triton.log_path}
   traces     {triton.trace_file}.N  (rate 1, a new file every {triton.log_frequency} requests)
-  traffic    {rate:g} req/s over HTTP and gRPC to both models; one perf_analyzer run
-             ({PERF_RATE} req/s to {MODEL}) whose CSV the exporter exposes
+  traffic    {rate:g} req/s in all: HTTP and gRPC to {MODEL} and {ENSEMBLE}, gRPC streams and
+             HTTP generate_stream to the streaming models, HTTP generate to {TEXT};
+             one perf_analyzer run ({PERF_RATE} req/s to {MODEL}) whose CSV the exporter exposes
   exporter   {url}
 
 Look at it:
   curl -s {url} | grep 'stage_duration_seconds_count'
   curl -s {url} | grep '^inference_profiler_traces_total'
+  curl -s {url} | grep '^inference_profiler_responses_per_request_count'   # streaming
   curl -s -H 'Accept: application/openmetrics-text' {url} | grep trace_id | head -3
   curl -s {url} | grep -E '^inference_profiler_(triton|tcp|perf_analyzer)_' | head
   inference-profiler summary {triton.trace_file}.*
@@ -125,7 +141,7 @@ def run_demo(args: argparse.Namespace) -> int:
     try:
         print(f"starting Triton (log {triton.log_path}) ...", flush=True)
         triton.start()
-        traffic = TrafficDriver(triton.http_address, triton.grpc_address, args.rate).start()
+        traffic = TrafficDriver(triton.http_address, triton.grpc_address, args.rate, extra=STREAM_TRAFFIC).start()
         # after Triton: compiling the eBPF programs can take a while, traces pile up meanwhile
         print("starting the exporter ...", flush=True)
         try:

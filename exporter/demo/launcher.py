@@ -32,6 +32,13 @@ log = logging.getLogger("demo.triton")
 
 MODEL = "add_sub"
 ENSEMBLE = "add_sub_ensemble"
+# decoupled (streaming) text models: responses sent from execute(), or from a thread after it returned
+STREAM = "token_stream"
+STREAM_THREAD = "token_stream_thread"
+STREAM_ENSEMBLE = "token_stream_ensemble"  # token_stream, then text_upper once per streamed token
+TEXT = "text_upper"  # unary text model, for HTTP generate
+UNARY_MODELS = (MODEL, ENSEMBLE)
+ALL_MODELS = (MODEL, ENSEMBLE, STREAM, STREAM_THREAD, TEXT, STREAM_ENSEMBLE)
 LOG_TAIL_LINES = 12
 
 
@@ -93,16 +100,17 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-def copy_model_repository(dest: str | os.PathLike[str]) -> Path:
-    """Copy the example repository (add_sub and add_sub_ensemble) into `dest`/models."""
+def copy_model_repository(dest: str | os.PathLike[str], models: Sequence[str] = ALL_MODELS) -> Path:
+    """Copy the example models named in `models` (an ensemble needs its steps too) into `dest`/models."""
     src = importlib.resources.files("exporter") / "demo_models"
     out = Path(dest) / "models"
     with importlib.resources.as_file(src) as src_path:
-        shutil.copytree(src_path, out, dirs_exist_ok=True,
-                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    for model in out.iterdir():
-        if model.is_dir():
-            (model / "1").mkdir(exist_ok=True)  # an ensemble needs its (empty) version directory
+        for name in models:
+            if not (src_path / name / "config.pbtxt").is_file():
+                raise TritonError(f"no example model {name!r} in {src_path}")
+            shutil.copytree(src_path / name, out / name, dirs_exist_ok=True,
+                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+            (out / name / "1").mkdir(exist_ok=True)  # an ensemble needs its (empty) version directory
     return out
 
 

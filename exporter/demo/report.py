@@ -10,9 +10,11 @@ from dataclasses import dataclass
 
 from ..histogram import Histogram
 
-# columns of the summary, in request order; "infer" is http_infer or grpc_infer
+# columns of the summary: the whole request (arrival to last response), its first response, then
+# the handler's stages in request order
 COLUMNS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("infer", ("http_infer", "grpc_infer")),
+    ("end_to_end", ("end_to_end",)),
+    ("first_resp", ("first_response",)),
     ("request", ("request",)),
     ("queue", ("queue",)),
     ("compute_input", ("compute_input",)),
