@@ -205,6 +205,7 @@ class Ours(Probes):
         for res in load_programs(metric_programs(), [port]):
             if isinstance(res, LoadError):
                 sys.exit(f"cannot load our programs: {res}")
+            res.attach()  # as the daemon's start() does; Probes then toggles the tracepoints
             self.loaded.append(res)
         super().__init__([p.bpf for p in self.loaded])
 

@@ -10,22 +10,12 @@
 #ifndef INFPROF_HISTOGRAM_H
 #define INFPROF_HISTOGRAM_H
 
-/* errors[] slots, exposed as errors_total{source="ebpf", reason} */
-#define ERR_MAP_FULL 0    /* an insert was refused: the map is full */
-#define ERR_READ_FAILED 1 /* bpf_probe_read_kernel of a socket field failed */
-#define ERR_SLOTS 2
-
-/* One key for every series of every metric of a program. The loader defines
- * METRIC_<name> = the metric's position in the program's .yaml, so the
- * declaration stays the one place that says which metric an id is. */
-struct metric_key {
-    u8 metric;
-    u8 role;      /* 0 server (watched port is local), 1 client (it is remote) */
-    u16 port;
-    u8 direction; /* 0 send, 1 recv */
-    u8 pad[3];
-    u32 bucket;   /* log-linear index; 0 for counters */
-};
+/* struct metric_key (one key for every series of every metric of a program), the
+ * ROLE_* and DIRECTION_* values of its fields and the ERR_* slots of errors[]: the
+ * loader generates them from histogram.yaml, the declaration exporter/ebpf/ decodes
+ * the maps with. METRIC_<name> (a metric's position in its program's .yaml) comes
+ * from the loader as well. */
+#include "metric_key.h"
 
 /* A histogram bucket's observations and their exact sum (the series' _sum is the
  * sum over its buckets: one map update per observation); a counter uses count. */

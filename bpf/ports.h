@@ -12,4 +12,15 @@ static __always_inline int port_watched(u16 port)
     return w && *w;
 }
 
+/* The watched one of a connection's two ports (host order), the local one first; 0 when
+ * neither is watched (port 0 never is). */
+static __always_inline u16 watched_port(u16 local, u16 remote)
+{
+    if (port_watched(local))
+        return local;
+    if (port_watched(remote))
+        return remote;
+    return 0;
+}
+
 #endif

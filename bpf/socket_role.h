@@ -4,11 +4,10 @@
 
 #include <net/sock.h>
 
+#include "metric_key.h"
 #include "ports.h"
 
-#define ROLE_SERVER 0
-#define ROLE_CLIENT 1
-#define ROLE_NONE 255
+#define ROLE_NONE 255 /* not on a watched port; never in a metric_key */
 
 /* Role of sk on the watched ports and that port: server when the local port is
  * watched, client when the remote one is. Reads only the head of sock_common,
@@ -22,16 +21,10 @@ static __always_inline u8 socket_role(struct sock *sk, u16 *port, int *read_fail
         *read_failed = 1;
         return ROLE_NONE;
     }
-    if (port_watched(lport)) {
-        *port = lport;
-        return ROLE_SERVER;
-    }
-    u16 r = ntohs(rport);
-    if (port_watched(r)) {
-        *port = r;
-        return ROLE_CLIENT;
-    }
-    return ROLE_NONE;
+    *port = watched_port(lport, ntohs(rport));
+    if (!*port)
+        return ROLE_NONE;
+    return *port == lport ? ROLE_SERVER : ROLE_CLIENT;
 }
 
 #endif

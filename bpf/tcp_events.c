@@ -12,7 +12,7 @@ struct tcp_event {
     u16 family;
     u16 sport; /* local */
     u16 dport; /* remote */
-    u8 direction; /* 0 send, 1 recv */
+    u8 direction; /* DIRECTION_SEND or DIRECTION_RECV */
     u8 pad;
     u8 saddr[16];
     u8 daddr[16];
@@ -64,12 +64,12 @@ static __always_inline int emit(struct sock *sk, u32 bytes, u8 direction)
 
 static __always_inline int on_tcp_send(void *ctx, struct sock *sk, u32 bytes)
 {
-    return emit(sk, bytes, 0);
+    return emit(sk, bytes, DIRECTION_SEND);
 }
 
 static __always_inline int on_tcp_recv(void *ctx, struct sock *sk, u32 bytes)
 {
-    return emit(sk, bytes, 1);
+    return emit(sk, bytes, DIRECTION_RECV);
 }
 
 #include "tcp_hooks.h"

@@ -8,8 +8,14 @@
 #ifndef INFPROF_TCP_HOOKS_H
 #define INFPROF_TCP_HOOKS_H
 
-#include <linux/socket.h>
-#include <linux/version.h>
+#include <linux/in.h>      /* IPPROTO_TCP */
+#include <linux/socket.h>  /* MSG_PEEK */
+#include <linux/version.h> /* KERNEL_VERSION: tcp_recvmsg's signature */
+#include <net/sock.h>      /* struct sock */
+
+#include "histogram.h" /* count_error, ERR_MAP_FULL (kprobe variant) */
+
+/* KRETFUNC_PROBE and PT_REGS_RC come from BCC's helpers, which BCC includes in every program. */
 
 #if defined(ATTACH_TRACEPOINT)
 /* Linux >= 6.5: sock:sock_{send,recv}_length fire after every sendmsg/recvmsg on any

@@ -5,7 +5,7 @@
  * server role a request is what it receives and the response what it sends; for
  * the client role the other way round. Latency = first call of the request ->
  * first call of its response; a message's bytes are observed when the direction
- * turns (or the socket closes).
+ * turns (or the socket is destroyed). Bytes are counted per call, with or without state.
  */
 #include <net/sock.h>
 #include <net/tcp_states.h>
@@ -13,8 +13,6 @@
 #include "histogram.h"
 #include "socket_role.h"
 
-#define DIR_SEND 0
-#define DIR_RECV 1
 #define PHASE_IDLE 0 /* else phase = direction + 1 of the message in flight */
 
 struct sock_state {
@@ -27,29 +25,57 @@ struct sock_state {
     u32 pad;
 };
 
-/* Only sockets on the watched ports have an entry; it goes when the socket closes. */
-BPF_HASH(sockets, u64, struct sock_state, 65536);
+#ifndef MAX_SOCKETS
+#define MAX_SOCKETS 65536 /* --ebpf-max-sockets */
+#endif
+/* Only sockets on the watched ports have an entry. It goes when the kernel destroys the
+ * socket, not at TCP_CLOSE: after a FIN or RST the application can still read a reply
+ * that arrived before it (and, at TCP_CLOSE, nothing would delete an entry made then). */
+BPF_HASH(sockets, u64, struct sock_state, MAX_SOCKETS);
 
-/* The state of sk if it is on a watched port, created on first sight. */
-static __always_inline struct sock_state *watched_socket(struct sock *sk)
+/* Whether sk can still carry a message worth following: not a listener, not closed. */
+static __always_inline int carries_messages(struct sock *sk, int *read_failed)
+{
+    u8 state = 0;
+    if (bpf_probe_read_kernel(&state, sizeof(state), (void *)&sk->__sk_common.skc_state)) {
+        *read_failed = 1;
+        return 0;
+    }
+    return state != TCP_CLOSE && state != TCP_LISTEN;
+}
+
+/* The state of sk if it is on a watched port, created on first sight of an open socket.
+ * *port and *role are set either way (role ROLE_NONE: not on a watched port), so a socket
+ * without state (closed, or the map full) still has its bytes counted. */
+static __always_inline struct sock_state *watched_socket(struct sock *sk, u16 *port, u8 *role)
 {
     u64 key = (u64)sk;
     struct sock_state *st = sockets.lookup(&key);
-    if (st)
+    if (st) {
+        *port = st->port;
+        *role = st->role;
         return st;
+    }
     int read_failed = 0;
-    u16 port = 0;
-    u8 role = socket_role(sk, &port, &read_failed);
+    *role = socket_role(sk, port, &read_failed);
+    int open = *role != ROLE_NONE && carries_messages(sk, &read_failed);
     if (read_failed)
         count_error(ERR_READ_FAILED);
-    if (role == ROLE_NONE)
+    if (!open)
         return 0;
-    struct sock_state fresh = {.port = port, .role = role, .phase = PHASE_IDLE};
-    if (sockets.insert(&key, &fresh)) {
+    struct sock_state fresh = {.port = *port, .role = *role, .phase = PHASE_IDLE};
+    int err = sockets.insert(&key, &fresh);
+    if (err && err != -EEXIST) { /* EEXIST: another CPU made it first */
         count_error(ERR_MAP_FULL);
         return 0;
     }
     return sockets.lookup(&key);
+}
+
+static __always_inline void count_bytes(u16 port, u8 role, u8 dir, u32 bytes)
+{
+    struct metric_key k = {.metric = METRIC_tcp_bytes_total, .port = port, .role = role, .direction = dir};
+    metric_add(&k, bytes);
 }
 
 static __always_inline void observe_message(struct sock_state *st)
@@ -61,17 +87,14 @@ static __always_inline void observe_message(struct sock_state *st)
 
 static __always_inline void on_tcp_call(struct sock_state *st, u32 bytes, u8 dir, u64 now)
 {
-    struct metric_key k = {.metric = METRIC_tcp_bytes_total, .port = st->port, .role = st->role,
-                           .direction = dir};
-    metric_add(&k, bytes);
-
+    count_bytes(st->port, st->role, dir, bytes);
     if (st->phase == dir + 1) {
         st->message_bytes += bytes;
         return;
     }
     if (st->phase != PHASE_IDLE)
         observe_message(st);
-    u8 request_dir = st->role == ROLE_SERVER ? DIR_RECV : DIR_SEND;
+    u8 request_dir = st->role == ROLE_SERVER ? DIRECTION_RECV : DIRECTION_SEND;
     if (dir == request_dir) {
         st->request_start_ns = now;
     } else if (st->request_start_ns) {
@@ -85,17 +108,26 @@ static __always_inline void on_tcp_call(struct sock_state *st, u32 bytes, u8 dir
 
 static __always_inline int on_tcp_send(void *ctx, struct sock *sk, u32 bytes)
 {
-    struct sock_state *st = watched_socket(sk);
+    u16 port = 0;
+    u8 role = ROLE_NONE;
+    struct sock_state *st = watched_socket(sk, &port, &role);
     if (st)
-        on_tcp_call(st, bytes, DIR_SEND, st->phase == DIR_SEND + 1 ? 0 : bpf_ktime_get_ns());
+        on_tcp_call(st, bytes, DIRECTION_SEND, st->phase == DIRECTION_SEND + 1 ? 0 : bpf_ktime_get_ns());
+    else if (role != ROLE_NONE)
+        count_bytes(port, role, DIRECTION_SEND, bytes);
     return 0;
 }
 
 static __always_inline int on_tcp_recv(void *ctx, struct sock *sk, u32 bytes)
 {
-    struct sock_state *st = watched_socket(sk);
-    if (!st)
+    u16 port = 0;
+    u8 role = ROLE_NONE;
+    struct sock_state *st = watched_socket(sk, &port, &role);
+    if (!st) {
+        if (role != ROLE_NONE)
+            count_bytes(port, role, DIRECTION_RECV, bytes);
         return 0;
+    }
     u64 now = bpf_ktime_get_ns();
 #ifdef HAVE_SK_DATA_READY
     if (st->queued_since_ns) {
@@ -104,7 +136,7 @@ static __always_inline int on_tcp_recv(void *ctx, struct sock *sk, u32 bytes)
         st->queued_since_ns = 0;
     }
 #endif
-    on_tcp_call(st, bytes, DIR_RECV, now);
+    on_tcp_call(st, bytes, DIRECTION_RECV, now);
     return 0;
 }
 
@@ -116,7 +148,9 @@ TRACEPOINT_PROBE(sock, sk_data_ready)
 {
     if (args->protocol != IPPROTO_TCP)
         return 0;
-    struct sock_state *st = watched_socket((struct sock *)args->skaddr);
+    u16 port = 0;
+    u8 role = ROLE_NONE;
+    struct sock_state *st = watched_socket((struct sock *)args->skaddr, &port, &role);
     /* keep the oldest unread arrival: queueing is measured from it */
     if (st && !st->queued_since_ns)
         st->queued_since_ns = bpf_ktime_get_ns();
@@ -124,17 +158,31 @@ TRACEPOINT_PROBE(sock, sk_data_ready)
 }
 #endif
 
-/* A closed socket's state goes; its last message is observed first. */
-TRACEPOINT_PROBE(sock, inet_sock_set_state)
+/* The state of the socket at skaddr goes; its last message is observed first. */
+static __always_inline void forget_socket(const void *skaddr)
 {
-    if (args->protocol != IPPROTO_TCP || args->newstate != TCP_CLOSE)
-        return 0;
-    u64 key = (u64)args->skaddr;
+    u64 key = (u64)skaddr;
     struct sock_state *st = sockets.lookup(&key);
     if (st) {
         if (st->phase != PHASE_IDLE)
             observe_message(st);
         sockets.delete(&key);
     }
+}
+
+/* The kernel is done with the socket (closed by its application, and by TCP): nothing can
+ * be sent or read on it any more. */
+TRACEPOINT_PROBE(tcp, tcp_destroy_sock)
+{
+    forget_socket(args->skaddr);
+    return 0;
+}
+
+/* A connection starts on this struct sock (connect, or a child of a listener): it is a new
+ * socket as far as we are concerned, whatever an earlier one at this address left. */
+TRACEPOINT_PROBE(sock, inet_sock_set_state)
+{
+    if (args->protocol == IPPROTO_TCP && (args->newstate == TCP_SYN_SENT || args->newstate == TCP_SYN_RECV))
+        forget_socket(args->skaddr);
     return 0;
 }

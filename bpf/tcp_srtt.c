@@ -6,12 +6,9 @@
 TRACEPOINT_PROBE(tcp, tcp_probe)
 {
     /* sport/dport are host order in this tracepoint; srtt is in microseconds */
-    u16 port = args->sport;
-    if (!port_watched(port)) {
-        port = args->dport;
-        if (!port_watched(port))
-            return 0;
-    }
+    u16 port = watched_port(args->sport, args->dport);
+    if (!port)
+        return 0;
     struct metric_key k = {.metric = METRIC_tcp_srtt_seconds, .port = port};
     hist_observe(&k, (u64)args->srtt * 1000);
     return 0;

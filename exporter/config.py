@@ -25,6 +25,7 @@ ENV_PREFIX = "INFPROF_"
 # INFPROF_* variables that are not config keys: the config file path, the test suite's
 # switch that turns skips of real-part tests into failures, and the scanner override
 NOT_KEYS = frozenset({"config", "require", "pure_python_scanner"})
+MAX_EBPF_SOCKETS = 1 << 22  # ~4M sockets: about 440 MB of kernel memory for the map (104 B each)
 
 
 class ConfigError(Exception):
@@ -69,6 +70,8 @@ class Config:
     ebpf_port: list[int] = _opt([8000, 8001], "Triton port watched by eBPF (repeatable)", metavar="N")
     ebpf_attach: str = _opt("auto", "eBPF attach method: auto takes the first the kernel allows",
                             choices=("auto", "tracepoint", "fentry", "kprobe"))
+    ebpf_max_sockets: int = _opt(65536, "sockets on the watched ports followed at once by eBPF (its map size); "
+                                 "past it new connections count bytes only")
     perf_analyzer_csv: list[str] = _opt([], "perf_analyzer -f result file to expose (repeatable, globs)", metavar="PATH")
     perf_analyzer_poll_seconds: float = _opt(5.0, "how often perf_analyzer CSV globs are re-read for new or rewritten files")
     stage_buckets: list[float] = _opt(list(DEFAULT_STAGE_BUCKETS), "stage histogram bucket bounds in seconds")
@@ -209,6 +212,8 @@ def validate(cfg: Config) -> None:
     for p in cfg.ebpf_port:
         if not 0 < p < 65536:
             raise ConfigError(f"ebpf_port must be a TCP port (1-65535), got {p}")
+    if not 1 <= cfg.ebpf_max_sockets <= MAX_EBPF_SOCKETS:
+        raise ConfigError(f"ebpf_max_sockets must be 1-{MAX_EBPF_SOCKETS}, got {cfg.ebpf_max_sockets}")
     b = cfg.stage_buckets
     if not b or any(x <= 0 for x in b) or any(b2 <= b1 for b1, b2 in itertools.pairwise(b)):
         raise ConfigError("stage_buckets must be positive and strictly increasing")

@@ -11,10 +11,11 @@ import os
 import random
 import re
 import socket
+import struct
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -112,6 +113,51 @@ def test_kernel_log_linear_index_equals_python(tmp_path: Path) -> None:
         b.cleanup()
 
 
+CODES_PROGRAM = r'''
+#include "BPF_DIR/histogram.h"
+#include "BPF_DIR/socket_role.h"
+BPF_ARRAY(codes, u64, N_CODES);
+BPF_ARRAY(caller, u32, 1);
+
+TRACEPOINT_PROBE(syscalls, sys_enter_getppid)
+{
+    u32 zero = 0;
+    u32 *pid = caller.lookup(&zero);
+    if (!pid || *pid != bpf_get_current_pid_tgid() >> 32)
+        return 0;
+    u32 i;
+    u64 v;
+STORES
+    return 0;
+}
+'''
+
+
+def test_codes_compiled_into_the_programs_equal_the_declaration(tmp_path: Path) -> None:
+    """What the C of bpf/ compiles ROLE_*, DIRECTION_*, ERR_* to, read back from the kernel, against
+    what Python decodes with (histogram.yaml); and the metrics map's key fields, by name and order."""
+    from bcc import BPF
+
+    from exporter.ebpf.declaration import metric_key
+
+    key = metric_key()
+    codes = key.c_defines()
+    stores = "\n".join(f"    i = {i}; v = {name}; codes.update(&i, &v);" for i, name in enumerate(codes))
+    src = tmp_path / "codes.c"
+    src.write_text(CODES_PROGRAM.replace("BPF_DIR", str(bpf_dir())).replace("STORES", stores))
+    b = BPF(text=program_text(src).encode(), cflags=[f"-DN_CODES={len(codes)}"])
+    try:
+        b[b"caller"][ct.c_int(0)] = ct.c_uint32(os.getpid())
+        os.getppid()
+        compiled = {name: int(b[b"codes"][ct.c_int(i)].value) for i, name in enumerate(codes)}
+        assert compiled == codes
+        fields = [f[0] for f in b[b"metrics"].Key._fields_ if not f[0].startswith("_pad")]
+        assert fields == list(key.names)
+        assert len(b[b"errors"]) == len(key.errors)
+    finally:
+        b.cleanup()
+
+
 def test_tracepoint_struct_matches_the_kernel_format() -> None:
     """bpf/tcp_hooks.h spells out sock_{send,recv}_length's layout: check it against tracefs."""
     hooks = (bpf_dir() / "tcp_hooks.h").read_text()
@@ -161,6 +207,9 @@ def programs(loopback_port: int) -> Iterator[list[ProgramState]]:
     try:
         failed = [r for r in results if isinstance(r, LoadError)]
         assert not failed, failed
+        for s in states:
+            assert s.loaded is not None
+            s.loaded.attach()
         yield states
     finally:
         for s in states:
@@ -418,6 +467,7 @@ def test_full_metric_map_is_counted_never_fatal() -> None:
     (res,) = load_programs([d], [port], extra_defines=["METRIC_SERIES=3"])
     assert isinstance(res, LoadedProgram), res
     try:
+        res.attach()
         run_exchanges(port, 20, 0.0)
         map_full, read_failed = res.read_errors()
         assert map_full > 0 and read_failed == 0
@@ -429,3 +479,203 @@ def test_full_metric_map_is_counted_never_fatal() -> None:
         assert errors.get("ebpf", "map_full") == map_full
     finally:
         res.close()
+
+
+# --- socket state: sockets closed before their last read, reuse, a full map ------------
+
+TCP_CLOSE = 7  # include/net/tcp_states.h
+CONNECTIONS = 150
+
+
+def tcp_state(s: socket.socket) -> int:
+    return s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]  # tcpi_state
+
+
+def wait_closed(s: socket.socket) -> None:
+    """Until the kernel has taken s to TCP_CLOSE: the application's last read comes after."""
+    deadline = time.monotonic() + 5
+    while tcp_state(s) != TCP_CLOSE:
+        assert time.monotonic() < deadline, tcp_state(s)
+        time.sleep(0.0005)
+
+
+def half_close_exchange(listener: socket.socket, port: int) -> None:
+    """The client sends its request and shuts its side; the server answers and closes, so the
+    client socket is in TIME_WAIT (TCP_CLOSE) before the client reads the answer."""
+    client = socket.create_connection(("127.0.0.1", port))
+    server, _ = listener.accept()
+    client.sendall(b"q" * REQUEST)
+    client.shutdown(socket.SHUT_WR)
+    recv_exactly(server, REQUEST)
+    assert server.recv(1) == b""
+    server.sendall(b"r" * RESPONSE)
+    server.close()
+    wait_closed(client)
+    recv_exactly(client, RESPONSE)
+    client.close()
+
+
+def reset_after_answer_exchange(listener: socket.socket, port: int) -> None:
+    """The server answers, then resets the connection: the client reads the answer after TCP_CLOSE."""
+    client = socket.create_connection(("127.0.0.1", port))
+    server, _ = listener.accept()
+    client.sendall(b"q" * REQUEST)
+    recv_exactly(server, REQUEST)
+    server.sendall(b"r" * RESPONSE)
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    server.close()  # linger 0: RST instead of FIN
+    wait_closed(client)
+    recv_exactly(client, RESPONSE)
+    with pytest.raises(ConnectionResetError):
+        client.recv(1)
+    client.close()
+
+
+def short_connections(port: int, n: int, exchange: Callable[[socket.socket, int], None]) -> None:
+    with socket.socket() as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", port))
+        listener.listen(64)
+        for _ in range(n):
+            exchange(listener, port)
+
+
+def one_exchange(listener: socket.socket, port: int) -> None:
+    client = socket.create_connection(("127.0.0.1", port))
+    server, _ = listener.accept()
+    client.sendall(b"q" * REQUEST)
+    recv_exactly(server, REQUEST)
+    server.sendall(b"r" * RESPONSE)
+    recv_exactly(client, RESPONSE)
+    client.close()
+    server.close()
+
+
+def socket_entries(programs: list[ProgramState]) -> int:
+    """Entries of tcp_messages' own per-socket map."""
+    tm = next(p for p in programs if p.decl.program == "tcp_messages")
+    assert tm.loaded is not None
+    return len(list(tm.loaded.bpf[b"sockets"].keys()))
+
+
+def wait_entries(programs: list[ProgramState], n: int) -> int:
+    deadline = time.monotonic() + 5
+    while (left := socket_entries(programs)) != n and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return left
+
+
+def port_counts(s: Scrape, port: int) -> dict[str, float]:
+    p = str(port)
+    out = {f"bytes {lab['role']} {lab['direction']}": v
+           for lab, v in s.select("inference_profiler_tcp_bytes_total", port=p)}
+    for role in ("server", "client"):
+        out[f"latency {role}"] = s.total("inference_profiler_tcp_latency_seconds_count", port=p, role=role)
+        for direction in ("send", "recv"):
+            out[f"messages {role} {direction}"] = s.total("inference_profiler_tcp_message_bytes_count",
+                                                          port=p, role=role, direction=direction)
+    return out
+
+
+def count_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {k: after.get(k, 0) - before.get(k, 0) for k in sorted(set(before) | set(after))}
+
+
+def exact(n: int) -> dict[str, float]:
+    """What n request/response exchanges must add on the watched port, nothing more or less."""
+    out: dict[str, float] = {}
+    for role, request_dir, response_dir in (("server", "recv", "send"), ("client", "send", "recv")):
+        out[f"bytes {role} {request_dir}"] = n * REQUEST
+        out[f"bytes {role} {response_dir}"] = n * RESPONSE
+        out[f"latency {role}"] = n
+        out[f"messages {role} {request_dir}"] = n
+        out[f"messages {role} {response_dir}"] = n
+    return dict(sorted(out.items()))
+
+
+@pytest.mark.parametrize("exchange", [half_close_exchange, reset_after_answer_exchange],
+                         ids=["half-close", "reset-after-answer"])
+def test_sockets_closed_before_their_last_read_are_counted_exactly_and_leave_no_entry(
+        programs: list[ProgramState], loopback_port: int, exchange: Callable[[socket.socket, int], None]) -> None:
+    assert wait_entries(programs, 0) == 0
+    before = port_counts(scrape(programs), loopback_port)
+    short_connections(loopback_port, CONNECTIONS, exchange)
+    assert wait_entries(programs, 0) == 0, "entries left in the sockets map"
+    assert count_delta(before, port_counts(scrape(programs), loopback_port)) == exact(CONNECTIONS)
+
+
+def test_unwatched_sockets_reusing_closed_sockets_memory_count_nothing(
+        programs: list[ProgramState], loopback_port: int) -> None:
+    """Closed watched sockets first, then many short unwatched connections: the kernel reuses
+    the freed struct socks, and not one byte of theirs may land under the watched port."""
+    short_connections(loopback_port, CONNECTIONS, half_close_exchange)
+    short_connections(loopback_port, CONNECTIONS, reset_after_answer_exchange)
+    before = scrape(programs)
+    unwatched = free_port()
+    short_connections(unwatched, 1000, one_exchange)
+    after = scrape(programs)
+    assert after.total("inference_profiler_tcp_bytes_total") == before.total("inference_profiler_tcp_bytes_total")
+    assert port_counts(after, loopback_port) == port_counts(before, loopback_port)
+    assert not after.select("inference_profiler_tcp_bytes_total", port=str(unwatched))
+    assert wait_entries(programs, 0) == 0
+
+
+def test_full_socket_map_loses_socket_state_not_bytes() -> None:
+    """Room for 4 sockets and 6 connections held open: the first two connections are followed,
+    the others count their bytes only (and map_full); once they close, new ones are followed again."""
+    port, per_connection = free_port(), 3
+    d = next(d for d in metric_programs() if d.program == "tcp_messages")
+    (res,) = load_programs([d], [port], extra_defines=["MAX_SOCKETS=4"])
+    assert isinstance(res, LoadedProgram), res
+    states = [ProgramState(d, res)]
+    try:
+        res.attach()
+        assert res.bpf[b"sockets"].max_entries == 4
+        with socket.socket() as listener:
+            listener.bind(("127.0.0.1", port))
+            listener.listen(16)
+            pairs = []
+            for _ in range(6):
+                client = socket.create_connection(("127.0.0.1", port))
+                pairs.append((client, listener.accept()[0]))
+            for client, server in pairs:
+                for _ in range(per_connection):
+                    client.sendall(b"q" * REQUEST)
+                    recv_exactly(server, REQUEST)
+                    server.sendall(b"r" * RESPONSE)
+                    recv_exactly(client, RESPONSE)
+            assert socket_entries(states) == 4
+            s = scrape(states)
+            assert port_counts(s, port)["latency client"] == 2 * per_connection
+            assert port_counts(s, port)["latency server"] == 2 * per_connection
+            exchanges = 6 * per_connection
+            assert {k: v for k, v in port_counts(s, port).items() if k.startswith("bytes")} == {
+                k: v for k, v in exact(exchanges).items() if k.startswith("bytes")}
+            map_full, read_failed = res.read_errors()
+            assert map_full > 0 and read_failed == 0
+            for client, server in pairs:
+                client.close()
+                server.close()
+            assert wait_entries(states, 0) == 0
+            before = port_counts(scrape(states), port)
+            one_exchange(listener, port)
+        assert count_delta(before, port_counts(scrape(states), port)) == exact(1)
+    finally:
+        res.close()
+
+
+def test_source_loads_when_built_and_attaches_at_start() -> None:
+    port = free_port()
+    src = EbpfSource(Config(ebpf="on", ebpf_port=[port], ebpf_max_sockets=16), ErrorCounts())
+    try:
+        tm = next(p.loaded for p in src.programs if p.decl.program == "tcp_messages")
+        assert tm is not None and tm.bpf[b"sockets"].max_entries == 16
+        assert all(p.loaded is not None and not p.loaded.attached for p in src.programs)
+        run_exchanges(port, 5, 0.0)
+        assert tm.read_series() == {}, "loaded is not attached: nothing may be counted yet"
+        src.start()
+        run_exchanges(port, 5, 0.0)
+        s = scrape(src.programs)
+        assert port_counts(s, port)["latency server"] == port_counts(s, port)["latency client"] == 5
+    finally:
+        src.stop()

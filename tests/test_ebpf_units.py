@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -10,9 +12,12 @@ from prometheus_client.core import HistogramMetricFamily
 from exporter.ebpf.attach import plan_attach
 from exporter.ebpf.collector import metric_families
 from exporter.ebpf.declaration import (
+    SHARED_DECLARATION,
     DeclarationError,
     bpf_dir,
     load_declaration,
+    load_metric_key,
+    metric_key,
     metric_programs,
 )
 from exporter.ebpf.kernel import need_missing
@@ -46,10 +51,15 @@ def test_tcp_events_declaration_feeds_no_metric() -> None:
 
 
 def test_bad_declaration_is_one_line_error(tmp_path: Path) -> None:
+    shutil.copy(bpf_dir() / SHARED_DECLARATION, tmp_path)
     p = tmp_path / "x.yaml"
-    p.write_text("program: x\nsource: x.c\nattach: [{method: tracepoint}]\nkey: {port: number}\n"
-                 "metrics: [{name: m, help: h, type: histogram, labels: [port, role]}]\n")
-    with pytest.raises(DeclarationError, match="labels \\['role'\\] not in key"):
+    p.write_text("program: x\nsource: x.c\nattach: [{method: tracepoint}]\n"
+                 "metrics: [{name: m, help: h, type: histogram, labels: [port, colour]}]\n")
+    with pytest.raises(DeclarationError, match=r"labels \['colour'\] not in the metric key \(role, port, direction\)"):
+        load_declaration(p)
+    p.write_text("program: x\nsource: x.c\nattach: [{method: tracepoint}]\n"
+                 "metrics: [{name: m, help: h, type: counter, labels: [port, role], zero_per_port: true}]\n")
+    with pytest.raises(DeclarationError, match=r"zero_per_port needs labels \[port\]"):
         load_declaration(p)
 
 
@@ -64,7 +74,8 @@ def test_attach_prefers_tracepoints_then_fentry_then_kprobes() -> None:
     assert old_kernel.defines == ()
     assert old_kernel.refused == ("tracepoint: missing",)
 
-    only_kprobes = plan_attach(d, lambda need: None if need.startswith(("kprobe", "tracepoint sock:inet")) else "no")
+    only_kprobes = plan_attach(d, lambda need: None if need.startswith(
+        ("kprobe", "tracepoint sock:inet", "tracepoint tcp:")) else "no")
     assert [c.method for c in only_kprobes.candidates] == ["kprobe"]
 
 
@@ -136,3 +147,55 @@ def test_check_fails_when_no_program_is_found(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(check, "metric_programs", lambda: [])
     results = list(check.ebpf_checks(build({}, {}, {"ebpf": "on"})))
     assert [(r.status, "no BPF programs found" in r.detail) for r in results] == [("fail", True)]
+
+
+# --- the codes C and Python share: one owner, histogram.yaml -----------------------------
+
+def test_metric_key_renders_the_struct_with_explicit_padding_and_every_code() -> None:
+    header = metric_key().c_header()
+    struct = header[header.index("struct metric_key {"):]
+    assert struct.splitlines()[1:8] == ["    u8 metric;", "    u8 role;", "    u16 port;", "    u8 direction;",
+                                        "    u8 _pad0[3];", "    u32 bucket;", "};"]
+    defines = dict(re.findall(r"#define (\w+) (\d+)", header))
+    assert defines == {"ROLE_SERVER": "0", "ROLE_CLIENT": "1", "DIRECTION_SEND": "0", "DIRECTION_RECV": "1",
+                       "ERR_MAP_FULL": "0", "ERR_READ_FAILED": "1", "ERR_SLOTS": "2"}
+
+
+def test_series_keys_decode_in_the_declared_field_order(tmp_path: Path) -> None:
+    """Swap role's codes in the declaration: Python decodes by it (C is generated from it too)."""
+    for f in bpf_dir().glob("*.yaml"):
+        shutil.copy(f, tmp_path)
+    shared = tmp_path / SHARED_DECLARATION
+    shared.write_text(shared.read_text().replace("labels: [server, client]", "labels: [client, server]"))
+    assert "#define ROLE_CLIENT 0" in load_metric_key(shared).c_header()
+    d = next(d for d in metric_programs(tmp_path) if d.program == "tcp_messages")
+    names = metric_key(tmp_path).names
+    raw = {"metric": 3, "role": 0, "port": 8000, "direction": 1, "bucket": 0}  # tcp_bytes_total
+    fams = {f.name: f for f in metric_families(d, {tuple(raw[n] for n in names): (7, 0)})}
+    (sample,) = [s for s in fams["inference_profiler_tcp_bytes"].samples if s.name.endswith("_total")]
+    assert sample.labels == {"port": "8000", "role": "client", "direction": "recv"} and sample.value == 7
+
+
+GENERATED_NAME = re.compile(r"^\s*#\s*define\s+(\w+)|^\s*struct\s+(metric_key)\s*\{", re.M)
+
+
+def test_no_code_of_histogram_yaml_is_defined_by_hand_in_bpf() -> None:
+    """Every ROLE_*, DIRECTION_*, ERR_* and struct metric_key comes from histogram.yaml: a
+    hand-written twin in bpf/ (which could disagree with it) fails here."""
+    generated = set(metric_key().c_defines()) | {"metric_key"}
+    twins = []
+    for src in sorted([*bpf_dir().glob("*.c"), *bpf_dir().glob("*.h")]):
+        for m in GENERATED_NAME.finditer(src.read_text()):
+            name = m.group(1) or m.group(2)
+            if name in generated:
+                line = src.read_text().count("\n", 0, m.start()) + 1
+                twins.append(f"{src.name}:{line} defines {name}")
+    assert twins == []
+
+
+@pytest.mark.parametrize("n", [0, 1 << 23])
+def test_socket_map_size_outside_its_range_is_one_line_config_error(n: int) -> None:
+    from exporter.config import ConfigError, build
+
+    with pytest.raises(ConfigError, match=r"^ebpf_max_sockets must be 1-4194304, got "):
+        build({}, {}, {"ebpf_max_sockets": n})

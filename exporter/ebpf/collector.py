@@ -18,7 +18,7 @@ from prometheus_client.registry import Collector
 
 from ..histogram import log_linear_buckets
 from ..source import PREFIX, ErrorCounts
-from .declaration import MetricDecl, ProgramDecl
+from .declaration import MetricDecl, ProgramDecl, metric_key
 from .kernel import bpf_stats_enabled
 from .loader import LoadedProgram, SeriesKey
 
@@ -32,31 +32,28 @@ class ProgramState:
     reason: str = ""  # why not loaded
 
 
-def label_value(spec: str | tuple[str, ...], raw: int) -> str:
-    if isinstance(spec, tuple) and 0 <= raw < len(spec):
-        return spec[raw]
-    return str(raw)
-
-
 def metric_families(decl: ProgramDecl, series: Mapping[SeriesKey, tuple[int, int]],
                     ports: Sequence[int] = ()) -> list[Metric]:
     """One family per declared metric from the program's raw series (pure: no kernel here).
 
-    Counters labelled by port alone start at 0 for every watched port, so a rate over
-    them (retransmits) exists before the first event.
+    A metric declared zero_per_port has a series at 0 for every watched port, so a rate
+    over it (retransmits) exists before the first event.
     """
+    key = metric_key(decl.source.parent)
+    fields = [key.field(name) for name in key.names]
+    at = {name: i for i, name in enumerate(key.names)}
     # metric id -> label values -> bucket index -> (count, sum)
     grouped: dict[int, dict[tuple[str, ...], dict[int, tuple[int, int]]]] = defaultdict(lambda: defaultdict(dict))
     for i, m in enumerate(decl.metrics):
-        if m.type == "counter" and list(m.labels) == ["port"]:
+        if m.zero_per_port:
             for port in ports:
                 grouped[i][(str(port),)].setdefault(0, (0, 0))
-    for (metric, role, port, direction, bucket), (count, total) in series.items():
+    for raw, (count, total) in series.items():
+        metric, bucket = raw[at["metric"]], raw[at["bucket"]]
         if metric >= len(decl.metrics):
             continue
         m = decl.metrics[metric]
-        fields = {"port": port, "role": role, "direction": direction}
-        labels = tuple(label_value(decl.key[name], fields[name]) for name in m.labels)
+        labels = tuple(fields[at[name]].label(raw[at[name]]) for name in m.labels)
         buckets = grouped[metric][labels]
         c0, s0 = buckets.get(bucket, (0, 0))
         buckets[bucket] = (c0 + count, s0 + total)
@@ -111,7 +108,7 @@ class EbpfCollector(Collector):
             for p in self.programs:
                 name = p.decl.program
                 loaded = p.loaded
-                up.add_metric([name], 1.0 if loaded else 0.0)
+                up.add_metric([name], 1.0 if loaded and loaded.attached else 0.0)
                 info.add_metric([name, loaded.method if loaded else "none"], 1.0)
                 series: dict[SeriesKey, tuple[int, int]] = {}
                 if loaded:

@@ -1,4 +1,9 @@
-"""Compiling and loading a declared program with BCC, and reading its maps back."""
+"""Compiling and loading a declared program with BCC, attaching it, and reading its maps back.
+
+Loading and attaching are two steps, as in ebpf_exporter (New, then Attach): loading
+compiles the program and has the kernel verify it (a refusal falls through to the next
+attach method); attaching hooks it to the kernel, when the source starts.
+"""
 
 from __future__ import annotations
 
@@ -14,13 +19,16 @@ from pathlib import Path
 from typing import Any
 
 from .attach import plan_attach
-from .declaration import ProgramDecl
+from .declaration import SHARED_HEADER, ProgramDecl, metric_key
 from .kernel import bcc_problem, headers_problem, need_missing, privilege_problem
 
 log = logging.getLogger("ebpf")
 
 _INCLUDE = re.compile(r'^\s*#include\s+"([^"]+)"')
-SeriesKey = tuple[int, int, int, int, int]  # metric, role, port, direction, bucket
+SeriesKey = tuple[int, ...]  # the fields of struct metric_key, in metric_key().names order
+# BCC's naming of hook functions -> the program type the kernel loads them as
+_HOOK_TYPES = {b"tracepoint__": "TRACEPOINT", b"kprobe__": "KPROBE", b"kretprobe__": "KPROBE",
+               b"kfunc__": "TRACING", b"kretfunc__": "TRACING"}
 
 
 class LoadError(Exception):
@@ -28,7 +36,8 @@ class LoadError(Exception):
 
 
 def program_text(source: Path, _seen: set[Path] | None = None) -> str:
-    """The source with its local "..." includes inlined: BCC rewrites map calls only in its main file."""
+    """The source with its local "..." includes inlined: BCC rewrites map calls only in its main file.
+    "metric_key.h" is the C generated from the declaration of the shared codes (histogram.yaml)."""
     seen = _seen if _seen is not None else set()
     out: list[str] = []
     for line in source.read_text().splitlines():
@@ -37,8 +46,12 @@ def program_text(source: Path, _seen: set[Path] | None = None) -> str:
             out.append(line)
             continue
         inc = (source.parent / m.group(1)).resolve()
-        if inc not in seen:
-            seen.add(inc)
+        if inc in seen:
+            continue
+        seen.add(inc)
+        if m.group(1) == SHARED_HEADER:
+            out.append(metric_key(source.parent).c_header())
+        else:
             out.append(program_text(inc, seen))
     return "\n".join(out) + "\n"
 
@@ -83,12 +96,25 @@ class LoadedProgram:
     method: str
     bpf: Any  # bcc.BPF
     defines: tuple[str, ...] = ()
+    attached: bool = False
     _closed: bool = field(default=False, repr=False)
 
     def set_ports(self, ports: Sequence[int]) -> None:
         table = self.bpf[b"watched_ports"]
         for p in ports:
             table[ct.c_int(p)] = ct.c_uint8(1)
+
+    def attach(self) -> None:
+        """Hook the loaded functions to the kernel (BCC's own naming says where); LoadError if refused."""
+        from bcc import BPF
+
+        if self.attached:
+            return
+        try:
+            BPF._trace_autoload(self.bpf)
+        except Exception as e:  # BCC raises bare Exception for every refusal
+            raise LoadError(f"{self.decl.program}: cannot attach by {self.method}: {_one_line(e, [])}") from None
+        self.attached = True
 
     def read_series(self) -> dict[SeriesKey, tuple[int, int]]:
         """Every series of the program's per-CPU `metrics` map (bpf/histogram.h): (count, sum)."""
@@ -97,15 +123,16 @@ class LoadedProgram:
             pairs = list(table.items_lookup_batch())
         except Exception:  # kernels before 5.6 have no batch lookup; one syscall per key then
             pairs = list(table.items())
+        names = metric_key(self.decl.source.parent).names
         out: dict[SeriesKey, tuple[int, int]] = {}
         for k, per_cpu in pairs:
             values = per_cpu if isinstance(per_cpu, ct.Array) else [per_cpu]
-            out[(k.metric, k.role, k.port, k.direction, k.bucket)] = (
+            out[tuple(int(getattr(k, name)) for name in names)] = (
                 sum(int(v.count) for v in values), sum(int(v.sum) for v in values))
         return out
 
     def read_errors(self) -> list[int]:
-        """errors[] of bpf/histogram.h: ERR_MAP_FULL, ERR_READ_FAILED."""
+        """errors[] of bpf/histogram.h, one count per slot of histogram.yaml's `errors`."""
         table = self.bpf[b"errors"]
         return [int(table[ct.c_int(i)].value) for i in range(len(table))]
 
@@ -140,6 +167,23 @@ def _one_line(exc: BaseException, stderr: Sequence[str]) -> str:
     return re.sub(r"b'([^']*)'", r"\1", text)
 
 
+def unattached(bpf_class: Any) -> Any:
+    """bcc.BPF, minus the attaching its constructor does (BCC has no switch for that)."""
+    return type("UnattachedBPF", (bpf_class,), {"_trace_autoload": lambda self: None})
+
+
+def verify_hooks(bpf: Any) -> None:
+    """Load every hook function into the kernel, which verifies it; attach() reuses them."""
+    from bcc import BPF
+    from bcc.libbcc import lib
+
+    for i in range(lib.bpf_num_functions(bpf.module)):
+        name = lib.bpf_function_name(bpf.module, i)
+        kind = next((k for prefix, k in _HOOK_TYPES.items() if name.startswith(prefix)), None)
+        if kind is not None:
+            bpf.load_func(name, getattr(BPF, kind))
+
+
 def _compile(decl: ProgramDecl, ports: Sequence[int], forced: str,
              extra_defines: Sequence[str], stderr: StderrCapture) -> LoadedProgram:
     from bcc import BPF
@@ -155,8 +199,14 @@ def _compile(decl: ProgramDecl, ports: Sequence[int], forced: str,
             defines.append(cand.define)
         before = len(stderr.lines())
         try:
-            bpf = BPF(text=text.encode(), cflags=[f"-D{d}" for d in defines])
-        except Exception as e:  # BCC raises bare Exception for compile, load and attach failures
+            bpf = unattached(BPF)(text=text.encode(), cflags=[f"-D{d}" for d in defines])
+        except Exception as e:  # BCC raises bare Exception for compile and load failures
+            tried.append(f"{cand.method}: {_one_line(e, stderr.lines()[before:])}")
+            continue
+        try:
+            verify_hooks(bpf)
+        except Exception as e:
+            bpf.cleanup()
             tried.append(f"{cand.method}: {_one_line(e, stderr.lines()[before:])}")
             continue
         prog = LoadedProgram(decl, cand.method, bpf, plan.defines)
@@ -171,7 +221,8 @@ def _compile(decl: ProgramDecl, ports: Sequence[int], forced: str,
 
 def load_programs(decls: Sequence[ProgramDecl], ports: Sequence[int], forced: str = "auto",
                   extra_defines: Sequence[str] = ()) -> list[LoadedProgram | LoadError]:
-    """Load every program, each loaded or why not. One at a time: BCC's compiler is not thread-safe."""
+    """Load every program, each loaded (not attached yet) or why not. One at a time: BCC's
+    compiler is not thread-safe."""
     problem = environment_problem()
     if problem:
         return [LoadError(problem) for _ in decls]
@@ -192,9 +243,14 @@ def load_programs(decls: Sequence[ProgramDecl], ports: Sequence[int], forced: st
 
 def load_program(decl: ProgramDecl, ports: Sequence[int], forced: str = "auto",
                  extra_defines: Sequence[str] = ()) -> LoadedProgram:
-    """One program, or LoadError saying why not."""
+    """One program, loaded and attached, or LoadError saying why not."""
     (result,) = load_programs([decl], ports, forced, extra_defines)
     if isinstance(result, LoadError):
         raise result
+    try:
+        result.attach()
+    except LoadError:
+        result.close()
+        raise
     return result
 

@@ -1,4 +1,5 @@
-"""The eBPF source: loads the declared programs at start, polls their error counters, unloads on stop."""
+"""The eBPF source: loads the declared programs when built, attaches them at start, polls their
+error counters, unloads on stop."""
 
 from __future__ import annotations
 
@@ -10,12 +11,10 @@ from prometheus_client.registry import Collector
 from ..config import Config, ConfigError
 from ..source import ErrorCounts
 from .collector import EbpfCollector, ProgramState
-from .declaration import DeclarationError, metric_programs
+from .declaration import DeclarationError, metric_key, metric_programs
 from .loader import LoadError, environment_problem, load_programs
 
 log = logging.getLogger("ebpf")
-
-ERROR_REASONS = ("map_full", "read_failed")  # errors[] slots of bpf/histogram.h, in order
 
 
 class KernelErrors:
@@ -32,19 +31,23 @@ class KernelErrors:
             for p in self.programs:
                 if p.loaded is None:
                     continue
+                reasons = metric_key(p.decl.source.parent).errors
                 for slot, n in enumerate(p.loaded.read_errors()):
                     key = (p.decl.program, slot)
                     delta = n - self._seen.get(key, 0)
-                    if delta > 0 and slot < len(ERROR_REASONS):
-                        self.errors.inc("ebpf", ERROR_REASONS[slot], delta)
+                    if delta > 0 and slot < len(reasons):
+                        self.errors.inc("ebpf", reasons[slot], delta)
                         if key not in self._seen:  # the first time only: the counter says the rest
                             log.warning("eBPF %s: %s in the kernel (counted in errors_total)",
-                                        p.decl.program, ERROR_REASONS[slot])
+                                        p.decl.program, reasons[slot])
                         self._seen[key] = n
 
 
 class EbpfSource:
-    """`--ebpf auto` runs without the programs the kernel refuses (saying why); `on` fails instead."""
+    """`--ebpf auto` runs without the programs the kernel refuses (saying why); `on` fails instead.
+
+    Built, it loads the programs (compiled and verified by the kernel); start() attaches them.
+    """
 
     name = "ebpf"
 
@@ -70,7 +73,8 @@ class EbpfSource:
             self._refuse(problem)
             self.programs = [ProgramState(d, None, problem) for d in decls]
             return
-        results = load_programs(decls, self.cfg.ebpf_port, self.cfg.ebpf_attach)
+        results = load_programs(decls, self.cfg.ebpf_port, self.cfg.ebpf_attach,
+                                [f"MAX_SOCKETS={self.cfg.ebpf_max_sockets}"])
         failed = [r for r in results if isinstance(r, LoadError)]
         if failed and self.cfg.ebpf == "on":
             for r in results:
@@ -83,9 +87,6 @@ class EbpfSource:
                 self.errors.inc("ebpf", "load_failed")
                 self.programs.append(ProgramState(d, None, str(r)))
             else:
-                extra = f" (+{', '.join(r.defines)})" if r.defines else ""
-                log.info("eBPF program %s attached by %s%s, ports %s", d.program, r.method, extra,
-                         ",".join(map(str, self.cfg.ebpf_port)))
                 self.programs.append(ProgramState(d, r))
 
     def _refuse(self, reason: str) -> None:
@@ -98,6 +99,26 @@ class EbpfSource:
         return [EbpfCollector(self.programs, self.lock, self.errors, self.cfg.ebpf_port)]
 
     def start(self) -> None:
+        refused: list[LoadError] = []
+        with self.lock:
+            for p in self.programs:
+                if p.loaded is None:
+                    continue
+                try:
+                    p.loaded.attach()
+                except LoadError as e:
+                    p.loaded.close()
+                    p.loaded, p.reason = None, str(e)
+                    refused.append(e)
+                    log.warning("eBPF program %s not running: %s", p.decl.program, e)
+                    self.errors.inc("ebpf", "load_failed")
+                    continue
+                extra = f" (+{', '.join(p.loaded.defines)})" if p.loaded.defines else ""
+                log.info("eBPF program %s attached by %s%s, ports %s", p.decl.program, p.loaded.method, extra,
+                         ",".join(map(str, self.cfg.ebpf_port)))
+        if refused and self.cfg.ebpf == "on":
+            self.stop()
+            raise ConfigError(f"--ebpf on: {refused[0]}; fix that or pass --ebpf auto")
         if any(p.loaded for p in self.programs):
             self._thread = threading.Thread(target=self._poll_errors, name="ebpf-errors", daemon=True)
             self._thread.start()

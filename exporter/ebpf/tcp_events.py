@@ -10,7 +10,7 @@ import time
 from datetime import datetime
 from typing import Any
 
-from .declaration import DeclarationError, bpf_dir, load_declaration
+from .declaration import DeclarationError, bpf_dir, load_declaration, metric_key
 from .loader import LoadError, load_program
 
 DEFAULT_PORTS = (8000, 8001)
@@ -27,8 +27,9 @@ def event_line(e: Any, mono_to_wall: float) -> str:
     """One event of bpf/tcp_events.c as a line; its monotonic stamp shown as local wall time."""
     when = datetime.fromtimestamp(e.ts_ns / 1e9 + mono_to_wall).strftime("%H:%M:%S.%f")
     comm = bytes(e.comm).split(b"\0", 1)[0].decode(errors="replace")
+    direction = metric_key().field("direction").label(e.direction).upper()
     return (f"{when:15} {e.pid:>7} {comm:16} {address(e.family, bytes(e.saddr), e.sport):>28} "
-            f"{address(e.family, bytes(e.daddr), e.dport):>28} {e.bytes:>8} {'RECV' if e.direction else 'SEND'}")
+            f"{address(e.family, bytes(e.daddr), e.dport):>28} {e.bytes:>8} {direction}")
 
 
 def run_tcp_events(args: argparse.Namespace) -> int:
