@@ -35,8 +35,14 @@ def ebpf_checks(cfg: Config) -> Iterable[CheckResult]:
         if isinstance(r, LoadError):
             yield CheckResult(f"ebpf {d.program}", bad, str(r))
             continue
+        try:
+            r.attach()
+        except LoadError as e:
+            yield CheckResult(f"ebpf {d.program}", bad, str(e))
+            continue
+        finally:
+            r.close()
         extra = f", with {', '.join(r.defines)}" if r.defines else ""
-        r.close()
         yield CheckResult(f"ebpf {d.program}", "pass", f"loadable, attach method {r.method}{extra} (ports {ports})")
     if not bpf_stats_enabled():
         yield CheckResult("ebpf stats", "warn", "kernel.bpf_stats_enabled is 0: no ebpf_run_seconds_total "
