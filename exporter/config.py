@@ -66,6 +66,10 @@ class Config:
     triton_timeout_seconds: float = _opt(2.0, "timeout of one Triton scrape (keep below Prometheus' scrape_timeout)")
     triton_cache_seconds: float = _opt(1.0, "answers from Triton are reused for this long")
     triton_passthrough: bool = _opt(False, "also expose Triton's raw nv_* families")
+    triton_max_response_bytes: int = _opt(32 * 1024 * 1024, "largest answer read from Triton (/metrics, "
+                                          "statistics, a config); a larger one is refused")
+    triton_max_series: int = _opt(20000, "most series kept from one Triton's /metrics; families past it "
+                                  "are dropped")
     ebpf: str = _opt("auto", "eBPF TCP collection: auto runs it where the kernel allows", choices=("auto", "on", "off"))
     ebpf_port: list[int] = _opt([8000, 8001], "Triton port watched by eBPF (repeatable)", metavar="N")
     ebpf_attach: str = _opt("auto", "eBPF attach method: auto takes the first the kernel allows",
@@ -75,7 +79,8 @@ class Config:
     perf_analyzer_csv: list[str] = _opt([], "perf_analyzer -f result file to expose (repeatable, globs)", metavar="PATH")
     perf_analyzer_poll_seconds: float = _opt(5.0, "how often perf_analyzer CSV globs are re-read for new or rewritten files")
     stage_buckets: list[float] = _opt(list(DEFAULT_STAGE_BUCKETS), "stage histogram bucket bounds in seconds")
-    max_models: int = _opt(100, "cap on distinct (model, version) pairs in trace metrics; traces past it are rejected")
+    max_models: int = _opt(100, "cap on distinct (model, version) pairs per source (trace files; each Triton "
+                           "target): past it they are left out, counted")
     trace_poll_seconds: float = _opt(0.25, "how often trace directories are scanned")
     trace_settle_seconds: float = _opt(
         10.0, "a trace file left incomplete this long is ingested as far as it is valid"
@@ -219,6 +224,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError("stage_buckets must be positive and strictly increasing")
     if cfg.max_models < 1:
         raise ConfigError("max_models must be at least 1")
+    if cfg.triton_max_response_bytes < 1024 or cfg.triton_max_series < 1:
+        raise ConfigError("triton_max_response_bytes must be at least 1024 and triton_max_series at least 1")
     for k in ("triton_timeout_seconds", "triton_cache_seconds", "trace_poll_seconds", "trace_settle_seconds",
               "perf_analyzer_poll_seconds"):
         if getattr(cfg, k) < 0:

@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.triton.check import _trace_result
 from exporter.triton.collector import families
-from exporter.triton.metrics_text import MetricsTextError, parse_metrics_text
+from exporter.triton.metrics_text import MetricsTextError, Problems, parse_metrics_text
 from exporter.triton.statistics import (
     ApiShapeError,
     parse_model_config,
@@ -90,11 +90,29 @@ def test_statistics_http_and_grpc_shapes_agree(api: dict[str, Any]) -> None:
     assert s.batches[6].executions == 125 and s.batches[6].stage_ns["compute_infer"] == 725984251
 
 
-def test_statistics_bad_shape_is_an_error() -> None:
-    with pytest.raises(ApiShapeError):
-        parse_statistics({"model_stats": [{"name": "m", "execution_count": "lots"}]})
+def test_statistics_bad_model_is_left_out_and_a_bad_document_is_an_error(api: dict[str, Any]) -> None:
+    good = api["http_stats_all"]["model_stats"][0]
+    problems = Problems()
+    doc = {"model_stats": [{"name": "m", "execution_count": "lots"}, good, "not an object"]}
+    assert set(parse_statistics(doc, problems=problems)) == {("add_sub", "1")}
+    assert problems.counts == {"bad_model": 2}
     with pytest.raises(ApiShapeError):
         parse_statistics({"model_stats": "nope"})
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -3, -1.0, 2.5, "-7"])
+def test_statistics_values_that_are_not_counts_are_dropped_per_batch_size(api: dict[str, Any], bad: Any) -> None:
+    model = json.loads(json.dumps(api["http_stats_all"]["model_stats"][0]))
+    model["batch_stats"][0]["compute_infer"]["ns"] = bad
+    problems = Problems()
+    stats = parse_statistics({"model_stats": [model]}, problems=problems)
+    sizes = [b["batch_size"] for b in model["batch_stats"]]
+    assert sorted(stats[("add_sub", "1")].batches) == sizes[1:]
+    assert problems.counts == {"bad_value": 1}
+
+
+def test_statistics_of_models_the_cap_refuses_are_not_read(api: dict[str, Any]) -> None:
+    assert parse_statistics(api["http_stats_all"], admit=lambda model: model != "add_sub") == {}
 
 
 def test_model_config_from_http_and_grpc(api: dict[str, Any]) -> None:
@@ -190,3 +208,53 @@ def test_passthrough_keeps_triton_names_and_adds_target(metrics_text: str) -> No
     reg.register(_Fixed([snap], True))
     om = generate_openmetrics(reg).decode()
     assert any(f.name == "nv_inference_count" for f in parse_openmetrics(om))  # valid OpenMetrics too
+
+
+# --- hostile /metrics: values, repeats, bad lines, caps ------------------------------------
+
+HEAD = "# HELP nv_inference_count Number of inferences\n# TYPE nv_inference_count counter\n"
+
+
+@pytest.mark.parametrize("value", ["NaN", "+Inf", "-Inf", "-4"])
+def test_counters_that_are_not_counts_are_dropped_and_counted(value: str) -> None:
+    m = parse_metrics_text(HEAD + f'nv_inference_count{{model="a",version="1"}} {value}\n'
+                           'nv_inference_count{model="b",version="1"} 5\n')
+    assert set(m.models) == {("b", "1")} and m.models[("b", "1")].inferences == 5
+    assert m.problems.counts == {"bad_value": 1}
+    assert [len(f.samples) for f in m.raw] == [1]  # the passthrough does not carry it either
+
+
+def test_a_repeated_family_is_kept_once(metrics_text: str) -> None:
+    twice = metrics_text + metrics_text.replace(" 601\n", " 999\n")
+    m = parse_metrics_text(twice)
+    assert m.models[("add_sub", "1")].success == 601  # the first is kept
+    assert m.problems.counts["duplicate_series"] > 0
+    snap = TritonSnapshot("h:8000", True, 0.01, m)
+    names = [(s.name, tuple(sorted(s.labels.items()))) for f in families([snap], True) for s in f.samples]
+    assert len(names) == len(set(names))
+
+
+def test_a_bad_line_costs_only_itself(metrics_text: str) -> None:
+    broken = metrics_text.replace('nv_inference_exec_count{model="add_sub",version="1"} 218',
+                                  'nv_inference_exec_count{model="add_sub",version="1"} lots')
+    m = parse_metrics_text(broken + 'nv_garbage{oops\n')
+    c = m.models[("add_sub", "1")]
+    assert c.executions is None and c.success == 601 and c.stage_us["request"] == 10152103
+    assert m.problems.counts == {"bad_line": 2}
+
+
+def test_families_past_the_series_cap_are_dropped_whole(metrics_text: str) -> None:
+    full = parse_metrics_text(metrics_text)
+    kept = sum(len(f.samples) for f in full.raw)
+    m = parse_metrics_text(metrics_text, max_series=kept - 1)
+    assert m.problems.counts["too_many_series"] >= 1
+    assert sum(len(f.samples) for f in m.raw) < kept
+    by_name = {f.name: len(f.samples) for f in full.raw}
+    assert all(by_name[f.name] == len(f.samples) for f in m.raw)  # never half a family
+
+
+def test_lines_of_models_past_the_cap_are_not_read(metrics_text: str) -> None:
+    admitted: list[str] = []
+    m = parse_metrics_text(metrics_text.replace('model="add_sub"', 'model="other"', 1),
+                           admit=lambda model: (admitted.append(model) or model == "add_sub"))
+    assert set(m.models) == {("add_sub", "1")} and "other" in admitted

@@ -1,17 +1,27 @@
 """Triton's /metrics text, parsed into per-model counters (pure; no I/O).
 
-Only the families SPEC.md normalises are read; any other (future) Triton family is
-kept only for the optional raw passthrough, never an error.
+Only the families the exporter normalises are read (and, for the optional raw
+passthrough, every nv_* family). The text is read line by line, one family at a time:
+a family that does not parse costs its own lines, not the others'; the lines of models
+past the model cap are skipped before they are parsed; and a family that would take the
+series kept past `max_series` is dropped whole. NaN, infinite and negative counters are
+dropped, and a series Triton repeats is kept once. Each refusal is counted by reason
+in `problems`.
 """
 
 from __future__ import annotations
 
+import math
+import re
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 ModelKey = tuple[str, str]  # (model, version)
+SeriesId = tuple[str, tuple[tuple[str, str], ...]]  # sample name, sorted labels
 
 # Triton family -> our stage label (values are microseconds)
 STAGE_FAMILIES: dict[str, str] = {
@@ -22,10 +32,35 @@ STAGE_FAMILIES: dict[str, str] = {
     "nv_inference_compute_output_duration_us": "compute_output",
 }
 STAGES: tuple[str, ...] = tuple(STAGE_FAMILIES.values())
+OTHER_FAMILIES = ("nv_inference_request_success", "nv_inference_request_failure", "nv_inference_count",
+                  "nv_inference_exec_count", "nv_inference_pending_request_count")
+NORMALISED = frozenset([*STAGE_FAMILIES, *OTHER_FAMILIES])
+# sample names a family's samples may carry besides its own name
+_SUFFIXES = ("_total", "_created", "_sum", "_count", "_bucket", "_gsum", "_gcount", "_info")
+_MODEL_LABEL = re.compile(r'[{,]\s*model\s*=\s*"((?:[^"\\]|\\.)*)"')
+_SAMPLE_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
+NO_LIMIT = 1 << 62
+
+
+@dataclass
+class Problems:
+    """What a fetch refused, by errors_total reason: how often, and the first case for the log."""
+
+    counts: Counter[str] = field(default_factory=Counter)
+    details: dict[str, str] = field(default_factory=dict)
+
+    def add(self, reason: str, detail: str) -> None:
+        self.counts[reason] += 1
+        self.details.setdefault(reason, detail)
+
+    def merge(self, other: Problems) -> None:
+        for reason, n in other.counts.items():
+            self.counts[reason] += n
+            self.details.setdefault(reason, other.details.get(reason, ""))
 
 
 class MetricsTextError(ValueError):
-    """Triton's /metrics answer could not be parsed as Prometheus text."""
+    """Triton's /metrics answer had no line that parses as Prometheus text."""
 
 
 @dataclass
@@ -42,6 +77,8 @@ class ModelCounters:
 class TritonMetricsText:
     models: dict[ModelKey, ModelCounters]
     raw: list[Metric]  # every nv_* family as parsed, for the passthrough
+    counters: dict[SeriesId, float] = field(default_factory=dict)  # every counter sample kept
+    problems: Problems = field(default_factory=Problems)
 
 
 def _key(labels: dict[str, str]) -> ModelKey | None:
@@ -51,40 +88,156 @@ def _key(labels: dict[str, str]) -> ModelKey | None:
     return model, labels.get("version", "")
 
 
-def parse_metrics_text(text: str) -> TritonMetricsText:
-    """Per-(model, version) counters from Triton's /metrics body."""
-    models: dict[ModelKey, ModelCounters] = {}
-    raw: list[Metric] = []
-    try:
-        families = list(text_string_to_metric_families(text))
-    except (ValueError, TypeError, IndexError) as e:
-        raise MetricsTextError(f"not Prometheus text: {e}") from None
-    for fam in families:
-        if fam.name.startswith("nv_"):
-            raw.append(fam)
+def text_lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """Lines of a body that arrives in chunks, one line held at a time (plus one chunk)."""
+    rest = b""
+    for chunk in chunks:
+        rest += chunk
+        start = 0
+        while (end := rest.find(b"\n", start)) >= 0:
+            yield rest[start:end]
+            start = end + 1
+        rest = rest[start:]
+    if rest:
+        yield rest
+
+
+class _Parser:
+    def __init__(self, admit: Callable[[str], bool], max_series: int, keep_raw: bool) -> None:
+        self.admit = admit
+        self.max_series = max_series
+        self.keep_raw = keep_raw
+        self.out = TritonMetricsText({}, [])
+        self.seen: set[SeriesId] = set()
+        self.kept = 0  # sample lines kept so far, against max_series
+        self.good = self.bad = 0
+        self.family: str | None = None
+        self.header: list[str] = []
+        self.lines: list[str] = []
+        self.dropping = False  # the rest of this family is past the series cap
+
+    def problem(self, reason: str, detail: str) -> None:
+        self.out.problems.add(reason, detail)
+
+    def wanted(self, family: str) -> bool:
+        return family in NORMALISED or (self.keep_raw and family.startswith("nv_"))
+
+    def line(self, raw: bytes) -> None:
+        try:
+            text = raw.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            self.bad += 1
+            self.problem("bad_line", "a line that is not UTF-8")
+            return
+        if not text:
+            return
+        if text.startswith("#"):
+            parts = text.split(None, 3)
+            if len(parts) >= 3 and parts[1] in ("HELP", "TYPE"):
+                if parts[2] != self.family or self.lines:  # a new family, or one Triton repeats
+                    self.start(parts[2])
+                self.header.append(text)
+            return
+        m = _SAMPLE_NAME.match(text)
+        if m is None:
+            self.bad += 1
+            self.problem("bad_line", f"not Prometheus text: {text[:80]!r}")
+            return
+        name = m.group(0)
+        fam = self.family
+        if fam is None or not (name == fam or (name.startswith(fam) and name[len(fam):] in _SUFFIXES)):
+            self.start(name)
+            fam = name
+        if self.dropping or not self.wanted(fam):
+            return
+        model = _MODEL_LABEL.search(text)
+        if model is not None and not self.admit(model.group(1)):
+            return
+        if self.kept + len(self.lines) >= self.max_series:
+            self.problem("too_many_series", f"family {fam} would pass the cap of {self.max_series:,} series "
+                         "per target (--triton-max-series)")
+            self.lines, self.dropping = [], True
+            return
+        self.lines.append(text)
+
+    def start(self, family: str) -> None:
+        self.flush()
+        self.family, self.header, self.lines, self.dropping = family, [], [], False
+
+    def flush(self) -> None:
+        if not self.lines:
+            return
+        lines, self.lines = self.lines, []
+        try:
+            fams = list(text_string_to_metric_families("\n".join([*self.header, *lines]) + "\n"))
+        except (ValueError, TypeError, IndexError):
+            fams = []
+            for one in lines:  # isolate the bad lines: each good one is kept
+                try:
+                    fams.extend(text_string_to_metric_families("\n".join([*self.header, one]) + "\n"))
+                except (ValueError, TypeError, IndexError) as e:
+                    self.bad += 1
+                    self.problem("bad_line", f"not Prometheus text: {one[:80]!r} ({e})")
+        self.kept += len(lines)
+        for f in fams:
+            self.take(f)
+
+    def take(self, fam: Metric) -> None:
+        kept = Metric(fam.name, fam.documentation, fam.type, fam.unit)
         for s in fam.samples:
-            key = _key(s.labels)
-            # the parser names counter samples <family>_total; summaries' _sum/_count are not ours
-            if key is None or s.name not in (fam.name, fam.name + "_total"):
+            sid: SeriesId = (s.name, tuple(sorted(s.labels.items())))
+            checked = fam.type == "counter" or fam.name in NORMALISED
+            if checked and (math.isnan(s.value) or math.isinf(s.value) or s.value < 0):
+                self.problem("bad_value", f"{s.name}{s.labels} = {s.value}: not a count")
                 continue
-            c = models.setdefault(key, ModelCounters())
-            name = fam.name
-            if name in STAGE_FAMILIES:
-                c.stage_us[STAGE_FAMILIES[name]] = s.value
-            elif name == "nv_inference_request_success":
-                c.success = s.value
-            elif name == "nv_inference_request_failure":
-                c.failure = (c.failure or 0.0) + s.value
-            elif name == "nv_inference_count":
-                c.inferences = s.value
-            elif name == "nv_inference_exec_count":
-                c.executions = s.value
-            elif name == "nv_inference_pending_request_count":
-                c.pending = s.value
-    return TritonMetricsText({k: v for k, v in models.items() if _has_any(v)}, raw)
+            if sid in self.seen:
+                self.problem("duplicate_series", f"{s.name}{s.labels} given twice; the first is kept")
+                continue
+            self.seen.add(sid)
+            self.good += 1
+            kept.samples.append(s)
+            if fam.type == "counter":
+                self.out.counters[sid] = s.value
+            self.normalise(fam.name, s.name, s.labels, s.value)
+        if self.keep_raw and fam.name.startswith("nv_") and kept.samples:
+            self.out.raw.append(kept)
+
+    def normalise(self, family: str, sample: str, labels: dict[str, str], value: float) -> None:
+        key = _key(labels)
+        # the parser names counter samples <family>_total; summaries' _sum/_count are not ours
+        if key is None or family not in NORMALISED or sample not in (family, family + "_total"):
+            return
+        c = self.out.models.setdefault(key, ModelCounters())
+        if family in STAGE_FAMILIES:
+            c.stage_us[STAGE_FAMILIES[family]] = value
+        elif family == "nv_inference_request_success":
+            c.success = value
+        elif family == "nv_inference_request_failure":
+            c.failure = (c.failure or 0.0) + value
+        elif family == "nv_inference_count":
+            c.inferences = value
+        elif family == "nv_inference_exec_count":
+            c.executions = value
+        elif family == "nv_inference_pending_request_count":
+            c.pending = value
 
 
-def _has_any(c: ModelCounters) -> bool:
-    return bool(c.stage_us) or any(
-        v is not None for v in (c.success, c.failure, c.inferences, c.executions, c.pending)
-    )
+def parse_metrics_lines(lines: Iterable[bytes], admit: Callable[[str], bool] = lambda model: True,
+                        max_series: int = NO_LIMIT, keep_raw: bool = True) -> TritonMetricsText:
+    """Per-(model, version) counters from the lines of Triton's /metrics body.
+
+    `admit(model)` says whether a model's lines are read at all (the model cap);
+    `keep_raw` keeps every nv_* family for the passthrough.
+    """
+    p = _Parser(admit, max_series, keep_raw)
+    for raw in lines:
+        p.line(raw)
+    p.flush()
+    if p.bad and not p.good:
+        raise MetricsTextError(p.out.problems.details.get("bad_line", "not Prometheus text"))
+    return p.out
+
+
+def parse_metrics_text(text: str, admit: Callable[[str], bool] = lambda model: True,
+                       max_series: int = NO_LIMIT, keep_raw: bool = True) -> TritonMetricsText:
+    return parse_metrics_lines((ln.encode() for ln in text.splitlines()), admit, max_series, keep_raw)

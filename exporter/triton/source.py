@@ -17,7 +17,9 @@ class TritonSource:
         metrics_urls = cfg.triton_metrics_url or [default_metrics_url(u) for u in cfg.triton]
         self.targets = [
             TritonTarget(url, murl, cfg.triton_timeout_seconds, cfg.triton_cache_seconds,
-                         on_error=lambda reason: errors.inc("triton", reason))
+                         on_error=lambda reason: errors.inc("triton", reason),
+                         max_bytes=cfg.triton_max_response_bytes, max_series=cfg.triton_max_series,
+                         max_models=cfg.max_models, keep_raw=cfg.triton_passthrough)
             for url, murl in zip(cfg.triton, metrics_urls, strict=True)
         ]
         self.collector = TritonCollector(self.targets, cfg.triton_passthrough)

@@ -1,22 +1,29 @@
 """Triton's statistics API, model config and repository index, parsed (pure; no I/O).
 
 Accepts both JSON shapes: HTTP's (numbers) and gRPC's as JSON (64-bit numbers as
-strings, zero-valued fields left out).
+strings, zero-valued fields left out). A model whose entry has the wrong shape, or a
+batch size whose counts are not counts (NaN, infinite, negative), is left out and
+counted; the other models are kept.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .metrics_text import ModelKey
+from .metrics_text import ModelKey, Problems
 
 BATCH_STAGES: tuple[str, ...] = ("compute_input", "compute_infer", "compute_output")
 
 
 class ApiShapeError(ValueError):
     """A Triton API answer did not have the shape its documentation gives."""
+
+
+class BadValue(ApiShapeError):
+    """A count that is not one: NaN, infinite, negative or fractional."""
 
 
 @dataclass
@@ -42,14 +49,20 @@ class ModelConfigInfo:
 
 
 def _int(v: Any, what: str) -> int:
+    """A non-negative count (HTTP gives numbers, gRPC's JSON decimal strings)."""
     if v is None:
         return 0
     if isinstance(v, bool):
         raise ApiShapeError(f"{what} is a boolean, expected a number")
+    if isinstance(v, float) and not (math.isfinite(v) and v >= 0 and v.is_integer()):
+        raise BadValue(f"{what} is {v!r}, not a count")
     try:
-        return int(v)
+        n = int(v)
     except (TypeError, ValueError):
         raise ApiShapeError(f"{what} is {v!r}, expected a number") from None
+    if n < 0:
+        raise BadValue(f"{what} is {n}, not a count")
+    return n
 
 
 def _mapping(v: Any, what: str) -> Mapping[str, Any]:
@@ -68,28 +81,46 @@ def _list(v: Any, what: str) -> list[Any]:
     return v
 
 
-def parse_statistics(doc: Any) -> dict[ModelKey, ModelStats]:
-    """Per-(model, version) batch statistics from GET /v2/models/stats."""
+def parse_statistics(doc: Any, admit: Callable[[str], bool] = lambda model: True,
+                     problems: Problems | None = None) -> dict[ModelKey, ModelStats]:
+    """Per-(model, version) batch statistics from GET /v2/models/stats, for the models `admit` takes.
+    A model or batch size that does not parse is left out and added to `problems`."""
+    problems = problems if problems is not None else Problems()
     out: dict[ModelKey, ModelStats] = {}
     for i, m in enumerate(_list(_mapping(doc, "statistics").get("model_stats"), "model_stats")):
-        m = _mapping(m, f"model_stats[{i}]")
-        name = m.get("name")
-        if not isinstance(name, str):
-            raise ApiShapeError(f"model_stats[{i}] has no name")
-        key = (name, str(m.get("version", "")))
-        batches: dict[int, BatchStats] = {}
-        for j, b in enumerate(_list(m.get("batch_stats"), f"{name} batch_stats")):
-            b = _mapping(b, f"{name} batch_stats[{j}]")
-            size = _int(b.get("batch_size"), f"{name} batch_size")
-            stages = {s: _int(_mapping(b.get(s), s).get("ns"), f"{name} {s}.ns") for s in BATCH_STAGES}
-            infer = _mapping(b.get("compute_infer"), "compute_infer")
-            batches[size] = BatchStats(_int(infer.get("count"), f"{name} compute_infer.count"), stages)
-        out[key] = ModelStats(
-            _int(m.get("inference_count"), f"{name} inference_count"),
-            _int(m.get("execution_count"), f"{name} execution_count"),
-            batches,
-        )
+        try:
+            m = _mapping(m, f"model_stats[{i}]")
+            name = m.get("name")
+            if not isinstance(name, str):
+                raise ApiShapeError(f"model_stats[{i}] has no name")
+            if not admit(name):
+                continue
+            key = (name, str(m.get("version", "")))
+            stats = ModelStats(_int(m.get("inference_count"), f"{name} inference_count"),
+                               _int(m.get("execution_count"), f"{name} execution_count"), {})
+            for j, b in enumerate(_list(m.get("batch_stats"), f"{name} batch_stats")):
+                try:
+                    size, batch = _batch(name, j, b)
+                except BadValue as e:
+                    problems.add("bad_value", f"statistics: {e}")
+                    continue
+                stats.batches[size] = batch
+        except BadValue as e:
+            problems.add("bad_value", f"statistics: {e}")
+            continue
+        except ApiShapeError as e:
+            problems.add("bad_model", f"statistics: {e}")
+            continue
+        out[key] = stats
     return out
+
+
+def _batch(name: str, j: int, b: Any) -> tuple[int, BatchStats]:
+    b = _mapping(b, f"{name} batch_stats[{j}]")
+    size = _int(b.get("batch_size"), f"{name} batch_size")
+    stages = {s: _int(_mapping(b.get(s), s).get("ns"), f"{name} {s}.ns") for s in BATCH_STAGES}
+    infer = _mapping(b.get("compute_infer"), "compute_infer")
+    return size, BatchStats(_int(infer.get("count"), f"{name} compute_infer.count"), stages)
 
 
 def parse_model_config(doc: Any) -> ModelConfigInfo:

@@ -1,10 +1,17 @@
 """One Triton instance, fetched at scrape time: /metrics, statistics, and model configs.
 
-A fetch runs on the target's own worker thread (tritonclient's HTTP client is
-gevent-based and must stay on the thread that made it); a scrape waits for it at
-most until its deadline, so a hung Triton never makes a scrape slower than the
-timeout. A snapshot younger than `cache_seconds` is reused, and concurrent scrapes
-share one fetch in flight.
+A fetch reads /metrics and the statistics API side by side, each on a worker of its
+own, within hard bounds (exporter/triton/http_fetch.py): a deadline for the whole fetch
+a little inside the scrape's timeout, a byte cap per answer, no redirects, at most
+`max_series` series from /metrics and `max_models` models. A scrape waits for the fetch
+at most until its deadline, so neither a hung nor a hostile Triton makes a scrape
+slower than the timeout, and the fetch is over by then too. A snapshot younger than
+`cache_seconds` is reused, and concurrent scrapes share one fetch in flight.
+
+Model configs change rarely: they are kept across fetches, read for models new to the
+repository index and refreshed when older than CONFIG_REFRESH_SECONDS, at most
+CONFIG_READS_PER_FETCH per fetch, so a large repository comes up at once and fills its
+configs in over a few scrapes.
 """
 
 from __future__ import annotations
@@ -13,18 +20,25 @@ import contextlib
 import logging
 import threading
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
-from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
-from .metrics_text import MetricsTextError, ModelKey, TritonMetricsText, parse_metrics_text
+from .http_fetch import FetchError, HttpSession
+from .metrics_text import (
+    MetricsTextError,
+    ModelKey,
+    Problems,
+    SeriesId,
+    TritonMetricsText,
+    parse_metrics_lines,
+    text_lines,
+)
 from .statistics import (
     ApiShapeError,
+    BadValue,
     ModelConfigInfo,
     ModelStats,
     parse_model_config,
@@ -35,9 +49,16 @@ from .statistics import (
 log = logging.getLogger("triton")
 
 OnError = Callable[[str], None]
-# configs are re-read when the repository index changes, and at least this often (a reload
-# with a new config.pbtxt leaves the index as it was)
+# a config is read again when older than this (a reload with a new config.pbtxt leaves the
+# repository index as it was)
 CONFIG_REFRESH_SECONDS = 300.0
+CONFIG_READS_PER_FETCH = 50
+# the fetch ends this share of the timeout before the scrape stops waiting, so that its
+# own, more precise reason is counted rather than scrape_timeout
+FETCH_SHARE = 0.9
+DEFAULT_MAX_BYTES = 32 * 1024 * 1024
+DEFAULT_MAX_SERIES = 20_000
+DEFAULT_MAX_MODELS = 100
 
 
 def target_name(url: str) -> str:
@@ -64,46 +85,72 @@ class TritonSnapshot:
     configs: dict[ModelKey, ModelConfigInfo] = field(default_factory=dict)
 
 
-class FetchError(Exception):
-    """One part of a fetch failed; `reason` is the errors_total reason."""
+class ModelCap:
+    """At most `limit` models per target: the first seen are admitted and stay while Triton has them."""
 
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(detail)
-        self.reason = reason
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._lock = threading.Lock()
+        self._admitted: set[str] = set()
+        self._seen: set[str] = set()
+        self._refused: set[str] = set()
+
+    def admit(self, model: str) -> bool:
+        with self._lock:
+            self._seen.add(model)
+            if model in self._admitted:
+                return True
+            if len(self._admitted) < self.limit:
+                self._admitted.add(model)
+                return True
+            self._refused.add(model)
+            return False
+
+    def end_fetch(self, complete: bool) -> int:
+        """Models refused in this fetch; after a complete one, models Triton no longer has go."""
+        with self._lock:
+            refused = len(self._refused)
+            if complete:
+                self._admitted &= self._seen
+            self._seen, self._refused = set(), set()
+            return refused
 
 
-def _classify(e: BaseException) -> str:
-    if isinstance(e, FetchError):
-        return e.reason
-    if isinstance(e, TimeoutError) or "timed out" in str(e).lower():
-        return "timeout"
-    if isinstance(e, (ConnectionError, urllib.error.URLError, OSError)):
-        return "unreachable"
-    if isinstance(e, (ApiShapeError, MetricsTextError, ValueError, KeyError)):
-        return "bad_response"
-    return "request_failed"  # tritonclient's InferenceServerException and the like
+@dataclass
+class _Part:
+    """What one half of a fetch (/metrics, or the API) brought back."""
+
+    failure: FetchError | None = None
+    problems: Problems = field(default_factory=Problems)
 
 
 class TritonTarget:
     def __init__(self, url: str, metrics_url: str, timeout: float, cache_seconds: float,
-                 on_error: OnError = lambda reason: None) -> None:
+                 on_error: OnError = lambda reason: None, *, max_bytes: int = DEFAULT_MAX_BYTES,
+                 max_series: int = DEFAULT_MAX_SERIES, max_models: int = DEFAULT_MAX_MODELS,
+                 keep_raw: bool = True) -> None:
         self.url = url.rstrip("/")
         self.metrics_url = metrics_url
         self.name = target_name(url)
         self.timeout = timeout
         self.cache_seconds = cache_seconds
         self.on_error = on_error
+        self.max_bytes = max_bytes
+        self.max_series = max_series
+        self.keep_raw = keep_raw  # every nv_* family, for the passthrough
+        self.models = ModelCap(max_models)
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"triton-{self.name}")
+        self._metrics_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"triton-{self.name}-metrics")
         self._inflight: Future[TritonSnapshot] | None = None
         self._cached: TritonSnapshot | None = None
         self._cached_at = 0.0
         self._was_up: bool | None = None
-        # worker-thread state: the client, and configs kept until the repository index changes
-        self._client: Any = None
-        self._index: frozenset[ModelKey] | None = None
-        self._configs: dict[ModelKey, ModelConfigInfo] = {}
-        self._configs_at = 0.0
+        self._logged: set[str] = set()  # reasons of partial refusals already logged once
+        # worker-thread state: configs with the time each was read, and last counter values
+        self._configs: dict[ModelKey, tuple[ModelConfigInfo, float]] = {}
+        self._counters: dict[SeriesId, float] = {}
+        self._stats_counters: dict[tuple[str, str, int, str], int] = {}
 
     # --- scrape side -----------------------------------------------------------------
 
@@ -136,45 +183,58 @@ class TritonTarget:
             return TritonSnapshot(self.name, False, self.timeout)
         except Exception as e:  # a bug in a fetch must cost this target's series, not the scrape
             log.exception("triton %s: fetch failed", self.name)
-            self._report("request_failed", f"fetch failed: {e}")
+            self._report("fetch_failed", f"fetch failed: {e}")
             return TritonSnapshot(self.name, False, 0.0)
 
     def snapshot(self) -> TritonSnapshot:
         return self.wait(self.begin(), time.monotonic() + self.timeout)
 
     def close(self) -> None:
-        with contextlib.suppress(RuntimeError):  # already closed
-            self._pool.submit(self._drop_client)  # on the worker: the client belongs to its thread
         self._pool.shutdown(wait=False, cancel_futures=False)
+        self._metrics_pool.shutdown(wait=False, cancel_futures=False)
 
     def _report(self, reason: str, detail: str) -> None:
+        """A failure that makes the target down: counted; logged once per outage."""
         self.on_error(reason)
         with self._lock:
             was_up, self._was_up = self._was_up, False
         if was_up is not False:  # one line per outage, not one per scrape
             log.warning("triton %s: %s (%s); counting further failures silently", self.name, detail, reason)
 
+    def _refused(self, problems: Problems) -> None:
+        """Parts of an answer left out (the rest is kept): each reason counted once per fetch."""
+        for reason in sorted(problems.counts):
+            self.on_error(reason)
+            if reason not in self._logged:
+                self._logged.add(reason)
+                log.warning("triton %s: %s (%s; counted once per fetch from now on)", self.name,
+                            problems.details.get(reason, reason), reason)
+
     # --- worker side -----------------------------------------------------------------
 
     def _fetch(self) -> TritonSnapshot:
         t0 = time.monotonic()
-        deadline = t0 + self.timeout
-        metrics: TritonMetricsText | None = None
-        stats: dict[ModelKey, ModelStats] | None = None
-        up = True
-        try:
-            metrics = parse_metrics_text(self._get_metrics_text(deadline))
-        except Exception as e:
-            up = False
-            self._report(_classify(e), f"GET {self.metrics_url} failed: {e}")
-        try:
-            stats, configs = self._api(deadline)
-        except Exception as e:
-            up = False
-            self._drop_client()  # reconnect next time: the server may have restarted
-            self._index = None
-            self._report(_classify(e), f"statistics/config API at {self.url} failed: {e}")
-            configs = {}
+        deadline = t0 + FETCH_SHARE * self.timeout
+        metrics_part = _Part()
+        future = self._metrics_pool.submit(self._fetch_metrics, deadline, metrics_part)
+        api_part = _Part()
+        stats, configs = self._fetch_api(deadline, api_part)
+        with contextlib.suppress(FutureTimeout):  # the session's deadline ends it; a bug may not
+            future.result(timeout=max(0.0, deadline - time.monotonic()) + 1.0)
+        metrics = future.result() if future.done() and future.exception() is None else None
+        if metrics is None and metrics_part.failure is None:
+            metrics_part.failure = FetchError("timeout", f"GET {self.metrics_url} did not end in time")
+        problems = Problems()
+        for part in (metrics_part, api_part):
+            problems.merge(part.problems)
+            if part.failure is not None:
+                self._report(part.failure.reason, str(part.failure))
+        up = metrics_part.failure is None and api_part.failure is None
+        refused = self.models.end_fetch(up)
+        if refused:
+            problems.add("model_cap", f"{refused} model(s) past --max-models {self.models.limit} left out")
+        self._check_resets(metrics, stats, problems)
+        self._refused(problems)
         if up:
             with self._lock:
                 was_up, self._was_up = self._was_up, True
@@ -182,40 +242,75 @@ class TritonTarget:
                 log.info("triton %s: reachable again", self.name)
         return TritonSnapshot(self.name, up, time.monotonic() - t0, metrics, stats, configs)
 
-    def _drop_client(self) -> None:
-        client, self._client = self._client, None
-        if client is not None:
+    def _fetch_metrics(self, deadline: float, part: _Part) -> TritonMetricsText | None:
+        with HttpSession(deadline, self.max_bytes) as session:
             try:
-                client.close()
-            except Exception as e:  # best effort: the connection may already be gone
-                log.debug("triton %s: closing client: %s", self.name, e)
+                text = parse_metrics_lines(text_lines(session.stream(self.metrics_url)), self.models.admit,
+                                           self.max_series, self.keep_raw)
+            except FetchError as e:
+                part.failure = e
+                return None
+            except MetricsTextError as e:
+                part.failure = FetchError("bad_response", str(e))
+                return None
+        part.problems = text.problems
+        return text
 
-    def _get_metrics_text(self, deadline: float) -> str:
-        left = max(0.05, deadline - time.monotonic())
-        with urllib.request.urlopen(self.metrics_url, timeout=left) as r:
-            body: bytes = r.read()
-        try:
-            return body.decode("utf-8")
-        except UnicodeDecodeError:
-            raise FetchError("bad_response", "/metrics answer is not UTF-8") from None
+    def _fetch_api(self, deadline: float, part: _Part
+                   ) -> tuple[dict[ModelKey, ModelStats] | None, dict[ModelKey, ModelConfigInfo]]:
+        with HttpSession(deadline, self.max_bytes) as session:
+            try:
+                stats = parse_statistics(session.read_json(f"{self.url}/v2/models/stats"), self.models.admit,
+                                         part.problems)
+                index = parse_repository_index(session.read_json(f"{self.url}/v2/repository/index", "POST", b""))
+            except FetchError as e:
+                part.failure = e
+            except ApiShapeError as e:
+                part.failure = FetchError("bad_response", str(e))
+            if part.failure is not None:
+                # read every config again, a few per fetch: the server may have restarted
+                self._configs = {k: (c, 0.0) for k, (c, _) in self._configs.items()}
+                return None, {k: c for k, (c, _) in self._configs.items()}
+            self._read_configs(session, index, part.problems)
+        return stats, {k: c for k, (c, _) in sorted(self._configs.items())}
 
-    def _api(self, deadline: float) -> tuple[dict[ModelKey, ModelStats], dict[ModelKey, ModelConfigInfo]]:
-        import tritonclient.http as triton_http
+    def _read_configs(self, session: HttpSession, index: frozenset[ModelKey], problems: Problems) -> None:
+        """Configs of ready, admitted models: new ones first, then the oldest past the refresh age."""
+        ready = {k for k in index if self.models.admit(k[0])}
+        self._configs = {k: v for k, v in self._configs.items() if k in ready}
+        now = time.monotonic()
+        missing = sorted(k for k in ready if k not in self._configs)
+        stale = sorted((at, k) for k, (_, at) in self._configs.items() if now - at > CONFIG_REFRESH_SECONDS)
+        for model, version in [*missing, *(k for _, k in stale)][:CONFIG_READS_PER_FETCH]:
+            path = f"/v2/models/{quote(model, safe='')}" + (f"/versions/{quote(version, safe='')}" if version else "")
+            try:
+                config = parse_model_config(session.read_json(f"{self.url}{path}/config"))
+            except FetchError as e:
+                if e.reason == "timeout":
+                    return  # this fetch's time is up: the next one goes on from here
+                problems.add(e.reason, f"config of {model}/{version}: {e}")
+                continue
+            except BadValue as e:
+                problems.add("bad_value", f"config of {model}/{version}: {e}")
+                continue
+            except ApiShapeError as e:
+                problems.add("bad_model", f"config of {model}/{version}: {e}")
+                continue
+            self._configs[(model, version)] = (config, time.monotonic())
 
-        if self._client is None:
-            u = urlsplit(self.url)
-            t = max(0.05, self.timeout)
-            self._client = triton_http.InferenceServerClient(
-                u.netloc, connection_timeout=t, network_timeout=t, ssl=u.scheme == "https"
-            )
-        c = self._client
-        stats = parse_statistics(c.get_inference_statistics())
-        index = parse_repository_index(c.get_model_repository_index())
-        if index != self._index or time.monotonic() - self._configs_at > CONFIG_REFRESH_SECONDS:
-            configs: dict[ModelKey, ModelConfigInfo] = {}
-            for model, version in sorted(index):
-                if time.monotonic() > deadline:
-                    raise FetchError("timeout", "model configs not read within the timeout")
-                configs[(model, version)] = parse_model_config(c.get_model_config(model, version))
-            self._configs, self._index, self._configs_at = configs, index, time.monotonic()
-        return stats, dict(self._configs)
+    def _check_resets(self, metrics: TritonMetricsText | None, stats: Mapping[ModelKey, ModelStats] | None,
+                      problems: Problems) -> None:
+        """A counter lower than on the last fetch means Triton (or a model) restarted: the new value
+        is exposed as it is, which Prometheus reads as a reset; counted as counter_reset."""
+        back: list[str] = []
+        if metrics is not None:
+            back += [f"{n}{dict(lab)}" for (n, lab), v in metrics.counters.items() if v < self._counters.get((n, lab), v)]
+            self._counters = metrics.counters
+        if stats is not None:
+            now = {(m, ver, size, f): v for (m, ver), s in stats.items() for size, b in s.batches.items()
+                   for f, v in (("executions", b.executions), *b.stage_ns.items())}
+            back += [f"{k[0]}/{k[1]} batch {k[2]} {k[3]}" for k, v in now.items() if v < self._stats_counters.get(k, v)]
+            self._stats_counters = now
+        if back:
+            problems.add("counter_reset", f"{len(back)} counter(s) went back, e.g. {back[0]}: Triton or the "
+                         "model restarted; exposed as a reset")
