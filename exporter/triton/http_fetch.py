@@ -131,6 +131,11 @@ class HttpSession:
                     raise FetchError("too_large", f"{url}: answer over the {self.max_bytes:,}-byte cap")
                 self._left()
                 yield chunk
+            if self.expired:  # the watchdog's shutdown reads as an end of file
+                raise FetchError("timeout", f"{url}: no complete answer within the timeout")
+            if length is not None and length.isdigit() and got < int(length):
+                raise FetchError("unreachable", f"{url}: connection closed {got:,} bytes into a "
+                                 f"{int(length):,}-byte answer")
             resp.close()  # read1 does not mark a fully read answer done: the connection is free again
             done = True
         except FetchError:
