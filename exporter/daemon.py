@@ -44,12 +44,13 @@ class Daemon:
         self.cfg = cfg
         self.errors = ErrorCounts()
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(SelfCollector(self.errors))
         self.registry.register(ProcessCollector(namespace="inference_profiler", registry=None))
         self.sources = build_sources(cfg, self.errors)
         for s in self.sources:
             for c in s.collectors():
                 self.registry.register(c)
+        # last: errors a scrape-time fetch counts show in the same scrape as its triton_up
+        self.registry.register(SelfCollector(self.errors))
         host, port = cfg.listen_host_port
         ssl_context, auth = None, None
         if cfg.web_config_file:

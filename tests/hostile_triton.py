@@ -6,7 +6,8 @@ fake counts the requests per path. Modes of /metrics: normal, huge (200 MB), end
 nan, negative, backwards (counters lower on every fetch), duplicates (every family twice),
 redirect (302 to another loopback address serving other data), status500, status404,
 models (`models` models in /metrics, statistics, index and configs). Modes of the API:
-normal, infinity (Infinity in the statistics), bad_config (one malformed model config).
+normal, infinity (Infinity in the statistics), bad_config (one malformed model config),
+bomb (30 MB of empty JSON objects: cheap to send, costly to parse).
 """
 
 from __future__ import annotations
@@ -169,6 +170,8 @@ class HostileTriton:
         if self.metrics_mode == "models":
             return json.dumps(self.models_docs()[1]).encode()
         body = json.dumps(self.stats)
+        if self.api_mode == "bomb":
+            return b'{"model_stats": [' + b"{}," * 10_000_000 + b"{}]}"
         if self.api_mode == "infinity":
             body = body.replace('"ns": 725984251', '"ns": Infinity')
         return body.encode()

@@ -156,8 +156,11 @@ class HttpSession:
         text = e.strerror if isinstance(e, OSError) and e.strerror else str(e)  # refused, reset, DNS, TLS
         return FetchError("unreachable", f"{url}: {text}")
 
-    def read(self, url: str, method: str = "GET", body: bytes | None = None) -> bytes:
-        return b"".join(self.stream(url, method, body))
+    def read(self, url: str, method: str = "GET", body: bytes | None = None) -> bytearray:
+        out = bytearray()  # grown in place: no list of chunks and joined copy side by side
+        for chunk in self.stream(url, method, body):
+            out += chunk
+        return out
 
     def read_json(self, url: str, method: str = "GET", body: bytes | None = None) -> Any:
         raw = self.read(url, method, body)

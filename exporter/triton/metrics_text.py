@@ -11,10 +11,11 @@ in `problems`.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from prometheus_client.metrics_core import Metric
@@ -97,20 +98,6 @@ def _key(labels: dict[str, str]) -> ModelKey | None:
     return model, labels.get("version", "")
 
 
-def text_lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
-    """Lines of a body that arrives in chunks, one line held at a time (plus one chunk)."""
-    rest = b""
-    for chunk in chunks:
-        rest += chunk
-        start = 0
-        while (end := rest.find(b"\n", start)) >= 0:
-            yield rest[start:end]
-            start = end + 1
-        rest = rest[start:]
-    if rest:
-        yield rest
-
-
 class _Parser:
     def __init__(self, admit: Callable[[str], bool], max_series: int, keep_raw: bool) -> None:
         self.admit = admit
@@ -124,6 +111,7 @@ class _Parser:
         self.header: list[str] = []
         self.lines: list[str] = []
         self.dropping = False  # the rest of this family is past the series cap
+        self.skip_prefix = b""  # lines of the current family start so while it is not read at all
 
     def problem(self, reason: str, detail: str) -> None:
         self.out.problems.add(reason, detail)
@@ -132,6 +120,8 @@ class _Parser:
         return family in NORMALISED or (self.keep_raw and family.startswith("nv_"))
 
     def line(self, raw: bytes) -> None:
+        if self.skip_prefix and raw.startswith(self.skip_prefix) and raw[len(self.skip_prefix):][:1] in b"{ \t":
+            return  # a sample of a family dropped or not wanted
         try:
             text = raw.decode("utf-8").strip()
         except UnicodeDecodeError:
@@ -158,6 +148,7 @@ class _Parser:
             self.start(name)
             fam = name
         if self.dropping or not self.wanted(fam):
+            self.skip_prefix = fam.encode()
             return
         model = _MODEL_LABEL.search(text)
         if model is not None and not self.admit(model.group(1)):
@@ -165,13 +156,13 @@ class _Parser:
         if self.kept + len(self.lines) >= self.max_series:
             self.problem("too_many_series", f"family {fam} would pass the cap of {self.max_series:,} series "
                          "per target (--triton-max-series)")
-            self.lines, self.dropping = [], True
+            self.lines, self.dropping, self.skip_prefix = [], True, fam.encode()
             return
         self.lines.append(text)
 
     def start(self, family: str) -> None:
         self.flush()
-        self.family, self.header, self.lines, self.dropping = family, [], [], False
+        self.family, self.header, self.lines, self.dropping, self.skip_prefix = family, [], [], False, b""
 
     def flush(self) -> None:
         if not self.lines:
@@ -275,16 +266,44 @@ def _unescape_help(doc: str) -> str:
     return doc.replace("\\\\", "\0").replace("\\n", "\n").replace("\0", "\\")
 
 
-def parse_metrics_lines(lines: Iterable[bytes], admit: Callable[[str], bool] = lambda model: True,
-                        max_series: int = NO_LIMIT, keep_raw: bool = True) -> TritonMetricsText:
-    """Per-(model, version) counters from the lines of Triton's /metrics body.
+@functools.lru_cache(maxsize=64)
+def _skip_patterns(prefix: bytes) -> tuple[re.Pattern[bytes], re.Pattern[bytes]]:
+    """A sample line of the family `prefix`, and the end of a run of them."""
+    sample = re.escape(prefix) + rb"[{ \t]"
+    return re.compile(sample), re.compile(rb"\n(?!" + sample + rb")")
+
+
+def parse_metrics_chunks(chunks: Iterable[bytes], admit: Callable[[str], bool] = lambda model: True,
+                         max_series: int = NO_LIMIT, keep_raw: bool = True) -> TritonMetricsText:
+    """Per-(model, version) counters from Triton's /metrics body as it arrives in chunks.
 
     `admit(model)` says whether a model's lines are read at all (the model cap);
-    `keep_raw` keeps every nv_* family for the passthrough.
+    `keep_raw` keeps every nv_* family for the passthrough. The lines of a family that is
+    not read (unwanted, or past the series cap) are skipped a run at a time, undecoded.
     """
     p = _Parser(admit, max_series, keep_raw)
-    for raw in lines:
-        p.line(raw)
+    rest = b""
+    for chunk in chunks:
+        buf, pos = rest + chunk, 0
+        while True:
+            if p.skip_prefix and buf.startswith(p.skip_prefix, pos):
+                # a run of the skipped family's samples: jump to the first line that is not one
+                this, after = _skip_patterns(p.skip_prefix)
+                if this.match(buf, pos):
+                    m = after.search(buf, pos)
+                    if m is None:
+                        pos = max(pos, buf.rfind(b"\n") + 1)
+                        break
+                    pos = m.end()
+                    continue
+            end = buf.find(b"\n", pos)
+            if end < 0:
+                break
+            p.line(buf[pos:end])
+            pos = end + 1
+        rest = buf[pos:]
+    if rest:
+        p.line(rest)
     p.flush()
     if p.bad and not p.good:
         raise MetricsTextError(p.out.problems.details.get("bad_line", "not Prometheus text"))
@@ -293,4 +312,4 @@ def parse_metrics_lines(lines: Iterable[bytes], admit: Callable[[str], bool] = l
 
 def parse_metrics_text(text: str, admit: Callable[[str], bool] = lambda model: True,
                        max_series: int = NO_LIMIT, keep_raw: bool = True) -> TritonMetricsText:
-    return parse_metrics_lines((ln.encode() for ln in text.splitlines()), admit, max_series, keep_raw)
+    return parse_metrics_chunks([text.encode()], admit, max_series, keep_raw)

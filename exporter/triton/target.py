@@ -33,8 +33,7 @@ from .metrics_text import (
     Problems,
     SeriesId,
     TritonMetricsText,
-    parse_metrics_lines,
-    text_lines,
+    parse_metrics_chunks,
 )
 from .statistics import (
     ApiShapeError,
@@ -245,8 +244,8 @@ class TritonTarget:
     def _fetch_metrics(self, deadline: float, part: _Part) -> TritonMetricsText | None:
         with HttpSession(deadline, self.max_bytes) as session:
             try:
-                text = parse_metrics_lines(text_lines(session.stream(self.metrics_url)), self.models.admit,
-                                           self.max_series, self.keep_raw)
+                text = parse_metrics_chunks(session.stream(self.metrics_url), self.models.admit,
+                                            self.max_series, self.keep_raw)
             except FetchError as e:
                 part.failure = e
                 return None
