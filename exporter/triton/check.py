@@ -19,14 +19,16 @@ def triton_checks(cfg: Config) -> Iterable[CheckResult]:
         yield CheckResult("triton", "warn", "--triton none: Triton's /metrics, statistics and config are off")
     murls = cfg.triton_metrics_url or [default_metrics_url(u) for u in cfg.triton]
     for url, murl in zip(cfg.triton, murls, strict=True):
-        yield from _one_triton(url, murl, cfg.triton_timeout_seconds)
+        yield from _one_triton(url, murl, cfg.triton_timeout_seconds, cfg.triton_max_response_bytes)
     yield from _perf_checks(cfg.perf_analyzer_csv)
 
 
-def _one_triton(url: str, metrics_url: str, timeout: float) -> Iterator[CheckResult]:
-    import urllib.request
+def _one_triton(url: str, metrics_url: str, timeout: float, max_bytes: int) -> Iterator[CheckResult]:
+    import time
 
     import tritonclient.http as triton_http
+
+    from .http_fetch import HttpSession
 
     name = f"triton {target_name(url)}"
     u = urlsplit(url)
@@ -41,8 +43,8 @@ def _one_triton(url: str, metrics_url: str, timeout: float) -> Iterator[CheckRes
     try:
         yield CheckResult(name, "pass", f"reachable, {meta.get('name', 'triton')} {meta.get('version', '?')}")
         try:
-            with urllib.request.urlopen(metrics_url, timeout=t) as r:
-                r.read()
+            with HttpSession(time.monotonic() + t, max_bytes) as session:  # serve's bounds, not an open read
+                session.read(metrics_url)
             yield CheckResult(f"{name} metrics", "pass", f"{metrics_url} answers")
         except Exception as e:
             yield CheckResult(f"{name} metrics", "fail", f"{metrics_url} does not answer ({_why(e)}); "

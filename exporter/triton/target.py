@@ -16,7 +16,6 @@ configs in over a few scrapes.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
@@ -218,11 +217,14 @@ class TritonTarget:
         future = self._metrics_pool.submit(self._fetch_metrics, deadline, metrics_part)
         api_part = _Part()
         stats, configs = self._fetch_api(deadline, api_part)
-        with contextlib.suppress(FutureTimeout):  # the session's deadline ends it; a bug may not
-            future.result(timeout=max(0.0, deadline - time.monotonic()) + 1.0)
-        metrics = future.result() if future.done() and future.exception() is None else None
-        if metrics is None and metrics_part.failure is None:
+        metrics: TritonMetricsText | None = None
+        try:  # the session's deadline ends it; the extra second is for a bug that would not
+            metrics = future.result(timeout=max(0.0, deadline - time.monotonic()) + 1.0)
+        except FutureTimeout:
             metrics_part.failure = FetchError("timeout", f"GET {self.metrics_url} did not end in time")
+        except Exception as e:  # a bug in the parse must cost this target's /metrics, not the fetch
+            log.error("triton %s: reading /metrics failed", self.name, exc_info=e)
+            metrics_part.failure = FetchError("fetch_failed", f"GET {self.metrics_url}: {e}")
         problems = Problems()
         for part in (metrics_part, api_part):
             problems.merge(part.problems)
