@@ -321,7 +321,7 @@ def test_the_exporter_stays_bounded_and_serves_the_rest(
         hwm = vm_hwm_mb(e.proc.pid)
         print(f"exporter VmHWM {start_hwm:.0f} MB before the hostile cases, {hwm:.0f} MB after them; "
               f"slowest /metrics {slowest:.2f} s")
-        assert slowest < timeout + 0.5
+        assert slowest < timeout + 1.0  # the wait is bounded by the timeout; rendering the rest adds a little
         assert hwm < RSS_BOUND_MB
         assert not e.scrape().select("nv_inference_request_success", model="intruder")
     finally:

@@ -112,7 +112,7 @@ def test_statistics_values_that_are_not_counts_are_dropped_per_batch_size(api: d
 
 
 def test_statistics_of_models_the_cap_refuses_are_not_read(api: dict[str, Any]) -> None:
-    assert parse_statistics(api["http_stats_all"], admit=lambda model: model != "add_sub") == {}
+    assert parse_statistics(api["http_stats_all"], admit=lambda model, version: model != "add_sub") == {}
 
 
 def test_model_config_from_http_and_grpc(api: dict[str, Any]) -> None:
@@ -256,5 +256,5 @@ def test_families_past_the_series_cap_are_dropped_whole(metrics_text: str) -> No
 def test_lines_of_models_past_the_cap_are_not_read(metrics_text: str) -> None:
     admitted: list[str] = []
     m = parse_metrics_text(metrics_text.replace('model="add_sub"', 'model="other"', 1),
-                           admit=lambda model: (admitted.append(model) or model == "add_sub"))
+                           admit=lambda model, version: (admitted.append(model) or model == "add_sub"))
     assert set(m.models) == {("add_sub", "1")} and "other" in admitted

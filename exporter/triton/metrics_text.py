@@ -40,6 +40,8 @@ NORMALISED = frozenset([*STAGE_FAMILIES, *OTHER_FAMILIES])
 # sample names a family's samples may carry besides its own name
 _SUFFIXES = ("_total", "_created", "_sum", "_count", "_bucket", "_gsum", "_gcount", "_info")
 _MODEL_LABEL = re.compile(r'[{,]\s*model\s*=\s*"((?:[^"\\]|\\.)*)"')
+_VERSION_LABEL = re.compile(r'[{,]\s*version\s*=\s*"((?:[^"\\]|\\.)*)"')
+Admit = Callable[[str, str], bool]  # (model, version) -> read its lines, or not (the model cap)
 _SAMPLE_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 NO_LIMIT = 1 << 62
 # A plain sample line, as Triton writes them: read here at a fraction of the cost of
@@ -99,7 +101,7 @@ def _key(labels: dict[str, str]) -> ModelKey | None:
 
 
 class _Parser:
-    def __init__(self, admit: Callable[[str], bool], max_series: int, keep_raw: bool) -> None:
+    def __init__(self, admit: Admit, max_series: int, keep_raw: bool) -> None:
         self.admit = admit
         self.max_series = max_series
         self.keep_raw = keep_raw
@@ -151,8 +153,10 @@ class _Parser:
             self.skip_prefix = fam.encode()
             return
         model = _MODEL_LABEL.search(text)
-        if model is not None and not self.admit(model.group(1)):
-            return
+        if model is not None:
+            version = _VERSION_LABEL.search(text)
+            if not self.admit(model.group(1), version.group(1) if version else ""):
+                return
         if self.kept + len(self.lines) >= self.max_series:
             self.problem("too_many_series", f"family {fam} would pass the cap of {self.max_series:,} series "
                          "per target (--triton-max-series)")
@@ -273,11 +277,11 @@ def _skip_patterns(prefix: bytes) -> tuple[re.Pattern[bytes], re.Pattern[bytes]]
     return re.compile(sample), re.compile(rb"\n(?!" + sample + rb")")
 
 
-def parse_metrics_chunks(chunks: Iterable[bytes], admit: Callable[[str], bool] = lambda model: True,
+def parse_metrics_chunks(chunks: Iterable[bytes], admit: Admit = lambda model, version: True,
                          max_series: int = NO_LIMIT, keep_raw: bool = True) -> TritonMetricsText:
     """Per-(model, version) counters from Triton's /metrics body as it arrives in chunks.
 
-    `admit(model)` says whether a model's lines are read at all (the model cap);
+    `admit(model, version)` says whether a model's lines are read at all (the model cap);
     `keep_raw` keeps every nv_* family for the passthrough. The lines of a family that is
     not read (unwanted, or past the series cap) are skipped a run at a time, undecoded.
     """
@@ -310,6 +314,6 @@ def parse_metrics_chunks(chunks: Iterable[bytes], admit: Callable[[str], bool] =
     return p.out
 
 
-def parse_metrics_text(text: str, admit: Callable[[str], bool] = lambda model: True,
+def parse_metrics_text(text: str, admit: Admit = lambda model, version: True,
                        max_series: int = NO_LIMIT, keep_raw: bool = True) -> TritonMetricsText:
     return parse_metrics_chunks([text.encode()], admit, max_series, keep_raw)

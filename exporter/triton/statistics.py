@@ -81,7 +81,7 @@ def _list(v: Any, what: str) -> list[Any]:
     return v
 
 
-def parse_statistics(doc: Any, admit: Callable[[str], bool] = lambda model: True,
+def parse_statistics(doc: Any, admit: Callable[[str, str], bool] = lambda model, version: True,
                      problems: Problems | None = None) -> dict[ModelKey, ModelStats]:
     """Per-(model, version) batch statistics from GET /v2/models/stats, for the models `admit` takes.
     A model or batch size that does not parse is left out and added to `problems`."""
@@ -93,9 +93,9 @@ def parse_statistics(doc: Any, admit: Callable[[str], bool] = lambda model: True
             name = m.get("name")
             if not isinstance(name, str):
                 raise ApiShapeError(f"model_stats[{i}] has no name")
-            if not admit(name):
-                continue
             key = (name, str(m.get("version", "")))
+            if not admit(*key):
+                continue
             stats = ModelStats(_int(m.get("inference_count"), f"{name} inference_count"),
                                _int(m.get("execution_count"), f"{name} execution_count"), {})
             for j, b in enumerate(_list(m.get("batch_stats"), f"{name} batch_stats")):

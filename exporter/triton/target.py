@@ -84,24 +84,26 @@ class TritonSnapshot:
 
 
 class ModelCap:
-    """At most `limit` models per target: the first seen are admitted and stay while Triton has them."""
+    """At most `limit` (model, version) pairs per target, as for trace files: the first seen are
+    admitted and stay while Triton has them."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self._lock = threading.Lock()
-        self._admitted: set[str] = set()
-        self._seen: set[str] = set()
-        self._refused: set[str] = set()
+        self._admitted: set[ModelKey] = set()
+        self._seen: set[ModelKey] = set()
+        self._refused: set[ModelKey] = set()
 
-    def admit(self, model: str) -> bool:
+    def admit(self, model: str, version: str) -> bool:
+        key = (model, version)
         with self._lock:
-            self._seen.add(model)
-            if model in self._admitted:
+            self._seen.add(key)
+            if key in self._admitted:
                 return True
             if len(self._admitted) < self.limit:
-                self._admitted.add(model)
+                self._admitted.add(key)
                 return True
-            self._refused.add(model)
+            self._refused.add(key)
             return False
 
     def end_fetch(self, complete: bool) -> int:
@@ -233,7 +235,8 @@ class TritonTarget:
         up = metrics_part.failure is None and api_part.failure is None
         refused = self.models.end_fetch(up)
         if refused:
-            problems.add("model_cap", f"{refused} model(s) past --max-models {self.models.limit} left out")
+            problems.add("model_cap", f"{refused} (model, version) pair(s) past --max-models {self.models.limit} "
+                         "left out")
         self._check_resets(metrics, stats, problems)
         self._refused(problems)
         if up:
@@ -277,7 +280,7 @@ class TritonTarget:
 
     def _read_configs(self, session: HttpSession, index: frozenset[ModelKey], problems: Problems) -> None:
         """Configs of ready, admitted models: new ones first, then the oldest past the refresh age."""
-        ready = {k for k in index if self.models.admit(k[0])}
+        ready = {k for k in index if self.models.admit(*k)}
         self._configs = {k: v for k, v in self._configs.items() if k in ready}
         now = time.monotonic()
         missing = sorted(k for k in ready if k not in self._configs)
