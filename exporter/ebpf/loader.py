@@ -200,12 +200,12 @@ def _compile(decl: ProgramDecl, ports: Sequence[int], forced: str,
         before = len(stderr.lines())
         try:
             bpf = unattached(BPF)(text=text.encode(), cflags=[f"-D{d}" for d in defines])
-        except Exception as e:  # BCC raises bare Exception for compile and load failures
+        except Exception as e:  # BCC raises bare Exception for compile failures
             tried.append(f"{cand.method}: {_one_line(e, stderr.lines()[before:])}")
             continue
         try:
             verify_hooks(bpf)
-        except Exception as e:
+        except Exception as e:  # the kernel refused a function (verifier, EPERM): next method
             bpf.cleanup()
             tried.append(f"{cand.method}: {_one_line(e, stderr.lines()[before:])}")
             continue
