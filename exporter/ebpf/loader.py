@@ -200,7 +200,7 @@ def _compile(decl: ProgramDecl, ports: Sequence[int], forced: str,
         before = len(stderr.lines())
         try:
             bpf = unattached(BPF)(text=text.encode(), cflags=[f"-D{d}" for d in defines])
-        except Exception as e:  # BCC raises bare Exception for compile failures
+        except Exception as e:  # BCC raises bare Exception for compile and map-creation failures
             tried.append(f"{cand.method}: {_one_line(e, stderr.lines()[before:])}")
             continue
         try:
