@@ -10,7 +10,7 @@ from types import FrameType
 from prometheus_client import ProcessCollector
 from prometheus_client.registry import CollectorRegistry
 
-from .config import Config
+from .config import Config, ConfigError
 from .server import MetricsServer
 from .source import ErrorCounts, SelfCollector, Source
 
@@ -56,7 +56,10 @@ class Daemon:
             from .webconfig import load_web_config
 
             ssl_context, auth = load_web_config(cfg.web_config_file)
-        self.server = MetricsServer(self.registry, host, port, self.ready, ssl_context, auth)
+        try:
+            self.server = MetricsServer(self.registry, host, port, self.ready, ssl_context, auth)
+        except OSError as e:  # only the bind: other OSErrors keep their own message
+            raise ConfigError(f"cannot listen on {cfg.listen}: {e.strerror}; pick another --listen") from None
         self._stop = threading.Event()
 
     def ready(self) -> bool:

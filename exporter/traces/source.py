@@ -7,9 +7,10 @@ import logging
 from prometheus_client.registry import Collector
 
 from ..config import Config
+from ..polling import PollThread
 from ..source import ErrorCounts
 from .collector import TraceCollector
-from .tailer import TailerSettings, TailerThread, TraceTailer
+from .tailer import TailerSettings, TraceTailer
 
 log = logging.getLogger("traces")
 
@@ -33,7 +34,7 @@ class TraceSource:
             child_hold_seconds=cfg.trace_child_hold_seconds,
         )
         self.tailer = TraceTailer(settings, on_error=lambda reason: errors.inc("traces", reason))
-        self.thread = TailerThread(self.tailer, cfg.trace_poll_seconds)
+        self.thread = PollThread("trace-tailer", self.tailer.poll, cfg.trace_poll_seconds, self.tailer.on_error, log)
 
     def collectors(self) -> list[Collector]:
         return [TraceCollector(self.tailer)]
@@ -42,8 +43,7 @@ class TraceSource:
         self.thread.start()
 
     def stop(self) -> None:
-        self.thread.stopping.set()
-        self.thread.join(timeout=30)
+        self.thread.stop(timeout=30)
 
     def ready(self) -> bool:
         return self.thread.first_poll_done.is_set()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import glob
 import logging
 import os
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -19,6 +18,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from ..config import Config
+from ..polling import PollThread
 from ..source import PREFIX, ErrorCounts
 from .perf_csv import STAGE_COLUMNS, PerfCsvError, PerfRow, parse_perf_csv
 
@@ -121,31 +121,13 @@ class PerfAnalyzerCollector(Collector):
         yield lat
 
 
-class PollThread(threading.Thread):
-    def __init__(self, files: PerfAnalyzerFiles, interval: float) -> None:
-        super().__init__(name="perf-analyzer", daemon=True)
-        self.files = files
-        self.interval = interval
-        self.stopping = threading.Event()
-        self.first_poll_done = threading.Event()
-
-    def run(self) -> None:
-        while True:
-            try:
-                self.files.poll()
-            except Exception:  # a bug here must not end collection for good
-                log.exception("perf_analyzer poll failed")
-            self.first_poll_done.set()
-            if self.stopping.wait(max(self.interval, 0.05)):
-                return
-
-
 class PerfAnalyzerSource:
     name = "perf_analyzer"
 
     def __init__(self, cfg: Config, errors: ErrorCounts) -> None:
         self.files = PerfAnalyzerFiles(cfg.perf_analyzer_csv, lambda reason: errors.inc("perf_analyzer", reason))
-        self.thread = PollThread(self.files, cfg.perf_analyzer_poll_seconds)
+        self.thread = PollThread("perf-analyzer", self.files.poll, cfg.perf_analyzer_poll_seconds,
+                                 self.files.on_error, log)
 
     def collectors(self) -> list[Collector]:
         return [PerfAnalyzerCollector(self.files)]
@@ -154,8 +136,7 @@ class PerfAnalyzerSource:
         self.thread.start()
 
     def stop(self) -> None:
-        self.thread.stopping.set()
-        self.thread.join(timeout=10)
+        self.thread.stop(timeout=10)
 
     def ready(self) -> bool:
         return self.thread.first_poll_done.is_set()
