@@ -43,13 +43,18 @@ class Daemon:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.errors = ErrorCounts()
-        self.registry = CollectorRegistry(auto_describe=False)
+        # our collectors describe() themselves; ProcessCollector is described by one cheap collect()
+        self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(SelfCollector(self.errors))
         self.registry.register(ProcessCollector(namespace="inference_profiler", registry=None))
         self.sources = build_sources(cfg, self.errors)
         for s in self.sources:
             for c in s.collectors():
-                self.registry.register(c)
+                try:
+                    self.registry.register(c)
+                except ValueError as e:  # client_python's DuplicateTimeseries: one family, two sources
+                    raise ConfigError(f"source {s.name} would serve a family another source serves ({e}); "
+                                      "rename it (eBPF families are named in bpf/*.yaml)") from None
         host, port = cfg.listen_host_port
         ssl_context, auth = None, None
         if cfg.web_config_file:

@@ -1,6 +1,6 @@
 """Triton's /metrics text, parsed into per-model counters (pure; no I/O).
 
-Only the families SPEC.md normalises are read; any other (future) Triton family is
+Only the families docs/metrics.md normalises are read; any other (future) Triton family is
 kept only for the optional raw passthrough, never an error.
 """
 

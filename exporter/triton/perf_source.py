@@ -11,7 +11,7 @@ from __future__ import annotations
 import glob
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -96,29 +96,36 @@ class PerfAnalyzerCollector(Collector):
     def __init__(self, files: PerfAnalyzerFiles) -> None:
         self.files = files
 
+    def describe(self) -> Iterator[Metric]:
+        return perf_families({})
+
     def collect(self) -> Iterator[Metric]:
-        results = self.files.results
-        runs = run_names(list(results))
-        stage = GaugeMetricFamily(PREFIX + "perf_analyzer_stage_seconds",
-                                  "Average time per stage in a perf_analyzer run, per load level.",
-                                  labels=["run", "concurrency", "stage"])
-        thr = GaugeMetricFamily(PREFIX + "perf_analyzer_throughput",
-                                "Inferences per second in a perf_analyzer run, per load level.",
-                                labels=["run", "concurrency"])
-        lat = GaugeMetricFamily(PREFIX + "perf_analyzer_latency_seconds",
-                                "Client latency percentiles of a perf_analyzer run, per load level.",
-                                labels=["run", "concurrency", "quantile"])
-        for path in sorted(results, key=lambda p: runs[p]):
-            run = runs[path]
-            for row in results[path].rows:
-                for st in STAGE_COLUMNS.values():
-                    stage.add_metric([run, row.concurrency, st], row.stage_seconds[st])
-                thr.add_metric([run, row.concurrency], row.throughput)
-                for q, v in row.latency_seconds.items():
-                    lat.add_metric([run, row.concurrency, q], v)
-        yield stage
-        yield thr
-        yield lat
+        return perf_families(self.files.results)
+
+
+def perf_families(results: Mapping[str, PerfResult]) -> Iterator[Metric]:
+    """The perf_analyzer families from the parsed files (pure)."""
+    runs = run_names(list(results))
+    stage = GaugeMetricFamily(PREFIX + "perf_analyzer_stage_seconds",
+                              "Average time per stage in a perf_analyzer run, per load level.",
+                              labels=["run", "concurrency", "stage"])
+    thr = GaugeMetricFamily(PREFIX + "perf_analyzer_throughput",
+                            "Inferences per second in a perf_analyzer run, per load level.",
+                            labels=["run", "concurrency"])
+    lat = GaugeMetricFamily(PREFIX + "perf_analyzer_latency_seconds",
+                            "Client latency percentiles of a perf_analyzer run, per load level.",
+                            labels=["run", "concurrency", "quantile"])
+    for path in sorted(results, key=lambda p: runs[p]):
+        run = runs[path]
+        for row in results[path].rows:
+            for st in STAGE_COLUMNS.values():
+                stage.add_metric([run, row.concurrency, st], row.stage_seconds[st])
+            thr.add_metric([run, row.concurrency], row.throughput)
+            for q, v in row.latency_seconds.items():
+                lat.add_metric([run, row.concurrency, q], v)
+    yield stage
+    yield thr
+    yield lat
 
 
 class PerfAnalyzerSource:
