@@ -46,3 +46,19 @@ class PollThread(threading.Thread):
         self.stopping.set()
         if self.is_alive():
             self.join(timeout)
+
+
+class PolledSource:
+    """The lifecycle of a source whose background work is one PollThread (set by the subclass)."""
+
+    thread: PollThread
+    stop_timeout = 10.0  # seconds a poll in progress may take to finish at shutdown
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.thread.stop(self.stop_timeout)
+
+    def ready(self) -> bool:
+        return self.thread.first_poll_done.is_set()

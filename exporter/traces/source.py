@@ -7,7 +7,7 @@ import logging
 from prometheus_client.registry import Collector
 
 from ..config import Config
-from ..polling import PollThread
+from ..polling import PolledSource, PollThread
 from ..source import ErrorCounts
 from .collector import TraceCollector
 from .tailer import TailerSettings, TraceTailer
@@ -19,8 +19,9 @@ def bounds_ns(buckets_seconds: list[float]) -> tuple[int, ...]:
     return tuple(round(b * 1e9) for b in buckets_seconds)
 
 
-class TraceSource:
+class TraceSource(PolledSource):
     name = "traces"
+    stop_timeout = 30.0  # a poll may be in the middle of a large file
 
     def __init__(self, cfg: Config, errors: ErrorCounts) -> None:
         settings = TailerSettings(
@@ -38,12 +39,3 @@ class TraceSource:
 
     def collectors(self) -> list[Collector]:
         return [TraceCollector(self.tailer)]
-
-    def start(self) -> None:
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.thread.stop(timeout=30)
-
-    def ready(self) -> bool:
-        return self.thread.first_poll_done.is_set()

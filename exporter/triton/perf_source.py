@@ -18,7 +18,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from ..config import Config
-from ..polling import PollThread
+from ..polling import PolledSource, PollThread
 from ..source import PREFIX, ErrorCounts
 from .perf_csv import STAGE_COLUMNS, PerfCsvError, PerfRow, parse_perf_csv
 
@@ -128,7 +128,7 @@ def perf_families(results: Mapping[str, PerfResult]) -> Iterator[Metric]:
     yield lat
 
 
-class PerfAnalyzerSource:
+class PerfAnalyzerSource(PolledSource):
     name = "perf_analyzer"
 
     def __init__(self, cfg: Config, errors: ErrorCounts) -> None:
@@ -138,12 +138,3 @@ class PerfAnalyzerSource:
 
     def collectors(self) -> list[Collector]:
         return [PerfAnalyzerCollector(self.files)]
-
-    def start(self) -> None:
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.thread.stop(timeout=10)
-
-    def ready(self) -> bool:
-        return self.thread.first_poll_done.is_set()
