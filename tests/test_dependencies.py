@@ -65,24 +65,32 @@ def test_the_daemon_never_imports_grpc(tmp_path: Path) -> None:
 
 
 def _venv(python: str, version: tuple[int, int]) -> Path:
-    """A venv of that Python with the project (editable: its C scanner built for it), [test] and numpy 2;
-    cached in .cache/ by interpreter and pyproject.toml."""
+    """A venv of that Python with the project (editable: its C scanner built in place for it), [test]
+    and numpy 2; cached in .cache/ by interpreter and pyproject.toml, the scanner rebuilt when its
+    source changes."""
     key = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + python.encode()).hexdigest()[:16]
+    scan = hashlib.sha256((ROOT / "exporter" / "traces" / "_scan.c").read_bytes()).hexdigest()
     cache = ROOT / ".cache" / "newest-python"
     cache.mkdir(parents=True, exist_ok=True)
     venv = cache / f"{version[0]}.{version[1]}-{key}"
-    vpy = venv / "bin" / "python"
+    vpy, stamp = venv / "bin" / "python", venv / "scan.sha256"
     with open(cache / "lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # parallel runs share the venv
-        ready = vpy.exists() and subprocess.run([vpy, "-c", "import exporter.traces._scan, pytest"],
-                                                cwd=ROOT, capture_output=True).returncode == 0
-        if not ready:
-            if not vpy.exists():
-                subprocess.run([python, "-m", "venv", venv], check=True, timeout=120)
-            r = subprocess.run([vpy, "-m", "pip", "install", "-q", "--disable-pip-version-check", "-e", ".[test]",
-                                "numpy>=2"], cwd=ROOT, capture_output=True, text=True, timeout=900)
-            assert r.returncode == 0, r.stdout + r.stderr
+        if not vpy.exists():
+            subprocess.run([python, "-m", "venv", venv], check=True, timeout=120)
+            _pip(vpy, "-e", ".[test]", "numpy>=2")
+            stamp.write_text(scan)
+        built = subprocess.run([vpy, "-c", "import exporter.traces._scan"], cwd=ROOT).returncode == 0
+        if not built or not stamp.exists() or stamp.read_text() != scan:
+            _pip(vpy, "--no-deps", "-e", ".")  # a fresh checkout, or _scan.c changed
+            stamp.write_text(scan)
     return venv
+
+
+def _pip(vpy: Path, *args: str) -> None:
+    r = subprocess.run([vpy, "-m", "pip", "install", "-q", "--disable-pip-version-check", *args],
+                       cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout + r.stderr
 
 
 @pytest.mark.newest_python
