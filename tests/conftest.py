@@ -1,6 +1,6 @@
-"""Shared test setup: real parts (Triton, eBPF, Prometheus) are required where the machine can.
+"""Shared test setup: real parts (Triton, eBPF, Prometheus, a newer CPython) are required where the machine can.
 
-A test marked `triton`, `ebpf` or `prometheus` is skipped only when the machine truly
+A test marked `triton`, `ebpf`, `prometheus` or `newest_python` is skipped only when the machine truly
 cannot run it, with the reason; with INFPROF_REQUIRE=all (as .ci/run sets) such a
 skip is a failure instead, so CI cannot pass by skipping the real tests.
 """
