@@ -125,6 +125,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into `head` and friends
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as e:  # a file or device the system refused (state dir, BPF): its own words, one line
+        print(f"inference-profiler: error: {e}", file=sys.stderr)
+        return 1
 
 
 def run(args: argparse.Namespace) -> int:
@@ -135,11 +138,7 @@ def run(args: argparse.Namespace) -> int:
         logs.setup(cfg.log_level, cfg.log_format)
         from .daemon import Daemon
 
-        try:
-            daemon = Daemon(cfg)
-        except OSError as e:
-            raise ConfigError(f"cannot listen on {cfg.listen}: {e.strerror}; pick another --listen") from None
-        daemon.run_forever()
+        Daemon(cfg).run_forever()
         return 0
     if args.command == "check":
         cfg = config_from_args(args)

@@ -13,13 +13,11 @@ import types
 import typing
 from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, field, fields
-from pathlib import Path
 from typing import Any
-
-import yaml
 
 from .histogram import DEFAULT_STAGE_BUCKETS
 from .traces.pipeline import WINDOW
+from .yamlfile import load_mapping
 
 ENV_PREFIX = "INFPROF_"
 # INFPROF_* variables that are not config keys: the config file path, the test suite's
@@ -154,23 +152,7 @@ def coerce(key: str, raw: Any, origin: str) -> Any:
 
 
 def load_yaml(path: str) -> dict[str, Any]:
-    p = Path(path)
-    try:
-        text = p.read_text()
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist; pass an existing file to --config") from None
-    except OSError as e:
-        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"config file {path}{where} is not valid YAML") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must be a mapping of keys to values")
+    data = load_mapping(path, "config file", ConfigError, "pass an existing file to --config")
     return {str(k).replace("-", "_"): v for k, v in data.items()}
 
 

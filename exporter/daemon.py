@@ -10,7 +10,7 @@ from types import FrameType
 from prometheus_client import ProcessCollector
 from prometheus_client.registry import CollectorRegistry
 
-from .config import Config
+from .config import Config, ConfigError
 from .server import MetricsServer
 from .source import ErrorCounts, SelfCollector, Source
 
@@ -43,12 +43,17 @@ class Daemon:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.errors = ErrorCounts()
-        self.registry = CollectorRegistry(auto_describe=False)
+        # our collectors describe() themselves; ProcessCollector is described by one cheap collect()
+        self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(ProcessCollector(namespace="inference_profiler", registry=None))
         self.sources = build_sources(cfg, self.errors)
         for s in self.sources:
             for c in s.collectors():
-                self.registry.register(c)
+                try:
+                    self.registry.register(c)
+                except ValueError as e:  # client_python's DuplicateTimeseries: one family, two sources
+                    raise ConfigError(f"source {s.name} would serve a family another source serves ({e}); "
+                                      "rename it (eBPF families are named in bpf/*.yaml)") from None
         # last: errors a scrape-time fetch counts show in the same scrape as its triton_up
         self.registry.register(SelfCollector(self.errors))
         host, port = cfg.listen_host_port
@@ -57,7 +62,10 @@ class Daemon:
             from .webconfig import load_web_config
 
             ssl_context, auth = load_web_config(cfg.web_config_file)
-        self.server = MetricsServer(self.registry, host, port, self.ready, ssl_context, auth)
+        try:
+            self.server = MetricsServer(self.registry, host, port, self.ready, ssl_context, auth)
+        except OSError as e:  # only the bind: other OSErrors keep their own message
+            raise ConfigError(f"cannot listen on {cfg.listen}: {e.strerror}; pick another --listen") from None
         self._stop = threading.Event()
 
     def ready(self) -> bool:

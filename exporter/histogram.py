@@ -8,9 +8,11 @@ a bound lands in that bound's bucket (ceil, never floor).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from prometheus_client import utils as client_python_utils
 
 # 4 sub-buckets per power of two: bounds are m * 2**e with m in 5..8 (plus 0..4).
 LOG_LINEAR_SUB = 4
@@ -51,11 +53,13 @@ def log_linear_bound(i: int) -> int:
     return (5 + k) << e
 
 
+# client_python's own 'le' formatter (untyped there): Go's float text, 1.073741824e+09 and +Inf
+_go_float: Callable[[float], str] = client_python_utils.floatToGoString
+
+
 def format_le(bound: float) -> str:
-    """Prometheus 'le' label text, as client_python writes it."""
-    if bound == float("inf"):
-        return "+Inf"
-    return repr(float(bound))
+    """Prometheus 'le' label text, exactly as client_python writes it."""
+    return _go_float(bound)
 
 
 def cumulative(counts: Iterable[int]) -> list[int]:

@@ -1,4 +1,8 @@
-"""What the daemon needs of a metric source, and the error counts every source reports."""
+"""What the daemon needs of a metric source, and the error counts every source reports.
+
+Every collector also has describe(), so the registry refuses two collectors that would
+serve one family (eBPF names come from editable YAML); docs/metrics.md lists them all.
+"""
 
 from __future__ import annotations
 
@@ -54,6 +58,9 @@ class SelfCollector(Collector):
 
     def __init__(self, errors: ErrorCounts) -> None:
         self.errors = errors
+
+    def describe(self) -> Iterator[Metric]:
+        return self.collect()  # reads two small in-memory values
 
     def collect(self) -> Iterator[Metric]:
         info = GaugeMetricFamily(PREFIX + "build_info", "Build of the running exporter.", labels=["version"])

@@ -2,7 +2,7 @@
 
 Same spans and arithmetic as its current version (sums of integer ns divided by
 count*1000, printed with Python's default float formatting), per file, HTTP then
-GRPC; GRPC infer starts at GRPC_WAITREAD_END as in SPEC. One difference, on purpose:
+GRPC; GRPC infer starts at GRPC_WAITREAD_END as in docs/metrics.md. One difference, on purpose:
 a negative span is skipped where trace_summary.py stops with ValueError, and a trace
 without a header is skipped where it stops with KeyError.
 """

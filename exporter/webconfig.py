@@ -26,10 +26,10 @@ from collections.abc import Mapping
 from typing import Any
 
 import bcrypt
-import yaml
 
 from .config import ConfigError
 from .server import AuthCheck
+from .yamlfile import load_mapping
 
 log = logging.getLogger("webconfig")
 
@@ -54,7 +54,7 @@ _DUMMY_HASH = bcrypt.hashpw(b"inference-profiler", bcrypt.gensalt(4))
 
 def load_web_config(path: str) -> tuple[ssl.SSLContext | None, AuthCheck | None]:
     """The TLS context and the basic auth check the file asks for (either may be None)."""
-    data = _read(path)
+    data = load_mapping(path, "web config", ConfigError, "fix --web-config-file")
     unknown = set(data) - TOP_KEYS
     if unknown:
         raise ConfigError(f"web config {path}: unknown key '{sorted(unknown)[0]}' (known: {', '.join(sorted(TOP_KEYS))})")
@@ -68,25 +68,6 @@ def load_web_config(path: str) -> tuple[ssl.SSLContext | None, AuthCheck | None]
     if auth is not None and context is None:
         log.warning("web config %s: basic auth without TLS sends passwords in clear text", path)
     return context, auth
-
-
-def _read(path: str) -> dict[str, Any]:
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
-    except FileNotFoundError:
-        raise ConfigError(f"web config {path} does not exist; fix --web-config-file") from None
-    except OSError as e:
-        raise ConfigError(f"cannot read web config {path}: {e.strerror}") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"web config {path}{where} is not valid YAML") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"web config {path} must be a mapping (tls_server_config, basic_auth_users)")
-    return data
 
 
 def _mapping(path: str, key: str, value: Any) -> Mapping[str, Any]:

@@ -9,6 +9,8 @@ from grafana_foundation_sdk.models import common
 from grafana_foundation_sdk.models import xychart as xy
 from grafana_foundation_sdk.models.dashboard import DynamicConfigValue
 
+from exporter.triton.perf_csv import STAGE_COLUMNS
+
 from .panels import (
     REFS,
     P,
@@ -23,8 +25,8 @@ from .panels import (
 UID = "inference-profiler-perf-analyzer"
 PA = P + "perf_analyzer_"
 SEL = 'instance=~"$instance", run="$run"'
-# perf_analyzer's client-side breakdown, in request order
-STAGES = ("client_send", "network", "queue", "compute_input", "compute_infer", "compute_output", "client_recv")
+# perf_analyzer's client-side breakdown, in request order (the CSV's column order)
+STAGES = tuple(STAGE_COLUMNS.values())
 QUANTILES = (("p50", "0.5"), ("p90", "0.9"), ("p95", "0.95"), ("p99", "0.99"))
 
 

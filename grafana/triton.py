@@ -10,6 +10,8 @@ from grafana_foundation_sdk.models.dashboard import (
     ValueMappingResult,
 )
 
+from exporter.triton.metrics_text import STAGES as TRITON_COUNTER_STAGES
+
 from .panels import (
     P,
     PanelBuilder,
@@ -25,7 +27,8 @@ UID = "inference-profiler-triton"
 T = P + "triton_"
 SEL = 'instance=~"$instance", target=~"$target", model=~"$model"'
 TRACE_SEL = 'instance=~"$instance", model=~"$model"'
-TRITON_STAGES = "request|queue|compute_input|compute_infer|compute_output"
+# the stages of Triton's duration counters, as the exporter names them
+TRITON_STAGES = "|".join(TRITON_COUNTER_STAGES)
 
 
 def variables() -> list[VariableBuilder]:

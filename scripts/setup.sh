@@ -81,7 +81,7 @@ if [ -d "$TS" ] && [ -f "$TS/python_backend_stubs/$PYVER/triton_python_backend_s
 fi
 
 # perf_analyzer: only tritonclient 2.41.1's wheel still carries the binary; the libb64 and
-# libcudart it links come from the Triton wheel's bundled libraries (ENVIRONMENT.md).
+# libcudart it links come from the Triton wheel's bundled libraries.
 PA=.venv/opt/perf_analyzer
 if [ ! -x "$PA/perf_analyzer" ]; then
     say "provisioning perf_analyzer into $PA"

@@ -1,6 +1,6 @@
-"""Shared test setup: real parts (Triton, eBPF, Prometheus) are required where the machine can.
+"""Shared test setup: real parts (Triton, eBPF, Prometheus, a newer CPython) are required where the machine can.
 
-A test marked `triton`, `ebpf` or `prometheus` is skipped only when the machine truly
+A test marked `triton`, `ebpf`, `prometheus` or `newest_python` is skipped only when the machine truly
 cannot run it, with the reason; with INFPROF_REQUIRE=all (as .ci/run sets) such a
 skip is a failure instead, so CI cannot pass by skipping the real tests.
 """
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -53,7 +54,32 @@ def _prometheus() -> str | None:
     return None
 
 
-CAPABILITIES = {"triton": _triton, "ebpf": _ebpf, "prometheus": _prometheus}
+def python_version(python: str) -> tuple[int, int] | None:
+    try:
+        r = subprocess.run([python, "-c", "import sys, venv; print(*sys.version_info[:2])"],
+                           capture_output=True, text=True, timeout=30)
+    except OSError:
+        return None
+    return (int(r.stdout.split()[0]), int(r.stdout.split()[1])) if r.returncode == 0 else None
+
+
+def newest_python() -> tuple[str, tuple[int, int]] | None:
+    """The newest CPython with venv on this machine (PATH and pyenv's versions), if newer than ours."""
+    pyenv = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
+    found = [str(p) for p in sorted(pyenv.glob("3.*/bin/python3"))]
+    found += [w for n in range(11, 30) if (w := shutil.which(f"python3.{n}")) and "/shims/" not in w]
+    versions = [(v, p) for p in found if (v := python_version(p)) is not None]
+    best = max(versions, default=None)
+    return (best[1], best[0]) if best and best[0] > sys.version_info[:2] else None
+
+
+def _newest_python() -> str | None:
+    if newest_python() is None:
+        return f"no CPython newer than {sys.version_info[0]}.{sys.version_info[1]} on this machine"
+    return None
+
+
+CAPABILITIES = {"triton": _triton, "ebpf": _ebpf, "prometheus": _prometheus, "newest_python": _newest_python}
 _cache: dict[str, str | None] = {}
 
 

@@ -1,4 +1,4 @@
-"""An independent, deliberately plain implementation of SPEC's stage math.
+"""An independent, deliberately plain implementation of the stage math of docs/metrics.md.
 
 json.load everything, merge by id, compute the stage table: the yardstick the
 exporter's streaming pipeline is tested against, and the baseline of bench/.

@@ -127,7 +127,7 @@ def prometheus_config(workdir: Path, target: str) -> Path:
 
 def run_perf_analyzer(triton: TritonServer, csv: Path) -> None:
     """A short real perf_analyzer run (two request rates) writing its -f CSV. Rate-limited: Triton
-    2.51 traced at rate 1 can crash past ~1,000 inferences/s (ENVIRONMENT.md), which an unlimited
+    2.51 traced at rate 1 can crash past ~1,000 inferences/s (docs/triton.md), which an unlimited
     concurrency sweep reaches; the product's launcher retries perf_analyzer's own flaky failures."""
     from exporter.triton.perf_analyzer import run_perf_analyzer as launch
 

@@ -2,7 +2,7 @@
 
 Used by `demo`, the tests and the benchmarks. The facts it relies on (where the binary
 and the python backend live, which environment the stub needs, how rolling traces are
-configured and flushed) are in ENVIRONMENT.md.
+configured and flushed) are noted where they are used below.
 """
 
 from __future__ import annotations

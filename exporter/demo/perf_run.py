@@ -12,7 +12,7 @@ from pathlib import Path
 from ..triton.perf_analyzer import PerfAnalyzerError, perf_analyzer_binary, perf_analyzer_env
 
 # a request rate, not a concurrency: bounded load keeps trace rate 1 far below the
-# ~1,000 inferences/s where Triton 2.51 can crash (ENVIRONMENT.md)
+# ~1,000 inferences/s where a traced Triton 2.51 can crash (docs/triton.md)
 RATE = 50
 MEASUREMENT_MS = 2000
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from ..check import CheckResult
+from ..check_result import CheckResult
 from ..config import Config
 from .declaration import DeclarationError, bpf_dir, metric_programs
 from .kernel import bpf_stats_enabled

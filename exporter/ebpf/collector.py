@@ -91,18 +91,14 @@ class EbpfCollector(Collector):
             self._logged.add(program)
             log.warning("eBPF %s: reading its metrics map failed: %s", program, e)
 
+    def describe(self) -> Iterator[Metric]:
+        yield from _program_families()
+        for p in self.programs:
+            yield from metric_families(p.decl, {})
+
     def collect(self) -> Iterator[Metric]:
-        up = GaugeMetricFamily(PREFIX + "ebpf_up", "1 when the eBPF program is loaded and attached.",
-                               labels=["program"])
-        info = GaugeMetricFamily(PREFIX + "ebpf_attach_info",
-                                 "How each eBPF program is attached (method none: not loaded).",
-                                 labels=["program", "method"])
+        up, info, run_s, run_n = _program_families()
         stats = bpf_stats_enabled()
-        run_s = CounterMetricFamily(PREFIX + "ebpf_run_seconds",
-                                    "Kernel time spent in the program (kernel.bpf_stats_enabled=1).",
-                                    labels=["program"])
-        run_n = CounterMetricFamily(PREFIX + "ebpf_run_count",
-                                    "Runs of the program (kernel.bpf_stats_enabled=1).", labels=["program"])
         families: list[Metric] = []
         with self.lock:
             for p in self.programs:
@@ -127,3 +123,19 @@ class EbpfCollector(Collector):
             yield run_s
             yield run_n
         yield from families
+
+
+def _program_families() -> tuple[GaugeMetricFamily, GaugeMetricFamily, CounterMetricFamily, CounterMetricFamily]:
+    """Empty families about the programs themselves: up, attach_info, run seconds, run count."""
+    return (
+        GaugeMetricFamily(PREFIX + "ebpf_up", "1 when the eBPF program is loaded and attached.",
+                          labels=["program"]),
+        GaugeMetricFamily(PREFIX + "ebpf_attach_info",
+                          "How each eBPF program is attached (method none: not loaded).",
+                          labels=["program", "method"]),
+        CounterMetricFamily(PREFIX + "ebpf_run_seconds",
+                            "Kernel time spent in the program (kernel.bpf_stats_enabled=1).",
+                            labels=["program"]),
+        CounterMetricFamily(PREFIX + "ebpf_run_count",
+                            "Runs of the program (kernel.bpf_stats_enabled=1).", labels=["program"]),
+    )

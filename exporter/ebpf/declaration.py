@@ -16,9 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ..histogram import log_linear_index
+from ..yamlfile import load_mapping
 
 UNIT_DIVISORS = {"nanoseconds": 1e9, "microseconds": 1e6, "bytes": 1.0, "count": 1.0}
 SHARED_DECLARATION = "histogram.yaml"
@@ -188,11 +187,8 @@ def _metric(raw: Any, key: MetricKey, path: Path) -> MetricDecl:
 
 
 def load_declaration(path: Path) -> ProgramDecl:
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as e:
-        raise DeclarationError(f"{path}: cannot read: {e}") from None
-    if not isinstance(raw, dict) or "program" not in raw or "source" not in raw:
+    raw = load_mapping(path, "BPF declaration", DeclarationError)
+    if "program" not in raw or "source" not in raw:
         raise DeclarationError(f"{path}: needs program and source")
     key = metric_key(path.parent)
     attach = tuple(

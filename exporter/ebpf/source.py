@@ -9,6 +9,7 @@ import threading
 from prometheus_client.registry import Collector
 
 from ..config import Config, ConfigError
+from ..polling import PollThread
 from ..source import ErrorCounts
 from .collector import EbpfCollector, ProgramState
 from .declaration import DeclarationError, metric_key, metric_programs
@@ -56,8 +57,7 @@ class EbpfSource:
         self.errors = errors
         self.lock = threading.Lock()
         self.programs: list[ProgramState] = []
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._thread: PollThread | None = None
         self._load()
         self.kernel_errors = KernelErrors(self.programs, self.errors, self.lock)
 
@@ -120,17 +120,13 @@ class EbpfSource:
             self.stop()
             raise ConfigError(f"--ebpf on: {refused[0]}; fix that or pass --ebpf auto")
         if any(p.loaded for p in self.programs):
-            self._thread = threading.Thread(target=self._poll_errors, name="ebpf-errors", daemon=True)
+            self._thread = PollThread("ebpf-errors", self.kernel_errors.count, 1.0,
+                                      lambda reason: self.errors.inc("ebpf", reason), log)
             self._thread.start()
 
-    def _poll_errors(self) -> None:
-        while not self._stop.wait(1.0):
-            self.kernel_errors.count()
-
     def stop(self) -> None:
-        self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=5)
+            self._thread.stop(timeout=5)
         with self.lock:
             for p in self.programs:
                 if p.loaded is not None:

@@ -29,13 +29,16 @@ class TraceCollector(Collector):
     def __init__(self, tailer: TraceTailer) -> None:
         self.tailer = tailer
 
+    def describe(self) -> Iterator[Metric]:
+        return self.collect()  # reads the committed snapshot only: cheap at registration
+
     def collect(self) -> Iterator[Metric]:
         agg = self.tailer.live  # one committed snapshot; never mutated after commit
         names = self.tailer.label_names
         les = [format_le(b / 1e9) for b in agg.bounds_ns] + ["+Inf"]
         h = HistogramMetricFamily(
             PREFIX + "stage_duration_seconds",
-            "Time per Triton request stage, from trace files (SPEC stage table).",
+            "Time per Triton request stage, from trace files (stages: docs/metrics.md).",
             labels=[*names, "model", "version", "protocol", "stage"],
         )
         for key in sorted(agg.histograms):

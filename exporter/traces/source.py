@@ -7,9 +7,10 @@ import logging
 from prometheus_client.registry import Collector
 
 from ..config import Config
+from ..polling import PolledSource, PollThread
 from ..source import ErrorCounts
 from .collector import TraceCollector
-from .tailer import TailerSettings, TailerThread, TraceTailer
+from .tailer import TailerSettings, TraceTailer
 
 log = logging.getLogger("traces")
 
@@ -18,8 +19,9 @@ def bounds_ns(buckets_seconds: list[float]) -> tuple[int, ...]:
     return tuple(round(b * 1e9) for b in buckets_seconds)
 
 
-class TraceSource:
+class TraceSource(PolledSource):
     name = "traces"
+    stop_timeout = 30.0  # a poll may be in the middle of a large file
 
     def __init__(self, cfg: Config, errors: ErrorCounts) -> None:
         settings = TailerSettings(
@@ -33,17 +35,7 @@ class TraceSource:
             child_hold_seconds=cfg.trace_child_hold_seconds,
         )
         self.tailer = TraceTailer(settings, on_error=lambda reason: errors.inc("traces", reason))
-        self.thread = TailerThread(self.tailer, cfg.trace_poll_seconds)
+        self.thread = PollThread("trace-tailer", self.tailer.poll, cfg.trace_poll_seconds, self.tailer.on_error, log)
 
     def collectors(self) -> list[Collector]:
         return [TraceCollector(self.tailer)]
-
-    def start(self) -> None:
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.thread.stopping.set()
-        self.thread.join(timeout=30)
-
-    def ready(self) -> bool:
-        return self.thread.first_poll_done.is_set()

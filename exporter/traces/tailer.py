@@ -247,22 +247,3 @@ class TraceTailer:
                 self._observe(delta, released(s2, now, self.s.child_hold_seconds), labels)
                 streams[base] = s2
         self._commit(self.live.merged(delta), self.entries, streams)
-
-
-class TailerThread(threading.Thread):
-    def __init__(self, tailer: TraceTailer, interval: float) -> None:
-        super().__init__(name="trace-tailer", daemon=True)
-        self.tailer = tailer
-        self.interval = interval
-        self.stopping = threading.Event()
-        self.first_poll_done = threading.Event()
-
-    def run(self) -> None:
-        while not self.stopping.is_set():
-            try:
-                self.tailer.poll()
-            except Exception:
-                log.exception("trace poll failed; retrying")
-                self.tailer.on_error("poll_failed")
-            self.first_poll_done.set()
-            self.stopping.wait(self.interval)

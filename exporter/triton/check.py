@@ -8,7 +8,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..check import CheckResult
+from ..check_result import CheckResult
 from ..config import Config
 from .statistics import ApiShapeError, parse_repository_index, parse_trace_settings
 from .target import default_metrics_url, target_name

@@ -30,12 +30,15 @@ class TritonCollector(Collector):
         deadline = time.monotonic() + max((t.timeout for t in self.targets), default=0.0)
         return [t.wait(p, deadline) for t, p in zip(self.targets, pending, strict=True)]
 
+    def describe(self) -> Iterator[Metric]:
+        return families([])  # the passthrough nv_* families are Triton's, not described
+
     def collect(self) -> Iterator[Metric]:
         yield from families(self.snapshots(), self.passthrough)
 
 
 def families(snaps: Iterable[TritonSnapshot], passthrough: bool = False) -> Iterator[Metric]:
-    """SPEC's Triton families from snapshots (pure: the scrape path only reads them)."""
+    """The Triton families of docs/metrics.md from snapshots (pure: the scrape path only reads them)."""
     snaps = list(snaps)
     up = GaugeMetricFamily(P + "up", "1 when the last fetch of Triton's /metrics and APIs succeeded.",
                            labels=["target"])

@@ -1,6 +1,6 @@
 """Triton's /metrics text, parsed into per-model counters (pure; no I/O).
 
-Only the families the exporter normalises are read (and, for the optional raw
+Only the families docs/metrics.md normalises are read (and, for the optional raw
 passthrough, every nv_* family). The text is read line by line, one family at a time:
 a family that does not parse costs its own lines, not the others'; the lines of models
 past the model cap are skipped before they are parsed; and a family that would take the

@@ -1,7 +1,7 @@
 """Running the perf_analyzer binary that scripts/setup.sh provisions into the venv.
 
 The binary comes from tritonclient 2.41.1's wheel and needs libb64/libcudart, which
-setup.sh links into <venv>/opt/perf_analyzer/lib (ENVIRONMENT.md).
+setup.sh links from the Triton wheel's bundled libraries into <venv>/opt/perf_analyzer/lib.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-# perf_analyzer column -> SPEC stage label
+# perf_analyzer column -> stage label (docs/metrics.md)
 STAGE_COLUMNS: dict[str, str] = {
     "Client Send": "client_send",
     "Network+Server Send/Recv": "network",

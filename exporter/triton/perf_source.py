@@ -11,14 +11,14 @@ from __future__ import annotations
 import glob
 import logging
 import os
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from ..config import Config
+from ..polling import PolledSource, PollThread
 from ..source import PREFIX, ErrorCounts
 from .perf_csv import STAGE_COLUMNS, PerfCsvError, PerfRow, parse_perf_csv
 
@@ -96,66 +96,45 @@ class PerfAnalyzerCollector(Collector):
     def __init__(self, files: PerfAnalyzerFiles) -> None:
         self.files = files
 
+    def describe(self) -> Iterator[Metric]:
+        return perf_families({})
+
     def collect(self) -> Iterator[Metric]:
-        results = self.files.results
-        runs = run_names(list(results))
-        stage = GaugeMetricFamily(PREFIX + "perf_analyzer_stage_seconds",
-                                  "Average time per stage in a perf_analyzer run, per load level.",
-                                  labels=["run", "concurrency", "stage"])
-        thr = GaugeMetricFamily(PREFIX + "perf_analyzer_throughput",
-                                "Inferences per second in a perf_analyzer run, per load level.",
-                                labels=["run", "concurrency"])
-        lat = GaugeMetricFamily(PREFIX + "perf_analyzer_latency_seconds",
-                                "Client latency percentiles of a perf_analyzer run, per load level.",
-                                labels=["run", "concurrency", "quantile"])
-        for path in sorted(results, key=lambda p: runs[p]):
-            run = runs[path]
-            for row in results[path].rows:
-                for st in STAGE_COLUMNS.values():
-                    stage.add_metric([run, row.concurrency, st], row.stage_seconds[st])
-                thr.add_metric([run, row.concurrency], row.throughput)
-                for q, v in row.latency_seconds.items():
-                    lat.add_metric([run, row.concurrency, q], v)
-        yield stage
-        yield thr
-        yield lat
+        return perf_families(self.files.results)
 
 
-class PollThread(threading.Thread):
-    def __init__(self, files: PerfAnalyzerFiles, interval: float) -> None:
-        super().__init__(name="perf-analyzer", daemon=True)
-        self.files = files
-        self.interval = interval
-        self.stopping = threading.Event()
-        self.first_poll_done = threading.Event()
+def perf_families(results: Mapping[str, PerfResult]) -> Iterator[Metric]:
+    """The perf_analyzer families from the parsed files (pure)."""
+    runs = run_names(list(results))
+    stage = GaugeMetricFamily(PREFIX + "perf_analyzer_stage_seconds",
+                              "Average time per stage in a perf_analyzer run, per load level.",
+                              labels=["run", "concurrency", "stage"])
+    thr = GaugeMetricFamily(PREFIX + "perf_analyzer_throughput",
+                            "Inferences per second in a perf_analyzer run, per load level.",
+                            labels=["run", "concurrency"])
+    lat = GaugeMetricFamily(PREFIX + "perf_analyzer_latency_seconds",
+                            "Client latency percentiles of a perf_analyzer run, per load level.",
+                            labels=["run", "concurrency", "quantile"])
+    for path in sorted(results, key=lambda p: runs[p]):
+        run = runs[path]
+        for row in results[path].rows:
+            for st in STAGE_COLUMNS.values():
+                stage.add_metric([run, row.concurrency, st], row.stage_seconds[st])
+            thr.add_metric([run, row.concurrency], row.throughput)
+            for q, v in row.latency_seconds.items():
+                lat.add_metric([run, row.concurrency, q], v)
+    yield stage
+    yield thr
+    yield lat
 
-    def run(self) -> None:
-        while True:
-            try:
-                self.files.poll()
-            except Exception:  # a bug here must not end collection for good
-                log.exception("perf_analyzer poll failed")
-            self.first_poll_done.set()
-            if self.stopping.wait(max(self.interval, 0.05)):
-                return
 
-
-class PerfAnalyzerSource:
+class PerfAnalyzerSource(PolledSource):
     name = "perf_analyzer"
 
     def __init__(self, cfg: Config, errors: ErrorCounts) -> None:
         self.files = PerfAnalyzerFiles(cfg.perf_analyzer_csv, lambda reason: errors.inc("perf_analyzer", reason))
-        self.thread = PollThread(self.files, cfg.perf_analyzer_poll_seconds)
+        self.thread = PollThread("perf-analyzer", self.files.poll, cfg.perf_analyzer_poll_seconds,
+                                 self.files.on_error, log)
 
     def collectors(self) -> list[Collector]:
         return [PerfAnalyzerCollector(self.files)]
-
-    def start(self) -> None:
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.thread.stopping.set()
-        self.thread.join(timeout=10)
-
-    def ready(self) -> bool:
-        return self.thread.first_poll_done.is_set()

@@ -124,7 +124,7 @@ def _batch(name: str, j: int, b: Any) -> tuple[int, BatchStats]:
 
 
 def parse_model_config(doc: Any) -> ModelConfigInfo:
-    """The SPEC's model_config_info labels from GET /v2/models/<m>/config (or gRPC's {"config": ...})."""
+    """The model_config_info labels (docs/metrics.md) from GET /v2/models/<m>/config (or gRPC's {"config": ...})."""
     cfg = _mapping(doc, "model config")
     if "config" in cfg and isinstance(cfg["config"], Mapping):
         cfg = cfg["config"]
