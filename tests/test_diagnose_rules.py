@@ -281,3 +281,16 @@ def test_cli_rolling_sample_json(samples: Path) -> None:
     doc = json.loads(r.stdout)
     assert doc["models"] and all(m["requests"] > 0 for m in doc["models"])
     assert r.returncode == (1 if any(m["findings"] for m in doc["models"]) else 0)
+
+
+def test_apply_config_sets_the_printed_keys() -> None:
+    from exporter.demo.tuning import SCENARIOS, apply_config
+
+    text = SCENARIOS["patient"].config()
+    out = apply_config(text, {"dynamic_batching.max_queue_delay_microseconds": 25000, "instance_group.count": 3})
+    assert "max_queue_delay_microseconds: 25000 }" in out and "count: 3 kind" in out
+    plain = SCENARIOS["calm"].config()
+    assert "dynamic_batching { max_queue_delay_microseconds: 0 }" in apply_config(
+        plain, {"dynamic_batching.max_queue_delay_microseconds": 0})
+    with pytest.raises(ValueError, match="no way"):
+        apply_config(plain, {"optimization.priority": 1})

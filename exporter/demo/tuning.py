@@ -82,6 +82,8 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
     Scenario("sleepy", "queue_saturated", 0.02, 0, 4, None, 1, 8, 0.0, 240, "queue_p95"),
     # batches of up to 16 wait 200 ms to fill while a request arrives every 25 ms
     Scenario("patient", "queue_delay_too_long", 0.002, 16, 4, 200_000, 1, 0, 40.0, 120, "queue_p95"),
+    # healthy: one client at a time, 5 ms of compute; nothing to change
+    Scenario("calm", "", 0.005, 0, 4, None, 1, 1, 0.0, 40, "end_to_end_mean"),
     # 4 MiB in and out, no compute: moving the bytes is the request
     Scenario("bulky", "frontend_payload", 0.0, 0, 1 << 20, None, 1, 1, 0.0, 60, "frontend_share"),
 )}
@@ -216,8 +218,15 @@ def traced(files: list[Path], model: str) -> int:
     return sum(f.read_bytes().count(f'"model_name":"{model}"'.encode()) for f in files)
 
 
-def measure_phase(server: TritonServer, s: Scenario, seen: set[Path], t: Thresholds
-                  ) -> tuple[Evidence, list[Finding], float]:
+@dataclass
+class Phase:
+    evidence: Evidence
+    findings: list[Finding]
+    seconds: float  # the load took
+    files: list[Path]  # this phase's trace files
+
+
+def measure_phase(server: TritonServer, s: Scenario, seen: set[Path], t: Thresholds) -> Phase:
     """Run the load, collect this phase's trace files only; the model's evidence and findings."""
     seconds = run_load(server, s)
     deadline = time.monotonic() + 20
@@ -231,20 +240,22 @@ def measure_phase(server: TritonServer, s: Scenario, seen: set[Path], t: Thresho
     groups, _ = collect([str(p) for p in new], [s.name], Progress(0, False))
     configs = triton_configs(server.http_address, sorted({(m, v) for m, v, _ in groups}))
     [e] = evidence_from_groups(groups, configs)
-    return e, diagnose([e], t), seconds
+    return Phase(e, diagnose([e], t), seconds, new)
 
 
 @dataclass
 class BeforeAfter:
     scenario: Scenario
-    before: Evidence
-    after: Evidence
+    before: Phase
+    after: Phase
     finding: Finding | None  # the scenario's rule, as diagnose printed it before
-    after_findings: list[Finding]
-    seconds: tuple[float, float]
 
     def value(self, metric: str, which: str) -> float | None:
-        return measure(self.before if which == "before" else self.after, metric)
+        return measure((self.before if which == "before" else self.after).evidence, metric)
+
+    def moved(self, metric: str, direction: str) -> bool:
+        a, b = self.value(metric, "before"), self.value(metric, "after")
+        return a is not None and b is not None and (b < a if direction == "down" else b > a)
 
 
 def shared_memory_client(s: Scenario) -> Scenario:
@@ -255,8 +266,8 @@ def shared_memory_client(s: Scenario) -> Scenario:
 def before_after(server: TritonServer, s: Scenario, seen: set[Path], t: Thresholds,
                  client_change: Callable[[Scenario], Scenario] = shared_memory_client) -> BeforeAfter:
     """Load, diagnose, apply the printed config change (or the client change), reload, load again."""
-    before, found, sec0 = measure_phase(server, s, seen, t)
-    finding = next((f for f in found if f.rule == s.rule), None)
+    before = measure_phase(server, s, seen, t)
+    finding = next((f for f in before.findings if f.rule == s.rule), None)
     after_s = s
     if finding is not None and finding.config:
         path = server.model_repository / s.name / "config.pbtxt"
@@ -264,5 +275,4 @@ def before_after(server: TritonServer, s: Scenario, seen: set[Path], t: Threshol
         reload(server, s.name)
     elif finding is not None:
         after_s = client_change(s)
-    after, after_found, sec1 = measure_phase(server, after_s, seen, t)
-    return BeforeAfter(s, before, after, finding, after_found, (sec0, sec1))
+    return BeforeAfter(s, before, measure_phase(server, after_s, seen, t), finding)
