@@ -113,7 +113,8 @@ def parser() -> argparse.ArgumentParser:
     a.add_argument("--metrics-url", metavar="URL", help="a running exporter's /metrics: two scrapes --window apart")
     a.add_argument("--prometheus-url", metavar="URL", help="Prometheus: increases over --range ending at --end")
     a.add_argument("--window", type=float, default=10.0, metavar="SECONDS",
-                   help="with --metrics-url: seconds between the two scrapes (default: 10)")
+                   help="with --metrics-url: seconds between the two scrapes (default: 10; 0: one scrape, "
+                   "totals since the exporter started)")
     a.add_argument("--range", type=duration, default=3600.0, metavar="DURATION",
                    help="with --prometheus-url: the range, e.g. 15m, 1h (default: 1h)")
     a.add_argument("--end", type=float, default=None, metavar="UNIX_SECONDS",

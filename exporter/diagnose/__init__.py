@@ -54,7 +54,8 @@ def gather(args: argparse.Namespace) -> tuple[list[Evidence], str]:
         raise SourceError("give exactly one input: trace FILEs, --metrics-url or --prometheus-url")
     if args.metrics_url:
         samples, window = metrics_window(args.metrics_url, args.window)
-        return evidence_from_samples(samples, window), f"{args.metrics_url} over {window:.1f} s"
+        span = f"over {window:.1f} s" if window is not None else "since the exporter started"
+        return evidence_from_samples(samples, window), f"{args.metrics_url} {span}"
     if args.prometheus_url:
         samples, window = prometheus_window(args.prometheus_url, args.range, args.end)
         return evidence_from_samples(samples, window), f"{args.prometheus_url} over the last {window:.0f} s"

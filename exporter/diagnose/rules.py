@@ -302,9 +302,18 @@ def streaming_rule(e: Evidence, t: Thresholds) -> Finding | None:
 RULES: tuple[Callable[[Evidence, Thresholds], Finding | None], ...] = (
     queue_rule, copy_rule, ensemble_rule, frontend_rule, socket_rule, streaming_rule,
 )
-RULE_NAMES = ("queue_saturated", "no_dynamic_batching", "queue_delay_too_long", "copy_bound",
-              "ensemble_step_dominates", "frontend_payload", "socket_queue_high",
-              "streaming_first_response_queued")
+# one line per rule: what to change, for places without room for the numbers (the Findings panel)
+ADVICE: dict[str, str] = {
+    "queue_saturated": "queue-dominated, instances busy: more instances (instance_group count) or a larger max_batch_size",
+    "no_dynamic_batching": "queue-dominated, batchable model: add dynamic_batching { max_queue_delay_microseconds: 0 }",
+    "queue_delay_too_long": "small batches waiting out max_queue_delay: set it to about one arrival gap",
+    "copy_bound": "compute_input + compute_output large: shared memory, DLPack, binary tensor data",
+    "ensemble_step_dominates": "one ensemble step dominates: tune that step first",
+    "frontend_payload": "frontend time on large messages: shared memory, binary tensor data, gRPC",
+    "socket_queue_high": "requests wait on the socket: more frontend threads (--http-thread-count)",
+    "streaming_first_response_queued": "first response mostly queue: more instances",
+}
+RULE_NAMES = tuple(ADVICE)
 
 
 def diagnose(evidence: list[Evidence], t: Thresholds) -> list[Finding]:

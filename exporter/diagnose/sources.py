@@ -158,8 +158,11 @@ def scrape(url: str, timeout: float = 10.0) -> list[Sample]:
     return parse_samples(text)
 
 
-def metrics_window(url: str, window: float) -> tuple[list[Sample], float]:
-    """Two scrapes `window` seconds apart, and the time between them."""
+def metrics_window(url: str, window: float) -> tuple[list[Sample], float | None]:
+    """Two scrapes `window` seconds apart, and the time between them; window 0: one scrape,
+    the totals since the exporter started (no arrival gap)."""
+    if window <= 0:
+        return scrape(url), None
     t0 = time.monotonic()
     before = scrape(url)
     time.sleep(window)
