@@ -1,6 +1,7 @@
 """diagnose end to end on a real Triton: a dynamic-batching delay far above the arrival gap
 is named with its numbers, the printed change applied to config.pbtxt and reloaded cuts the
-queue p95; a healthy, lightly loaded model has no finding and exit code 0.
+queue p95; a healthy, lightly loaded model has no finding and exit code 0; an ensemble's
+slow step is named.
 
 The longer before/after of every scenario is bench/advisor_before_after.py.
 """
@@ -22,12 +23,12 @@ from exporter.diagnose.rules import measure
 
 pytestmark = pytest.mark.triton
 
-CALM, PATIENT = SCENARIOS["calm"], SCENARIOS["patient"]
+CALM, PATIENT, PIPELINE = SCENARIOS["calm"], SCENARIOS["patient"], SCENARIOS["pipeline"]
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
-    s = start_server(tmp_path_factory.mktemp("advisor"), [CALM, PATIENT])
+    s = start_server(tmp_path_factory.mktemp("advisor"), [CALM, PATIENT, PIPELINE])
     try:
         yield s
     finally:
@@ -48,6 +49,16 @@ def test_healthy_model_exit_0(server: TritonServer) -> None:
     [model] = doc["models"]  # type: ignore[index]
     assert model["model"] == CALM.name and model["requests"] == CALM.requests
     assert model["findings"] == [] and code == 0
+
+
+def test_ensemble_step_named(server: TritonServer) -> None:
+    """Child traces are joined to their ensemble: the 20 ms step is named with its share."""
+    phase = measure_phase(server, PIPELINE, set(server.trace_files()), Thresholds())
+    steps = phase.evidence.steps
+    assert set(steps) == {"prep", "heavy"}
+    assert steps["heavy"] >= 0.02 and steps["prep"] < steps["heavy"] / 4
+    [f] = [x for x in phase.findings if x.rule == "ensemble_step_dominates"]
+    assert "step heavy" in f.summary and f.numbers["step_share"] >= Thresholds().ensemble_step_share
 
 
 def test_long_delay_found_fixed_and_checked(server: TritonServer) -> None:

@@ -54,6 +54,20 @@ output [ {{ name: "OUT" data_type: TYPE_FP32 dims: [ {dims} ] }} ]
 '''
 
 
+ENSEMBLE_CONFIG = '''\
+name: "{name}"
+platform: "ensemble"
+max_batch_size: 0
+input [ {{ name: "IN" data_type: TYPE_FP32 dims: [ {dims} ] }} ]
+output [ {{ name: "OUT" data_type: TYPE_FP32 dims: [ {dims} ] }} ]
+ensemble_scheduling {{ step [
+{steps}
+] }}
+'''
+ENSEMBLE_STEP = '  {{ model_name: "{model}" model_version: -1 input_map {{ key: "IN" value: "{src}" }} ' \
+    'output_map {{ key: "OUT" value: "{dst}" }} }}'
+
+
 @dataclass(frozen=True)
 class Scenario:
     name: str  # also the model's name
@@ -68,8 +82,14 @@ class Scenario:
     requests: int
     metric: str  # the number the finding promises to move
     shared_memory: bool = False  # tensors through system shared memory instead of the HTTP body
+    steps: tuple[str, ...] = ()  # an ensemble of these models (each a Scenario), in order
 
     def config(self) -> str:
+        if self.steps:
+            names = ["IN", *(f"between_{i}" for i in range(1, len(self.steps))), "OUT"]
+            steps = ",\n".join(ENSEMBLE_STEP.format(model=m, src=names[i], dst=names[i + 1])
+                               for i, m in enumerate(self.steps))
+            return ENSEMBLE_CONFIG.format(name=self.name, dims=self.dims, steps=steps)
         batching = "" if self.delay_us is None else \
             f"dynamic_batching {{ max_queue_delay_microseconds: {self.delay_us} }}\n"
         dims = f"{self.dims}"
@@ -84,6 +104,11 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
     Scenario("patient", "queue_delay_too_long", 0.002, 16, 4, 200_000, 1, 0, 40.0, 120, "queue_p95"),
     # healthy: one client at a time, 5 ms of compute; nothing to change
     Scenario("calm", "", 0.005, 0, 4, None, 1, 1, 0.0, 40, "end_to_end_mean"),
+    # a two-step ensemble whose second step takes 20 of its 21 ms
+    Scenario("prep", "", 0.001, 0, 4, None, 1, 1, 0.0, 0, ""),
+    Scenario("heavy", "", 0.02, 0, 4, None, 1, 1, 0.0, 0, ""),
+    Scenario("pipeline", "ensemble_step_dominates", 0.0, 0, 4, None, 1, 1, 0.0, 30, "dominant_step_share",
+             steps=("prep", "heavy")),
     # 4 MiB in and out, no compute: moving the bytes is the request
     Scenario("bulky", "frontend_payload", 0.0, 0, 1 << 20, None, 1, 1, 0.0, 60, "frontend_share"),
 )}
@@ -91,8 +116,9 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
 
 def write_model(repo: Path, s: Scenario) -> Path:
     d = repo / s.name
-    (d / "1").mkdir(parents=True, exist_ok=True)
-    (d / "1" / "model.py").write_text(SLEEP_MODEL.format(sleep=s.sleep))
+    (d / "1").mkdir(parents=True, exist_ok=True)  # an ensemble's stays empty
+    if not s.steps:
+        (d / "1" / "model.py").write_text(SLEEP_MODEL.format(sleep=s.sleep))
     (d / "config.pbtxt").write_text(s.config())
     return d / "config.pbtxt"
 
@@ -118,9 +144,10 @@ def apply_config(text: str, changes: dict[str, Any]) -> str:
 def start_server(workdir: Path, scenarios: list[Scenario]) -> TritonServer:
     """A Triton with the scenarios' models, explicit model control (reload through the API)."""
     repo = workdir / "models"
-    for s in scenarios:
+    models = {m: SCENARIOS[m] for s in scenarios for m in s.steps} | {s.name: s for s in scenarios}
+    for s in models.values():
         write_model(repo, s)
-    args = ["--model-control-mode=explicit", *(f"--load-model={s.name}" for s in scenarios)]
+    args = ["--model-control-mode=explicit", *(f"--load-model={m}" for m in models)]
     # files are written only when flushed: each phase reads its own
     return TritonServer(repo, workdir, trace_file=workdir / "traces" / "trace.json", log_frequency=1_000_000,
                         extra_args=args).start()
@@ -237,9 +264,9 @@ def measure_phase(server: TritonServer, s: Scenario, seen: set[Path], t: Thresho
             break
         time.sleep(0.2)
     seen.update(new)
-    groups, _ = collect([str(p) for p in new], [s.name], Progress(0, False))
+    groups, _ = collect([str(p) for p in new], [s.name, *s.steps], Progress(0, False))
     configs = triton_configs(server.http_address, sorted({(m, v) for m, v, _ in groups}))
-    [e] = evidence_from_groups(groups, configs)
+    [e] = [x for x in evidence_from_groups(groups, configs) if x.model == s.name]
     return Phase(e, diagnose([e], t), seconds, new)
 
 
