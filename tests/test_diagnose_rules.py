@@ -294,3 +294,27 @@ def test_apply_config_sets_the_printed_keys() -> None:
         plain, {"dynamic_batching.max_queue_delay_microseconds": 0})
     with pytest.raises(ValueError, match="no way"):
         apply_config(plain, {"optimization.priority": 1})
+
+
+def test_cli_thresholds_from_flags_and_file(samples: Path, tmp_path: Path) -> None:
+    """The sample's add_sub queues for about half its time: found by default, not past a raised threshold."""
+    files = [str(p) for p in sorted((samples / "triton-2.51" / "rolling-traces").glob("trace.json.*"))]
+    found = cli("--format", "json", *files)
+    [model] = json.loads(found.stdout)["models"]
+    share = model["findings"][0]["numbers"]["queue_share"]
+    assert found.returncode == 1 and T.queue_share <= share < 0.9
+    assert cli("--set", "queue_share=0.9", *files).returncode == 0
+    f = tmp_path / "thresholds.yaml"
+    f.write_text("diagnose:\n  queue_share: 0.9\n")
+    quiet = cli("--thresholds", str(f), "--format", "json", *files)
+    assert quiet.returncode == 0 and json.loads(quiet.stdout)["thresholds"]["queue_share"] == 0.9
+    f.write_text("queue_shares: 0.9\n")
+    bad = cli("--thresholds", str(f), *files)
+    assert bad.returncode == 2 and "unknown threshold 'queue_shares'" in bad.stderr
+
+
+def test_cli_unreachable_exporter_exit_2() -> None:
+    from exporter.demo.launcher import free_port
+
+    r = cli("--metrics-url", f"http://127.0.0.1:{free_port()}/metrics", "--window", "0")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "error:" in r.stderr
