@@ -21,7 +21,7 @@ from pathlib import Path
 
 from exporter.demo.tuning import SCENARIOS, BeforeAfter, before_after, measure_phase, start_server
 from exporter.diagnose import Thresholds
-from exporter.diagnose.report import _value
+from exporter.diagnose.report import format_value
 
 
 def table(results: list[BeforeAfter]) -> list[str]:
@@ -34,8 +34,8 @@ def table(results: list[BeforeAfter]) -> list[str]:
         change = ", ".join(f"{k}={v}" for k, v in f.config.items()) or "client: shared memory"
         for i, x in enumerate(f.expect):
             rows.append((r.scenario.name if i == 0 else "", f.rule if i == 0 else "", change if i == 0 else "",
-                         x.metric, _value(x.metric, r.value(x.metric, "before")),
-                         _value(x.metric, r.value(x.metric, "after")), x.direction,
+                         x.metric, format_value(x.metric, r.value(x.metric, "before")),
+                         format_value(x.metric, r.value(x.metric, "after")), x.direction,
                          "yes" if r.moved(x.metric, x.direction) else "NO"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]

@@ -479,7 +479,8 @@ def test_sample_traces_timeline_dashboard_queries(sample_stack: SampleStack) -> 
     streaming row is empty and everything else has data. First of the sample tests: the rate
     panels' windows still hold the second copy's ingestion."""
     ran, gaps = dashboard_gaps(sample_stack.prometheus, "inference-stage-timeline", "1h")
-    real = [g for g in gaps if "[ebpf]" not in g]
+    # no eBPF on files, and no tuning finding without Triton's model configs
+    real = [g for g in gaps if "[ebpf]" not in g and "[findings]" not in g]
     assert ran > 0 and not real, "\n".join(real)
 
 

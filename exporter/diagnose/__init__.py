@@ -36,9 +36,10 @@ def thresholds_from_args(args: argparse.Namespace) -> Thresholds:
                 doc = yaml.safe_load(f) or {}
         except (OSError, yaml.YAMLError) as e:
             raise ValueError(f"cannot read thresholds file {args.thresholds}: {e}") from None
-        if not isinstance(doc, dict):
+        section = doc.get("diagnose", doc) if isinstance(doc, dict) else doc  # its own file, or a section
+        if not isinstance(section, dict):
             raise ValueError(f"{args.thresholds}: expected a mapping of threshold names to numbers")
-        values.update(doc.get("diagnose", doc) if isinstance(doc.get("diagnose"), dict) else doc)
+        values.update(section)
     for item in args.set or []:
         name, sep, value = item.partition("=")
         if not sep:

@@ -11,7 +11,7 @@ from .rules import Finding, Thresholds
 ARROW = {"down": "should go down", "up": "should go up"}
 
 
-def _value(metric: str, v: float | None) -> str:
+def format_value(metric: str, v: float | None) -> str:
     if v is None:
         return "not measured here"
     if metric.endswith("_share"):
@@ -37,7 +37,7 @@ def print_report(evidence: list[Evidence], findings: list[Finding], source: str,
             out.write(f"  {i}. [{f.rule}] {f.summary}\n")
             out.write(f"     change: {f.change}\n")
             for x in f.expect:
-                out.write(f"     check:  {x.metric} {ARROW[x.direction]} (now {_value(x.metric, x.before)})\n")
+                out.write(f"     check:  {x.metric} {ARROW[x.direction]} (now {format_value(x.metric, x.before)})\n")
     if not evidence:
         out.write("no models found in this input\n")
 
