@@ -100,6 +100,8 @@ class Scenario:
 SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
     # one instance, 20 ms per request, 8 clients: seven of them wait
     Scenario("sleepy", "queue_saturated", 0.02, 0, 4, None, 1, 8, 0.0, 240, "queue_p95"),
+    # the same, a model that could batch 8 but has no dynamic batching
+    Scenario("unbatched", "no_dynamic_batching", 0.02, 8, 4, None, 1, 8, 0.0, 240, "mean_batch_size"),
     # batches of up to 16 wait 200 ms to fill while a request arrives every 25 ms
     Scenario("patient", "queue_delay_too_long", 0.002, 16, 4, 200_000, 1, 0, 40.0, 120, "queue_p95"),
     # healthy: one client at a time, 5 ms of compute; nothing to change
