@@ -11,6 +11,7 @@ from typing import Any
 
 from . import __version__
 from .config import ENV_PREFIX, Config, ConfigError, build, key_type, load_yaml
+from .diagnose.rules import Thresholds
 
 EPILOG_SERVE = """\
 Every flag is also a key of the YAML --config file (dashes or underscores) and an
@@ -96,6 +97,34 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--model", action="append", help="only this model (repeatable)")
     m.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
+    a = sub.add_parser(
+        "diagnose",
+        help="tuning advisor: findings per model, the change to make, what should move",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="inputs (one of):\n"
+        "  inference-profiler diagnose trace.json.* [--triton localhost:8000]\n"
+        "  inference-profiler diagnose --metrics-url http://localhost:9478/metrics --window 30\n"
+        "  inference-profiler diagnose --prometheus-url http://prometheus:9090 --range 1h\n\n"
+        "exit code: 0 nothing found, 1 findings (CI can gate on it), 2 error.\n"
+        "thresholds (--set NAME=VALUE or a YAML --thresholds file; docs/tuning.md):\n"
+        + "".join(f"  {f.name:<28}{f.default!s:>8}  {f.metadata['help']}\n" for f in fields(Thresholds)),
+    )
+    a.add_argument("files", nargs="*", metavar="FILE", help="trace files")
+    a.add_argument("--metrics-url", metavar="URL", help="a running exporter's /metrics: two scrapes --window apart")
+    a.add_argument("--prometheus-url", metavar="URL", help="Prometheus: increases over --range ending at --end")
+    a.add_argument("--window", type=float, default=10.0, metavar="SECONDS",
+                   help="with --metrics-url: seconds between the two scrapes (default: 10; 0: one scrape, "
+                   "totals since the exporter started)")
+    a.add_argument("--range", type=duration, default=3600.0, metavar="DURATION",
+                   help="with --prometheus-url: the range, e.g. 15m, 1h (default: 1h)")
+    a.add_argument("--end", type=float, default=None, metavar="UNIX_SECONDS",
+                   help="with --prometheus-url: the end of the range (default: now)")
+    a.add_argument("--triton", metavar="URL", help="with trace files: Triton's HTTP address, for the model configs")
+    a.add_argument("--model", action="append", help="only this model (repeatable)")
+    a.add_argument("--set", action="append", metavar="NAME=VALUE", help="set a threshold (repeatable)")
+    a.add_argument("--thresholds", metavar="FILE", help="YAML file of thresholds (names as for --set)")
+    a.add_argument("--format", choices=("text", "json"), default="text", help="text (default) or json")
+
     d = sub.add_parser("demo", help="start a local Triton with traffic and the exporter against it")
     d.add_argument("--listen", default="127.0.0.1:9478", metavar="HOST:PORT", help="exporter listen address")
     d.add_argument("--workdir", default=None, metavar="DIR", help="where models and traces go (default: a temp dir)")
@@ -107,6 +136,19 @@ def parser() -> argparse.ArgumentParser:
                    help="port to watch (repeatable; default 8000 and 8001)")
     t.add_argument("--count", type=int, default=0, help="exit after this many events (0: until Ctrl-C)")
     return p
+
+
+def duration(text: str) -> float:
+    """Seconds from `90`, `90s`, `15m`, `1h`, `2d`."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    t = text.strip()
+    try:
+        value = float(t[:-1]) * units[t[-1]] if t and t[-1] in units else float(t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 90, 15m, 1h)") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"duration must be > 0: {text!r}")
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -150,6 +192,11 @@ def run(args: argparse.Namespace) -> int:
         from .summary import run_summary
 
         return run_summary(args)
+    if args.command == "diagnose":
+        logs.setup("warning", "text")
+        from .diagnose import run_diagnose
+
+        return run_diagnose(args)
     if args.command == "demo":
         logs.setup("info", "text")
         from .demo import run_demo

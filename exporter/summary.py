@@ -23,6 +23,7 @@ import numpy.typing as npt
 from .histogram import QuantileSketch
 from .stages import (
     ALL_STAGES,
+    COLUMN,
     INTER_RESPONSE,
     KNOWN_TIMESTAMPS,
     NCOLS,
@@ -37,7 +38,7 @@ from .stages import (
     occurrences,
     response_times,
 )
-from .traces.assembly import StreamState, Trace
+from .traces.assembly import StreamState, Trace, TraceBatch
 from .traces.discovery import stream_of
 from .traces.pipeline import Batch, file_batches, released
 from .traces.records import ReadResult
@@ -117,6 +118,10 @@ class Group:
     responses: QuantileSketch = field(default_factory=QuantileSketch)
     segments: list[int] = field(default_factory=lambda: [0] * len(SEGMENTS))  # ns per segment
     timed: int = 0  # traces with a timeline
+    first_arrival_ns: int = -1  # REQUEST_START of the earliest trace: the span traffic covered
+    last_arrival_ns: int = -1
+    batches: Counter[int] = field(default_factory=Counter)  # COMPUTE_START -> requests: one dynamic batch
+    parents: Counter[str] = field(default_factory=Counter)  # model of each child trace's parent (ensembles)
 
     def add(self, stage: str, values: npt.NDArray[np.int64]) -> None:
         if len(values):
@@ -130,6 +135,7 @@ def collect(paths: list[str], models: list[str] | None, progress: Progress,
             show_trace: bool = False, out: TextIO = sys.stdout) -> tuple[dict[GroupKey, Group], Counter[str]]:
     rejected: Counter[str] = Counter()
     groups: dict[GroupKey, Group] = {}
+    model_of: dict[int, str] = {}  # recent trace ids -> model, to name a child's parent
     for batch, codes in iter_batches(paths, rejected, progress):
         ok = batch.usable(lambda reason, n: rejected.update({reason: n}))
         if models:
@@ -138,6 +144,11 @@ def collect(paths: list[str], models: list[str] | None, progress: Progress,
         rows = np.flatnonzero(ok)
         keys, gidx = batch.groups(rows, codes)
         an = batch.anatomy(rows)
+        for i in rows.tolist():
+            model_of[int(batch.ids[i])] = batch.headers[int(batch.hdr[i])][0]
+        if len(model_of) > MODEL_OF_KEEP:  # children are written next to their parents: recent ids suffice
+            for tid in list(model_of)[: len(model_of) - MODEL_OF_KEEP // 2]:
+                del model_of[tid]
         rejected["negative_span"] += int(an.negative.sum())
         rejected["implausible_span"] += int(an.implausible.sum())
         for k, (model, version, code) in enumerate(keys):
@@ -152,6 +163,7 @@ def collect(paths: list[str], models: list[str] | None, progress: Progress,
             timed = sel & an.timed
             g.timed += int(timed.sum())
             g.segments = [a + int(b) for a, b in zip(g.segments, an.segments[timed].sum(axis=0), strict=True)]
+            add_shape(g, batch, rows[sel], model_of)
         if len(batch.extra) and (batch.extra[:, 1] >= NCOLS).any():
             for k_row, i in enumerate(rows.tolist()):
                 spans = custom_spans(batch.customs_of(i))
@@ -165,6 +177,24 @@ def collect(paths: list[str], models: list[str] | None, progress: Progress,
                 t = batch.trace(i)
                 print_trace(t, PROTOCOLS[int(codes[i])], batch.stamps[i], batch.repeats(i), out)
     return groups, +rejected
+
+
+MODEL_OF_KEEP = 1 << 16
+
+
+def add_shape(g: Group, batch: TraceBatch, rows: npt.NDArray[np.intp], model_of: dict[int, str]) -> None:
+    """Arrival span, dynamic batches (requests of one batch share COMPUTE_START) and parents' models."""
+    if not len(rows):
+        return
+    starts = batch.stamps[rows, COLUMN["REQUEST_START"]]
+    lo, hi = int(starts.min()), int(starts.max())
+    g.first_arrival_ns = lo if g.first_arrival_ns < 0 else min(g.first_arrival_ns, lo)
+    g.last_arrival_ns = max(g.last_arrival_ns, hi)
+    compute = batch.stamps[rows, COLUMN["COMPUTE_START"]]
+    g.batches.update(compute[compute >= 0].tolist())
+    for p in batch.parents[rows].tolist():
+        if p >= 0:
+            g.parents[model_of.get(p, "")] += 1
 
 
 def print_trace(t: Trace, protocol: str, row: npt.NDArray[np.int64], repeats: Extra, out: TextIO) -> None:

@@ -24,6 +24,7 @@ from grafana_foundation_sdk.models import piechart as pie
 
 from exporter.stages import SEGMENT_ORDER
 
+from .findings import findings_panel
 from .panels import (
     REFS,
     SLO_STYLE,
@@ -285,6 +286,7 @@ def dashboard() -> db.Dashboard:
     for p in overview_panels():
         d = d.with_panel(p)
     d = d.with_panel(timeline_bar()).with_panel(share_pie()).with_panel(means_over_time())
+    d = d.with_panel(findings_panel('model="$model", version=~"$version"'))
     d = d.with_row(db.Row("Streaming (decoupled models)"))
     for p in streaming_panels():
         d = d.with_panel(p)

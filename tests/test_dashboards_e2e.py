@@ -34,7 +34,7 @@ from exporter.demo.traffic import STREAM_TRAFFIC, TrafficDriver
 from grafana import build
 from tests.conftest import ROLLING_TRACES, missing
 from tests.test_anatomy_real import plain_traces
-from tests.triton_harness import ExporterProcess, start_triton
+from tests.triton_harness import EXPORTER, ExporterProcess, start_triton
 
 ROOT = Path(__file__).resolve().parent.parent
 PROM = ROOT / "prometheus"
@@ -53,6 +53,8 @@ def ebpf_source_exists() -> bool:
 
 def source_of(expr: str) -> str:
     """Which exporter source feeds a query: a query of an absent source is reported as such."""
+    if "tuning_finding" in expr:
+        return "findings"
     if re.search(r"inference_profiler_(tcp|ebpf)_", expr):
         return "ebpf"
     if "perf_analyzer_" in expr:
@@ -346,6 +348,7 @@ def check_dashboard(s: Stack, name: str, preferred: dict[str, str] = PREFERRED) 
     # without the eBPF source (not wired into the daemon yet, or no BPF on this machine) its
     # queries cannot have data; they are listed, everything else must have data
     absent = [g for g in gaps if "[ebpf]" in g and not s.ebpf]
+    absent += [g for g in gaps if "[findings]" in g]  # a healthy stack may well have no tuning finding
     real = [g for g in gaps if g not in absent]
     if absent:
         print(f"{name}: {len(absent)} queries need the eBPF source, not running here:\n" + "\n".join(absent))
@@ -392,7 +395,8 @@ def test_network_dashboard_queries_return_data(stack: Stack) -> None:
 def test_every_recording_rule_produces_series(stack: Stack) -> None:
     records = sorted({r["record"] for f in (PROM / "rules").glob("*.rules.yml")
                       for g in yaml.safe_load(f.read_text())["groups"] for r in g["rules"] if "record" in r})
-    empty = [r for r in records if not finite(stack.prometheus.api("query", query=r))]
+    # tuning findings are series only while a rule holds
+    empty = [r for r in records if not finite(stack.prometheus.api("query", query=r)) and "tuning_finding" not in r]
     assert not empty, f"recording rules without finite series: {empty}"
     rules = stack.prometheus.api("rules")["groups"]
     unhealthy = [(r["name"], r.get("lastError")) for g in rules for r in g["rules"] if r["health"] != "ok"]
@@ -475,7 +479,8 @@ def test_sample_traces_timeline_dashboard_queries(sample_stack: SampleStack) -> 
     streaming row is empty and everything else has data. First of the sample tests: the rate
     panels' windows still hold the second copy's ingestion."""
     ran, gaps = dashboard_gaps(sample_stack.prometheus, "inference-stage-timeline", "1h")
-    real = [g for g in gaps if "[ebpf]" not in g]
+    # no eBPF on files, and no tuning finding without Triton's model configs
+    real = [g for g in gaps if "[ebpf]" not in g and "[findings]" not in g]
     assert ran > 0 and not real, "\n".join(real)
 
 
@@ -509,6 +514,24 @@ def test_sample_traces_frontend_overhead_for_every_http_trace(sample_stack: Samp
     assert m.total("inference_profiler_stage_duration_seconds_count", protocol="http",
                    stage="frontend_overhead") == http
     assert m.total("inference_profiler_trace_records_rejected_total", reason="negative_span") == 0
+
+
+def test_diagnose_reads_prometheus_and_the_exporter(stack: Stack) -> None:
+    """diagnose's Prometheus and /metrics sources on the real stack: the traffic's model with its
+    requests, timeline and Triton config; exit code 1 exactly when something was found."""
+    for source in (["--prometheus-url", stack.prometheus.url, "--range", stack.range()],
+                   ["--metrics-url", stack.exporter.url + "/metrics", "--window", "0"]):
+        r = subprocess.run([*EXPORTER, "diagnose", "--format", "json", *source],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode in (0, 1), r.stderr
+        doc = json.loads(r.stdout)
+        models = {m["model"]: m for m in doc["models"]}
+        m = models[MODEL]
+        assert m["requests"] > 100 and m["end_to_end_mean_seconds"] > 0, (source, m)
+        assert set(m["evidence"]["segments"]) >= {"queue", "compute_infer"}, source
+        assert m["evidence"]["config"]["max_batch_size"] == 8, source  # add_sub's config.pbtxt
+        assert m["evidence"]["batch_executions"], source
+        assert r.returncode == (1 if any(x["findings"] for x in doc["models"]) else 0)
 
 
 def test_triton_down_alert_fires_when_triton_stops(stack: Stack) -> None:
