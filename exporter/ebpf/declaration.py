@@ -228,11 +228,8 @@ def _key_field(raw: Any, path: Path) -> KeyField:
 
 
 def load_metric_key(path: Path) -> MetricKey:
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as e:
-        raise DeclarationError(f"{path}: cannot read: {e}") from None
-    if not isinstance(raw, dict) or not isinstance(raw.get("key"), list) or not isinstance(raw.get("errors"), list):
+    raw = load_mapping(path, "BPF key declaration", DeclarationError)
+    if not isinstance(raw.get("key"), list) or not isinstance(raw.get("errors"), list):
         raise DeclarationError(f"{path}: needs key (a list of fields) and errors (a list of reasons)")
     fields = tuple(_key_field(f, path) for f in raw["key"])
     names = [f.name for f in fields]
