@@ -186,18 +186,8 @@ class TraceAggregate:
     def merged(self, delta: TraceAggregate) -> TraceAggregate:
         """A new aggregate = self + delta (self is left untouched for concurrent scrapes)."""
         out = TraceAggregate(self.bounds_ns)
-        out.histograms = {k: h.copy() for k, h in self.histograms.items()}
-        for k, h in delta.histograms.items():
-            if k in out.histograms:
-                out.histograms[k].merge(h)
-            else:
-                out.histograms[k] = h.copy()
-        out.responses = {k: h.copy() for k, h in self.responses.items()}
-        for k, h in delta.responses.items():
-            if k in out.responses:
-                out.responses[k].merge(h)
-            else:
-                out.responses[k] = h.copy()
+        out.histograms = _merged(self.histograms, delta.histograms)
+        out.responses = _merged(self.responses, delta.responses)
         out.traces = self.traces + delta.traces
         out.timeline = self.timeline + delta.timeline
         out.files = self.files + delta.files
@@ -241,3 +231,14 @@ class TraceAggregate:
         agg.custom_stages = {str(c) for c in v.get("custom_stages", [])}
         agg.last_ingest = float(v.get("last_ingest", 0.0))
         return agg
+
+
+def _merged(a: dict[SeriesKey, Histogram], b: dict[SeriesKey, Histogram]) -> dict[SeriesKey, Histogram]:
+    """a + b as new histograms (neither is changed)."""
+    out = {k: h.copy() for k, h in a.items()}
+    for k, h in b.items():
+        if k in out:
+            out[k].merge(h)
+        else:
+            out[k] = h.copy()
+    return out

@@ -1,4 +1,4 @@
-"""Triton python-backend model of `token_stream` and `token_stream_thread` (the same code in both files).
+"""Triton python-backend model of `token_stream` and `token_stream_thread` (whose file is a link to this one).
 
 Decoupled: each request gets max_tokens responses (default 8), one word of text_input each,
 then a flag-only final. The config parameter `send_from` says who sends them:
