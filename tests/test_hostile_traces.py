@@ -30,9 +30,9 @@ def _tailer(pattern: Path, state: Path | None = None) -> TraceTailer:
 
 
 def _use_scanner(monkeypatch: pytest.MonkeyPatch, pure_python: bool) -> None:
-    from exporter.traces import scanner, tailer
+    from exporter.traces import pipeline, scanner
 
-    monkeypatch.setattr(tailer, "FileScan", scanner.PyFileScan if pure_python else scanner.FileScan)
+    monkeypatch.setattr(pipeline, "FileScan", scanner.PyFileScan if pure_python else scanner.FileScan)
 
 
 def _scrape_both(t: TraceTailer) -> tuple[str, str]:

@@ -74,7 +74,7 @@ def _mutations(good: dict[str, Any]) -> dict[str, Any]:
     bad_pending = json.loads(json.dumps(good))
     bad_pending["streams"] = {"x": {"protocol_ids": [], "protocol_codes": [], "pending": [[[1, 2], "soon"]]}}
     surrogate = json.loads(json.dumps(good))
-    surrogate["aggregate"]["models"] = ["s\ud800"]
+    surrogate["aggregate"]["models"] = [["s\ud800", "1"]]
     return {
         "files_is_a_list": {**good, "files": []},
         "aggregate_is_a_string": {**good, "aggregate": "x"},
