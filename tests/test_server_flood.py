@@ -241,3 +241,19 @@ def test_scrapes_stay_fast_while_a_big_file_without_boundaries_is_read(tmp_path:
           f"worst /metrics {worst['/metrics']:.3f}s over {samples} requests")
     assert samples > 10 and worst["/healthz"] < 1.0 and worst["/metrics"] < 1.0, worst
     assert "malformed_json=1" in err
+
+
+def test_keep_alive_connection_serves_several_requests(quick_server: MetricsServer) -> None:
+    """Prometheus reuses its connection: waiting for the next request must not break it."""
+    import http.client
+
+    c = http.client.HTTPConnection("127.0.0.1", quick_server.port, timeout=5)
+    try:
+        for _ in range(3):
+            c.request("GET", "/metrics")
+            r = c.getresponse()
+            assert r.status == 200 and b"inference_profiler_build_info" in r.read()
+            time.sleep(0.2)  # idle between scrapes, shorter than the idle timeout
+    finally:
+        c.close()
+    assert quick_server.httpd.evicted == 0
