@@ -258,18 +258,19 @@ class StreamedFile:
             return
         stamps = batch.stamps
         top = batch.parents < 0
-        child_rows = np.flatnonzero(~top).tolist()
-        for f, (mark, _, _) in FRONTENDS.items():
+        frontend_of: dict[int, str | None] = dict.fromkeys(batch.ids[top].tolist())
+        for f, (mark, _, _) in reversed(FRONTENDS.items()):  # reversed: http wins, as _frontend_of
             rows = np.flatnonzero(top & (stamps[:, COLUMN[mark]] >= 0))
             self._sum_rows(f, batch, rows)
-            if child_rows:  # children look their parent's frontend up: remember it
-                self.frontend.update(dict.fromkeys(batch.ids[rows].tolist(), f))
-        if child_rows:
-            for tid in batch.ids[top].tolist():
-                self.frontend.setdefault(tid, None)
-            _trim(self.frontend, RECENT)
-            for i in child_rows:
-                self.add(batch.trace(i))
+            frontend_of.update(dict.fromkeys(batch.ids[rows].tolist(), f))
+        # children in this batch or later ones look their parent's frontend up
+        self.frontend.update(frontend_of)
+        _trim(self.frontend, RECENT)
+        for pid in [p for p in self.waiting if p in frontend_of]:
+            for child in self.waiting.pop(pid):
+                self._resolve(child, frontend_of[pid])
+        for i in np.flatnonzero(~top).tolist():
+            self.add(batch.trace(i))
         self._remember_names(batch)
 
     def _sum_rows(self, frontend: str, batch: TraceBatch, rows: npt.NDArray[np.intp]) -> None:

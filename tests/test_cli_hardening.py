@@ -204,3 +204,35 @@ def test_streamed_trace_summary_equals_the_whole_file_pass_with_ensembles(
                  for t in (streamed, whole)]
         assert lines[0] and lines[0] == lines[1]
         assert "Data Flow:" in streamed
+
+
+def test_streamed_trace_summary_finds_a_parent_from_an_earlier_batch(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A parent finished in a batch without children, its child in the next batch: the child is
+    still summed under the parent's frontend."""
+    import random
+
+    from exporter import trace_summary_format
+    from exporter.traces import scanner
+
+    monkeypatch.setattr(trace_summary_format, "FileScan", scanner.PyFileScan)  # batches of scanner.BATCH
+    monkeypatch.setattr(trace_summary_format, "WINDOW", 50)  # traces finish as the file streams
+    rng = random.Random(4)
+    objs: list[str] = []
+    n = scanner.BATCH + 300
+    for i in range(1, n + 1):
+        objs += tracegen.trace_objects(i, rng, 1_000_000 * i, protocol="grpc")
+        if i == scanner.BATCH - 5:  # the ensemble parent, in the first batch ...
+            objs += tracegen.trace_objects(10**6, rng, 1_000_000 * i, model="ens", protocol="grpc")
+    # ... and its child only after the first batch is full
+    objs += tracegen.trace_objects(10**6 + 1, rng, 1_000_000 * n, model="child", parent=10**6)
+    f = tmp_path / "trace.json.0"
+    tracegen.write_file(str(f), objs)
+    assert main(["summary", "--format", "trace_summary", str(f)]) == 0
+    streamed = capsys.readouterr().out
+    assert "Summary for child (1): trace count = 1" in streamed
+    assert main(["summary", "--format", "trace_summary", "-t", str(f)]) == 0
+    whole = capsys.readouterr().out
+    lines = [[ln for ln in t.splitlines() if ln.startswith("Summary for ") or "(avg): " in ln]
+             for t in (streamed, whole)]
+    assert lines[0] == lines[1]
