@@ -14,6 +14,18 @@ from .triton.check import triton_checks
 
 def config_check(cfg: Config) -> Iterable[CheckResult]:
     yield CheckResult("config", "pass", f"valid (listen {cfg.listen}, state dir {cfg.state_dir})")
+    if cfg.web_config_file:
+        from .config import ConfigError
+        from .webconfig import load_web_config
+
+        try:
+            load_web_config(cfg.web_config_file)
+            yield CheckResult("web config", "pass", f"{cfg.web_config_file} valid")
+        except ConfigError as e:
+            yield CheckResult("web config", "fail", str(e))
+    from .traces.scanner import scanner_name
+
+    yield CheckResult("trace scanner", "pass", scanner_name())
 
 
 # imported statically: a check module that does not import is a bug to see, not an item to skip

@@ -183,7 +183,11 @@ def run(args: argparse.Namespace) -> int:
         Daemon(cfg).run_forever()
         return 0
     if args.command == "check":
-        cfg = config_from_args(args)
+        try:
+            cfg = config_from_args(args)
+        except ConfigError as e:
+            print(f"FAIL  config: {e}")  # check's own layout, then the usual one-line error and exit 2
+            raise
         logs.setup("warning", "text")
         from .check import run_checks
 

@@ -8,6 +8,7 @@ Errors are `ConfigError` with one line saying what is wrong and how to fix it.
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import types
 import typing
@@ -181,7 +182,26 @@ def build(file_values: Mapping[str, Any], env: Mapping[str, str], flag_values: M
     return cfg
 
 
+MAX_BUCKET_SECONDS = 1e6  # ~11.6 days: bounds in ns must fit the int64 stage math with room to spare
+MAX_OPEN_TRACES = 1_000_000  # the scanner allocates this many slots up front
+MAX_POLL_SECONDS = 86400.0
+MIN_POLL_SECONDS = 0.01  # below this a poll loop is a busy loop
+
+
+def _check_text(cfg: Config) -> None:
+    """Every string must be valid Unicode: env vars and files may carry undecodable bytes."""
+    for f in fields(Config):
+        v = getattr(cfg, f.name)
+        for item in v if isinstance(v, list) else [v]:
+            if isinstance(item, str):
+                try:
+                    item.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise ConfigError(f"{f.name} is not valid UTF-8 text: {item.encode('utf-8', 'replace')!r}") from None
+
+
 def validate(cfg: Config) -> None:
+    _check_text(cfg)
     _host, sep, port = cfg.listen.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ConfigError(f"listen must be HOST:PORT (e.g. 0.0.0.0:9478), got {cfg.listen!r}")
@@ -202,18 +222,28 @@ def validate(cfg: Config) -> None:
     if not 1 <= cfg.ebpf_max_sockets <= MAX_EBPF_SOCKETS:
         raise ConfigError(f"ebpf_max_sockets must be 1-{MAX_EBPF_SOCKETS}, got {cfg.ebpf_max_sockets}")
     b = cfg.stage_buckets
-    if not b or any(x <= 0 for x in b) or any(b2 <= b1 for b1, b2 in itertools.pairwise(b)):
-        raise ConfigError("stage_buckets must be positive and strictly increasing")
+    if not b or any(not math.isfinite(x) or x <= 0 for x in b) or any(b2 <= b1 for b1, b2 in itertools.pairwise(b)):
+        raise ConfigError("stage_buckets must be finite, positive and strictly increasing")
+    if b[-1] > MAX_BUCKET_SECONDS:
+        raise ConfigError(f"stage_buckets must be at most {MAX_BUCKET_SECONDS:g} seconds, got {b[-1]:g}")
+    ns = [round(x * 1e9) for x in b]
+    if any(n2 <= n1 for n1, n2 in itertools.pairwise(ns)) or ns[0] < 1:
+        raise ConfigError("stage_buckets must differ by at least a nanosecond")
     if cfg.max_models < 1:
         raise ConfigError("max_models must be at least 1")
     if cfg.triton_max_response_bytes < 1024 or cfg.triton_max_series < 1:
         raise ConfigError("triton_max_response_bytes must be at least 1024 and triton_max_series at least 1")
     for k in ("triton_timeout_seconds", "triton_cache_seconds", "trace_poll_seconds", "trace_settle_seconds",
-              "perf_analyzer_poll_seconds"):
-        if getattr(cfg, k) < 0:
-            raise ConfigError(f"{k} must not be negative")
-    if cfg.trace_open_traces < 1:
-        raise ConfigError("trace_open_traces must be at least 1")
+              "perf_analyzer_poll_seconds", "trace_child_hold_seconds"):
+        v = getattr(cfg, k)
+        if not math.isfinite(v) or v < 0:
+            raise ConfigError(f"{k} must be a finite number of seconds, not negative, got {v!r}")
+    for k in ("trace_poll_seconds", "perf_analyzer_poll_seconds"):
+        if not MIN_POLL_SECONDS <= getattr(cfg, k) <= MAX_POLL_SECONDS:
+            raise ConfigError(f"{k} must be between {MIN_POLL_SECONDS} and {MAX_POLL_SECONDS:g}, "
+                              f"got {getattr(cfg, k)!r}")
+    if not 1 <= cfg.trace_open_traces <= MAX_OPEN_TRACES:
+        raise ConfigError(f"trace_open_traces must be between 1 and {MAX_OPEN_TRACES}, got {cfg.trace_open_traces}")
     if cfg.web_config_file and not os.path.isfile(cfg.web_config_file):
         raise ConfigError(f"web_config_file {cfg.web_config_file} does not exist")
 

@@ -76,7 +76,8 @@ class Daemon:
             s.start()
         self.server.start()
         names = ", ".join(s.name for s in self.sources) or "none"
-        log.info("serving /metrics on %s (sources: %s)", self.cfg.listen, names)
+        log.info("serving /metrics on %s (sources: %s)", self.cfg.listen, names,
+                 extra={"fields": {"listen": self.cfg.listen, "sources": [s.name for s in self.sources]}})
 
     def stop(self) -> None:
         self._stop.set()

@@ -1,4 +1,9 @@
-"""Structured logging: one line per event, text for terminals or JSON for log pipelines."""
+"""Structured logging: one line per event, text for terminals or JSON for log pipelines.
+
+A call may pass `extra={"fields": {...}}`: the values its message says in prose, by name.
+JSON lines carry them as top-level keys (so pipelines need not parse `msg`); text lines
+show the message alone, which already says them.
+"""
 
 from __future__ import annotations
 
@@ -18,19 +23,14 @@ class JsonFormatter(logging.Formatter):
         }
         extra = getattr(record, "fields", None)
         if isinstance(extra, dict):
-            out.update(extra)
+            for k, v in extra.items():
+                out.setdefault(str(k), v)  # never over the line's own ts/level/logger/msg
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
         return json.dumps(out, default=str)
 
 
-class TextFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        line = super().format(record)
-        extra = getattr(record, "fields", None)
-        if isinstance(extra, dict) and extra:
-            line += " " + " ".join(f"{k}={v}" for k, v in extra.items())
-        return line
+TextFormatter = logging.Formatter
 
 
 def setup(level: str = "info", fmt: str = "text") -> None:

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import gzip
 import logging
+import resource
+import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import cast
 
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import CollectorRegistry
@@ -18,10 +25,109 @@ log = logging.getLogger("server")
 AuthCheck = Callable[[str | None], bool]
 
 
+# Connection limits: each connection holds a thread and a file descriptor.
+LISTEN_BACKLOG = 1024  # connections the kernel queues before accept (a burst of scrapes)
+MAX_CONNECTIONS = 512  # open at once; further ones push out the oldest connection not being served
+FD_RESERVE = 64  # descriptors kept free for trace files, the state file, Triton and eBPF
+HEADER_SECONDS = 10.0  # from a request's first byte to its last header line
+IDLE_SECONDS = 60.0  # a connection may wait this long for its next request (TLS handshake included)
+
+
+@dataclass
+class _Conn:
+    sock: socket.socket
+    phase: str  # "idle": waiting for a request, "headers": reading one, "busy": answering it
+    since: float  # monotonic time the phase began
+
+
 class _HTTPServer(ThreadingHTTPServer):
+    request_queue_size = LISTEN_BACKLOG
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
+        self.conns: dict[int, _Conn] = {}
+        self.conns_lock = threading.Lock()
+        self.evicted = 0  # connections closed to make room or for being too slow (tests read it)
+        self._fd_warned = 0.0
+        super().__init__(address, handler)
+
     def handle_error(self, request: object, client_address: object) -> None:
         # failed TLS handshakes and dropped clients are the client's problem, not a traceback
         log.debug("connection from %s failed", client_address, exc_info=True)
+
+    def capacity(self) -> int:
+        """Connections allowed now: read each time, the fd limit can change under a running process."""
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        if soft == resource.RLIM_INFINITY:
+            return MAX_CONNECTIONS
+        return max(8, min(MAX_CONNECTIONS, soft - FD_RESERVE))
+
+    def get_request(self) -> tuple[socket.socket, object]:
+        try:
+            return super().get_request()
+        except OSError as e:
+            if e.errno in (errno.EMFILE, errno.ENFILE):
+                now = time.monotonic()
+                if now - self._fd_warned > 60:
+                    self._fd_warned = now
+                    log.warning("out of file descriptors accepting a connection; closing the oldest idle one")
+                if not self._evict_oldest():
+                    time.sleep(0.05)  # nothing to close: back off instead of spinning on accept
+                else:
+                    time.sleep(0.005)  # let the evicted connection's thread close its descriptor
+            raise
+
+    def verify_request(self, request: object, client_address: object) -> bool:
+        sock = request if isinstance(request, socket.socket) else None
+        if sock is None:
+            return False
+        with self.conns_lock:
+            full = len(self.conns) >= self.capacity()
+        if full and not self._evict_oldest():
+            return False  # every connection is being answered: refuse this one
+        with self.conns_lock:
+            self.conns[id(sock)] = _Conn(sock, "idle", time.monotonic())
+        return True
+
+    def shutdown_request(self, request: socket.socket) -> None:  # type: ignore[override]
+        with self.conns_lock:
+            self.conns.pop(id(request), None)
+        super().shutdown_request(request)
+
+    def mark(self, sock: socket.socket, phase: str) -> None:
+        with self.conns_lock:
+            c = self.conns.get(id(sock))
+            if c is not None:
+                c.phase, c.since = phase, time.monotonic()
+
+    def _evict_oldest(self) -> bool:
+        """Close the connection that has waited longest without being answered; False if none."""
+        with self.conns_lock:
+            waiting = [c for c in self.conns.values() if c.phase != "busy"]
+            if not waiting:
+                return False
+            oldest = min(waiting, key=lambda c: c.since)
+            oldest.phase = "busy"  # not picked twice while its thread winds down
+        self._kill(oldest.sock)
+        return True
+
+    def _kill(self, sock: socket.socket) -> None:
+        self.evicted += 1
+        # the plain socket's shutdown: SSLSocket.shutdown would touch TLS state another thread uses
+        with contextlib.suppress(OSError):
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+    def service_actions(self) -> None:
+        """Runs in the accept loop (every poll interval): drops clients that send headers too slowly."""
+        now = time.monotonic()
+        with self.conns_lock:
+            slow = [c for c in self.conns.values()
+                    if (c.phase == "headers" and now - c.since > HEADER_SECONDS)
+                    or (c.phase == "idle" and now - c.since > IDLE_SECONDS)]
+            for c in slow:
+                c.phase = "busy"
+        for c in slow:
+            self._kill(c.sock)
 
 
 class MetricsServer:
@@ -39,7 +145,6 @@ class MetricsServer:
         self.auth = auth
         handler = self._handler()
         self.httpd = _HTTPServer((host, port), handler)
-        self.httpd.daemon_threads = True
         if ssl_context is not None:
             # handshake in the request thread: done in accept(), one idle client would block everyone
             self.httpd.socket = ssl_context.wrap_socket(
@@ -64,7 +169,29 @@ class MetricsServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
-            timeout = 60  # seconds a connection may stay silent (TLS handshake included)
+            timeout = IDLE_SECONDS  # one silent read; the whole-header deadline is the server's
+
+            def handle_one_request(self) -> None:
+                httpd = cast(_HTTPServer, self.server)
+                httpd.mark(self.connection, "idle")
+                try:
+                    if not self.rfile.peek(1):  # type: ignore[attr-defined]
+                        self.close_connection = True
+                        return
+                except (OSError, ValueError):
+                    self.close_connection = True
+                    return
+                httpd.mark(self.connection, "headers")
+                super().handle_one_request()
+
+            def parse_request(self) -> bool:
+                ok = super().parse_request()
+                cast(_HTTPServer, self.server).mark(self.connection, "busy")
+                # a body on GET/HEAD would be read as the next request (smuggling behind a proxy)
+                if ok and (self.headers.get("Transfer-Encoding")
+                           or self.headers.get("Content-Length", "0").strip() not in ("", "0")):
+                    self.close_connection = True
+                return ok
 
             def log_message(self, format: str, *args: object) -> None:
                 log.debug("%s " + format, self.client_address[0], *args)
@@ -76,6 +203,8 @@ class MetricsServer:
                 for k, v in (headers or {}).items():
                     self.send_header(k, v)
                 self.send_header("Content-Length", str(len(body)))
+                if self.close_connection:
+                    self.send_header("Connection", "close")
                 self.end_headers()
                 if self.command != "HEAD":
                     self.wfile.write(body)

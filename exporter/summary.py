@@ -8,6 +8,7 @@ old averaged-timestamps parser and the matplotlib notebook showed).
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import os
 import sys
@@ -21,6 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .histogram import QuantileSketch
+from .inputs import open_input
 from .stages import (
     ALL_STAGES,
     COLUMN,
@@ -102,7 +104,7 @@ def iter_batches(paths: list[str], rejected: Counter[str], progress: Progress) -
     for path in paths:
         stream = streams.setdefault(stream_of(path), StreamState())
         result = ReadResult()
-        with open(path, "rb") as fp:
+        with open_input(path) as fp:
             reader = _CountingReader(fp, progress)
             yield from file_batches(reader, result, stream, reject, now, salvage_tail=True)  # type: ignore[arg-type]
         if not result.complete:
@@ -302,24 +304,48 @@ def as_json(groups: dict[GroupKey, Group], rejected: Counter[str], files: int) -
     }
 
 
+def _usage_error(message: str) -> int:
+    print(f"inference-profiler: error: {message}", file=sys.stderr)
+    return 2
+
+
 def run_summary(args: argparse.Namespace) -> int:
     paths: list[str] = args.files
+    if args.format == "json" and args.show_trace:
+        return _usage_error("-t/--show-trace prints text; it cannot go with --format json")
+    if args.timeline and args.format != "table":
+        return _usage_error(f"--timeline is a layout of its own; it cannot go with --format {args.format}")
+    if paths.count("-") > 1:
+        return _usage_error("standard input ('-') can be given once")
     for p in paths:
-        if not os.path.isfile(p):
-            print(f"inference-profiler: error: {p} is not a readable file", file=sys.stderr)
-            return 2
+        if p != "-" and not os.path.isfile(p):
+            return _usage_error(f"{p} is not a readable file")
+    try:
+        return _summary(args, paths)
+    except BrokenPipeError:
+        raise  # the reader went away (`| head`): cli exits quietly
+    except gzip.BadGzipFile as e:
+        return _usage_error(f"cannot read a gzip file: {e}")
+    except EOFError:
+        return _usage_error("a gzip file ends early (truncated)")
+    except OSError as e:
+        return _usage_error(f"cannot read {e.filename or 'input'}: {e.strerror or e}")
+
+
+def _summary(args: argparse.Namespace, paths: list[str]) -> int:
+    empty = [p for p in paths if p != "-" and os.path.getsize(p) == 0]
+    readable = [p for p in paths if p not in empty]
     if args.format == "trace_summary":
         from .trace_summary_format import run_trace_summary
 
-        return run_trace_summary(paths, args.show_trace, sys.stdout)
-    progress = Progress(sum(os.path.getsize(p) for p in paths), not args.no_progress)
+        return run_trace_summary(paths, args.show_trace, sys.stdout, args.model)
+    progress = Progress(sum(os.path.getsize(p) for p in readable if p != "-"), not args.no_progress)
     try:
-        groups, rejected = collect(paths, args.model, progress, args.show_trace and args.format != "json")
-    except OSError as e:
+        groups, rejected = collect(readable, args.model, progress, args.show_trace)
+    finally:
         progress.close()
-        print(f"inference-profiler: error: cannot read {e.filename}: {e.strerror}", file=sys.stderr)
-        return 2
-    progress.close()
+    if empty:
+        rejected["empty_file"] += len(empty)
     if args.format == "json":
         json.dump(as_json(groups, rejected, len(paths)), sys.stdout, indent=2)
         sys.stdout.write("\n")
@@ -327,4 +353,8 @@ def run_summary(args: argparse.Namespace) -> int:
         print_timeline(groups, sys.stdout)
     else:
         print_table(groups, rejected, sys.stdout)
+    if not groups:
+        what = f"for model {', '.join(args.model)}" if args.model else f"in {', '.join(paths)}"
+        print(f"inference-profiler: no complete traces found {what}", file=sys.stderr)
+        return 1
     return 0

@@ -9,13 +9,19 @@ without a header is skipped where it stops with KeyError.
 
 from __future__ import annotations
 
-from collections import Counter
+import sys
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
-from typing import TextIO
+from typing import Any, TextIO
 
-from .stages import SPANS
-from .traces.assembly import Trace
+import numpy as np
+import numpy.typing as npt
+
+from .inputs import open_input
+from .stages import COLUMN, SPANS
+from .traces.assembly import Trace, TraceBatch
 from .traces.records import ChunkEnd, Header, ReadResult, Stamps, read_records
+from .traces.scanner import FileScan
 
 _SPAN = {stage.upper(): (a, b) for stage, a, b in SPANS}  # trace_summary.py's names are ours upper-cased
 
@@ -56,7 +62,7 @@ def load_file(path: str) -> tuple[dict[int, Trace], list[tuple[int, str, int]], 
     traces: dict[int, Trace] = {}
     raw: list[tuple[int, str, int]] = []
     rejected: Counter[str] = Counter()
-    with open(path, "rb") as fp:
+    with open_input(path) as fp:
         for rec in read_records(fp, lambda r: rejected.update([r]), ReadResult(), salvage_tail=True):
             if isinstance(rec, ChunkEnd):
                 continue
@@ -76,9 +82,51 @@ def load_file(path: str) -> tuple[dict[int, Trace], list[tuple[int, str, int]], 
     return traces, raw, first_parent
 
 
+def _frontend_of(t: Trace) -> str | None:
+    """The frontend a top-level trace is summed under (trace_summary.py's marks)."""
+    for frontend, (mark, _, _) in FRONTENDS.items():
+        if mark in t.stamps:
+            return frontend
+    return None
+
+
+def _accumulate(models: dict[tuple[str, str], _Model], frontend: str, t: Trace,
+                wanted: set[str] | None) -> bool:
+    """Add one matched trace's spans to its model's sums; False when it is not summed."""
+    ts = t.stamps
+    if "REQUEST_START" not in ts or "REQUEST_END" not in ts or t.model is None:
+        return False
+    if wanted is not None and t.model not in wanted:
+        return False
+    key = (t.model, t.version or "")
+    m = models.get(key)
+    if m is None:
+        m = models[key] = _Model(t.id)
+    m.first_id = min(m.first_id, t.id)
+    m.count += 1
+    _, front_spans, _ = FRONTENDS[frontend]
+    gate_a, gate_b = FRONTEND_GATE[frontend]
+    if gate_a in ts and gate_b in ts:
+        for name, a, b in front_spans:
+            if a in ts and b in ts:
+                _add(m.spans, ts, name, a, b)
+    for name, a, b in CORE:
+        _add(m.spans, ts, name, a, b)
+    for name, a, b in QUEUE_COMPUTE:
+        if a in ts and b in ts:
+            _add(m.spans, ts, name, a, b)
+    if "COMPUTE_INPUT_END" in ts and "COMPUTE_OUTPUT_START" in ts and "COMPUTE_START" in ts \
+            and "COMPUTE_END" in ts:
+        for name, a, b in COMPUTE_PARTS:
+            _add(m.spans, ts, name, a, b)
+    return True
+
+
 def summarize(frontend: str, traces: dict[int, Trace], raw: list[tuple[int, str, int]],
-              first_parent: set[int], show_trace: bool, out: TextIO) -> None:
-    mark, front_spans, _ = FRONTENDS[frontend]
+              first_parent: set[int], show_trace: bool, out: TextIO,
+              wanted: set[str] | None = None) -> int:
+    """trace_summary.py's pass over a whole file held in memory (needed for -t); traces summed."""
+    mark, _, _ = FRONTENDS[frontend]
     matched: set[int] = set()
     for tid in sorted(traces):
         t = traces[tid]
@@ -94,26 +142,8 @@ def summarize(frontend: str, traces: dict[int, Trace], raw: list[tuple[int, str,
             by_id.setdefault(tid, []).append((name, ns))
     for tid in sorted(matched):
         t = traces[tid]
-        ts = t.stamps
-        if "REQUEST_START" not in ts or "REQUEST_END" not in ts or t.model is None:
+        if not _accumulate(models, frontend, t, wanted):
             continue
-        key = (t.model, t.version or "")
-        m = models.setdefault(key, _Model(tid))
-        m.count += 1
-        gate_a, gate_b = FRONTEND_GATE[frontend]
-        if gate_a in ts and gate_b in ts:
-            for name, a, b in front_spans:
-                if a in ts and b in ts:
-                    _add(m.spans, ts, name, a, b)
-        for name, a, b in CORE:
-            _add(m.spans, ts, name, a, b)
-        for name, a, b in QUEUE_COMPUTE:
-            if a in ts and b in ts:
-                _add(m.spans, ts, name, a, b)
-        if "COMPUTE_INPUT_END" in ts and "COMPUTE_OUTPUT_START" in ts and "COMPUTE_START" in ts \
-                and "COMPUTE_END" in ts:
-            for name, a, b in COMPUTE_PARTS:
-                _add(m.spans, ts, name, a, b)
         if show_trace:
             out.write(f"{t.model} ({t.version}):\n")
             out.write(f"\tid: {tid}\n")
@@ -126,7 +156,13 @@ def summarize(frontend: str, traces: dict[int, Trace], raw: list[tuple[int, str,
                     out.write(f"\t\t{(ns - now) / 1000}us\n")
                 out.write(f"\t{name}\n")
                 now = ns
-    for (model, version), m in models.items():
+    write_models(frontend, models, out)
+    return sum(m.count for m in models.values())
+
+
+def write_models(frontend: str, models: dict[tuple[str, str], _Model], out: TextIO) -> None:
+    """The summary blocks, models in the order of their lowest trace id (as trace_summary.py)."""
+    for (model, version), m in sorted(models.items(), key=lambda kv: kv[1].first_id):
         cnt, sp = m.count, m.spans
         out.write(f"Summary for {model} ({version}): trace count = {cnt}\n")
         infer = f"{frontend.upper()}_INFER"
@@ -158,10 +194,12 @@ def dataflow(traces: dict[int, Trace], out: TextIO) -> None:
         p = traces[tid].parent_id
         if p is not None:
             children.setdefault(p, []).append(tid)
-    if not children:
-        return
+    if children:
+        _write_flow(next(iter(children)), children, traces, out)
+
+
+def _write_flow(root: int, children: dict[int, list[int]], traces: dict[int, Trace], out: TextIO) -> None:
     out.write("Data Flow:\n")
-    root = next(iter(children))
 
     def depth_of(tid: int) -> int:
         return 1 + max((depth_of(c) for c in children.get(tid, [])), default=-1) if tid in children else 0
@@ -182,11 +220,186 @@ def dataflow(traces: dict[int, Trace], out: TextIO) -> None:
     show(root, 0)
 
 
-def run_trace_summary(paths: list[str], show_trace: bool, out: TextIO) -> int:
+WINDOW = 16384  # traces held open while a file streams, as the daemon's default
+RECENT = 1 << 15  # frontends remembered for children that finish after their parent
+MAX_WAITING = 10000  # children waiting for a parent not finished yet
+
+
+class StreamedFile:
+    """The same sums as summarize(), fed one finished trace at a time: memory stays bounded
+    by the merge window, not the file. Children take their top-level parent's frontend; a
+    child whose parent never shows up is not summed (as in trace_summary.py)."""
+
+    def __init__(self, wanted: set[str] | None) -> None:
+        self.wanted = wanted
+        self.models: dict[str, dict[tuple[str, str], _Model]] = {f: {} for f in FRONTENDS}
+        self.frontend: OrderedDict[int, str | None] = OrderedDict()
+        self.waiting: OrderedDict[int, list[Trace]] = OrderedDict()
+        self.names: dict[int, tuple[str, str]] = {}  # the first ensemble's traces -> (model, version)
+        self._last: TraceBatch | None = None
+        self.flow_root: int | None = None  # the first ensemble: its tree is the Data Flow block
+        self.flow_children: dict[int, list[int]] = {}
+        self.flow_nodes: set[int] = set()  # ids in the first ensemble's tree
+
+    def add(self, t: Trace) -> None:
+        if t.parent_id is not None:
+            self._flow(t)
+            if t.parent_id not in self.frontend:
+                self.waiting.setdefault(t.parent_id, []).append(t)
+                _trim(self.waiting, MAX_WAITING)
+                return
+            self._resolve(t, self.frontend[t.parent_id])
+        else:
+            self._resolve(t, _frontend_of(t))
+
+    def add_batch(self, batch: TraceBatch) -> None:
+        """Top-level traces summed column-wise; children (ensembles, BLS) one by one."""
+        if not len(batch):
+            return
+        stamps = batch.stamps
+        top = batch.parents < 0
+        frontend_of: dict[int, str | None] = dict.fromkeys(batch.ids[top].tolist())
+        for f, (mark, _, _) in reversed(FRONTENDS.items()):  # reversed: http wins, as _frontend_of
+            rows = np.flatnonzero(top & (stamps[:, COLUMN[mark]] >= 0))
+            self._sum_rows(f, batch, rows)
+            frontend_of.update(dict.fromkeys(batch.ids[rows].tolist(), f))
+        # children in this batch or later ones look their parent's frontend up
+        self.frontend.update(frontend_of)
+        _trim(self.frontend, RECENT)
+        for pid in [p for p in self.waiting if p in frontend_of]:
+            for child in self.waiting.pop(pid):
+                self._resolve(child, frontend_of[pid])
+        for i in np.flatnonzero(~top).tolist():
+            self.add(batch.trace(i))
+        self._remember_names(batch)
+
+    def _sum_rows(self, frontend: str, batch: TraceBatch, rows: npt.NDArray[np.intp]) -> None:
+        """_accumulate() over many top-level traces of one frontend at once (exact integer sums)."""
+        st = batch.stamps
+        has = st >= 0
+        rows = rows[batch.hdr[rows] >= 0]
+        rows = rows[has[rows, COLUMN["REQUEST_START"]] & has[rows, COLUMN["REQUEST_END"]]]
+        if self.wanted is not None:
+            keep = [i for i, (m, _) in enumerate(batch.headers) if m in self.wanted]
+            rows = rows[np.isin(batch.hdr[rows], keep)]
+        if not len(rows):
+            return
+        hdr = batch.hdr[rows]
+        groups, gidx = np.unique(hdr, return_inverse=True)
+        n = len(groups)
+        r_st, r_has = st[rows], has[rows]
+        _, front_spans, _ = FRONTENDS[frontend]
+        gate_a, gate_b = FRONTEND_GATE[frontend]
+        gate = r_has[:, COLUMN[gate_a]] & r_has[:, COLUMN[gate_b]]
+        parts = r_has[:, [COLUMN[c] for c in ("COMPUTE_INPUT_END", "COMPUTE_OUTPUT_START", "COMPUTE_START",
+                                               "COMPUTE_END")]].all(axis=1)
+        spans: list[tuple[str, str, str, npt.NDArray[np.bool_]]] = []
+        for name, a, b in front_spans:
+            spans.append((name, a, b, gate))
+        for name, a, b in CORE + QUEUE_COMPUTE:
+            spans.append((name, a, b, np.ones(len(rows), dtype=bool)))
+        for name, a, b in COMPUTE_PARTS:
+            spans.append((name, a, b, parts))
+        counts = np.bincount(gidx, minlength=n)
+        firsts = np.full(n, np.iinfo(np.int64).max, dtype=np.int64)
+        np.minimum.at(firsts, gidx, batch.ids[rows])
+        models = self.models[frontend]
+        out: list[_Model] = []
+        for g, h in enumerate(groups.tolist()):
+            model, version = batch.headers[h]
+            key = (model, version or "")
+            m = models.get(key)
+            if m is None:
+                m = models[key] = _Model(int(firsts[g]))
+            m.first_id = min(m.first_id, int(firsts[g]))
+            m.count += int(counts[g])
+            out.append(m)
+        for name, a, b, cond in spans:
+            ok = cond & r_has[:, COLUMN[a]] & r_has[:, COLUMN[b]]
+            if not ok.any():
+                continue
+            d = np.where(ok, np.maximum(r_st[:, COLUMN[b]] - r_st[:, COLUMN[a]], 0), 0)
+            sums = np.zeros(n, dtype=np.int64)
+            np.add.at(sums, gidx, d)
+            present = np.bincount(gidx, weights=ok, minlength=n) > 0
+            for g in np.flatnonzero(present).tolist():
+                out[g].spans[name] += int(sums[g])  # a negative span adds 0 but the key exists
+
+    def _remember_names(self, batch: TraceBatch) -> None:
+        """Names of the first ensemble's traces, for the Data Flow block."""
+        if self.flow_root is None and not (batch.parents >= 0).any():
+            self._last = batch  # the root may finish a batch before its first child
+            return
+        for b in (self._last, batch):
+            if b is None:
+                continue
+            rows = np.flatnonzero(np.isin(b.ids, list(self.flow_nodes)))
+            for i in rows.tolist():
+                h = int(b.hdr[i])
+                if h >= 0 and (b.stamps[i] >= 0).any():
+                    model, version = b.headers[h]
+                    self.names[int(b.ids[i])] = (model, version or "")
+        self._last = batch
+
+    def _resolve(self, t: Trace, frontend: str | None) -> None:
+        todo = [(t, frontend)]
+        while todo:
+            tr, f = todo.pop()
+            self.frontend[tr.id] = f
+            _trim(self.frontend, RECENT)
+            if f is not None:
+                _accumulate(self.models[f], f, tr, self.wanted)
+            todo.extend((c, f) for c in self.waiting.pop(tr.id, []))
+
+    def _flow(self, t: Trace) -> None:
+        assert t.parent_id is not None
+        if self.flow_root is None:
+            self.flow_root = t.parent_id
+            self.flow_nodes.add(t.parent_id)
+        if t.parent_id in self.flow_nodes and len(self.flow_nodes) < 1024:
+            self.flow_children.setdefault(t.parent_id, []).append(t.id)
+            self.flow_nodes.add(t.id)
+
+    def write(self, out: TextIO) -> int:
+        for f in FRONTENDS:
+            write_models(f, self.models[f], out)
+        if self.flow_root is not None:
+            traces = {tid: Trace(tid, name[0], name[1], stamps={"_": 0}) for tid, name in self.names.items()}
+            _write_flow(self.flow_root, self.flow_children, traces, out)
+        return sum(m.count for models in self.models.values() for m in models.values())
+
+
+def _trim(d: OrderedDict[int, Any], bound: int) -> None:
+    while len(d) > bound:
+        d.popitem(last=False)
+
+
+def stream_file(path: str, wanted: set[str] | None, out: TextIO) -> int:
+    """One file summarized as it is read (the daemon's scanner, columns summed with numpy)."""
+    summed = StreamedFile(wanted)
+    scan = FileScan(WINDOW, lambda r: None)
+    with open_input(path) as fp:
+        for batch in scan.batches(fp, ReadResult(), salvage_tail=True):
+            summed.add_batch(batch)
+    return summed.write(out)
+
+
+def run_trace_summary(paths: list[str], show_trace: bool, out: TextIO, models: list[str] | None = None) -> int:
+    wanted = set(models) if models else None
+    summed = 0
     for path in paths:
-        traces, raw, first_parent = load_file(path)
         out.write(f"File: {path}\n")
-        summarize("http", traces, raw, first_parent, show_trace, out)
-        summarize("grpc", traces, raw, first_parent, show_trace, out)
+        if not show_trace:
+            summed += stream_file(path, wanted, out)
+            continue
+        # -t prints traces in id order with their timestamps in file order: the whole file is needed
+        traces, raw, first_parent = load_file(path)
+        summed += summarize("http", traces, raw, first_parent, show_trace, out, wanted)
+        summed += summarize("grpc", traces, raw, first_parent, show_trace, out, wanted)
         dataflow(traces, out)
+    if not summed:
+        what = f"for model {', '.join(sorted(wanted))}" if wanted else f"in {', '.join(paths)}"
+        print(f"inference-profiler: no complete traces found {what}", file=sys.stderr)
+        return 1
     return 0
+

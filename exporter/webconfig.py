@@ -48,8 +48,7 @@ CLIENT_AUTH = {
 }
 TLS_KEYS = {"cert_file", "key_file", "client_ca_file", "client_auth_type", "min_version", "max_version"}
 TOP_KEYS = {"tls_server_config", "basic_auth_users", "http_server_config"}
-# checked against when the user is unknown, so a wrong user costs as long as a wrong password
-_DUMMY_HASH = bcrypt.hashpw(b"inference-profiler", bcrypt.gensalt(4))
+HASH_WAIT_SECONDS = 5.0  # a check waits this long for the hashing slot, then fails
 
 
 def load_web_config(path: str) -> tuple[ssl.SSLContext | None, AuthCheck | None]:
@@ -94,6 +93,9 @@ def _tls_context(path: str, base: str, tls: Mapping[str, Any]) -> ssl.SSLContext
     ctx.minimum_version = _tls_version(path, "min_version", tls.get("min_version", "TLS12"))
     if tls.get("max_version"):
         ctx.maximum_version = _tls_version(path, "max_version", tls["max_version"])
+        if ctx.maximum_version < ctx.minimum_version:
+            raise ConfigError(f"web config {path}: min_version {tls.get('min_version', 'TLS12')} is above "
+                              f"max_version {tls['max_version']}")
     try:
         ctx.load_cert_chain(files["cert_file"], files["key_file"])
     except ssl.SSLError as e:
@@ -138,8 +140,21 @@ def _users(path: str, users: Mapping[str, Any]) -> dict[str, bytes]:
     return out
 
 
+def _cost(hashed: bytes) -> int:
+    """The work factor of a bcrypt hash ($2b$12$... -> 12)."""
+    try:
+        return int(hashed.split(b"$")[2])
+    except (IndexError, ValueError):
+        return 12
+
+
 class BasicAuth:
-    """Checks an Authorization header against bcrypt hashes; remembers recent successes."""
+    """Checks an Authorization header against bcrypt hashes; remembers recent successes.
+
+    Every failure costs one bcrypt check at the users' own work factor, so timing does not
+    tell an unknown user from a wrong password; one check runs at a time, so a burst of
+    wrong passwords takes one core, not all of them.
+    """
 
     CACHE_SIZE = 64
 
@@ -147,6 +162,10 @@ class BasicAuth:
         self.users = dict(users)
         self._ok: dict[bytes, None] = {}  # digests of accepted header values, oldest first
         self._lock = threading.Lock()
+        self._hashing = threading.BoundedSemaphore(1)
+        # checked against when the user is unknown: the same cost as the slowest real hash
+        cost = max((_cost(h) for h in self.users.values()), default=12)
+        self._dummy = bcrypt.hashpw(b"inference-profiler", bcrypt.gensalt(min(max(cost, 4), 31)))
 
     def __call__(self, header: str | None) -> bool:
         if not header:
@@ -166,10 +185,16 @@ class BasicAuth:
         with self._lock:
             if key in self._ok:
                 return True
-        try:
-            ok = bcrypt.checkpw(password.encode(), hashed or _DUMMY_HASH) and hashed is not None
-        except ValueError:  # bcrypt >= 5 refuses passwords over 72 bytes
+        pw = password.encode()
+        too_long = len(pw) > 72  # bcrypt >= 5 refuses these; still pay the same cost below
+        if not self._hashing.acquire(timeout=HASH_WAIT_SECONDS):
             return False
+        try:
+            ok = bcrypt.checkpw(pw[:72], hashed or self._dummy) and hashed is not None and not too_long
+        except ValueError:
+            ok = False
+        finally:
+            self._hashing.release()
         if ok:
             with self._lock:
                 self._ok[key] = None

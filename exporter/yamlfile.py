@@ -24,6 +24,8 @@ def load_mapping(path: str | Path, what: str, error: type[Exception], hint: str 
         raise error(f"{what} {path} is not UTF-8 text") from None
     try:
         data = yaml.safe_load(text)
+    except RecursionError:  # the composer recurses per nesting level
+        raise error(f"{what} {path} is nested too deeply") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""

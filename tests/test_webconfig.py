@@ -280,3 +280,68 @@ def test_serve_with_bad_web_config_exits_with_one_line(pki: Path, tmp_path: Path
     _, err = p.communicate(timeout=30)
     assert p.returncode == 2
     assert err.strip().count("\n") == 0 and "not a bcrypt hash" in err and "Traceback" not in err
+
+
+def test_unknown_user_costs_as_much_as_a_wrong_password() -> None:
+    """Timing must not tell which users exist: medians within 20 % of each other. CPU time of
+    the checking thread, not wall time: other work on the machine would only add noise."""
+    import statistics
+
+    auth = BasicAuth({"alice": bcrypt.hashpw(b"right", bcrypt.gensalt(10))})
+    unknown: list[float] = []
+    wrong: list[float] = []
+    for _ in range(9):  # interleaved, so load from elsewhere hits both alike
+        for header, out in ((_basic("mallory", "x"), unknown), (_basic("alice", "x"), wrong)):
+            t0 = time.thread_time()
+            assert not auth(header)
+            out.append(time.thread_time() - t0)
+    u, w = statistics.median(unknown), statistics.median(wrong)
+    print(f"basic auth: unknown user {u * 1e3:.1f} ms, wrong password {w * 1e3:.1f} ms (median of 9, CPU time)")
+    assert abs(u - w) / max(u, w) < 0.20, (u, w)
+
+
+def test_hash_checks_run_one_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A burst of wrong passwords takes one core, not all of them."""
+    import threading
+
+    auth = BasicAuth({"alice": bcrypt.hashpw(b"right", bcrypt.gensalt(6))})
+    real = bcrypt.checkpw
+    running = 0
+    most = 0
+    lock = threading.Lock()
+
+    def counting(pw: bytes, hashed: bytes) -> bool:
+        nonlocal running, most
+        with lock:
+            running += 1
+            most = max(most, running)
+        try:
+            return real(pw, hashed)
+        finally:
+            with lock:
+                running -= 1
+
+    monkeypatch.setattr(bcrypt, "checkpw", counting)
+    threads = [threading.Thread(target=auth, args=(_basic("alice", f"wrong{i}"),)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert most == 1
+
+
+def test_min_version_above_max_version_is_refused(pki: Path) -> None:
+    cfg = pki / "minmax.yml"
+    cfg.write_text("tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n"
+                   "  min_version: TLS13\n  max_version: TLS12\n")
+    with pytest.raises(ConfigError, match="min_version TLS13 is above max_version TLS12"):
+        load_web_config(str(cfg))
+
+
+@pytest.mark.parametrize("content", [b"\xff\xfe\x00binary\x00\x81", b"a: " + b"[" * 20000])
+def test_binary_or_deep_web_config_is_one_line_error(tmp_path: Path, content: bytes) -> None:
+    cfg = tmp_path / "web.yml"
+    cfg.write_bytes(content)
+    with pytest.raises(ConfigError) as e:
+        load_web_config(str(cfg))
+    assert "\n" not in str(e.value) and str(cfg) in str(e.value)

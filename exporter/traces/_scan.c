@@ -343,7 +343,7 @@ static int fast_object(Scanner *s, const unsigned char *a, const unsigned char *
         else if (key_is(k, kn, "model_version")) {
             bit = K_VERSION;
             skip_ws(&c);
-            if (c.p < c.end && *c.p == '"') { if (!read_str(&c, &vstr, &vstr_n)) return 0; }
+            if (c.p < c.end && *c.p == '"') { if (!read_str(&c, &vstr, &vstr_n) || vstr_n > MAX_NAME) return 0; }
             else {
                 const unsigned char *d = c.p;
                 if (!read_uint(&c, &vnum)) return 0;

@@ -8,12 +8,15 @@ a file is either counted with its checkpoint entry or not at all.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 from dataclasses import asdict, dataclass
 from typing import Any
+
+from ..config import ConfigError
 
 log = logging.getLogger("traces")
 
@@ -40,37 +43,73 @@ def head_hash(path: str, size: int) -> str:
     return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
-def atomic_write_json(path: str, value: Any) -> None:
+class StateWriteError(ConfigError):
+    """The state could not be written (read-only mount, full disk): the reason is the message."""
+
+
+def _digest(value: Any) -> str:
+    return hashlib.blake2b(json.dumps(value, separators=(",", ":")).encode(), digest_size=16).hexdigest()
+
+
+def atomic_write_json(path: str, value: dict[str, Any]) -> None:
+    """Write value plus a checksum of it; never leaves a temp file behind, even on a full disk."""
     d = os.path.dirname(path) or "."
-    os.makedirs(d, exist_ok=True)
     tmp = f"{path}.tmp.{os.getpid()}"
-    text = json.dumps(value, separators=(",", ":"))  # dumps uses the C encoder, dump does not
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fd = os.open(d, os.O_RDONLY)
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        os.makedirs(d, exist_ok=True)
+        text = json.dumps(value, separators=(",", ":"))  # dumps uses the C encoder, dump does not
+        digest = hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+        text = text[:-1] + f',"checksum":"{digest}"}}' if len(value) else f'{{"checksum":"{digest}"}}'
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        fd = os.open(d, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise StateWriteError(f"cannot write state file {path}: {e.strerror or e}") from None
+
+
+def move_aside(path: str, why: str) -> None:
+    """Keep a state file we cannot use for a human, and say so in one line."""
+    aside = f"{path}.corrupt"
+    try:
+        os.replace(path, aside)
+    except OSError as e:
+        raise StateWriteError(f"state file {path} is unusable ({why}) and cannot be moved aside: "
+                              f"{e.strerror or e}") from None
+    log.error("state file %s unusable (%s); moved to %s, starting from empty state", path, why, aside)
 
 
 def load_json(path: str) -> dict[str, Any] | None:
+    """The state in path with its checksum verified; None (and the file moved aside) when unusable."""
     try:
-        with open(path) as f:
-            v = json.load(f)
+        with open(path, "rb") as f:
+            v = json.loads(f.read().decode("utf-8"))
     except FileNotFoundError:
+        return None
+    except RecursionError:
+        move_aside(path, "nested too deeply")
         return None
     except (OSError, ValueError) as e:
         # never silently start from zero over a damaged state: keep it aside for a human
-        aside = f"{path}.corrupt"
-        os.replace(path, aside)
-        log.error("state file %s unreadable (%s); moved to %s, starting from empty state", path, e, aside)
+        move_aside(path, str(e).splitlines()[0] if str(e) else type(e).__name__)
         return None
-    if not isinstance(v, dict) or v.get("version") != STATE_VERSION:
-        log.error("state file %s has an unknown format; ignoring it", path)
+    if not isinstance(v, dict):
+        move_aside(path, "not a JSON object")
+        return None
+    if v.get("version") != STATE_VERSION:
+        move_aside(path, f"unknown version {v.get('version')!r}, this exporter writes {STATE_VERSION}")
+        return None
+    checksum = v.pop("checksum", None)
+    if checksum != _digest(v):
+        move_aside(path, "checksum mismatch: edited or damaged" if checksum else "no checksum")
         return None
     return v
 

@@ -21,7 +21,7 @@ from .tailer import TraceTailer
 REJECT_REASONS = (
     "malformed_json", "not_utf8", "wrong_type", "missing_field", "unknown_timestamp", "bad_label",
     "missing_header", "incomplete_trace", "negative_span", "implausible_span", "model_cap",
-    "custom_activity_cap", "truncated_file", "empty_file",
+    "custom_activity_cap", "truncated_file", "empty_file", "oversized_object",
 )
 
 

@@ -3,7 +3,8 @@
 A file is one JSON array of small objects: headers `{"id","model_name","model_version"
 [,"request_id"][,"parent_id"]}` and timestamps `{"id","timestamps":[{"name","ns"}]}`.
 Objects are split at `{"id":` and decoded one by one, so a corrupt object costs only
-itself; memory stays bounded by the read chunk whatever the file's size.
+itself; memory stays bounded (the read chunk plus one object of at most MAX_OBJECT)
+whatever the file's size.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from typing import Any, BinaryIO
 from ..stages import CUSTOM_NAME, KNOWN_TIMESTAMPS
 
 CHUNK = 1 << 20
-MAX_NAME = 256  # longer model names / request ids are rejected (label hygiene)
+MAX_NAME = 256  # longer model names, versions and request ids are rejected (label hygiene)
+MAX_OBJECT = 8 << 20  # bytes of one object; a larger one is skipped as oversized_object (bounds memory)
+START_OVERLAP = 64  # bytes searched again for an object start split across two reads
 
 OBJECT_START = re.compile(rb"\{\s*\"id\"\s*:")
 # Triton does not JSON-escape names: recover headers whose model name holds a quote.
@@ -117,14 +120,28 @@ def to_record(obj: Any, reject: RejectFn) -> Record | None:
         if (rid is not None and not isinstance(rid, (str, int))) or (pid is not None and (not _is_int(pid) or pid < 0)):
             reject("wrong_type")
             return None
-        if not model or len(model) > MAX_NAME or (isinstance(rid, str) and len(rid) > MAX_NAME):
+        if not _label_ok(model) or (isinstance(version, str) and version and not _label_ok(version)):
             reject("bad_label")
             return None
+        if isinstance(rid, str) and rid and not _label_ok(rid):
+            reject("bad_label")  # only the exemplar's request id is lost: the trace still counts
+            rid = None
         return Header(tid, model, str(version), None if rid is None or rid == "" else str(rid), pid)
     if "activity" in obj:
         return None  # tensor records of trace level TENSORS: not timing data
     reject("missing_field")
     return None
+
+
+def _label_ok(value: str) -> bool:
+    """Non-empty, at most MAX_NAME characters, and encodable as UTF-8 (no lone surrogates)."""
+    if not value or len(value) > MAX_NAME:
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # "\ud800" is a valid JSON escape but no exposition format can carry it
+        return False
+    return True
 
 
 def _lenient_header(raw: bytes) -> Header | None:
@@ -136,8 +153,10 @@ def _lenient_header(raw: bytes) -> Header | None:
         rid = m.group(4).decode("utf-8") if m.group(4) is not None else None
     except UnicodeDecodeError:
         return None
-    if not model or len(model) > MAX_NAME:
+    if not _label_ok(model):
         return None
+    if rid and not _label_ok(rid):
+        rid = None
     pid = int(m.group(5)) if m.group(5) is not None else None
     return Header(int(m.group(1)), model, m.group(3).decode(), rid or None, pid)
 
@@ -151,6 +170,9 @@ def decode_object(raw: bytes, reject: RejectFn) -> Record | None:
         return None
     try:
         obj, end = _decoder.raw_decode(text)
+    except RecursionError:
+        reject("malformed_json")  # nested deeper than the interpreter's stack: no trace is that deep
+        return None
     except json.JSONDecodeError:
         header = _lenient_header(raw.rstrip(b" \t\r\n,"))
         if header is None:
@@ -187,23 +209,35 @@ def read_records(
     result.end_offset = start
     buf, base = b"", start  # base: file offset of buf[0]
     seen_open = start > 0
+    searched = 0  # buf[:searched] was searched for object starts already: search only what is new
+    skipping = False  # inside an oversized object or a run with no object: already counted
     while True:
         data = fp.read(chunk)
         eof = not data
         buf += data
-        m = OBJECT_START.search(buf)
-        first = m.start() if m else None
+        at_start = OBJECT_START.match(buf) is not None  # the last object, carried over
+        m = None if at_start else OBJECT_START.search(buf, max(searched - START_OVERLAP, 0))
+        first = 0 if at_start else (m.start() if m else None)
+        skipping = skipping and first is None
         if not seen_open and (first is not None or eof):
             seen_open = True
             _check_head(buf, first, reject, result)
         if fast is None:
-            last = yield from _python_objects(buf, base, first, reject, result)
+            last = yield from _python_objects(buf, base, first, reject, result, searched)
         else:
             last = yield from _fast_objects(fast, buf, base, first, reject, result)
         if eof:
+            if skipping and last is None:
+                # the file ends inside what was skipped: whole if the array's bracket closes it
+                result.complete = buf.rstrip(b" \t\r\n").endswith(b"]")
+                return
             yield from _tail(buf, base, last, start, salvage_tail, reject, result)
             return
-        buf, base = _keep_last(buf, base, last, chunk, reject)
+        if not seen_open and last is None and len(buf) > MAX_OBJECT:
+            seen_open = True  # a head that never reaches an object: judged by its first bytes
+            result.array = buf.lstrip(b" \t\r\n").startswith(b"[")
+        buf, base, skipping = _keep_last(buf, base, last, reject, skipping)
+        searched = len(buf)
 
 
 def _check_head(buf: bytes, first: int | None, reject: RejectFn, result: ReadResult) -> None:
@@ -217,14 +251,15 @@ def _check_head(buf: bytes, first: int | None, reject: RejectFn, result: ReadRes
 
 
 def _python_objects(buf: bytes, base: int, first: int | None, reject: RejectFn,
-                    result: ReadResult) -> Generator[Record, None, int | None]:
+                    result: ReadResult, searched: int = 0) -> Generator[Record, None, int | None]:
     """Every object of buf but the last (which may be incomplete) decoded in Python; returns
-    where the last begins."""
+    where the last begins. Starts before `searched` (but first) were looked for already."""
     if first is None:
         return None
-    starts = [m.start() for m in OBJECT_START.finditer(buf, first)]
+    frm = max(first + 1, searched - START_OVERLAP)
+    starts = [first, *(m.start() for m in OBJECT_START.finditer(buf, frm))]
     for a, b in itertools.pairwise(starts):
-        rec = decode_object(buf[a:b], reject)
+        rec = decode_object(buf[a:b], reject) if b - a <= MAX_OBJECT else _oversized(reject)
         result.objects += 1
         result.end_offset = base + b
         if rec is not None:
@@ -240,7 +275,7 @@ def _fast_objects(fast: FastPath, buf: bytes, base: int, first: int | None, reje
         pos, status, end = fast(buf, pos)
         if status != 1:
             break
-        rec = decode_object(buf[pos:end], reject)
+        rec = decode_object(buf[pos:end], reject) if end - pos <= MAX_OBJECT else _oversized(reject)
         result.objects += 1
         result.end_offset = base + end
         if rec is not None:
@@ -252,14 +287,19 @@ def _fast_objects(fast: FastPath, buf: bytes, base: int, first: int | None, reje
     return pos if first is not None else None
 
 
-def _keep_last(buf: bytes, base: int, last: int | None, chunk: int, reject: RejectFn) -> tuple[bytes, int]:
-    """What of buf the next chunk extends: from the last object's start on."""
+def _keep_last(buf: bytes, base: int, last: int | None, reject: RejectFn,
+               skipping: bool) -> tuple[bytes, int, bool]:
+    """What of buf the next chunk extends: from the last object's start on, at most MAX_OBJECT
+    bytes. Past that, an object (or a run of bytes with no object) is counted once and skipped
+    up to the next object start; returns whether it is skipping."""
     if last is not None:
-        return buf[last:], base + last
-    if len(buf) > 64 * chunk:
-        reject("malformed_json")  # a run of bytes with no object in it
-        return b"", base + len(buf)
-    return buf, base
+        buf, base = buf[last:], base + last
+    if len(buf) <= MAX_OBJECT:
+        return buf, base, skipping
+    if not skipping:
+        reject("oversized_object" if OBJECT_START.match(buf) else "malformed_json")
+    keep = buf[-START_OVERLAP:]  # a start may begin in the last bytes
+    return keep, base + len(buf) - len(keep), True
 
 
 def _tail(buf: bytes, base: int, last: int | None, start: int, salvage_tail: bool, reject: RejectFn,
@@ -289,11 +329,17 @@ def _tail(buf: bytes, base: int, last: int | None, start: int, salvage_tail: boo
             yield rec
 
 
+def _oversized(reject: RejectFn) -> Record | None:
+    """An object past MAX_OBJECT is not decoded: counted, and no record."""
+    reject("oversized_object")
+    return None
+
+
 def _whole_object(raw: bytes) -> bool:
     """raw is one JSON value followed by nothing but separators."""
     try:
         text = raw.decode("utf-8")
         _, end = _decoder.raw_decode(text)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         return False
     return not text[end:].strip(" \t\r\n,")

@@ -138,3 +138,12 @@ class CFileScan(_CustomNames):
 
 C_CHUNK = 4 << 20
 FileScan: type[PyFileScan] | type[CFileScan] = CFileScan if _scan is not None else PyFileScan
+
+
+def scanner_name() -> str:
+    """Which scanner reads trace files here, for the log and `check`."""
+    if FileScan is CFileScan:
+        return "C (compiled _scan module)"
+    why = "INFPROF_PURE_PYTHON_SCANNER is set" if os.environ.get("INFPROF_PURE_PYTHON_SCANNER") else \
+        "no compiled _scan module"
+    return f"pure Python ({why}; about 20x slower)"

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import time
 
 from prometheus_client.registry import Collector
 
 from ..config import Config
 from ..polling import PolledSource, PollThread
 from ..source import ErrorCounts
+from .checkpoint import StateWriteError
 from .collector import TraceCollector
 from .tailer import TailerSettings, TraceTailer
 
@@ -35,7 +37,30 @@ class TraceSource(PolledSource):
             child_hold_seconds=cfg.trace_child_hold_seconds,
         )
         self.tailer = TraceTailer(settings, on_error=lambda reason: errors.inc("traces", reason))
-        self.thread = PollThread("trace-tailer", self.tailer.poll, cfg.trace_poll_seconds, self.tailer.on_error, log)
+        self._backoff = 0.0
+        self._retry_at = 0.0
+        self.thread = PollThread("trace-tailer", self._poll, cfg.trace_poll_seconds, self.tailer.on_error, log)
 
     def collectors(self) -> list[Collector]:
         return [TraceCollector(self.tailer)]
+
+    def _poll(self) -> None:
+        if self.tailer.state_error is not None and time.monotonic() < self._retry_at:
+            return  # a failing state write re-reads every file each poll: back off up to a minute
+        try:
+            self.tailer.poll()
+        except StateWriteError:
+            self._backoff = min(max(self._backoff * 2, 1.0), 60.0)
+            self._retry_at = time.monotonic() + self._backoff
+            return  # logged and counted by the tailer; /readyz fails until a write succeeds
+        self._backoff = 0.0
+
+    def start(self) -> None:
+        from .scanner import scanner_name
+
+        log.info("trace scanner: %s", scanner_name(), extra={"fields": {"scanner": scanner_name()}})
+        super().start()
+
+    def ready(self) -> bool:
+        # not ready while the state cannot be written: nothing ingested would be kept
+        return super().ready() and self.tailer.state_error is None

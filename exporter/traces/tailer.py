@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import time
@@ -10,16 +11,19 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from .aggregate import TraceAggregate
+from ..stages import COLUMN
+from .aggregate import RESPONSE_BOUNDS, TraceAggregate
 from .assembly import StreamState
 from .checkpoint import (
     STATE_VERSION,
     FileEntry,
+    StateWriteError,
     atomic_write_json,
     entries_from_json,
     entries_to_json,
     head_hash,
     load_json,
+    move_aside,
 )
 from .discovery import TracePattern
 from .pipeline import CHILD_HOLD_SECONDS, WINDOW, Batch, file_batches, released
@@ -69,6 +73,8 @@ class TraceTailer:
         self.stream_labels: dict[str, list[str]] = {}  # base path -> its pattern's label values
         self.lock = threading.Lock()  # one poll at a time
         self._waiting_logged: set[str] = set()
+        self._outside_logged: set[str] = set()
+        self.state_error: str | None = None  # why the last commit failed; None when it succeeded
         self._load()
 
     # --- state -------------------------------------------------------------
@@ -80,17 +86,39 @@ class TraceTailer:
         path = self.state_path
         if path is None:
             return
+        self._probe_state_dir()
         v = load_json(path)
         if v is None:
             return
-        agg = v.get("aggregate", {})
+        try:
+            if set(v) != {"version", "files", "streams", "aggregate"}:
+                raise ValueError(f"keys {sorted(v)}")
+            agg = v["aggregate"]
+            live = TraceAggregate.from_json(agg, self.s.bounds_ns)
+            entries = entries_from_json(v["files"])
+            streams = {str(k): StreamState.from_json(sv) for k, sv in v["streams"].items()}
+            _check_loaded(live, entries, streams)
+        except (AttributeError, TypeError, ValueError, KeyError, IndexError, OverflowError) as e:
+            move_aside(path, f"invalid content: {type(e).__name__}: {str(e)[:200]}")
+            return
         if tuple(agg.get("bounds_ns", ())) != self.s.bounds_ns:
             log.warning("stage buckets changed since the last run; stage histograms start from zero")
-        self.live = TraceAggregate.from_json(agg, self.s.bounds_ns)
-        self.entries = entries_from_json(v.get("files", {}))
-        self.streams = {k: StreamState.from_json(sv) for k, sv in v.get("streams", {}).items()}
+        self.live, self.entries, self.streams = live, entries, streams
         log.info("resumed from %s: %d files ingested before, %d traces counted",
                  path, len(self.entries), sum(self.live.traces.values()))
+
+    def _probe_state_dir(self) -> None:
+        """Refuse to start on a state dir we cannot write: nothing would ever be committed."""
+        assert self.s.state_dir is not None
+        probe = os.path.join(self.s.state_dir, f".probe.{os.getpid()}")
+        try:
+            os.makedirs(self.s.state_dir, exist_ok=True)
+            with open(probe, "w") as f:
+                f.write("ok")
+            os.unlink(probe)
+        except OSError as e:
+            raise StateWriteError(f"state dir {self.s.state_dir} is not writable: {e.strerror or e}; "
+                                  "pass --state-dir to a writable directory") from None
 
     def _commit(self, agg: TraceAggregate, entries: dict[str, FileEntry],
                 streams: dict[str, StreamState]) -> None:
@@ -102,7 +130,18 @@ class TraceTailer:
                 "streams": {k: s.to_json() for k, s in streams.items()},
                 "aggregate": agg.to_json(),
             }
-            atomic_write_json(path, state)
+            try:
+                atomic_write_json(path, state)
+            except StateWriteError as e:
+                if self.state_error is None:
+                    log.error("%s; trace counts are held back until it can be written", e,
+                              extra={"fields": {"reason": "state_write_failed", "error": str(e)}})
+                self.state_error = str(e)
+                self.on_error("state_write_failed")
+                raise
+            if self.state_error is not None:
+                log.info("state file %s written again; trace ingestion resumed", path)
+                self.state_error = None
         # only after the state is on disk may a scrape see the new counts
         self.live, self.entries, self.streams = agg, entries, streams
 
@@ -119,17 +158,35 @@ class TraceTailer:
                     self.stream_labels[base] = label_values
                     for order, path in files:
                         seen.add(path)
+                        if not self._inside(pat, path):
+                            continue
                         try:
                             n += self._consider(base, order, path, label_values)
                         except OSError as e:
                             self.on_error("read_failed")
-                            log.warning("cannot read trace file %s: %s", path, e.strerror or e)
+                            log.warning("cannot read trace file %s: %s", path, e.strerror or e,
+                                        extra={"fields": {"file": path, "reason": "read_failed",
+                                                          "error": str(e.strerror or e)}})
             self._expire_pending()
             stale = [p for p in self.entries if p not in seen and not os.path.exists(p)]
             if stale:
                 entries = {p: e for p, e in self.entries.items() if p not in stale}
                 self._commit(self.live, entries, self.streams)
             return n
+
+    def _inside(self, pat: TracePattern, path: str) -> bool:
+        """A symlink may not lead out of its pattern's directory (the exporter often runs as root)."""
+        if not os.path.islink(path):
+            return True
+        real = os.path.realpath(path)
+        allowed = os.path.realpath(os.path.dirname(path))
+        if os.path.dirname(real) == allowed:
+            return True
+        if path not in self._outside_logged:
+            self._outside_logged.add(path)
+            log.warning("trace file %s is a symlink to %s, outside its directory; not read", path, real)
+            self.on_error("symlink_outside")
+        return False
 
     def _consider(self, base: str, order: int, path: str, labels: list[str]) -> int:
         st = os.stat(path)
@@ -173,7 +230,8 @@ class TraceTailer:
         entries = dict(self.entries)
         entries[path] = FileEntry(st.st_ino, 0, st.st_mtime_ns, "", 0, False)
         self._commit(self.live.merged(delta), entries, self.streams)
-        log.warning("trace file %s has stayed empty for %.0fs; counted as failed", path, self.s.settle_seconds)
+        log.warning("trace file %s has stayed empty for %.0fs; counted as failed", path, self.s.settle_seconds,
+                    extra={"fields": {"file": path, "reason": "empty_file"}})
         self.on_error("empty_file")
         return 1
 
@@ -210,7 +268,9 @@ class TraceTailer:
             delta.reject("truncated_file")
             log.warning("trace file %s ends without its closing ']' and has not changed for %.0fs; "
                         "ingested %d objects up to byte %d", plan.path, self.s.settle_seconds,
-                        result.objects, result.end_offset)
+                        result.objects, result.end_offset,
+                        extra={"fields": {"file": plan.path, "reason": "truncated_file", "objects": result.objects,
+                                          "end_offset": result.end_offset}})
             self.on_error("truncated_file")
         elif not result.array:
             log.warning("trace file %s is not a JSON array; its records were read one by one", plan.path)
@@ -223,9 +283,12 @@ class TraceTailer:
         self._commit(self.live.merged(delta), entries, streams)
         traces = sum(delta.traces.values())
         rejected = sum(delta.rejected.values())
+        took = time.monotonic() - t0
         log.info("ingested %s: %d traces%s in %.2fs", plan.path, traces,
                  f", {rejected} records rejected ({', '.join(f'{k}={v}' for k, v in sorted(delta.rejected.items()))})"
-                 if rejected else "", time.monotonic() - t0)
+                 if rejected else "", took,
+                 extra={"fields": {"file": plan.path, "traces": traces, "rejected": dict(delta.rejected),
+                                   "seconds": round(took, 3)}})
         if self.s.delete_ingested and not partial:
             try:
                 os.unlink(plan.path)
@@ -247,3 +310,73 @@ class TraceTailer:
                 self._observe(delta, released(s2, now, self.s.child_hold_seconds), labels)
                 streams[base] = s2
         self._commit(self.live.merged(delta), self.entries, streams)
+
+
+def _check_loaded(agg: TraceAggregate, entries: dict[str, FileEntry], streams: dict[str, StreamState]) -> None:
+    """What from_json let through must still be what scrapes and polls rely on; ValueError if not."""
+
+    def label(v: object) -> None:
+        if not isinstance(v, str):
+            raise ValueError(f"label {v!r} is not a string")
+        v.encode("utf-8")  # a lone surrogate would fail every scrape
+
+    def count(v: object) -> None:
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            raise ValueError(f"count {v!r} is not a non-negative integer")
+
+    for hists, n_buckets in ((agg.histograms, len(agg.bounds_ns) + 1), (agg.responses, len(RESPONSE_BOUNDS) + 1)):
+        for key, h in hists.items():
+            for x in key:
+                label(x)
+            if len(h.counts) != n_buckets:
+                raise ValueError(f"histogram {key} has {len(h.counts)} buckets, not {n_buckets}")
+            for c in h.counts:
+                count(c)
+            count(h.count)
+            if not isinstance(h.total, int) or sum(h.counts) != h.count:
+                raise ValueError(f"histogram {key} counts do not add up")
+    for key, n in agg.timeline.items():
+        for x in key:
+            label(x)
+        count(n)
+    for key, n in agg.traces.items():
+        for x in key:
+            label(x)
+        count(n)
+    for counter in (agg.files, agg.rejected):
+        for k, n in counter.items():
+            label(k)
+            count(n)
+    for pair in agg.models:
+        for x in pair:
+            label(x)
+    for stage in agg.custom_stages:
+        label(stage)
+    if not math.isfinite(agg.last_ingest):
+        raise ValueError("last_ingest is not finite")
+    for p, e in entries.items():
+        label(p)
+        for number in (e.inode, e.size, e.mtime_ns, e.offset):
+            count(number)
+        if not isinstance(e.head, str) or not isinstance(e.complete, bool):
+            raise ValueError(f"file entry {p} has wrong types")
+    for s in streams.values():
+        for tid, code in s.protocols.items():
+            count(tid)
+            if code not in (0, 1, 2) or isinstance(code, bool):
+                raise ValueError(f"protocol code {code!r}")
+        for t, since in s.pending.values():
+            for text in (t.model, t.version, t.request_id):
+                if text is not None:
+                    label(text)
+            if t.parent_id is not None:
+                count(t.parent_id)
+            for name, ns in t.stamps.items():
+                if name not in COLUMN:
+                    raise ValueError(f"pending trace timestamp {name!r}")
+                count(ns)
+            for name, ns in t.extra:
+                label(name)
+                count(ns)
+            if not math.isfinite(since):
+                raise ValueError("pending since is not finite")
