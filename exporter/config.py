@@ -90,6 +90,13 @@ class Config:
     trace_child_hold_seconds: float = _opt(
         30.0, "how long an ensemble/BLS child waits for its parent's protocol in a later file"
     )
+    otlp_listen: str = _opt(
+        "", "receive OTLP/HTTP traces (POST /v1/traces) from Triton's --trace-config mode=opentelemetry; "
+        "they feed the same stage families as trace files (docs/otlp.md)", metavar="HOST:PORT")
+    otlp_forward: list[str] = _opt(
+        [], "pass every accepted OTLP payload on, unchanged, to this trace backend URL (repeatable)", metavar="URL")
+    otlp_hold_seconds: float = _opt(
+        60.0, "how long a request's spans wait for its root span (a gRPC stream's comes when it closes)")
     web_config_file: str = _opt("", "TLS and basic auth for the endpoint (exporter-toolkit web config)", metavar="FILE")
     log_level: str = _opt("info", "log level", choices=("debug", "info", "warning", "error"))
     log_format: str = _opt("text", "log line format", choices=("text", "json"))
@@ -212,6 +219,18 @@ def validate(cfg: Config) -> None:
               "perf_analyzer_poll_seconds"):
         if getattr(cfg, k) < 0:
             raise ConfigError(f"{k} must not be negative")
+    if cfg.otlp_listen:
+        _h, sep, port = cfg.otlp_listen.rpartition(":")
+        if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ConfigError(f"otlp_listen must be HOST:PORT (e.g. 0.0.0.0:4318), got {cfg.otlp_listen!r}")
+    for url in cfg.otlp_forward:
+        if not url.startswith(("http://", "https://")):
+            raise ConfigError(f"otlp_forward must be an http:// or https:// URL (e.g. http://tempo:4318/v1/traces), "
+                              f"got {url!r}")
+    if cfg.otlp_forward and not cfg.otlp_listen:
+        raise ConfigError("otlp_forward needs otlp_listen: only received OTLP payloads are forwarded")
+    if cfg.otlp_hold_seconds < 0:
+        raise ConfigError("otlp_hold_seconds must not be negative")
     if cfg.trace_open_traces < 1:
         raise ConfigError("trace_open_traces must be at least 1")
     if cfg.web_config_file and not os.path.isfile(cfg.web_config_file):

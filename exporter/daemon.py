@@ -22,7 +22,7 @@ def build_sources(cfg: Config, errors: ErrorCounts) -> list[Source]:
     from .traces.source import TraceSource
 
     sources: list[Source] = []
-    if cfg.trace_file:
+    if cfg.trace_file or cfg.otlp_listen:
         sources.append(TraceSource(cfg, errors))
     if cfg.triton:
         from .triton.source import TritonSource

@@ -68,6 +68,7 @@ class TraceTailer:
         self.streams: dict[str, StreamState] = {}
         self.stream_labels: dict[str, list[str]] = {}  # base path -> its pattern's label values
         self.lock = threading.Lock()  # one poll at a time
+        self.feeds: dict[str, Any] = {}  # state of other feeds (OTLP), committed with ours
         self._waiting_logged: set[str] = set()
         self._load()
 
@@ -89,11 +90,13 @@ class TraceTailer:
         self.live = TraceAggregate.from_json(agg, self.s.bounds_ns)
         self.entries = entries_from_json(v.get("files", {}))
         self.streams = {k: StreamState.from_json(sv) for k, sv in v.get("streams", {}).items()}
+        self.feeds = dict(v.get("feeds", {}))
         log.info("resumed from %s: %d files ingested before, %d traces counted",
                  path, len(self.entries), sum(self.live.traces.values()))
 
     def _commit(self, agg: TraceAggregate, entries: dict[str, FileEntry],
-                streams: dict[str, StreamState]) -> None:
+                streams: dict[str, StreamState], feeds: dict[str, Any] | None = None) -> None:
+        feeds = self.feeds if feeds is None else feeds
         path = self.state_path
         if path is not None:
             state: dict[str, Any] = {
@@ -101,10 +104,20 @@ class TraceTailer:
                 "files": entries_to_json(entries),
                 "streams": {k: s.to_json() for k, s in streams.items()},
                 "aggregate": agg.to_json(),
+                "feeds": feeds,
             }
             atomic_write_json(path, state)
         # only after the state is on disk may a scrape see the new counts
-        self.live, self.entries, self.streams = agg, entries, streams
+        self.live, self.entries, self.streams, self.feeds = agg, entries, streams, feeds
+
+    def observe_feed(self, name: str, observe: Callable[[TraceAggregate, TraceAggregate], Any]) -> None:
+        """Count batches another feed assembled (the OTLP receiver) and commit them with
+        that feed's state: `observe(delta, live)` fills the delta and returns the feed's new
+        state, stored under `name`. Raises (nothing committed) when the state cannot be written."""
+        with self.lock:
+            delta = TraceAggregate(self.s.bounds_ns)
+            state = observe(delta, self.live)
+            self._commit(self.live.merged(delta), self.entries, self.streams, {**self.feeds, name: state})
 
     # --- one scan ----------------------------------------------------------
     def poll(self) -> int:
