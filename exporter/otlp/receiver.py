@@ -46,6 +46,7 @@ log = logging.getLogger("otlp")
 FEED = "otlp"  # the key of this feed's state in the tailer's state file
 PATH = "/v1/traces"
 MAX_HELD_SPANS = 100_000  # spans waiting for their request's root span
+DRAIN_BYTES = 64 << 20  # a refused body is read away up to this, then the connection is closed
 SEEN_SPANS = 32_768  # span ids remembered to recognise a resent batch (persisted)
 SPAN_REJECTS = ("bad_span_id", "missing_attribute", "bad_label", "implausible_time")
 REQUEST_RESULTS = ("success", "partial", "malformed", "too_large", "unsupported_media_type",
@@ -230,6 +231,15 @@ class OtlpServer:
                     self.close_connection = True  # the unread body cannot be skipped safely
                 self._reply(e.status, status_body(media, code, str(e)), media, headers)
 
+            def _discard(self, length: int) -> None:
+                """Read a refused body away (bounded), so the client can read our 413."""
+                left = min(length, DRAIN_BYTES)
+                while left > 0:
+                    chunk = self.rfile.read(min(left, 1 << 16))
+                    if not chunk:
+                        break
+                    left -= len(chunk)
+
             def do_POST(self) -> None:
                 try:
                     media = media_type(self.headers.get("Content-Type"))
@@ -252,6 +262,7 @@ class OtlpServer:
                         raise PayloadError(411 if "Transfer-Encoding" not in self.headers else 400, "malformed",
                                            "a Content-Length is required")
                     if length > MAX_BODY_BYTES:
+                        self._discard(length)
                         raise PayloadError(413, "too_large", f"body of {length} bytes exceeds {MAX_BODY_BYTES}")
                     body = self.rfile.read(length)
                     req, media = decode(body, self.headers.get("Content-Type"),
