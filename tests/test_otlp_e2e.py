@@ -1,0 +1,234 @@
+"""Real Triton (the 2.51 wheel) in OpenTelemetry mode posting to `serve --otlp-listen`,
+which forwards every payload to a sink; from the sink's own decode of those bodies
+(plain json, tests/reference.py) every count and stage sum equals the exporter's.
+And: acknowledged spans survive a SIGKILL of the exporter, counted exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import re
+import signal
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+
+from exporter.demo.launcher import TritonServer, copy_model_repository, free_port
+from exporter.demo.traffic import plan_for, send_requests
+from tests.otlp_payloads import (
+    T0,
+    export_request,
+    post,
+    request_spans,
+    span_dicts,
+    to_json,
+    trace_file_objects,
+)
+from tests.test_traces_e2e import assert_metrics_match, expected_from_files
+from tests.triton_harness import ExporterProcess, Scrape
+
+STREAM_CONFIG = """name: "stream"
+backend: "python"
+max_batch_size: 0
+model_transaction_policy { decoupled: true }
+input [ { name: "N" data_type: TYPE_INT32 dims: [ 1 ] } ]
+output [ { name: "OUT" data_type: TYPE_INT32 dims: [ 1 ] } ]
+instance_group [ { count: 1 kind: KIND_CPU } ]
+"""
+# a decoupled model: N responses sent from execute(), then the final flag
+STREAM_MODEL = """import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        for request in requests:
+            n = int(pb_utils.get_input_tensor_by_name(request, "N").as_numpy()[0])
+            sender = request.get_response_sender()
+            for i in range(n):
+                sender.send(pb_utils.InferenceResponse([pb_utils.Tensor("OUT", np.array([i], dtype=np.int32))]))
+            sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        return None
+"""
+
+
+class Sink:
+    """An independent trace backend: stores every body it is sent."""
+
+    def __init__(self) -> None:
+        self.bodies: list[bytes] = []
+        self.lock = threading.Lock()
+        sink = self
+
+        class H(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a: object) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                with sink.lock:
+                    sink.bodies.append(body)
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.httpd.daemon_threads = True
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1/traces"
+
+    def spans(self) -> list[dict[str, Any]]:
+        with self.lock:
+            bodies = list(self.bodies)
+        return [s for b in bodies for s in span_dicts(b)]
+
+
+class Stack:
+    def __init__(self, sink: Sink, exporter: ExporterProcess, triton: TritonServer, workdir: Path) -> None:
+        self.sink, self.exporter, self.triton, self.workdir = sink, exporter, triton, workdir
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    work = tmp_path_factory.mktemp("otlp")
+    sink = Sink()
+    otlp_port, port = free_port(), free_port()
+    exporter = ExporterProcess(["--otlp-listen", f"127.0.0.1:{otlp_port}", "--otlp-forward", sink.url,
+                                "--triton", "none", "--ebpf", "off", "--state-dir", str(work / "state"),
+                                "--listen", f"127.0.0.1:{port}"], work, port)
+    triton = None
+    try:
+        exporter.wait_ready()
+        repo = copy_model_repository(work)
+        (repo / "stream" / "1").mkdir(parents=True)
+        (repo / "stream" / "config.pbtxt").write_text(STREAM_CONFIG)
+        (repo / "stream" / "1" / "model.py").write_text(STREAM_MODEL)
+        triton = TritonServer(repo, work, extra_args=[
+            "--trace-config", "mode=opentelemetry",
+            "--trace-config", f"opentelemetry,url=http://127.0.0.1:{otlp_port}/v1/traces",
+            "--trace-config", "opentelemetry,bsp_schedule_delay=100",  # export every 100 ms
+            "--trace-config", "rate=1", "--trace-config", "level=TIMESTAMPS"]).start()
+        yield Stack(sink, exporter, triton, work)
+    finally:
+        if triton is not None:
+            triton.stop()
+        exporter.stop()
+        sink.httpd.shutdown()
+
+
+def _stream_requests(triton: TritonServer, requests: int, responses: int) -> None:
+    got: queue.Queue[Any] = queue.Queue()
+    c = grpcclient.InferenceServerClient(triton.grpc_address)
+    c.start_stream(callback=lambda result, error: got.put((result, error)))
+    try:
+        for i in range(requests):
+            inp = grpcclient.InferInput("N", [1], "INT32")
+            inp.set_data_from_numpy(np.array([responses], dtype=np.int32))
+            c.async_stream_infer("stream", [inp], request_id=f"stream-{i}")
+        for _ in range(requests * responses):
+            _, error = got.get(timeout=20)
+            assert error is None, error
+    finally:
+        c.stop_stream()  # Triton exports a stream's first request only when the stream closes
+        c.close()
+
+
+def _generate_stream(triton: TritonServer, responses: int) -> None:
+    req = urllib.request.Request(f"{triton.http_url}/v2/models/stream/generate_stream",
+                                 data=json.dumps({"N": [responses]}).encode(), method="POST")
+    with urllib.request.urlopen(req, timeout=20) as r:
+        assert r.read().count(b"data:") == responses
+
+
+def _roots(spans: list[dict[str, Any]]) -> int:
+    return sum(1 for s in spans if s["name"] == "InferRequest")
+
+
+def _exemplar_trace_ids(exporter: ExporterProcess) -> set[str]:
+    req = urllib.request.Request(exporter.url + "/metrics", headers={"Accept": "application/openmetrics-text"})
+    with urllib.request.urlopen(req, timeout=5) as r:
+        text = r.read().decode()
+    return set(re.findall(r'# \{[^}]*trace_id="([^"]*)"', text))
+
+
+@pytest.mark.triton
+def test_real_triton_over_otlp_counts_what_the_sink_got(stack: Stack) -> None:
+    t = stack.triton
+    counts = send_requests(t.http_address, t.grpc_address, plan_for(4), concurrency=2, id_prefix="otlp-")
+    assert counts.succeeded == counts.sent, counts.last_error
+    _stream_requests(t, requests=2, responses=3)
+    _generate_stream(t, responses=2)
+    requests = sum(counts.sent.values()) + 2 + 1
+    deadline = time.monotonic() + 30
+    while _roots(stack.sink.spans()) < requests:
+        assert time.monotonic() < deadline, f"sink got {_roots(stack.sink.spans())} of {requests} requests"
+        time.sleep(0.2)
+
+    spans = stack.sink.spans()
+    trace_file = stack.workdir / "from-sink.json"
+    trace_file.write_text(json.dumps(trace_file_objects(spans)))
+    exp = expected_from_files([trace_file])
+    assert exp.top_level == requests
+    assert {k[0] for k in exp.traces} == {"add_sub", "add_sub_ensemble", "stream"}
+    m = stack.exporter.wait_for(
+        lambda s: s.total("inference_profiler_traces_total") == sum(exp.traces.values()))
+    assert_metrics_match(m, exp)
+    # the streams: 3 responses per gRPC request, 2 + the flag-only final over generate_stream
+    resp = {lab["protocol"]: v for lab, v in m.select("inference_profiler_responses_per_request_sum", model="stream")}
+    assert resp == {"grpc": 6.0, "http": 3.0}
+    assert m.total("inference_profiler_stage_duration_seconds_count", model="stream", stage="inter_response") == 2 * 2 + 2
+    # every accepted payload reached the sink unchanged, none dropped, none rejected
+    with stack.sink.lock:
+        n_bodies = len(stack.sink.bodies)
+    assert m.total("inference_profiler_otlp_requests_total", result="success") == n_bodies
+    assert m.total("inference_profiler_otlp_spans_total", result="accepted") == len(spans)
+    assert m.total("inference_profiler_otlp_spans_total", result="rejected") == 0
+    assert m.total("inference_profiler_otlp_forward_dropped_total") == 0
+    # exemplars lead to traces the backend has
+    ids = _exemplar_trace_ids(stack.exporter)
+    assert ids and all(re.fullmatch(r"[0-9a-f]{32}", i) for i in ids)
+    assert ids <= {s["trace"] for s in spans}
+
+
+def test_acknowledged_spans_survive_sigkill_counted_once(tmp_path: Path) -> None:
+    otlp_port, port = free_port(), free_port()
+    args = ["--otlp-listen", f"127.0.0.1:{otlp_port}", "--triton", "none", "--ebpf", "off",
+            "--state-dir", str(tmp_path / "state"), "--listen", f"127.0.0.1:{port}"]
+    url = f"http://127.0.0.1:{otlp_port}/v1/traces"
+    flat = [[s for p in ("http", "grpc") for s in request_spans(T0 + i * 10**7, protocol=p, request_id=f"{i}{p}")]
+            for i in range(6)]
+    # batch 2 leaves one request's root for batch 3: held spans must survive too
+    flat[3].insert(0, flat[2].pop())
+    bodies = [export_request(b).SerializeToString() for b in flat]
+    e = ExporterProcess(args, tmp_path, port)
+    e.wait_ready()
+    for b in bodies[:3]:
+        assert post(url, b)[0] == 200
+    e.stop(signal.SIGKILL)
+    e = ExporterProcess(args, tmp_path, port)
+    try:
+        e.wait_ready()
+        assert post(url, bodies[2])[0] == 200  # the sender never saw our reply: it resends
+        for b in bodies[3:]:
+            assert post(url, b)[0] == 200
+        all_spans = span_dicts(to_json(export_request([s for b in flat for s in b])))
+        trace_file = tmp_path / "want.json"
+        trace_file.write_text(json.dumps(trace_file_objects(all_spans)))
+        exp = expected_from_files([trace_file])
+        m: Scrape = e.scrape()
+        assert_metrics_match(m, exp)
+        assert m.total("inference_profiler_traces_total") == 12
+        assert m.total("inference_profiler_otlp_spans_total", result="duplicate") == len(flat[2])
+    finally:
+        e.stop()
