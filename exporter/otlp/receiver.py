@@ -259,8 +259,7 @@ class OtlpServer:
                 try:
                     if length < 0:
                         self.close_connection = True
-                        raise PayloadError(411 if "Transfer-Encoding" not in self.headers else 400, "malformed",
-                                           "a Content-Length is required")
+                        raise PayloadError(411, "malformed", "a Content-Length is required")
                     if length > MAX_BODY_BYTES:
                         self._discard(length)
                         raise PayloadError(413, "too_large", f"body of {length} bytes exceeds {MAX_BODY_BYTES}")
