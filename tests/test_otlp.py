@@ -34,6 +34,7 @@ from tests.otlp_payloads import (
     to_json,
     trace_file_objects,
 )
+from tests.test_webconfig import PASSWORD, _client_ctx, pki  # noqa: F401 (pki: the fixture)
 
 BOUNDS = (10_000, 100_000, 1_000_000, 10_000_000, 100_000_000)
 SAMPLE = Path(__file__).parent / "samples" / "otlp" / "triton-2.51-stream.json"
@@ -391,3 +392,53 @@ def test_forwarding_survives_a_dead_then_slow_backend_and_never_sends_twice() ->
         r.close()
         fwd.stop()
         backend.down()
+
+
+# --- the real wiring: serve's trace source with TLS and basic auth from the web config ----
+
+def test_tls_and_basic_auth_from_the_metrics_web_config(pki: Path, tmp_path: Path) -> None:  # noqa: F811
+    import base64
+    import http.client
+
+    from exporter.config import build
+    from exporter.source import ErrorCounts
+    from exporter.traces.source import TraceSource
+
+    port = free_port()
+    cfg = build({}, {}, {"otlp_listen": f"127.0.0.1:{port}", "web_config_file": str(pki / "web.yml"),
+                         "state_dir": str(tmp_path / "state"), "triton": ["none"]})
+    src = TraceSource(cfg, ErrorCounts())
+    src.start()
+    body = export_request(request_spans()).SerializeToString()
+
+    def send(auth: str | None) -> int:
+        conn = http.client.HTTPSConnection("localhost", port, context=_client_ctx(pki), timeout=5)
+        headers = {"Content-Type": "application/x-protobuf", **({"Authorization": auth} if auth else {})}
+        try:
+            conn.request("POST", "/v1/traces", body=body, headers=headers)
+            return conn.getresponse().status
+        finally:
+            conn.close()
+
+    try:
+        good = "Basic " + base64.b64encode(f"prometheus:{PASSWORD}".encode()).decode()
+        assert send(None) == 401
+        assert send("Basic " + base64.b64encode(b"prometheus:wrong").decode()) == 401
+        assert send(good) == 200
+        with pytest.raises((ConnectionError, OSError)):
+            post(f"http://127.0.0.1:{port}/v1/traces", body, timeout=3)  # no TLS: refused
+        assert sum(src.tailer.live.traces.values()) == 1
+    finally:
+        src.stop()
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    ({"otlp_listen": "4318"}, "otlp_listen must be HOST:PORT"),
+    ({"otlp_listen": "0.0.0.0:4318", "otlp_forward": ["tempo:4318"]}, "otlp_forward must be an http"),
+    ({"otlp_forward": ["http://tempo:4318/v1/traces"]}, "otlp_forward needs otlp_listen"),
+])
+def test_otlp_flags_are_validated(values: dict[str, Any], message: str) -> None:
+    from exporter.config import ConfigError, build
+
+    with pytest.raises(ConfigError, match=message):
+        build({}, {}, values)
