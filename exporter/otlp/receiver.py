@@ -164,6 +164,7 @@ class OtlpIngest:
                 w3c[t.id] = trace_id
         if not traces:
             return
+        delta.last_ingest = now  # TraceIngestionStalled watches OTLP-fed traces too
         batch = TraceBatch.from_traces(traces)
         batch.trace_ids = [w3c[i] for i in batch.ids.tolist()]
         stream = StreamState()
