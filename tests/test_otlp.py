@@ -355,39 +355,43 @@ class Backend:
 def test_forwarding_survives_a_dead_then_slow_backend_and_never_sends_twice() -> None:
     port = free_port()
     backend = Backend(port)
-    fwd = Forwarder([f"http://127.0.0.1:{port}/v1/traces"], queue_size=4, timeout=5.0, first_backoff=0.05)
+    fwd = Forwarder([f"http://127.0.0.1:{port}/v1/traces"], queue_size=2, timeout=5.0, first_backoff=0.01)
     fwd.start()
     r = Receiver(None, forwarder=fwd)
-    payloads = [export_request(request_spans(request_id=f"p{i}")).SerializeToString() for i in range(40)]
-    try:
-        def send(batch: list[bytes]) -> float:
-            """The slowest ingestion reply of the batch."""
-            worst = 0.0
-            for p in batch:
-                t = time.monotonic()
-                assert post(r.url, p)[0] == 200
-                worst = max(worst, time.monotonic() - t)
-            return worst
+    payloads = [export_request(request_spans(request_id=f"p{i}")).SerializeToString() for i in range(20)]
 
-        assert send(payloads[:10]) < 1.0  # backend down: ingestion unaffected
+    def send(batch: list[bytes], gap: float = 0.0) -> float:
+        """The slowest ingestion reply of the batch."""
+        worst = 0.0
+        for p in batch:
+            t = time.monotonic()
+            assert post(r.url, p)[0] == 200
+            worst = max(worst, time.monotonic() - t)
+            time.sleep(gap)
+        return worst
+
+    def settle(n: int) -> None:
         deadline = time.monotonic() + 10
-        while fwd.dropped < 10 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert fwd.dropped == 10  # queue overflow and retries given up, each counted once
-        backend.delay = 0.5
+        while len(backend.bodies) + fwd.dropped < n and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+    try:
+        assert send(payloads[:6]) < 0.5  # backend down: ingestion unaffected
+        settle(6)
+        assert fwd.dropped == 6 and not backend.bodies  # queue overflow and given-up retries, each counted once
+        backend.delay = 0.6
         backend.up()
-        assert send(payloads[10:30]) < 1.0  # slow backend: the queue fills, ingestion still fast
+        assert send(payloads[6:16]) < 0.4  # slow backend (0.6 s a payload): ingestion does not wait for it
+        settle(16)
+        dropped_slow = fwd.dropped - 6
+        assert 0 < dropped_slow < 10  # some went through, the overflow was dropped
         backend.delay = 0.0
-        time.sleep(1.5)
-        send(payloads[30:])
-        deadline = time.monotonic() + 10
-        while len(backend.bodies) + fwd.dropped < 40 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert sum(r.live.traces.values()) == 40
-        assert len(backend.bodies) + fwd.dropped == 40  # every payload either forwarded or counted dropped
+        send(payloads[16:], gap=0.1)
+        settle(20)
+        assert sum(r.live.traces.values()) == 20
+        assert len(backend.bodies) + fwd.dropped == 20  # every payload either forwarded or counted dropped
         assert len(set(backend.bodies)) == len(backend.bodies)  # nothing twice
-        assert set(backend.bodies) <= set(payloads) and payloads[-1] in backend.bodies  # unchanged bytes
-        assert fwd.dropped > 10  # the slow phase overflowed the queue of 4
+        assert set(backend.bodies) <= set(payloads) and set(payloads[16:]) <= set(backend.bodies)  # unchanged bytes
     finally:
         r.close()
         fwd.stop()
