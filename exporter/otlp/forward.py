@@ -1,6 +1,6 @@
 """Passing accepted OTLP payloads on, unchanged, to the user's trace backends.
 
-One bounded queue and one thread per backend: ingestion only ever enqueues (a full queue
+One bounded queue (payloads and bytes) and one thread per backend: ingestion only ever enqueues (a full queue
 drops the payload, counted), so a slow or dead backend never slows it. A payload is
 retried with backoff only where the backend cannot have taken it (no connection, or
 429/502/503/504); a timeout after sending is counted as dropped, not retried, so nothing
@@ -20,6 +20,7 @@ import urllib.request
 log = logging.getLogger("otlp")
 
 QUEUE_PAYLOADS = 256  # per backend
+QUEUE_BYTES = 64 << 20  # per backend: bounds memory whatever the payload sizes
 TIMEOUT_SECONDS = 10.0
 MAX_ATTEMPTS = 5
 RETRY_STATUS = frozenset({429, 502, 503, 504})
@@ -38,12 +39,24 @@ class _Backend(threading.Thread):
         self.lock = threading.Lock()
         self.dropped = 0
         self.sent = 0
+        self.queued_bytes = 0
 
     def submit(self, payload: Payload) -> None:
-        try:
-            self.queue.put_nowait(payload)
-        except queue.Full:
-            self._drop("queue full")
+        size = len(payload[0])
+        with self.lock:
+            if self.queued_bytes + size > QUEUE_BYTES:
+                full = True
+            else:
+                full = False
+                self.queued_bytes += size
+        if not full:
+            try:
+                self.queue.put_nowait(payload)
+                return
+            except queue.Full:
+                with self.lock:
+                    self.queued_bytes -= size
+        self._drop("queue full")
 
     def _drop(self, why: str) -> None:
         with self.lock:
@@ -57,6 +70,8 @@ class _Backend(threading.Thread):
                 payload = self.queue.get(timeout=0.5)
             except queue.Empty:
                 continue
+            with self.lock:
+                self.queued_bytes -= len(payload[0])
             self._send(payload)
 
     def _send(self, payload: Payload) -> None:
