@@ -450,3 +450,19 @@ def test_otlp_flags_are_validated(values: dict[str, Any], message: str) -> None:
 
     with pytest.raises(ConfigError, match=message):
         build({}, {}, values)
+
+
+def test_a_payload_whose_commit_fails_gets_503_and_counts_once_when_resent(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    r = Receiver(state)
+    try:
+        state.write_text("not a directory")  # the state file cannot be written
+        body = export_request(request_spans()).SerializeToString()
+        status, _ = post(r.url, body)
+        assert status == 503 and r.ingest.requests["failed"] == 1
+        assert sum(r.live.traces.values()) == 0 and not r.ingest.seen
+        state.unlink()
+        assert post(r.url, body)[0] == 200  # the sender retries: counted now, once
+        assert sum(r.live.traces.values()) == 1 and r.ingest.spans["duplicate"] == 0
+    finally:
+        r.close()

@@ -225,8 +225,8 @@ class OtlpServer:
             def _refuse(self, e: PayloadError, media: str) -> None:
                 server.ingest.count_request(e.result)
                 log.debug("OTLP request refused (%d): %s", e.status, e)
-                # gRPC codes: 3 INVALID_ARGUMENT, 8 RESOURCE_EXHAUSTED, 16 UNAUTHENTICATED, 14 UNAVAILABLE
-                code = {400: 3, 413: 8, 401: 16, 503: 14}.get(e.status, 3)
+                # gRPC codes: 3 INVALID_ARGUMENT, 8 RESOURCE_EXHAUSTED, 16 UNAUTHENTICATED, 14 UNAVAILABLE, 13 INTERNAL
+                code = {400: 3, 413: 8, 401: 16, 503: 14, 500: 13}.get(e.status, 3)
                 headers = {"WWW-Authenticate": 'Basic realm="inference-profiler"'} if e.status == 401 else {}
                 if e.status in (413, 401):
                     self.close_connection = True  # the unread body cannot be skipped safely
@@ -275,6 +275,10 @@ class OtlpServer:
                 except OSError as e:
                     log.error("cannot commit OTLP spans (%s); answering 503 so the sender retries", e)
                     self._refuse(PayloadError(503, "failed", "state not written; retry"), media)
+                    return
+                except Exception:
+                    log.exception("OTLP payload could not be counted; answering 500")
+                    self._refuse(PayloadError(500, "failed", "internal error, see the exporter log"), media)
                     return
                 server.ingest.count_request("partial" if bad else "success")
                 if fresh and server.forwarder is not None:
