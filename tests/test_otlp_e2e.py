@@ -7,23 +7,32 @@ And: acknowledged spans survive a SIGKILL of the exporter, counted exactly once.
 from __future__ import annotations
 
 import json
-import queue
 import re
 import signal
 import threading
 import time
 import urllib.request
+from collections import defaultdict
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
-import tritonclient.grpc as grpcclient
 
-from exporter.demo.launcher import TritonServer, copy_model_repository, free_port
-from exporter.demo.traffic import plan_for, send_requests
+from exporter.demo.launcher import (
+    ENSEMBLE,
+    MODEL,
+    STREAM,
+    STREAM_ENSEMBLE,
+    STREAM_THREAD,
+    TEXT,
+    TritonServer,
+    copy_model_repository,
+    free_port,
+)
+from exporter.demo.traffic import STREAM_TRAFFIC, TOKENS, plan_for, send_requests
+from tests import reference
 from tests.otlp_payloads import (
     T0,
     export_request,
@@ -35,30 +44,6 @@ from tests.otlp_payloads import (
 )
 from tests.test_traces_e2e import assert_metrics_match, expected_from_files
 from tests.triton_harness import ExporterProcess, Scrape
-
-STREAM_CONFIG = """name: "stream"
-backend: "python"
-max_batch_size: 0
-model_transaction_policy { decoupled: true }
-input [ { name: "N" data_type: TYPE_INT32 dims: [ 1 ] } ]
-output [ { name: "OUT" data_type: TYPE_INT32 dims: [ 1 ] } ]
-instance_group [ { count: 1 kind: KIND_CPU } ]
-"""
-# a decoupled model: N responses sent from execute(), then the final flag
-STREAM_MODEL = """import numpy as np
-import triton_python_backend_utils as pb_utils
-
-
-class TritonPythonModel:
-    def execute(self, requests):
-        for request in requests:
-            n = int(pb_utils.get_input_tensor_by_name(request, "N").as_numpy()[0])
-            sender = request.get_response_sender()
-            for i in range(n):
-                sender.send(pb_utils.InferenceResponse([pb_utils.Tensor("OUT", np.array([i], dtype=np.int32))]))
-            sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
-        return None
-"""
 
 
 class Sink:
@@ -111,9 +96,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     try:
         exporter.wait_ready()
         repo = copy_model_repository(work)
-        (repo / "stream" / "1").mkdir(parents=True)
-        (repo / "stream" / "config.pbtxt").write_text(STREAM_CONFIG)
-        (repo / "stream" / "1" / "model.py").write_text(STREAM_MODEL)
         triton = TritonServer(repo, work, extra_args=[
             "--trace-config", "mode=opentelemetry",
             "--trace-config", f"opentelemetry,url=http://127.0.0.1:{otlp_port}/v1/traces",
@@ -125,30 +107,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             triton.stop()
         exporter.stop()
         sink.httpd.shutdown()
-
-
-def _stream_requests(triton: TritonServer, requests: int, responses: int) -> None:
-    got: queue.Queue[Any] = queue.Queue()
-    c = grpcclient.InferenceServerClient(triton.grpc_address)
-    c.start_stream(callback=lambda result, error: got.put((result, error)))
-    try:
-        for i in range(requests):
-            inp = grpcclient.InferInput("N", [1], "INT32")
-            inp.set_data_from_numpy(np.array([responses], dtype=np.int32))
-            c.async_stream_infer("stream", [inp], request_id=f"stream-{i}")
-        for _ in range(requests * responses):
-            _, error = got.get(timeout=20)
-            assert error is None, error
-    finally:
-        c.stop_stream()  # Triton exports a stream's first request only when the stream closes
-        c.close()
-
-
-def _generate_stream(triton: TritonServer, responses: int) -> None:
-    req = urllib.request.Request(f"{triton.http_url}/v2/models/stream/generate_stream",
-                                 data=json.dumps({"N": [responses]}).encode(), method="POST")
-    with urllib.request.urlopen(req, timeout=20) as r:
-        assert r.read().count(b"data:") == responses
 
 
 def _roots(spans: list[dict[str, Any]]) -> int:
@@ -165,11 +123,12 @@ def _exemplar_trace_ids(exporter: ExporterProcess) -> set[str]:
 @pytest.mark.triton
 def test_real_triton_over_otlp_counts_what_the_sink_got(stack: Stack) -> None:
     t = stack.triton
-    counts = send_requests(t.http_address, t.grpc_address, plan_for(4), concurrency=2, id_prefix="otlp-")
+    # unary and ensemble over HTTP and gRPC; the decoupled models (responses sent from execute()
+    # and from a thread, and as an ensemble step) over gRPC streams, generate_stream and generate
+    plan = {**plan_for(3), **dict.fromkeys(STREAM_TRAFFIC, 2)}
+    counts = send_requests(t.http_address, t.grpc_address, plan, concurrency=2, id_prefix="otlp-")
     assert counts.succeeded == counts.sent, counts.last_error
-    _stream_requests(t, requests=2, responses=3)
-    _generate_stream(t, responses=2)
-    requests = sum(counts.sent.values()) + 2 + 1
+    requests = sum(counts.sent.values())
     deadline = time.monotonic() + 30
     while _roots(stack.sink.spans()) < requests:
         assert time.monotonic() < deadline, f"sink got {_roots(stack.sink.spans())} of {requests} requests"
@@ -180,14 +139,24 @@ def test_real_triton_over_otlp_counts_what_the_sink_got(stack: Stack) -> None:
     trace_file.write_text(json.dumps(trace_file_objects(spans)))
     exp = expected_from_files([trace_file])
     assert exp.top_level == requests
-    assert {k[0] for k in exp.traces} == {"add_sub", "add_sub_ensemble", "stream"}
+    assert {k[0] for k in exp.traces} == {MODEL, ENSEMBLE, STREAM, STREAM_THREAD, STREAM_ENSEMBLE, TEXT}
     m = stack.exporter.wait_for(
         lambda s: s.total("inference_profiler_traces_total") == sum(exp.traces.values()))
     assert_metrics_match(m, exp)
-    # the streams: 3 responses per gRPC request, 2 + the flag-only final over generate_stream
-    resp = {lab["protocol"]: v for lab, v in m.select("inference_profiler_responses_per_request_sum", model="stream")}
-    assert resp == {"grpc": 6.0, "http": 3.0}
-    assert m.total("inference_profiler_stage_duration_seconds_count", model="stream", stage="inter_response") == 2 * 2 + 2
+    # responses per request, against the reference's count from the sink's bodies
+    traces = reference.load_traces([str(trace_file)])
+    want: dict[tuple[str, str, str], int] = defaultdict(int)
+    for key in traces:
+        o = reference.observe(traces, key)
+        if o is not None:
+            want[o.labels] += o.responses
+    got = {(lab["model"], lab["version"], lab["protocol"]): int(v)
+           for lab, v in m.select("inference_profiler_responses_per_request_sum")}
+    assert got == dict(want)
+    # two streamed requests: every token and the empty final each (its ensemble steps come on top)
+    assert got[(STREAM, "1", "grpc")] >= 2 * (TOKENS + 1)
+    assert m.total("inference_profiler_stage_duration_seconds_count", model=STREAM_THREAD,
+                   stage="inter_response") > 0
     # every accepted payload reached the sink unchanged, none dropped, none rejected
     with stack.sink.lock:
         n_bodies = len(stack.sink.bodies)
