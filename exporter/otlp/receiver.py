@@ -30,6 +30,7 @@ from .decode import MAX_BODY_BYTES, PayloadError, decode, media_type, status_bod
 from .forward import Forwarder
 from .spans import (
     Held,
+    Reject,
     Span,
     Tree,
     expire,
@@ -153,7 +154,7 @@ class OtlpIngest:
         return {"held": held_to_json(held), "seen": base64.b64encode(b"".join(ids)).decode()}
 
     def _observe_trees(self, delta: TraceAggregate, live: TraceAggregate, trees: list[Tree], now: float,
-                       reject: Any) -> None:
+                       reject: Reject) -> None:
         """The same path as trace files from here: a batch, its protocols, the aggregate."""
         ids = new_ids()
         traces: list[Trace] = []
