@@ -163,6 +163,7 @@ def test_real_triton_over_otlp_counts_what_the_sink_got(stack: Stack) -> None:
     while len(stack.sink.bodies) < accepted and time.monotonic() < deadline:
         time.sleep(0.1)  # forwarding is asynchronous
     assert len(stack.sink.bodies) == accepted
+    spans = stack.sink.spans()
     assert m.total("inference_profiler_otlp_spans_total", result="accepted") == len(spans)
     assert m.total("inference_profiler_otlp_spans_total", result="rejected") == 0
     assert m.total("inference_profiler_otlp_forward_dropped_total") == 0
