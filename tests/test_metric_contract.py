@@ -30,7 +30,7 @@ def every_collector(tmp: Path) -> list[Collector]:
     (not loaded: describing needs no kernel)."""
     cfg = build({}, {}, {"trace_file": [str(tmp / "trace.json")], "state_dir": str(tmp / "state"),
                          "triton": ["http://127.0.0.1:1"], "perf_analyzer_csv": [str(tmp / "pa.csv")],
-                         "ebpf": "off"})
+                         "ebpf": "off", "otlp_listen": "127.0.0.1:0"})
     errors = ErrorCounts()
     sources = build_sources(cfg, errors)
     assert {s.name for s in sources} == {"traces", "triton", "perf_analyzer"}

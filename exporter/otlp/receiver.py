@@ -300,6 +300,9 @@ class OtlpCollector(Collector):
         self.ingest = ingest
         self.forwarder = forwarder
 
+    def describe(self) -> Iterator[Metric]:
+        return self.collect()  # counters only: cheap at registration
+
     def collect(self) -> Iterator[Metric]:
         with self.ingest.lock:
             requests, spans = dict(self.ingest.requests), dict(self.ingest.spans)
