@@ -9,8 +9,10 @@ from __future__ import annotations
 import json
 import re
 import signal
+import subprocess
 import threading
 import time
+import urllib.parse
 import urllib.request
 from collections import defaultdict
 from collections.abc import Iterator
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from exporter.demo.launcher import (
     ENSEMBLE,
@@ -44,6 +47,8 @@ from tests.otlp_payloads import (
 )
 from tests.test_traces_e2e import assert_metrics_match, expected_from_files
 from tests.triton_harness import ExporterProcess, Scrape
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 class Sink:
@@ -203,4 +208,45 @@ def test_acknowledged_spans_survive_sigkill_counted_once(tmp_path: Path) -> None
         assert m.total("inference_profiler_traces_total") == 12
         assert m.total("inference_profiler_otlp_spans_total", result="duplicate") == len(flat[2])
     finally:
+        e.stop()
+
+
+@pytest.mark.prometheus
+def test_prometheus_with_the_compose_flags_stores_the_w3c_exemplars(tmp_path: Path) -> None:
+    """The compose Prometheus' exemplar flag keeps the trace ids the OTLP-fed histograms carry."""
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    flags = [f for f in compose["services"]["prometheus"]["command"] if f.startswith("--enable-feature=")]
+    assert flags
+    otlp_port, port, prom_port = free_port(), free_port(), free_port()
+    e = ExporterProcess(["--otlp-listen", f"127.0.0.1:{otlp_port}", "--triton", "none", "--ebpf", "off",
+                         "--state-dir", str(tmp_path / "state"), "--listen", f"127.0.0.1:{port}"], tmp_path, port)
+    cfg = tmp_path / "prometheus.yml"
+    cfg.write_text(yaml.safe_dump({"global": {"scrape_interval": "1s"}, "scrape_configs": [
+        {"job_name": "inference-profiler", "static_configs": [{"targets": [f"127.0.0.1:{port}"]}]}]}))
+    prom = subprocess.Popen(["prometheus", f"--config.file={cfg}", f"--storage.tsdb.path={tmp_path / 'data'}",
+                             f"--web.listen-address=127.0.0.1:{prom_port}", "--log.level=warn", *flags],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        e.wait_ready()
+        spans = [s for i in range(5) for s in request_spans(T0 + i * 10**7, protocol="http", request_id=f"x{i}")]
+        sent = {s.trace_id.hex() for s in spans}
+        assert post(f"http://127.0.0.1:{otlp_port}/v1/traces", export_request(spans).SerializeToString())[0] == 200
+        deadline = time.monotonic() + 30
+        found: set[str] = set()
+        while not found:
+            assert time.monotonic() < deadline, "Prometheus stored no exemplar"
+            time.sleep(0.5)
+            now = time.time()
+            url = (f"http://127.0.0.1:{prom_port}/api/v1/query_exemplars?" + urllib.parse.urlencode(
+                {"query": "inference_profiler_stage_duration_seconds_bucket", "start": now - 300, "end": now + 60}))
+            try:
+                with urllib.request.urlopen(url, timeout=5) as r:
+                    data = json.loads(r.read())["data"]
+            except OSError:
+                continue
+            found = {x["labels"]["trace_id"] for series in data for x in series["exemplars"]}
+        assert found <= sent and all(re.fullmatch(r"[0-9a-f]{32}", t) for t in found)
+    finally:
+        prom.terminate()
+        prom.wait(15)
         e.stop()
