@@ -63,7 +63,7 @@ ENV PATH=/opt/inference-profiler/bin:$PATH \
     INFPROF_STATE_DIR=/var/lib/inference-profiler
 USER 10001:10001
 WORKDIR /var/lib/inference-profiler
-EXPOSE 9478
+EXPOSE 9478 4318
 VOLUME ["/var/lib/inference-profiler"]
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
   CMD ["/opt/inference-profiler/bin/python", "/opt/inference-profiler/healthcheck.py"]

@@ -22,6 +22,7 @@ examples:
   inference-profiler serve --trace-file /var/log/triton/trace.json
   inference-profiler serve --trace-file '/var/log/triton/{pod}/trace.json' --ebpf on
   inference-profiler serve --config /etc/inference-profiler.yaml --triton none
+  inference-profiler serve --otlp-listen 0.0.0.0:4318 --otlp-forward http://tempo:4318/v1/traces
 """
 
 

@@ -91,6 +91,13 @@ class Config:
     trace_child_hold_seconds: float = _opt(
         30.0, "how long an ensemble/BLS child waits for its parent's protocol in a later file"
     )
+    otlp_listen: str = _opt(
+        "", "receive OTLP/HTTP traces (POST /v1/traces) from Triton's --trace-config mode=opentelemetry; "
+        "they feed the same stage families as trace files (docs/otlp.md)", metavar="HOST:PORT")
+    otlp_forward: list[str] = _opt(
+        [], "pass every accepted OTLP payload on, unchanged, to this trace backend URL (repeatable)", metavar="URL")
+    otlp_hold_seconds: float = _opt(
+        60.0, "how long a request's spans wait for its root span (a gRPC stream's comes when it closes)")
     web_config_file: str = _opt("", "TLS and basic auth for the endpoint (exporter-toolkit web config)", metavar="FILE")
     log_level: str = _opt("info", "log level", choices=("debug", "info", "warning", "error"))
     log_format: str = _opt("text", "log line format", choices=("text", "json"))
@@ -234,7 +241,7 @@ def validate(cfg: Config) -> None:
     if cfg.triton_max_response_bytes < 1024 or cfg.triton_max_series < 1:
         raise ConfigError("triton_max_response_bytes must be at least 1024 and triton_max_series at least 1")
     for k in ("triton_timeout_seconds", "triton_cache_seconds", "trace_poll_seconds", "trace_settle_seconds",
-              "perf_analyzer_poll_seconds", "trace_child_hold_seconds"):
+              "perf_analyzer_poll_seconds", "trace_child_hold_seconds", "otlp_hold_seconds"):
         v = getattr(cfg, k)
         if not math.isfinite(v) or v < 0:
             raise ConfigError(f"{k} must be a finite number of seconds, not negative, got {v!r}")
@@ -244,6 +251,16 @@ def validate(cfg: Config) -> None:
                               f"got {getattr(cfg, k)!r}")
     if not 1 <= cfg.trace_open_traces <= MAX_OPEN_TRACES:
         raise ConfigError(f"trace_open_traces must be between 1 and {MAX_OPEN_TRACES}, got {cfg.trace_open_traces}")
+    if cfg.otlp_listen:
+        _h, sep, port = cfg.otlp_listen.rpartition(":")
+        if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ConfigError(f"otlp_listen must be HOST:PORT (e.g. 0.0.0.0:4318), got {cfg.otlp_listen!r}")
+    for url in cfg.otlp_forward:
+        if not url.startswith(("http://", "https://")):
+            raise ConfigError(f"otlp_forward must be an http:// or https:// URL (e.g. http://tempo:4318/v1/traces), "
+                              f"got {url!r}")
+    if cfg.otlp_forward and not cfg.otlp_listen:
+        raise ConfigError("otlp_forward needs otlp_listen: only received OTLP payloads are forwarded")
     if cfg.web_config_file and not os.path.isfile(cfg.web_config_file):
         raise ConfigError(f"web_config_file {cfg.web_config_file} does not exist")
 

@@ -8,7 +8,7 @@ import threading
 from types import FrameType
 
 from prometheus_client import ProcessCollector
-from prometheus_client.registry import CollectorRegistry
+from prometheus_client.registry import Collector, CollectorRegistry
 
 from .config import Config, ConfigError
 from .server import MetricsServer
@@ -22,7 +22,7 @@ def build_sources(cfg: Config, errors: ErrorCounts) -> list[Source]:
     from .traces.source import TraceSource
 
     sources: list[Source] = []
-    if cfg.trace_file:
+    if cfg.trace_file or cfg.otlp_listen:
         sources.append(TraceSource(cfg, errors))
     if cfg.triton:
         from .triton.source import TritonSource
@@ -47,15 +47,18 @@ class Daemon:
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(ProcessCollector(namespace="inference_profiler", registry=None))
         self.sources = build_sources(cfg, self.errors)
-        for s in self.sources:
-            for c in s.collectors():
-                try:
-                    self.registry.register(c)
-                except ValueError as e:  # client_python's DuplicateTimeseries: one family, two sources
-                    raise ConfigError(f"source {s.name} would serve a family another source serves ({e}); "
-                                      "rename it (eBPF families are named in bpf/*.yaml)") from None
+        owners: list[tuple[str, Collector]] = [(s.name, c) for s in self.sources for c in s.collectors()]
         # last: errors a scrape-time fetch counts show in the same scrape as its triton_up
-        self.registry.register(SelfCollector(self.errors))
+        owners.append(("self", SelfCollector(self.errors)))
+        for i, (owner, c) in enumerate(owners):
+            try:
+                self.registry.register(c)
+            except ValueError as e:  # client_python's DuplicateTimeseries: one family, two sources
+                names = _family_names(c)
+                other = next((o for o, d in owners[:i] if names & _family_names(d)), "self")
+                culprit = owner if owner != "self" else other
+                raise ConfigError(f"source {culprit} would serve a family another source serves ({e}); "
+                                  "rename it (eBPF families are named in bpf/*.yaml)") from None
         host, port = cfg.listen_host_port
         ssl_context, auth = None, None
         if cfg.web_config_file:
@@ -102,3 +105,8 @@ class Daemon:
         finally:
             self.stop()
             log.info("stopped")
+
+
+def _family_names(c: Collector) -> set[str]:
+    describe = getattr(c, "describe", None)
+    return {m.name for m in describe()} if describe is not None else set()

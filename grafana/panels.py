@@ -49,6 +49,10 @@ def base_dashboard(title: str, uid: str, description: str, tags: list[str], vari
     )
 
 
+# the histogram whose buckets carry exemplars (docs/otlp.md)
+EXEMPLAR_BUCKETS = "inference_profiler_stage_duration_seconds_bucket"
+
+
 def query(expr: str, legend: str = "", ref: str = "A", *, instant: bool = False,
           table: bool = False, heatmap: bool = False) -> prometheus.Dataquery:
     """One PromQL target; instant table queries feed bar charts and tables."""
@@ -56,6 +60,8 @@ def query(expr: str, legend: str = "", ref: str = "A", *, instant: bool = False,
     if legend:
         q = q.legend_format(legend)
     q = q.instant() if instant else q.range()
+    if not instant and expr.startswith("histogram_quantile(") and EXEMPLAR_BUCKETS in expr:
+        q = q.exemplar(True)  # points that open the slow request's trace (the trace_id exemplar label)
     if table:
         q = q.format(PromQueryFormat.TABLE)
     elif heatmap:

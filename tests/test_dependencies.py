@@ -17,7 +17,8 @@ import tomllib
 from tests.conftest import newest_python
 
 ROOT = Path(__file__).resolve().parent.parent
-GRPC_STACK = ("grpcio", "protobuf")
+# protobuf alone is a runtime dependency: opentelemetry-proto decodes OTLP (--otlp-listen) with it
+GRPC_STACK = ("grpcio",)
 # pure-logic tests; the few that take tens of seconds (huge files, big chunks) are left to 3.11
 UNIT_TESTS = ["tests/test_trace_pipeline.py", "tests/test_trace_bad_input.py", "tests/test_trace_scanner_fastpath.py",
               "tests/test_summary_cli.py", "tests/test_perf_csv.py", "tests/test_triton_parse.py",

@@ -234,3 +234,23 @@ def test_compose_triton_and_exporter_commands_work_for_real(
 def _perf_analyzer_commands() -> list[list[str]]:
     script = re.sub(r"\\\n\s*", " ", service("loadgen")["command"][0])
     return [shlex.split(ln.split("||")[0]) for ln in script.splitlines() if ln.strip().startswith("perf_analyzer")]
+
+
+def test_otlp_profile_triton_posts_to_the_exporters_otlp_listener() -> None:
+    t = service("triton-otlp")
+    assert t["profiles"] == ["otlp"]
+    url = next(a.split("url=", 1)[1] for a in t["command"] if "opentelemetry,url=" in a)
+    listen = next(a.split("=", 1)[1] for a in service("exporter")["command"] if a.startswith("--otlp-listen="))
+    assert url == f"http://exporter:{listen.rsplit(':', 1)[1]}/v1/traces"
+    assert "--trace-config=mode=opentelemetry" in t["command"]
+
+
+def test_exemplars_are_stored_and_open_a_trace_datasource() -> None:
+    assert "--enable-feature=exemplar-storage" in service("prometheus")["command"]
+    ds = yaml.safe_load((ROOT / "grafana/provisioning/datasources/prometheus.yaml").read_text())["datasources"]
+    prom = next(d for d in ds if d["type"] == "prometheus")
+    dest = prom["jsonData"]["exemplarTraceIdDestinations"]
+    traces = next(d for d in ds if d["uid"] == dest[0]["datasourceUid"])
+    assert dest[0]["name"] == "trace_id"  # the exemplar label the exporter writes
+    assert "TRACES_URL" in traces["url"] and "TRACES_DATASOURCE_TYPE" in traces["type"]
+    assert set(service("grafana")["environment"]) >= {"TRACES_URL", "TRACES_DATASOURCE_TYPE"}

@@ -258,3 +258,13 @@ def test_networkpolicies_allow_the_metrics_port() -> None:
         np = the(name, "NetworkPolicy")
         ports = {p["port"] for rule in np["spec"]["ingress"] for p in rule.get("ports", [])}
         assert "metrics" in ports, name
+
+
+def test_daemonset_exposes_the_otlp_listener_on_the_node() -> None:
+    ds = the("base", "DaemonSet")
+    c = ds["spec"]["template"]["spec"]["containers"][0]
+    listen = next(a.split("=", 1)[1] for a in c["args"] if a.startswith("--otlp-listen="))
+    port = next(p for p in c["ports"] if p["name"] == "otlp")
+    assert port["containerPort"] == int(listen.rsplit(":", 1)[1]) and port["hostPort"] == port["containerPort"]
+    np = the("base", "NetworkPolicy")
+    assert "otlp" in {p["port"] for rule in np["spec"]["ingress"] for p in rule.get("ports", [])}

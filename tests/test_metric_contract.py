@@ -18,7 +18,13 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from exporter.config import ConfigError, build
 from exporter.daemon import Daemon, build_sources
 from exporter.ebpf.collector import EbpfCollector, ProgramState
-from exporter.ebpf.declaration import AttachMethod, MetricDecl, ProgramDecl, metric_programs
+from exporter.ebpf.declaration import (
+    AttachMethod,
+    MetricDecl,
+    ProgramDecl,
+    bpf_dir,
+    metric_programs,
+)
 from exporter.source import ErrorCounts, SelfCollector
 from tests.metric_contract import documented_families, documented_labels, documented_sample_names
 
@@ -30,7 +36,7 @@ def every_collector(tmp: Path) -> list[Collector]:
     (not loaded: describing needs no kernel)."""
     cfg = build({}, {}, {"trace_file": [str(tmp / "trace.json")], "state_dir": str(tmp / "state"),
                          "triton": ["http://127.0.0.1:1"], "perf_analyzer_csv": [str(tmp / "pa.csv")],
-                         "ebpf": "off"})
+                         "ebpf": "off", "otlp_listen": "127.0.0.1:0"})
     errors = ErrorCounts()
     sources = build_sources(cfg, errors)
     assert {s.name for s in sources} == {"traces", "triton", "perf_analyzer"}
@@ -115,7 +121,7 @@ def test_dashboards_and_rules_query_only_documented_families() -> None:
 
 def test_the_registry_refuses_a_second_collector_for_one_family() -> None:
     errors = ErrorCounts()
-    clash = ProgramDecl("clash", Path("clash.c"), (AttachMethod("tracepoint", ()),), key={"port": "number"},
+    clash = ProgramDecl("clash", bpf_dir() / "clash.c", (AttachMethod("tracepoint", ()),),
                         metrics=(MetricDecl("errors_total", "an eBPF counter named like the self one", "counter",
                                             ("port",)),))
     registry = CollectorRegistry()

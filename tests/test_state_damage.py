@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from exporter.histogram import DEFAULT_STAGE_BUCKETS
-from exporter.traces.checkpoint import atomic_write_json
+from exporter.traces.checkpoint import STATE_VERSION, atomic_write_json
 from exporter.traces.source import bounds_ns
 from exporter.traces.tailer import STATE_FILE, TailerSettings, TraceTailer
 from tests import tracegen
@@ -272,3 +272,17 @@ out["traces_after"] = sum(src.tailer.live.traces.values())
 src.stop()
 print(json.dumps(out))
 """
+
+
+def test_a_state_of_the_version_before_checksums_is_read_and_rewritten(tmp_path: Path,
+                                                                        good_state: dict[str, Any]) -> None:
+    """An upgrade keeps the counts: version 1 states carried no checksum."""
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / STATE_FILE).write_text(json.dumps({**good_state, "version": 1}))
+    t = _tailer(tmp_path, state)
+    assert not (state / (STATE_FILE + ".corrupt")).exists()
+    assert sum(t.live.traces.values()) == sum(n for _, n in good_state["aggregate"]["traces"]) > 0
+    t._commit(t.live, t.entries, t.streams)  # the next commit writes the current version, checksummed
+    assert json.loads((state / STATE_FILE).read_text())["version"] == STATE_VERSION
+    assert "checksum" in json.loads((state / STATE_FILE).read_text())

@@ -177,11 +177,13 @@ class TraceAggregate:
         cells = np.flatnonzero(last_of >= 0)
         now = time.time()
         ids = batch.ids[rows]
+        w3c = batch.trace_ids
         for f, pos in zip(cells.tolist(), last_of[cells].tolist(), strict=True):
             sid, b = divmod(f, n_buckets)
             r = int(row_i[pos])
             self.exemplars.setdefault(keys[sid], {})[b] = Exemplar(
-                str(int(ids[r])), batch.request_ids[int(rows[r])], int(dv[pos]) / 1e9, now)
+                str(int(ids[r])) if w3c is None else w3c[int(rows[r])], batch.request_ids[int(rows[r])],
+                int(dv[pos]) / 1e9, now)
 
     def merged(self, delta: TraceAggregate) -> TraceAggregate:
         """A new aggregate = self + delta (self is left untouched for concurrent scrapes)."""

@@ -83,6 +83,7 @@ class TraceBatch:
     # where it occurs more than twice), else the custom activity customs[code - NCOLS]
     extra: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros((0, 3), dtype=np.int64))
     customs: list[str] = field(default_factory=list)  # shared by a scan's batches
+    trace_ids: list[str] | None = None  # per row, the W3C trace id where there is one (OTLP)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -187,7 +188,8 @@ class TraceBatch:
             extra = extra[extra[:, 0] >= 0]
             extra = extra[np.argsort(extra[:, 0], kind="stable")]
         return TraceBatch(self.ids[rows], self.parents[rows], self.stamps[rows], self.hdr[rows], self.headers,
-                          [self.request_ids[i] for i in rows.tolist()], extra, self.customs)
+                          [self.request_ids[i] for i in rows.tolist()], extra, self.customs,
+                          None if self.trace_ids is None else [self.trace_ids[i] for i in rows.tolist()])
 
 
 class MergeWindow:

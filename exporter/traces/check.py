@@ -1,4 +1,4 @@
-"""`check` items for trace files: their directories readable, the state dir writable."""
+"""`check` items for traces: trace file directories readable, the OTLP listener, the state dir writable."""
 
 from __future__ import annotations
 
@@ -12,8 +12,13 @@ from .discovery import TracePattern
 
 
 def trace_checks(cfg: Config) -> Iterable[CheckResult]:
-    if not cfg.trace_file:
-        yield CheckResult("trace files", "warn", "no --trace-file given: per-stage histograms from traces are off")
+    if not cfg.trace_file and not cfg.otlp_listen:
+        yield CheckResult("trace files", "warn", "no --trace-file or --otlp-listen given: per-stage histograms "
+                          "from traces are off")
+    if cfg.otlp_listen:
+        port = cfg.otlp_listen.rpartition(":")[2]
+        yield CheckResult("otlp", "pass", f"receiving on {cfg.otlp_listen}: Triton needs --trace-config "
+                          f"mode=opentelemetry --trace-config opentelemetry,url=http://HOST:{port}/v1/traces")
     for spec in cfg.trace_file:
         pat = TracePattern(spec)
         d = os.path.dirname(pat.glob) or "."

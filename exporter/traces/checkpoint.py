@@ -20,7 +20,7 @@ from ..config import ConfigError
 
 log = logging.getLogger("traces")
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: with a checksum; 1 (none) is still read
 HEAD_BYTES = 4096
 
 
@@ -104,6 +104,10 @@ def load_json(path: str) -> dict[str, Any] | None:
     if not isinstance(v, dict):
         move_aside(path, "not a JSON object")
         return None
+    if v.get("version") == 1 and "checksum" not in v:  # written before states carried a checksum
+        log.info("state file %s is of an earlier version (no checksum); it is read and rewritten", path)
+        v["version"] = STATE_VERSION
+        return v
     if v.get("version") != STATE_VERSION:
         move_aside(path, f"unknown version {v.get('version')!r}, this exporter writes {STATE_VERSION}")
         return None

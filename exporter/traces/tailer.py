@@ -72,6 +72,7 @@ class TraceTailer:
         self.streams: dict[str, StreamState] = {}
         self.stream_labels: dict[str, list[str]] = {}  # base path -> its pattern's label values
         self.lock = threading.Lock()  # one poll at a time
+        self.feeds: dict[str, Any] = {}  # state of other feeds (OTLP), committed with ours
         self._waiting_logged: set[str] = set()
         self._outside_logged: set[str] = set()
         self.state_error: str | None = None  # why the last commit failed; None when it succeeded
@@ -91,8 +92,12 @@ class TraceTailer:
         if v is None:
             return
         try:
-            if set(v) != {"version", "files", "streams", "aggregate"}:
+            if not {"version", "files", "streams", "aggregate"} <= set(v) <= {"version", "files", "streams",
+                                                                             "aggregate", "feeds"}:
                 raise ValueError(f"keys {sorted(v)}")
+            feeds = v.get("feeds", {})
+            if not isinstance(feeds, dict):
+                raise ValueError("feeds is not a mapping")
             agg = v["aggregate"]
             live = TraceAggregate.from_json(agg, self.s.bounds_ns)
             entries = entries_from_json(v["files"])
@@ -104,6 +109,7 @@ class TraceTailer:
         if tuple(agg.get("bounds_ns", ())) != self.s.bounds_ns:
             log.warning("stage buckets changed since the last run; stage histograms start from zero")
         self.live, self.entries, self.streams = live, entries, streams
+        self.feeds = feeds
         log.info("resumed from %s: %d files ingested before, %d traces counted",
                  path, len(self.entries), sum(self.live.traces.values()))
 
@@ -121,7 +127,8 @@ class TraceTailer:
                                   "pass --state-dir to a writable directory") from None
 
     def _commit(self, agg: TraceAggregate, entries: dict[str, FileEntry],
-                streams: dict[str, StreamState]) -> None:
+                streams: dict[str, StreamState], feeds: dict[str, Any] | None = None) -> None:
+        feeds = self.feeds if feeds is None else feeds
         path = self.state_path
         if path is not None:
             state: dict[str, Any] = {
@@ -129,6 +136,7 @@ class TraceTailer:
                 "files": entries_to_json(entries),
                 "streams": {k: s.to_json() for k, s in streams.items()},
                 "aggregate": agg.to_json(),
+                "feeds": feeds,
             }
             try:
                 atomic_write_json(path, state)
@@ -143,7 +151,16 @@ class TraceTailer:
                 log.info("state file %s written again; trace ingestion resumed", path)
                 self.state_error = None
         # only after the state is on disk may a scrape see the new counts
-        self.live, self.entries, self.streams = agg, entries, streams
+        self.live, self.entries, self.streams, self.feeds = agg, entries, streams, feeds
+
+    def observe_feed(self, name: str, observe: Callable[[TraceAggregate, TraceAggregate], Any]) -> None:
+        """Count batches another feed assembled (the OTLP receiver) and commit them with
+        that feed's state: `observe(delta, live)` fills the delta and returns the feed's new
+        state, stored under `name`. Raises (nothing committed) when the state cannot be written."""
+        with self.lock:
+            delta = TraceAggregate(self.s.bounds_ns)
+            state = observe(delta, self.live)
+            self._commit(self.live.merged(delta), self.entries, self.streams, {**self.feeds, name: state})
 
     # --- one scan ----------------------------------------------------------
     def poll(self) -> int:

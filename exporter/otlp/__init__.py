@@ -1,0 +1,1 @@
+"""Triton's OpenTelemetry mode as a trace source: an OTLP/HTTP receiver feeding the trace aggregate."""

@@ -1,0 +1,325 @@
+"""The OTLP/HTTP receiver: POST /v1/traces -> spans -> the trace pipeline, committed
+with the trace tailer's state before the reply, so what was acknowledged survives a
+restart. Its own listener; TLS and basic auth from the same web config as /metrics.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import ssl
+import threading
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler
+from typing import Any
+
+import numpy as np
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from ..server import AuthCheck, _HTTPServer
+from ..source import PREFIX
+from ..traces.aggregate import TraceAggregate
+from ..traces.assembly import StreamState, Trace, TraceBatch, resolve
+from ..traces.checkpoint import StateWriteError
+from ..traces.pipeline import released
+from ..traces.tailer import TraceTailer
+from .decode import MAX_BODY_BYTES, PayloadError, decode, media_type, status_body, success_body
+from .forward import Forwarder
+from .spans import (
+    Held,
+    Reject,
+    Span,
+    Tree,
+    expire,
+    held_from_json,
+    held_to_json,
+    new_ids,
+    regroup,
+    spans_of,
+    tree_traces,
+)
+
+log = logging.getLogger("otlp")
+
+FEED = "otlp"  # the key of this feed's state in the tailer's state file
+PATH = "/v1/traces"
+MAX_HELD_SPANS = 100_000  # spans waiting for their request's root span
+DRAIN_BYTES = 64 << 20  # a refused body is read away up to this, then the connection is closed
+SEEN_SPANS = 32_768  # span ids remembered to recognise a resent batch (persisted)
+SPAN_REJECTS = ("bad_span_id", "missing_attribute", "bad_label", "implausible_time")
+REQUEST_RESULTS = ("success", "partial", "malformed", "too_large", "unsupported_media_type",
+                   "unauthorized", "not_found", "failed")
+SPAN_RESULTS = ("accepted", "duplicate", "rejected")
+
+
+class OtlpIngest:
+    """Decoded requests -> traces counted in the tailer's live aggregate (thread-safe: every
+    change happens under the tailer's lock, in its commit)."""
+
+    def __init__(self, tailer: TraceTailer, max_models: int, hold_seconds: float,
+                 max_held_spans: int = MAX_HELD_SPANS, seen_spans: int = SEEN_SPANS) -> None:
+        self.tailer = tailer
+        self.max_models = max_models
+        self.hold_seconds = hold_seconds
+        self.max_held_spans = max_held_spans
+        self.seen_spans = seen_spans
+        self.labels = [""] * len(tailer.label_names)  # OTLP traces carry no file-pattern labels
+        state = tailer.feeds.get(FEED) or {}
+        self.held: Held = held_from_json(state.get("held", []))
+        raw = base64.b64decode(state.get("seen", ""))
+        self.seen: OrderedDict[bytes, None] = OrderedDict.fromkeys(raw[i:i + 8] for i in range(0, len(raw), 8))
+        self.lock = threading.Lock()  # the counters
+        self.state_lock = threading.Lock()  # one ingest at a time: held and seen change in order
+        self.requests: Counter[str] = Counter()
+        self.spans: Counter[str] = Counter()
+
+    def count_request(self, result: str) -> None:
+        with self.lock:
+            self.requests[result] += 1
+
+    def ingest(self, req: ExportTraceServiceRequest) -> tuple[int, int, str]:
+        """(new spans, rejected spans, why) of one request, committed; raises OSError when the
+        state cannot be written (nothing counted then)."""
+        with self.state_lock:
+            return self._ingest(req)
+
+    def _ingest(self, req: ExportTraceServiceRequest) -> tuple[int, int, str]:
+        now = time.time()
+        rejected: Counter[str] = Counter()
+        result: dict[str, Any] = {}
+
+        def observe(delta: TraceAggregate, live: TraceAggregate) -> Any:
+            def reject(reason: str, n: int) -> None:
+                rejected[reason] += n
+                delta.reject(reason, n)
+
+            fresh: list[Span] = []
+            in_batch: set[bytes] = set()
+            duplicates = 0
+            for s in spans_of(req, reject, time.time_ns()):
+                if s.span_id in self.seen or s.span_id in in_batch:
+                    duplicates += 1
+                    continue
+                in_batch.add(s.span_id)
+                fresh.append(s)
+            held, trees = regroup(self.held, fresh, now, self.hold_seconds, self.max_held_spans)
+            self._observe_trees(delta, live, trees, now, reject)
+            result.update(held=held, fresh=fresh, duplicates=duplicates)
+            return self._state(held, [s.span_id for s in fresh])
+
+        self.tailer.observe_feed(FEED, observe)
+        fresh: list[Span] = result["fresh"]
+        self.held = result["held"]
+        for s in fresh:
+            self.seen[s.span_id] = None
+        while len(self.seen) > self.seen_spans:
+            self.seen.popitem(last=False)
+        bad = sum(rejected[r] for r in SPAN_REJECTS)
+        with self.lock:
+            self.spans["accepted"] += len(fresh)
+            self.spans["duplicate"] += result["duplicates"]
+            self.spans["rejected"] += bad
+        why = ", ".join(f"{r}={rejected[r]}" for r in SPAN_REJECTS if rejected[r])
+        return len(fresh), bad, why
+
+    def expire(self) -> int:
+        """Count the trees that waited hold_seconds for their root; returns how many."""
+        with self.state_lock:
+            return self._expire()
+
+    def _expire(self) -> int:
+        now = time.time()
+        if not self.held or now - next(iter(self.held.values()))[1] < self.hold_seconds:
+            return 0
+        result: dict[str, Any] = {}
+
+        def observe(delta: TraceAggregate, live: TraceAggregate) -> Any:
+            held: Held = OrderedDict(self.held)
+            trees = expire(held, now, self.hold_seconds, self.max_held_spans)
+            self._observe_trees(delta, live, trees, now, delta.reject)
+            result.update(held=held, n=len(trees))
+            return self._state(held, [])
+
+        self.tailer.observe_feed(FEED, observe)
+        self.held = result["held"]
+        return int(result["n"])
+
+    def _state(self, held: Held, new_ids_: list[bytes]) -> dict[str, Any]:
+        keep = max(0, self.seen_spans - len(new_ids_))
+        old = list(self.seen)[-keep:] if keep else []
+        ids = (old + new_ids_)[-self.seen_spans:]
+        return {"held": held_to_json(held), "seen": base64.b64encode(b"".join(ids)).decode()}
+
+    def _observe_trees(self, delta: TraceAggregate, live: TraceAggregate, trees: list[Tree], now: float,
+                       reject: Reject) -> None:
+        """The same path as trace files from here: a batch, its protocols, the aggregate."""
+        ids = new_ids()
+        traces: list[Trace] = []
+        w3c: dict[int, str] = {}
+        for tree in trees:
+            for t, trace_id in tree_traces(tree, ids, reject):
+                traces.append(t)
+                w3c[t.id] = trace_id
+        if not traces:
+            return
+        delta.last_ingest = now  # TraceIngestionStalled watches OTLP-fed traces too
+        batch = TraceBatch.from_traces(traces)
+        batch.trace_ids = [w3c[i] for i in batch.ids.tolist()]
+        stream = StreamState()
+        by_id = {t.id: t for t in traces}
+        out, codes = resolve(batch, stream, by_id.get, now, lambda t: None)
+        delta.observe_batch(out, codes, self.labels, self.max_models, live)
+        for b, c in released(stream, now, 0, force=True):  # a parent that never came: protocol none
+            b.trace_ids = [w3c[i] for i in b.ids.tolist()]
+            delta.observe_batch(b, np.asarray(c, dtype=np.int8), self.labels, self.max_models, live)
+
+
+class OtlpServer:
+    """POST /v1/traces on its own listener."""
+
+    def __init__(self, ingest: OtlpIngest, host: str, port: int, forwarder: Forwarder | None = None,
+                 ssl_context: ssl.SSLContext | None = None, auth: AuthCheck | None = None) -> None:
+        self.ingest = ingest
+        self.forwarder = forwarder
+        self.auth = auth
+        self.httpd = _HTTPServer((host, port), self._handler())
+        self.httpd.daemon_threads = True
+        if ssl_context is not None:
+            self.httpd.socket = ssl_context.wrap_socket(self.httpd.socket, server_side=True,
+                                                        do_handshake_on_connect=False)
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        return int(self.httpd.server_address[1])
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.httpd.serve_forever, name="otlp", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            timeout = 60
+
+            def log_message(self, format: str, *args: object) -> None:
+                log.debug("%s " + format, self.client_address[0], *args)
+
+            def _reply(self, code: int, body: bytes, media: str, headers: dict[str, str] | None = None) -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", media)
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def _refuse(self, e: PayloadError, media: str) -> None:
+                server.ingest.count_request(e.result)
+                log.debug("OTLP request refused (%d): %s", e.status, e)
+                # gRPC codes: 3 INVALID_ARGUMENT, 8 RESOURCE_EXHAUSTED, 16 UNAUTHENTICATED, 14 UNAVAILABLE, 13 INTERNAL
+                code = {400: 3, 413: 8, 401: 16, 503: 14, 500: 13}.get(e.status, 3)
+                headers = {"WWW-Authenticate": 'Basic realm="inference-profiler"'} if e.status == 401 else {}
+                if e.status in (413, 401):
+                    self.close_connection = True  # the unread body cannot be skipped safely
+                self._reply(e.status, status_body(media, code, str(e)), media, headers)
+
+            def _discard(self, length: int) -> None:
+                """Read a refused body away (bounded), so the client can read our 413."""
+                left = min(length, DRAIN_BYTES)
+                while left > 0:
+                    chunk = self.rfile.read(min(left, 1 << 16))
+                    if not chunk:
+                        break
+                    left -= len(chunk)
+
+            def do_POST(self) -> None:
+                try:
+                    media = media_type(self.headers.get("Content-Type"))
+                except PayloadError:
+                    media = "application/json"
+                if self.path.split("?", 1)[0] != PATH:
+                    self.close_connection = True
+                    self._refuse(PayloadError(404, "not_found", f"no such path; OTLP traces go to {PATH}"), media)
+                    return
+                if server.auth is not None and not server.auth(self.headers.get("Authorization")):
+                    self._refuse(PayloadError(401, "unauthorized", "credentials required"), media)
+                    return
+                try:
+                    length = int(self.headers.get("Content-Length") or -1)
+                except ValueError:
+                    length = -1
+                try:
+                    if length < 0:
+                        self.close_connection = True
+                        raise PayloadError(411, "malformed", "a Content-Length is required")
+                    if length > MAX_BODY_BYTES:
+                        self._discard(length)
+                        raise PayloadError(413, "too_large", f"body of {length} bytes exceeds {MAX_BODY_BYTES}")
+                    body = self.rfile.read(length)
+                    req, media = decode(body, self.headers.get("Content-Type"),
+                                        self.headers.get("Content-Encoding"))
+                except PayloadError as e:
+                    self._refuse(e, media)
+                    return
+                try:
+                    fresh, bad, why = server.ingest.ingest(req)
+                except (OSError, StateWriteError) as e:
+                    log.error("cannot commit OTLP spans (%s); answering 503 so the sender retries", e)
+                    self._refuse(PayloadError(503, "failed", "state not written; retry"), media)
+                    return
+                except Exception:
+                    log.exception("OTLP payload could not be counted; answering 500")
+                    self._refuse(PayloadError(500, "failed", "internal error, see the exporter log"), media)
+                    return
+                server.ingest.count_request("partial" if bad else "success")
+                if fresh and server.forwarder is not None:
+                    fwd = {"Content-Type": self.headers.get("Content-Type", "")}
+                    if self.headers.get("Content-Encoding"):
+                        fwd["Content-Encoding"] = self.headers["Content-Encoding"]
+                    server.forwarder.submit(body, fwd)
+                self._reply(200, success_body(media, bad, f"spans rejected: {why}" if bad else ""), media)
+
+            def do_GET(self) -> None:
+                self._refuse(PayloadError(404, "not_found", f"POST OTLP traces to {PATH}"), "application/json")
+
+        return Handler
+
+
+class OtlpCollector(Collector):
+    def __init__(self, ingest: OtlpIngest, forwarder: Forwarder | None) -> None:
+        self.ingest = ingest
+        self.forwarder = forwarder
+
+    def describe(self) -> Iterator[Metric]:
+        return self.collect()  # counters only: cheap at registration
+
+    def collect(self) -> Iterator[Metric]:
+        with self.ingest.lock:
+            requests, spans = dict(self.ingest.requests), dict(self.ingest.spans)
+        r = CounterMetricFamily(PREFIX + "otlp_requests", "OTLP export requests received, by result.",
+                                labels=["result"])
+        for result in sorted(set(REQUEST_RESULTS) | set(requests)):
+            r.add_metric([result], float(requests.get(result, 0)))
+        yield r
+        s = CounterMetricFamily(PREFIX + "otlp_spans",
+                                "OTLP spans received: accepted, duplicate (a resent batch), rejected "
+                                "(by reason in trace_records_rejected_total).", labels=["result"])
+        for result in SPAN_RESULTS:
+            s.add_metric([result], float(spans.get(result, 0)))
+        yield s
+        d = CounterMetricFamily(PREFIX + "otlp_forward_dropped",
+                                "OTLP payloads not passed on to an --otlp-forward backend (queue full, "
+                                "backend down or failing).")
+        d.add_metric([], float(self.forwarder.dropped if self.forwarder is not None else 0))
+        yield d
