@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One-shot setup for a fresh Debian/Ubuntu machine: system packages (BCC, kernel
-# headers, Prometheus, bpftrace), kernel header links for BCC, a venv with the
+# headers, Prometheus, bpftrace, podman for the image test), kernel header links for BCC, a venv with the
 # project, the Triton wheel and the dev tools. Idempotent: safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +14,8 @@ say() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 # --- system packages ---------------------------------------------------------
 KVER=$(uname -r)
 pkgs=(python3-bpfcc bpfcc-tools bpftrace prometheus python3-venv curl unzip)
+# the image test builds and runs the Dockerfile: a debootstrap base, podman with runc
+pkgs+=(podman runc debootstrap)
 if [ -f /etc/os-release ] && grep -q '^ID=ubuntu' /etc/os-release; then
     pkgs+=("linux-headers-$KVER")
 elif apt-cache show "linux-headers-$KVER" >/dev/null 2>&1; then
