@@ -1,6 +1,7 @@
-"""Shared test setup: real parts (Triton, eBPF, Prometheus, a newer CPython) are required where the machine can.
+"""Shared test setup: real parts (Triton, eBPF, Prometheus, a newer CPython, podman) are required where
+the machine can.
 
-A test marked `triton`, `ebpf`, `prometheus` or `newest_python` is skipped only when the machine truly
+A test marked `triton`, `ebpf`, `prometheus`, `newest_python` or `podman` is skipped only when the machine truly
 cannot run it, with the reason; with INFPROF_REQUIRE=all (as .ci/run sets) such a
 skip is a failure instead, so CI cannot pass by skipping the real tests.
 """
@@ -79,7 +80,17 @@ def _newest_python() -> str | None:
     return None
 
 
-CAPABILITIES = {"triton": _triton, "ebpf": _ebpf, "prometheus": _prometheus, "newest_python": _newest_python}
+def _podman() -> str | None:
+    if os.geteuid() != 0:
+        return "building and running the image with podman needs root here"
+    absent = [t for t in ("podman", "runc", "debootstrap") if shutil.which(t) is None]
+    if absent:
+        return f"{', '.join(absent)} not installed (run scripts/setup.sh)"
+    return None
+
+
+CAPABILITIES = {"triton": _triton, "ebpf": _ebpf, "prometheus": _prometheus, "newest_python": _newest_python,
+                "podman": _podman}
 _cache: dict[str, str | None] = {}
 
 
