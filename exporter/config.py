@@ -85,6 +85,10 @@ class Config:
         10.0, "a trace file left incomplete this long is ingested as far as it is valid"
     )
     trace_delete_ingested: bool = _opt(False, "delete trace files once ingested (retention)")
+    trace_keep_bytes: int = _opt(
+        0, "keep at most this many bytes of trace files per trace file set, deleting the oldest "
+        "ingested ones (retention; 0: no limit)", metavar="N"
+    )
     trace_open_traces: int = _opt(
         WINDOW, "traces held open while a file streams; bounds memory on huge files"
     )

@@ -91,3 +91,8 @@ class TraceCollector(Collector):
                               "Unix time of the last trace file ingested (0: none yet).")
         g.add_metric([], agg.last_ingest)
         yield g
+        d = GaugeMetricFamily(PREFIX + "trace_files_bytes",
+                              "Bytes of trace files on disk under --trace-file, ingested or not.", labels=names)
+        for key, size in sorted(self.tailer.disk_bytes.items()):
+            d.add_metric(list(key), float(size))
+        yield d

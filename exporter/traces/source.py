@@ -34,6 +34,7 @@ class TraceSource(PolledSource):
             max_models=cfg.max_models,
             settle_seconds=cfg.trace_settle_seconds,
             delete_ingested=cfg.trace_delete_ingested,
+            keep_bytes=cfg.trace_keep_bytes,
             window=cfg.trace_open_traces,
             child_hold_seconds=cfg.trace_child_hold_seconds,
         )

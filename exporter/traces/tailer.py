@@ -42,6 +42,7 @@ class TailerSettings:
     max_models: int = 100
     settle_seconds: float = 10.0
     delete_ingested: bool = False
+    keep_bytes: int = 0  # per trace file set: past it the oldest ingested files are deleted (0: no limit)
     window: int = WINDOW
     child_hold_seconds: float = CHILD_HOLD_SECONDS
 
@@ -76,6 +77,7 @@ class TraceTailer:
         self._waiting_logged: set[str] = set()
         self._outside_logged: set[str] = set()
         self.state_error: str | None = None  # why the last commit failed; None when it succeeded
+        self.disk_bytes: dict[tuple[str, ...], int] = {}  # label values -> bytes of trace files on disk
         self._load()
 
     # --- state -------------------------------------------------------------
@@ -168,6 +170,10 @@ class TraceTailer:
         with self.lock:
             n = 0
             seen: set[str] = set()
+            # every file set seen in this run keeps its series, at 0 once retention emptied it
+            disk: dict[tuple[str, ...], int] = {tuple(v): 0 for v in self.stream_labels.values()}
+            if not self.label_names:
+                disk[()] = 0
             for pat in self.patterns:
                 for base, files in sorted(pat.expand().items()):
                     labels = pat.labels(base)
@@ -184,6 +190,9 @@ class TraceTailer:
                             log.warning("cannot read trace file %s: %s", path, e.strerror or e,
                                         extra={"fields": {"file": path, "reason": "read_failed",
                                                           "error": str(e.strerror or e)}})
+                    key = tuple(label_values)
+                    disk[key] = disk.get(key, 0) + self._retain([p for _, p in files if self._inside(pat, p)])
+            self.disk_bytes = disk
             self._expire_pending()
             stale = [p for p in self.entries if p not in seen and not os.path.exists(p)]
             if stale:
@@ -238,6 +247,32 @@ class TraceTailer:
                 return self._empty_file(path, st)
             return self._ingest(base, _Plan(path, start, st, head, restart), labels, partial=True)
         return self._ingest(base, _Plan(path, start, st, head, restart), labels, partial=False)
+
+    def _retain(self, paths: list[str]) -> int:
+        """Bytes of one trace file set left on disk; past keep_bytes its oldest ingested files are deleted."""
+        sizes: list[tuple[int, str, os.stat_result]] = []
+        for p in paths:
+            try:
+                st = os.stat(p)
+            except OSError:
+                continue  # deleted since the scan
+            sizes.append((st.st_mtime_ns, p, st))
+        total = sum(st.st_size for _, _, st in sizes)
+        if not self.s.keep_bytes:
+            return total
+        for _, p, st in sorted(sizes, key=lambda x: x[:2]):
+            if total <= self.s.keep_bytes:
+                break
+            entry = self.entries.get(p)
+            if entry is None or not entry.complete or not entry.same_stat(st):
+                continue  # never a file whose traces are not all counted yet
+            try:
+                os.unlink(p)
+            except OSError as e:
+                log.warning("cannot delete ingested %s (--trace-keep-bytes): %s", p, e.strerror)
+                continue
+            total -= st.st_size
+        return total
 
     def _empty_file(self, path: str, st: os.stat_result) -> int:
         """A file left empty: counted as failed once, ingested if it ever gets content."""
