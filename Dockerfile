@@ -13,7 +13,8 @@
 #
 # User: non-root (uid 10001) by default, enough for traces, Triton and perf_analyzer sources
 # with --ebpf off. eBPF needs uid 0 with CAP_BPF, CAP_PERFMON and CAP_SYS_RESOURCE only
-# (docker-compose.yml and deploy/kubernetes/ show it); never --privileged.
+# (docker-compose.yml and deploy/kubernetes/ show it), under a seccomp profile that allows bpf() and
+# perf_event_open() to them (deploy/seccomp/inference-profiler.json); never --privileged.
 
 ARG DEBIAN_IMAGE=debian:bookworm-slim
 

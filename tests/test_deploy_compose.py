@@ -82,6 +82,8 @@ def test_exporter_has_only_the_privileges_ebpf_needs() -> None:
     assert e.get("pid") != "host" and e.get("network_mode") != "host"
     assert e["read_only"] is True
     assert "no-new-privileges:true" in e["security_opt"]
+    [seccomp] = [o.split("=", 1)[1] for o in e["security_opt"] if o.startswith("seccomp=")]
+    assert (ROOT / seccomp).resolve() == (ROOT / "deploy/seccomp/inference-profiler.json").resolve()
     host = {src: mode for src, _, mode in mounts(e) if src.startswith("/")}
     assert host == {"/sys/kernel/tracing": "ro", "/lib/modules": "ro", "/usr/src": "ro"}
 
@@ -97,6 +99,8 @@ def test_exporter_command_is_valid_for_the_cli(monkeypatch: pytest.MonkeyPatch) 
     cfg = _exporter_config(service("exporter")["command"])
     assert cfg.triton == ["http://triton:8000"]
     assert cfg.ebpf == "auto"
+    assert cfg.trace_delete_ingested  # retention on: the trace volume is mounted writable for it
+    assert [mode for src, _, mode in mounts(service("exporter")) if src == "triton-traces"] == ["rw"]
 
 
 def _volume_path(svc: dict[str, Any], path: str) -> tuple[str, str] | None:

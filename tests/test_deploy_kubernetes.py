@@ -166,9 +166,12 @@ def test_daemonset_least_privilege() -> None:
     host = {v["hostPath"]["path"]: v["name"] for v in pod["volumes"] if "hostPath" in v}
     assert set(host) == {"/sys/kernel/tracing", "/lib/modules", "/usr/src", "/var/log/triton", "/var/lib/inference-profiler"}
     mounts = {m["name"]: m for m in c["volumeMounts"]}
-    for path in ("/sys/kernel/tracing", "/lib/modules", "/usr/src", "/var/log/triton"):
+    for path in ("/sys/kernel/tracing", "/lib/modules", "/usr/src"):
         assert mounts[host[path]]["mountPath"] == path and mounts[host[path]]["readOnly"] is True, path
     assert not mounts[host["/var/lib/inference-profiler"]].get("readOnly")
+    # writable only for retention, which is on by default
+    assert "--trace-delete-ingested" in c["args"]
+    assert mounts[host["/var/log/triton"]]["readOnly"] is False
     probes = {c[p]["httpGet"]["path"] for p in ("livenessProbe", "readinessProbe")}
     assert probes == {"/healthz", "/readyz"}
 
@@ -268,3 +271,12 @@ def test_daemonset_exposes_the_otlp_listener_on_the_node() -> None:
     assert port["containerPort"] == int(listen.rsplit(":", 1)[1]) and port["hostPort"] == port["containerPort"]
     np = the("base", "NetworkPolicy")
     assert "otlp" in {p["port"] for rule in np["spec"]["ingress"] for p in rule.get("ports", [])}
+
+
+def test_daemonset_exporter_runs_under_the_shipped_seccomp_profile() -> None:
+    c = container(the("base", "DaemonSet")["spec"]["template"]["spec"], "exporter")
+    profile = c["securityContext"]["seccompProfile"]
+    assert profile["type"] == "Localhost"
+    assert (ROOT / "deploy/seccomp" / profile["localhostProfile"]).is_file()
+    readme = (ROOT / "deploy/README.md").read_text()
+    assert f"/var/lib/kubelet/seccomp/{profile['localhostProfile']}" in readme

@@ -21,7 +21,8 @@ README = ROOT / "deploy" / "README.md"
 TOP = ("deploy", "prometheus", "grafana", "exporter", "tests", "scripts", "bpf")
 PATH_RE = re.compile(r"(?<![\w/.$-])((?:" + "|".join(TOP) + r")/[\w./*-]*|Dockerfile|docker-compose\.yml)")
 # flags in the text that belong to other tools
-OTHER_FLAGS = {"--privileged", "--build-arg", "--profile", "--check", "--trace-config"}  # docker, generate.py, Triton
+OTHER_FLAGS = {"--privileged", "--build-arg", "--profile", "--check", "--trace-config",  # docker, generate.py, Triton
+               "--security-opt", "--variant"}  # docker/podman, debootstrap
 
 
 def text() -> str:
