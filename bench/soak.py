@@ -37,11 +37,11 @@ from exporter.demo.launcher import ENSEMBLE, MODEL, TritonServer, copy_model_rep
 from exporter.demo.traffic import TrafficDriver  # noqa: E402
 
 
-def scrape_traces(url: str) -> float:
+def scrape_traces(url: str, family: str = "inference_profiler_traces_total") -> float:
     with urllib.request.urlopen(url + "/metrics", timeout=10) as r:
         text = r.read().decode()
     return sum(float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines()
-               if ln.startswith("inference_profiler_traces_total{"))
+               if ln.startswith((family + "{", family + " ")))
 
 
 def start_prometheus(work: Path, target: str) -> tuple[subprocess.Popen[bytes], str]:
@@ -137,13 +137,17 @@ def main() -> int:
         exp_use, tri_use = Usage(exporter.pid), Usage(triton.pid)
         sent0 = sum(driver.counts.succeeded.values())
         end = time.monotonic() + args.duration
+        disk_max = 0.0  # bytes of trace files on disk: retention keeps them bounded
         while time.monotonic() < end:
             time.sleep(min(10.0, max(0.0, end - time.monotonic())))
             exp_use.sample()
             tri_use.sample()
             c = driver.counts
+            disk = scrape_traces(url, "inference_profiler_trace_files_bytes")
+            disk_max = max(disk_max, disk)
             print(f"  {time.monotonic() - exp_use.t0:6.0f} s: sent {sum(c.sent.values())}, "
-                  f"failed {sum(c.failed.values())}, exporter RSS {exp_use.rss_max / 2**20:.1f} MB", flush=True)
+                  f"failed {sum(c.failed.values())}, exporter RSS {exp_use.rss_max / 2**20:.1f} MB, "
+                  f"trace files {disk / 2**20:.1f} MB", flush=True)
         exp, tri = exp_use.result(), tri_use.result()
         counts = driver.stop()
         driver = None
@@ -167,6 +171,7 @@ def main() -> int:
             "traces_expected": expected, "traces_counted": counted, "exporter": exp, "triton": tri,
             "ratio_cpu_exporter_to_triton": exp["cpu_percent"] / tri["cpu_percent"],
             "ratio_rss_end_to_start_exporter": exp["rss_end_mb"] / exp["rss_start_mb"],
+            "trace_files_bytes_max": disk_max,
         }
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2) + "\n")
@@ -181,6 +186,7 @@ def main() -> int:
         ok = counted == expected
         print(f"traces:   counted {counted:.0f}, expected {expected} ({sent} requests + {ensemble} ensemble "
               f"children): {'EQUAL' if ok else 'DIFFERENT'}")
+        print(f"disk:     trace files at most {disk_max / 2**20:.1f} MB on disk (sampled every 10 s)")
         print(f"written {args.out}")
         return 0 if ok else 1
     finally:
