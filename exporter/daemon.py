@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import logging
 import signal
 import threading
@@ -39,6 +41,13 @@ def build_sources(cfg: Config, errors: ErrorCounts) -> list[Source]:
     return sources
 
 
+def release_freed_heap() -> None:
+    """Hand the heap freed since start back to the kernel: glibc keeps it, and BCC's compile frees
+    about 90 MB of the exporter's RSS that would otherwise stay resident for the process' life."""
+    with contextlib.suppress(OSError, AttributeError):  # not glibc (musl has no malloc_trim): nothing to trim
+        ctypes.CDLL(None).malloc_trim(0)
+
+
 class Daemon:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
@@ -47,6 +56,8 @@ class Daemon:
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(ProcessCollector(namespace="inference_profiler", registry=None))
         self.sources = build_sources(cfg, self.errors)
+        if cfg.ebpf != "off":
+            release_freed_heap()
         owners: list[tuple[str, Collector]] = [(s.name, c) for s in self.sources for c in s.collectors()]
         # last: errors a scrape-time fetch counts show in the same scrape as its triton_up
         owners.append(("self", SelfCollector(self.errors)))
