@@ -20,6 +20,7 @@ import os
 import re
 import ssl
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -128,7 +129,7 @@ def run_args(profile: str, *extra: str) -> list[str]:
 
 
 def test_shipped_profile_is_generated_from_the_vendored_moby_default() -> None:
-    r = subprocess.run(["python3", str(ROOT / "deploy/seccomp/generate.py"), "--check"], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, str(ROOT / "deploy/seccomp/generate.py"), "--check"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
 
 
