@@ -167,6 +167,15 @@ def test_check_ebpf_on_under_seccomp_profile(image: str, triton: TritonServer, p
         assert "deploy/seccomp/inference-profiler.json" in fail[0], fail[0]
 
 
+def test_check_fails_when_retention_cannot_delete(image: str, tmp_path: Path) -> None:
+    r = podman(*run_args("shipped", "--rm", "-v", f"{tmp_path}:/var/log/triton:ro"), image,
+               "check", "--ebpf", "off", "--triton", "none", "--trace-file", "/var/log/triton/trace.json",
+               "--trace-delete-ingested", check=False)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert re.search(r"^FAIL\s+trace dir /var/log/triton: retention .* cannot delete in /var/log/triton: "
+                     r"mount it writable", r.stdout, re.M), r.stdout
+
+
 def scrape(port: int) -> Scrape:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
         return Scrape(resp.read().decode())

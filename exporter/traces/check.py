@@ -1,4 +1,5 @@
-"""`check` items for traces: trace file directories readable, the OTLP listener, the state dir writable."""
+"""`check` items for traces: trace file directories readable (writable with retention), the OTLP listener,
+the state dir writable."""
 
 from __future__ import annotations
 
@@ -29,6 +30,12 @@ def trace_checks(cfg: Config) -> Iterable[CheckResult]:
         unreadable = [x for x in dirs if not os.access(x, os.R_OK | os.X_OK)]
         if unreadable:
             yield CheckResult(f"trace dir {d}", "fail", f"not readable by uid {os.geteuid()}: {unreadable[0]}")
+            continue
+        retention = cfg.trace_delete_ingested or cfg.trace_keep_bytes > 0
+        unwritable = [x for x in dirs if not os.access(x, os.W_OK)] if retention else []
+        if unwritable:
+            yield CheckResult(f"trace dir {d}", "fail", f"retention (--trace-delete-ingested, --trace-keep-bytes) "
+                              f"cannot delete in {unwritable[0]}: mount it writable for uid {os.geteuid()}")
             continue
         n = sum(len(files) for files in pat.expand().values())
         yield CheckResult(f"trace files {spec}", "pass", f"{n} file(s) found now")
