@@ -34,7 +34,8 @@ from exporter.demo.launcher import MODEL, TritonServer, free_port
 from exporter.demo.traffic import send_requests
 from tests.triton_harness import Scrape
 
-pytestmark = [pytest.mark.podman, pytest.mark.ebpf, pytest.mark.triton]
+# the first test also builds the image: about 6 minutes cold on the CI machine, more when it is busy
+pytestmark = [pytest.mark.podman, pytest.mark.ebpf, pytest.mark.triton, pytest.mark.timeout(1800)]
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / ".cache" / "image"
