@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from exporter.histogram import DEFAULT_STAGE_BUCKETS
+from exporter.traces.checkpoint import STATE_VERSION
 from exporter.traces.source import bounds_ns
 from exporter.traces.tailer import TailerSettings, TraceTailer
 from tests import reference, tracegen
@@ -259,7 +260,7 @@ def test_state_file_is_json_and_atomic(tmp_path: Path) -> None:
     files = os.listdir(tmp_path / "state")
     assert files == ["traces-state.json"]  # no temp files left behind
     v = json.loads((tmp_path / "state" / "traces-state.json").read_text())
-    assert v["version"] == 1 and str(tmp_path / "trace.json.0") in v["files"]
+    assert v["version"] == STATE_VERSION and str(tmp_path / "trace.json.0") in v["files"]
 
 
 def test_corrupt_state_is_kept_aside(tmp_path: Path) -> None:
