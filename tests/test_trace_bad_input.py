@@ -4,6 +4,7 @@ and every good trace around the bad records counted exactly once."""
 from __future__ import annotations
 
 import os
+import random
 import subprocess
 import sys
 import tempfile
@@ -233,3 +234,36 @@ def test_reference_and_pipeline_agree_on_fuzzless_ensemble_file(tmp_path: Path) 
     t.poll()
     want = reference.stage_stats([str(tmp_path / "trace.json.0")])
     assert {k: n for k, n in t.live.traces.items()} == want["traces"]
+
+
+def test_model_versions_count_against_the_model_cap(tmp_path: Path) -> None:
+    """--max-models caps (model, version) pairs: 2,000 versions of one model are not 2,000 series."""
+    objs: list[str] = []
+    for v in range(2000):
+        for o in tracegen.trace_objects(v + 1, random.Random(v), 10**12 + v * 10**7):
+            objs.append(o.replace('"model_version":1', f'"model_version":{v + 1}'))
+    tracegen.write_file(str(tmp_path / "trace.json.0"), objs)
+    t = tailer(str(tmp_path / "trace.json"), max_models=3)
+    t.poll()
+    assert {(k[0], k[1]) for k in t.live.traces} == {("add_sub", "1"), ("add_sub", "2"), ("add_sub", "3")}
+    assert t.live.rejected["model_cap"] == 1997
+    assert len({k[:2] for k in t.live.histograms}) == 3
+
+
+def test_absurd_spans_are_counted_not_summed(tmp_path: Path) -> None:
+    """Spans of ~4e18 ns would overflow an int64 sum after three traces: they are rejected as
+    implausible_span and the sums stay exact."""
+    objs = []
+    for tid in range(1, 4):
+        objs += [f'{{"id":{tid},"model_name":"m","model_version":1}}',
+                 f'{{"id":{tid},"timestamps":[{{"name":"REQUEST_START","ns":1000}}]}}',
+                 f'{{"id":{tid},"timestamps":[{{"name":"QUEUE_START","ns":2000}}]}}',
+                 f'{{"id":{tid},"timestamps":[{{"name":"COMPUTE_START","ns":4000000000000000000}}]}}',
+                 f'{{"id":{tid},"timestamps":[{{"name":"REQUEST_END","ns":4000000000000001000}}]}}']
+    tracegen.write_file(str(tmp_path / "trace.json.0"), objs)
+    t = tailer(str(tmp_path / "trace.json"))
+    t.poll()
+    assert sum(t.live.traces.values()) == 3
+    assert t.live.rejected["implausible_span"] == 3 * 4  # request, queue, end_to_end, first_response
+    assert all(h.total >= 0 for h in t.live.histograms.values())
+    assert ("m", "1", "none", "queue") not in t.live.histograms
