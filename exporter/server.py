@@ -130,20 +130,13 @@ class _HTTPServer(ThreadingHTTPServer):
             self._kill(c.sock)
 
 
-class MetricsServer:
-    def __init__(
-        self,
-        registry: CollectorRegistry,
-        host: str,
-        port: int,
-        ready: Callable[[], bool] = lambda: True,
-        ssl_context: ssl.SSLContext | None = None,
-        auth: AuthCheck | None = None,
-    ) -> None:
-        self.registry = registry
-        self.ready = ready
-        self.auth = auth
-        handler = self._handler()
+class Listener:
+    """A bounded HTTP server (TLS optional) serving one handler class from its own thread."""
+
+    thread_name = "http"
+
+    def __init__(self, host: str, port: int, handler: type[BaseHTTPRequestHandler],
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         self.httpd = _HTTPServer((host, port), handler)
         if ssl_context is not None:
             # handshake in the request thread: done in accept(), one idle client would block everyone
@@ -157,12 +150,28 @@ class MetricsServer:
         return int(self.httpd.server_address[1])
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self.httpd.serve_forever, name="http", daemon=True)
+        self._thread = threading.Thread(target=self.httpd.serve_forever, name=self.thread_name, daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+class MetricsServer(Listener):
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        host: str,
+        port: int,
+        ready: Callable[[], bool] = lambda: True,
+        ssl_context: ssl.SSLContext | None = None,
+        auth: AuthCheck | None = None,
+    ) -> None:
+        self.registry = registry
+        self.ready = ready
+        self.auth = auth
+        super().__init__(host, port, self._handler(), ssl_context)
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         server = self

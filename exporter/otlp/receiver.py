@@ -20,7 +20,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from ..server import AuthCheck, _HTTPServer
+from ..server import AuthCheck, Listener
 from ..source import PREFIX
 from ..traces.aggregate import TraceAggregate
 from ..traces.assembly import StreamState, Trace, TraceBatch, resolve
@@ -178,32 +178,17 @@ class OtlpIngest:
             delta.observe_batch(b, np.asarray(c, dtype=np.int8), self.labels, self.max_models, live)
 
 
-class OtlpServer:
+class OtlpServer(Listener):
     """POST /v1/traces on its own listener."""
+
+    thread_name = "otlp"
 
     def __init__(self, ingest: OtlpIngest, host: str, port: int, forwarder: Forwarder | None = None,
                  ssl_context: ssl.SSLContext | None = None, auth: AuthCheck | None = None) -> None:
         self.ingest = ingest
         self.forwarder = forwarder
         self.auth = auth
-        self.httpd = _HTTPServer((host, port), self._handler())
-        self.httpd.daemon_threads = True
-        if ssl_context is not None:
-            self.httpd.socket = ssl_context.wrap_socket(self.httpd.socket, server_side=True,
-                                                        do_handshake_on_connect=False)
-        self._thread: threading.Thread | None = None
-
-    @property
-    def port(self) -> int:
-        return int(self.httpd.server_address[1])
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self.httpd.serve_forever, name="otlp", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        super().__init__(host, port, self._handler(), ssl_context)
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         server = self
