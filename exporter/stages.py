@@ -189,7 +189,9 @@ def exclusive_reference(intervals: list[tuple[int, int, int]], lo: int, hi: int,
 
 def _exclusive_numpy(starts: npt.NDArray[np.int64], ends: npt.NDArray[np.int64],
                      lo: npt.NDArray[np.int64], hi: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
-    """exclusive_reference() over rows of K intervals each (interval k is segment k), vectorised."""
+    """exclusive_reference() over rows of K intervals each (interval k is segment k), vectorised;
+    starts and ends are [K, rows]."""
+    starts, ends = starts.T, ends.T
     n, k = starts.shape
     valid = (starts >= 0) & (ends > starts)
     pts = np.concatenate([np.clip(starts, lo[:, None], hi[:, None]), np.clip(ends, lo[:, None], hi[:, None]),
@@ -200,6 +202,7 @@ def _exclusive_numpy(starts: npt.NDArray[np.int64], ends: npt.NDArray[np.int64],
     owner = np.where(cover.any(axis=2), cover.argmax(axis=2), k)
     out = np.zeros((n, k + 1), dtype=np.int64)
     np.add.at(out, (np.repeat(np.arange(n), a.shape[1]), owner.ravel()), (b - a).ravel())
+    out[hi <= lo] = 0
     return out
 
 
@@ -211,13 +214,14 @@ except ImportError:  # no compiler where it was installed
 
 def exclusive(starts: npt.NDArray[np.int64], ends: npt.NDArray[np.int64],
               lo: npt.NDArray[np.int64], hi: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
-    """[rows, K+1] exclusive times of K prioritised intervals per row within [lo, hi]."""
-    if _exclusive_c is None or not len(starts):
+    """[rows, K+1] exclusive times of K prioritised intervals per row within [lo, hi]; starts and
+    ends are [K, rows] (one interval's column of every row contiguous); rows with hi <= lo get 0."""
+    if _exclusive_c is None or not starts.shape[1]:
         return _exclusive_numpy(starts, ends, lo, hi)
-    n, k = starts.shape
+    k, n = starts.shape
     raw = _exclusive_c(np.ascontiguousarray(starts, dtype=np.int64), np.ascontiguousarray(ends, dtype=np.int64),
                        np.ascontiguousarray(lo, dtype=np.int64), np.ascontiguousarray(hi, dtype=np.int64), k)
-    return np.frombuffer(raw, dtype=np.int64).reshape(n, k + 1)
+    return np.frombuffer(raw, dtype=np.int64).reshape(n, k + 1).copy()  # writable: streaming rows are redone
 
 
 # --- the request model over a batch --------------------------------------------------------
@@ -341,9 +345,7 @@ def anatomy(stamps: npt.NDArray[np.int64], extra_of: Callable[[int], Extra]) -> 
         both = (sa >= 0) & (sb >= 0)
         starts[j] = np.where(both, sa, -1)
         ends[j] = np.where(both, sb, -1)
-    rows = np.flatnonzero(timed)
-    segments = np.zeros((n, len(SEGMENTS)), dtype=np.int64)
-    segments[rows] = exclusive(starts.T[rows], ends.T[rows], arrival[rows], end[rows])
+    segments = exclusive(starts, ends, np.where(timed, arrival, 0), np.where(timed, end, 0))
 
     sends = (np.maximum(_col(stamps, "HTTP_SEND_END" + COUNT_SUFFIX), 0)
              + np.maximum(_col(stamps, "GRPC_SEND_END" + COUNT_SUFFIX), 0))

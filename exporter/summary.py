@@ -133,8 +133,10 @@ class Group:
             sk.add_many(values)
 
 
-def collect(paths: list[str], models: list[str] | None, progress: Progress,
-            show_trace: bool = False, out: TextIO = sys.stdout) -> tuple[dict[GroupKey, Group], Counter[str]]:
+def collect(paths: list[str], models: list[str] | None, progress: Progress, show_trace: bool = False,
+            out: TextIO = sys.stdout, shapes: bool = False) -> tuple[dict[GroupKey, Group], Counter[str]]:
+    """Per (model, version, protocol): stage sketches, responses, the timeline's segments; with
+    `shapes`, also the arrival span, dynamic batches and parents' models (for `diagnose`)."""
     rejected: Counter[str] = Counter()
     groups: dict[GroupKey, Group] = {}
     model_of: dict[int, str] = {}  # recent trace ids -> model, to name a child's parent
@@ -146,8 +148,9 @@ def collect(paths: list[str], models: list[str] | None, progress: Progress,
         rows = np.flatnonzero(ok)
         keys, gidx = batch.groups(rows, codes)
         an = batch.anatomy(rows)
-        for i in rows.tolist():
-            model_of[int(batch.ids[i])] = batch.headers[int(batch.hdr[i])][0]
+        if shapes:
+            model_of.update(zip(batch.ids[rows].tolist(),
+                                (batch.headers[h][0] for h in batch.hdr[rows].tolist()), strict=True))
         if len(model_of) > MODEL_OF_KEEP:  # children are written next to their parents: recent ids suffice
             for tid in list(model_of)[: len(model_of) - MODEL_OF_KEEP // 2]:
                 del model_of[tid]
@@ -157,15 +160,17 @@ def collect(paths: list[str], models: list[str] | None, progress: Progress,
             g = groups.setdefault((model, version, PROTOCOLS[code]), Group())
             sel = gidx == k
             g.traces += int(sel.sum())
-            d = an.durations[sel]
+            by_stage = an.durations.T  # [stages, rows], a stage's values contiguous
             for j, stage in enumerate(STAGES):
-                g.add(stage, d[d[:, j] >= 0, j])
+                d = by_stage[j] if len(keys) == 1 else by_stage[j][sel]
+                g.add(stage, d[d >= 0])
             g.add(INTER_RESPONSE, an.gaps[sel[an.gap_rows]])
             g.responses.add_many(an.responses[sel])
             timed = sel & an.timed
             g.timed += int(timed.sum())
             g.segments = [a + int(b) for a, b in zip(g.segments, an.segments[timed].sum(axis=0), strict=True)]
-            add_shape(g, batch, rows[sel], model_of)
+            if shapes:
+                add_shape(g, batch, rows[sel], model_of)
         if len(batch.extra) and (batch.extra[:, 1] >= NCOLS).any():
             for k_row, i in enumerate(rows.tolist()):
                 spans = custom_spans(batch.customs_of(i))

@@ -79,8 +79,8 @@ def test_c_numpy_and_reference_sweeps_agree(rows: list[tuple[list[tuple[int, int
             starts[r, j], ends[r, j] = a, b
     want = [exclusive_reference([(j, int(starts[r, j]), int(ends[r, j])) for j in range(k) if starts[r, j] >= 0],
                                 int(lo[r]), int(hi[r]), k + 1) for r in range(len(rows))]
-    assert exclusive(starts, ends, lo, hi).tolist() == want
-    assert _exclusive_numpy(starts, ends, lo, hi).tolist() == want
+    assert exclusive(starts.T.copy(), ends.T.copy(), lo, hi).tolist() == want
+    assert _exclusive_numpy(starts.T.copy(), ends.T.copy(), lo, hi).tolist() == want
 
 
 def test_the_c_sweep_is_built() -> None:

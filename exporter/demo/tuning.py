@@ -266,7 +266,7 @@ def measure_phase(server: TritonServer, s: Scenario, seen: set[Path], t: Thresho
             break
         time.sleep(0.2)
     seen.update(new)
-    groups, _ = collect([str(p) for p in new], [s.name, *s.steps], Progress(0, False))
+    groups, _ = collect([str(p) for p in new], [s.name, *s.steps], Progress(0, False), shapes=True)
     configs = triton_configs(server.http_address, sorted({(m, v) for m, v, _ in groups}))
     [e] = [x for x in evidence_from_groups(groups, configs) if x.model == s.name]
     return Phase(e, diagnose([e], t), seconds, new)

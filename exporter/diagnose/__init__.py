@@ -66,7 +66,7 @@ def gather(args: argparse.Namespace) -> tuple[list[Evidence], str]:
         if not os.path.isfile(p):
             raise SourceError(f"{p} is not a readable file")
     try:
-        groups, _rejected = collect(args.files, args.model, Progress(0, False))
+        groups, _rejected = collect(args.files, args.model, Progress(0, False), shapes=True)
     except OSError as e:
         raise SourceError(f"cannot read {e.filename}: {e.strerror}") from None
     models = sorted({(m, v) for m, v, _ in groups})

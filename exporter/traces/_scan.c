@@ -669,7 +669,8 @@ static PyTypeObject ScannerType = {
 /* exclusive(starts, ends, lo, hi, k) -> bytes of int64 [n, k+1]: per row, the time of
  * [lo, hi] each of its k intervals owns, interval j winning over every later one where
  * they overlap, column k the time none covers (stages.exclusive_reference's rule).
- * An interval with a negative start or end <= start is empty. */
+ * starts and ends are [k, n] (interval j of row r at j * n + r). An interval with a
+ * negative start or end <= start is empty; a row with hi <= lo owns nothing. */
 #define MAX_K 16
 static PyObject *exclusive(PyObject *self, PyObject *args) {
     Py_buffer bs, be, bl, bh;
@@ -686,12 +687,14 @@ static PyObject *exclusive(PyObject *self, PyObject *args) {
     const int64_t *st = bs.buf, *en = be.buf, *lo = bl.buf, *hi = bh.buf;
     int64_t *out = (int64_t *)PyBytes_AS_STRING(res);
     for (Py_ssize_t r = 0; r < n; r++) {
-        const int64_t *a = st + r * k, *b = en + r * k;
+        int64_t a[MAX_K], b[MAX_K];
+        for (int j = 0; j < k; j++) { a[j] = st[j * n + r]; b[j] = en[j * n + r]; }
         int64_t *o = out + r * (k + 1);
         int64_t pts[2 * MAX_K + 2];
         int np_ = 0;
         int64_t L = lo[r], H = hi[r];
         for (int j = 0; j <= k; j++) o[j] = 0;
+        if (H <= L) continue;
         pts[np_++] = L; pts[np_++] = H;
         for (int j = 0; j < k; j++) {
             if (a[j] < 0 || b[j] <= a[j]) continue;
