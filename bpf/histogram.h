@@ -25,7 +25,7 @@ struct metric_value {
 };
 
 #ifndef METRIC_SERIES
-#define METRIC_SERIES 4096
+#define METRIC_SERIES 16384 /* series of all metrics of a program: ports x roles x buckets x pods */
 #endif
 /* Per CPU: no atomics and no cache line bouncing between cores on the hot path;
  * not preallocated, since series are few and created once. */

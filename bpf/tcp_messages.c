@@ -6,6 +6,10 @@
  * the client role the other way round. Latency = first call of the request ->
  * first call of its response; a message's bytes are observed when the direction
  * turns (or the socket is destroyed). Bytes are counted per call, with or without state.
+ *
+ * With POD_LABELS (--kubernetes) every series also carries the cgroup v2 id of the process
+ * that sends and receives on the socket, taken in that process's context (the send/recv
+ * hooks), so user space can name its pod; without it that id is 0.
  */
 #include <net/sock.h>
 #include <net/tcp_states.h>
@@ -15,10 +19,17 @@
 
 #define PHASE_IDLE 0 /* else phase = direction + 1 of the message in flight */
 
+#ifdef POD_LABELS
+#define owner_cgroup() bpf_get_current_cgroup_id() /* only called in the process's own context */
+#else
+#define owner_cgroup() 0
+#endif
+
 struct sock_state {
     u64 request_start_ns; /* first call of the request in flight, 0 when none */
     u64 message_bytes;    /* bytes of the message in flight */
     u64 queued_since_ns;  /* oldest data_ready not yet read, 0 when none */
+    u64 cgroup;           /* owner_cgroup() at the last send/recv; 0 before the first */
     u16 port;
     u8 role;
     u8 phase;
@@ -72,22 +83,23 @@ static __always_inline struct sock_state *watched_socket(struct sock *sk, u16 *p
     return sockets.lookup(&key);
 }
 
-static __always_inline void count_bytes(u16 port, u8 role, u8 dir, u32 bytes)
+static __always_inline void count_bytes(u16 port, u8 role, u8 dir, u32 bytes, u64 cgroup)
 {
-    struct metric_key k = {.metric = METRIC_tcp_bytes_total, .port = port, .role = role, .direction = dir};
+    struct metric_key k = {.metric = METRIC_tcp_bytes_total, .port = port, .role = role, .direction = dir,
+                           .cgroup = cgroup};
     metric_add(&k, bytes);
 }
 
 static __always_inline void observe_message(struct sock_state *st)
 {
     struct metric_key k = {.metric = METRIC_tcp_message_bytes, .port = st->port, .role = st->role,
-                           .direction = st->phase - 1};
+                           .direction = st->phase - 1, .cgroup = st->cgroup};
     hist_observe(&k, st->message_bytes);
 }
 
 static __always_inline void on_tcp_call(struct sock_state *st, u32 bytes, u8 dir, u64 now)
 {
-    count_bytes(st->port, st->role, dir, bytes);
+    count_bytes(st->port, st->role, dir, bytes, st->cgroup);
     if (st->phase == dir + 1) {
         st->message_bytes += bytes;
         return;
@@ -98,7 +110,8 @@ static __always_inline void on_tcp_call(struct sock_state *st, u32 bytes, u8 dir
     if (dir == request_dir) {
         st->request_start_ns = now;
     } else if (st->request_start_ns) {
-        struct metric_key lk = {.metric = METRIC_tcp_latency_seconds, .port = st->port, .role = st->role};
+        struct metric_key lk = {.metric = METRIC_tcp_latency_seconds, .port = st->port, .role = st->role,
+                                .cgroup = st->cgroup};
         hist_observe(&lk, now - st->request_start_ns);
         st->request_start_ns = 0;
     }
@@ -111,10 +124,12 @@ static __always_inline int on_tcp_send(void *ctx, struct sock *sk, u32 bytes)
     u16 port = 0;
     u8 role = ROLE_NONE;
     struct sock_state *st = watched_socket(sk, &port, &role);
-    if (st)
+    if (st) {
+        st->cgroup = owner_cgroup();
         on_tcp_call(st, bytes, DIRECTION_SEND, st->phase == DIRECTION_SEND + 1 ? 0 : bpf_ktime_get_ns());
-    else if (role != ROLE_NONE)
-        count_bytes(port, role, DIRECTION_SEND, bytes);
+    } else if (role != ROLE_NONE) {
+        count_bytes(port, role, DIRECTION_SEND, bytes, owner_cgroup());
+    }
     return 0;
 }
 
@@ -125,13 +140,15 @@ static __always_inline int on_tcp_recv(void *ctx, struct sock *sk, u32 bytes)
     struct sock_state *st = watched_socket(sk, &port, &role);
     if (!st) {
         if (role != ROLE_NONE)
-            count_bytes(port, role, DIRECTION_RECV, bytes);
+            count_bytes(port, role, DIRECTION_RECV, bytes, owner_cgroup());
         return 0;
     }
+    st->cgroup = owner_cgroup();
     u64 now = bpf_ktime_get_ns();
 #ifdef HAVE_SK_DATA_READY
     if (st->queued_since_ns) {
-        struct metric_key qk = {.metric = METRIC_tcp_socket_queue_seconds, .port = st->port};
+        struct metric_key qk = {.metric = METRIC_tcp_socket_queue_seconds, .port = st->port,
+                                .cgroup = st->cgroup};
         hist_observe(&qk, now - st->queued_since_ns);
         st->queued_since_ns = 0;
     }

@@ -75,6 +75,17 @@ class Config:
                             choices=("auto", "tracepoint", "fentry", "kprobe"))
     ebpf_max_sockets: int = _opt(65536, "sockets on the watched ports followed at once by eBPF (its map size); "
                                  "past it new connections count bytes only")
+    kubernetes: str = _opt("auto", "label eBPF series with the namespace, pod and container owning the socket, "
+                           "from the node's files (auto: where --container-log-dir exists)",
+                           choices=("auto", "on", "off"))
+    container_log_dir: str = _opt("/var/log/containers", "the kubelet's <pod>_<namespace>_<container>-<id>.log "
+                                  "links", metavar="DIR")
+    cgroup_root: str = _opt("/sys/fs/cgroup", "the cgroup v2 mount (a hybrid host's unified/ is found by itself)",
+                            metavar="DIR")
+    kubernetes_refresh_seconds: float = _opt(10.0, "an unknown cgroup id or container is looked up again at most "
+                                             "this often")
+    kubernetes_forget_seconds: float = _opt(300.0, "the eBPF series of a pod are deleted once its cgroup has been "
+                                            "gone this long")
     perf_analyzer_csv: list[str] = _opt([], "perf_analyzer -f result file to expose (repeatable, globs)", metavar="PATH")
     perf_analyzer_poll_seconds: float = _opt(5.0, "how often perf_analyzer CSV globs are re-read for new or rewritten files")
     stage_buckets: list[float] = _opt(list(DEFAULT_STAGE_BUCKETS), "stage histogram bucket bounds in seconds")
@@ -245,7 +256,8 @@ def validate(cfg: Config) -> None:
     if cfg.triton_max_response_bytes < 1024 or cfg.triton_max_series < 1:
         raise ConfigError("triton_max_response_bytes must be at least 1024 and triton_max_series at least 1")
     for k in ("triton_timeout_seconds", "triton_cache_seconds", "trace_poll_seconds", "trace_settle_seconds",
-              "perf_analyzer_poll_seconds", "trace_child_hold_seconds", "otlp_hold_seconds"):
+              "perf_analyzer_poll_seconds", "trace_child_hold_seconds", "otlp_hold_seconds",
+              "kubernetes_refresh_seconds", "kubernetes_forget_seconds"):
         v = getattr(cfg, k)
         if not math.isfinite(v) or v < 0:
             raise ConfigError(f"{k} must be a finite number of seconds, not negative, got {v!r}")

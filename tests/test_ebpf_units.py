@@ -24,11 +24,11 @@ from exporter.ebpf.kernel import need_missing
 from exporter.histogram import log_linear_bound, log_linear_buckets, log_linear_index
 
 SPEC_EBPF = {
-    "tcp_latency_seconds": ("histogram", ("port", "role")),
-    "tcp_socket_queue_seconds": ("histogram", ("port",)),
-    "tcp_message_bytes": ("histogram", ("port", "role", "direction")),
+    "tcp_latency_seconds": ("histogram", ("port", "role", "cgroup")),
+    "tcp_socket_queue_seconds": ("histogram", ("port", "cgroup")),
+    "tcp_message_bytes": ("histogram", ("port", "role", "direction", "cgroup")),
     "tcp_srtt_seconds": ("histogram", ("port",)),
-    "tcp_bytes_total": ("counter", ("port", "role", "direction")),
+    "tcp_bytes_total": ("counter", ("port", "role", "direction", "cgroup")),
     "tcp_retransmits_total": ("counter", ("port",)),
 }
 
@@ -55,7 +55,7 @@ def test_bad_declaration_is_one_line_error(tmp_path: Path) -> None:
     p = tmp_path / "x.yaml"
     p.write_text("program: x\nsource: x.c\nattach: [{method: tracepoint}]\n"
                  "metrics: [{name: m, help: h, type: histogram, labels: [port, colour]}]\n")
-    with pytest.raises(DeclarationError, match=r"labels \['colour'\] not in the metric key \(role, port, direction\)"):
+    with pytest.raises(DeclarationError, match=r"labels \['colour'\] not in the metric key \(role, port, direction, cgroup\)"):
         load_declaration(p)
     p.write_text("program: x\nsource: x.c\nattach: [{method: tracepoint}]\n"
                  "metrics: [{name: m, help: h, type: counter, labels: [port, role], zero_per_port: true}]\n")
@@ -154,8 +154,9 @@ def test_check_fails_when_no_program_is_found(monkeypatch: pytest.MonkeyPatch) -
 def test_metric_key_renders_the_struct_with_explicit_padding_and_every_code() -> None:
     header = metric_key().c_header()
     struct = header[header.index("struct metric_key {"):]
-    assert struct.splitlines()[1:8] == ["    u8 metric;", "    u8 role;", "    u16 port;", "    u8 direction;",
-                                        "    u8 _pad0[3];", "    u32 bucket;", "};"]
+    assert struct.splitlines()[1:10] == ["    u8 metric;", "    u8 role;", "    u16 port;", "    u8 direction;",
+                                        "    u8 _pad0[3];", "    u32 bucket;", "    u8 _pad1[4];",
+                                        "    u64 cgroup;", "};"]
     defines = dict(re.findall(r"#define (\w+) (\d+)", header))
     assert defines == {"ROLE_SERVER": "0", "ROLE_CLIENT": "1", "DIRECTION_SEND": "0", "DIRECTION_RECV": "1",
                        "ERR_MAP_FULL": "0", "ERR_READ_FAILED": "1", "ERR_SLOTS": "2"}
@@ -170,10 +171,27 @@ def test_series_keys_decode_in_the_declared_field_order(tmp_path: Path) -> None:
     assert "#define ROLE_CLIENT 0" in load_metric_key(shared).c_header()
     d = next(d for d in metric_programs(tmp_path) if d.program == "tcp_messages")
     names = metric_key(tmp_path).names
-    raw = {"metric": 3, "role": 0, "port": 8000, "direction": 1, "bucket": 0}  # tcp_bytes_total
+    raw = {"metric": 3, "role": 0, "port": 8000, "direction": 1, "bucket": 0, "cgroup": 0}  # tcp_bytes_total
     fams = {f.name: f for f in metric_families(d, {tuple(raw[n] for n in names): (7, 0)})}
     (sample,) = [s for s in fams["inference_profiler_tcp_bytes"].samples if s.name.endswith("_total")]
     assert sample.labels == {"port": "8000", "role": "client", "direction": "recv"} and sample.value == 7
+
+
+def test_cgroup_ids_become_pod_labels_and_series_of_one_pod_add_up() -> None:
+    d = next(d for d in metric_programs() if d.program == "tcp_messages")
+    names = metric_key().names
+    pods = {11: ("ns", "a", "c"), 12: ("ns", "a", "c"), 13: ("", "", "")}
+    series = {}
+    for cgroup, n in ((11, 2), (12, 3), (13, 5), (0, 7)):
+        raw = {"metric": 3, "role": 0, "port": 8000, "direction": 0, "bucket": 0, "cgroup": cgroup}
+        series[tuple(raw[k] for k in names)] = (n, 0)
+    fams = {f.name: f for f in metric_families(d, series, pods=lambda c: pods.get(c, ("", "", "")))}
+    got = {(s.labels["namespace"], s.labels["pod"], s.labels["container"]): s.value
+           for s in fams["inference_profiler_tcp_bytes"].samples if s.name.endswith("_total")}
+    assert got == {("ns", "a", "c"): 5, ("", "", ""): 12}
+    plain = {f.name: f for f in metric_families(d, series)}
+    (sample,) = [s for s in plain["inference_profiler_tcp_bytes"].samples if s.name.endswith("_total")]
+    assert "pod" not in sample.labels and sample.value == 17, "without --kubernetes: no pod labels, one series"
 
 
 GENERATED_NAME = re.compile(r"^\s*#\s*define\s+(\w+)|^\s*struct\s+(metric_key)\s*\{", re.M)

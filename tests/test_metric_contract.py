@@ -17,12 +17,13 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from exporter.config import ConfigError, build
 from exporter.daemon import Daemon, build_sources
-from exporter.ebpf.collector import EbpfCollector, ProgramState
+from exporter.ebpf.collector import EbpfCollector, ProgramState, label_names
 from exporter.ebpf.declaration import (
     AttachMethod,
     MetricDecl,
     ProgramDecl,
     bpf_dir,
+    metric_key,
     metric_programs,
 )
 from exporter.source import ErrorCounts, SelfCollector
@@ -74,11 +75,14 @@ def test_every_collector_of_the_daemon_describes_itself(tmp_path: Path) -> None:
 
 
 def test_ebpf_labels_are_the_documented_ones() -> None:
+    """As exposed with --kubernetes: the cgroup key field becomes namespace, pod, container."""
     labels = documented_labels()
     for d in metric_programs():
+        key = {f.name: f for f in metric_key(d.source.parent).fields}
         for m in d.metrics:
             name = "inference_profiler_" + m.name
-            assert labels[name] == m.labels, f"{d.source}: {m.name} labels differ from docs/metrics.md"
+            exposed = tuple(label_names(m, key, pods=True))
+            assert labels[name] == exposed, f"{d.source}: {m.name} labels differ from docs/metrics.md"
 
 
 def test_help_texts_cite_only_the_repository(described: dict[str, Metric]) -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 import threading
 from collections import defaultdict
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -18,7 +18,7 @@ from prometheus_client.registry import Collector
 
 from ..histogram import log_linear_buckets
 from ..source import PREFIX, ErrorCounts
-from .declaration import MetricDecl, ProgramDecl, metric_key
+from .declaration import POD_LABELS, KeyField, MetricDecl, ProgramDecl, metric_key
 from .kernel import bpf_stats_enabled
 from .loader import LoadedProgram, SeriesKey
 
@@ -30,18 +30,48 @@ class ProgramState:
     decl: ProgramDecl
     loaded: LoadedProgram | None
     reason: str = ""  # why not loaded
+    # series of gone cgroups, moved out of the kernel map while their labels are still in use
+    retired: dict[SeriesKey, tuple[int, int]] = field(default_factory=dict)
+
+
+PodLabeller = Callable[[int], tuple[str, str, str]]  # cgroup id -> (namespace, pod, container)
+
+
+def label_names(decl: MetricDecl, fields: Mapping[str, KeyField], pods: bool) -> list[str]:
+    """The metric's label names: a `pod` key field stands for POD_LABELS, or nothing without pods."""
+    out: list[str] = []
+    for name in decl.labels:
+        if not fields[name].pod:
+            out.append(name)
+        elif pods:
+            out.extend(POD_LABELS)
+    return out
 
 
 def metric_families(decl: ProgramDecl, series: Mapping[SeriesKey, tuple[int, int]],
-                    ports: Sequence[int] = ()) -> list[Metric]:
+                    ports: Sequence[int] = (), pods: PodLabeller | None = None) -> list[Metric]:
     """One family per declared metric from the program's raw series (pure: no kernel here).
 
     A metric declared zero_per_port has a series at 0 for every watched port, so a rate
-    over it (retransmits) exists before the first event.
+    over it (retransmits) exists before the first event. With `pods`, a `pod` key field
+    (the cgroup id) becomes the namespace, pod and container labels `pods` names for it;
+    series of cgroups with the same labels add up.
     """
     key = metric_key(decl.source.parent)
     fields = [key.field(name) for name in key.names]
+    by_name = {f.name: f for f in fields}
     at = {name: i for i, name in enumerate(key.names)}
+
+    def label_values(m: MetricDecl, raw: SeriesKey) -> tuple[str, ...]:
+        out: list[str] = []
+        for name in m.labels:
+            f = by_name[name]
+            if not f.pod:
+                out.append(f.label(raw[at[name]]))
+            elif pods is not None:
+                out.extend(pods(raw[at[name]]))
+        return tuple(out)
+
     # metric id -> label values -> bucket index -> (count, sum)
     grouped: dict[int, dict[tuple[str, ...], dict[int, tuple[int, int]]]] = defaultdict(lambda: defaultdict(dict))
     for i, m in enumerate(decl.metrics):
@@ -53,21 +83,23 @@ def metric_families(decl: ProgramDecl, series: Mapping[SeriesKey, tuple[int, int
         if metric >= len(decl.metrics):
             continue
         m = decl.metrics[metric]
-        labels = tuple(fields[at[name]].label(raw[at[name]]) for name in m.labels)
+        labels = label_values(m, raw)
         buckets = grouped[metric][labels]
         c0, s0 = buckets.get(bucket, (0, 0))
         buckets[bucket] = (c0 + count, s0 + total)
-    return [_family(m, grouped.get(i, {})) for i, m in enumerate(decl.metrics)]
+    return [_family(m, label_names(m, by_name, pods is not None), grouped.get(i, {}))
+            for i, m in enumerate(decl.metrics)]
 
 
-def _family(m: MetricDecl, by_labels: Mapping[tuple[str, ...], dict[int, tuple[int, int]]]) -> Metric:
+def _family(m: MetricDecl, names: list[str], by_labels: Mapping[tuple[str, ...], dict[int, tuple[int, int]]]
+            ) -> Metric:
     if m.type == "counter":
-        c = CounterMetricFamily(PREFIX + m.name, m.help, labels=list(m.labels))
+        c = CounterMetricFamily(PREFIX + m.name, m.help, labels=names)
         for labels in sorted(by_labels):
             c.add_metric(list(labels), sum(n for n, _ in by_labels[labels].values()) / m.divisor)
         return c
     first, last = m.index_range
-    h = HistogramMetricFamily(PREFIX + m.name, m.help, labels=list(m.labels))
+    h = HistogramMetricFamily(PREFIX + m.name, m.help, labels=names)
     for labels in sorted(by_labels):
         buckets = by_labels[labels]
         counts = {i: n for i, (n, _) in buckets.items()}
@@ -78,9 +110,10 @@ def _family(m: MetricDecl, by_labels: Mapping[tuple[str, ...], dict[int, tuple[i
 
 class EbpfCollector(Collector):
     def __init__(self, programs: Sequence[ProgramState], lock: threading.Lock, errors: ErrorCounts,
-                 ports: Sequence[int] = ()) -> None:
+                 ports: Sequence[int] = (), pods: PodLabeller | None = None) -> None:
         self.programs = programs
         self.ports = ports
+        self.pods = pods
         self.lock = lock  # held while programs are read or closed
         self.errors = errors
         self._logged: set[str] = set()
@@ -94,7 +127,7 @@ class EbpfCollector(Collector):
     def describe(self) -> Iterator[Metric]:
         yield from _program_families()
         for p in self.programs:
-            yield from metric_families(p.decl, {})
+            yield from metric_families(p.decl, {}, pods=self.pods)
 
     def collect(self) -> Iterator[Metric]:
         up, info, run_s, run_n = _program_families()
@@ -106,13 +139,15 @@ class EbpfCollector(Collector):
                 loaded = p.loaded
                 up.add_metric([name], 1.0 if loaded and loaded.attached else 0.0)
                 info.add_metric([name, loaded.method if loaded else "none"], 1.0)
-                series: dict[SeriesKey, tuple[int, int]] = {}
+                series: dict[SeriesKey, tuple[int, int]] = dict(p.retired)
                 if loaded:
                     try:
-                        series = loaded.read_series()
+                        for k, (n, total) in loaded.read_series().items():
+                            n0, total0 = series.get(k, (0, 0))
+                            series[k] = (n0 + n, total0 + total)
                     except Exception as e:  # a map that cannot be read costs its series, not the scrape
                         self._read_failed(name, e)
-                families.extend(metric_families(p.decl, series, self.ports))
+                families.extend(metric_families(p.decl, series, self.ports, self.pods))
                 if loaded and stats:
                     ns, runs = loaded.run_stats()
                     run_s.add_metric([name], ns / 1e9)

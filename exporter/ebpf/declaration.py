@@ -19,6 +19,7 @@ from typing import Any
 from ..histogram import log_linear_index
 from ..yamlfile import load_mapping
 
+POD_LABELS = ("namespace", "pod", "container")  # what a `labels: pod` key field is exposed as
 UNIT_DIVISORS = {"nanoseconds": 1e9, "microseconds": 1e6, "bytes": 1.0, "count": 1.0}
 SHARED_DECLARATION = "histogram.yaml"
 SHARED_HEADER = "metric_key.h"  # the include name the generated C answers to
@@ -36,10 +37,11 @@ class KeyField:
     ctype: str  # u8, u16, u32 or u64
     labels: tuple[str, ...] | None = None  # label value per code; None: not a label
     number: bool = False  # a label whose value is the field itself (the port)
+    pod: bool = False  # a cgroup id, exposed as the labels POD_LABELS of the pod owning it
 
     @property
     def is_label(self) -> bool:
-        return self.number or self.labels is not None
+        return self.number or self.pod or self.labels is not None
 
     def label(self, raw: int) -> str:
         if self.labels is not None and 0 <= raw < len(self.labels):
@@ -56,6 +58,11 @@ class MetricKey:
     def names(self) -> tuple[str, ...]:
         """Field names in struct order: the order of the numbers of a series key."""
         return tuple(f.name for f in self.fields)
+
+    @property
+    def pod_at(self) -> int:
+        """Position of the `labels: pod` field (the cgroup id) in a series key; -1 when none."""
+        return next((i for i, f in enumerate(self.fields) if f.pod), -1)
 
     def field(self, name: str) -> KeyField:
         return next(f for f in self.fields if f.name == name)
@@ -220,10 +227,10 @@ def _key_field(raw: Any, path: Path) -> KeyField:
     name, labels = raw["field"], raw.get("labels")
     if not _C_NAME.match(name):
         raise DeclarationError(f"{path}: key field {name!r} is not a lower-case C name")
-    if labels is None or labels == "number":
-        return KeyField(name, raw["type"], None, labels == "number")
+    if labels is None or labels in ("number", "pod"):
+        return KeyField(name, raw["type"], None, labels == "number", labels == "pod")
     if not isinstance(labels, list) or not all(isinstance(v, str) and _C_NAME.match(v) for v in labels):
-        raise DeclarationError(f"{path}: labels of {name} must be 'number' or a list of lower-case C names")
+        raise DeclarationError(f"{path}: labels of {name} must be 'number', 'pod' or a list of lower-case C names")
     return KeyField(name, raw["type"], tuple(labels))
 
 
@@ -235,6 +242,8 @@ def load_metric_key(path: Path) -> MetricKey:
     names = [f.name for f in fields]
     if not {"metric", "bucket"} <= set(names) or len(set(names)) != len(names):
         raise DeclarationError(f"{path}: key needs the fields metric and bucket, and each field once")
+    if sum(f.pod for f in fields) > 1:
+        raise DeclarationError(f"{path}: at most one key field can have labels: pod")
     errors = raw["errors"]
     if not all(isinstance(e, str) and _C_NAME.match(e) for e in errors):
         raise DeclarationError(f"{path}: errors must be lower-case C names")

@@ -131,6 +131,17 @@ class LoadedProgram:
                 sum(int(v.count) for v in values), sum(int(v.sum) for v in values))
         return out
 
+    def delete_series(self, keys: Sequence[SeriesKey]) -> None:
+        """Remove these series from the `metrics` map (series of a pod that is gone)."""
+        table = self.bpf[b"metrics"]
+        names = metric_key(self.decl.source.parent).names
+        for values in keys:
+            k = table.Key()
+            for name, v in zip(names, values, strict=True):
+                setattr(k, name, v)
+            with contextlib.suppress(KeyError):  # already gone
+                del table[k]
+
     def read_errors(self) -> list[int]:
         """errors[] of bpf/histogram.h, one count per slot of histogram.yaml's `errors`."""
         table = self.bpf[b"errors"]

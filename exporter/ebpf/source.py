@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import defaultdict
 
 from prometheus_client.registry import Collector
 
@@ -13,7 +14,8 @@ from ..polling import PollThread
 from ..source import ErrorCounts
 from .collector import EbpfCollector, ProgramState
 from .declaration import DeclarationError, metric_key, metric_programs
-from .loader import LoadError, environment_problem, load_programs
+from .loader import LoadError, SeriesKey, environment_problem, load_programs
+from .pods import NO_POD, PodResolver, pod_resolver
 
 log = logging.getLogger("ebpf")
 
@@ -44,6 +46,70 @@ class KernelErrors:
                         self._seen[key] = n
 
 
+class GonePods:
+    """Deletes the series of cgroups gone for `forget_seconds` from the kernel maps (polled).
+
+    A gone cgroup whose labels another live cgroup still has (a restarted container, or
+    NO_POD: every socket outside a pod) keeps its counts in user space under those labels, so
+    no series goes backwards; once no live cgroup has its labels (the pod is gone) its series go.
+    """
+
+    def __init__(self, programs: list[ProgramState], pods: PodResolver, lock: threading.Lock,
+                 forget_seconds: float) -> None:
+        self.programs = programs
+        self.pods = pods
+        self.lock = lock
+        self.forget_seconds = forget_seconds
+
+    def sweep(self) -> None:
+        with self.lock:
+            kernel: dict[int, list[tuple[ProgramState, SeriesKey]]] = defaultdict(list)
+            for p in self.programs:
+                if p.loaded is None:
+                    continue
+                at = self._at(p)
+                if at < 0:
+                    continue
+                for k in p.loaded.read_series():
+                    kernel[k[at]].append((p, k))
+            cgroups = set(kernel) | {k[self._at(p)] for p in self.programs if self._at(p) >= 0 for k in p.retired}
+            cgroups.discard(0)
+            now = self.pods.clock()
+            gone = {c: since for c in cgroups if (since := self.pods.gone_since(c)) is not None}
+            live = {self.pods.labels(c) for c in cgroups if c not in gone} | {NO_POD}
+            for c, since in gone.items():
+                if now - since < self.forget_seconds:
+                    continue
+                labels = self.pods.labels(c)
+                self._retire(kernel.get(c, []), fold_to_zero=labels == NO_POD)
+                if labels == NO_POD or labels not in live:
+                    for p in self.programs:
+                        at = self._at(p)
+                        p.retired = {k: v for k, v in p.retired.items() if k[at] != c}
+                    self.pods.forget(c)
+
+    def _at(self, p: ProgramState) -> int:
+        return metric_key(p.decl.source.parent).pod_at
+
+    def _retire(self, series: list[tuple[ProgramState, SeriesKey]], fold_to_zero: bool) -> None:
+        """Move these kernel series to user space (under cgroup 0 when outside any pod)."""
+        by_program: dict[int, list[SeriesKey]] = defaultdict(list)
+        for p, k in series:
+            by_program[id(p)].append(k)
+        for p in self.programs:
+            keys = by_program.get(id(p))
+            if not keys or p.loaded is None:
+                continue
+            values = p.loaded.read_series()
+            at = self._at(p)
+            for k in keys:
+                n, total = values.get(k, (0, 0))
+                kept = (*k[:at], 0, *k[at + 1:]) if fold_to_zero else k
+                n0, total0 = p.retired.get(kept, (0, 0))
+                p.retired[kept] = (n0 + n, total0 + total)
+            p.loaded.delete_series(keys)
+
+
 class EbpfSource:
     """`--ebpf auto` runs without the programs the kernel refuses (saying why); `on` fails instead.
 
@@ -58,6 +124,8 @@ class EbpfSource:
         self.lock = threading.Lock()
         self.programs: list[ProgramState] = []
         self._thread: PollThread | None = None
+        self._sweeper: PollThread | None = None
+        self.pods = pod_resolver(cfg)
         self._load()
         self.kernel_errors = KernelErrors(self.programs, self.errors, self.lock)
 
@@ -73,8 +141,8 @@ class EbpfSource:
             self._refuse(problem)
             self.programs = [ProgramState(d, None, problem) for d in decls]
             return
-        results = load_programs(decls, self.cfg.ebpf_port, self.cfg.ebpf_attach,
-                                [f"MAX_SOCKETS={self.cfg.ebpf_max_sockets}"])
+        defines = [f"MAX_SOCKETS={self.cfg.ebpf_max_sockets}", *(["POD_LABELS"] if self.pods else [])]
+        results = load_programs(decls, self.cfg.ebpf_port, self.cfg.ebpf_attach, defines)
         failed = [r for r in results if isinstance(r, LoadError)]
         if failed and self.cfg.ebpf == "on":
             for r in results:
@@ -96,7 +164,8 @@ class EbpfSource:
         self.errors.inc("ebpf", "load_failed")
 
     def collectors(self) -> list[Collector]:
-        return [EbpfCollector(self.programs, self.lock, self.errors, self.cfg.ebpf_port)]
+        return [EbpfCollector(self.programs, self.lock, self.errors, self.cfg.ebpf_port,
+                              self.pods.labels if self.pods else None)]
 
     def start(self) -> None:
         refused: list[LoadError] = []
@@ -123,10 +192,18 @@ class EbpfSource:
             self._thread = PollThread("ebpf-errors", self.kernel_errors.count, 1.0,
                                       lambda reason: self.errors.inc("ebpf", reason), log)
             self._thread.start()
+            if self.pods is not None:
+                log.info("eBPF series labelled with pods: cgroups under %s, containers from %s",
+                         self.pods.mount, self.pods.log_dir)
+                gone = GonePods(self.programs, self.pods, self.lock, self.cfg.kubernetes_forget_seconds)
+                self._sweeper = PollThread("ebpf-pods", gone.sweep, max(self.cfg.kubernetes_refresh_seconds, 0.1),
+                                           lambda reason: self.errors.inc("ebpf", reason), log)
+                self._sweeper.start()
 
     def stop(self) -> None:
-        if self._thread is not None:
-            self._thread.stop(timeout=5)
+        for t in (self._thread, self._sweeper):
+            if t is not None:
+                t.stop(timeout=5)
         with self.lock:
             for p in self.programs:
                 if p.loaded is not None:
