@@ -200,9 +200,9 @@ class Probes:
 class Ours(Probes):
     """Our metric programs, as the daemon loads them."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, pod_labels: bool = False) -> None:
         self.loaded: list[LoadedProgram] = []
-        for res in load_programs(metric_programs(), [port]):
+        for res in load_programs(metric_programs(), [port], extra_defines=["POD_LABELS"] if pod_labels else []):
             if isinstance(res, LoadError):
                 sys.exit(f"cannot load our programs: {res}")
             res.attach()  # as the daemon's start() does; Probes then toggles the tracepoints
@@ -291,13 +291,13 @@ CONDITIONS: dict[str, Condition] = {
     "none": measure_none, "floor": measure_floor, "ours": measure_ours, "bpftrace": measure_bpftrace}
 
 
-def run_workload(work_us: float, seconds: float, rounds: int) -> dict[str, Result]:
+def run_workload(work_us: float, seconds: float, rounds: int, pod_labels: bool = False) -> dict[str, Result]:
     server = subprocess.Popen([sys.executable, "-c", SERVER, str(work_us)], stdout=subprocess.PIPE, text=True)
     probes: dict[str, Probes] = {}
     try:
         assert server.stdout is not None
         port = int(server.stdout.readline())
-        ours = Ours(port)
+        ours = Ours(port, pod_labels)
         probes = {"ours": ours, "floor": floor_probes(ours)}
         exchange_rate(port, 1.0)  # warm-up
         results = {name: Result() for name in CONDITIONS}
@@ -342,6 +342,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=2.0, help="length of one measurement")
     ap.add_argument("--rounds", type=int, default=6, help="rounds of all conditions, order rotating")
+    ap.add_argument("--pod-labels", action="store_true",
+                    help="ours as with --kubernetes: the owner's cgroup id taken per send/recv")
     ap.add_argument("--work-us", default="0,500",
                     help="server busy work per request, comma-separated workloads (0: bare echo)")
     args = ap.parse_args()
@@ -350,7 +352,7 @@ def main() -> int:
     stats_before = BPF_STATS_SYSCTL.read_text().strip()
     BPF_STATS_SYSCTL.write_text("1")  # per-program run time and count, for ns per event
     try:
-        runs = [(float(w), run_workload(float(w), args.seconds, args.rounds)) for w in args.work_us.split(",")]
+        runs = [(float(w), run_workload(float(w), args.seconds, args.rounds, args.pod_labels)) for w in args.work_us.split(",")]
         others = other_bpf_holders()
     finally:
         BPF_STATS_SYSCTL.write_text(stats_before)

@@ -1,5 +1,5 @@
-"""`check` items for traces: trace file directories readable (writable with retention), the OTLP listener,
-the state dir writable."""
+"""`check` items for traces: trace file directories and files (writable with retention), the OTLP listener,
+the state dir as serve uses it."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ from collections.abc import Iterable
 
 from ..check_result import CheckResult
 from ..config import Config
+from .checkpoint import read_state
 from .discovery import TracePattern
+from .tailer import STATE_FILE
 
 
 def trace_checks(cfg: Config) -> Iterable[CheckResult]:
@@ -20,11 +22,20 @@ def trace_checks(cfg: Config) -> Iterable[CheckResult]:
         port = cfg.otlp_listen.rpartition(":")[2]
         yield CheckResult("otlp", "pass", f"receiving on {cfg.otlp_listen}: Triton needs --trace-config "
                           f"mode=opentelemetry --trace-config opentelemetry,url=http://HOST:{port}/v1/traces")
+    found = 0
     for spec in cfg.trace_file:
         pat = TracePattern(spec)
         d = os.path.dirname(pat.glob) or "."
-        dirs = glob.glob(d) if glob.has_magic(d) else [d]
-        if not dirs or not all(os.path.isdir(x) for x in dirs):
+        if glob.has_magic(d):
+            dirs = [x for x in glob.glob(d) if os.path.isdir(x)]  # stray files beside the pod dirs: not ours
+            if not dirs:
+                yield CheckResult(f"trace dir {d}", "warn",
+                                  f"no directory matches {spec} yet (a fresh node: each one appears when a "
+                                  "Triton pod writes its first trace file)")
+                continue
+        elif os.path.isdir(d):
+            dirs = [d]
+        else:
             yield CheckResult(f"trace dir {d}", "fail", "does not exist (is Triton's trace file path mounted here?)")
             continue
         unreadable = [x for x in dirs if not os.access(x, os.R_OK | os.X_OK)]
@@ -38,12 +49,29 @@ def trace_checks(cfg: Config) -> Iterable[CheckResult]:
                               f"cannot delete in {unwritable[0]}: mount it writable for uid {os.geteuid()}")
             continue
         n = sum(len(files) for files in pat.expand().values())
-        yield CheckResult(f"trace files {spec}", "pass", f"{n} file(s) found now")
-    state = cfg.state_dir
+        found += n
+        yield CheckResult(f"trace files {spec}", "pass", f"{len(dirs)} dir(s), {n} file(s) found now")
+    if cfg.trace_file and not found:
+        yield CheckResult("trace files", "warn",
+                          "no trace file at all yet: if Triton has been up a while, is it started with "
+                          "--trace-config triton,file=<one of these paths> and a non-zero log-frequency?")
+    yield from state_checks(cfg.state_dir)
+
+
+def state_checks(state: str) -> Iterable[CheckResult]:
+    """The state dir as serve uses it: writable, and its state file one serve will resume from."""
     parent = state if os.path.isdir(state) else os.path.dirname(state.rstrip("/")) or "."
     while not os.path.exists(parent):
         parent = os.path.dirname(parent)
-    if os.access(parent, os.W_OK):
-        yield CheckResult("state dir", "pass", f"{state} writable")
-    else:
+    if not os.access(parent, os.W_OK):
         yield CheckResult("state dir", "fail", f"{state} not writable; pass --state-dir to a writable directory")
+        return
+    path = os.path.join(state, STATE_FILE)
+    saved, unusable = read_state(path)  # what serve's start reads, without moving anything aside
+    if unusable:
+        yield CheckResult("state dir", "warn", f"{path} is unusable ({unusable}): serve will move it aside and "
+                          "start the trace counters from 0")
+    elif saved is None:
+        yield CheckResult("state dir", "pass", f"{state} writable; no saved state yet (counters start at 0)")
+    else:
+        yield CheckResult("state dir", "pass", f"{state} writable; serve resumes from {path}")

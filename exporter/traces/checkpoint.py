@@ -87,34 +87,38 @@ def move_aside(path: str, why: str) -> None:
     log.error("state file %s unusable (%s); moved to %s, starting from empty state", path, why, aside)
 
 
-def load_json(path: str) -> dict[str, Any] | None:
-    """The state in path with its checksum verified; None (and the file moved aside) when unusable."""
+def read_state(path: str) -> tuple[dict[str, Any] | None, str]:
+    """(the state in path with its checksum verified, "") or (None, why it is unusable); (None, "")
+    when there is none. Reads only: `check` asks this, serve's load_json acts on the answer."""
     try:
         with open(path, "rb") as f:
             v = json.loads(f.read().decode("utf-8"))
     except FileNotFoundError:
-        return None
+        return None, ""
     except RecursionError:
-        move_aside(path, "nested too deeply")
-        return None
+        return None, "nested too deeply"
     except (OSError, ValueError) as e:
-        # never silently start from zero over a damaged state: keep it aside for a human
-        move_aside(path, str(e).splitlines()[0] if str(e) else type(e).__name__)
-        return None
+        return None, str(e).splitlines()[0] if str(e) else type(e).__name__
     if not isinstance(v, dict):
-        move_aside(path, "not a JSON object")
-        return None
+        return None, "not a JSON object"
     if v.get("version") == 1 and "checksum" not in v:  # written before states carried a checksum
         log.info("state file %s is of an earlier version (no checksum); it is read and rewritten", path)
         v["version"] = STATE_VERSION
-        return v
+        return v, ""
     if v.get("version") != STATE_VERSION:
-        move_aside(path, f"unknown version {v.get('version')!r}, this exporter writes {STATE_VERSION}")
-        return None
+        return None, f"unknown version {v.get('version')!r}, this exporter writes {STATE_VERSION}"
     checksum = v.pop("checksum", None)
     if checksum != _digest(v):
-        move_aside(path, "checksum mismatch: edited or damaged" if checksum else "no checksum")
-        return None
+        return None, "checksum mismatch: edited or damaged" if checksum else "no checksum"
+    return v, ""
+
+
+def load_json(path: str) -> dict[str, Any] | None:
+    """The state in path with its checksum verified; None (and the file moved aside) when unusable."""
+    v, unusable = read_state(path)
+    if unusable:
+        # never silently start from zero over a damaged state: keep it aside for a human
+        move_aside(path, unusable)
     return v
 
 
