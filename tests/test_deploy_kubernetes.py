@@ -164,16 +164,32 @@ def test_daemonset_least_privilege() -> None:
     for kind in ("requests", "limits"):
         assert {"cpu", "memory"} <= c["resources"][kind].keys()
     host = {v["hostPath"]["path"]: v["name"] for v in pod["volumes"] if "hostPath" in v}
-    assert set(host) == {"/sys/kernel/tracing", "/lib/modules", "/usr/src", "/var/log/triton", "/var/lib/inference-profiler"}
+    assert set(host) == {"/sys/kernel/tracing", "/lib/modules", "/usr/src", "/var/log/triton", "/var/lib/inference-profiler",
+                         "/sys/fs/cgroup", "/var/log/containers"}
     mounts = {m["name"]: m for m in c["volumeMounts"]}
-    for path in ("/sys/kernel/tracing", "/lib/modules", "/usr/src"):
+    for path in ("/sys/kernel/tracing", "/lib/modules", "/usr/src", "/var/log/containers"):
         assert mounts[host[path]]["mountPath"] == path and mounts[host[path]]["readOnly"] is True, path
+    # the node's cgroup tree, read-only, where --cgroup-root points (not over the container's own)
+    cg = mounts[host["/sys/fs/cgroup"]]
+    assert cg["readOnly"] is True and f"--cgroup-root={cg['mountPath']}" in c["args"]
     assert not mounts[host["/var/lib/inference-profiler"]].get("readOnly")
     # writable only for retention, which is on by default
     assert "--trace-delete-ingested" in c["args"]
     assert mounts[host["/var/log/triton"]]["readOnly"] is False
     probes = {c[p]["httpGet"]["path"] for p in ("livenessProbe", "readinessProbe")}
     assert probes == {"/healthz", "/readyz"}
+
+
+def test_daemonset_runs_on_gpu_nodes_and_is_scraped_honouring_its_labels() -> None:
+    pod = the("base", "DaemonSet")["spec"]["template"]["spec"]
+    (term,) = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    assert term["matchExpressions"] == [{"key": "nvidia.com/gpu.present", "operator": "In", "values": ["true"]}]
+    (ep,) = the("base", "ServiceMonitor")["spec"]["endpoints"]
+    assert ep["honorLabels"] is True
+    for f in ("prometheus/prometheus.yml", "prometheus/prometheus-kubernetes.yml",
+              "prometheus/prometheus-kubernetes-endpoints.yml", "deploy/compose/prometheus.yml"):
+        jobs = yaml.safe_load((ROOT / f).read_text())["scrape_configs"]
+        assert all(j["honor_labels"] is True for j in jobs if "inference-profiler" in j["job_name"]), f
 
 
 def _cfg(args: list[str], monkeypatch: pytest.MonkeyPatch) -> Any:

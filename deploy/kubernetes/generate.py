@@ -70,6 +70,8 @@ def dashboard_configmaps() -> str:
             "metadata": {
                 "name": f"inference-profiler-dashboard-{f.stem.removeprefix('inference-profiler-')}",
                 "labels": {**LABELS, "grafana_dashboard": "1"},
+                # kube-prometheus-stack's Grafana sidecar finds these by label in its own namespace,
+                # or everywhere with grafana.sidecar.dashboards.searchNamespace: ALL (deploy/README.md)
                 "annotations": {"grafana_folder": "Inference Profiler"},
             },
             "data": {f.name: text if text.endswith("\n") else text + "\n"},
