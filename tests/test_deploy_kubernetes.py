@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from exporter.cli import config_from_args, parser
+from exporter.ebpf.declaration import POD_LABELS
 from exporter.traces.discovery import TracePattern
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -210,11 +211,14 @@ def test_daemonset_reads_each_pods_traces_with_a_pod_label(monkeypatch: pytest.M
     t = container(tpod, "triton")
     file_arg = next(a.split("file=", 1)[1] for a in t["args"] if "triton,file=" in a)
     mount = next(m for m in t["volumeMounts"] if file_arg.startswith(m["mountPath"] + "/"))
-    assert mount["subPathExpr"] == "$(POD_NAME)"
-    assert any(e["name"] == "POD_NAME" and e["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name" for e in t["env"])
+    assert mount["subPathExpr"] == "$(POD_NAMESPACE)/$(POD_NAME)"
+    env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in t["env"] if "valueFrom" in e}
+    assert env["POD_NAME"] == "metadata.name" and env["POD_NAMESPACE"] == "metadata.namespace"
     host = next(v["hostPath"]["path"] for v in tpod["volumes"] if v["name"] == mount["name"])
-    on_node = f"{host}/triton-7d9f-x2x4z/{file_arg[len(mount['mountPath']) + 1:]}"
-    assert TracePattern(spec).labels(on_node) == {"pod": "triton-7d9f-x2x4z"}
+    on_node = f"{host}/shop/triton-7d9f-x2x4z/{file_arg[len(mount['mountPath']) + 1:]}"
+    # the same label names the eBPF series carry with --kubernetes: a pod's series join
+    assert TracePattern(spec).labels(on_node) == {"namespace": "shop", "pod": "triton-7d9f-x2x4z"}
+    assert set(TracePattern(spec).label_names) <= set(POD_LABELS)
 
 
 def test_daemonset_trace_pattern_finds_pod_files(tmp_path: Path) -> None:
@@ -222,10 +226,12 @@ def test_daemonset_trace_pattern_finds_pod_files(tmp_path: Path) -> None:
     spec = next(a.split("=", 1)[1] for a in c["args"] if a.startswith("--trace-file="))
     local = spec.replace("/var/log/triton", str(tmp_path))
     for pod in ("triton-a", "triton-b"):
-        (tmp_path / pod).mkdir()
-        (tmp_path / pod / "trace.json.0").write_text("[]")
+        (tmp_path / "shop" / pod).mkdir(parents=True)
+        (tmp_path / "shop" / pod / "trace.json.0").write_text("[]")
+    (tmp_path / "shop" / "stray.txt").write_text("x")
     pat = TracePattern(local)
-    assert sorted(pat.labels(b)["pod"] for b in pat.expand()) == ["triton-a", "triton-b"]
+    assert sorted((pat.labels(b)["namespace"], pat.labels(b)["pod"]) for b in pat.expand()) == [
+        ("shop", "triton-a"), ("shop", "triton-b")]
 
 
 def test_sidecar_shares_traces_without_privileges(monkeypatch: pytest.MonkeyPatch) -> None:
