@@ -24,7 +24,7 @@ ENV_PREFIX = "INFPROF_"
 # INFPROF_* variables that are not config keys: the config file path, the test suite's
 # switch that turns skips of real-part tests into failures, and the scanner override
 NOT_KEYS = frozenset({"config", "require", "pure_python_scanner"})
-MAX_EBPF_SOCKETS = 1 << 22  # ~4M sockets: about 440 MB of kernel memory for the map (104 B each)
+MAX_EBPF_SOCKETS = 1 << 22  # ~4M sockets: about 470 MB of kernel memory for the map (112 B each)
 
 
 class ConfigError(Exception):

@@ -21,30 +21,35 @@ from .panels import (
     label_variable,
     mean,
     merge_columns,
+    pod_variables,
     quantile,
     query,
+    target_variables,
 )
+from .selectors import POD, TARGET
 
 UID = "inference-profiler-network"
 LAT = P + "tcp_latency_seconds"
 SQ = P + "tcp_socket_queue_seconds"
 MSG = P + "tcp_message_bytes"
 RTT = P + "tcp_srtt_seconds"
-SEL = 'instance=~"$instance", port=~"$port", role=~"$role"'
-PORT_SEL = 'instance=~"$instance", port=~"$port"'
-EBPF_SEL = 'instance=~"$instance"'
+SEL = f'{TARGET}, {POD}, port=~"$port", role=~"$role"'
+POD_PORT_SEL = f'{TARGET}, {POD}, port=~"$port"'
+PORT_SEL = f'{TARGET}, port=~"$port"'  # srtt, retransmits: per port only (no owner in softirq)
+EBPF_SEL = TARGET
 
 
 def variables() -> list[VariableBuilder]:
     return [
         datasource_variable(),
-        label_variable("instance", "Exporter", P + "build_info"),
-        label_variable("port", "Port", f'{LAT}_count{{instance=~"$instance"}}',
+        *target_variables(),
+        *pod_variables(f"{LAT}_count"),
+        label_variable("port", "Port", f'{LAT}_count{{{TARGET}}}',
                        description="the watched Triton ports (--ebpf-port)"),
-        label_variable("role", "Role", f'{LAT}_count{{instance=~"$instance", port=~"$port"}}',
+        label_variable("role", "Role", f'{LAT}_count{{{TARGET}, port=~"$port"}}',
                        description="server: the port is local (Triton's side); client: the port is remote"),
-        hidden_label_variable("heatport", "port", f'{LAT}_count{{instance=~"$instance", port=~"$port"}}'),
-        hidden_label_variable("heatrole", "role", f'{LAT}_count{{instance=~"$instance", port=~"$port", role=~"$role"}}'),
+        hidden_label_variable("heatport", "port", f'{LAT}_count{{{TARGET}, port=~"$port"}}'),
+        hidden_label_variable("heatrole", "role", f'{LAT}_count{{{TARGET}, port=~"$port", role=~"$role"}}'),
     ]
 
 
@@ -84,7 +89,7 @@ def latency_heatmap() -> heatmap.Panel:
         "Socket latency on port $heatport ($heatrole)",
         "Request-to-response time seen on the sockets of this port: server = first recv of a request "
         "to first send of its response, client = first send to first recv. Bands are typical latencies.",
-        heatmap_buckets(LAT, 'instance=~"$instance", port="$heatport", role="$heatrole"'), "s",
+        heatmap_buckets(LAT, f'{TARGET}, {POD}, port="$heatport", role="$heatrole"'), "s",
     ).repeat("heatport").repeat_direction("h")
 
 
@@ -104,13 +109,13 @@ def socket_panels() -> list[PanelBuilder]:
         "Socket queue time",
         "Time data waited in the kernel socket buffer before the application read it: high values "
         "mean Triton's frontend threads are not keeping up.",
-        heatmap_buckets(SQ, PORT_SEL), "s",
+        heatmap_buckets(SQ, POD_PORT_SEL), "s",
     )
     pct = (
         timeseries.Panel().title("Socket queue time p99 and mean by port").unit("s").height(8).span(12)
         .description("Tail and mean of the time received data sits unread in the socket.")
-        .with_target(query(quantile(0.99, SQ, PORT_SEL, "port"), "{{port}} p99", "A"))
-        .with_target(query(mean(SQ, PORT_SEL, "port"), "{{port}} mean", "B"))
+        .with_target(query(quantile(0.99, SQ, POD_PORT_SEL, "port"), "{{port}} p99", "A"))
+        .with_target(query(mean(SQ, POD_PORT_SEL, "port"), "{{port}} mean", "B"))
     )
     return [heat, pct]
 

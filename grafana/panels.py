@@ -20,6 +20,8 @@ from grafana_foundation_sdk.models.dashboard import (
 )
 from grafana_foundation_sdk.models.prometheus import PromQueryFormat
 
+from .selectors import JOB, TARGET
+
 P = "inference_profiler_"
 DATASOURCE = DataSourceRef(type_val="prometheus", uid="${datasource}")
 REFS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -92,6 +94,27 @@ def label_variable(name: str, title: str, metric: str, *, multi: bool = True,
     if description:
         v = v.description(description)
     return v
+
+
+def target_variables(description: str = "exporter instances (one per node)") -> list[VariableBuilder]:
+    """cluster (optional: empty without the label) and the exporter instances of the job."""
+    return [
+        label_variable("cluster", "Cluster", f"{P}build_info{{{JOB}}}",
+                       description="the cluster label Prometheus adds where one Grafana shows several; "
+                                   "empty (All) where it adds none"),
+        label_variable("instance", "Exporter", f'{P}build_info{{{JOB}, cluster=~"$cluster"}}',
+                       description=description),
+    ]
+
+
+def pod_variables(metric: str) -> list[VariableBuilder]:
+    """namespace and pod of the Triton pods `metric` (a family carrying both labels) has series of."""
+    return [
+        label_variable("namespace", "Namespace", f"{metric}{{{TARGET}}}",
+                       description="Kubernetes namespace of the Triton pod (empty outside Kubernetes)"),
+        label_variable("pod", "Pod", f'{metric}{{{TARGET}, namespace=~"$namespace"}}',
+                       description="the Triton pod (eBPF: owner of the socket; traces: its trace directory)"),
+    ]
 
 
 def hidden_label_variable(name: str, label: str, metric: str) -> db.QueryVariable:

@@ -20,11 +20,13 @@ from .panels import (
     label_variable,
     merge_columns,
     query,
+    target_variables,
 )
+from .selectors import TARGET
 
 UID = "inference-profiler-perf-analyzer"
 PA = P + "perf_analyzer_"
-SEL = 'instance=~"$instance", run="$run"'
+SEL = f'{TARGET}, run="$run"'
 # perf_analyzer's client-side breakdown, in request order (the CSV's column order)
 STAGES = tuple(STAGE_COLUMNS.values())
 QUANTILES = (("p50", "0.5"), ("p90", "0.9"), ("p95", "0.95"), ("p99", "0.99"))
@@ -33,8 +35,8 @@ QUANTILES = (("p50", "0.5"), ("p90", "0.9"), ("p95", "0.95"), ("p99", "0.99"))
 def variables() -> list[VariableBuilder]:
     return [
         datasource_variable(),
-        label_variable("instance", "Exporter", P + "build_info"),
-        label_variable("run", "Run", f'{PA}throughput{{instance=~"$instance"}}', multi=False,
+        *target_variables(),
+        label_variable("run", "Run", f'{PA}throughput{{{TARGET}}}', multi=False,
                        description="one perf_analyzer result file (--perf-analyzer-csv)"),
     ]
 

@@ -39,17 +39,20 @@ from .panels import (
     mean,
     mean_over_range,
     merge_columns,
+    pod_variables,
     quantile,
     query,
     slo,
+    target_variables,
 )
+from .selectors import POD, TARGET
 
 UID = "inference-stage-timeline"
 STAGE = P + "stage_duration_seconds"
 TIMELINE = P + "timeline_seconds_total"
 TRACES = P + "traces_total"
 RESPONSES = P + "responses_per_request"
-SEL = 'instance=~"$instance", model="$model", version=~"$version", protocol=~"$protocol"'
+SEL = f'{TARGET}, {POD}, model="$model", version=~"$version", protocol=~"$protocol"'
 SOCKET = P + "tcp_socket_queue_seconds"
 
 # (title, segment) in the order a request passes through Triton: the exporter's own table,
@@ -81,12 +84,12 @@ def segment_queries() -> tuple[list[prometheus.Dataquery], dict[str, str]]:
 def variables() -> list[VariableBuilder]:
     return [
         datasource_variable(),
-        label_variable("instance", "Exporter", P + "build_info",
-                       description="exporter instances (one per node) whose traces are shown"),
-        label_variable("model", "Model", f'{STAGE}_count{{instance=~"$instance"}}', multi=False),
-        label_variable("version", "Version", f'{STAGE}_count{{instance=~"$instance", model="$model"}}'),
+        *target_variables("exporter instances (one per node) whose traces are shown"),
+        *pod_variables(f"{STAGE}_count"),
+        label_variable("model", "Model", f'{STAGE}_count{{{TARGET}}}', multi=False),
+        label_variable("version", "Version", f'{STAGE}_count{{{TARGET}, model="$model"}}'),
         label_variable("protocol", "Protocol",
-                       f'{STAGE}_count{{instance=~"$instance", model="$model", version=~"$version"}}'),
+                       f'{STAGE}_count{{{TARGET}, model="$model", version=~"$version"}}'),
         hidden_label_variable("stage", "stage", f'{STAGE}_count{{{SEL}}}'),
     ]
 
@@ -107,8 +110,8 @@ def overview_panels() -> list[PanelBuilder]:
         "Time request data waits in the kernel socket before Triton reads it (eBPF, all models on the "
         "watched ports). Before arrival and overlapping the frontend's receive, so not part of the bar."
     ).with_target(query(
-        f'sum(increase({SOCKET}_sum{{instance=~"$instance"}}[$__range]))\n'
-        f'/ sum(increase({SOCKET}_count{{instance=~"$instance"}}[$__range]))', "mean", instant=True))
+        f'sum(increase({SOCKET}_sum{{{TARGET}, {POD}}}[$__range]))\n'
+        f'/ sum(increase({SOCKET}_count{{{TARGET}, {POD}}}[$__range]))', "mean", instant=True))
     return [traces, mean_e2e, p99, socket]
 
 

@@ -21,12 +21,14 @@ from .panels import (
     label_variable,
     merge_columns,
     query,
+    target_variables,
 )
+from .selectors import TARGET
 
 UID = "inference-profiler-triton"
 T = P + "triton_"
-SEL = 'instance=~"$instance", target=~"$target", model=~"$model"'
-TRACE_SEL = 'instance=~"$instance", model=~"$model"'
+SEL = f'{TARGET}, target=~"$target", model=~"$model"'
+TRACE_SEL = f'{TARGET}, model=~"$model"'
 # the stages of Triton's duration counters, as the exporter names them
 TRITON_STAGES = "|".join(TRITON_COUNTER_STAGES)
 
@@ -34,10 +36,10 @@ TRITON_STAGES = "|".join(TRITON_COUNTER_STAGES)
 def variables() -> list[VariableBuilder]:
     return [
         datasource_variable(),
-        label_variable("instance", "Exporter", P + "build_info"),
-        label_variable("target", "Triton", f'{T}up{{instance=~"$instance"}}',
+        *target_variables(),
+        label_variable("target", "Triton", f'{T}up{{{TARGET}}}',
                        description="Triton servers (the exporter's --triton URLs)"),
-        label_variable("model", "Model", f'{T}requests_total{{instance=~"$instance", target=~"$target"}}'),
+        label_variable("model", "Model", f'{T}requests_total{{{TARGET}, target=~"$target"}}'),
     ]
 
 
@@ -48,13 +50,13 @@ def status_panels() -> list[PanelBuilder]:
         .mappings([ValueMap(options={
             "0": ValueMappingResult(text="down", color="red"),
             "1": ValueMappingResult(text="up", color="green")})])
-        .with_target(query(f'{T}up{{instance=~"$instance", target=~"$target"}}', "{{target}}"))
+        .with_target(query(f'{T}up{{{TARGET}, target=~"$target"}}', "{{target}}"))
     )
     scrape = (
         timeseries.Panel().title("Triton fetch duration").unit("s").height(4).span(8)
         .description("How long one fetch of Triton's /metrics, statistics and config took; near the "
                      "timeout means Triton is overloaded or far away.")
-        .with_target(query(f'{T}scrape_duration_seconds{{instance=~"$instance", target=~"$target"}}',
+        .with_target(query(f'{T}scrape_duration_seconds{{{TARGET}, target=~"$target"}}',
                            "{{target}}"))
     )
     batch = (

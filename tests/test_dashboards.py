@@ -139,3 +139,23 @@ def test_links_to_the_other_dashboards_carry_model_and_time(name: str) -> None:
     # the model variable means the same on the dashboards that have one
     models = [v for other in build.DASHBOARDS for v in load(other)["templating"]["list"] if v["name"] == "model"]
     assert len(models) >= 2
+
+
+def test_alerts_and_dashboards_take_their_job_from_grafana_selectors() -> None:
+    """node-mixin style: grafana/selectors.py names the job once; every rule and panel uses exactly it."""
+    from grafana.selectors import JOB
+
+    rules = "\n".join(p.read_text() for p in sorted((ROOT / "prometheus" / "rules").glob("*.rules.yml")))
+    used = re.findall(r'job\s*=~?\s*"[^"]*"', rules)
+    assert used and {u.replace(" ", "") for u in used} == {JOB}
+    for path in sorted((ROOT / "grafana" / "dashboards").glob("*.json")):
+        d = json.loads(path.read_text())
+        for p in (p for top in d["panels"] for p in (top, *top.get("panels", []))):
+            for t in p.get("targets", []):
+                families = re.findall(r"(inference_profiler_\w+)\{([^}]*)\}", t["expr"])
+                for family, selector in families:
+                    assert JOB in selector and 'cluster=~"$cluster"' in selector, (path.name, family)
+        names = {v["name"] for v in d["templating"]["list"]}
+        assert {"cluster", "instance"} <= names, path.name
+        if path.stem in ("inference-stage-timeline", "inference-profiler-network"):
+            assert {"namespace", "pod"} <= names, path.name
