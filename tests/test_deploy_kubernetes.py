@@ -31,6 +31,7 @@ KUSTOMIZATIONS = sorted(p.parent.name for p in K8S.glob("*/kustomization.yaml"))
 K8S_VERSIONS = [kubernetes_validate.latest_version(), "1.30.0"]
 CRDS = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"): "servicemonitors-crd.json",
+    ("monitoring.coreos.com/v1", "PodMonitor"): "podmonitors-crd.json",
     ("monitoring.coreos.com/v1", "PrometheusRule"): "prometheusrules-crd.json",
 }
 
@@ -75,7 +76,7 @@ def test_every_yaml_file_under_deploy_parses() -> None:
 
 
 def test_kustomizations_are_the_ones_documented() -> None:
-    assert KUSTOMIZATIONS == ["base", "example-models", "examples", "monitoring", "sidecar"]
+    assert KUSTOMIZATIONS == ["base", "example-models", "examples", "monitoring", "podmonitor", "sidecar"]
 
 
 @pytest.mark.parametrize("name", KUSTOMIZATIONS)
@@ -276,6 +277,17 @@ def test_servicemonitor_labels_match_the_prometheus_config(name: str) -> None:
     svc = next(s for s in objects(name, "Service") if all(
         s["metadata"]["labels"].get(k) == v for k, v in sm["spec"]["selector"]["matchLabels"].items()))
     assert ep["port"] in {p["name"] for p in svc["spec"]["ports"]}
+
+
+def test_podmonitor_variant_replaces_the_servicemonitor_with_the_same_labels() -> None:
+    assert objects("podmonitor", "ServiceMonitor") == []
+    assert the("podmonitor", "DaemonSet") == the("base", "DaemonSet")
+    [sm_ep] = the("base", "ServiceMonitor")["spec"]["endpoints"]
+    pm = the("podmonitor", "PodMonitor")
+    [pm_ep] = pm["spec"]["podMetricsEndpoints"]
+    assert pm_ep == sm_ep, "one scrape: the same port, honorLabels, interval and relabelings"
+    labels = the("base", "DaemonSet")["spec"]["template"]["metadata"]["labels"]
+    assert pm["spec"]["selector"]["matchLabels"].items() <= labels.items()
 
 
 def test_networkpolicies_allow_the_metrics_port() -> None:
