@@ -14,3 +14,6 @@ JOB = 'job="inference-profiler"'
 TARGET = f'{JOB}, cluster=~"$cluster", instance=~"$instance"'
 # the Triton pod: on eBPF series with --kubernetes, on trace series laid out {namespace}/{pod}
 POD = 'namespace=~"$namespace", pod=~"$pod"'
+# variables of labels not every setup has: empty, they stay at "All" (.*), which matches series
+# without the label too
+OPTIONAL_VARIABLES = ("cluster", "namespace", "pod")
