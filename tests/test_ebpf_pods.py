@@ -289,3 +289,87 @@ def test_two_pods_on_one_port_are_separate_series_and_a_gone_pod_is_dropped(
         assert counts[("client", "")] == n1 + n2, "series outside any pod never go backwards"
     finally:
         src.stop()
+
+
+class FakeMap:
+    """The `metrics` map of a loaded program, as GonePods uses it: read and delete series."""
+
+    def __init__(self, series: dict[tuple[int, ...], tuple[int, int]]) -> None:
+        self.series = series
+
+    def read_series(self) -> dict[tuple[int, ...], tuple[int, int]]:
+        return dict(self.series)
+
+    def delete_series(self, keys: list[tuple[int, ...]]) -> None:
+        for k in keys:
+            self.series.pop(k, None)
+
+
+def test_gone_cgroups_leave_the_kernel_map_and_no_counter_goes_backwards(tmp_path: Path) -> None:
+    """A restarted container (same pod labels, new cgroup) and a gone non-pod cgroup keep their
+    counts under their labels; a gone pod's series go after the forget time, from the map too."""
+    from exporter.ebpf.collector import ProgramState, metric_families
+    from exporter.ebpf.declaration import metric_key, metric_programs
+    from exporter.ebpf.source import GonePods
+
+    mount, logs = tmp_path / "cg", tmp_path / "logs"
+    logs.mkdir()
+    cids = {name: uuid.uuid4().hex + uuid.uuid4().hex for name in ("old", "new", "other")}
+    scopes = {}
+    for name, cid in cids.items():
+        pod = "web-0" if name in ("old", "new") else "db-0"
+        scopes[name] = mount / "kubepods" / f"pod{uuid.uuid4()}" / cid
+        scopes[name].mkdir(parents=True)
+        (logs / f"{pod}_shop_app-{cid}.log").symlink_to("/nonexistent")
+    scopes["host"] = mount / "system.slice" / "cron.service"
+    scopes["host"].mkdir(parents=True)
+    clock = Clock()
+    pods = PodResolver(mount, logs, refresh_seconds=0, clock=clock)
+    ids = {name: d.stat().st_ino for name, d in scopes.items()}
+    d = next(d for d in metric_programs() if d.program == "tcp_messages")
+    names = metric_key().names
+
+    def key(cgroup: int) -> tuple[int, ...]:
+        raw = {"metric": 3, "role": 0, "port": 8000, "direction": 0, "bucket": 0, "cgroup": cgroup}
+        return tuple(raw[n] for n in names)
+
+    fake = FakeMap({key(ids[n]): (v, 0) for n, v in (("old", 2), ("new", 3), ("other", 5), ("host", 7))})
+    state = ProgramState(d, fake)  # type: ignore[arg-type]
+    gone = GonePods([state], pods, threading.Lock(), forget_seconds=60)
+
+    def exposed() -> dict[str, float]:
+        series = dict(state.retired)
+        for k, (n, s) in fake.read_series().items():
+            n0, s0 = series.get(k, (0, 0))
+            series[k] = (n0 + n, s0 + s)
+        fams = {f.name: f for f in metric_families(d, series, pods=pods.labels)}
+        return {s.labels["pod"]: s.value for s in fams["inference_profiler_tcp_bytes"].samples
+                if s.name.endswith("_total")}
+
+    assert exposed() == {"web-0": 5, "db-0": 5, "": 7}
+    for name in ("old", "other", "host"):
+        scopes[name].rmdir()
+    gone.sweep()
+    clock.now += 59
+    gone.sweep()
+    assert len(fake.series) == 4, "nothing is forgotten before --kubernetes-forget-seconds"
+    clock.now += 1
+    gone.sweep()
+    assert set(fake.series) == {key(ids["new"])}, "every gone cgroup left the kernel map"
+    assert exposed() == {"web-0": 5, "": 7}, "the restarted container and the host keep their counts; db-0 is gone"
+
+
+@pytest.mark.ebpf
+def test_check_loads_the_programs_with_pod_labels_as_serve_does(tmp_path: Path) -> None:
+    from exporter.ebpf.check import ebpf_checks
+
+    why = _needs_root_ip_and_cgroup_v2()
+    if why:
+        pytest.skip(why)
+    (tmp_path / f"web-0_shop_app-{CID}.log").symlink_to("/nonexistent")
+    cfg = Config(ebpf="on", kubernetes="on", container_log_dir=str(tmp_path), ebpf_port=[29999])
+    results = {r.name: r for r in ebpf_checks(cfg)}
+    assert results["pod labels"].status == "pass" and "1 container link(s)" in results["pod labels"].detail
+    assert results["ebpf tcp_messages"].status == "pass"
+    off = {r.name: r for r in ebpf_checks(Config(ebpf="on", kubernetes="off", ebpf_port=[29999]))}
+    assert off["pod labels"].detail.startswith("off (--kubernetes off)")

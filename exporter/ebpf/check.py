@@ -10,10 +10,12 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from ..check_result import CheckResult
-from ..config import Config
+from ..config import Config, ConfigError
 from .declaration import DeclarationError, bpf_dir, metric_programs
 from .kernel import CAP_BPF, bpf_stats_enabled, effective_capabilities
 from .loader import LoadError, environment_problem, load_programs
+from .pods import PodResolver, container_logs, pod_resolver
+from .source import program_defines
 
 SYS_BPF = {"x86_64": 321, "aarch64": 280}
 SECCOMP_FIX = ("allow bpf and perf_event_open in the container's seccomp profile: "
@@ -66,8 +68,15 @@ def ebpf_checks(cfg: Config) -> Iterable[CheckResult]:
         yield CheckResult("ebpf", bad, problem)
         return
     ports = ",".join(map(str, cfg.ebpf_port))
-    # loading for real is the only sure answer: the kernel may refuse what it seems to offer
-    for d, r in zip(decls, load_programs(decls, cfg.ebpf_port, cfg.ebpf_attach), strict=True):
+    try:
+        pods = pod_resolver(cfg)
+    except ConfigError as e:
+        yield CheckResult("pod labels", "fail", str(e))
+        return
+    yield pod_labels_check(cfg, pods)
+    # loading for real, as serve does, is the only sure answer: the kernel may refuse what it seems to offer
+    loaded = load_programs(decls, cfg.ebpf_port, cfg.ebpf_attach, program_defines(cfg, pods is not None))
+    for d, r in zip(decls, loaded, strict=True):
         if isinstance(r, LoadError):
             yield CheckResult(f"ebpf {d.program}", bad, str(r))
             continue
@@ -83,3 +92,12 @@ def ebpf_checks(cfg: Config) -> Iterable[CheckResult]:
     if not bpf_stats_enabled():
         yield CheckResult("ebpf stats", "warn", "kernel.bpf_stats_enabled is 0: no ebpf_run_seconds_total "
                           "(sysctl -w kernel.bpf_stats_enabled=1)")
+
+
+def pod_labels_check(cfg: Config, pods: PodResolver | None) -> CheckResult:
+    if pods is None:
+        why = "--kubernetes off" if cfg.kubernetes == "off" else f"{cfg.container_log_dir} does not exist"
+        return CheckResult("pod labels", "pass", f"off ({why}): eBPF series have no namespace/pod/container")
+    linked = len(container_logs(os.listdir(pods.log_dir)))
+    return CheckResult("pod labels", "pass", f"namespace/pod/container from cgroups under {pods.mount} and "
+                       f"{linked} container link(s) in {pods.log_dir} now")

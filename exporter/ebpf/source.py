@@ -46,6 +46,11 @@ class KernelErrors:
                         self._seen[key] = n
 
 
+def program_defines(cfg: Config, pod_labels: bool) -> list[str]:
+    """What the programs are compiled with beyond their declaration: serve and check alike."""
+    return [f"MAX_SOCKETS={cfg.ebpf_max_sockets}", *(["POD_LABELS"] if pod_labels else [])]
+
+
 class GonePods:
     """Deletes the series of cgroups gone for `forget_seconds` from the kernel maps (polled).
 
@@ -141,8 +146,8 @@ class EbpfSource:
             self._refuse(problem)
             self.programs = [ProgramState(d, None, problem) for d in decls]
             return
-        defines = [f"MAX_SOCKETS={self.cfg.ebpf_max_sockets}", *(["POD_LABELS"] if self.pods else [])]
-        results = load_programs(decls, self.cfg.ebpf_port, self.cfg.ebpf_attach, defines)
+        results = load_programs(decls, self.cfg.ebpf_port, self.cfg.ebpf_attach,
+                                program_defines(self.cfg, self.pods is not None))
         failed = [r for r in results if isinstance(r, LoadError)]
         if failed and self.cfg.ebpf == "on":
             for r in results:
