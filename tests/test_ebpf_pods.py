@@ -47,6 +47,7 @@ POD_UID = "5f0c8a1e-7d2b-4c39-9a61-2b8e4f7d1c03"
     f"/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{POD_UID.replace('-', '_')}.slice/"
     f"docker-{CID}.scope",
     f"/kubepods/burstable/pod{POD_UID}/{CID}",
+    f"/kubepods/burstable/pod{POD_UID}/crio-{CID}",
     f"/kubepods/pod{POD_UID}/{CID}",
 ])
 def test_container_id_of_each_kubelet_layout(path: str) -> None:

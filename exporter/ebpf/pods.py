@@ -28,7 +28,7 @@ NO_POD = ("", "", "")  # the labels of a socket outside any pod
 
 # the container scope/directory of each layout; the id is 64 hex digits in all of them
 _CONTAINER_DIR = re.compile(
-    r"^(?:(?:cri-containerd|crio|docker)-(?P<scoped>[0-9a-f]{64})\.scope|(?P<bare>[0-9a-f]{64}))$"
+    r"^(?:(?:cri-containerd|crio|docker)-(?P<scoped>[0-9a-f]{64})(?:\.scope)?|(?P<bare>[0-9a-f]{64}))$"
 )
 _POD_DIR = re.compile(r"^(?:kubepods-(?:[a-z]+-)?pod[0-9a-f_]+\.slice|pod[0-9a-f-]+)$")
 # <pod>_<namespace>_<container>-<id>.log: pod, namespace and container names have no "_"
@@ -48,7 +48,8 @@ def container_id(cgroup_path: str) -> str:
 
     systemd driver: kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod<uid>.slice/
     cri-containerd-<id>.scope (crio-<id>.scope, docker-<id>.scope); cgroupfs driver:
-    kubepods/burstable/pod<uid>/<id>. The directory above the container must be its pod's.
+    kubepods/burstable/pod<uid>/<id> (CRI-O: .../crio-<id>). The directory above the container
+    must be its pod's.
     """
     parts = [p for p in cgroup_path.split("/") if p]
     if len(parts) < 2 or not any(p.startswith("kubepods") for p in parts):
