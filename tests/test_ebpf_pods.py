@@ -348,8 +348,14 @@ def test_gone_cgroups_leave_the_kernel_map_and_no_counter_goes_backwards(tmp_pat
                 if s.name.endswith("_total")}
 
     assert exposed() == {"web-0": 5, "db-0": 5, "": 7}
+    graveyard = tmp_path / "removed"  # out of the mount, yet holding its inode: ids are never reused in cgroupfs
+    graveyard.mkdir()
+
+    def remove(d: Path) -> None:
+        d.rename(graveyard / uuid.uuid4().hex)
+
     for name in ("old", "other", "host"):
-        scopes[name].rmdir()
+        remove(scopes[name])
     gone.sweep()
     clock.now += 59
     gone.sweep()
@@ -358,6 +364,28 @@ def test_gone_cgroups_leave_the_kernel_map_and_no_counter_goes_backwards(tmp_pat
     gone.sweep()
     assert set(fake.series) == {key(ids["new"])}, "every gone cgroup left the kernel map"
     assert exposed() == {"web-0": 5, "": 7}, "the restarted container and the host keep their counts; db-0 is gone"
+    assert set(state.retired) == {key(ids["old"]), key(0)}
+
+    # web-0 restarts again: "new" goes, "newer" runs; new's counts join the pod's anchor (old)
+    newer_cid = uuid.uuid4().hex + uuid.uuid4().hex
+    newer = scopes["new"].parent / newer_cid
+    newer.mkdir()
+    (logs / f"web-0_shop_app-{newer_cid}.log").symlink_to("/nonexistent")
+    fake.series[key(newer.stat().st_ino)] = (11, 0)
+    remove(scopes["new"])
+    gone.sweep()
+    clock.now += 60
+    gone.sweep()
+    assert set(state.retired) == {key(ids["old"]), key(0)}, "restarts do not grow the retired series"
+    assert exposed() == {"web-0": 16, "": 7}
+
+    # the pod goes: all its series go, from the kernel map and from user space
+    remove(newer)
+    gone.sweep()
+    clock.now += 60
+    gone.sweep()
+    assert fake.series == {} and set(state.retired) == {key(0)}
+    assert exposed() == {"": 7}
 
 
 @pytest.mark.ebpf

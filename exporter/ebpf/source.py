@@ -54,9 +54,11 @@ def program_defines(cfg: Config, pod_labels: bool) -> list[str]:
 class GonePods:
     """Deletes the series of cgroups gone for `forget_seconds` from the kernel maps (polled).
 
-    A gone cgroup whose labels another live cgroup still has (a restarted container, or
-    NO_POD: every socket outside a pod) keeps its counts in user space under those labels, so
-    no series goes backwards; once no live cgroup has its labels (the pod is gone) its series go.
+    A gone cgroup whose labels a live cgroup still has (a restarted container of a pod, or
+    NO_POD: every socket outside a pod) hands its counts to user space under those labels, so
+    no exposed series goes backwards: into one anchor cgroup per pod (the first of it to go),
+    into cgroup 0 outside pods, so restarts do not grow them. Once no live cgroup has a pod's
+    labels (the pod is gone) its series go, kernel and user space.
     """
 
     def __init__(self, programs: list[ProgramState], pods: PodResolver, lock: threading.Lock,
@@ -65,39 +67,55 @@ class GonePods:
         self.pods = pods
         self.lock = lock
         self.forget_seconds = forget_seconds
+        self._anchors: dict[tuple[str, str, str], int] = {}  # pod labels -> cgroup its retired series use
 
     def sweep(self) -> None:
         with self.lock:
             kernel: dict[int, list[tuple[ProgramState, SeriesKey]]] = defaultdict(list)
+            cgroups: set[int] = set()
             for p in self.programs:
-                if p.loaded is None:
-                    continue
                 at = self._at(p)
                 if at < 0:
                     continue
-                for k in p.loaded.read_series():
-                    kernel[k[at]].append((p, k))
-            cgroups = set(kernel) | {k[self._at(p)] for p in self.programs if self._at(p) >= 0 for k in p.retired}
+                cgroups |= {k[at] for k in p.retired}
+                if p.loaded is not None:
+                    for k in p.loaded.read_series():
+                        kernel[k[at]].append((p, k))
+            cgroups |= set(kernel)
             cgroups.discard(0)
             now = self.pods.clock()
             gone = {c: since for c in cgroups if (since := self.pods.gone_since(c)) is not None}
-            live = {self.pods.labels(c) for c in cgroups if c not in gone} | {NO_POD}
+            live = {self.pods.labels(c) for c in cgroups if c not in gone}
             for c, since in gone.items():
                 if now - since < self.forget_seconds:
                     continue
                 labels = self.pods.labels(c)
-                self._retire(kernel.get(c, []), fold_to_zero=labels == NO_POD)
-                if labels == NO_POD or labels not in live:
-                    for p in self.programs:
-                        at = self._at(p)
-                        p.retired = {k: v for k, v in p.retired.items() if k[at] != c}
+                anchor: int | None = None  # None: the pod is gone, its series with it
+                if labels == NO_POD:
+                    anchor = 0
+                elif labels in live:
+                    anchor = self._anchors.setdefault(labels, c)
+                self._move(kernel.get(c, []), anchor)
+                if anchor is None:
+                    self._drop_retired(c)
+                if anchor != c:
                     self.pods.forget(c)
+            for labels, c in list(self._anchors.items()):
+                if labels not in live:
+                    self._drop_retired(c)
+                    self.pods.forget(c)
+                    del self._anchors[labels]
 
     def _at(self, p: ProgramState) -> int:
         return metric_key(p.decl.source.parent).pod_at
 
-    def _retire(self, series: list[tuple[ProgramState, SeriesKey]], fold_to_zero: bool) -> None:
-        """Move these kernel series to user space (under cgroup 0 when outside any pod)."""
+    def _drop_retired(self, cgroup: int) -> None:
+        for p in self.programs:
+            at = self._at(p)
+            p.retired = {k: v for k, v in p.retired.items() if k[at] != cgroup}
+
+    def _move(self, series: list[tuple[ProgramState, SeriesKey]], anchor: int | None) -> None:
+        """Delete these kernel series, their counts added to user space under `anchor` (unless None)."""
         by_program: dict[int, list[SeriesKey]] = defaultdict(list)
         for p, k in series:
             by_program[id(p)].append(k)
@@ -105,13 +123,14 @@ class GonePods:
             keys = by_program.get(id(p))
             if not keys or p.loaded is None:
                 continue
-            values = p.loaded.read_series()
-            at = self._at(p)
-            for k in keys:
-                n, total = values.get(k, (0, 0))
-                kept = (*k[:at], 0, *k[at + 1:]) if fold_to_zero else k
-                n0, total0 = p.retired.get(kept, (0, 0))
-                p.retired[kept] = (n0 + n, total0 + total)
+            if anchor is not None:
+                values = p.loaded.read_series()
+                at = self._at(p)
+                for k in keys:
+                    n, total = values.get(k, (0, 0))
+                    kept = (*k[:at], anchor, *k[at + 1:])
+                    n0, total0 = p.retired.get(kept, (0, 0))
+                    p.retired[kept] = (n0 + n, total0 + total)
             p.loaded.delete_series(keys)
 
 
