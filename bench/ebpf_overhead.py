@@ -8,7 +8,7 @@ client counts exchanges per second. Each round measures, in rotating order,
   none      no probes attached,
   floor     empty BPF programs on the same tracepoints as ours: what any in-kernel
             approach hooking there pays before doing anything,
-  ours      the metric programs of bpf/ (tcp_messages, tcp_srtt, tcp_retransmits)
+  ours      the metric programs of bpf/ (tcp_messages)
             watching the workload's port: in-kernel aggregation only (loaded once,
             their tracepoints attached for this slice and detached after),
   bpftrace  a bpftrace script printing one line per send/recv on that port (the

@@ -175,6 +175,40 @@ TRACEPOINT_PROBE(sock, sk_data_ready)
 }
 #endif
 
+/* The pod labels of a segment-level event (softirq: no owner in context) come from the socket's
+ * state, when it has one; 0 (outside any pod) otherwise. */
+static __always_inline u64 socket_cgroup(const void *skaddr)
+{
+    u64 key = (u64)skaddr;
+    struct sock_state *st = sockets.lookup(&key);
+    return st ? st->cgroup : 0;
+}
+
+/* Smoothed RTT, sampled at each incoming segment on an established socket. */
+TRACEPOINT_PROBE(tcp, tcp_probe)
+{
+    /* sport/dport are host order in this tracepoint; srtt is in microseconds */
+    u16 port = watched_port(args->sport, args->dport);
+    if (!port)
+        return 0;
+    struct metric_key k = {.metric = METRIC_tcp_srtt_seconds, .port = port, .cgroup = socket_cgroup(args->skaddr)};
+    hist_observe(&k, (u64)args->srtt * 1000);
+    return 0;
+}
+
+/* A retransmitted segment. */
+TRACEPOINT_PROBE(tcp, tcp_retransmit_skb)
+{
+    /* sport/dport are host order in this tracepoint */
+    u16 port = watched_port(args->sport, args->dport);
+    if (!port)
+        return 0;
+    struct metric_key k = {.metric = METRIC_tcp_retransmits_total, .port = port,
+                           .cgroup = socket_cgroup(args->skaddr)};
+    metric_add(&k, 1);
+    return 0;
+}
+
 /* The state of the socket at skaddr goes; its last message is observed first. */
 static __always_inline void forget_socket(const void *skaddr)
 {

@@ -277,7 +277,11 @@ def test_two_pods_on_one_port_are_separate_series_and_a_gone_pod_is_dropped(
         assert counts[("server", "triton-b")] == n2
         # the clients run outside both cgroups: their side carries empty pod labels
         assert counts[("client", "")] == n1 + n2
+        # segment-level series (softirq) take the pod of the socket they arrive on
+        for pod, n in (("triton-a", n1), ("triton-b", n2)):
+            assert s.total("inference_profiler_tcp_srtt_seconds_count", port=str(port), pod=pod) >= n - 1
         sample = s.select("inference_profiler_tcp_latency_seconds_count", port=str(port), pod="triton-a")[0][0]
+
         assert (sample["namespace"], sample["container"]) == ("infprof-test", "server")
 
         a.remove()

@@ -27,9 +27,9 @@ SPEC_EBPF = {
     "tcp_latency_seconds": ("histogram", ("port", "role", "cgroup")),
     "tcp_socket_queue_seconds": ("histogram", ("port", "cgroup")),
     "tcp_message_bytes": ("histogram", ("port", "role", "direction", "cgroup")),
-    "tcp_srtt_seconds": ("histogram", ("port",)),
+    "tcp_srtt_seconds": ("histogram", ("port", "cgroup")),
     "tcp_bytes_total": ("counter", ("port", "role", "direction", "cgroup")),
-    "tcp_retransmits_total": ("counter", ("port",)),
+    "tcp_retransmits_total": ("counter", ("port", "cgroup")),
 }
 
 
@@ -79,15 +79,18 @@ def test_attach_prefers_tracepoints_then_fentry_then_kprobes() -> None:
     assert [c.method for c in only_kprobes.candidates] == ["kprobe"]
 
 
-def test_attach_problems_say_why() -> None:
+def test_attach_problems_say_why(tmp_path: Path) -> None:
     d = next(d for d in metric_programs() if d.program == "tcp_messages")
     nothing = plan_attach(d, lambda need: f"no {need}")
     assert nothing.problem is not None and "no tracepoint sock:inet_sock_set_state" in nothing.problem
     forced = plan_attach(d, lambda need: None if need.startswith("tracepoint") else "no kprobes", "kprobe")
     assert forced.candidates == ()
     assert forced.problem == "tcp_messages: no attach method available (kprobe: no kprobes)"
-    srtt = next(d for d in metric_programs() if d.program == "tcp_srtt")
-    assert "not declared" in str(plan_attach(srtt, lambda need: None, "fentry").problem)
+    only_tracepoint = tmp_path / "x.yaml"
+    only_tracepoint.write_text("program: x\nsource: x.c\nattach: [{method: tracepoint, needs: []}]\n")
+    shutil.copy(bpf_dir() / SHARED_DECLARATION, tmp_path)
+    x = load_declaration(only_tracepoint)
+    assert "not declared" in str(plan_attach(x, lambda need: None, "fentry").problem)
 
 
 def test_need_check_rejects_unknown_kinds() -> None:
@@ -127,11 +130,18 @@ def test_metric_families_decode_labels_buckets_and_sum() -> None:
 
 
 def test_port_counters_start_at_zero_for_every_watched_port() -> None:
-    d = next(d for d in metric_programs() if d.program == "tcp_retransmits")
-    fams = {f.name: f for f in metric_families(d, {(0, 0, 8001, 0, 0): (2, 0)}, ports=[8000, 8001])}
+    d = next(d for d in metric_programs() if d.program == "tcp_messages")
+    retransmits = next(i for i, m in enumerate(d.metrics) if m.name == "tcp_retransmits_total")
+    raw = {"metric": retransmits, "role": 0, "port": 8001, "direction": 0, "bucket": 0, "cgroup": 0}
+    series = {tuple(raw[n] for n in metric_key().names): (2, 0)}
+    fams = {f.name: f for f in metric_families(d, series, ports=[8000, 8001])}
     r = fams["inference_profiler_tcp_retransmits"]
     assert sorted((s.labels["port"], s.value) for s in r.samples if s.name.endswith("_total")) == [
         ("8000", 0.0), ("8001", 2.0)]
+    with_pods = {f.name: f for f in metric_families(d, series, ports=[8000, 8001], pods=lambda c: ("", "", ""))}
+    r = with_pods["inference_profiler_tcp_retransmits"]
+    assert sorted((s.labels["port"], s.labels["pod"], s.value) for s in r.samples if s.name.endswith("_total")) == [
+        ("8000", "", 0.0), ("8001", "", 2.0)], "outside any pod: one series per port, from the start"
 
 
 def test_log_linear_buckets_fold_out_of_range_indexes_exactly() -> None:

@@ -76,8 +76,9 @@ def metric_families(decl: ProgramDecl, series: Mapping[SeriesKey, tuple[int, int
     grouped: dict[int, dict[tuple[str, ...], dict[int, tuple[int, int]]]] = defaultdict(lambda: defaultdict(dict))
     for i, m in enumerate(decl.metrics):
         if m.zero_per_port:
-            for port in ports:
-                grouped[i][(str(port),)].setdefault(0, (0, 0))
+            for port in ports:  # outside any pod: the series every node has
+                zero = tuple(port if name == "port" else 0 for name in key.names)
+                grouped[i][label_values(m, zero)].setdefault(0, (0, 0))
     for raw, (count, total) in series.items():
         metric, bucket = raw[at["metric"]], raw[at["bucket"]]
         if metric >= len(decl.metrics):

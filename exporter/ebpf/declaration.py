@@ -187,7 +187,8 @@ def _metric(raw: Any, key: MetricKey, path: Path) -> MetricDecl:
     ):
         raise DeclarationError(f"{path}: histogram {raw['name']} needs buckets: [first, last] bounds")
     zero_per_port = raw.get("zero_per_port", False) is True
-    if zero_per_port and labels != ("port",):
+    pods = {f.name for f in key.fields if f.pod}
+    if zero_per_port and tuple(lab for lab in labels if lab not in pods) != ("port",):
         raise DeclarationError(f"{path}: zero_per_port needs labels [port], {raw['name']} has {list(labels)}")
     return MetricDecl(str(raw["name"]), str(raw["help"]), str(raw["type"]), labels, unit,
                       (int(buckets[0]), int(buckets[1])), zero_per_port)
