@@ -35,7 +35,6 @@ MSG = P + "tcp_message_bytes"
 RTT = P + "tcp_srtt_seconds"
 SEL = f'{TARGET}, {POD}, port=~"$port", role=~"$role"'
 POD_PORT_SEL = f'{TARGET}, {POD}, port=~"$port"'
-PORT_SEL = f'{TARGET}, port=~"$port"'  # srtt, retransmits: per port only (no owner in softirq)
 EBPF_SEL = TARGET
 
 
@@ -139,16 +138,16 @@ def traffic_panels() -> list[PanelBuilder]:
     rtt = (
         timeseries.Panel().title("Smoothed RTT p50 / p99").unit("s").height(8).span(8)
         .description("The kernel's smoothed round-trip time on these connections: network distance to clients.")
-        .with_target(query(quantile(0.5, RTT, PORT_SEL, "port"), "{{port}} p50", "A"))
-        .with_target(query(quantile(0.99, RTT, PORT_SEL, "port"), "{{port}} p99", "B"))
+        .with_target(query(quantile(0.5, RTT, POD_PORT_SEL, "port"), "{{port}} p50", "A"))
+        .with_target(query(quantile(0.99, RTT, POD_PORT_SEL, "port"), "{{port}} p99", "B"))
     )
     retrans = (
         timeseries.Panel().title("Retransmits").unit("pps").height(8).span(12)
         .description("TCP segments retransmitted per second: loss or congestion between clients and Triton.")
         # ports with traffic but no retransmit yet have no series: they show as an explicit 0
         .with_target(query(
-            f"sum by (port) (rate({P}tcp_retransmits_total{{{PORT_SEL}}}[$__rate_interval]))\n"
-            f"or sum by (port) (rate({P}tcp_bytes_total{{{PORT_SEL}}}[$__rate_interval])) * 0",
+            f"sum by (port) (rate({P}tcp_retransmits_total{{{POD_PORT_SEL}}}[$__rate_interval]))\n"
+            f"or sum by (port) (rate({P}tcp_bytes_total{{{POD_PORT_SEL}}}[$__rate_interval])) * 0",
             "{{port}}"))
     )
     return [size, rate, rtt, retrans]
