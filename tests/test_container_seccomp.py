@@ -158,7 +158,7 @@ def test_check_ebpf_on_under_seccomp_profile(image: str, triton: TritonServer, p
     assert re.search(r"^PASS\s+state dir: ", out, re.M), out
     if EBPF_WORKS[profile]:
         assert r.returncode == 0, out + r.stderr
-        for program in ("tcp_messages", "tcp_srtt", "tcp_retransmits"):
+        for program in ("tcp_messages",):
             assert re.search(rf"^PASS\s+ebpf {program}: loadable, attach method tracepoint", out, re.M), out
     else:
         assert r.returncode == 1, out + r.stderr
@@ -231,7 +231,7 @@ def test_serve_under_seccomp_profile(image: str, triton: TritonServer, tmp_path:
         assert s.total("inference_profiler_trace_files_total", result="parsed") >= 1
         assert triton.trace_files() == [], "retention left ingested trace files behind"
         assert s.total("inference_profiler_triton_up") == 1, logs[-3000:]
-        for program in ("tcp_messages", "tcp_srtt", "tcp_retransmits"):
+        for program in ("tcp_messages",):
             assert s.total("inference_profiler_ebpf_up", program=program) == (1 if EBPF_WORKS[profile] else 0)
         if EBPF_WORKS[profile]:
             # and more: the exporter's own polls of Triton and the test's trace flushes use that port too
