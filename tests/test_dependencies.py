@@ -1,4 +1,4 @@
-"""Dependencies: the daemon runs without tritonclient's gRPC stack, and the unit tests pass on
+"""Dependencies: the daemon runs without tritonclient, gevent or the gRPC stack, and the unit tests pass on
 the newest CPython of the machine with numpy 2 (the project's own venv keeps numpy 1, which
 the Triton wheel the real-part tests need still pins)."""
 
@@ -19,6 +19,8 @@ from tests.conftest import newest_python
 ROOT = Path(__file__).resolve().parent.parent
 # protobuf alone is a runtime dependency: opentelemetry-proto decodes OTLP (--otlp-listen) with it
 GRPC_STACK = ("grpcio",)
+# tritonclient and the gevent stack its HTTP client brings: demo and tests only
+CLIENT_STACK = ("tritonclient", "gevent", "geventhttpclient", "greenlet")
 # pure-logic tests; the few that take tens of seconds (huge files, big chunks) are left to 3.11
 UNIT_TESTS = ["tests/test_trace_pipeline.py", "tests/test_trace_bad_input.py", "tests/test_trace_scanner_fastpath.py",
               "tests/test_summary_cli.py", "tests/test_perf_csv.py", "tests/test_triton_parse.py",
@@ -31,18 +33,17 @@ def _requirement_names(reqs: list[str]) -> set[str]:
     return {re.split(r"[\s<>=!~;\[]", r, maxsplit=1)[0].lower() for r in reqs}
 
 
-def test_runtime_dependencies_leave_out_the_grpc_extra() -> None:
+def test_runtime_dependencies_leave_out_tritonclient_and_the_grpc_stack() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     runtime = project["dependencies"]
-    assert any(r.startswith("tritonclient[http]") for r in runtime), runtime
-    assert not any("grpc" in r for r in runtime), runtime
-    assert any("tritonclient[grpc]" in r for r in project["optional-dependencies"]["triton"])
+    assert not _requirement_names(runtime) & {"tritonclient", *GRPC_STACK}, runtime
+    assert any("tritonclient[http,grpc]" in r for r in project["optional-dependencies"]["triton"])
     image = [ln for ln in (ROOT / "deploy" / "docker" / "requirements.txt").read_text().splitlines()
              if ln and not ln.startswith("#")]
-    assert _requirement_names(image) & set(GRPC_STACK) == set(), "the image pins the gRPC stack"
+    assert _requirement_names(image) & {*GRPC_STACK, *CLIENT_STACK} == set(), "the image pins a client stack"
 
 
-def test_the_daemon_never_imports_grpc(tmp_path: Path) -> None:
+def test_the_daemon_never_imports_grpc_or_tritonclient(tmp_path: Path) -> None:
     # every source's code path that runs without a kernel: build, one scrape, the preflight
     code = (
         "import sys\n"
@@ -56,8 +57,9 @@ def test_the_daemon_never_imports_grpc(tmp_path: Path) -> None:
         "d = Daemon(cfg)\n"
         "generate_latest(d.registry)\n"
         "run_checks(cfg)\n"
-        "assert 'tritonclient.http' in sys.modules, 'the Triton fetch did not run'\n"
-        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('grpc', 'google') or 'grpc' in m))\n"
+        "assert 'exporter.triton.http_fetch' in sys.modules, 'the Triton fetch did not run'\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('grpc', 'google', 'tritonclient', 'gevent',\n"
+        "                                                           'geventhttpclient') or 'grpc' in m))\n"
     )
     r = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=120,
                        cwd=ROOT)

@@ -6,7 +6,6 @@ import glob
 import os
 from collections.abc import Iterable, Iterator
 from typing import Any
-from urllib.parse import urlsplit
 
 from ..check_result import CheckResult
 from ..config import Config
@@ -26,43 +25,45 @@ def triton_checks(cfg: Config) -> Iterable[CheckResult]:
 def _one_triton(url: str, metrics_url: str, timeout: float, max_bytes: int) -> Iterator[CheckResult]:
     import time
 
-    import tritonclient.http as triton_http
-
     from .http_fetch import HttpSession
 
     name = f"triton {target_name(url)}"
-    u = urlsplit(url)
+    base = url.rstrip("/")
     t = max(timeout, 0.1)
+
+    def session() -> HttpSession:  # serve's bounds, not an open read: one deadline per request
+        return HttpSession(time.monotonic() + t, max_bytes)
+
     try:
-        client: Any = triton_http.InferenceServerClient(
-            u.netloc, connection_timeout=t, network_timeout=t, ssl=u.scheme == "https")
-        meta = client.get_server_metadata()
+        with session() as s:
+            meta: Any = s.read_json(f"{base}/v2")
+        if not isinstance(meta, dict):
+            raise ApiShapeError("server metadata is not a JSON object")
     except Exception as e:
         yield CheckResult(name, "fail", f"not reachable at {url} ({_why(e)}); is Triton running, and is --triton right?")
         return
+    yield CheckResult(name, "pass", f"reachable, {meta.get('name', 'triton')} {meta.get('version', '?')}")
     try:
-        yield CheckResult(name, "pass", f"reachable, {meta.get('name', 'triton')} {meta.get('version', '?')}")
-        try:
-            with HttpSession(time.monotonic() + t, max_bytes) as session:  # serve's bounds, not an open read
-                session.read(metrics_url)
-            yield CheckResult(f"{name} metrics", "pass", f"{metrics_url} answers")
-        except Exception as e:
-            yield CheckResult(f"{name} metrics", "fail", f"{metrics_url} does not answer ({_why(e)}); "
-                              "set --triton-metrics-url or Triton's --metrics-port")
-        try:
-            ready = parse_repository_index(client.get_model_repository_index())
-            names = ", ".join(f"{m}/{v}" for m, v in sorted(ready)) or "none"
-            yield CheckResult(f"{name} models", "pass" if ready else "warn", f"{len(ready)} ready: {names}")
-        except (ApiShapeError, Exception) as e:
-            yield CheckResult(f"{name} models", "fail", f"repository index unreadable ({_why(e)})")
-        try:
-            ts = parse_trace_settings(client.get_trace_settings())
-        except Exception as e:
-            yield CheckResult(f"{name} tracing", "warn", f"trace settings unreadable ({_why(e)})")
-            return
-        yield _trace_result(name, ts.level, ts.rate, ts.log_frequency, ts.file)
-    finally:
-        client.close()
+        with session() as s:
+            s.read(metrics_url)
+        yield CheckResult(f"{name} metrics", "pass", f"{metrics_url} answers")
+    except Exception as e:
+        yield CheckResult(f"{name} metrics", "fail", f"{metrics_url} does not answer ({_why(e)}); "
+                          "set --triton-metrics-url or Triton's --metrics-port")
+    try:
+        with session() as s:
+            ready = parse_repository_index(s.read_json(f"{base}/v2/repository/index", "POST", b""))
+        names = ", ".join(f"{m}/{v}" for m, v in sorted(ready)) or "none"
+        yield CheckResult(f"{name} models", "pass" if ready else "warn", f"{len(ready)} ready: {names}")
+    except Exception as e:
+        yield CheckResult(f"{name} models", "fail", f"repository index unreadable ({_why(e)})")
+    try:
+        with session() as s:
+            ts = parse_trace_settings(s.read_json(f"{base}/v2/trace/setting"))
+    except Exception as e:
+        yield CheckResult(f"{name} tracing", "warn", f"trace settings unreadable ({_why(e)})")
+        return
+    yield _trace_result(name, ts.level, ts.rate, ts.log_frequency, ts.file)
 
 
 def _trace_result(name: str, level: tuple[str, ...], rate: str, log_frequency: int, file: str) -> CheckResult:
