@@ -687,20 +687,22 @@ static PyObject *exclusive(PyObject *self, PyObject *args) {
     const int64_t *st = bs.buf, *en = be.buf, *lo = bl.buf, *hi = bh.buf;
     int64_t *out = (int64_t *)PyBytes_AS_STRING(res);
     for (Py_ssize_t r = 0; r < n; r++) {
-        int64_t a[MAX_K], b[MAX_K];
-        for (int j = 0; j < k; j++) { a[j] = st[j * n + r]; b[j] = en[j * n + r]; }
+        int64_t a[MAX_K], b[MAX_K], pts[2 * MAX_K + 2];
+        int seg[MAX_K], nv = 0, np_ = 0;
         int64_t *o = out + r * (k + 1);
-        int64_t pts[2 * MAX_K + 2];
-        int np_ = 0;
         int64_t L = lo[r], H = hi[r];
         for (int j = 0; j <= k; j++) o[j] = 0;
         if (H <= L) continue;
-        pts[np_++] = L; pts[np_++] = H;
-        for (int j = 0; j < k; j++) {
-            if (a[j] < 0 || b[j] <= a[j]) continue;
-            pts[np_++] = a[j] < L ? L : (a[j] > H ? H : a[j]);
-            pts[np_++] = b[j] < L ? L : (b[j] > H ? H : b[j]);
+        for (int j = 0; j < k; j++) { /* the non-empty intervals that meet [L, H], in priority order */
+            int64_t x = st[j * n + r], y = en[j * n + r];
+            if (x < 0 || y <= x || y <= L || x >= H) continue;
+            a[nv] = x < L ? L : x;
+            b[nv] = y > H ? H : y;
+            seg[nv++] = j;
         }
+        if (nv == 0) { o[k] = H - L; continue; }
+        pts[np_++] = L; pts[np_++] = H;
+        for (int i = 0; i < nv; i++) { pts[np_++] = a[i]; pts[np_++] = b[i]; }
         for (int i = 1; i < np_; i++) { /* insertion sort: a handful of points */
             int64_t v = pts[i];
             int j = i - 1;
@@ -711,8 +713,8 @@ static PyObject *exclusive(PyObject *self, PyObject *args) {
             int64_t x = pts[i], y = pts[i + 1];
             if (y <= x) continue;
             int owner = k;
-            for (int j = 0; j < k; j++)
-                if (a[j] >= 0 && b[j] > a[j] && a[j] <= x && y <= b[j]) { owner = j; break; }
+            for (int v = 0; v < nv; v++)
+                if (a[v] <= x && y <= b[v]) { owner = seg[v]; break; }
             o[owner] += y - x;
         }
     }

@@ -117,8 +117,9 @@ class TraceAggregate:
 
         # every (row, stage) observation at once: one series = (group, stage)
         stage_names = list(ALL_STAGES)
-        row_i, stage_j = np.nonzero(an.durations >= 0)
-        dv = an.durations[row_i, stage_j]
+        by_stage = an.durations.T  # [stages, rows], C-contiguous: a series' rows stay in order
+        stage_j, row_i = np.nonzero(by_stage >= 0)
+        dv = by_stage[stage_j, row_i]
         c_rows, c_stages, c_ns = self._custom_observations(batch, rows, stage_names, live)
         if len(an.gaps) or c_rows:
             row_i = np.concatenate([row_i, an.gap_rows, np.asarray(c_rows, dtype=np.intp)])
