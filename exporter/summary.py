@@ -28,7 +28,6 @@ from .stages import (
     COLUMN,
     INTER_RESPONSE,
     KNOWN_TIMESTAMPS,
-    NCOLS,
     PROTOCOLS,
     REPEATED,
     SEGMENT,
@@ -36,7 +35,6 @@ from .stages import (
     SEGMENTS,
     STAGES,
     Extra,
-    custom_spans,
     occurrences,
     response_times,
 )
@@ -171,14 +169,9 @@ def collect(paths: list[str], models: list[str] | None, progress: Progress, show
             g.segments = [a + int(b) for a, b in zip(g.segments, an.segments[timed].sum(axis=0), strict=True)]
             if shapes:
                 add_shape(g, batch, rows[sel], model_of)
-        if len(batch.extra) and (batch.extra[:, 1] >= NCOLS).any():
-            for k_row, i in enumerate(rows.tolist()):
-                spans = custom_spans(batch.customs_of(i))
-                if spans:
-                    model, version, code = keys[int(gidx[k_row])]
-                    g = groups[(model, version, PROTOCOLS[code])]
-                    for stage, ns in spans.items():
-                        g.add(stage, np.array([ns], dtype=np.int64))
+        for k_row, stage, ns in batch.custom_spans(rows):
+            model, version, code = keys[int(gidx[k_row])]
+            groups[(model, version, PROTOCOLS[code])].add(stage, np.array([ns], dtype=np.int64))
         if show_trace:
             for i in rows.tolist():
                 t = batch.trace(i)

@@ -13,7 +13,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..histogram import Histogram
-from ..stages import ALL_STAGES, INTER_RESPONSE, NCOLS, PROTOCOLS, SEGMENTS, custom_spans
+from ..stages import ALL_STAGES, INTER_RESPONSE, PROTOCOLS, SEGMENTS
 from .assembly import TraceBatch
 
 # series key: (*pattern labels, model, version, protocol[, stage | segment])
@@ -67,27 +67,21 @@ class TraceAggregate:
                              live: TraceAggregate | None) -> tuple[list[int], list[int], list[int]]:
         """(row index, stage index, ns) of the custom activity spans of the given rows."""
         out: tuple[list[int], list[int], list[int]] = ([], [], [])
-        if not len(batch.extra) or not (batch.extra[:, 1] >= NCOLS).any():
-            return out
         known = live.custom_stages if live is not None else set()
         index = {s: i for i, s in enumerate(stage_names)}
-        with_custom = set(batch.extra[batch.extra[:, 1] >= NCOLS, 0].tolist())
-        for r, row in enumerate(rows.tolist()):
-            if row not in with_custom:
-                continue
-            for stage, d in custom_spans(batch.customs_of(row)).items():
-                if stage not in known and stage not in self.custom_stages:
-                    if len(known | self.custom_stages) >= MAX_CUSTOM_STAGES:
-                        self.reject("custom_activity_cap")
-                        continue
-                    self.custom_stages.add(stage)
-                j = index.get(stage)
-                if j is None:
-                    j = index[stage] = len(stage_names)
-                    stage_names.append(stage)
-                out[0].append(r)
-                out[1].append(j)
-                out[2].append(d)
+        for r, stage, d in batch.custom_spans(rows):
+            if stage not in known and stage not in self.custom_stages:
+                if len(known | self.custom_stages) >= MAX_CUSTOM_STAGES:
+                    self.reject("custom_activity_cap")
+                    continue
+                self.custom_stages.add(stage)
+            j = index.get(stage)
+            if j is None:
+                j = index[stage] = len(stage_names)
+                stage_names.append(stage)
+            out[0].append(r)
+            out[1].append(j)
+            out[2].append(d)
         return out
 
     def observe_batch(self, batch: TraceBatch, codes: npt.NDArray[np.int8], labels: Sequence[str],

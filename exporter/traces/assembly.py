@@ -13,7 +13,7 @@ later file: such children wait (bounded, persisted with the checkpoint).
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +30,7 @@ from ..stages import (
     Protocol,
     anatomy,
     countable_rows,
+    custom_spans,
     frontend_protocol,
     merge_stamp,
     protocol_codes,
@@ -169,6 +170,17 @@ class TraceBatch:
     def anatomy(self, rows: npt.NDArray[np.intp]) -> Anatomy:
         """The stage table over the given rows."""
         return anatomy(self.stamps[rows], lambda i: self.repeats(int(rows[i])))
+
+    def custom_spans(self, rows: npt.NDArray[np.intp]) -> Iterator[tuple[int, str, int]]:
+        """(index into rows, stage, ns) of the custom activity spans of the given rows."""
+        ex = self.extra
+        if not len(ex) or not (ex[:, 1] >= NCOLS).any():
+            return
+        with_custom = set(ex[ex[:, 1] >= NCOLS, 0].tolist())
+        for r, row in enumerate(rows.tolist()):
+            if row in with_custom:
+                for stage, ns in custom_spans(self.customs_of(row)).items():
+                    yield r, stage, ns
 
     def trace(self, i: int) -> Trace:
         row = self.stamps[i]
