@@ -1,8 +1,9 @@
-"""The daemon's memory after BCC's compile: the heap the compile freed goes back to the kernel.
+"""The daemon's footprint with eBPF on: BCC compiles in a child that hands the programs over.
 
-Without that (glibc keeps freed heap), `serve --ebpf on` holds about 160 MB of anonymous memory
-for its whole life; with it about 70 MB. File-backed pages (libbcc with its LLVM, numpy) are
-shared and reclaimable, so the bound is on anonymous memory.
+BCC (libbcc with clang and LLVM inside) is about 100 MB file-backed and, after a compile,
+about 80 MB of anonymous heap. `serve` runs the compile in a short-lived child
+(exporter/ebpf/handoff.py), so the daemon never maps libbcc and its resident set is that
+of Python, numpy and prometheus_client plus its own data.
 """
 
 from __future__ import annotations
@@ -17,18 +18,24 @@ from tests.triton_harness import ExporterProcess
 
 pytestmark = pytest.mark.ebpf
 
-ANON_BOUND_MB = 120
+RSS_BOUND_MB = 120  # the agent's budget on a node
 
 
-def rss_anon_mb(pid: int) -> float:
+def status_mb(pid: int, field: str) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("RssAnon:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
-    raise AssertionError("no RssAnon in /proc/PID/status")
+    raise AssertionError(f"no {field} in /proc/PID/status")
 
 
-def test_anonymous_memory_after_the_bcc_compile_is_bounded(exporter_factory: Callable[..., ExporterProcess]) -> None:
+def test_the_daemon_never_maps_bcc_and_stays_in_budget(exporter_factory: Callable[..., ExporterProcess]) -> None:
     e = exporter_factory("--triton", "none", "--ebpf", "on")
-    assert e.scrape().total("inference_profiler_ebpf_up") == len(metric_programs())  # every program loaded
-    anon = rss_anon_mb(e.proc.pid)
-    assert anon < ANON_BOUND_MB, f"{anon:.0f} MB of anonymous memory after start"
+    scrape = e.scrape()
+    assert scrape.total("inference_profiler_ebpf_up") == len(metric_programs())  # every program loaded
+    mapped = Path(f"/proc/{e.proc.pid}/maps").read_text()
+    assert "libbcc" not in mapped and "libLLVM" not in mapped and "libclang" not in mapped
+    rss = status_mb(e.proc.pid, "VmRSS")
+    assert rss < RSS_BOUND_MB, f"{rss:.0f} MB resident after start"
+    # the compile child is gone: nothing of it is left running beside the daemon
+    children = Path(f"/proc/{e.proc.pid}/task/{e.proc.pid}/children").read_text().split()
+    assert children == []

@@ -7,12 +7,14 @@ load of the metric programs serves the loopback tests, which keeps the module fa
 from __future__ import annotations
 
 import ctypes as ct
+import dataclasses
 import os
 import random
 import re
 import socket
 import struct
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -23,9 +25,11 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import CollectorRegistry
 
 from exporter.config import Config
+from exporter.ebpf import bpfsys, handoff
 from exporter.ebpf.collector import EbpfCollector, ProgramState
 from exporter.ebpf.declaration import bpf_dir, metric_programs
 from exporter.ebpf.kernel import tracefs
+from exporter.ebpf.handoff import HandedProgram
 from exporter.ebpf.loader import LoadedProgram, LoadError, load_programs, program_text
 from exporter.ebpf.source import EbpfSource, KernelErrors
 from exporter.histogram import log_linear_bound, log_linear_index
@@ -663,18 +667,48 @@ def test_full_socket_map_loses_socket_state_not_bytes() -> None:
         res.close()
 
 
-def test_source_loads_when_built_and_attaches_at_start() -> None:
+def prog_alive(prog_id: int) -> bool:
+    """Whether the kernel still has this program (BPF_PROG_GET_FD_BY_ID, as root)."""
+    attr = bytearray(struct.pack("<I", prog_id) + bytes(12))
+    try:
+        fd = bpfsys.bpf(13, attr)
+    except OSError:
+        return False
+    os.close(fd)
+    return True
+
+
+def test_source_gets_programs_from_the_compile_child_and_unloads_them_at_stop() -> None:
+    """serve compiles in a child (exporter/ebpf/handoff.py): the daemon holds the attached
+    programs by their fds alone, counts exactly with plain bpf(2) reads, and its stop is the end
+    of them in the kernel (the child left nothing behind)."""
     port = free_port()
     src = EbpfSource(Config(ebpf="on", ebpf_port=[port], ebpf_max_sockets=16), ErrorCounts())
     try:
         tm = next(p.loaded for p in src.programs if p.decl.program == "tcp_messages")
-        assert tm is not None and tm.bpf[b"sockets"].max_entries == 16
-        assert all(p.loaded is not None and not p.loaded.attached for p in src.programs)
-        run_exchanges(port, 5, 0.0)
-        assert tm.read_series() == {}, "loaded is not attached: nothing may be counted yet"
+        assert isinstance(tm, HandedProgram)
+        assert tm.maps["sockets"].info.max_entries == 16  # --ebpf-max-sockets reached the child's compile
+        assert tm.attached and tm.links, "the child attached them: the links are what this process holds"
+        ids = [int(line.split()[1]) for fd in tm.progs for line in Path(f"/proc/self/fdinfo/{fd}").read_text()
+               .splitlines() if line.startswith("prog_id:")]
+        assert len(ids) == len(tm.progs) and all(map(prog_alive, ids))
         src.start()
         run_exchanges(port, 5, 0.0)
         s = scrape(src.programs)
         assert port_counts(s, port)["latency server"] == port_counts(s, port)["latency client"] == 5
+        assert tm.read_errors() == [0, 0]
     finally:
         src.stop()
+    assert not any(map(prog_alive, ids)), "stop closed the last references: the programs are gone"
+
+
+def test_a_compile_child_that_fails_says_why_in_one_line(tmp_path: Path) -> None:
+    decl = metric_programs()[0]
+    broken = tmp_path / "bpf"
+    broken.mkdir()
+    (broken / "histogram.yaml").write_text("key: nonsense\n")
+    (broken / "tcp_messages.yaml").write_text((bpf_dir() / "tcp_messages.yaml").read_text())
+    moved = dataclasses.replace(decl, source=broken / decl.source.name)
+    problem, results = handoff.load_in_child([moved], [free_port()])
+    assert results == [] and problem is not None and "\n" not in problem
+    assert problem.startswith("the BPF compile child failed: DeclarationError"), problem

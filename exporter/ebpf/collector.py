@@ -20,7 +20,7 @@ from ..histogram import log_linear_buckets
 from ..source import PREFIX, ErrorCounts
 from .declaration import POD_LABELS, KeyField, MetricDecl, ProgramDecl, metric_key
 from .kernel import bpf_stats_enabled
-from .loader import LoadedProgram, SeriesKey
+from .loader import Program, SeriesKey
 
 log = logging.getLogger("ebpf")
 
@@ -28,7 +28,7 @@ log = logging.getLogger("ebpf")
 @dataclass
 class ProgramState:
     decl: ProgramDecl
-    loaded: LoadedProgram | None
+    loaded: Program | None
     reason: str = ""  # why not loaded
     # series of gone cgroups, moved out of the kernel map while their labels are still in use
     retired: dict[SeriesKey, tuple[int, int]] = field(default_factory=dict)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import re
+import struct
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ UNIT_DIVISORS = {"nanoseconds": 1e9, "microseconds": 1e6, "bytes": 1.0, "count":
 SHARED_DECLARATION = "histogram.yaml"
 SHARED_HEADER = "metric_key.h"  # the include name the generated C answers to
 C_SIZES = {"u8": 1, "u16": 2, "u32": 4, "u64": 8}
+STRUCT_CODES = {"u8": "B", "u16": "H", "u32": "I", "u64": "Q"}
 _C_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
@@ -78,22 +80,40 @@ class MetricKey:
         out["ERR_SLOTS"] = len(self.errors)
         return out
 
-    def c_struct(self) -> list[str]:
-        """struct metric_key with explicit padding: a hash key must have no uninitialised bytes."""
-        lines = ["struct metric_key {"]
-        offset = pads = 0
+    def layout(self) -> list[tuple[str, str | int]]:
+        """struct metric_key in order: ("field", name) or ("pad", bytes). Explicit padding: a hash
+        key must have no uninitialised bytes, and C and Python must agree on every offset."""
+        out: list[tuple[str, str | int]] = []
+        offset = 0
         for f in self.fields:
             size = C_SIZES[f.ctype]
             if offset % size:
-                gap = size - offset % size
-                lines.append(f"    u8 _pad{pads}[{gap}];")
-                pads, offset = pads + 1, offset + gap
-            lines.append(f"    {f.ctype} {f.name};")
+                out.append(("pad", size - offset % size))
+                offset += size - offset % size
+            out.append(("field", f.name))
             offset += size
         align = max(C_SIZES[f.ctype] for f in self.fields)
         if offset % align:
-            lines.append(f"    u8 _pad{pads}[{align - offset % align}];")
+            out.append(("pad", align - offset % align))
+        return out
+
+    def c_struct(self) -> list[str]:
+        lines = ["struct metric_key {"]
+        pads = 0
+        for kind, what in self.layout():
+            if kind == "pad":
+                lines.append(f"    u8 _pad{pads}[{what}];")
+                pads += 1
+            else:
+                lines.append(f"    {self.field(str(what)).ctype} {what};")
         return [*lines, "};"]
+
+    def packing(self) -> struct.Struct:
+        """The same struct for Python's struct module (little-endian, as the BPF targets here):
+        unpack gives the fields in `names` order."""
+        fmt = "".join(f"{what}x" if kind == "pad" else STRUCT_CODES[self.field(str(what)).ctype]
+                      for kind, what in self.layout())
+        return struct.Struct("<" + fmt)
 
     def c_header(self) -> str:
         guard = "INFPROF_METRIC_KEY_H"

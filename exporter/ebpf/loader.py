@@ -16,7 +16,7 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from .attach import plan_attach
 from .declaration import SHARED_HEADER, ProgramDecl, metric_key
@@ -90,6 +90,40 @@ def environment_problem() -> str | None:
     return privilege_problem() or bcc_problem() or headers_problem()
 
 
+class Program(Protocol):
+    """A loaded program as the collector and the source use it: loaded here (LoadedProgram) or
+    handed over by a child that compiled it (handoff.HandedProgram)."""
+
+    decl: ProgramDecl
+    method: str
+    defines: tuple[str, ...]
+    attached: bool
+
+    def attach(self) -> None: ...
+    def read_series(self) -> dict[SeriesKey, tuple[int, int]]: ...
+    def delete_series(self, keys: Sequence[SeriesKey]) -> None: ...
+    def read_errors(self) -> list[int]: ...
+    def run_stats(self) -> tuple[int, int]: ...
+    def close(self) -> None: ...
+
+
+def fdinfo_run_stats(fds: Sequence[int]) -> tuple[int, int]:
+    """(run time ns, runs) summed over these program fds, from their fdinfo."""
+    ns = runs = 0
+    for fd in fds:
+        try:
+            text = Path(f"/proc/self/fdinfo/{fd}").read_text()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            name, _, value = line.partition(":")
+            if name == "run_time_ns":
+                ns += int(value)
+            elif name == "run_cnt":
+                runs += int(value)
+    return ns, runs
+
+
 @dataclass
 class LoadedProgram:
     decl: ProgramDecl
@@ -148,20 +182,8 @@ class LoadedProgram:
         return [int(table[ct.c_int(i)].value) for i in range(len(table))]
 
     def run_stats(self) -> tuple[int, int]:
-        """(run time ns, runs) summed over the program's functions, from their fdinfo."""
-        ns = runs = 0
-        for fn in self.bpf.funcs.values():
-            try:
-                text = Path(f"/proc/self/fdinfo/{fn.fd}").read_text()
-            except OSError:
-                continue
-            for line in text.splitlines():
-                name, _, value = line.partition(":")
-                if name == "run_time_ns":
-                    ns += int(value)
-                elif name == "run_cnt":
-                    runs += int(value)
-        return ns, runs
+        """(run time ns, runs) summed over the program's functions."""
+        return fdinfo_run_stats([fn.fd for fn in self.bpf.funcs.values()])
 
     def close(self) -> None:
         if not self._closed:

@@ -6,15 +6,18 @@ from __future__ import annotations
 import logging
 import threading
 from collections import defaultdict
+from collections.abc import Sequence
 
 from prometheus_client.registry import Collector
 
 from ..config import Config, ConfigError
 from ..polling import PollThread
 from ..source import ErrorCounts
+from . import handoff
 from .collector import EbpfCollector, ProgramState
 from .declaration import DeclarationError, metric_key, metric_programs
-from .loader import LoadError, SeriesKey, environment_problem, load_programs
+from .kernel import headers_problem, privilege_problem
+from .loader import LoadError, Program, SeriesKey, environment_problem, load_programs
 from .pods import NO_POD, PodResolver, pod_resolver
 
 log = logging.getLogger("ebpf")
@@ -159,14 +162,23 @@ class EbpfSource:
         except DeclarationError as e:
             self._refuse(str(e))
             return
-        problem = environment_problem()
+        results: Sequence[Program | LoadError]
+        if handoff.available():
+            # compiled in a child that hands the loaded programs over: BCC never enters this process
+            problem = privilege_problem() or headers_problem()
+            if problem is None:
+                problem, results = handoff.load_in_child(decls, self.cfg.ebpf_port, self.cfg.ebpf_attach,
+                                                         program_defines(self.cfg, self.pods is not None))
+        else:
+            problem = environment_problem()
+            if problem is None:
+                results = load_programs(decls, self.cfg.ebpf_port, self.cfg.ebpf_attach,
+                                        program_defines(self.cfg, self.pods is not None))
         if problem:
             # the same reason for every program: one line, not one per program
             self._refuse(problem)
             self.programs = [ProgramState(d, None, problem) for d in decls]
             return
-        results = load_programs(decls, self.cfg.ebpf_port, self.cfg.ebpf_attach,
-                                program_defines(self.cfg, self.pods is not None))
         failed = [r for r in results if isinstance(r, LoadError)]
         if failed and self.cfg.ebpf == "on":
             for r in results:
