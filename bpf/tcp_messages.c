@@ -184,6 +184,7 @@ static __always_inline u64 socket_cgroup(const void *skaddr)
     return st ? st->cgroup : 0;
 }
 
+#ifdef HAVE_TCP_PROBE
 /* Smoothed RTT, sampled at each incoming segment on an established socket. */
 TRACEPOINT_PROBE(tcp, tcp_probe)
 {
@@ -195,7 +196,9 @@ TRACEPOINT_PROBE(tcp, tcp_probe)
     hist_observe(&k, (u64)args->srtt * 1000);
     return 0;
 }
+#endif
 
+#ifdef HAVE_TCP_RETRANSMIT
 /* A retransmitted segment. */
 TRACEPOINT_PROBE(tcp, tcp_retransmit_skb)
 {
@@ -208,6 +211,7 @@ TRACEPOINT_PROBE(tcp, tcp_retransmit_skb)
     metric_add(&k, 1);
     return 0;
 }
+#endif
 
 /* The state of the socket at skaddr goes; its last message is observed first. */
 static __always_inline void forget_socket(const void *skaddr)

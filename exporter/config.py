@@ -7,6 +7,7 @@ Errors are `ConfigError` with one line saying what is wrong and how to fix it.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import os
@@ -73,6 +74,9 @@ class Config:
     ebpf_port: list[int] = _opt([8000, 8001], "Triton port watched by eBPF (repeatable)", metavar="N")
     ebpf_attach: str = _opt("auto", "eBPF attach method: auto takes the first the kernel allows",
                             choices=("auto", "tracepoint", "fentry", "kprobe"))
+    ebpf_metric: list[str] = _opt([], "eBPF family to collect (repeatable; default every one): the programs and "
+                                  "the optional hooks no chosen family needs are not compiled",
+                                  metavar="NAME")
     ebpf_max_sockets: int = _opt(65536, "sockets on the watched ports followed at once by eBPF (its map size); "
                                  "past it new connections count bytes only")
     kubernetes: str = _opt("auto", "label eBPF series with the namespace, pod and container owning the socket, "
@@ -241,6 +245,13 @@ def validate(cfg: Config) -> None:
     for p in cfg.ebpf_port:
         if not 0 < p < 65536:
             raise ConfigError(f"ebpf_port must be a TCP port (1-65535), got {p}")
+    cfg.ebpf_metric = [m.removeprefix("inference_profiler_") for m in cfg.ebpf_metric]
+    if cfg.ebpf_metric:
+        from .ebpf.declaration import DeclarationError, metric_programs, unknown_metrics
+
+        with contextlib.suppress(DeclarationError):  # a broken bpf/ is reported where it is loaded
+            if why := unknown_metrics(cfg.ebpf_metric, metric_programs()):
+                raise ConfigError(why)
     if not 1 <= cfg.ebpf_max_sockets <= MAX_EBPF_SOCKETS:
         raise ConfigError(f"ebpf_max_sockets must be 1-{MAX_EBPF_SOCKETS}, got {cfg.ebpf_max_sockets}")
     b = cfg.stage_buckets

@@ -712,3 +712,33 @@ def test_a_compile_child_that_fails_says_why_in_one_line(tmp_path: Path) -> None
     problem, results = handoff.load_in_child([moved], [free_port()])
     assert results == [] and problem is not None and "\n" not in problem
     assert problem.startswith("the BPF compile child failed: DeclarationError"), problem
+
+
+def test_only_the_hooks_the_selected_metrics_need_are_compiled_and_attached() -> None:
+    """--ebpf-metric: families no one asked for cost nothing, not even a hook in the kernel."""
+    port = free_port()
+    every = EbpfSource(Config(ebpf="on", ebpf_port=[port]), ErrorCounts())
+    try:
+        full = next(p.loaded for p in every.programs)
+        assert isinstance(full, HandedProgram)
+        full_links, full_defines = len(full.links), set(full.defines)
+    finally:
+        every.stop()
+    chosen = ["tcp_latency_seconds", "tcp_bytes_total"]
+    src = EbpfSource(Config(ebpf="on", ebpf_port=[port], ebpf_metric=chosen), ErrorCounts())
+    try:
+        tm = next(p.loaded for p in src.programs)
+        assert isinstance(tm, HandedProgram)
+        assert tm.defines == () and {"HAVE_TCP_PROBE", "HAVE_TCP_RETRANSMIT"} <= full_defines
+        assert len(tm.links) == full_links - len(full_defines), "one hook less per optional part left out"
+        src.start()
+        run_exchanges(port, 7, 0.0)
+        reg = CollectorRegistry(auto_describe=False)
+        for c in src.collectors():
+            reg.register(c)
+        s = Scrape(generate_latest(reg).decode())
+        families = re.findall(r"^# TYPE inference_profiler_(tcp_\w+) ", s.text, re.M)
+        assert sorted(families) == ["tcp_bytes_total", "tcp_latency_seconds"], families
+        assert port_counts(s, port)["latency server"] == port_counts(s, port)["latency client"] == 7
+    finally:
+        src.stop()

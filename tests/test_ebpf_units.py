@@ -19,6 +19,7 @@ from exporter.ebpf.declaration import (
     load_metric_key,
     metric_key,
     metric_programs,
+    unknown_metrics,
 )
 from exporter.ebpf.kernel import need_missing
 from exporter.histogram import log_linear_bound, log_linear_buckets, log_linear_index
@@ -67,9 +68,10 @@ def test_attach_prefers_tracepoints_then_fentry_then_kprobes() -> None:
     d = next(d for d in metric_programs() if d.program == "tcp_messages")
     all_there = plan_attach(d, lambda need: None)
     assert [c.method for c in all_there.candidates] == ["tracepoint", "fentry", "kprobe"]
-    assert all_there.defines == ("HAVE_SK_DATA_READY",)
+    assert all_there.defines == ("HAVE_SK_DATA_READY", "HAVE_TCP_PROBE", "HAVE_TCP_RETRANSMIT")
 
-    old_kernel = plan_attach(d, lambda need: "missing" if "sock:sock_" in need or "sk_data_ready" in need else None)
+    old_kernel = plan_attach(d, lambda need: "missing" if "sock:sock_" in need or "sk_data_ready" in need
+                             or "tcp:tcp_probe" in need or "retransmit" in need else None)
     assert [c.method for c in old_kernel.candidates] == ["fentry", "kprobe"]
     assert old_kernel.defines == ()
     assert old_kernel.refused == ("tracepoint: missing",)
@@ -77,6 +79,29 @@ def test_attach_prefers_tracepoints_then_fentry_then_kprobes() -> None:
     only_kprobes = plan_attach(d, lambda need: None if need.startswith(
         ("kprobe", "tracepoint sock:inet", "tracepoint tcp:")) else "no")
     assert [c.method for c in only_kprobes.candidates] == ["kprobe"]
+
+
+def test_only_what_the_selected_metrics_need_is_compiled_and_exposed() -> None:
+    d = next(d for d in metric_programs() if d.program == "tcp_messages")
+    core = ["tcp_latency_seconds", "tcp_bytes_total"]
+    assert plan_attach(d, lambda need: None, selected=core).defines == ()
+    assert plan_attach(d, lambda need: None, selected=[*core, "tcp_srtt_seconds"]).defines == ("HAVE_TCP_PROBE",)
+    assert d.wanted([]) and d.wanted(core) and not d.wanted(["tcp_other"])
+    # a selected metric whose part the kernel lacks is not collected; nothing is when not loaded
+    names = [m.name for m in d.metrics]
+    active = dict(zip(names, d.active(["tcp_srtt_seconds", "tcp_latency_seconds"], ("HAVE_SK_DATA_READY",)),
+                      strict=True))
+    assert [n for n, on in active.items() if on] == ["tcp_latency_seconds"]
+    assert [n for n, on in zip(names, d.active([], None), strict=True) if on] == [
+        "tcp_latency_seconds", "tcp_message_bytes", "tcp_bytes_total"]
+    retransmits = names.index("tcp_retransmits_total")
+    raw = {"metric": retransmits, "role": 0, "port": 8001, "direction": 0, "bucket": 0, "cgroup": 0}
+    series = {tuple(raw[n] for n in metric_key().names): (2, 0)}
+    fams = metric_families(d, series, ports=[8000], active=d.active(core, ()))
+    assert sorted(f.name for f in fams) == ["inference_profiler_tcp_bytes", "inference_profiler_tcp_latency_seconds"]
+    assert unknown_metrics(["tcp_srtt_seconds"], [d]) is None
+    why = unknown_metrics(["tcp_rtt"], [d])
+    assert why is not None and why.startswith("ebpf_metric 'tcp_rtt' is not an eBPF family; choose from tcp_bytes")
 
 
 def test_attach_problems_say_why(tmp_path: Path) -> None:

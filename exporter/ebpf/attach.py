@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 from .declaration import AttachMethod, ProgramDecl
@@ -21,8 +21,11 @@ class AttachPlan:
     problem: str | None = None  # why nothing can be tried
 
 
-def plan_attach(decl: ProgramDecl, missing: NeedCheck, forced: str = "auto") -> AttachPlan:
-    """Attach candidates for decl; `forced` (a method name) keeps only that method."""
+def plan_attach(decl: ProgramDecl, missing: NeedCheck, forced: str = "auto",
+                selected: Collection[str] = ()) -> AttachPlan:
+    """Attach candidates for decl; `forced` (a method name) keeps only that method. Optional
+    parts are compiled in where the kernel meets their needs and a `selected` metric (none
+    selected: every one) needs them."""
     for need in decl.needs:
         why = missing(need)
         if why:
@@ -37,7 +40,7 @@ def plan_attach(decl: ProgramDecl, missing: NeedCheck, forced: str = "auto") -> 
             refused.append(f"{m.method}: {whys[0]}")
         else:
             candidates.append(m)
-    defines = tuple(o.define for o in decl.optional if not any(missing(n) for n in o.needs))
+    defines = tuple(o.define for o in decl.wanted_parts(selected) if not any(missing(n) for n in o.needs))
     problem = None
     if not candidates:
         if refused:

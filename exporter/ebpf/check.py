@@ -75,7 +75,12 @@ def ebpf_checks(cfg: Config) -> Iterable[CheckResult]:
         return
     yield pod_labels_check(cfg, pods)
     # loading for real, as serve does, is the only sure answer: the kernel may refuse what it seems to offer
-    loaded = load_programs(decls, cfg.ebpf_port, cfg.ebpf_attach, program_defines(cfg, pods is not None))
+    for d in decls:
+        if not d.wanted(cfg.ebpf_metric):
+            yield CheckResult(f"ebpf {d.program}", "pass", "not compiled: no --ebpf-metric needs it")
+    decls = [d for d in decls if d.wanted(cfg.ebpf_metric)]
+    loaded = load_programs(decls, cfg.ebpf_port, cfg.ebpf_attach, program_defines(cfg, pods is not None),
+                           cfg.ebpf_metric)
     for d, r in zip(decls, loaded, strict=True):
         if isinstance(r, LoadError):
             yield CheckResult(f"ebpf {d.program}", bad, str(r))

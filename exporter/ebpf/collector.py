@@ -49,13 +49,15 @@ def label_names(decl: MetricDecl, fields: Mapping[str, KeyField], pods: bool) ->
 
 
 def metric_families(decl: ProgramDecl, series: Mapping[SeriesKey, tuple[int, int]],
-                    ports: Sequence[int] = (), pods: PodLabeller | None = None) -> list[Metric]:
+                    ports: Sequence[int] = (), pods: PodLabeller | None = None,
+                    active: Sequence[bool] | None = None) -> list[Metric]:
     """One family per declared metric from the program's raw series (pure: no kernel here).
 
     A metric declared zero_per_port has a series at 0 for every watched port, so a rate
     over it (retransmits) exists before the first event. With `pods`, a `pod` key field
     (the cgroup id) becomes the namespace, pod and container labels `pods` names for it;
-    series of cgroups with the same labels add up.
+    series of cgroups with the same labels add up. `active` (per metric; default all) leaves
+    out the families of metrics not collected (not selected, or their optional part not compiled).
     """
     key = metric_key(decl.source.parent)
     fields = [key.field(name) for name in key.names]
@@ -74,14 +76,15 @@ def metric_families(decl: ProgramDecl, series: Mapping[SeriesKey, tuple[int, int
 
     # metric id -> label values -> bucket index -> (count, sum)
     grouped: dict[int, dict[tuple[str, ...], dict[int, tuple[int, int]]]] = defaultdict(lambda: defaultdict(dict))
+    on = list(active) if active is not None else [True] * len(decl.metrics)
     for i, m in enumerate(decl.metrics):
-        if m.zero_per_port:
+        if m.zero_per_port and on[i]:
             for port in ports:  # outside any pod: the series every node has
                 zero = tuple(port if name == "port" else 0 for name in key.names)
                 grouped[i][label_values(m, zero)].setdefault(0, (0, 0))
     for raw, (count, total) in series.items():
         metric, bucket = raw[at["metric"]], raw[at["bucket"]]
-        if metric >= len(decl.metrics):
+        if metric >= len(decl.metrics) or not on[metric]:
             continue
         m = decl.metrics[metric]
         labels = label_values(m, raw)
@@ -89,7 +92,7 @@ def metric_families(decl: ProgramDecl, series: Mapping[SeriesKey, tuple[int, int
         c0, s0 = buckets.get(bucket, (0, 0))
         buckets[bucket] = (c0 + count, s0 + total)
     return [_family(m, label_names(m, by_name, pods is not None), grouped.get(i, {}))
-            for i, m in enumerate(decl.metrics)]
+            for i, m in enumerate(decl.metrics) if on[i]]
 
 
 def _family(m: MetricDecl, names: list[str], by_labels: Mapping[tuple[str, ...], dict[int, tuple[int, int]]]
@@ -111,8 +114,9 @@ def _family(m: MetricDecl, names: list[str], by_labels: Mapping[tuple[str, ...],
 
 class EbpfCollector(Collector):
     def __init__(self, programs: Sequence[ProgramState], lock: threading.Lock, errors: ErrorCounts,
-                 ports: Sequence[int] = (), pods: PodLabeller | None = None) -> None:
+                 ports: Sequence[int] = (), pods: PodLabeller | None = None, selected: Sequence[str] = ()) -> None:
         self.programs = programs
+        self.selected = selected  # --ebpf-metric: the families collected (none: every one)
         self.ports = ports
         self.pods = pods
         self.lock = lock  # held while programs are read or closed
@@ -128,7 +132,8 @@ class EbpfCollector(Collector):
     def describe(self) -> Iterator[Metric]:
         yield from _program_families()
         for p in self.programs:
-            yield from metric_families(p.decl, {}, pods=self.pods)
+            described = [not self.selected or m.name in self.selected for m in p.decl.metrics]
+            yield from metric_families(p.decl, {}, pods=self.pods, active=described)
 
     def collect(self) -> Iterator[Metric]:
         up, info, run_s, run_n = _program_families()
@@ -148,7 +153,8 @@ class EbpfCollector(Collector):
                             series[k] = (n0 + n, total0 + total)
                     except Exception as e:  # a map that cannot be read costs its series, not the scrape
                         self._read_failed(name, e)
-                families.extend(metric_families(p.decl, series, self.ports, self.pods))
+                active = p.decl.active(self.selected, loaded.defines if loaded else None)
+                families.extend(metric_families(p.decl, series, self.ports, self.pods, active))
                 if loaded and stats:
                     ns, runs = loaded.run_stats()
                     run_s.add_metric([name], ns / 1e9)

@@ -13,6 +13,7 @@ import functools
 import re
 import struct
 import sys
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -166,6 +167,21 @@ class ProgramDecl:
     optional: tuple[OptionalPart, ...] = ()
     metrics: tuple[MetricDecl, ...] = ()
 
+    def wanted(self, selected: Collection[str]) -> bool:
+        """Whether to compile it: one of its metrics is selected (none selected: every one is)."""
+        return not selected or any(m.name in selected for m in self.metrics)
+
+    def wanted_parts(self, selected: Collection[str]) -> list[OptionalPart]:
+        """Optional parts a selected metric needs (a part feeding no metric is always wanted)."""
+        return [o for o in self.optional if not selected or not o.metrics or set(o.metrics) & set(selected)]
+
+    def active(self, selected: Collection[str], defines: Collection[str] | None) -> list[bool]:
+        """Per metric, whether it is collected: selected, and its optional part (if it has one)
+        compiled in (`defines`, None when the program is not loaded)."""
+        return [(not selected or m.name in selected)
+                and all(defines is not None and o.define in defines for o in self.optional if m.name in o.metrics)
+                for m in self.metrics]
+
     def metric_defines(self) -> list[str]:
         """METRIC_<name>=<position>: the ids the C code writes into metric_key.metric."""
         return [f"METRIC_{m.name}={i}" for i, m in enumerate(self.metrics)]
@@ -233,6 +249,15 @@ def load_declaration(path: Path) -> ProgramDecl:
     metrics = tuple(_metric(m, key, path) for m in raw.get("metrics") or [])
     return ProgramDecl(str(raw["program"]), path.parent / str(raw["source"]), attach,
                        _strings(raw.get("needs"), "needs", path), optional, metrics)
+
+
+def unknown_metrics(selected: Collection[str], decls: Collection[ProgramDecl]) -> str | None:
+    """Why a --ebpf-metric selection is wrong (a name no program declares), or None."""
+    known = sorted(m.name for d in decls for m in d.metrics)
+    bad = [n for n in selected if n not in known]
+    if not bad:
+        return None
+    return f"ebpf_metric {bad[0]!r} is not an eBPF family; choose from {', '.join(known)}"
 
 
 def metric_programs(directory: Path | None = None) -> list[ProgramDecl]:

@@ -116,7 +116,7 @@ class HandedProgram:
 
 
 def load_in_child(decls: Sequence[ProgramDecl], ports: Sequence[int], forced: str = "auto",
-                  extra_defines: Sequence[str] = (), timeout: float = 300.0,
+                  extra_defines: Sequence[str] = (), selected: Sequence[str] = (), timeout: float = 300.0,
                   ) -> tuple[str | None, list[HandedProgram | LoadError]]:
     """(why nothing could load, or None; then per declaration its handed program or why not).
 
@@ -125,7 +125,7 @@ def load_in_child(decls: Sequence[ProgramDecl], ports: Sequence[int], forced: st
         return None, []
     directory = decls[0].source.parent
     request = {"bpf_dir": str(directory), "programs": [d.program for d in decls], "ports": list(ports),
-               "forced": forced, "defines": list(extra_defines)}
+               "forced": forced, "defines": list(extra_defines), "selected": list(selected)}
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     with ours, tempfile.TemporaryFile() as err:
         try:
@@ -224,7 +224,8 @@ def _child(request: dict[str, Any]) -> tuple[dict[str, Any], list[int]]:
     decls = [d for d in metric_programs(Path(request["bpf_dir"])) if d.program in wanted]
     fds: list[int] = []
     programs: list[dict[str, Any]] = []
-    for d, r in zip(decls, load_programs(decls, request["ports"], request["forced"], request["defines"]),
+    for d, r in zip(decls, load_programs(decls, request["ports"], request["forced"], request["defines"],
+                                              request["selected"]),
                     strict=True):
         if isinstance(r, LoadedProgram):
             try:

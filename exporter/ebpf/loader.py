@@ -217,11 +217,11 @@ def verify_hooks(bpf: Any) -> None:
             bpf.load_func(name, getattr(BPF, kind))
 
 
-def _compile(decl: ProgramDecl, ports: Sequence[int], forced: str,
-             extra_defines: Sequence[str], stderr: StderrCapture) -> LoadedProgram:
+def _compile(decl: ProgramDecl, ports: Sequence[int], forced: str, extra_defines: Sequence[str],
+             selected: Sequence[str], stderr: StderrCapture) -> LoadedProgram:
     from bcc import BPF
 
-    plan = plan_attach(decl, need_missing, forced)
+    plan = plan_attach(decl, need_missing, forced, selected)
     if plan.problem:
         raise LoadError(plan.problem)
     text = program_text(decl.source)
@@ -253,9 +253,10 @@ def _compile(decl: ProgramDecl, ports: Sequence[int], forced: str,
 
 
 def load_programs(decls: Sequence[ProgramDecl], ports: Sequence[int], forced: str = "auto",
-                  extra_defines: Sequence[str] = ()) -> list[LoadedProgram | LoadError]:
-    """Load every program, each loaded (not attached yet) or why not. One at a time: BCC's
-    compiler is not thread-safe."""
+                  extra_defines: Sequence[str] = (), selected: Sequence[str] = ()) -> list[LoadedProgram | LoadError]:
+    """Load every program, each loaded (not attached yet) or why not, with the optional parts
+    the `selected` metrics need (none selected: every one). One at a time: BCC's compiler is
+    not thread-safe."""
     problem = environment_problem()
     if problem:
         return [LoadError(problem) for _ in decls]
@@ -263,7 +264,7 @@ def load_programs(decls: Sequence[ProgramDecl], ports: Sequence[int], forced: st
     with captured_stderr() as stderr:
         for d in decls:
             try:
-                results.append(_compile(d, ports, forced, extra_defines, stderr))
+                results.append(_compile(d, ports, forced, extra_defines, selected, stderr))
             except LoadError as e:
                 results.append(e)
             except Exception as e:  # anything else from BCC is also a refusal, with its reason

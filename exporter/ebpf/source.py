@@ -158,22 +158,28 @@ class EbpfSource:
 
     def _load(self) -> None:
         try:
-            decls = metric_programs()
+            declared = metric_programs()
         except DeclarationError as e:
             self._refuse(str(e))
             return
+        selected = self.cfg.ebpf_metric
+        decls = [d for d in declared if d.wanted(selected)]  # only what the config needs is compiled
+        for d in declared:
+            if d not in decls:
+                log.info("eBPF program %s not compiled: no --ebpf-metric needs it", d.program)
         results: Sequence[Program | LoadError]
         if handoff.available():
             # compiled in a child that hands the loaded programs over: BCC never enters this process
             problem = privilege_problem() or headers_problem()
             if problem is None:
                 problem, results = handoff.load_in_child(decls, self.cfg.ebpf_port, self.cfg.ebpf_attach,
-                                                         program_defines(self.cfg, self.pods is not None))
+                                                         program_defines(self.cfg, self.pods is not None),
+                                                         selected)
         else:
             problem = environment_problem()
             if problem is None:
                 results = load_programs(decls, self.cfg.ebpf_port, self.cfg.ebpf_attach,
-                                        program_defines(self.cfg, self.pods is not None))
+                                        program_defines(self.cfg, self.pods is not None), selected)
         if problem:
             # the same reason for every program: one line, not one per program
             self._refuse(problem)
@@ -201,7 +207,7 @@ class EbpfSource:
 
     def collectors(self) -> list[Collector]:
         return [EbpfCollector(self.programs, self.lock, self.errors, self.cfg.ebpf_port,
-                              self.pods.labels if self.pods else None)]
+                              self.pods.labels if self.pods else None, self.cfg.ebpf_metric)]
 
     def start(self) -> None:
         refused: list[LoadError] = []
