@@ -1,8 +1,10 @@
 """Where the exporter's RSS goes (not CI): imports step by step, the BCC compile, then what
-BPF.free_bcc_memory() and malloc_trim(0) give back. Needs root (loads the BPF programs).
+BPF.free_bcc_memory() and malloc_trim(0) give back; then, in a fresh process, the way serve
+loads: a compile child hands the attached programs over (exporter/ebpf/handoff.py) and this
+process never maps BCC. Needs root (loads the BPF programs).
 
     sudo .venv/bin/python bench/rss_breakdown.py             # all programs of bpf/
-    sudo .venv/bin/python bench/rss_breakdown.py tcp_srtt    # only these
+    sudo .venv/bin/python bench/rss_breakdown.py tcp_messages    # only these
 """
 
 from __future__ import annotations
@@ -28,7 +30,30 @@ def step(name: str) -> None:
     print(f"{name:42s} {memory()}", flush=True)
 
 
+def handoff() -> int:
+    step("python")
+    import numpy  # noqa: F401
+    import prometheus_client  # noqa: F401
+    import exporter.cli
+    import exporter.daemon  # noqa: F401
+    step("+ numpy, prometheus_client, exporter")
+    from exporter.ebpf import handoff
+    from exporter.ebpf.declaration import metric_programs
+
+    decls = [d for d in metric_programs() if not sys.argv[2:] or d.program in sys.argv[2:]]
+    t0 = time.monotonic()
+    problem, loaded = handoff.load_in_child(decls, [8000, 8001])
+    ok = [r for r in loaded if isinstance(r, handoff.HandedProgram)]
+    step(f"+ {len(ok)} programs handed over in {time.monotonic() - t0:.1f} s")
+    print(f"libbcc mapped here: {'libbcc' in Path('/proc/self/maps').read_text()}; {problem or ''}")
+    for r in ok:
+        r.close()
+    return 0
+
+
 def main() -> int:
+    if sys.argv[1:2] == ["--handoff"]:
+        return handoff()
     step("python")
     import numpy  # noqa: F401
     import prometheus_client  # noqa: F401
@@ -57,7 +82,10 @@ def main() -> int:
     step("+ malloc_trim(0)")
     for r in failed:
         print(f"not loaded: {r}")
-    return 0
+    print("\nas serve loads them (compile child, handoff), in a fresh process:", flush=True)
+    import subprocess
+
+    return subprocess.run([sys.executable, __file__, "--handoff", *sys.argv[1:]]).returncode
 
 
 if __name__ == "__main__":
