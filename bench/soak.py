@@ -96,6 +96,10 @@ def main() -> int:
     ap.add_argument("--ebpf", default="auto", choices=("auto", "on", "off"))
     ap.add_argument("--no-prometheus", action="store_true", help="do not run a Prometheus scraping the exporter")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "soak.json")
+    ap.add_argument("--exporter", default=str(ROOT / ".venv" / "bin" / "inference-profiler"),
+                    help="the inference-profiler to soak (another checkout's, for a before/after)")
+    ap.add_argument("--no-retention", action="store_true",
+                    help="keep ingested trace files (for an exporter from before --trace-delete-ingested)")
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="soak-"))
@@ -110,11 +114,11 @@ def main() -> int:
         url = f"http://127.0.0.1:{port}"
         with open(work / "exporter.log", "wb") as log:
             exporter = subprocess.Popen(
-                [str(ROOT / ".venv" / "bin" / "inference-profiler"), "serve", "--listen", f"127.0.0.1:{port}",
+                [args.exporter, "serve", "--listen", f"127.0.0.1:{port}",
                  "--trace-file", str(triton.trace_file), "--state-dir", str(work / "state"),
                  "--triton", triton.http_url, "--triton-metrics-url", triton.metrics_url,
                  "--ebpf", args.ebpf, "--ebpf-port", str(triton.http_port), "--ebpf-port", str(triton.grpc_port),
-                 "--trace-delete-ingested"],
+                 *([] if args.no_retention else ["--trace-delete-ingested"])],
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         for _ in range(300):
             if exporter.poll() is not None:
