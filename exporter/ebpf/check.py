@@ -2,51 +2,16 @@
 
 from __future__ import annotations
 
-import ctypes
-import errno
 import os
-import platform
 from collections.abc import Iterable
-from pathlib import Path
 
 from ..check_result import CheckResult
 from ..config import Config, ConfigError
 from .declaration import DeclarationError, bpf_dir, metric_programs
-from .kernel import CAP_BPF, bpf_stats_enabled, effective_capabilities
+from .kernel import bpf_stats_enabled
 from .loader import LoadError, environment_problem, load_programs
 from .pods import PodResolver, container_logs, pod_resolver
 from .source import program_defines
-
-SYS_BPF = {"x86_64": 321, "aarch64": 280}
-SECCOMP_FIX = ("allow bpf and perf_event_open in the container's seccomp profile: "
-               "deploy/seccomp/inference-profiler.json (see deploy/README.md, \"Seccomp\")")
-
-
-def bpf_syscall_errno() -> int:
-    """errno of a bpf(BPF_MAP_CREATE) for a one-slot array (0: allowed), or -1 where unknown."""
-    nr = SYS_BPF.get(platform.machine())
-    if nr is None:
-        return -1
-    attr = (ctypes.c_uint32 * 18)(2, 4, 4, 1)  # BPF_MAP_TYPE_ARRAY, key 4 B, value 4 B, 1 entry
-    libc = ctypes.CDLL(None, use_errno=True)
-    fd = libc.syscall(nr, 0, ctypes.byref(attr), ctypes.sizeof(attr))
-    if fd >= 0:
-        os.close(fd)
-        return 0
-    return ctypes.get_errno()
-
-
-def seccomp_problem() -> str | None:
-    """bpf() refused although CAP_BPF is effective: a seccomp filter (e.g. podman's or CRI-O's default)."""
-    if not effective_capabilities() >> CAP_BPF & 1 or bpf_syscall_errno() != errno.EPERM:
-        return None
-    try:
-        status = Path("/proc/self/status").read_text()
-    except OSError:
-        status = ""
-    if "Seccomp:\t2" not in status:
-        return "bpf() fails with EPERM although CAP_BPF is effective (no seccomp filter: a security module?)"
-    return f"bpf() fails with EPERM although CAP_BPF is effective: the seccomp profile forbids it; {SECCOMP_FIX}"
 
 
 def ebpf_checks(cfg: Config) -> Iterable[CheckResult]:
@@ -63,7 +28,7 @@ def ebpf_checks(cfg: Config) -> Iterable[CheckResult]:
     if not decls:
         yield CheckResult("ebpf", bad, f"no BPF programs found in {bpf_dir()} (is the package installed whole?)")
         return
-    problem = environment_problem() or seccomp_problem()
+    problem = environment_problem()
     if problem:
         yield CheckResult("ebpf", bad, problem)
         return

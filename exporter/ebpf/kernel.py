@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import platform
+import struct
 from pathlib import Path
+
+from . import bpfsys
 
 TRACEFS_ROOTS = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
 CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39
@@ -106,6 +110,35 @@ def bcc_problem() -> str | None:
     except Exception as e:  # libbcc missing or broken: the import itself fails
         return f"BCC cannot be loaded: {e}"
     return None
+
+
+SECCOMP_FIX = ("allow bpf and perf_event_open in the container's seccomp profile: "
+               "deploy/seccomp/inference-profiler.json (see deploy/README.md, \"Seccomp\")")
+
+
+def bpf_syscall_errno() -> int:
+    """errno of a bpf(BPF_MAP_CREATE) for a one-slot array (0: allowed), or -1 where unknown."""
+    if bpfsys.syscall_number() is None:
+        return -1
+    attr = bytearray(struct.pack("<IIII", 2, 4, 4, 1) + bytes(56))  # BPF_MAP_TYPE_ARRAY, key/value 4 B, 1 entry
+    try:
+        os.close(bpfsys.bpf(0, attr))  # BPF_MAP_CREATE
+    except OSError as e:
+        return e.errno or -1
+    return 0
+
+
+def seccomp_problem() -> str | None:
+    """bpf() refused although CAP_BPF is effective: a seccomp filter (e.g. podman's or CRI-O's default)."""
+    if not effective_capabilities() >> CAP_BPF & 1 or bpf_syscall_errno() != errno.EPERM:
+        return None
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        status = ""
+    if "Seccomp:\t2" not in status:
+        return "bpf() fails with EPERM although CAP_BPF is effective (no seccomp filter: a security module?)"
+    return f"bpf() fails with EPERM although CAP_BPF is effective: the seccomp profile forbids it; {SECCOMP_FIX}"
 
 
 def bpf_stats_enabled() -> bool:

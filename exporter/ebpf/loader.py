@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 from .attach import plan_attach
 from .declaration import SHARED_HEADER, ProgramDecl, metric_key
-from .kernel import bcc_problem, headers_problem, need_missing, privilege_problem
+from .kernel import bcc_problem, headers_problem, need_missing, privilege_problem, seccomp_problem
 
 log = logging.getLogger("ebpf")
 
@@ -87,7 +87,7 @@ def captured_stderr() -> Iterator[StderrCapture]:
 
 def environment_problem() -> str | None:
     """The first reason no program can load here (privileges, BCC, headers), or None."""
-    return privilege_problem() or bcc_problem() or headers_problem()
+    return privilege_problem() or seccomp_problem() or bcc_problem() or headers_problem()
 
 
 class Program(Protocol):

@@ -16,7 +16,7 @@ from ..source import ErrorCounts
 from . import handoff
 from .collector import EbpfCollector, ProgramState
 from .declaration import DeclarationError, metric_key, metric_programs
-from .kernel import headers_problem, privilege_problem
+from .kernel import headers_problem, privilege_problem, seccomp_problem
 from .loader import LoadError, Program, SeriesKey, environment_problem, load_programs
 from .pods import NO_POD, PodResolver, pod_resolver
 
@@ -170,7 +170,7 @@ class EbpfSource:
         results: Sequence[Program | LoadError]
         if handoff.available():
             # compiled in a child that hands the loaded programs over: BCC never enters this process
-            problem = privilege_problem() or headers_problem()
+            problem = privilege_problem() or seccomp_problem() or headers_problem()
             if problem is None:
                 problem, results = handoff.load_in_child(decls, self.cfg.ebpf_port, self.cfg.ebpf_attach,
                                                          program_defines(self.cfg, self.pods is not None),
