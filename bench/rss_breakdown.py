@@ -34,6 +34,7 @@ def handoff() -> int:
     step("python")
     import numpy  # noqa: F401
     import prometheus_client  # noqa: F401
+
     import exporter.cli
     import exporter.daemon  # noqa: F401
     step("+ numpy, prometheus_client, exporter")

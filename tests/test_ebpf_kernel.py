@@ -14,7 +14,6 @@ import re
 import socket
 import struct
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -28,8 +27,8 @@ from exporter.config import Config
 from exporter.ebpf import bpfsys, handoff
 from exporter.ebpf.collector import EbpfCollector, ProgramState
 from exporter.ebpf.declaration import bpf_dir, metric_programs
-from exporter.ebpf.kernel import tracefs
 from exporter.ebpf.handoff import HandedProgram
+from exporter.ebpf.kernel import tracefs
 from exporter.ebpf.loader import LoadedProgram, LoadError, load_programs, program_text
 from exporter.ebpf.source import EbpfSource, KernelErrors
 from exporter.histogram import log_linear_bound, log_linear_index
