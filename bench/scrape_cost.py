@@ -1,11 +1,19 @@
-"""Cost of answering /metrics: our collectors vs a bare prometheus_client registry, same series.
+"""Cost of answering /metrics: our collectors vs a bare prometheus_client registry, same series;
+then our renderer (exporter/exposition.py) vs prometheus_client's encoders on our registry.
 
 State: 100 models x every trace stage x 20 buckets in the trace histograms (built with
-the real TraceCollector over a TraceAggregate), plus the Triton collector fed 100
-models (a snapshot parsed from synthetic Triton /metrics text and statistics, held in
-its cache so no network is involved). Baseline: prometheus_client Histogram/Counter/
-Gauge objects holding exactly the same series. Both are timed in turn, encoder alone
-and through our HTTP server, and the ratio ours/baseline printed (target <= 2).
+the real TraceCollector over a TraceAggregate, an exemplar on every bucket as a busy
+exporter has), plus the Triton collector fed 100 models (a snapshot parsed from synthetic
+Triton /metrics text and statistics, held in its cache so no network is involved).
+Baseline: prometheus_client Histogram/Counter/Gauge objects holding exactly the same
+series (an exemplar on every bucket too). Both are timed in turn with prometheus_client's
+encoders and through our HTTP server (our renderer for both), and the ratio ours/baseline
+printed (target <= 2).
+
+Renderer: the same scrape of our registry rendered by prometheus_client and by us, in turn,
+for text 0.0.4 and OpenMetrics 1.0.0 (the Accept headers Prometheus sends), the bodies checked
+byte-identical first; "scrape" includes the collectors, "render" renders families collected once.
+--models 8 is about the 3,000 samples of the soak.
 
     .venv/bin/python bench/scrape_cost.py [--models 100] [--rounds 10]
 """
@@ -22,13 +30,17 @@ from typing import Any
 
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import choose_encoder as library_encoder
 from prometheus_client.exposition import generate_latest
+from prometheus_client.metrics_core import Metric
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
+from prometheus_client.registry import Collector
 
+from exporter.exposition import choose_encoder
 from exporter.histogram import Histogram as BucketCounts
 from exporter.server import MetricsServer
 from exporter.stages import STAGES
-from exporter.traces.aggregate import TraceAggregate
+from exporter.traces.aggregate import Exemplar, TraceAggregate
 from exporter.traces.collector import REJECT_REASONS, TraceCollector
 from exporter.traces.tailer import TailerSettings, TraceTailer
 from exporter.triton.collector import TritonCollector
@@ -39,6 +51,8 @@ from exporter.triton.target import TritonSnapshot, TritonTarget
 BOUNDS_S = tuple(50e-6 * (60.0 / 50e-6) ** (i / 18) for i in range(19))  # 19 bounds + +Inf = 20 buckets
 BATCH_SIZES = range(1, 9)
 TARGET = "127.0.0.1:8000"
+PROMETHEUS_ACCEPT = ("application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,"
+                     "text/plain;version=0.0.4;q=0.5,*/*;q=0.1")
 
 
 def models(n: int) -> list[str]:
@@ -79,6 +93,9 @@ def ours(names: list[str]) -> CollectorRegistry:
             h.counts = [random.randint(0, 1000) for _ in h.counts]
             h.count, h.total = sum(h.counts), random.randint(1, 10**12)
             agg.histograms[(m, "1", "http", st)] = h
+            agg.exemplars[(m, "1", "http", st)] = {
+                b: Exemplar(str(random.randint(1, 10**9)), None, random.random(), time.time())
+                for b in range(len(h.counts))}
     agg.files["parsed"] = 10
     agg.last_ingest = time.time()
     tailer.live = agg
@@ -130,8 +147,8 @@ def baseline(names: list[str]) -> CollectorRegistry:
         traces.labels(m, "1", "http").inc(random.randint(1, 10**6))
         for st in STAGES:
             child = h.labels(m, "1", "http", st)
-            for _ in range(3):
-                child.observe(random.random() * 0.1)
+            for b in (*BOUNDS_S, BOUNDS_S[-1] * 2):  # one observation, with its exemplar, per bucket
+                child.observe(b * 0.99, {"trace_id": str(random.randint(1, 10**9))})
         for st in STAGE_FAMILIES.values():
             stage.labels(TARGET, m, "1", st).inc(random.random() * 1000)
         for o in ("success", "failure"):
@@ -149,6 +166,14 @@ def baseline(names: list[str]) -> CollectorRegistry:
 
 def series(text: str) -> int:
     return sum(1 for ln in text.splitlines() if ln and not ln.startswith("#"))
+
+
+class Frozen(Collector):
+    def __init__(self, registry: Collector) -> None:
+        self.families: list[Metric] = list(registry.collect())
+
+    def collect(self) -> list[Metric]:
+        return self.families
 
 
 def paired(a: Callable[[], object], b: Callable[[], object], rounds: int) -> tuple[float, float, float]:
@@ -202,6 +227,17 @@ def main() -> None:
         print(f"{name:22} {ta * 1e3:9.1f} {tb * 1e3:12.1f} {ratio:7.2f}")
     worst = max(r[3] for r in rows)
     print(f"worst ratio {worst:.2f} (target <= 2.00): {'OK' if worst <= 2 else 'OVER TARGET'}")
+
+    frozen = Frozen(a)
+    print(f"\nrenderer on our registry ({na} samples): prometheus_client vs exporter/exposition.py")
+    print(f"{'format':28} {'prometheus_client ms':>21} {'ours ms':>9} {'ours/pc':>8} {'speedup':>8}")
+    for fmt, accept in (("text 0.0.4", ""), ("OpenMetrics 1.0.0", PROMETHEUS_ACCEPT)):
+        library, fast = library_encoder(accept)[0], choose_encoder(accept)[0]
+        if fast(frozen) != library(frozen):
+            raise SystemExit(f"{fmt}: our body differs from prometheus_client's")
+        for what, reg in (("scrape", a), ("render", frozen)):
+            t_ours, t_pc, ratio = paired(lambda r=reg, f=fast: f(r), lambda r=reg, f=library: f(r), args.rounds)
+            print(f"{fmt + ' ' + what:28} {t_pc * 1e3:21.1f} {t_ours * 1e3:9.1f} {ratio:8.3f} {1 / ratio:7.1f}x")
 
 
 if __name__ == "__main__":

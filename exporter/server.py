@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import cast
 
-from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import CollectorRegistry
+
+from .exposition import choose_encoder
 
 log = logging.getLogger("server")
 
