@@ -7,12 +7,15 @@ a bound lands in that bound's bucket (ceil, never floor).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import utils as client_python_utils
+from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.samples import Exemplar, Sample
 
 # 4 sub-buckets per power of two: bounds are m * 2**e with m in 5..8 (plus 0..4).
 LOG_LINEAR_SUB = 4
@@ -79,6 +82,19 @@ def indexed_counts(by_index: Mapping[int, int], n_bounds: int) -> list[int]:
     return dense
 
 
+@functools.lru_cache(maxsize=64)
+def log_linear_les(first: int, last: int, divisor: float = 1.0) -> tuple[str, ...]:
+    """The 'le' texts of log-linear bounds first..last divided by divisor, then +Inf."""
+    return (*(format_le(log_linear_bound(i) / divisor) for i in range(first, last + 1)), "+Inf")
+
+
+def log_linear_cumulative(by_index: Mapping[int, int], first: int, last: int) -> list[float]:
+    """Cumulative counts for log_linear_les(first, last): indexes below first fold into first's
+    bucket, above last into +Inf, so every le stays exact."""
+    dense = indexed_counts({i - first: c for i, c in by_index.items()}, last - first + 1)
+    return [float(c) for c in cumulative(dense)]
+
+
 def log_linear_buckets(by_index: Mapping[int, int], first: int, last: int,
                        divisor: float = 1.0) -> list[tuple[str, float]]:
     """Cumulative (le, count) pairs, +Inf last, from sparse log-linear bucket counts (eBPF maps).
@@ -86,10 +102,23 @@ def log_linear_buckets(by_index: Mapping[int, int], first: int, last: int,
     Exposes bounds first..last divided by divisor (1e9: ns -> s); indexes below first
     fold into first's bucket, above last into +Inf, so every le stays exact.
     """
-    bounds = [log_linear_bound(i) / divisor for i in range(first, last + 1)]
-    dense = indexed_counts({i - first: c for i, c in by_index.items()}, len(bounds))
-    les = [format_le(b) for b in bounds] + ["+Inf"]
-    return [(le, float(c)) for le, c in zip(les, cumulative(dense), strict=True)]
+    return list(zip(log_linear_les(first, last, divisor), log_linear_cumulative(by_index, first, last), strict=True))
+
+
+def add_histogram(family: HistogramMetricFamily, labels: dict[str, str], les: Sequence[str],
+                  cumulative_counts: Sequence[float], total: float,
+                  exemplars: Mapping[int, Exemplar] | None = None) -> None:
+    """The samples HistogramMetricFamily.add_metric(labels, buckets, total) adds, equal and in
+    the same order, built without its per-bucket list and dict concatenations: this is the
+    hot loop of a scrape. Counts are floats, as add_metric is given them."""
+    bucket = family.name + "_bucket"
+    append = family.samples.append
+    for i, (le, c) in enumerate(zip(les, cumulative_counts, strict=True)):
+        d = labels.copy()
+        d["le"] = le
+        append(Sample(bucket, d, c, None, exemplars.get(i) if exemplars else None))
+    append(Sample(family.name + "_count", dict(labels), cumulative_counts[-1], None, None))
+    append(Sample(family.name + "_sum", dict(labels), total, None, None))
 
 
 @dataclass

@@ -16,7 +16,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from ..histogram import log_linear_buckets
+from ..histogram import add_histogram, log_linear_cumulative, log_linear_les
 from ..source import PREFIX, ErrorCounts
 from .declaration import POD_LABELS, KeyField, MetricDecl, ProgramDecl, metric_key
 from .kernel import bpf_stats_enabled
@@ -104,11 +104,13 @@ def _family(m: MetricDecl, names: list[str], by_labels: Mapping[tuple[str, ...],
         return c
     first, last = m.index_range
     h = HistogramMetricFamily(PREFIX + m.name, m.help, labels=names)
+    les = log_linear_les(first, last, m.divisor)
     for labels in sorted(by_labels):
         buckets = by_labels[labels]
         counts = {i: n for i, (n, _) in buckets.items()}
         total = sum(x for _, x in buckets.values())
-        h.add_metric(list(labels), log_linear_buckets(counts, first, last, m.divisor), total / m.divisor)
+        add_histogram(h, dict(zip(names, labels, strict=True)), les, log_linear_cumulative(counts, first, last),
+                      total / m.divisor)
     return h
 
 

@@ -13,7 +13,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Exemplar as PromExemplar
 
-from ..histogram import cumulative, format_le
+from ..histogram import add_histogram, cumulative, format_le
 from ..source import PREFIX
 from .aggregate import RESPONSE_BOUNDS
 from .tailer import TraceTailer
@@ -41,20 +41,18 @@ class TraceCollector(Collector):
             "Time per Triton request stage, from trace files (stages: docs/metrics.md).",
             labels=[*names, "model", "version", "protocol", "stage"],
         )
+        label_names = [*names, "model", "version", "protocol", "stage"]
         for key in sorted(agg.histograms):
             hist = agg.histograms[key]
-            ex = agg.exemplars.get(key, {})
-            buckets: list[tuple[str, float] | tuple[str, float, PromExemplar]] = []
-            for i, (le, c) in enumerate(zip(les, cumulative(hist.counts), strict=True)):
-                e = ex.get(i)
-                if e is None:
-                    buckets.append((le, float(c)))
-                else:
-                    lab = {"trace_id": e.trace_id}
-                    if e.request_id:
-                        lab["request_id"] = e.request_id[:64]
-                    buckets.append((le, float(c), PromExemplar(lab, e.value, e.timestamp)))
-            h.add_metric(list(key), buckets, hist.total / 1e9)
+            ex = agg.exemplars.get(key)
+            exemplars: dict[int, PromExemplar] = {}
+            for i, e in (ex or {}).items():
+                lab = {"trace_id": e.trace_id}
+                if e.request_id:
+                    lab["request_id"] = e.request_id[:64]
+                exemplars[i] = PromExemplar(lab, e.value, e.timestamp)
+            add_histogram(h, dict(zip(label_names, key, strict=True)), les,
+                          [float(c) for c in cumulative(hist.counts)], hist.total / 1e9, exemplars)
         yield h
         t = CounterMetricFamily(PREFIX + "traces", "Traces counted from trace files.",
                                 labels=[*names, "model", "version", "protocol"])
@@ -65,10 +63,11 @@ class TraceCollector(Collector):
         rh = HistogramMetricFamily(PREFIX + "responses_per_request",
                                    "Responses sent per request (several for decoupled, streaming models).",
                                    labels=[*names, "model", "version", "protocol"])
+        r_names = [*names, "model", "version", "protocol"]
         for key in sorted(agg.responses):
             hist = agg.responses[key]
-            rh.add_metric(list(key), list(zip(r_les, map(float, cumulative(hist.counts)), strict=True)),
-                          float(hist.total))
+            add_histogram(rh, dict(zip(r_names, key, strict=True)), r_les,
+                          [float(c) for c in cumulative(hist.counts)], float(hist.total))
         yield rh
         tl = CounterMetricFamily(
             PREFIX + "timeline_seconds",
