@@ -741,3 +741,9 @@ def test_only_the_hooks_the_selected_metrics_need_are_compiled_and_attached() ->
         assert port_counts(s, port)["latency server"] == port_counts(s, port)["latency client"] == 7
     finally:
         src.stop()
+
+
+def test_a_compile_child_that_dies_without_a_word_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(handoff.sys, "executable", "/bin/false")
+    problem, results = handoff.load_in_child(metric_programs(), [free_port()])
+    assert results == [] and problem == "the BPF compile child ended without handing programs over: exit status 1"

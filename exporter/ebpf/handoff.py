@@ -24,7 +24,6 @@ import socket
 import struct
 import subprocess
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +31,7 @@ from typing import Any
 
 from .bpfsys import BpfError, BpfMap, syscall_number
 from .declaration import ProgramDecl, metric_key, metric_programs
-from .loader import LoadError, SeriesKey, fdinfo_run_stats
+from .loader import LoadError, SeriesKey, fdinfo_run_stats, scratch_fd
 
 log = logging.getLogger("ebpf")
 
@@ -127,7 +126,8 @@ def load_in_child(decls: Sequence[ProgramDecl], ports: Sequence[int], forced: st
     request = {"bpf_dir": str(directory), "programs": [d.program for d in decls], "ports": list(ports),
                "forced": forced, "defines": list(extra_defines), "selected": list(selected)}
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    with ours, tempfile.TemporaryFile() as err:
+    err = scratch_fd("compile-child-stderr")
+    with ours:
         try:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "exporter.ebpf.handoff", json.dumps(request)],
@@ -135,6 +135,7 @@ def load_in_child(decls: Sequence[ProgramDecl], ports: Sequence[int], forced: st
                 pass_fds=(theirs.fileno(),), env={**os.environ, FD_ENV: str(theirs.fileno())})
         except OSError as e:
             theirs.close()
+            os.close(err)
             return f"cannot start the BPF compile child: {e.strerror or e}", []
         theirs.close()
         ours.settimeout(timeout)
@@ -145,9 +146,10 @@ def load_in_child(decls: Sequence[ProgramDecl], ports: Sequence[int], forced: st
             data, fds = b"", []
         finally:
             proc.wait()
+        text = os.pread(err, os.fstat(err).st_size, 0).decode(errors="replace")
+        os.close(err)
         if not data:
-            err.seek(0)
-            lines = [ln for ln in err.read().decode(errors="replace").splitlines() if ln.strip()]
+            lines = [ln for ln in text.splitlines() if ln.strip()]
             why = lines[-1] if lines else f"exit status {proc.returncode}"
             return f"the BPF compile child ended without handing programs over: {why}", []
     return _receive(decls, json.loads(data), fds)

@@ -70,19 +70,30 @@ class StderrCapture:
         return os.pread(self._fd, size, 0).decode(errors="replace").splitlines()
 
 
+def scratch_fd(name: str) -> int:
+    """An anonymous in-memory file (no /tmp needed: a read-only root may have none)."""
+    try:
+        return os.memfd_create(name, os.MFD_CLOEXEC)
+    except (AttributeError, OSError):  # not Linux, or memfd refused: a temp file then
+        fd, path = tempfile.mkstemp(prefix=f"{name}.")
+        os.unlink(path)
+        return fd
+
+
 @contextlib.contextmanager
 def captured_stderr() -> Iterator[StderrCapture]:
     """libbcc prints compiler and verifier output on fd 2; keep it for the debug log instead."""
-    with tempfile.TemporaryFile(mode="w+b") as tmp:
-        cap = StderrCapture(tmp.fileno())
-        saved = os.dup(2)
-        os.dup2(tmp.fileno(), 2)
-        try:
-            yield cap
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            cap.final = cap.lines()
+    fd = scratch_fd("bcc-stderr")
+    cap = StderrCapture(fd)
+    saved = os.dup(2)
+    os.dup2(fd, 2)
+    try:
+        yield cap
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        cap.final = cap.lines()
+        os.close(fd)
 
 
 def environment_problem() -> str | None:
