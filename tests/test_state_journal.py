@@ -378,6 +378,29 @@ def test_a_damaged_record_before_the_end_moves_the_state_aside(tmp_path: Path, d
     _scrape_both(t)
 
 
+def test_a_journal_beside_a_version_1_state_or_none_is_not_replayed(tmp_path: Path) -> None:
+    """Journals build on a checksummed state file: beside one of version 1 (before checksums), or
+    beside none (deleted by hand to start over), a journal is left over and ignored."""
+    t, journal, files = _journal_with_records(tmp_path, 2)
+    state = tmp_path / "state" / STATE_FILE
+    v = json.loads(state.read_text())
+    del v["checksum"]
+    state.write_text(json.dumps({**v, "version": 1}))
+    t1 = _tailer(tmp_path)
+    assert sum(t1.live.traces.values()) < sum(t.live.traces.values()) and len(t1.entries) == 1
+    assert t1.poll() == 2 and counts(t1) == counts(t)  # the journal's two files read again, once
+    assert t1.state_writes == {"journal": 1, "snapshot": 1}  # a new state file first, then the journal
+    assert json.loads(state.read_text())["version"] == STATE_VERSION
+    assert len(read_journal(str(journal), t1._base).records) == 1
+    files.write()
+    t1.poll()
+    state.unlink()
+    t2 = _tailer(tmp_path)
+    assert not t2.entries and sum(t2.live.traces.values()) == 0
+    assert t2.poll() == 4 and t2.state_writes == {"journal": 3, "snapshot": 1}
+    assert whole(_tailer(tmp_path)) == whole(t2)
+
+
 def test_check_reads_the_journal_as_serve_does_and_moves_nothing(tmp_path: Path) -> None:
     _, journal, _ = _journal_with_records(tmp_path, 2)
     state = str(tmp_path / "state")

@@ -83,7 +83,7 @@ class OtlpIngest:
         self.held: Held = held_from_json(state.get("held", []))
         seen = state.get("seen", [])
         # the ids of the last seen_spans spans (and up to a chunk more), oldest first, as (base64, ids) chunks
-        self.chunks = _chunks(list(_ids(seen))) if isinstance(seen, str) else [(c, len(_ids(c))) for c in seen]
+        self.chunks = _chunks(_ids(seen)) if isinstance(seen, str) else [(c, len(_ids(c))) for c in seen]
         self.seen: OrderedDict[bytes, None] = OrderedDict.fromkeys(i for c, _ in self.chunks for i in _ids(c))
         self.lock = threading.Lock()  # the counters
         self.state_lock = threading.Lock()  # one ingest at a time: held and seen change in order
