@@ -7,7 +7,8 @@ with our rules. At the end the traces the exporter counted must equal the reques
 (an ensemble request is two traces: the ensemble and its add_sub child).
 
 Reports the exporter's CPU (% of one core), its RSS at start and end, and, as the
-same-run baseline, the same figures for Triton with the ratios exporter/Triton.
+same-run baseline, the same figures for Triton with the ratios exporter/Triton; and the
+bytes of trace state (--state-dir) written per ingested trace file.
 
     .venv/bin/python bench/soak.py                       # 10 minutes at 300 req/s
     .venv/bin/python bench/soak.py --duration 120        # a shorter run
@@ -42,6 +43,18 @@ def scrape_traces(url: str, family: str = "inference_profiler_traces_total") -> 
         text = r.read().decode()
     return sum(float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines()
                if ln.startswith((family + "{", family + " ")))
+
+
+def state_cost(url: str) -> tuple[float, float]:
+    """(bytes of trace state written, trace files ingested) so far, from the exporter's counters."""
+    return (scrape_traces(url, "inference_profiler_state_written_bytes_total"),
+            scrape_traces(url, "inference_profiler_trace_files_total"))
+
+
+def state_bytes_per_file(before: tuple[float, float], after: tuple[float, float]) -> float:
+    """State bytes written per file ingested between two state_cost() readings (0: no file)."""
+    files = after[1] - before[1]
+    return (after[0] - before[0]) / files if files else 0.0
 
 
 def start_prometheus(work: Path, target: str) -> tuple[subprocess.Popen[bytes], str]:
@@ -140,6 +153,7 @@ def main() -> int:
         assert triton.pid is not None
         exp_use, tri_use = Usage(exporter.pid), Usage(triton.pid)
         sent0 = sum(driver.counts.succeeded.values())
+        state0 = state_cost(url)
         end = time.monotonic() + args.duration
         disk_max = 0.0  # bytes of trace files on disk: retention keeps them bounded
         while time.monotonic() < end:
@@ -169,6 +183,8 @@ def main() -> int:
                 break
             time.sleep(1.0)
         failed = sum(counts.failed.values())
+        state1 = state_cost(url)
+        state_per_file = state_bytes_per_file(state0, state1)
         result: dict[str, Any] = {
             "duration_s": args.duration, "target_rate": args.rate, "achieved_rate": achieved,
             "requests_succeeded": sent, "requests_failed": failed, "ensemble_requests": ensemble,
@@ -176,6 +192,7 @@ def main() -> int:
             "ratio_cpu_exporter_to_triton": exp["cpu_percent"] / tri["cpu_percent"],
             "ratio_rss_end_to_start_exporter": exp["rss_end_mb"] / exp["rss_start_mb"],
             "trace_files_bytes_max": disk_max,
+            "state_bytes_per_ingested_file": state_per_file, "trace_files_ingested": state1[1] - state0[1],
         }
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2) + "\n")
@@ -191,6 +208,8 @@ def main() -> int:
         print(f"traces:   counted {counted:.0f}, expected {expected} ({sent} requests + {ensemble} ensemble "
               f"children): {'EQUAL' if ok else 'DIFFERENT'}")
         print(f"disk:     trace files at most {disk_max / 2**20:.1f} MB on disk (sampled every 10 s)")
+        print(f"state:    {state_per_file / 1024:.1f} KiB written per ingested trace file "
+              f"({state1[1] - state0[1]:.0f} files)")
         print(f"written {args.out}")
         return 0 if ok else 1
     finally:

@@ -283,6 +283,6 @@ def test_a_state_of_the_version_before_checksums_is_read_and_rewritten(tmp_path:
     t = _tailer(tmp_path, state)
     assert not (state / (STATE_FILE + ".corrupt")).exists()
     assert sum(t.live.traces.values()) == sum(n for _, n in good_state["aggregate"]["traces"]) > 0
-    t._commit(t.live, t.entries, t.streams)  # the next commit writes the current version, checksummed
+    t._commit()  # the next commit writes the current version, checksummed
     assert json.loads((state / STATE_FILE).read_text())["version"] == STATE_VERSION
     assert "checksum" in json.loads((state / STATE_FILE).read_text())

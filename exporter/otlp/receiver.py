@@ -50,10 +50,21 @@ PATH = "/v1/traces"
 MAX_HELD_SPANS = 100_000  # spans waiting for their request's root span
 DRAIN_BYTES = 64 << 20  # a refused body is read away up to this, then the connection is closed
 SEEN_SPANS = 32_768  # span ids remembered to recognise a resent batch (persisted)
+SEEN_CHUNK = 1024  # span ids per persisted chunk: a commit adds chunks and drops the oldest, never rewrites
 SPAN_REJECTS = ("bad_span_id", "missing_attribute", "bad_label", "implausible_time")
 REQUEST_RESULTS = ("success", "partial", "malformed", "too_large", "unsupported_media_type",
                    "unauthorized", "not_found", "failed")
 SPAN_RESULTS = ("accepted", "duplicate", "rejected")
+
+
+def _ids(chunk: str) -> list[bytes]:
+    raw = base64.b64decode(chunk)
+    return [raw[i:i + 8] for i in range(0, len(raw), 8)]
+
+
+def _chunks(ids: list[bytes]) -> list[tuple[str, int]]:
+    return [(base64.b64encode(b"".join(ids[i:i + SEEN_CHUNK])).decode(), len(ids[i:i + SEEN_CHUNK]))
+            for i in range(0, len(ids), SEEN_CHUNK)]
 
 
 class OtlpIngest:
@@ -70,8 +81,10 @@ class OtlpIngest:
         self.labels = [""] * len(tailer.label_names)  # OTLP traces carry no file-pattern labels
         state = tailer.feeds.get(FEED) or {}
         self.held: Held = held_from_json(state.get("held", []))
-        raw = base64.b64decode(state.get("seen", ""))
-        self.seen: OrderedDict[bytes, None] = OrderedDict.fromkeys(raw[i:i + 8] for i in range(0, len(raw), 8))
+        seen = state.get("seen", [])
+        # the ids of the last seen_spans spans (and up to a chunk more), oldest first, as (base64, ids) chunks
+        self.chunks = _chunks(_ids(seen)) if isinstance(seen, str) else [(c, len(_ids(c))) for c in seen]
+        self.seen: OrderedDict[bytes, None] = OrderedDict.fromkeys(i for c, _ in self.chunks for i in _ids(c))
         self.lock = threading.Lock()  # the counters
         self.state_lock = threading.Lock()  # one ingest at a time: held and seen change in order
         self.requests: Counter[str] = Counter()
@@ -108,16 +121,20 @@ class OtlpIngest:
                 fresh.append(s)
             held, trees = regroup(self.held, fresh, now, self.hold_seconds, self.max_held_spans)
             self._observe_trees(delta, live, trees, now, reject)
-            result.update(held=held, fresh=fresh, duplicates=duplicates)
-            return self._state(held, [s.span_id for s in fresh])
+            kept, gone = self._seen_after([s.span_id for s in fresh])
+            result.update(held=held, fresh=fresh, duplicates=duplicates, chunks=(kept, gone))
+            return self._state(held, kept)
 
         self.tailer.observe_feed(FEED, observe)
         fresh: list[Span] = result["fresh"]
         self.held = result["held"]
         for s in fresh:
             self.seen[s.span_id] = None
-        while len(self.seen) > self.seen_spans:
-            self.seen.popitem(last=False)
+        kept, gone = result["chunks"]
+        for c, _ in gone:
+            for i in _ids(c):
+                self.seen.pop(i, None)
+        self.chunks = kept
         bad = sum(rejected[r] for r in SPAN_REJECTS)
         with self.lock:
             self.spans["accepted"] += len(fresh)
@@ -142,17 +159,27 @@ class OtlpIngest:
             trees = expire(held, now, self.hold_seconds, self.max_held_spans)
             self._observe_trees(delta, live, trees, now, delta.reject)
             result.update(held=held, n=len(trees))
-            return self._state(held, [])
+            return self._state(held, self.chunks)
 
         self.tailer.observe_feed(FEED, observe)
         self.held = result["held"]
         return int(result["n"])
 
-    def _state(self, held: Held, new_ids_: list[bytes]) -> dict[str, Any]:
-        keep = max(0, self.seen_spans - len(new_ids_))
-        old = list(self.seen)[-keep:] if keep else []
-        ids = (old + new_ids_)[-self.seen_spans:]
-        return {"held": held_to_json(held), "seen": base64.b64encode(b"".join(ids)).decode()}
+    def _seen_after(self, new: list[bytes]) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+        """(the chunks of span ids once new is added, the oldest chunks that drop out): chunks go
+        while the rest still hold seen_spans ids. Whole chunks only, so the journal records only
+        the chunks added and how many went."""
+        chunks = self.chunks + _chunks(new)
+        total = sum(n for _, n in chunks)
+        d = 0
+        while d < len(chunks) and total - chunks[d][1] >= self.seen_spans:
+            total -= chunks[d][1]
+            d += 1
+        return chunks[d:], chunks[:d]
+
+    @staticmethod
+    def _state(held: Held, chunks: list[tuple[str, int]]) -> dict[str, Any]:
+        return {"held": held_to_json(held), "seen": [c for c, _ in chunks]}
 
     def _observe_trees(self, delta: TraceAggregate, live: TraceAggregate, trees: list[Tree], now: float,
                        reject: Reject) -> None:

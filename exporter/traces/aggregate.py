@@ -197,6 +197,23 @@ class TraceAggregate:
             out.exemplars.setdefault(k, {}).update(v)
         return out
 
+    def absorb(self, delta: TraceAggregate) -> None:
+        """self += delta in place, the same result as merged() (series in the same order): replaying
+        the journal at start-up, where copying the whole aggregate per record would cost O(records x state)."""
+        for mine, theirs in ((self.histograms, delta.histograms), (self.responses, delta.responses)):
+            for k, h in theirs.items():
+                if k in mine:
+                    mine[k].merge(h)
+                else:
+                    mine[k] = h.copy()
+        self.traces += delta.traces  # Counter +=, like +, keeps only positive counts
+        self.timeline += delta.timeline
+        self.files += delta.files
+        self.rejected += delta.rejected
+        self.models |= delta.models
+        self.custom_stages |= delta.custom_stages
+        self.last_ingest = max(self.last_ingest, delta.last_ingest)
+
     def to_json(self) -> dict[str, Any]:
         return {
             "bounds_ns": list(self.bounds_ns),
@@ -210,6 +227,67 @@ class TraceAggregate:
             "custom_stages": sorted(self.custom_stages),
             "last_ingest": self.last_ingest,
         }
+
+    def to_delta_json(self) -> dict[str, Any]:
+        """This aggregate as a journal record holds one commit's delta: each (labels, model, version,
+        protocol) once in a table "b", series refer to it by index, bucket counts sparse (a file's
+        delta fills few buckets): half the bytes of to_json. Empty parts are left out."""
+        table: dict[SeriesKey, int] = {}
+
+        def ref(base: SeriesKey) -> int:
+            return table.setdefault(base, len(table))
+
+        def sparse(h: Histogram) -> list[Any]:
+            nz = [i for i, c in enumerate(h.counts) if c]
+            return [nz, [h.counts[i] for i in nz], h.total, h.count]
+
+        v: dict[str, Any] = {
+            "h": [[ref(k[:-1]), k[-1], *sparse(h)] for k, h in self.histograms.items()],
+            "t": [[ref(k), n] for k, n in self.traces.items()],
+            "r": [[ref(k), *sparse(h)] for k, h in self.responses.items()],
+            "l": [[ref(k[:-1]), k[-1], n] for k, n in self.timeline.items()],
+            "files": dict(self.files),
+            "rejected": dict(self.rejected),
+            "models": sorted([m, ver] for m, ver in self.models),
+            "custom_stages": sorted(self.custom_stages),
+            "last_ingest": self.last_ingest,
+        }
+        v["b"] = [list(k) for k in table]
+        return {k: x for k, x in v.items() if x}
+
+    @classmethod
+    def from_delta_json(cls, v: dict[str, Any], bounds_ns: tuple[int, ...], same_buckets: bool) -> TraceAggregate:
+        """The inverse of to_delta_json; stage histograms left out unless written with bounds_ns."""
+        agg = cls(bounds_ns)
+        table = [tuple(b) for b in v.get("b", [])]
+
+        def at(seq: list[Any], i: int) -> Any:
+            if not isinstance(i, int) or not 0 <= i < len(seq):
+                raise IndexError(f"index {i!r} of {len(seq)}")
+            return seq[i]
+
+        def dense(n: int, idx: list[Any], counts: list[Any]) -> list[int]:
+            out = [0] * n
+            for i, c in zip(idx, counts, strict=True):
+                at(out, i)
+                out[i] = int(c)
+            return out
+
+        if same_buckets:
+            for b, last, idx, counts, total, count in v.get("h", []):
+                agg.histograms[(*at(table, b), last)] = Histogram(
+                    bounds_ns, dense(len(bounds_ns) + 1, idx, counts), int(total), int(count))
+        agg.traces = Counter({at(table, b): int(n) for b, n in v.get("t", [])})
+        for b, idx, counts, total, count in v.get("r", []):
+            agg.responses[at(table, b)] = Histogram(
+                RESPONSE_BOUNDS, dense(len(RESPONSE_BOUNDS) + 1, idx, counts), int(total), int(count))
+        agg.timeline = Counter({(*at(table, b), last): int(n) for b, last, n in v.get("l", [])})
+        agg.files = Counter({str(k): int(n) for k, n in v.get("files", {}).items()})
+        agg.rejected = Counter({str(k): int(n) for k, n in v.get("rejected", {}).items()})
+        agg.models = {(str(p[0]), str(p[1])) for p in v.get("models", []) if isinstance(p, list) and len(p) == 2}
+        agg.custom_stages = {str(c) for c in v.get("custom_stages", [])}
+        agg.last_ingest = float(v.get("last_ingest", 0.0))
+        return agg
 
     @classmethod
     def from_json(cls, v: dict[str, Any], bounds_ns: tuple[int, ...]) -> TraceAggregate:

@@ -9,9 +9,10 @@ from collections.abc import Iterable
 
 from ..check_result import CheckResult
 from ..config import Config
-from .checkpoint import read_state
+from .checkpoint import read_snapshot
 from .discovery import TracePattern
-from .tailer import STATE_FILE
+from .journal import read_journal
+from .tailer import JOURNAL_FILE, STATE_FILE
 
 
 def trace_checks(cfg: Config) -> Iterable[CheckResult]:
@@ -67,7 +68,9 @@ def state_checks(state: str) -> Iterable[CheckResult]:
         yield CheckResult("state dir", "fail", f"{state} not writable; pass --state-dir to a writable directory")
         return
     path = os.path.join(state, STATE_FILE)
-    saved, unusable = read_state(path)  # what serve's start reads, without moving anything aside
+    saved, unusable, base = read_snapshot(path)  # what serve's start reads, without moving anything aside
+    if saved is not None:
+        unusable = read_journal(os.path.join(state, JOURNAL_FILE), base).damaged
     if unusable:
         yield CheckResult("state dir", "warn", f"{path} is unusable ({unusable}): serve will move it aside and "
                           "start the trace counters from 0")

@@ -1,9 +1,10 @@
 """The ingestion checkpoint and the trace histograms' state, written together atomically.
 
-One JSON file in --state-dir: which files (by identity) were ingested how far, the
-per-stream assembly state, and the aggregate. Written to a temp file, fsynced and
-renamed, so after any crash (SIGKILL too) the state on disk is a whole earlier one:
-a file is either counted with its checkpoint entry or not at all.
+One JSON file in --state-dir (the snapshot): which files (by identity) were ingested how
+far, the per-stream assembly state, and the aggregate. Written to a temp file, fsynced
+and renamed, so after any crash (SIGKILL too) it is a whole earlier one. Commits between
+two snapshots go to the journal beside it (journal.py), one durable record each: a file
+is either counted with its checkpoint entry or not at all.
 """
 
 from __future__ import annotations
@@ -51,17 +52,15 @@ def _digest(value: Any) -> str:
     return hashlib.blake2b(json.dumps(value, separators=(",", ":")).encode(), digest_size=16).hexdigest()
 
 
-def atomic_write_json(path: str, value: dict[str, Any]) -> None:
-    """Write value plus a checksum of it; never leaves a temp file behind, even on a full disk."""
+def write_durably(path: str, data: bytes) -> None:
+    """Replace path with data all at once (temp file, fsync, rename, fsync of the directory);
+    never leaves a temp file behind, even on a full disk."""
     d = os.path.dirname(path) or "."
     tmp = f"{path}.tmp.{os.getpid()}"
     try:
         os.makedirs(d, exist_ok=True)
-        text = json.dumps(value, separators=(",", ":"))  # dumps uses the C encoder, dump does not
-        digest = hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
-        text = text[:-1] + f',"checksum":"{digest}"}}' if len(value) else f'{{"checksum":"{digest}"}}'
-        with open(tmp, "w") as f:
-            f.write(text)
+        with open(tmp, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -76,50 +75,57 @@ def atomic_write_json(path: str, value: dict[str, Any]) -> None:
         raise StateWriteError(f"cannot write state file {path}: {e.strerror or e}") from None
 
 
-def move_aside(path: str, why: str) -> None:
-    """Keep a state file we cannot use for a human, and say so in one line."""
-    aside = f"{path}.corrupt"
-    try:
-        os.replace(path, aside)
-    except OSError as e:
-        raise StateWriteError(f"state file {path} is unusable ({why}) and cannot be moved aside: "
-                              f"{e.strerror or e}") from None
-    log.error("state file %s unusable (%s); moved to %s, starting from empty state", path, why, aside)
+def atomic_write_json(path: str, value: dict[str, Any]) -> tuple[str, int]:
+    """Write value plus a checksum of it; returns (the checksum, bytes written)."""
+    text = json.dumps(value, separators=(",", ":"))  # dumps uses the C encoder, dump does not
+    digest = hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+    text = text[:-1] + f',"checksum":"{digest}"}}' if len(value) else f'{{"checksum":"{digest}"}}'
+    data = text.encode()
+    write_durably(path, data)
+    return digest, len(data)
 
 
-def read_state(path: str) -> tuple[dict[str, Any] | None, str]:
-    """(the state in path with its checksum verified, "") or (None, why it is unusable); (None, "")
-    when there is none. Reads only: `check` asks this, serve's load_json acts on the answer."""
+def move_aside(path: str, why: str, also: tuple[str, ...] = ()) -> None:
+    """Keep a state file we cannot use (and its journal, `also`) for a human, and say so in one line."""
+    moved = []
+    for p in (path, *also):
+        if not os.path.lexists(p):
+            continue
+        try:
+            os.replace(p, f"{p}.corrupt")
+        except OSError as e:
+            raise StateWriteError(f"state file {p} is unusable ({why}) and cannot be moved aside: "
+                                  f"{e.strerror or e}") from None
+        moved.append(f"{p}.corrupt")
+    log.error("state file %s unusable (%s); moved to %s, starting from empty state", path, why,
+              " and ".join(moved) or "nowhere (it is gone)")
+
+
+def read_snapshot(path: str) -> tuple[dict[str, Any] | None, str, str]:
+    """(the state in path with its checksum verified, "", the checksum, which names this snapshot: ""
+    for a version-1 state) or (None, why it is unusable, ""); (None, "", "") when there is none.
+    Reads only: `check` asks this, serve's start acts on the answer."""
     try:
         with open(path, "rb") as f:
             v = json.loads(f.read().decode("utf-8"))
     except FileNotFoundError:
-        return None, ""
+        return None, "", ""
     except RecursionError:
-        return None, "nested too deeply"
+        return None, "nested too deeply", ""
     except (OSError, ValueError) as e:
-        return None, str(e).splitlines()[0] if str(e) else type(e).__name__
+        return None, str(e).splitlines()[0] if str(e) else type(e).__name__, ""
     if not isinstance(v, dict):
-        return None, "not a JSON object"
+        return None, "not a JSON object", ""
     if v.get("version") == 1 and "checksum" not in v:  # written before states carried a checksum
         log.info("state file %s is of an earlier version (no checksum); it is read and rewritten", path)
         v["version"] = STATE_VERSION
-        return v, ""
+        return v, "", ""
     if v.get("version") != STATE_VERSION:
-        return None, f"unknown version {v.get('version')!r}, this exporter writes {STATE_VERSION}"
+        return None, f"unknown version {v.get('version')!r}, this exporter writes {STATE_VERSION}", ""
     checksum = v.pop("checksum", None)
     if checksum != _digest(v):
-        return None, "checksum mismatch: edited or damaged" if checksum else "no checksum"
-    return v, ""
-
-
-def load_json(path: str) -> dict[str, Any] | None:
-    """The state in path with its checksum verified; None (and the file moved aside) when unusable."""
-    v, unusable = read_state(path)
-    if unusable:
-        # never silently start from zero over a damaged state: keep it aside for a human
-        move_aside(path, unusable)
-    return v
+        return None, "checksum mismatch: edited or damaged" if checksum else "no checksum", ""
+    return v, "", str(checksum)
 
 
 def entries_to_json(entries: dict[str, FileEntry]) -> dict[str, Any]:

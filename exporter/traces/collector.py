@@ -95,3 +95,12 @@ class TraceCollector(Collector):
         for key, size in sorted(self.tailer.disk_bytes.items()):
             d.add_metric(list(key), float(size))
         yield d
+        w = CounterMetricFamily(PREFIX + "state_writes",
+                                "Durable writes of the trace state under --state-dir, by kind: journal (one "
+                                "commit's change appended) or snapshot (the whole state file).", labels=["kind"])
+        b = CounterMetricFamily(PREFIX + "state_written_bytes", "Bytes of those writes, by kind.", labels=["kind"])
+        for kind in ("journal", "snapshot"):
+            w.add_metric([kind], float(self.tailer.state_writes[kind]))
+            b.add_metric([kind], float(self.tailer.state_written_bytes[kind]))
+        yield w
+        yield b

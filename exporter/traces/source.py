@@ -70,6 +70,7 @@ class TraceSource(PolledSource):
         if self.otlp is not None:
             self.otlp.stop()
         super().stop()
+        self.tailer.close()
 
     def ready(self) -> bool:
         # not ready while the state cannot be written: nothing ingested would be kept

@@ -13,7 +13,7 @@ from typing import Any
 
 from ..stages import COLUMN
 from .aggregate import RESPONSE_BOUNDS, TraceAggregate
-from .assembly import StreamState
+from .assembly import StreamState, Trace
 from .checkpoint import (
     STATE_VERSION,
     FileEntry,
@@ -22,16 +22,18 @@ from .checkpoint import (
     entries_from_json,
     entries_to_json,
     head_hash,
-    load_json,
     move_aside,
+    read_snapshot,
 )
 from .discovery import TracePattern
+from .journal import Journal, apply_ordered, encode, ordered_delta, read_journal
 from .pipeline import CHILD_HOLD_SECONDS, WINDOW, Batch, file_batches, released
 from .records import ReadResult
 
 log = logging.getLogger("traces")
 
 STATE_FILE = "traces-state.json"
+JOURNAL_FILE = "traces-state.journal"  # what each commit changed since the state file was written
 
 
 @dataclass
@@ -59,6 +61,9 @@ class _Plan:
 class TraceTailer:
     """Owns the live aggregate; `poll()` ingests whatever is new and commits it."""
 
+    # the journal may grow to the state file's size, and to this much however small the state is
+    journal_min_bytes = 64 << 10
+
     def __init__(self, settings: TailerSettings, on_error: Callable[[str], None] | None = None) -> None:
         self.s = settings
         self.patterns = [TracePattern(p) for p in settings.patterns]
@@ -78,6 +83,13 @@ class TraceTailer:
         self._outside_logged: set[str] = set()
         self.state_error: str | None = None  # why the last commit failed; None when it succeeded
         self.disk_bytes: dict[tuple[str, ...], int] = {}  # label values -> bytes of trace files on disk
+        self.journal: Journal | None = None
+        self._base = ""  # checksum of the state file on disk, which the journal builds on; "": write one
+        self._snapshot_bytes = 0
+        self._touched: set[str] = set()  # entries refreshed in place (same content): go with the next commit
+        # what the state costs: writes and bytes, of journal records and of whole snapshots
+        self.state_writes = {"journal": 0, "snapshot": 0}
+        self.state_written_bytes = {"journal": 0, "snapshot": 0}
         self._load()
 
     # --- state -------------------------------------------------------------
@@ -85,13 +97,29 @@ class TraceTailer:
     def state_path(self) -> str | None:
         return os.path.join(self.s.state_dir, STATE_FILE) if self.s.state_dir else None
 
+    @property
+    def journal_path(self) -> str | None:
+        return os.path.join(self.s.state_dir, JOURNAL_FILE) if self.s.state_dir else None
+
     def _load(self) -> None:
-        path = self.state_path
-        if path is None:
+        """The state file, plus the journal's records on top of it."""
+        path, jpath = self.state_path, self.journal_path
+        if path is None or jpath is None:
             return
         self._probe_state_dir()
-        v = load_json(path)
+        self.journal = Journal(jpath)
+        v, unusable, base = read_snapshot(path)
+        if unusable:
+            # never silently start from zero over a damaged state: keep it aside for a human
+            move_aside(path, unusable, (jpath,))
+            return
         if v is None:
+            if os.path.exists(jpath):
+                log.info("journal %s has no state file beside it; ignored", jpath)
+            return
+        read = read_journal(jpath, base)
+        if read.damaged:
+            move_aside(path, read.damaged, (jpath,))
             return
         try:
             if not {"version", "files", "streams", "aggregate"} <= set(v) <= {"version", "files", "streams",
@@ -104,16 +132,66 @@ class TraceTailer:
             live = TraceAggregate.from_json(agg, self.s.bounds_ns)
             entries = entries_from_json(v["files"])
             streams = {str(k): StreamState.from_json(sv) for k, sv in v["streams"].items()}
+            for rec in read.records:
+                self._replay(rec, agg.get("bounds_ns", []), live, entries, streams, feeds)
             _check_loaded(live, entries, streams)
         except (AttributeError, TypeError, ValueError, KeyError, IndexError, OverflowError) as e:
-            move_aside(path, f"invalid content: {type(e).__name__}: {str(e)[:200]}")
+            move_aside(path, f"invalid content: {type(e).__name__}: {str(e)[:200]}", (jpath,))
             return
-        if tuple(agg.get("bounds_ns", ())) != self.s.bounds_ns:
+        same_buckets = tuple(agg.get("bounds_ns", ())) == self.s.bounds_ns
+        if not same_buckets:
             log.warning("stage buckets changed since the last run; stage histograms start from zero")
+        if read.stale:
+            log.info("journal %s was written on top of an earlier state file, which holds its records; ignored",
+                     jpath)
+        if read.torn:
+            log.warning("journal %s ends in a record cut off by a crash: that commit never happened (its file "
+                        "is read again)", jpath)
         self.live, self.entries, self.streams = live, entries, streams
         self.feeds = feeds
-        log.info("resumed from %s: %d files ingested before, %d traces counted",
-                 path, len(self.entries), sum(self.live.traces.values()))
+        # the next commit writes a whole state file first where the journal cannot simply go on: a version-1
+        # state (no checksum to build on), other buckets, a cut record at the journal's end
+        if base and same_buckets and not read.torn:
+            try:
+                if read.records:
+                    self.journal.adopt(base, len(read.records))
+                self._base, self._snapshot_bytes = base, os.path.getsize(path)
+            except OSError:
+                pass  # cannot append to it: the next commit writes a state file, which replaces it
+        log.info("resumed from %s: %d files ingested before, %d traces counted (%d journal records)",
+                 path, len(self.entries), sum(self.live.traces.values()), len(read.records))
+
+    @staticmethod
+    def _replay(rec: dict[str, Any], bounds: list[int], live: TraceAggregate, entries: dict[str, FileEntry],
+                streams: dict[str, StreamState], feeds: dict[str, Any]) -> None:
+        """Apply one journal record in place, as its commit changed the state."""
+        if not set(rec) <= {"n", "a", "f", "s", "feeds"}:
+            raise ValueError(f"journal record keys {sorted(rec)}")
+        if "a" in rec:  # written with the state file's buckets: a new bucket layout compacts first
+            live.absorb(TraceAggregate.from_delta_json(rec["a"], live.bounds_ns, tuple(bounds) == live.bounds_ns))
+        for p, e in rec.get("f", {}).items():
+            if e is None:
+                del entries[p]
+            else:
+                entries[p] = FileEntry(*e)
+        for base, d in rec.get("s", {}).items():
+            s = streams.setdefault(str(base), StreamState())
+            if "p" in d:
+                drop, ids, codes = d["p"]
+                apply_ordered(s.protocols, drop, zip(ids, codes, strict=True))
+            if "q" in d:
+                drop, items = d["q"]
+                traces = [(Trace.from_json(tj), float(since)) for tj, since in items]
+                apply_ordered(s.pending, drop, ((t.id, (t, since)) for t, since in traces))
+        for name, d in rec.get("feeds", {}).items():
+            if "=" in d:
+                feeds[name] = d["="]
+                continue
+            state = feeds[name]
+            for k, v in d.get("k", {}).items():
+                state[k] = v
+            for k, (drop, tail) in d.get("l", {}).items():
+                state[k] = state[k][drop:] + tail
 
     def _probe_state_dir(self) -> None:
         """Refuse to start on a state dir we cannot write: nothing would ever be committed."""
@@ -128,20 +206,51 @@ class TraceTailer:
             raise StateWriteError(f"state dir {self.s.state_dir} is not writable: {e.strerror or e}; "
                                   "pass --state-dir to a writable directory") from None
 
-    def _commit(self, agg: TraceAggregate, entries: dict[str, FileEntry],
-                streams: dict[str, StreamState], feeds: dict[str, Any] | None = None) -> None:
-        feeds = self.feeds if feeds is None else feeds
+    def _commit(self, delta: TraceAggregate | None = None, files: dict[str, FileEntry | None] | None = None,
+                streams: dict[str, StreamState] | None = None, feed: tuple[str, Any] | None = None) -> None:
+        """Make one change durable, then visible: the aggregate grows by delta, files' checkpoint
+        entries are set (None: dropped), streams replaced, one feed's state replaced. On disk it is
+        one journal record of just that change (or, now and then, a whole new state file)."""
+        agg = self.live.merged(delta) if delta is not None else self.live
+        changed = {p: e for p, e in {**{p: self.entries.get(p) for p in self._touched}, **(files or {})}.items()
+                   if e is not None or p in self.entries}
+        entries = self.entries
+        if changed:
+            entries = dict(self.entries)
+            for p, e in changed.items():
+                if e is None:
+                    del entries[p]
+                else:
+                    entries[p] = e
+        new_streams = {**self.streams, **streams} if streams else self.streams
+        feeds = {**self.feeds, feed[0]: feed[1]} if feed is not None else self.feeds
         path = self.state_path
         if path is not None:
-            state: dict[str, Any] = {
-                "version": STATE_VERSION,
-                "files": entries_to_json(entries),
-                "streams": {k: s.to_json() for k, s in streams.items()},
-                "aggregate": agg.to_json(),
-                "feeds": feeds,
-            }
+            record: dict[str, Any] = {}
+            if delta is not None:
+                a = delta.to_delta_json()
+                if a:
+                    record["a"] = a
+            if changed:
+                record["f"] = {p: None if e is None else [e.inode, e.size, e.mtime_ns, e.head, e.offset, e.complete]
+                               for p, e in changed.items()}
+            if streams:
+                s = {b: _stream_delta(self.streams.get(b), st) for b, st in streams.items()}
+                s = {b: d for b, d in s.items() if d or b not in self.streams}
+                if s:
+                    record["s"] = s
+            if feed is not None:
+                fd = _feed_delta(self.feeds.get(feed[0]), feed[1])
+                if fd or feed[0] not in self.feeds:
+                    record["feeds"] = {feed[0]: fd}
             try:
-                atomic_write_json(path, state)
+                self._write(record, lambda: {
+                    "version": STATE_VERSION,
+                    "files": entries_to_json(entries),
+                    "streams": {k: st.to_json() for k, st in new_streams.items()},
+                    "aggregate": agg.to_json(),
+                    "feeds": feeds,
+                })
             except StateWriteError as e:
                 if self.state_error is None:
                     log.error("%s; trace counts are held back until it can be written", e,
@@ -153,7 +262,53 @@ class TraceTailer:
                 log.info("state file %s written again; trace ingestion resumed", path)
                 self.state_error = None
         # only after the state is on disk may a scrape see the new counts
-        self.live, self.entries, self.streams, self.feeds = agg, entries, streams, feeds
+        self.live, self.entries, self.streams, self.feeds = agg, entries, new_streams, feeds
+        self._touched.clear()
+
+    def _write(self, record: dict[str, Any], whole: Callable[[], dict[str, Any]]) -> None:
+        """Append the record to the journal; write the whole state instead when there is no state
+        file to build on or the journal would outgrow it (so a commit costs O(its change), amortised,
+        and a start-up replays at most about one state file's worth of records, or 64 KiB)."""
+        assert self.journal is not None and self.state_path is not None
+        record["n"] = self.journal.number(self._base)
+        line = encode(record)
+        if not self._base or self.journal.size + len(line) > max(self._snapshot_bytes, self.journal_min_bytes):
+            self._compact(whole())
+            return
+        try:
+            n = self.journal.append(line, self._base)
+        except StateWriteError:
+            self._base = ""  # whatever the journal holds now, the next commit replaces it with a state file
+            raise
+        self.state_writes["journal"] += 1
+        self.state_written_bytes["journal"] += n
+
+    def _compact(self, state: dict[str, Any]) -> None:
+        """A new state file, then no journal: a crash between the two leaves a journal whose base is
+        the previous state file, which start-up ignores (its records are all in the new one)."""
+        assert self.journal is not None and self.state_path is not None
+        self._base, size = atomic_write_json(self.state_path, state)
+        self._snapshot_bytes = size
+        self.journal.reset()
+        self.state_writes["snapshot"] += 1
+        self.state_written_bytes["snapshot"] += size
+
+    def close(self) -> None:
+        """At a clean stop: fold the journal into the state file, so the next start replays nothing."""
+        if self.journal is None or not self.lock.acquire(timeout=1.0):
+            return  # a poll still running past the stop timeout: the journal stays, and is replayed
+        try:
+            if self.journal.records and self.state_error is None:
+                try:
+                    self._compact({"version": STATE_VERSION, "files": entries_to_json(self.entries),
+                                   "streams": {k: st.to_json() for k, st in self.streams.items()},
+                                   "aggregate": self.live.to_json(), "feeds": self.feeds})
+                except StateWriteError as e:
+                    log.warning("%s; the journal is kept and replayed at the next start", e)
+            self.journal.close()
+            self._base = ""  # a commit after this writes a state file, never a new journal over this one
+        finally:
+            self.lock.release()
 
     def observe_feed(self, name: str, observe: Callable[[TraceAggregate, TraceAggregate], Any]) -> None:
         """Count batches another feed assembled (the OTLP receiver) and commit them with
@@ -162,7 +317,7 @@ class TraceTailer:
         with self.lock:
             delta = TraceAggregate(self.s.bounds_ns)
             state = observe(delta, self.live)
-            self._commit(self.live.merged(delta), self.entries, self.streams, {**self.feeds, name: state})
+            self._commit(delta, feed=(name, state))
 
     # --- one scan ----------------------------------------------------------
     def poll(self) -> int:
@@ -196,8 +351,7 @@ class TraceTailer:
             self._expire_pending()
             stale = [p for p in self.entries if p not in seen and not os.path.exists(p)]
             if stale:
-                entries = {p: e for p, e in self.entries.items() if p not in stale}
-                self._commit(self.live, entries, self.streams)
+                self._commit(files={p: None for p in stale})
             return n
 
     def _inside(self, pat: TracePattern, path: str) -> bool:
@@ -228,6 +382,7 @@ class TraceTailer:
             grown_same = head == entry.head and st.st_ino == entry.inode and st.st_size >= entry.offset
             if grown_same and entry.complete and st.st_size == entry.size:
                 self.entries[path] = FileEntry(st.st_ino, st.st_size, st.st_mtime_ns, head, entry.offset, True)
+                self._touched.add(path)
                 return 0  # touched, same content
             if grown_same and not entry.complete:
                 start = entry.offset
@@ -279,9 +434,7 @@ class TraceTailer:
         delta = TraceAggregate(self.s.bounds_ns)
         delta.files["failed"] += 1
         delta.reject("empty_file")
-        entries = dict(self.entries)
-        entries[path] = FileEntry(st.st_ino, 0, st.st_mtime_ns, "", 0, False)
-        self._commit(self.live.merged(delta), entries, self.streams)
+        self._commit(delta, files={path: FileEntry(st.st_ino, 0, st.st_mtime_ns, "", 0, False)})
         log.warning("trace file %s has stayed empty for %.0fs; counted as failed", path, self.s.settle_seconds,
                     extra={"fields": {"file": path, "reason": "empty_file"}})
         self.on_error("empty_file")
@@ -327,12 +480,9 @@ class TraceTailer:
         elif not result.array:
             log.warning("trace file %s is not a JSON array; its records were read one by one", plan.path)
         delta.last_ingest = time.time()
-        entries = dict(self.entries)
-        entries[plan.path] = FileEntry(plan.st.st_ino, plan.st.st_size, plan.st.st_mtime_ns, plan.head,
-                                       result.end_offset if partial else plan.st.st_size, not partial)
-        streams = dict(self.streams)
-        streams[base] = stream
-        self._commit(self.live.merged(delta), entries, streams)
+        entry = FileEntry(plan.st.st_ino, plan.st.st_size, plan.st.st_mtime_ns, plan.head,
+                          result.end_offset if partial else plan.st.st_size, not partial)
+        self._commit(delta, files={plan.path: entry}, streams={base: stream})
         traces = sum(delta.traces.values())
         rejected = sum(delta.rejected.values())
         took = time.monotonic() - t0
@@ -354,14 +504,56 @@ class TraceTailer:
                    for s in self.streams.values() for _, since in s.pending.values()):
             return
         delta = TraceAggregate(self.s.bounds_ns)
-        streams = dict(self.streams)
+        streams: dict[str, StreamState] = {}
         for base, s in self.streams.items():
             if s.pending:
                 s2 = s.copy()
                 labels = self.stream_labels.get(base, [""] * len(self.label_names))
                 self._observe(delta, released(s2, now, self.s.child_hold_seconds), labels)
                 streams[base] = s2
-        self._commit(self.live.merged(delta), self.entries, streams)
+        self._commit(delta, streams=streams)
+
+
+def _stream_delta(old: StreamState | None, new: StreamState) -> dict[str, Any]:
+    """What a commit changed in one stream: its protocol table grows at one end and is trimmed at
+    the other, children wait and are released (see journal.ordered_delta)."""
+    old = old or StreamState()
+    out: dict[str, Any] = {}
+    if new.protocols is not old.protocols:
+        drop, add = ordered_delta(old.protocols, new.protocols)
+        if drop or add:
+            out["p"] = [drop, [k for k, _ in add], [c for _, c in add]]
+    if new.pending is not old.pending:
+        pdrop, padd = ordered_delta(old.pending, new.pending)
+        if pdrop or padd:
+            out["q"] = [pdrop, [[t.to_json(), since] for _, (t, since) in padd]]
+    return out
+
+
+def _feed_delta(old: Any, new: Any) -> dict[str, Any]:
+    """A feed's new state as a change of its old one: the keys whose value changed, where a list
+    only lost items at its front and gained some at its end (the OTLP receiver's chunks of span ids)
+    just that; {"=": new} when it is not a mapping with the same keys."""
+    if not (isinstance(old, dict) and isinstance(new, dict) and list(old) == list(new)):
+        return {"=": new}
+    values: dict[str, Any] = {}
+    tails: dict[str, Any] = {}
+    for k, v in new.items():
+        o = old[k]
+        if o is v or o == v:
+            continue
+        if isinstance(o, list) and isinstance(v, list) and v:
+            d = o.index(v[0]) if v[0] in o else len(o)
+            if o[d:] == v[:len(o) - d]:
+                tails[k] = [d, v[len(o) - d:]]
+                continue
+        values[k] = v
+    out: dict[str, Any] = {}
+    if values:
+        out["k"] = values
+    if tails:
+        out["l"] = tails
+    return out
 
 
 def _check_loaded(agg: TraceAggregate, entries: dict[str, FileEntry], streams: dict[str, StreamState]) -> None:
