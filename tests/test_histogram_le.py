@@ -10,7 +10,13 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.samples import Exemplar
 
-from exporter.histogram import DEFAULT_STAGE_BUCKETS, add_histogram, cumulative, format_le, log_linear_bound
+from exporter.histogram import (
+    DEFAULT_STAGE_BUCKETS,
+    add_histogram,
+    cumulative,
+    format_le,
+    log_linear_bound,
+)
 
 
 def client_python_les(bounds: list[float]) -> list[str]:
