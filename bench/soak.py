@@ -57,6 +57,16 @@ def state_bytes_per_file(before: tuple[float, float], after: tuple[float, float]
     return (after[0] - before[0]) / files if files else 0.0
 
 
+def file_bytes_written(pid: int) -> int:
+    """Bytes the process wrote to files so far (wchar of /proc/PID/io: write(2) and friends, not
+    sends on sockets): its state and its log. Comparable across exporter versions, which the
+    state counters (new with the journal) are not."""
+    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+        if line.startswith("wchar:"):
+            return int(line.split()[1])
+    return 0
+
+
 def start_prometheus(work: Path, target: str) -> tuple[subprocess.Popen[bytes], str]:
     cfg = yaml.safe_load((ROOT / "prometheus" / "prometheus.yml").read_text())
     cfg["global"] = {"scrape_interval": "5s", "evaluation_interval": "5s"}
@@ -154,6 +164,7 @@ def main() -> int:
         exp_use, tri_use = Usage(exporter.pid), Usage(triton.pid)
         sent0 = sum(driver.counts.succeeded.values())
         state0 = state_cost(url)
+        wchar0 = file_bytes_written(exporter.pid)
         end = time.monotonic() + args.duration
         disk_max = 0.0  # bytes of trace files on disk: retention keeps them bounded
         while time.monotonic() < end:
@@ -185,6 +196,8 @@ def main() -> int:
         failed = sum(counts.failed.values())
         state1 = state_cost(url)
         state_per_file = state_bytes_per_file(state0, state1)
+        files = state1[1] - state0[1]
+        wchar_per_file = (file_bytes_written(exporter.pid) - wchar0) / files if files else 0.0
         result: dict[str, Any] = {
             "duration_s": args.duration, "target_rate": args.rate, "achieved_rate": achieved,
             "requests_succeeded": sent, "requests_failed": failed, "ensemble_requests": ensemble,
@@ -192,7 +205,8 @@ def main() -> int:
             "ratio_cpu_exporter_to_triton": exp["cpu_percent"] / tri["cpu_percent"],
             "ratio_rss_end_to_start_exporter": exp["rss_end_mb"] / exp["rss_start_mb"],
             "trace_files_bytes_max": disk_max,
-            "state_bytes_per_ingested_file": state_per_file, "trace_files_ingested": state1[1] - state0[1],
+            "state_bytes_per_ingested_file": state_per_file, "trace_files_ingested": files,
+            "file_bytes_written_per_ingested_file": wchar_per_file,
         }
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2) + "\n")
@@ -209,7 +223,8 @@ def main() -> int:
               f"children): {'EQUAL' if ok else 'DIFFERENT'}")
         print(f"disk:     trace files at most {disk_max / 2**20:.1f} MB on disk (sampled every 10 s)")
         print(f"state:    {state_per_file / 1024:.1f} KiB written per ingested trace file "
-              f"({state1[1] - state0[1]:.0f} files)")
+              f"({files:.0f} files; all file writes of the exporter, log included: "
+              f"{wchar_per_file / 1024:.1f} KiB per file)")
         print(f"written {args.out}")
         return 0 if ok else 1
     finally:
