@@ -18,7 +18,7 @@ import errno
 import hashlib
 import json
 import os
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any, TypeVar
@@ -196,8 +196,3 @@ def apply_ordered(target: dict[K, V], drop: object, add: Iterable[tuple[K, V]]) 
     for k, v in add:
         target.pop(k, None)
         target[k] = v
-
-
-def json_pairs(pairs: list[tuple[K, V]], value: Callable[[V], Any]) -> list[Any]:
-    """[[keys], [values]]: two lists are shorter than a list of pairs."""
-    return [[k for k, _ in pairs], [value(v) for _, v in pairs]]
