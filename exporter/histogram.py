@@ -95,16 +95,6 @@ def log_linear_cumulative(by_index: Mapping[int, int], first: int, last: int) ->
     return [float(c) for c in cumulative(dense)]
 
 
-def log_linear_buckets(by_index: Mapping[int, int], first: int, last: int,
-                       divisor: float = 1.0) -> list[tuple[str, float]]:
-    """Cumulative (le, count) pairs, +Inf last, from sparse log-linear bucket counts (eBPF maps).
-
-    Exposes bounds first..last divided by divisor (1e9: ns -> s); indexes below first
-    fold into first's bucket, above last into +Inf, so every le stays exact.
-    """
-    return list(zip(log_linear_les(first, last, divisor), log_linear_cumulative(by_index, first, last), strict=True))
-
-
 def add_histogram(family: HistogramMetricFamily, labels: dict[str, str], les: Sequence[str],
                   cumulative_counts: Sequence[float], total: float,
                   exemplars: Mapping[int, Exemplar] | None = None) -> None:

@@ -22,7 +22,12 @@ from exporter.ebpf.declaration import (
     unknown_metrics,
 )
 from exporter.ebpf.kernel import need_missing
-from exporter.histogram import log_linear_bound, log_linear_buckets, log_linear_index
+from exporter.histogram import (
+    log_linear_bound,
+    log_linear_cumulative,
+    log_linear_index,
+    log_linear_les,
+)
 
 SPEC_EBPF = {
     "tcp_latency_seconds": ("histogram", ("port", "role", "cgroup")),
@@ -170,7 +175,8 @@ def test_port_counters_start_at_zero_for_every_watched_port() -> None:
 
 
 def test_log_linear_buckets_fold_out_of_range_indexes_exactly() -> None:
-    got = log_linear_buckets({0: 1, 10: 2, 11: 4, 12: 8, 200: 16}, 10, 11, 1.0)
+    got = list(zip(log_linear_les(10, 11, 1.0), log_linear_cumulative({0: 1, 10: 2, 11: 4, 12: 8, 200: 16}, 10, 11),
+                   strict=True))
     assert got == [(repr(float(log_linear_bound(10))), 3.0), (repr(float(log_linear_bound(11))), 7.0),
                    ("+Inf", 31.0)]
 

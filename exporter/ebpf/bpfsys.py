@@ -18,7 +18,7 @@ from pathlib import Path
 
 # bpf(2) by architecture; the daemon falls back to loading in-process elsewhere
 SYSCALL_NUMBERS = {"x86_64": 321, "aarch64": 280}
-BPF_MAP_LOOKUP_ELEM, BPF_MAP_UPDATE_ELEM, BPF_MAP_DELETE_ELEM, BPF_MAP_GET_NEXT_KEY = 1, 2, 3, 4
+BPF_MAP_LOOKUP_ELEM, BPF_MAP_DELETE_ELEM, BPF_MAP_GET_NEXT_KEY = 1, 3, 4
 BPF_OBJ_GET_INFO_BY_FD = 15
 BPF_MAP_LOOKUP_BATCH = 24
 PERCPU_MAP_TYPES = {5, 6, 10, 21}  # percpu hash, percpu array, lru percpu hash, percpu cgroup storage
@@ -113,9 +113,6 @@ class BpfMap:
                 return None
             raise
         return out.raw
-
-    def update(self, key: bytes, value: bytes) -> None:
-        self._elem(BPF_MAP_UPDATE_ELEM, key, ctypes.create_string_buffer(value, self.value_bytes))
 
     def delete(self, key: bytes) -> bool:
         """False when the key was not there."""

@@ -31,7 +31,15 @@ from typing import Any
 
 from .bpfsys import BpfError, BpfMap, syscall_number
 from .declaration import ProgramDecl, metric_key, metric_programs
-from .loader import LoadError, SeriesKey, fdinfo_run_stats, scratch_fd
+from .loader import (
+    LoadedProgram,
+    LoadError,
+    SeriesKey,
+    environment_problem,
+    fdinfo_run_stats,
+    load_programs,
+    scratch_fd,
+)
 
 log = logging.getLogger("ebpf")
 
@@ -217,8 +225,6 @@ def _table_names(bpf: Any) -> list[bytes]:
 
 
 def _child(request: dict[str, Any]) -> tuple[dict[str, Any], list[int]]:
-    from .loader import LoadedProgram, environment_problem, load_programs
-
     problem = environment_problem()
     if problem:
         return {"problem": problem}, []

@@ -96,9 +96,10 @@ def captured_stderr() -> Iterator[StderrCapture]:
         os.close(fd)
 
 
-def environment_problem() -> str | None:
-    """The first reason no program can load here (privileges, BCC, headers), or None."""
-    return privilege_problem() or seccomp_problem() or bcc_problem() or headers_problem()
+def environment_problem(bcc: bool = True) -> str | None:
+    """The first reason no program can load here (privileges, seccomp, BCC, headers), or None.
+    bcc=False leaves BCC out: a process that only takes programs over never imports it."""
+    return privilege_problem() or seccomp_problem() or (bcc_problem() if bcc else None) or headers_problem()
 
 
 class Program(Protocol):

@@ -16,7 +16,6 @@ from ..source import ErrorCounts
 from . import handoff
 from .collector import EbpfCollector, ProgramState
 from .declaration import DeclarationError, metric_key, metric_programs
-from .kernel import headers_problem, privilege_problem, seccomp_problem
 from .loader import LoadError, Program, SeriesKey, environment_problem, load_programs
 from .pods import NO_POD, PodResolver, pod_resolver
 
@@ -167,19 +166,17 @@ class EbpfSource:
         for d in declared:
             if d not in decls:
                 log.info("eBPF program %s not compiled: no --ebpf-metric needs it", d.program)
+        defines = program_defines(self.cfg, self.pods is not None)
         results: Sequence[Program | LoadError]
-        if handoff.available():
-            # compiled in a child that hands the loaded programs over: BCC never enters this process
-            problem = privilege_problem() or seccomp_problem() or headers_problem()
-            if problem is None:
-                problem, results = handoff.load_in_child(decls, self.cfg.ebpf_port, self.cfg.ebpf_attach,
-                                                         program_defines(self.cfg, self.pods is not None),
-                                                         selected)
-        else:
-            problem = environment_problem()
-            if problem is None:
-                results = load_programs(decls, self.cfg.ebpf_port, self.cfg.ebpf_attach,
-                                        program_defines(self.cfg, self.pods is not None), selected)
+        # compiled in a child that hands the loaded programs over, BCC never enters this process
+        # (where the daemon cannot read maps by itself, it loads them here)
+        by_child = handoff.available()
+        problem = environment_problem(bcc=not by_child)
+        if problem is None and by_child:
+            problem, results = handoff.load_in_child(decls, self.cfg.ebpf_port, self.cfg.ebpf_attach, defines,
+                                                     selected)
+        elif problem is None:
+            results = load_programs(decls, self.cfg.ebpf_port, self.cfg.ebpf_attach, defines, selected)
         if problem:
             # the same reason for every program: one line, not one per program
             self._refuse(problem)
