@@ -100,7 +100,9 @@ def add_histogram(family: HistogramMetricFamily, labels: dict[str, str], les: Se
                   exemplars: Mapping[int, Exemplar] | None = None) -> None:
     """The samples HistogramMetricFamily.add_metric(labels, buckets, total) adds, equal and in
     the same order, built without its per-bucket list and dict concatenations: this is the
-    hot loop of a scrape. Counts are floats, as add_metric is given them."""
+    hot loop of a scrape. Counts are floats, as add_metric is given them. Callers zip label
+    names and values as add_metric does (strict=False): a key of another length, from a state
+    saved under other pattern labels, must not fail the scrape."""
     bucket = family.name + "_bucket"
     append = family.samples.append
     for i, (le, c) in enumerate(zip(les, cumulative_counts, strict=True)):

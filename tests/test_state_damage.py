@@ -286,3 +286,18 @@ def test_a_state_of_the_version_before_checksums_is_read_and_rewritten(tmp_path:
     t._commit()  # the next commit writes the current version, checksummed
     assert json.loads((state / STATE_FILE).read_text())["version"] == STATE_VERSION
     assert "checksum" in json.loads((state / STATE_FILE).read_text())
+
+
+def test_a_state_saved_under_other_pattern_labels_still_scrapes(tmp_path: Path, good_state: dict[str, Any]) -> None:
+    """A state from a run without pattern labels, resumed under a `{pod}` pattern: its series keys
+    are one value short of the label names. The scrape pairs them as client_python's add_metric
+    does and never fails (found by the fuzz above)."""
+    state = tmp_path / "state"
+    state.mkdir()
+    _write_checksummed(state, json.loads(json.dumps(good_state)))
+    t = TraceTailer(TailerSettings([str(tmp_path / "{pod}" / "trace.json")], str(state),
+                                   bounds_ns(list(DEFAULT_STAGE_BUCKETS))))
+    assert t.label_names == ["pod"] and not (state / (STATE_FILE + ".corrupt")).exists()
+    text, _ = _scrape_both(t)
+    counted = sum(n for n in t.live.traces.values())
+    assert counted > 0 and "inference_profiler_traces_total" in text

@@ -109,7 +109,7 @@ def _family(m: MetricDecl, names: list[str], by_labels: Mapping[tuple[str, ...],
         buckets = by_labels[labels]
         counts = {i: n for i, (n, _) in buckets.items()}
         total = sum(x for _, x in buckets.values())
-        add_histogram(h, dict(zip(names, labels, strict=True)), les, log_linear_cumulative(counts, first, last),
+        add_histogram(h, dict(zip(names, labels, strict=False)), les, log_linear_cumulative(counts, first, last),
                       total / m.divisor)
     return h
 

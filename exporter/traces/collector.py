@@ -51,7 +51,7 @@ class TraceCollector(Collector):
                 if e.request_id:
                     lab["request_id"] = e.request_id[:64]
                 exemplars[i] = PromExemplar(lab, e.value, e.timestamp)
-            add_histogram(h, dict(zip(label_names, key, strict=True)), les,
+            add_histogram(h, dict(zip(label_names, key, strict=False)), les,
                           [float(c) for c in cumulative(hist.counts)], hist.total / 1e9, exemplars)
         yield h
         t = CounterMetricFamily(PREFIX + "traces", "Traces counted from trace files.",
@@ -66,7 +66,7 @@ class TraceCollector(Collector):
         r_names = [*names, "model", "version", "protocol"]
         for key in sorted(agg.responses):
             hist = agg.responses[key]
-            add_histogram(rh, dict(zip(r_names, key, strict=True)), r_les,
+            add_histogram(rh, dict(zip(r_names, key, strict=False)), r_les,
                           [float(c) for c in cumulative(hist.counts)], float(hist.total))
         yield rh
         tl = CounterMetricFamily(
