@@ -67,7 +67,7 @@ def plain_protobuf(bodies: list[bytes]) -> tuple[int, float]:
 def receiver(bodies: list[bytes], ctype: str, http: bool) -> tuple[int, float, int]:
     with tempfile.TemporaryDirectory() as state:
         tailer = TraceTailer(TailerSettings([], state, bounds_ns(list(DEFAULT_STAGE_BUCKETS))))
-        ingest = OtlpIngest(tailer, 100, 60.0)
+        ingest = OtlpIngest(tailer.aggregator, 60.0)
         server = None
         if http:
             server = OtlpServer(ingest, "127.0.0.1", 0)

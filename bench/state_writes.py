@@ -131,7 +131,7 @@ def otlp(cls: type[TraceTailer], state: Path, payloads: int) -> dict[str, Any]:
     """OTLP payloads of 510 spans once the receiver remembers its full window of span ids."""
     shutil.rmtree(state, ignore_errors=True)
     t = cls(TailerSettings([], str(state), BOUNDS))
-    ing = OtlpIngest(t, 100, 60.0)
+    ing = OtlpIngest(t.aggregator, 60.0)
     bodies = [export_request([s for r in range(170) for s in request_spans(T0 + (i * 170 + r) * 10**6)])
               for i in range(payloads + 70)]
     for b in bodies[:70]:  # 35,700 span ids: the window of 32,768 is full

@@ -25,7 +25,12 @@ def build_sources(cfg: Config, errors: ErrorCounts) -> list[Source]:
 
     sources: list[Source] = []
     if cfg.trace_file or cfg.otlp_listen:
-        sources.append(TraceSource(cfg, errors))
+        traces = TraceSource(cfg, errors)
+        sources.append(traces)
+        if cfg.otlp_listen:  # a peer producer: it hands its batches to the trace aggregator
+            from .otlp.source import OtlpSource
+
+            sources.append(OtlpSource(cfg, errors, traces.aggregator))
     if cfg.triton:
         from .triton.source import TritonSource
 

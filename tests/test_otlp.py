@@ -45,7 +45,7 @@ class Receiver:
     def __init__(self, state_dir: Path | None, hold_seconds: float = 60.0, auth: Any = None,
                  forwarder: Forwarder | None = None) -> None:
         self.tailer = TraceTailer(TailerSettings([], str(state_dir) if state_dir else None, BOUNDS))
-        self.ingest = OtlpIngest(self.tailer, 100, hold_seconds)
+        self.ingest = OtlpIngest(self.tailer.aggregator, hold_seconds)
         self.server = OtlpServer(self.ingest, "127.0.0.1", 0, forwarder, None, auth)
         self.server.start()
         self.url = f"http://127.0.0.1:{self.server.port}/v1/traces"
@@ -410,14 +410,16 @@ def test_tls_and_basic_auth_from_the_metrics_web_config(pki: Path, tmp_path: Pat
     import http.client
 
     from exporter.config import build
+    from exporter.daemon import build_sources
     from exporter.source import ErrorCounts
-    from exporter.traces.source import TraceSource
 
     port = free_port()
     cfg = build({}, {}, {"otlp_listen": f"127.0.0.1:{port}", "web_config_file": str(pki / "web.yml"),
                          "state_dir": str(tmp_path / "state"), "triton": ["none"]})
-    src = TraceSource(cfg, ErrorCounts())
-    src.start()
+    sources = build_sources(cfg, ErrorCounts())  # the trace source and its peer, the OTLP source
+    for s in sources:
+        s.start()
+    src = sources[0]
     body = export_request(request_spans()).SerializeToString()
 
     def send(auth: str | None) -> int:
@@ -438,7 +440,8 @@ def test_tls_and_basic_auth_from_the_metrics_web_config(pki: Path, tmp_path: Pat
             post(f"http://127.0.0.1:{port}/v1/traces", body, timeout=3)  # no TLS: refused
         assert sum(src.tailer.live.traces.values()) == 1
     finally:
-        src.stop()
+        for s in reversed(sources):
+            s.stop()
 
 
 @pytest.mark.parametrize(("values", "message"), [
@@ -470,14 +473,19 @@ def test_a_payload_whose_commit_fails_gets_503_and_counts_once_when_resent(tmp_p
         r.close()
 
 
-def test_held_spans_are_bounded_oldest_counted_first() -> None:
-    from exporter.otlp.spans import regroup, spans_of
+def test_held_spans_are_bounded_in_bytes_oldest_counted_first() -> None:
+    from exporter.otlp.held import HeldSpans, span_bytes
+    from exporter.otlp.spans import spans_of
 
-    held: Any = OrderedDict()
     rootless = [[s for s in request_spans(T0 + i * 10**6, protocol="grpc") if s.parent_span_id] for i in range(5)]
-    for i, spans in enumerate(rootless):
-        parsed = list(spans_of(export_request(spans), lambda reason, n: None, T0))
-        held, ready = regroup(held, parsed, now=float(i), hold_seconds=60, max_held_spans=4)
-        assert sum(len(t) for t, _ in held.values()) <= 4  # 2 spans a request: at most 2 requests wait
+    parsed = [list(spans_of(export_request(spans), lambda reason, n: None, T0)) for spans in rootless]
+    per_request = sum(span_bytes(s) for s in parsed[0])
+    held = HeldSpans(hold_seconds=60, max_bytes=2 * per_request)  # room for two requests' spans
+    for i, spans in enumerate(parsed):
+        plan = held.plan(spans, now=float(i))
+        held.apply(plan)
+        assert held.bytes <= 2 * per_request and len(held.waiting) == min(i + 1, 2)
         if i >= 2:
-            assert len(ready) == 1 and next(iter(ready[0].values())).trace_id == rootless[i - 2][0].trace_id
+            assert [next(iter(t.values())).trace_id for t in plan.ready] == [rootless[i - 2][0].trace_id]
+        else:
+            assert plan.ready == []

@@ -23,9 +23,10 @@ from exporter.otlp.receiver import OtlpIngest
 from exporter.traces.aggregate import TraceAggregate
 from exporter.traces.assembly import StreamState, Trace
 from exporter.traces.check import state_checks
-from exporter.traces.checkpoint import STATE_VERSION, FileEntry, entries_to_json, read_snapshot
+from exporter.traces.checkpoint import STATE_VERSION, FileEntry, read_snapshot
 from exporter.traces.journal import apply_ordered, decode, encode, ordered_delta, read_journal
 from exporter.traces.source import bounds_ns
+from exporter.traces.store import Change, SectionChange
 from exporter.traces.tailer import JOURNAL_FILE, STATE_FILE, TailerSettings, TraceTailer
 from tests import tracegen
 from tests.otlp_payloads import T0, export_request, request_spans
@@ -37,9 +38,7 @@ B = bounds_ns(list(DEFAULT_STAGE_BUCKETS))
 
 def whole(t: TraceTailer) -> str:
     """What the whole-state write stored for the tailer's committed state, byte for byte."""
-    return json.dumps({"version": STATE_VERSION, "files": entries_to_json(t.entries),
-                       "streams": {k: s.to_json() for k, s in t.streams.items()},
-                       "aggregate": t.live.to_json(), "feeds": t.feeds}, separators=(",", ":"))
+    return json.dumps(t.aggregator.whole(), separators=(",", ":"))
 
 
 def _tailer(root: Path, bounds: tuple[int, ...] = B, **kw: Any) -> TraceTailer:
@@ -84,8 +83,8 @@ class Files:
 def test_replay_equals_the_whole_state_write_for_every_kind_of_commit(tmp_path: Path) -> None:
     files = Files(tmp_path)
     t = _tailer(tmp_path, child_hold_seconds=0.3)
-    t.journal_min_bytes = 0  # a new state file whenever the journal outgrows it: loads right after one too
-    otlp = OtlpIngest(t, 100, 60.0)
+    t.aggregator.store.journal_min_bytes = 0  # a new state file whenever the journal outgrows it: loads right after one too
+    otlp = OtlpIngest(t.aggregator, 60.0)
 
     def check() -> None:
         assert whole(_tailer(tmp_path, child_hold_seconds=0.3)) == whole(t)
@@ -118,7 +117,7 @@ def test_replay_equals_the_whole_state_write_for_every_kind_of_commit(tmp_path: 
         otlp.ingest(export_request(request_spans(T0 + i * 10**9, ensemble="ens" if i == 1 else None,
                                                  request_id=f"r{i}")))
         check()
-    assert t.feeds["otlp"]["seen"]
+    assert t.aggregator.producer("otlp")["seen_keys"]
     time.sleep(0.35)
     files.write()
     t.poll()  # the file, then the children that waited too long, counted without their parent
@@ -139,7 +138,7 @@ def test_a_journal_is_resumed_appended_to_and_folded_in_at_close(tmp_path: Path)
     files.write()
     t2.poll()
     assert t2.state_writes == {"journal": 1, "snapshot": 0}
-    assert read_journal(str(tmp_path / "state" / JOURNAL_FILE), t2._base).records[-1]["n"] == 3
+    assert read_journal(str(tmp_path / "state" / JOURNAL_FILE), t2.aggregator.store.base).records[-1]["number"] == 3
     assert whole(_tailer(tmp_path)) == whole(t2)
     t2.close()  # a clean stop: one state file, nothing to replay
     assert sorted(os.listdir(tmp_path / "state")) == [STATE_FILE]
@@ -243,12 +242,12 @@ def test_any_sequence_of_commits_loads_as_the_live_state(tmp_path: Path, ops: li
     root = tmp_path / str(data.draw(st.integers(0, 10**9)))
     min_bytes = data.draw(st.sampled_from([0, 400, 64 << 10]))  # new state files: always, now and then, never
     t = _tailer(root)
-    t.journal_min_bytes = min_bytes
+    t.aggregator.store.journal_min_bytes = min_bytes
     for kind, arg in ops:
         if kind == "agg":
-            t._commit(arg)
+            t.aggregator.commit(Change(arg))
         elif kind == "files":
-            t._commit(files=arg)
+            t.aggregator.commit(Change(files=arg))
         elif kind == "stream":
             base, (old_protocols, new_protocols), pending_ids = arg
             s = t.streams.get(base, StreamState()).copy()
@@ -256,16 +255,21 @@ def test_any_sequence_of_commits_loads_as_the_live_state(tmp_path: Path, ops: li
             s.protocols = dict(new_protocols) if set(s.protocols) == set(old_protocols) else dict(old_protocols)
             s.pending = OrderedDict((i, s.pending.get(i) or (Trace(i, "m", "1", None, 1, {"REQUEST_START": i}), 0.5))
                                     for i in pending_ids)
-            t._commit(streams={base: s})
-        elif kind == "feed":
+            t.aggregator.commit(Change(streams={base: s}))
+        elif kind == "feed":  # a section replaced; another trimmed and appended to, or reordered
             name, held, trim, chunks, shuffle = arg
-            seen = list(t.feeds.get(name, {}).get("seen", []))[trim:] + chunks
-            t._commit(feed=(name, {"held": held, "seen": seen[::-1] if shuffle else seen}))
+            seen = t.aggregator.producer(name).get("seen", {})
+            n = len(seen)
+            add = [(f"{n + i}.{c}", c) for i, c in enumerate(chunks)]
+            change = SectionChange(list(seen)[::-1], [(k, seen[k]) for k in list(seen)[::-1]] + add) if shuffle \
+                else SectionChange(min(trim, n), add)
+            t.aggregator.commit(Change(producers={name: {"held": SectionChange(0, [("x", held)], replace=True),
+                                                         "seen": change}}))
         elif kind == "nothing":
-            t._commit()
+            t.aggregator.commit(Change())
         else:
             t = _tailer(root)
-            t.journal_min_bytes = min_bytes
+            t.aggregator.store.journal_min_bytes = min_bytes
     assert whole(_tailer(root)) == whole(t)
 
 
@@ -280,7 +284,7 @@ from tests.test_state_journal import _tailer
 root = Path(sys.argv[1])
 t = _tailer(root)
 assert t.journal is not None and t.journal.records > 0
-t.journal_min_bytes = 0
+t.aggregator.store.journal_min_bytes = 0
 Journal.reset = lambda self: os.kill(os.getpid(), signal.SIGKILL)  # the new state file is written: die
 while True:
     t.poll()
@@ -304,7 +308,7 @@ def test_killed_between_the_new_state_file_and_the_journal_reset_counts_nothing_
     journal = read_journal(str(state / JOURNAL_FILE), base)
     assert not journal.damaged and journal.stale, "the old journal is still there, on top of the old state file"
     stale_records = [json.loads(line)["r"] for line in (state / JOURNAL_FILE).read_bytes().splitlines()[1:]]
-    assert len(stale_records) >= 2 and all("a" in rec for rec in stale_records)
+    assert len(stale_records) >= 2 and all("aggregate" in rec for rec in stale_records)
     with caplog.at_level(logging.INFO, logger="traces"):
         t2 = _tailer(tmp_path)
     assert any("written on top of an earlier state file" in r.getMessage() for r in caplog.records)
@@ -353,29 +357,64 @@ def test_a_cut_last_record_is_a_commit_that_never_happened(tmp_path: Path, cut: 
     assert whole(_tailer(tmp_path)) == whole(t2)
 
 
-@pytest.mark.parametrize("damage", ["flipped_byte", "duplicated_record", "garbage_line", "header"])
-def test_a_damaged_record_before_the_end_moves_the_state_aside(tmp_path: Path, damage: str,
-                                                               caplog: pytest.LogCaptureFixture) -> None:
-    _, journal, _ = _journal_with_records(tmp_path, 4)
-    lines = journal.read_bytes().splitlines(keepends=True)
+@pytest.mark.parametrize(("damage", "good"), [("flipped_byte", 1), ("duplicated_record", 2), ("garbage_line", 1),
+                                              ("deleted_record", 1), ("swapped_records", 1), ("header", 0)])
+def test_a_damaged_record_keeps_the_state_file_and_the_records_before_it(tmp_path: Path, damage: str, good: int,
+                                                                         caplog: pytest.LogCaptureFixture) -> None:
+    """One bad line in the middle of the journal: the snapshot and the `good` records before it are
+    kept, the journal goes aside, the files of the lost records are read again: nothing lost, nothing
+    counted twice."""
+    t, journal, _ = _journal_with_records(tmp_path, 4)
+    whole_lines = journal.read_bytes().splitlines(keepends=True)
+    lines = list(whole_lines)
     if damage == "flipped_byte":
         lines[2] = lines[2][:60] + (b"1" if lines[2][60:61] != b"1" else b"2") + lines[2][61:]
     elif damage == "duplicated_record":
         lines.insert(3, lines[2])
     elif damage == "garbage_line":
         lines.insert(2, b"\x00" * 40 + b"\n")
+    elif damage == "deleted_record":
+        del lines[2]
+    elif damage == "swapped_records":
+        lines[2], lines[3] = lines[3], lines[2]
     else:
         lines[0] = encode({"journal": 99, "base": "x"})
     journal.write_bytes(b"".join(lines))
     caplog.clear()
     with caplog.at_level(logging.ERROR, logger="traces"):
-        t = _tailer(tmp_path)
+        t2 = _tailer(tmp_path)
     state = tmp_path / "state"
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
-    assert len(errors) == 1 and "moved to" in errors[0] and "\n" not in errors[0], errors
-    assert sorted(os.listdir(state)) == [JOURNAL_FILE + ".corrupt", STATE_FILE + ".corrupt"]
-    assert sum(t.live.traces.values()) == 0 and not t.entries
-    _scrape_both(t)
+    assert len(errors) == 1 and f"the {good} good records" in errors[0] and "\n" not in errors[0], errors
+    assert sorted(os.listdir(state)) == [JOURNAL_FILE + ".corrupt", STATE_FILE]
+    # what the snapshot and the good records hold, loaded from an undamaged journal of just those
+    (tmp_path / "prefix" / "state").mkdir(parents=True)
+    (tmp_path / "prefix" / "state" / STATE_FILE).write_bytes((state / STATE_FILE).read_bytes())
+    (tmp_path / "prefix" / "state" / JOURNAL_FILE).write_bytes(b"".join(whole_lines[:good + 1]))
+    prefix = _tailer(tmp_path / "prefix")
+    assert counts(t2) == counts(prefix) and t2.entries == prefix.entries
+    assert len(t2.entries) == 1 + good and sum(t2.live.traces.values()) > 0
+    assert t2.poll() == 4 - good  # the files of the records set aside, read again
+    assert counts(t2) == counts(t) and t2.entries.keys() == t.entries.keys()
+    assert whole(_tailer(tmp_path)) == whole(t2)
+    _scrape_both(t2)
+
+
+def test_a_journal_of_newlines_is_judged_at_its_first_line_without_reading_it_whole(tmp_path: Path) -> None:
+    import resource
+
+    t, journal, _ = _journal_with_records(tmp_path, 2)
+    with open(journal, "ab") as f:
+        f.write(b"\n" * (50 << 20))
+    code = ("import json, resource, sys; sys.path.insert(0, sys.argv[2]); from pathlib import Path;"
+            "from tests.test_state_journal import _tailer; t = _tailer(Path(sys.argv[1]));"
+            "print(json.dumps([len(t.entries), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss]))")
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path), str(ROOT)], cwd=ROOT, capture_output=True,
+                       text=True, timeout=120)
+    entries, maxrss_kib = json.loads(r.stdout)
+    assert entries == len(t.entries) == 3  # the snapshot and both records kept
+    base_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # this test process: no 50 MB read either
+    assert maxrss_kib < 200 << 10 and maxrss_kib < base_kib + (40 << 10), (maxrss_kib, base_kib)
 
 
 def test_a_journal_beside_a_version_1_state_or_none_is_not_replayed(tmp_path: Path) -> None:
@@ -391,7 +430,7 @@ def test_a_journal_beside_a_version_1_state_or_none_is_not_replayed(tmp_path: Pa
     assert t1.poll() == 2 and counts(t1) == counts(t)  # the journal's two files read again, once
     assert t1.state_writes == {"journal": 1, "snapshot": 1}  # a new state file first, then the journal
     assert json.loads(state.read_text())["version"] == STATE_VERSION
-    assert len(read_journal(str(journal), t1._base).records) == 1
+    assert len(read_journal(str(journal), t1.aggregator.store.base).records) == 1
     files.write()
     t1.poll()
     state.unlink()
@@ -462,7 +501,7 @@ def test_a_commit_writes_its_change_not_the_whole_state(tmp_path: Path) -> None:
     t = _tailer(root)
     t.poll()  # one commit per file
     assert t.journal is not None
-    t.journal_min_bytes = 1 << 30  # this commit is a journal record, whatever the sizes
+    t.aggregator.store.journal_min_bytes = 1 << 30  # this commit is a journal record, whatever the sizes
     before = dict(t.state_written_bytes)
     size0 = t.journal.size
     tracegen.write_file(str(root / "a" / "trace.json.300"), list(tracegen.traces(3, start_id=10**6)))
@@ -471,11 +510,11 @@ def test_a_commit_writes_its_change_not_the_whole_state(tmp_path: Path) -> None:
     snapshot = len(whole(t))
     assert t.state_written_bytes["snapshot"] == before["snapshot"] and record == t.journal.size - size0
     assert record * 10 < snapshot, (record, snapshot)
-    rec = read_journal(str(root / "state" / JOURNAL_FILE), t._base).records[-1]
-    assert list(rec["f"]) == [str(root / "a" / "trace.json.300")]
+    rec = read_journal(str(root / "state" / JOURNAL_FILE), t.aggregator.store.base).records[-1]
+    assert list(rec["files"]) == [str(root / "a" / "trace.json.300")]
     # the commits of the 300 files: every one a journal record or (when the journal outgrew it) a state file
     assert sum(t.state_writes.values()) == 301 and t.state_writes["snapshot"] < 10
-    assert os.path.getsize(root / "state" / STATE_FILE) == t._snapshot_bytes
+    assert os.path.getsize(root / "state" / STATE_FILE) == t.aggregator.store.snapshot_bytes
     text, _ = _scrape_both(t)
     for kind in ("journal", "snapshot"):
         assert f'inference_profiler_state_writes_total{{kind="{kind}"}} {float(t.state_writes[kind])}' in text
@@ -558,21 +597,21 @@ def test_otlp_commits_write_the_span_ids_they_add_not_all_remembered(tmp_path: P
     """The receiver remembers the last 32,768 span ids, in chunks: a payload's record holds its
     new chunk and how many old ones went, and the window survives a restart exactly."""
     t = TraceTailer(TailerSettings([], str(tmp_path / "state"), B))
-    t.journal_min_bytes = 1 << 30  # all of it in the journal, to look at the records
-    otlp = OtlpIngest(t, 100, 60.0, seen_spans=3000)
+    t.aggregator.store.journal_min_bytes = 1 << 30  # all of it in the journal, to look at the records
+    otlp = OtlpIngest(t.aggregator, 60.0, seen_spans=3000)
     payloads = [export_request([s for r in range(40) for s in request_spans(T0 + (i * 40 + r) * 10**6,
                                                                                request_id=f"r{i}-{r}")])
                 for i in range(30)]
     for p in payloads:
         otlp.ingest(p)
     assert len(otlp.seen) >= 3000 and len(otlp.seen) < 3000 + 1024
-    records = read_journal(str(tmp_path / "state" / JOURNAL_FILE), t._base).records
+    records = read_journal(str(tmp_path / "state" / JOURNAL_FILE), t.aggregator.store.base).records
     assert len(records) == 29
-    assert all(len(json.dumps(r["feeds"])) < 3000 for r in records), "a record holds the whole id window"
-    assert any(r["feeds"]["otlp"]["l"]["seen"][0] > 0 for r in records), "old chunks never dropped"
+    assert all(len(json.dumps(r["producers"])) < 3000 for r in records), "a record holds the whole id window"
+    assert any(r["producers"]["otlp"]["seen_keys"]["drop"] > 0 for r in records), "old chunks never dropped"
     t2 = TraceTailer(TailerSettings([], str(tmp_path / "state"), B))
     assert whole(t2) == whole(t)
-    again = OtlpIngest(t2, 100, 60.0, seen_spans=3000)
+    again = OtlpIngest(t2.aggregator, 60.0, seen_spans=3000)
     assert again.seen == otlp.seen and again.chunks == otlp.chunks
     assert again.ingest(payloads[-1])[0] == 0 and again.spans["duplicate"] == 120  # remembered: not twice
     assert again.ingest(payloads[0])[0] == 120  # forgotten long ago: counted again
@@ -581,8 +620,16 @@ def test_otlp_commits_write_the_span_ids_they_add_not_all_remembered(tmp_path: P
 def test_otlp_state_written_before_chunks_is_read(tmp_path: Path) -> None:
     import base64
 
+    from exporter.traces.checkpoint import atomic_write_json
+
     ids = [os.urandom(8) for _ in range(2500)]
-    t = TraceTailer(TailerSettings([], str(tmp_path / "state"), B))
-    t._commit(feed=("otlp", {"held": [], "seen": base64.b64encode(b"".join(ids)).decode()}))
-    otlp = OtlpIngest(TraceTailer(TailerSettings([], str(tmp_path / "state"), B)), 100, 60.0)
-    assert list(otlp.seen) == ids and [n for _, n in otlp.chunks] == [1024, 1024, 452]
+    (tmp_path / "state").mkdir()
+    atomic_write_json(str(tmp_path / "state" / STATE_FILE), {  # a version-2 state: span ids alone, one string
+        "version": 2, "files": {}, "streams": {}, "aggregate": TraceAggregate(B).to_json(),
+        "feeds": {"otlp": {"held": [], "seen": base64.b64encode(b"".join(ids)).decode()}}})
+    otlp = OtlpIngest(TraceTailer(TailerSettings([], str(tmp_path / "state"), B)).aggregator, 60.0)
+    assert otlp.legacy == set(ids) and not otlp.seen
+    spans = request_spans(T0)
+    for s, i in zip(spans, ids[-3:], strict=True):
+        s.span_id = i  # resent from before the upgrade: still recognised
+    assert otlp.ingest(export_request(spans))[0] == 0 and otlp.spans["duplicate"] == 3

@@ -5,13 +5,12 @@ root: frontend events, repeated per response on streams), a span named after the
 (REQUEST_START, QUEUE_START, REQUEST_END and the triton.* attributes) and `compute` (the
 COMPUTE_* events). An ensemble step's model span is a child of the ensemble's model span.
 Spans are exported when they end and the root ends last, so a request's spans are
-complete when its root arrives; until then they are held (bounded in time and number).
+complete when its root arrives; until then they are held (held.py).
 """
 
 from __future__ import annotations
 
 import itertools
-from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -107,68 +106,10 @@ def _span(s: Any, reject: Reject, now_ns: int) -> Span | None:
     return Span(tid, sid, pid, str(s.name), attrs, events)
 
 
-# --- holding a request's spans until its root arrives ---------------------------------
+# --- a tree -> traces -------------------------------------------------------------------
 
 Tree = dict[bytes, Span]  # one OTel trace's spans by span id
-Held = OrderedDict[bytes, tuple[Tree, float]]  # trace id -> (spans, first arrival), oldest first
 
-
-def regroup(held: Held, spans: list[Span], now: float, hold_seconds: float, max_held_spans: int
-            ) -> tuple[Held, list[Tree]]:
-    """The new held set and the trees ready to count: those whose root arrived, those held
-    hold_seconds, and the oldest past max_held_spans. `held` itself is left untouched, so
-    the caller can drop the result when its commit fails."""
-    out: Held = OrderedDict(held)
-    touched: set[bytes] = set()
-    done: list[bytes] = []
-    for s in spans:
-        entry = out.get(s.trace_id)
-        if entry is None:
-            tree: Tree = {}
-            out[s.trace_id] = (tree, now)
-            touched.add(s.trace_id)
-        else:
-            tree = entry[0]
-            if s.trace_id not in touched:  # copy on write: `held` stays as it was
-                tree = dict(tree)
-                out[s.trace_id] = (tree, entry[1])
-                touched.add(s.trace_id)
-        tree[s.span_id] = s
-        if not s.parent_id:
-            done.append(s.trace_id)
-    ready = [out.pop(t)[0] for t in dict.fromkeys(done) if t in out]
-    ready.extend(expire(out, now, hold_seconds, max_held_spans))
-    return out, ready
-
-
-def expire(held: Held, now: float, hold_seconds: float, max_held_spans: int) -> list[Tree]:
-    """Trees (removed from `held`, in place) that waited too long or overflow the bound."""
-    out: list[Tree] = []
-    total = sum(len(t) for t, _ in held.values())
-    while held:
-        tid, (tree, since) = next(iter(held.items()))
-        if now - since < hold_seconds and total <= max_held_spans:
-            break
-        del held[tid]
-        total -= len(tree)
-        out.append(tree)
-    return out
-
-
-def held_to_json(held: Held) -> list[Any]:
-    return [[[s.to_json() for s in tree.values()], since] for tree, since in held.values()]
-
-
-def held_from_json(v: list[Any]) -> Held:
-    held: Held = OrderedDict()
-    for spans, since in v:
-        tree = {s.span_id: s for s in map(Span.from_json, spans)}
-        if tree:
-            held[next(iter(tree.values())).trace_id] = (tree, float(since))
-    return held
-
-
-# --- a tree -> traces -------------------------------------------------------------------
 
 def tree_traces(tree: Tree, ids: Iterator[int], reject: Reject) -> list[tuple[Trace, str]]:
     """One trace per model span, with its compute span's events and, for a top-level

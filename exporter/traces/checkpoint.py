@@ -13,15 +13,19 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import os
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from ..config import ConfigError
+from ..stages import COLUMN
+from .aggregate import RESPONSE_BOUNDS, TraceAggregate
+from .assembly import StreamState
 
 log = logging.getLogger("traces")
 
-STATE_VERSION = 2  # 2: with a checksum; 1 (none) is still read
+STATE_VERSION = 3  # 3: producers' sections; 2 (feeds) and 1 (no checksum) are still read
 HEAD_BYTES = 4096
 
 
@@ -118,9 +122,8 @@ def read_snapshot(path: str) -> tuple[dict[str, Any] | None, str, str]:
         return None, "not a JSON object", ""
     if v.get("version") == 1 and "checksum" not in v:  # written before states carried a checksum
         log.info("state file %s is of an earlier version (no checksum); it is read and rewritten", path)
-        v["version"] = STATE_VERSION
         return v, "", ""
-    if v.get("version") != STATE_VERSION:
+    if v.get("version") not in (2, STATE_VERSION):
         return None, f"unknown version {v.get('version')!r}, this exporter writes {STATE_VERSION}", ""
     checksum = v.pop("checksum", None)
     if checksum != _digest(v):
@@ -134,3 +137,73 @@ def entries_to_json(entries: dict[str, FileEntry]) -> dict[str, Any]:
 
 def entries_from_json(v: dict[str, Any]) -> dict[str, FileEntry]:
     return {p: FileEntry(**e) for p, e in v.items()}
+
+
+def check_state(agg: TraceAggregate, entries: dict[str, FileEntry], streams: dict[str, StreamState]) -> None:
+    """What from_json let through must still be what scrapes and polls rely on; ValueError if not."""
+
+    def label(v: object) -> None:
+        if not isinstance(v, str):
+            raise ValueError(f"label {v!r} is not a string")
+        v.encode("utf-8")  # a lone surrogate would fail every scrape
+
+    def count(v: object) -> None:
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            raise ValueError(f"count {v!r} is not a non-negative integer")
+
+    for hists, n_buckets in ((agg.histograms, len(agg.bounds_ns) + 1), (agg.responses, len(RESPONSE_BOUNDS) + 1)):
+        for key, h in hists.items():
+            for x in key:
+                label(x)
+            if len(h.counts) != n_buckets:
+                raise ValueError(f"histogram {key} has {len(h.counts)} buckets, not {n_buckets}")
+            for c in h.counts:
+                count(c)
+            count(h.count)
+            if not isinstance(h.total, int) or sum(h.counts) != h.count:
+                raise ValueError(f"histogram {key} counts do not add up")
+    for key, n in agg.timeline.items():
+        for x in key:
+            label(x)
+        count(n)
+    for key, n in agg.traces.items():
+        for x in key:
+            label(x)
+        count(n)
+    for counter in (agg.files, agg.rejected):
+        for k, n in counter.items():
+            label(k)
+            count(n)
+    for pair in agg.models:
+        for x in pair:
+            label(x)
+    for stage in agg.custom_stages:
+        label(stage)
+    if not math.isfinite(agg.last_ingest):
+        raise ValueError("last_ingest is not finite")
+    for p, e in entries.items():
+        label(p)
+        for number in (e.inode, e.size, e.mtime_ns, e.offset):
+            count(number)
+        if not isinstance(e.head, str) or not isinstance(e.complete, bool):
+            raise ValueError(f"file entry {p} has wrong types")
+    for s in streams.values():
+        for tid, code in s.protocols.items():
+            count(tid)
+            if code not in (0, 1, 2) or isinstance(code, bool):
+                raise ValueError(f"protocol code {code!r}")
+        for t, since in s.pending.values():
+            for text in (t.model, t.version, t.request_id):
+                if text is not None:
+                    label(text)
+            if t.parent_id is not None:
+                count(t.parent_id)
+            for name, ns in t.stamps.items():
+                if name not in COLUMN:
+                    raise ValueError(f"pending trace timestamp {name!r}")
+                count(ns)
+            for name, ns in t.extra:
+                label(name)
+                count(ns)
+            if not math.isfinite(since):
+                raise ValueError("pending since is not finite")

@@ -76,3 +76,13 @@ def _glob_to_regex(s: str) -> str:
         else:
             out.append(re.escape(ch))
     return "".join(out)
+
+
+def label_names(patterns: list[TracePattern]) -> list[str]:
+    """Every pattern's label names, each once, in the order the patterns name them."""
+    out: list[str] = []
+    for p in patterns:
+        for n in p.label_names:
+            if n not in out:
+                out.append(n)
+    return out

@@ -8,7 +8,9 @@ checksum, so after a compaction (a new snapshot) the old journal's records are n
 applied twice: the journal is ignored unless its base is the snapshot beside it.
 
 A last line that is incomplete or fails its checksum is a commit cut by a crash: that
-commit never happened. Any other line that does is damage.
+commit never happened. Any other line that does is damage: the records before it are
+good, it and the rest are set aside. Lines are read one at a time, so a journal of
+garbage costs one line's memory before it is judged.
 """
 
 from __future__ import annotations
@@ -21,11 +23,12 @@ import os
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 from .checkpoint import StateWriteError, write_durably
 
-JOURNAL_VERSION = 1
+JOURNAL_VERSION = 2  # 2: named fields; 1 (one-letter keys) is still read
+JOURNAL_VERSIONS = (1, 2)
 _HEAD = b'{"c":"'
 _MID = b'","r":'
 _BODY = len(_HEAD) + 32 + len(_MID)  # where a record's JSON starts in its line
@@ -59,37 +62,57 @@ class JournalRead:
     records: list[dict[str, Any]] = field(default_factory=list)
     stale: bool = False  # written on top of another snapshot (or none is left): ignored
     torn: bool = False  # the last line was cut by a crash: that commit never happened
-    damaged: str = ""  # why the journal cannot be trusted
+    damaged: str = ""  # why the records after `records` cannot be trusted
+    upgraded: bool = False  # written by an earlier version (records in its form)
 
 
 def read_journal(path: str, base: str) -> JournalRead:
-    """The records in path that apply on top of the snapshot whose checksum is base; reads only."""
+    """The records in path that apply on top of the snapshot whose checksum is base, judged line by
+    line: a damaged line ends the good records before it. Reads only, one line at a time."""
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        f = open(path, "rb")  # noqa: SIM115 (closed below, after the loop)
     except FileNotFoundError:
         return JournalRead()
     except OSError as e:
         return JournalRead(damaged=f"journal {path}: {e.strerror or e}")
-    *lines, cut = data.split(b"\n")
-    out = JournalRead(torn=bool(cut))  # bytes after the last newline: a record cut by a crash
-    if not lines:
-        return out if not cut else JournalRead(damaged=f"journal {path} has no valid header")
-    head = decode(lines[0] + b"\n")
-    if head is None or head.get("journal") != JOURNAL_VERSION or not isinstance(head.get("base"), str):
-        # created whole by a rename: a header that does not read is damage, not a cut write
-        return JournalRead(damaged=f"journal {path} has no valid header")
-    if head["base"] != base or not base:
-        return JournalRead(stale=True)
-    for i, line in enumerate(lines[1:], 1):
-        rec = decode(line + b"\n")
-        if rec is None and i == len(lines) - 1 and not cut:
-            out.torn = True  # the last line whole but wrong: its write was cut too
-            break
-        if rec is None or rec.get("n") != i:
-            return JournalRead(damaged=f"journal {path} line {i + 1} of {len(lines)} is damaged")
-        out.records.append(rec)
-    return out
+    with f:
+        first = f.readline()
+        if not first.endswith(b"\n"):  # created whole by a rename: a header cut short is damage
+            return JournalRead(damaged=f"journal {path} has no valid header") if first else JournalRead()
+        head = decode(first)
+        if head is None or head.get("journal") not in JOURNAL_VERSIONS or not isinstance(head.get("base"), str):
+            return JournalRead(damaged=f"journal {path} has no valid header")
+        if head["base"] != base or not base:
+            return JournalRead(stale=True)
+        out = JournalRead(upgraded=head["journal"] != JOURNAL_VERSION)
+        number = "number" if not out.upgraded else "n"
+        line = f.readline()
+        i = 1
+        while line:
+            nxt = f.readline()
+            if not line.endswith(b"\n"):
+                out.torn = True  # bytes after the last newline: a record cut by a crash
+                break
+            rec = decode(line)
+            if rec is None and not nxt:
+                out.torn = True  # the last line whole but wrong: its write was cut too
+                break
+            if rec is None or rec.get(number) != i:
+                lines = i + 1 + (nxt.count(b"\n") if nxt else 0) + _count_lines(f)
+                out.damaged = f"journal {path} line {i + 1} of {lines} is damaged"
+                break
+            out.records.append(rec)
+            line = nxt
+            i += 1
+        return out
+
+
+def _count_lines(f: BinaryIO) -> int:
+    """Newlines in the rest of f, a chunk at a time."""
+    n = 0
+    while chunk := f.read(1 << 20):
+        n += chunk.count(b"\n")
+    return n
 
 
 class Journal:

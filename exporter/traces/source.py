@@ -1,5 +1,6 @@
-"""The trace source: a tailer thread over trace files, the OTLP receiver if asked for,
-and their collectors; both feed the tailer's one aggregate."""
+"""The trace source: the aggregator and its state store, the tailer thread over trace files,
+and their collector. Other producers (the OTLP receiver) are peer sources handed
+`aggregator`; this package imports none of them."""
 
 from __future__ import annotations
 
@@ -8,11 +9,14 @@ import time
 
 from prometheus_client.registry import Collector
 
-from ..config import Config, ConfigError
+from ..config import Config
 from ..polling import PolledSource, PollThread
 from ..source import ErrorCounts
+from .aggregator import TraceAggregator
 from .checkpoint import StateWriteError
 from .collector import TraceCollector
+from .discovery import TracePattern, label_names
+from .store import StateStore
 from .tailer import TailerSettings, TraceTailer
 
 log = logging.getLogger("traces")
@@ -38,14 +42,17 @@ class TraceSource(PolledSource):
             window=cfg.trace_open_traces,
             child_hold_seconds=cfg.trace_child_hold_seconds,
         )
-        self.tailer = TraceTailer(settings, on_error=lambda reason: errors.inc("traces", reason))
+        on_error = lambda reason: errors.inc("traces", reason)  # noqa: E731
+        store = StateStore(settings.state_dir, settings.bounds_ns, on_error)
+        names = label_names([TracePattern(p) for p in settings.patterns])
+        self.aggregator = TraceAggregator(store, names, settings.max_models, on_error)
+        self.tailer = TraceTailer(settings, on_error, self.aggregator)
         self._backoff = 0.0
         self._retry_at = 0.0
-        self.thread = PollThread("trace-tailer", self._poll, cfg.trace_poll_seconds, self.tailer.on_error, log)
-        self.otlp = OtlpFeed(cfg, self.tailer) if cfg.otlp_listen else None
+        self.thread = PollThread("trace-tailer", self._poll, cfg.trace_poll_seconds, on_error, log)
 
     def collectors(self) -> list[Collector]:
-        return [TraceCollector(self.tailer), *(self.otlp.collectors() if self.otlp else [])]
+        return [TraceCollector(self.tailer)]
 
     def _poll(self) -> None:
         if self.tailer.state_error is not None and time.monotonic() < self._retry_at:
@@ -63,56 +70,11 @@ class TraceSource(PolledSource):
 
         log.info("trace scanner: %s", scanner_name(), extra={"fields": {"scanner": scanner_name()}})
         super().start()
-        if self.otlp is not None:
-            self.otlp.start()
 
     def stop(self) -> None:
-        if self.otlp is not None:
-            self.otlp.stop()
         super().stop()
-        self.tailer.close()
+        self.aggregator.close()
 
     def ready(self) -> bool:
         # not ready while the state cannot be written: nothing ingested would be kept
         return super().ready() and self.tailer.state_error is None
-
-
-class OtlpFeed:
-    """The OTLP receiver, its forwarder and the timer that counts requests whose root never came."""
-
-    def __init__(self, cfg: Config, tailer: TraceTailer) -> None:
-        from ..otlp.forward import Forwarder
-        from ..otlp.receiver import OtlpCollector, OtlpIngest, OtlpServer
-
-        self.ingest = OtlpIngest(tailer, cfg.max_models, cfg.otlp_hold_seconds)
-        self.forwarder = Forwarder(cfg.otlp_forward) if cfg.otlp_forward else None
-        ssl_context, auth = None, None
-        if cfg.web_config_file:
-            from ..webconfig import load_web_config
-
-            ssl_context, auth = load_web_config(cfg.web_config_file)
-        host, _, port = cfg.otlp_listen.rpartition(":")
-        try:
-            self.server = OtlpServer(self.ingest, host.strip("[]") or "0.0.0.0", int(port), self.forwarder,
-                                     ssl_context, auth)
-        except OSError as e:
-            raise ConfigError(f"cannot listen on {cfg.otlp_listen}: {e.strerror}; pick another --otlp-listen") from None
-        self.collector = OtlpCollector(self.ingest, self.forwarder)
-        # counts the requests whose root span never came, once they waited --otlp-hold-seconds
-        self.timer = PollThread("otlp-expire", self.ingest.expire, 1.0, tailer.on_error, log)
-
-    def collectors(self) -> list[Collector]:
-        return [self.collector]
-
-    def start(self) -> None:
-        if self.forwarder is not None:
-            self.forwarder.start()
-        self.server.start()
-        self.timer.start()
-        log.info("receiving OTLP traces on port %d (POST /v1/traces)", self.server.port)
-
-    def stop(self) -> None:
-        self.timer.stop(10.0)
-        self.server.stop()
-        if self.forwarder is not None:
-            self.forwarder.stop()

@@ -1,0 +1,195 @@
+"""The OTLP producer: decoded requests -> the traces of the requests they complete, handed to
+the trace aggregator with this producer's state change (held spans, the keys of recent spans),
+one commit per request, before the request is acknowledged."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import threading
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Iterator
+
+import numpy as np
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from ..traces.aggregator import TraceAggregator
+from ..traces.assembly import StreamState, Trace, TraceBatch, resolve
+from ..traces.pipeline import Batch, released
+from ..traces.store import Change, SectionChange
+from .held import MAX_HELD_BYTES, HeldSpans, HoldPlan
+from .spans import Reject, Span, Tree, new_ids, spans_of, tree_traces
+
+PRODUCER = "otlp"  # the name of this producer's sections in the trace state
+PATH = "/v1/traces"
+DRAIN_BYTES = 64 << 20  # a refused body is read away up to this, then the connection is closed
+SEEN_SPANS = 32_768  # (trace id, span id) keys remembered to recognise a resent batch (persisted)
+SEEN_CHUNK = 1024  # keys per persisted chunk: a commit adds chunks and drops the oldest, never rewrites
+SPAN_REJECTS = ("bad_span_id", "missing_attribute", "bad_label", "implausible_time")
+REQUEST_RESULTS = ("success", "partial", "malformed", "too_large", "unsupported_media_type",
+                   "unauthorized", "not_found", "failed")
+SPAN_RESULTS = ("accepted", "duplicate", "rejected")
+
+
+def span_key(s: Span) -> bytes:
+    """A span's identity: span ids are unique only within their trace (8 bytes, hashed)."""
+    return hashlib.blake2b(s.trace_id + s.span_id, digest_size=8).digest()
+
+
+def _ids(chunk: str) -> list[bytes]:
+    raw = base64.b64decode(chunk)
+    return [raw[i:i + 8] for i in range(0, len(raw), 8)]
+
+
+def _chunks(ids: list[bytes]) -> list[tuple[str, int]]:
+    return [(base64.b64encode(b"".join(ids[i:i + SEEN_CHUNK])).decode(), len(ids[i:i + SEEN_CHUNK]))
+            for i in range(0, len(ids), SEEN_CHUNK)]
+
+
+class OtlpIngest:
+    """The OTLP producer: decoded requests -> batches handed to the aggregator with this
+    producer's state change (held spans, remembered keys), one commit per request."""
+
+    def __init__(self, aggregator: TraceAggregator, hold_seconds: float, max_held_bytes: int = MAX_HELD_BYTES,
+                 seen_spans: int = SEEN_SPANS) -> None:
+        self.aggregator = aggregator
+        self.hold_seconds = hold_seconds
+        self.seen_spans = seen_spans
+        self.labels = [""] * len(aggregator.label_names)  # OTLP traces carry no file-pattern labels
+        with aggregator.lock:
+            state = aggregator.producer(PRODUCER)
+            self.holding, rewrite = HeldSpans.from_section(state.get("held", {}), hold_seconds, max_held_bytes)
+            # keys of the last seen_spans spans (and up to a chunk more), oldest first, as (base64, n) chunks
+            self.chunks = [(c, len(_ids(c))) for c in state.get("seen_keys", {}).values()]
+            self.next_chunk = 1 + max((int(k) for k in state.get("seen_keys", {})), default=-1)
+            # an earlier version remembered span ids alone: they count as seen until the window is full
+            self.legacy = {i for c in state.get("seen", {}).values() for i in _ids(c)}
+        self.seen: OrderedDict[bytes, None] = OrderedDict.fromkeys(i for c, _ in self.chunks for i in _ids(c))
+        self._rewrite: dict[str, SectionChange] = {"held": self.holding.section()} if rewrite else {}
+        self.lock = threading.Lock()  # the counters
+        self.state_lock = threading.Lock()  # one ingest at a time: held and seen change in order
+        self.requests: Counter[str] = Counter()
+        self.spans: Counter[str] = Counter()
+
+    @property
+    def held(self) -> OrderedDict[bytes, tuple[Tree, float]]:
+        return self.holding.waiting
+
+    def count_request(self, result: str) -> None:
+        with self.lock:
+            self.requests[result] += 1
+
+    def ingest(self, req: ExportTraceServiceRequest) -> tuple[int, int, str]:
+        """(new spans, rejected spans, why) of one request, committed; raises OSError when the
+        state cannot be written (nothing counted then)."""
+        with self.state_lock:
+            return self._ingest(req)
+
+    def _ingest(self, req: ExportTraceServiceRequest) -> tuple[int, int, str]:
+        now = time.time()
+        rejected: Counter[str] = Counter()
+        change = self.aggregator.change()
+        delta = change.delta
+        assert delta is not None
+
+        def reject(reason: str, n: int) -> None:
+            rejected[reason] += n
+            delta.reject(reason, n)
+
+        fresh: list[Span] = []
+        keys: list[bytes] = []
+        in_batch: set[bytes] = set()
+        duplicates = 0
+        for s in spans_of(req, reject, time.time_ns()):
+            k = span_key(s)
+            if k in self.seen or k in in_batch or s.span_id in self.legacy:
+                duplicates += 1
+                continue
+            in_batch.add(k)
+            keys.append(k)
+            fresh.append(s)
+        plan = self.holding.plan(fresh, now)
+        gone = self._commit(change, plan, now, reject, keys)
+        for k in keys:
+            self.seen[k] = None
+        for c, _ in gone:
+            for i in _ids(c):
+                self.seen.pop(i, None)
+        bad = sum(rejected[r] for r in SPAN_REJECTS)
+        with self.lock:
+            self.spans["accepted"] += len(fresh)
+            self.spans["duplicate"] += duplicates
+            self.spans["rejected"] += bad
+        why = ", ".join(f"{r}={rejected[r]}" for r in SPAN_REJECTS if rejected[r])
+        return len(fresh), bad, why
+
+    def expire(self) -> int:
+        """Count the requests that waited hold_seconds for their root; returns how many."""
+        with self.state_lock:
+            now = time.time()
+            plan = self.holding.plan_expiry(now)
+            if not plan.ready:
+                return 0
+            change = self.aggregator.change()
+            assert change.delta is not None
+            self._commit(change, plan, now, change.delta.reject, [])
+            return len(plan.ready)
+
+    def _commit(self, change: Change, plan: HoldPlan, now: float, reject: Reject,
+                keys: list[bytes]) -> list[tuple[str, int]]:
+        """The plan's ready requests counted, this producer's sections edited, as one commit; held
+        spans and remembered keys change only once it is durable. Returns the chunks of keys that
+        went."""
+        sections = {**self._rewrite, **plan.sections()}
+        # whole chunks go while the rest still hold seen_spans keys: the journal records only the
+        # chunks added and how many went
+        old = len(self.chunks)
+        chunks = self.chunks + _chunks(keys)
+        total = sum(n for _, n in chunks)
+        d = 0
+        while d < len(chunks) and total - chunks[d][1] >= self.seen_spans:
+            total -= chunks[d][1]
+            d += 1
+        added = [(str(self.next_chunk + i), c) for i, (c, _) in enumerate(chunks[old:]) if old + i >= d]
+        if d or added:
+            sections["seen_keys"] = SectionChange(min(d, old), added)
+        if self.legacy and total >= self.seen_spans:
+            sections["seen"] = SectionChange(replace=True)  # the window is full of keys: ids alone go
+        with self.aggregator.lock:
+            self.aggregator.observe(change, self._batches(plan.ready, now, reject, change), self.labels)
+            if sections:
+                change.producers[PRODUCER] = sections
+            self.aggregator.commit(change)
+        self._rewrite = {}
+        self.holding.apply(plan)
+        self.chunks = chunks[d:]
+        self.next_chunk += len(chunks) - old
+        if "seen" in sections:
+            self.legacy = set()
+        return chunks[:d]
+
+    @staticmethod
+    def _batches(trees: list[Tree], now: float, reject: Reject, change: Change) -> Iterator[Batch]:
+        """The same path as trace files from here: a batch and its protocols."""
+        ids = new_ids()
+        traces: list[Trace] = []
+        w3c: dict[int, str] = {}
+        for tree in trees:
+            for t, trace_id in tree_traces(tree, ids, reject):
+                traces.append(t)
+                w3c[t.id] = trace_id
+        if not traces:
+            return
+        assert change.delta is not None
+        change.delta.last_ingest = now  # TraceIngestionStalled watches OTLP-fed traces too
+        batch = TraceBatch.from_traces(traces)
+        batch.trace_ids = [w3c[i] for i in batch.ids.tolist()]
+        stream = StreamState()
+        by_id = {t.id: t for t in traces}
+        yield resolve(batch, stream, by_id.get, now, lambda t: None)
+        for b, c in released(stream, now, 0, force=True):  # a parent that never came: protocol none
+            b.trace_ids = [w3c[i] for i in b.ids.tolist()]
+            yield b, np.asarray(c, dtype=np.int8)
+
+
