@@ -7,7 +7,6 @@ import gzip
 import json
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from exporter.histogram import DEFAULT_STAGE_BUCKETS
 from exporter.traces.checkpoint import STATE_VERSION, atomic_write_json
 from exporter.traces.source import bounds_ns
+from exporter.traces.store import Change
 from exporter.traces.tailer import STATE_FILE, TailerSettings, TraceTailer
 from tests import tracegen
 from tests.test_hostile_traces import _scrape_both
@@ -283,7 +284,7 @@ def test_a_state_of_the_version_before_checksums_is_read_and_rewritten(tmp_path:
     t = _tailer(tmp_path, state)
     assert not (state / (STATE_FILE + ".corrupt")).exists()
     assert sum(t.live.traces.values()) == sum(n for _, n in good_state["aggregate"]["traces"]) > 0
-    t._commit()  # the next commit writes the current version, checksummed
+    t.aggregator.commit(Change())  # the next commit writes the current version, checksummed
     assert json.loads((state / STATE_FILE).read_text())["version"] == STATE_VERSION
     assert "checksum" in json.loads((state / STATE_FILE).read_text())
 

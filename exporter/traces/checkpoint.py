@@ -160,7 +160,8 @@ def check_state(agg: TraceAggregate, entries: dict[str, FileEntry], streams: dic
             for c in h.counts:
                 count(c)
             count(h.count)
-            if not isinstance(h.total, int) or sum(h.counts) != h.count:
+            count(h.total)  # a negative _sum fails the scrape
+            if sum(h.counts) != h.count:
                 raise ValueError(f"histogram {key} counts do not add up")
     for key, n in agg.timeline.items():
         for x in key:

@@ -176,6 +176,7 @@ class StateStore:
         self.journal: Journal | None = None
         self.base = ""  # checksum of the state file on disk, which the journal builds on; "": write one
         self.snapshot_bytes = 0
+        self.outdated = False  # the files on disk are of an earlier version or damaged: rewrite at close
         # what the state costs: writes and bytes, of journal records and of whole snapshots
         self.writes = {"journal": 0, "snapshot": 0}
         self.written_bytes = {"journal": 0, "snapshot": 0}
@@ -223,6 +224,7 @@ class StateStore:
                         "is read again)", jpath)
         if read.damaged:
             self._set_journal_aside(jpath, read.damaged, applied)
+        self.outdated = v["version"] != STATE_VERSION or read.upgraded or bool(read.damaged)
         # the next commit writes a whole state file first where the journal cannot simply go on: an earlier
         # version, other buckets, a cut record at the journal's end, a damaged journal
         if base and same_buckets and not read.torn and not read.damaged and not read.upgraded:
@@ -335,6 +337,7 @@ class StateStore:
         assert self.journal is not None and self.state_path is not None
         self.base, size = atomic_write_json(self.state_path, state)
         self.snapshot_bytes = size
+        self.outdated = False
         self.journal.reset()
         self.writes["snapshot"] += 1
         self.written_bytes["snapshot"] += size
@@ -343,7 +346,7 @@ class StateStore:
         """At a clean stop: fold the journal into the state file, so the next start replays nothing."""
         if self.journal is None:
             return
-        if self.journal.records and not failing:
+        if (self.journal.records or self.outdated) and not failing:
             try:
                 self.compact(state.to_json())
             except StateWriteError as e:

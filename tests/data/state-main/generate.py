@@ -1,8 +1,13 @@
-"""Write a state directory with main's code: trace files of two pods (ensemble children
+"""Run with the code of main before the aggregator/store split (`python generate.py CHECKOUT OUTDIR`):
+writes a state directory and expected.json. Written with main's code: trace files of two pods (ensemble children
 waiting across files), OTLP requests (some held), journal records on top of a snapshot."""
-import json, os, shutil, sys
+import json
+import os
+import shutil
+import sys
 from pathlib import Path
-sys.path.insert(0, sys.argv[1])
+
+sys.path.insert(0, sys.argv[1])  # the checkout of the version that writes the state
 from exporter.histogram import DEFAULT_STAGE_BUCKETS
 from exporter.otlp.receiver import OtlpIngest
 from exporter.traces.source import bounds_ns
@@ -10,7 +15,9 @@ from exporter.traces.tailer import TailerSettings, TraceTailer
 from tests import tracegen
 from tests.otlp_payloads import T0, export_request, request_spans
 
-out = Path(sys.argv[2]); work = Path("/tmp/structure/gen"); shutil.rmtree(work, ignore_errors=True)
+out = Path(sys.argv[2])
+work = Path("/tmp/structure/gen")
+shutil.rmtree(work, ignore_errors=True)
 for pod in "ab":
     (work / pod).mkdir(parents=True)
 objs = list(tracegen.traces(600, ensemble_every=3, models=("m1", "m2"), streaming_every=7))
