@@ -14,7 +14,7 @@ import os
 import types
 import typing
 from collections.abc import Mapping
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from .histogram import DEFAULT_STAGE_BUCKETS
@@ -290,13 +290,3 @@ def validate(cfg: Config) -> None:
         raise ConfigError("otlp_forward needs otlp_listen: only received OTLP payloads are forwarded")
     if cfg.web_config_file and not os.path.isfile(cfg.web_config_file):
         raise ConfigError(f"web_config_file {cfg.web_config_file} does not exist")
-
-
-def defaults() -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for f in fields(Config):
-        if f.default is not MISSING:
-            out[f.name] = f.default
-        elif f.default_factory is not MISSING:
-            out[f.name] = f.default_factory()
-    return out

@@ -5,7 +5,7 @@ was sent and what succeeded; `TrafficDriver` keeps a target rate in the backgrou
 (demo, benchmarks). Both count per (protocol, model), so a test can compare the
 exporter's counts with what it really sent. Beside plain `infer` over "http" and "grpc",
 a "protocol" here can be a streaming way of asking: a gRPC stream, HTTP generate_stream
-(server-sent events) or HTTP generate; `trace_protocol` says which frontend Triton traces.
+(server-sent events) or HTTP generate; Triton traces a "grpc..." one as grpc, the rest as http.
 """
 
 from __future__ import annotations
@@ -41,11 +41,6 @@ STREAM_TRAFFIC: tuple[Key, ...] = (
 TEXT_INPUT = "the quick brown fox jumps over the lazy dog"
 TOKENS = 8  # responses per streamed request
 TIMEOUT_SECONDS = 30.0
-
-
-def trace_protocol(protocol: str) -> str:
-    """The frontend protocol Triton's trace of such a request shows: 'http' or 'grpc'."""
-    return "grpc" if protocol.startswith("grpc") else "http"
 
 
 @dataclass(frozen=True)

@@ -313,7 +313,6 @@ ADVICE: dict[str, str] = {
     "socket_queue_high": "requests wait on the socket: more frontend threads (--http-thread-count)",
     "streaming_first_response_queued": "first response mostly queue: more instances",
 }
-RULE_NAMES = tuple(ADVICE)
 
 
 def diagnose(evidence: list[Evidence], t: Thresholds) -> list[Finding]:

@@ -7,8 +7,6 @@ from dataclasses import dataclass
 
 from .declaration import AttachMethod, ProgramDecl
 
-METHODS = ("tracepoint", "fentry", "kprobe")
-
 # Why one need is not met (None: met); exporter.ebpf.kernel.need_missing in the daemon.
 NeedCheck = Callable[[str], "str | None"]
 
