@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from exporter.diagnose import Evidence, ModelConfig, Thresholds, diagnose
+from exporter.diagnose.inputs import evidence_from_samples, parse_samples, sample_delta
 from exporter.diagnose.rules import (
     copy_rule,
     ensemble_rule,
@@ -20,7 +21,6 @@ from exporter.diagnose.rules import (
     socket_rule,
     streaming_rule,
 )
-from exporter.diagnose.sources import evidence_from_samples, parse_samples, sample_delta
 
 T = Thresholds()
 EPS = 1e-9

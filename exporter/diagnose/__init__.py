@@ -12,9 +12,7 @@ from typing import Any
 import yaml
 
 from .evidence import Evidence, ModelConfig
-from .report import as_json, print_report
-from .rules import Finding, Thresholds, diagnose
-from .sources import (
+from .inputs import (
     SourceError,
     evidence_from_groups,
     evidence_from_samples,
@@ -22,6 +20,8 @@ from .sources import (
     prometheus_window,
     triton_configs,
 )
+from .report import as_json, print_report
+from .rules import Finding, Thresholds, diagnose
 
 __all__ = ["Evidence", "Finding", "ModelConfig", "Thresholds", "diagnose", "gather", "run_diagnose"]
 

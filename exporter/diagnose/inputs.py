@@ -1,4 +1,4 @@
-"""Three ways to fill the Evidence: trace files (summary's collect()), a running exporter's
+"""The evidence inputs: three ways to fill the Evidence: trace files (summary's collect()), a running exporter's
 /metrics (two scrapes, the difference), and Prometheus (increase() over a range).
 
 The /metrics and Prometheus adapters both reduce to one list of samples that hold what
