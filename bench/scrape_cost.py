@@ -42,6 +42,7 @@ from exporter.server import MetricsServer
 from exporter.stages import STAGES
 from exporter.traces.aggregate import Exemplar, TraceAggregate
 from exporter.traces.collector import REJECT_REASONS, TraceCollector
+from exporter.traces.store import State
 from exporter.traces.tailer import TailerSettings, TraceTailer
 from exporter.triton.collector import TritonCollector
 from exporter.triton.metrics_text import STAGE_FAMILIES, parse_metrics_text
@@ -98,7 +99,7 @@ def ours(names: list[str]) -> CollectorRegistry:
                 for b in range(len(h.counts))}
     agg.files["parsed"] = 10
     agg.last_ingest = time.time()
-    tailer.live = agg
+    tailer.aggregator.state = State(agg)
 
     target = TritonTarget("http://" + TARGET, "http://127.0.0.1:8002/metrics", 2.0, cache_seconds=1e9)
     cfg = parse_model_config({"backend": "python", "max_batch_size": 8,

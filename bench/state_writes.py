@@ -10,7 +10,7 @@ rolling file sets: --files checkpoint entries, a protocol table per stream, the
 histograms of every series. Each contender then starts from that state written as a
 state file in bench/out/state-writes/ (a real disk, not tmpfs: fsync is part of the
 cost) and ingests the same --commits new files, one commit each. The whole-state write
-is the exporter's previous TraceTailer._commit, kept here as the baseline. Reported per
+is the exporter's commit before the journal, kept here as the baseline (WholeStateStore). Reported per
 commit: bytes written, wall time of the commit (serialising and fsync included), then
 the start-up time (state file plus journal replayed) and OTLP payloads with a full
 window of remembered span ids.
@@ -25,6 +25,7 @@ import shutil
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +34,10 @@ sys.path.insert(0, str(ROOT))
 
 from exporter.histogram import DEFAULT_STAGE_BUCKETS  # noqa: E402
 from exporter.otlp.receiver import OtlpIngest  # noqa: E402
-from exporter.traces.aggregate import TraceAggregate  # noqa: E402
-from exporter.traces.assembly import StreamState  # noqa: E402
-from exporter.traces.checkpoint import STATE_VERSION, FileEntry, atomic_write_json, entries_to_json  # noqa: E402
+from exporter.traces.aggregator import TraceAggregator  # noqa: E402
+from exporter.traces.discovery import TracePattern, label_names  # noqa: E402
 from exporter.traces.source import bounds_ns  # noqa: E402
+from exporter.traces.store import Change, State, StateStore  # noqa: E402
 from exporter.traces.tailer import TailerSettings, TraceTailer  # noqa: E402
 from tests import tracegen  # noqa: E402
 from tests.otlp_payloads import T0, export_request, request_spans  # noqa: E402
@@ -46,43 +47,32 @@ BOUNDS = bounds_ns(list(DEFAULT_STAGE_BUCKETS))
 MODELS = ("resnet50", "bert", "llama")
 
 
-class WholeStateTailer(TraceTailer):
+class WholeStateStore(StateStore):
     """The exporter before the journal: every commit writes the whole state."""
 
-    def _commit(self, delta: TraceAggregate | None = None, files: dict[str, FileEntry | None] | None = None,
-                streams: dict[str, StreamState] | None = None, feed: tuple[str, Any] | None = None) -> None:
-        agg = self.live.merged(delta) if delta is not None else self.live
-        entries = dict(self.entries)
-        for p, e in (files or {}).items():
-            if e is None:
-                entries.pop(p, None)
-            else:
-                entries[p] = e
-        new_streams = {**self.streams, **(streams or {})}
-        feeds = {**self.feeds, feed[0]: feed[1]} if feed is not None else self.feeds
-        assert self.state_path is not None
-        _, size = atomic_write_json(self.state_path, {
-            "version": STATE_VERSION, "files": entries_to_json(entries),
-            "streams": {k: s.to_json() for k, s in new_streams.items()},
-            "aggregate": agg.to_json(), "feeds": feeds})
-        self.state_writes["snapshot"] += 1
-        self.state_written_bytes["snapshot"] += size
-        self.live, self.entries, self.streams, self.feeds = agg, entries, new_streams, feeds
+    def write(self, record: dict[str, Any], whole: Callable[[], dict[str, Any]]) -> None:
+        self.compact(whole())
+
+
+class WholeStateTailer(TraceTailer):
+    def __init__(self, s: TailerSettings) -> None:
+        store = WholeStateStore(s.state_dir, s.bounds_ns)
+        super().__init__(s, aggregator=TraceAggregator(store, label_names([TracePattern(p) for p in s.patterns])))
 
 
 class Timed:
-    """Wall time of each _commit of a tailer."""
+    """Wall time of each commit of a tailer's aggregator."""
 
     def __init__(self, t: TraceTailer) -> None:
         self.seconds: list[float] = []
-        inner = t._commit
+        inner = t.aggregator.commit
 
         def timed(*a: Any, **kw: Any) -> None:
             t0 = time.perf_counter()
             inner(*a, **kw)
             self.seconds.append(time.perf_counter() - t0)
 
-        t._commit = timed  # type: ignore[method-assign]
+        t.aggregator.commit = timed  # type: ignore[method-assign]
 
 
 def write_files(root: Path, pods: int, start: int, n: int, traces_per: int, seed: int) -> None:
@@ -104,9 +94,9 @@ def run(cls: type[TraceTailer], base: TraceTailer, root: Path, state: Path, firs
     """From the built state, ingest the new files one commit at a time."""
     shutil.rmtree(state, ignore_errors=True)
     t = cls(settings(root, state))
-    t.live, t.entries, t.streams = base.live, dict(base.entries), dict(base.streams)
+    t.aggregator.state = State(base.live, dict(base.entries), dict(base.streams))
     t.stream_labels = dict(base.stream_labels)
-    t._commit()  # the starting point: one state file
+    t.aggregator.commit(Change())  # the starting point: one state file
     start = os.path.getsize(state / "traces-state.json")
     writes0, bytes0 = sum(t.state_writes.values()), sum(t.state_written_bytes.values())
     timed = Timed(t)
