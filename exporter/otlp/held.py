@@ -75,25 +75,29 @@ class HeldSpans:
         """The new spans placed: requests whose root came are ready, with a root that came before
         them too; the rest held, and the oldest past the budget or hold_seconds ready as they are."""
         p = HoldPlan()
+        added: dict[bytes, list[Span]] = {}  # the spans new to each entry: sized only if it stays held
+        rooted: set[bytes] = set()
         for s in spans:
             e = p.held.get(s.trace_id)
             if e is None:
                 old = self.entries.get(s.trace_id)
                 e = Entry({}, now, 0) if old is None else Entry(dict(old.tree), old.since, old.size, old.root_only)
                 p.held[s.trace_id] = e
+                added[s.trace_id] = []
             if s.span_id not in e.tree:
-                e.size += span_bytes(s)
+                added[s.trace_id].append(s)
             e.tree[s.span_id] = s
-        for tid in list(p.held):
-            e = p.held[tid]
-            if all(s.parent_id for s in e.tree.values()):
-                continue  # no root yet
-            e.root_only = len(e.tree) == 1  # the root alone: its children are still to come
-            if not e.root_only:
+            if not s.parent_id:
+                rooted.add(s.trace_id)
+        for tid, e in list(p.held.items()):
+            if (tid in rooted or e.root_only) and len(e.tree) > 1:  # the root and more: complete
                 p.ready.append(e.tree)
                 del p.held[tid]
                 if tid in self.entries:
                     p.gone.append(tid)
+                continue
+            e.root_only = tid in rooted  # the root alone: its children are still to come
+            e.size += sum(span_bytes(s) for s in added[tid])
         self._bound(p, now)
         return p
 
