@@ -13,9 +13,16 @@ from .triton.check import triton_checks
 
 
 def config_check(cfg: Config) -> Iterable[CheckResult]:
+    from .config import ConfigError
+    from .startup import check_files
+
+    try:
+        check_files(cfg)
+    except ConfigError as e:
+        yield CheckResult("config", "fail", str(e))
+        return
     yield CheckResult("config", "pass", f"valid (listen {cfg.listen}, state dir {cfg.state_dir})")
     if cfg.web_config_file:
-        from .config import ConfigError
         from .webconfig import load_web_config
 
         try:

@@ -7,7 +7,7 @@ Errors are `ConfigError` with one line saying what is wrong and how to fix it.
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import itertools
 import math
 import os
@@ -18,7 +18,6 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from .histogram import DEFAULT_STAGE_BUCKETS
-from .traces.pipeline import WINDOW
 from .yamlfile import load_mapping
 
 ENV_PREFIX = "INFPROF_"
@@ -26,6 +25,11 @@ ENV_PREFIX = "INFPROF_"
 # switch that turns skips of real-part tests into failures, and the scanner override
 NOT_KEYS = frozenset({"config", "require", "pure_python_scanner"})
 MAX_EBPF_SOCKETS = 1 << 22  # ~4M sockets: about 470 MB of kernel memory for the map (112 B each)
+OPEN_TRACES = 16384  # traces held open while a file streams (the trace pipeline's default window)
+MAX_BUCKET_SECONDS = 1e6  # ~11.6 days: bounds in ns must fit the int64 stage math with room to spare
+MAX_OPEN_TRACES = 1_000_000  # the scanner allocates this many slots up front
+MAX_POLL_SECONDS = 86400.0
+MIN_POLL_SECONDS = 0.01  # below this a poll loop is a busy loop
 
 
 class ConfigError(Exception):
@@ -39,8 +43,11 @@ def default_state_dir() -> str:
     return os.path.join(base, "inference-profiler")
 
 
-def _opt(default: Any, help: str, *, metavar: str | None = None, choices: tuple[str, ...] = ()) -> Any:
-    meta = {"help": help, "metavar": metavar, "choices": choices}
+def _opt(default: Any, help: str, *, metavar: str | None = None, choices: tuple[str, ...] = (),
+         low: float | None = None, high: float | None = None) -> Any:
+    """A config field: its help, metavar, choices and bounds (low..high, inclusive; for a list, of
+    each item) in one place; validate() checks them all the same way."""
+    meta = {"help": help, "metavar": metavar, "choices": choices, "low": low, "high": high}
     if isinstance(default, list):
         items: list[Any] = list(default)
         return field(default_factory=items.copy, metadata=meta)
@@ -63,22 +70,24 @@ class Config:
     triton_metrics_url: list[str] = _opt(
         [], "Triton /metrics URL per --triton (default: port 8002 of the same host)", metavar="URL"
     )
-    triton_timeout_seconds: float = _opt(2.0, "timeout of one Triton scrape (keep below Prometheus' scrape_timeout)")
-    triton_cache_seconds: float = _opt(1.0, "answers from Triton are reused for this long")
+    triton_timeout_seconds: float = _opt(2.0, "timeout of one Triton scrape (keep below Prometheus' scrape_timeout)",
+                                         low=0.0)
+    triton_cache_seconds: float = _opt(1.0, "answers from Triton are reused for this long", low=0.0)
     triton_passthrough: bool = _opt(False, "also expose Triton's raw nv_* families")
     triton_max_response_bytes: int = _opt(32 * 1024 * 1024, "largest answer read from Triton (/metrics, "
-                                          "statistics, a config); a larger one is refused")
+                                          "statistics, a config); a larger one is refused", low=1024)
     triton_max_series: int = _opt(20000, "most series kept from one Triton's /metrics; families past it "
-                                  "are dropped")
+                                  "are dropped", low=1)
     ebpf: str = _opt("auto", "eBPF TCP collection: auto runs it where the kernel allows", choices=("auto", "on", "off"))
-    ebpf_port: list[int] = _opt([8000, 8001], "Triton port watched by eBPF (repeatable)", metavar="N")
+    ebpf_port: list[int] = _opt([8000, 8001], "Triton port watched by eBPF (repeatable)", metavar="N", low=1,
+                                high=65535)
     ebpf_attach: str = _opt("auto", "eBPF attach method: auto takes the first the kernel allows",
                             choices=("auto", "tracepoint", "fentry", "kprobe"))
     ebpf_metric: list[str] = _opt([], "eBPF family to collect (repeatable; default every one): the programs and "
                                   "the optional hooks no chosen family needs are not compiled",
                                   metavar="NAME")
     ebpf_max_sockets: int = _opt(65536, "sockets on the watched ports followed at once by eBPF (its map size); "
-                                 "past it new connections count bytes only")
+                                 "past it new connections count bytes only", low=1, high=MAX_EBPF_SOCKETS)
     kubernetes: str = _opt("auto", "label eBPF series with the namespace, pod and container owning the socket, "
                            "from the node's files (auto: where --container-log-dir exists)",
                            choices=("auto", "on", "off"))
@@ -87,28 +96,30 @@ class Config:
     cgroup_root: str = _opt("/sys/fs/cgroup", "the cgroup v2 mount (a hybrid host's unified/ is found by itself)",
                             metavar="DIR")
     kubernetes_refresh_seconds: float = _opt(10.0, "an unknown cgroup id or container is looked up again at most "
-                                             "this often")
+                                             "this often", low=0.0)
     kubernetes_forget_seconds: float = _opt(300.0, "the eBPF series of a pod are deleted once its cgroup has been "
-                                            "gone this long")
+                                            "gone this long", low=0.0)
     perf_analyzer_csv: list[str] = _opt([], "perf_analyzer -f result file to expose (repeatable, globs)", metavar="PATH")
-    perf_analyzer_poll_seconds: float = _opt(5.0, "how often perf_analyzer CSV globs are re-read for new or rewritten files")
+    perf_analyzer_poll_seconds: float = _opt(5.0, "how often perf_analyzer CSV globs are re-read for new or "
+                                             "rewritten files", low=MIN_POLL_SECONDS, high=MAX_POLL_SECONDS)
     stage_buckets: list[float] = _opt(list(DEFAULT_STAGE_BUCKETS), "stage histogram bucket bounds in seconds")
     max_models: int = _opt(100, "cap on distinct (model, version) pairs per source (trace files; each Triton "
-                           "target): past it they are left out, counted")
-    trace_poll_seconds: float = _opt(0.25, "how often trace directories are scanned")
+                           "target): past it they are left out, counted", low=1)
+    trace_poll_seconds: float = _opt(0.25, "how often trace directories are scanned", low=MIN_POLL_SECONDS,
+                                     high=MAX_POLL_SECONDS)
     trace_settle_seconds: float = _opt(
-        10.0, "a trace file left incomplete this long is ingested as far as it is valid"
+        10.0, "a trace file left incomplete this long is ingested as far as it is valid", low=0.0
     )
     trace_delete_ingested: bool = _opt(False, "delete trace files once ingested (retention)")
     trace_keep_bytes: int = _opt(
         0, "keep at most this many bytes of trace files per trace file set, deleting the oldest "
-        "ingested ones (retention; 0: no limit)", metavar="N"
+        "ingested ones (retention; 0: no limit)", metavar="N", low=0
     )
     trace_open_traces: int = _opt(
-        WINDOW, "traces held open while a file streams; bounds memory on huge files"
+        OPEN_TRACES, "traces held open while a file streams; bounds memory on huge files", low=1, high=MAX_OPEN_TRACES
     )
     trace_child_hold_seconds: float = _opt(
-        30.0, "how long an ensemble/BLS child waits for its parent's protocol in a later file"
+        30.0, "how long an ensemble/BLS child waits for its parent's protocol in a later file", low=0.0
     )
     otlp_listen: str = _opt(
         "", "receive OTLP/HTTP traces (POST /v1/traces) from Triton's --trace-config mode=opentelemetry; "
@@ -116,7 +127,7 @@ class Config:
     otlp_forward: list[str] = _opt(
         [], "pass every accepted OTLP payload on, unchanged, to this trace backend URL (repeatable)", metavar="URL")
     otlp_hold_seconds: float = _opt(
-        60.0, "how long a request's spans wait for its root span (a gRPC stream's comes when it closes)")
+        60.0, "how long a request's spans wait for its root span (a gRPC stream's comes when it closes)", low=0.0)
     web_config_file: str = _opt("", "TLS and basic auth for the endpoint (exporter-toolkit web config)", metavar="FILE")
     log_level: str = _opt("info", "log level", choices=("debug", "info", "warning", "error"))
     log_format: str = _opt("text", "log line format", choices=("text", "json"))
@@ -203,15 +214,9 @@ def build(file_values: Mapping[str, Any], env: Mapping[str, str], flag_values: M
     for k, v in flag_values.items():
         if v is not None:
             values[k] = coerce(k, v, f"--{k.replace('_', '-')}")
-    cfg = Config(**values)
+    cfg = normalize(Config(**values))
     validate(cfg)
     return cfg
-
-
-MAX_BUCKET_SECONDS = 1e6  # ~11.6 days: bounds in ns must fit the int64 stage math with room to spare
-MAX_OPEN_TRACES = 1_000_000  # the scanner allocates this many slots up front
-MAX_POLL_SECONDS = 86400.0
-MIN_POLL_SECONDS = 0.01  # below this a poll loop is a busy loop
 
 
 def _check_text(cfg: Config) -> None:
@@ -226,7 +231,31 @@ def _check_text(cfg: Config) -> None:
                     raise ConfigError(f"{f.name} is not valid UTF-8 text: {item.encode('utf-8', 'replace')!r}") from None
 
 
+def normalize(cfg: Config) -> Config:
+    """The config as the sources read it: `triton: none` is no target, family names without the prefix."""
+    triton = [] if any(t.strip().lower() == "none" for t in cfg.triton) else list(cfg.triton)
+    metrics = [m.removeprefix("inference_profiler_") for m in cfg.ebpf_metric]
+    return dataclasses.replace(cfg, triton=triton, ebpf_metric=metrics)
+
+
+def _check_bounds(cfg: Config) -> None:
+    """Each field's bounds from its metadata: durations finite and not negative, numbers in range."""
+    for f in fields(Config):
+        low, high = f.metadata.get("low"), f.metadata.get("high")
+        if low is None and high is None:
+            continue
+        v = getattr(cfg, f.name)
+        for x in v if isinstance(v, list) else [v]:
+            if not math.isfinite(x) or (high is None and low == 0 and x < 0):
+                unit = " of seconds" if f.name.endswith("_seconds") else ""
+                raise ConfigError(f"{f.name} must be a finite number{unit}, not negative, got {x!r}")
+            if (low is not None and x < low) or (high is not None and x > high):
+                want = f"between {low:g} and {high:g}" if high is not None else f"at least {low:g}"
+                raise ConfigError(f"{f.name} must be {want}, got {x!r}")
+
+
 def validate(cfg: Config) -> None:
+    """ConfigError for the first value that is wrong; reads only (no files, no changes)."""
     _check_text(cfg)
     _host, sep, port = cfg.listen.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
@@ -235,25 +264,12 @@ def validate(cfg: Config) -> None:
         choices = k.metadata.get("choices")
         if choices and getattr(cfg, k.name) not in choices:
             raise ConfigError(f"{k.name} must be one of {', '.join(choices)}, got {getattr(cfg, k.name)!r}")
-    if any(t.strip().lower() == "none" for t in cfg.triton):
-        cfg.triton = []
+    _check_bounds(cfg)
     for url in cfg.triton + cfg.triton_metrics_url:
         if not url.startswith(("http://", "https://")):
             raise ConfigError(f"Triton URL must start with http:// or https://, got {url!r}")
     if cfg.triton_metrics_url and len(cfg.triton_metrics_url) != len(cfg.triton):
         raise ConfigError("give one --triton-metrics-url per --triton, in the same order")
-    for p in cfg.ebpf_port:
-        if not 0 < p < 65536:
-            raise ConfigError(f"ebpf_port must be a TCP port (1-65535), got {p}")
-    cfg.ebpf_metric = [m.removeprefix("inference_profiler_") for m in cfg.ebpf_metric]
-    if cfg.ebpf_metric:
-        from .ebpf.declaration import DeclarationError, metric_programs, unknown_metrics
-
-        with contextlib.suppress(DeclarationError):  # a broken bpf/ is reported where it is loaded
-            if why := unknown_metrics(cfg.ebpf_metric, metric_programs()):
-                raise ConfigError(why)
-    if not 1 <= cfg.ebpf_max_sockets <= MAX_EBPF_SOCKETS:
-        raise ConfigError(f"ebpf_max_sockets must be 1-{MAX_EBPF_SOCKETS}, got {cfg.ebpf_max_sockets}")
     b = cfg.stage_buckets
     if not b or any(not math.isfinite(x) or x <= 0 for x in b) or any(b2 <= b1 for b1, b2 in itertools.pairwise(b)):
         raise ConfigError("stage_buckets must be finite, positive and strictly increasing")
@@ -262,22 +278,6 @@ def validate(cfg: Config) -> None:
     ns = [round(x * 1e9) for x in b]
     if any(n2 <= n1 for n1, n2 in itertools.pairwise(ns)) or ns[0] < 1:
         raise ConfigError("stage_buckets must differ by at least a nanosecond")
-    if cfg.max_models < 1:
-        raise ConfigError("max_models must be at least 1")
-    if cfg.triton_max_response_bytes < 1024 or cfg.triton_max_series < 1:
-        raise ConfigError("triton_max_response_bytes must be at least 1024 and triton_max_series at least 1")
-    for k in ("triton_timeout_seconds", "triton_cache_seconds", "trace_poll_seconds", "trace_settle_seconds",
-              "perf_analyzer_poll_seconds", "trace_child_hold_seconds", "otlp_hold_seconds",
-              "kubernetes_refresh_seconds", "kubernetes_forget_seconds"):
-        v = getattr(cfg, k)
-        if not math.isfinite(v) or v < 0:
-            raise ConfigError(f"{k} must be a finite number of seconds, not negative, got {v!r}")
-    for k in ("trace_poll_seconds", "perf_analyzer_poll_seconds"):
-        if not MIN_POLL_SECONDS <= getattr(cfg, k) <= MAX_POLL_SECONDS:
-            raise ConfigError(f"{k} must be between {MIN_POLL_SECONDS} and {MAX_POLL_SECONDS:g}, "
-                              f"got {getattr(cfg, k)!r}")
-    if not 1 <= cfg.trace_open_traces <= MAX_OPEN_TRACES:
-        raise ConfigError(f"trace_open_traces must be between 1 and {MAX_OPEN_TRACES}, got {cfg.trace_open_traces}")
     if cfg.otlp_listen:
         _h, sep, port = cfg.otlp_listen.rpartition(":")
         if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
@@ -288,5 +288,4 @@ def validate(cfg: Config) -> None:
                               f"got {url!r}")
     if cfg.otlp_forward and not cfg.otlp_listen:
         raise ConfigError("otlp_forward needs otlp_listen: only received OTLP payloads are forwarded")
-    if cfg.web_config_file and not os.path.isfile(cfg.web_config_file):
-        raise ConfigError(f"web_config_file {cfg.web_config_file} does not exist")
+

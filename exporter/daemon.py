@@ -15,6 +15,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from .config import Config, ConfigError
 from .server import MetricsServer
 from .source import ErrorCounts, SelfCollector, Source
+from .startup import check_files
 
 log = logging.getLogger("daemon")
 
@@ -56,6 +57,7 @@ def release_freed_heap() -> None:
 class Daemon:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
+        check_files(cfg)  # what the config names on this machine: once, at start-up
         self.errors = ErrorCounts()
         # our collectors describe() themselves; ProcessCollector is described by one cheap collect()
         self.registry = CollectorRegistry(auto_describe=True)

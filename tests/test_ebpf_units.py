@@ -256,5 +256,5 @@ def test_no_code_of_histogram_yaml_is_defined_by_hand_in_bpf() -> None:
 def test_socket_map_size_outside_its_range_is_one_line_config_error(n: int) -> None:
     from exporter.config import ConfigError, build
 
-    with pytest.raises(ConfigError, match=r"^ebpf_max_sockets must be 1-4194304, got "):
+    with pytest.raises(ConfigError, match=r"^ebpf_max_sockets must be between 1 and 4194304, got "):
         build({}, {}, {"ebpf_max_sockets": n})

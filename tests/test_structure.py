@@ -81,3 +81,36 @@ def test_a_state_written_before_the_split_loads_with_its_counts(tmp_path: Path) 
     otlp2 = OtlpIngest(t2.aggregator, 10**9)
     check(t2, otlp2)
     assert otlp2.held.keys() == otlp.held.keys()
+
+
+def test_config_imports_no_source_package() -> None:
+    sources = ("exporter.traces", "exporter.otlp", "exporter.ebpf", "exporter.triton")
+    assert sorted(m for m in _imports(PACKAGE / "config.py") if m.startswith(sources)) == []
+
+
+def test_validation_changes_nothing_and_reads_no_file(tmp_path: Path) -> None:
+    """Normalising is its own step; validate() reads values only: files it names are checked at start-up."""
+    import dataclasses
+
+    import pytest
+
+    from exporter.config import Config, ConfigError, build, normalize, validate
+    from exporter.startup import check_files
+
+    raw = Config(triton=["None"], ebpf_metric=["inference_profiler_tcp_bytes"],
+                 web_config_file=str(tmp_path / "absent.yml"))
+    before = dataclasses.asdict(raw)
+    cfg = normalize(raw)
+    assert dataclasses.asdict(raw) == before  # a new config, the given one untouched
+    assert cfg.triton == [] and cfg.ebpf_metric == ["tcp_bytes"]
+    validate(cfg)  # the missing file is not validation's business
+    assert dataclasses.asdict(cfg) == dataclasses.asdict(normalize(raw))
+    with pytest.raises(ConfigError, match="web_config_file .*absent.yml does not exist"):
+        check_files(cfg)
+    with pytest.raises(ConfigError, match="^ebpf_metric 'nope' is not an eBPF family"):
+        check_files(build({}, {}, {"ebpf_metric": ["nope"]}))
+    # the bounds live beside the help: every bounded field says so in its metadata
+    bounded = {f.name for f in dataclasses.fields(Config) if f.metadata.get("low") is not None}
+    assert {"trace_poll_seconds", "ebpf_max_sockets", "trace_open_traces", "ebpf_port", "max_models"} <= bounded
+    with pytest.raises(ConfigError, match="^ebpf_port must be between 1 and 65535, got 0$"):
+        build({}, {}, {"ebpf_port": [8000, 0]})

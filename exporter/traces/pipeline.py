@@ -11,12 +11,13 @@ from typing import BinaryIO
 import numpy as np
 import numpy.typing as npt
 
+from ..config import OPEN_TRACES
 from ..stages import Protocol
 from .assembly import StreamState, Trace, TraceBatch, release_pending, resolve
 from .records import ReadResult, RejectFn
 from .scanner import FileScan
 
-WINDOW = 16384  # traces held open while a file streams: bounds memory on huge files
+WINDOW = OPEN_TRACES  # traces held open while a file streams: bounds memory on huge files
 CHILD_HOLD_SECONDS = 30.0  # how long an ensemble child waits for its parent's protocol
 
 Batch = tuple[TraceBatch, npt.NDArray[np.int8]]
