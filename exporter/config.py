@@ -238,6 +238,10 @@ def normalize(cfg: Config) -> Config:
     return dataclasses.replace(cfg, triton=triton, ebpf_metric=metrics)
 
 
+def _num(x: float | None) -> str:
+    return str(int(x)) if x is not None and float(x).is_integer() else f"{x:g}"
+
+
 def _check_bounds(cfg: Config) -> None:
     """Each field's bounds from its metadata: durations finite and not negative, numbers in range."""
     for f in fields(Config):
@@ -250,7 +254,7 @@ def _check_bounds(cfg: Config) -> None:
                 unit = " of seconds" if f.name.endswith("_seconds") else ""
                 raise ConfigError(f"{f.name} must be a finite number{unit}, not negative, got {x!r}")
             if (low is not None and x < low) or (high is not None and x > high):
-                want = f"between {low:g} and {high:g}" if high is not None else f"at least {low:g}"
+                want = f"between {_num(low)} and {_num(high)}" if high is not None else f"at least {_num(low)}"
                 raise ConfigError(f"{f.name} must be {want}, got {x!r}")
 
 
