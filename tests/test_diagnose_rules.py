@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from exporter.diagnose import Evidence, ModelConfig, Thresholds, diagnose
-from exporter.diagnose.inputs import evidence_from_samples, parse_samples, sample_delta
+from exporter.diagnose.evidence_inputs import evidence_from_samples, parse_samples, sample_delta
 from exporter.diagnose.rules import (
     copy_rule,
     ensemble_rule,

@@ -105,12 +105,12 @@ def test_validation_changes_nothing_and_reads_no_file(tmp_path: Path) -> None:
     assert cfg.triton == [] and cfg.ebpf_metric == ["tcp_bytes"]
     validate(cfg)  # the missing file is not validation's business
     assert dataclasses.asdict(cfg) == dataclasses.asdict(normalize(raw))
-    with pytest.raises(ConfigError, match="web_config_file .*absent.yml does not exist"):
+    with pytest.raises(ConfigError, match=r"web_config_file .*absent\.yml does not exist"):
         check_files(cfg)
-    with pytest.raises(ConfigError, match="^ebpf_metric 'nope' is not an eBPF family"):
+    with pytest.raises(ConfigError, match=r"^ebpf_metric 'nope' is not an eBPF family"):
         check_files(build({}, {}, {"ebpf_metric": ["nope"]}))
     # the bounds live beside the help: every bounded field says so in its metadata
     bounded = {f.name for f in dataclasses.fields(Config) if f.metadata.get("low") is not None}
     assert {"trace_poll_seconds", "ebpf_max_sockets", "trace_open_traces", "ebpf_port", "max_models"} <= bounded
-    with pytest.raises(ConfigError, match="^ebpf_port must be between 1 and 65535, got 0$"):
+    with pytest.raises(ConfigError, match=r"^ebpf_port must be between 1 and 65535, got 0$"):
         build({}, {}, {"ebpf_port": [8000, 0]})

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..diagnose import Evidence, Finding, Thresholds, diagnose
-from ..diagnose.inputs import evidence_from_groups, triton_configs
+from ..diagnose.evidence_inputs import evidence_from_groups, triton_configs
 from ..diagnose.rules import measure
 from ..summary import Progress, collect
 from .launcher import TritonServer

@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 
 from .evidence import Evidence, ModelConfig
-from .inputs import (
+from .evidence_inputs import (
     SourceError,
     evidence_from_groups,
     evidence_from_samples,
