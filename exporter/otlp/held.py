@@ -21,7 +21,7 @@ from typing import Any
 from ..traces.store import Section, SectionChange
 from .spans import Span, Tree
 
-MAX_HELD_BYTES = 32 << 20  # all held spans together, as estimated by span_bytes
+MAX_HELD_BYTES = 16 << 20  # all held spans together, as estimated by span_bytes (Python holds several times that)
 
 def span_bytes(s: Span) -> int:
     """About what a span costs held in memory and in the state (its parts' lengths, plus a constant)."""
