@@ -34,6 +34,8 @@ from prometheus_client.openmetrics import exposition as om_format
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Exemplar, Timestamp
 
+from . import exposition_protobuf
+
 log = logging.getLogger("server")
 
 Encoder = Callable[[Collector], bytes]
@@ -199,7 +201,10 @@ def fast_encoder(encoder: Encoder) -> Encoder | None:
 
 
 def choose_encoder(accept: str) -> tuple[Encoder, str]:
-    """prometheus_client's choice of format for `accept`, rendered by us where we render it the same."""
+    """prometheus_client's choice of format for `accept`, rendered by us where we render it the same;
+    the Prometheus protobuf format (native histograms) where the scraper asks for it first."""
+    if exposition_protobuf.asks_for_protobuf(accept):
+        return exposition_protobuf.render, exposition_protobuf.CONTENT_TYPE
     encoder, content_type = text_format.choose_encoder(accept)
     fast = fast_encoder(encoder)
     return (fast if fast is not None and _self_check() else encoder), content_type

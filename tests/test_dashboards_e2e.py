@@ -68,14 +68,18 @@ def source_of(expr: str) -> str:
 class Prometheus:
     """/usr/bin/prometheus on loopback with tmp storage; stopped by stop()."""
 
-    def __init__(self, config: Path, workdir: Path) -> None:
+    def __init__(self, config: Path, workdir: Path, native: bool = False) -> None:
+        """native: with native histograms on (Prometheus 2.42 then asks for protobuf and keeps
+        only the native form of a histogram that has one)."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = workdir / "prometheus.log"
+        name = "prometheus-native" if native else "prometheus"
+        self.log_path = workdir / f"{name}.log"
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
-                ["prometheus", f"--config.file={config}", f"--storage.tsdb.path={workdir / 'data'}",
-                 f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"],
+                ["prometheus", f"--config.file={config}", f"--storage.tsdb.path={workdir / name / 'data'}",
+                 f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn",
+                 *(["--enable-feature=native-histograms"] if native else [])],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + 30
         while True:
