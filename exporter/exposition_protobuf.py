@@ -152,7 +152,7 @@ def _histogram(fam: Any, metric: Any, samples: list[Sample], native: NativeBucke
 def _family(metric: Any) -> Any:
     """One MetricFamily message for one prometheus_client family (the text format's types)."""
     pb = _messages()
-    fam = pb.MetricFamily(help=metric.documentation)
+    fam = pb.MetricFamily(help=metric.documentation, unit=metric.unit)
     typ = metric.type
     if typ == "counter":
         fam.name, fam.type = metric.name + "_total", pb.COUNTER
