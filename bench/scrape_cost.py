@@ -13,7 +13,9 @@ printed (target <= 2).
 Renderer: the same scrape of our registry rendered by prometheus_client and by us, in turn,
 for text 0.0.4 and OpenMetrics 1.0.0 (the Accept headers Prometheus sends), the bodies checked
 byte-identical first; "scrape" includes the collectors, "render" renders families collected once.
---models 8 is about the 3,000 samples of the soak.
+Then the Prometheus protobuf format (exporter/exposition_protobuf.py: every histogram classic and
+native; prometheus_client has no encoder for it), beside our text and OpenMetrics, its body
+parsed back by the protobuf library first. --models 8 is about the 3,000 samples of the soak.
 
     .venv/bin/python bench/scrape_cost.py [--models 100] [--rounds 10]
 """
@@ -36,8 +38,10 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 from prometheus_client.registry import Collector
 
+from exporter import exposition_protobuf
 from exporter.exposition import choose_encoder
 from exporter.histogram import Histogram as BucketCounts
+from exporter.histogram import native_index
 from exporter.server import MetricsServer
 from exporter.stages import STAGES
 from exporter.traces.aggregate import Exemplar, TraceAggregate
@@ -92,6 +96,11 @@ def ours(names: list[str]) -> CollectorRegistry:
             h = BucketCounts(bounds_ns)
             h.counts = [random.randint(0, 1000) for _ in h.counts]
             h.count, h.total = sum(h.counts), random.randint(1, 10**12)
+            # native buckets as real durations fill them: the same count spread log-normally around ~5 ms
+            ks = native_index([random.lognormvariate(-5.3, 1.0) for _ in range(200)], 4).tolist()
+            h.native = {k: 0 for k in ks}
+            for i in range(h.count):
+                h.native[ks[i % len(ks)]] += 1
             agg.histograms[(m, "1", "http", st)] = h
             agg.exemplars[(m, "1", "http", st)] = {
                 b: Exemplar(str(random.randint(1, 10**9)), None, random.random(), time.time())
@@ -123,6 +132,8 @@ def baseline(names: list[str]) -> CollectorRegistry:
     files = Counter(p + "trace_files", "x", ["result"], registry=reg)
     rej = Counter(p + "trace_records_rejected", "x", ["reason"], registry=reg)
     last = Gauge(p + "trace_last_ingest_timestamp_seconds", "x", registry=reg)
+    writes = Counter(p + "state_writes", "x", ["kind"], registry=reg)
+    written = Counter(p + "state_written_bytes", "x", ["kind"], registry=reg)
     t = p + "triton_"
     up = Gauge(t + "up", "x", ["target"], registry=reg)
     dur = Gauge(t + "scrape_duration_seconds", "x", ["target"], registry=reg)
@@ -140,6 +151,9 @@ def baseline(names: list[str]) -> CollectorRegistry:
         files.labels(r).inc(3)
     for r in REJECT_REASONS:
         rej.labels(r).inc(0)
+    for kind in ("journal", "snapshot"):
+        writes.labels(kind).inc(0)
+        written.labels(kind).inc(0)
     last.set(time.time())
     up.labels(TARGET).set(1)
     dur.labels(TARGET).set(0.004)
@@ -238,6 +252,28 @@ def main() -> None:
         for what, reg in (("scrape", a), ("render", frozen)):
             t_ours, t_pc, ratio = paired(lambda r=reg, f=fast: f(r), lambda r=reg, f=library: f(r), args.rounds)
             print(f"{fmt + ' ' + what:28} {t_pc * 1e3:21.1f} {t_ours * 1e3:9.1f} {ratio:8.3f} {1 / ratio:7.1f}x")
+    protobuf_row(a, frozen, args.rounds)
+
+
+def protobuf_row(registry: Collector, frozen: Frozen, rounds: int) -> None:
+    """Our three formats side by side: time per scrape and per render, and body bytes."""
+    from google.protobuf.internal.decoder import _DecodeVarint
+
+    from exporter.vendor.client_model import metrics_pb2
+
+    body = exposition_protobuf.render(frozen)
+    pos, histograms = 0, 0
+    while pos < len(body):  # parsed back by the library first: a body Prometheus can read
+        n, pos = _DecodeVarint(body, pos)
+        fam = metrics_pb2.MetricFamily.FromString(body[pos:pos + n])
+        pos += n
+        histograms += sum(1 for m in fam.metric if m.histogram.positive_span)
+    text, om = choose_encoder("")[0], choose_encoder(PROMETHEUS_ACCEPT)[0]
+    print(f"\nour formats ({histograms} native histograms in protobuf, each beside its classic buckets)")
+    print(f"{'format':20} {'scrape ms':>10} {'render ms':>10} {'body KiB':>9}")
+    for fmt, enc in (("text 0.0.4", text), ("OpenMetrics 1.0.0", om), ("protobuf", exposition_protobuf.render)):
+        t_scrape, t_render, _ = paired(lambda e=enc: e(registry), lambda e=enc: e(frozen), rounds)
+        print(f"{fmt:20} {t_scrape * 1e3:10.1f} {t_render * 1e3:10.1f} {len(enc(frozen)) / 1024:9.0f}")
 
 
 if __name__ == "__main__":
