@@ -69,19 +69,20 @@ def _timestamp(msg: Any, seconds: float) -> None:
 
 
 def _set_exemplar(msg: Any, e: Exemplar) -> None:
+    add = msg.label.add
     for k, v in sorted(e.labels.items()):
-        pair = msg.label.add()
-        pair.name, pair.value = k, v
+        add(name=k, value=v)
     msg.value = e.value
     if e.timestamp is not None:
         ts = e.timestamp
-        _timestamp(msg.timestamp, float(ts.sec + ts.nsec / 1e9) if isinstance(ts, Timestamp) else float(ts))
+        msg.timestamp.FromNanoseconds(ts.sec * 1_000_000_000 + ts.nsec if isinstance(ts, Timestamp)
+                                      else round(float(ts) * 1e9))
 
 
 def _labels(metric: Any, labels: Mapping[str, str]) -> None:
+    add = metric.label.add
     for k, v in sorted(labels.items()):
-        pair = metric.label.add()
-        pair.name, pair.value = k, v
+        add(name=k, value=v)
 
 
 def _timestamp_ms(sample: Sample) -> int | None:
@@ -123,20 +124,17 @@ def _histogram(fam: Any, metric: Any, samples: list[Sample], native: NativeBucke
                schema: int) -> None:
     name = metric.name
     h = fam.histogram
-    exemplars: list[Exemplar] = []
+    bucket = name + "_bucket"
+    last: Exemplar | None = None  # the +Inf bucket's: the native histogram carries it
     for s in samples:
-        if s.name in (name + "_bucket",):
+        if s.name == bucket:
             le = float(s.labels["le"])
             if math.isinf(le):  # the +Inf bucket is sample_count
-                if s.exemplar is not None:
-                    exemplars.append(s.exemplar)
+                last = s.exemplar
                 continue
-            b = h.bucket.add()
-            b.cumulative_count = int(s.value)
-            b.upper_bound = le
+            b = h.bucket.add(cumulative_count=int(s.value), upper_bound=le)
             if s.exemplar is not None:
                 _set_exemplar(b.exemplar, s.exemplar)
-                exemplars.append(s.exemplar)
         elif s.name in (name + "_count", name + "_gcount"):
             h.sample_count = int(s.value)
         elif s.name in (name + "_sum", name + "_gsum"):
@@ -145,8 +143,10 @@ def _histogram(fam: Any, metric: Any, samples: list[Sample], native: NativeBucke
             _timestamp(h.created_timestamp, s.value)
     if native is not None:
         _native(h, native, schema)
-        for e in exemplars:  # native histograms carry their exemplars apart from any bucket
-            _set_exemplar(h.exemplars.add(), e)
+        # a native histogram carries its exemplars apart from any bucket: the classic buckets' ones
+        h.exemplars.extend([b.exemplar for b in h.bucket if b.HasField("exemplar")])
+        if last is not None:
+            _set_exemplar(h.exemplars.add(), last)
 
 
 def _family(metric: Any) -> Any:

@@ -235,23 +235,23 @@ def spans_and_deltas(buckets: Mapping[int, int]) -> tuple[list[tuple[int, int]],
     """The protobuf encoding of sparse buckets: (offset, length) spans over runs of indexes (a gap
     of one or two empty buckets is filled, as client_golang does: cheaper than a new span) and each
     bucket's count as the delta from the previous one."""
-    spans: list[tuple[int, int]] = []
-    deltas: list[int] = []
-    prev_index = 0
-    prev_count = 0
-    for k in sorted(k for k, c in buckets.items() if c):
-        gap = k - prev_index - 1
-        if spans and 0 <= gap <= 2:
-            for _ in range(gap):
-                deltas.append(-prev_count)
-                prev_count = 0
-            spans[-1] = (spans[-1][0], spans[-1][1] + gap + 1)
-        else:
-            spans.append((k - (prev_index + 1) if spans else k, 1))
-        c = buckets[k]
-        deltas.append(c - prev_count)
-        prev_count, prev_index = c, k
-    return spans, deltas
+    items = sorted((k, c) for k, c in buckets.items() if c)
+    if not items:
+        return [], []
+    keys = np.fromiter((k for k, _ in items), dtype=np.int64, count=len(items))
+    counts = np.fromiter((c for _, c in items), dtype=np.int64, count=len(items))
+    ends = np.flatnonzero(np.diff(keys) > 3)  # more than two empty buckets between: a new span
+    first = keys[np.r_[0, ends + 1]]
+    last = keys[np.r_[ends, len(keys) - 1]]
+    lengths = last - first + 1
+    offsets = first.copy()
+    offsets[1:] = first[1:] - last[:-1] - 1
+    span_of = np.searchsorted(first, keys, side="right") - 1
+    starts = np.cumsum(lengths) - lengths
+    dense = np.zeros(int(lengths.sum()), dtype=np.int64)
+    dense[starts[span_of] + keys - first[span_of]] = counts
+    deltas = np.diff(dense, prepend=0)
+    return list(zip(offsets.tolist(), lengths.tolist(), strict=True)), deltas.tolist()
 
 
 class NativeHistogramFamily(HistogramMetricFamily):
