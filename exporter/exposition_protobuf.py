@@ -17,7 +17,13 @@ from typing import Any
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Exemplar, Sample, Timestamp
 
-from .histogram import ZERO_THRESHOLD, NativeBuckets, NativeHistogramFamily, spans_and_deltas
+from .histogram import (
+    ZERO_THRESHOLD,
+    HistogramSeries,
+    NativeBuckets,
+    NativeHistogramFamily,
+    spans_and_deltas,
+)
 
 MEDIA_TYPE = "application/vnd.google.protobuf"
 PROTO = "io.prometheus.client.MetricFamily"
@@ -120,17 +126,39 @@ def _native(h: Any, nb: NativeBuckets, schema: int) -> None:
     h.positive_delta.extend(deltas)
 
 
-def _histogram(fam: Any, metric: Any, samples: list[Sample], native: NativeBuckets | None,
-               schema: int) -> None:
+def _native_family_series(m: Any, series: HistogramSeries, schema: int) -> None:
+    """One series of a NativeHistogramFamily, from the numbers its collector gave (not the samples)."""
+    _labels(m, series.labels)
+    h = m.histogram
+    cumulative = series.cumulative
+    h.sample_count = int(cumulative[-1])
+    h.sample_sum = series.total
+    add = h.bucket.add
+    exemplars = series.exemplars
+    if exemplars:
+        for i, (bound, c) in enumerate(zip(series.bounds, cumulative, strict=False)):
+            b = add(cumulative_count=int(c), upper_bound=bound)
+            if (e := exemplars.get(i)) is not None:
+                _set_exemplar(b.exemplar, e)
+    else:
+        for bound, c in zip(series.bounds, cumulative, strict=False):
+            add(cumulative_count=int(c), upper_bound=bound)
+    if series.native is not None:
+        _native(h, series.native, schema)
+        if exemplars:  # a native histogram carries its exemplars apart from any bucket
+            h.exemplars.extend([b.exemplar for b in h.bucket if b.HasField("exemplar")])
+            if (e := exemplars.get(len(series.bounds))) is not None:  # the +Inf bucket's
+                _set_exemplar(h.exemplars.add(), e)
+
+
+def _histogram(fam: Any, metric: Any, samples: list[Sample]) -> None:
     name = metric.name
     h = fam.histogram
     bucket = name + "_bucket"
-    last: Exemplar | None = None  # the +Inf bucket's: the native histogram carries it
     for s in samples:
         if s.name == bucket:
             le = float(s.labels["le"])
             if math.isinf(le):  # the +Inf bucket is sample_count
-                last = s.exemplar
                 continue
             b = h.bucket.add(cumulative_count=int(s.value), upper_bound=le)
             if s.exemplar is not None:
@@ -141,12 +169,6 @@ def _histogram(fam: Any, metric: Any, samples: list[Sample], native: NativeBucke
             h.sample_sum = s.value
         elif s.name == name + "_created":
             _timestamp(h.created_timestamp, s.value)
-    if native is not None:
-        _native(h, native, schema)
-        # a native histogram carries its exemplars apart from any bucket: the classic buckets' ones
-        h.exemplars.extend([b.exemplar for b in h.bucket if b.HasField("exemplar")])
-        if last is not None:
-            _set_exemplar(h.exemplars.add(), last)
 
 
 def _family(metric: Any) -> Any:
@@ -170,12 +192,14 @@ def _family(metric: Any) -> Any:
                         m.timestamp_ms = ms
     elif typ in ("histogram", "gaugehistogram"):
         fam.name, fam.type = metric.name, pb.HISTOGRAM if typ == "histogram" else pb.GAUGE_HISTOGRAM
-        native = metric.native if isinstance(metric, NativeHistogramFamily) else {}
-        schema = metric.native_schema if isinstance(metric, NativeHistogramFamily) else 0
-        for labels, samples in _series(metric.samples, drop="le"):
-            m = fam.metric.add()
-            _labels(m, labels)
-            _histogram(m, metric, samples, native.get(tuple(sorted(labels.items()))), schema)
+        if isinstance(metric, NativeHistogramFamily):
+            for series in metric.series:
+                _native_family_series(fam.metric.add(), series, metric.native_schema)
+        else:
+            for labels, samples in _series(metric.samples, drop="le"):
+                m = fam.metric.add()
+                _labels(m, labels)
+                _histogram(m, metric, samples)
     elif typ == "summary":
         fam.name, fam.type = metric.name, pb.SUMMARY
         for labels, samples in _series(metric.samples, drop="quantile"):

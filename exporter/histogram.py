@@ -234,37 +234,64 @@ class NativeBuckets:
 def spans_and_deltas(buckets: Mapping[int, int]) -> tuple[list[tuple[int, int]], list[int]]:
     """The protobuf encoding of sparse buckets: (offset, length) spans over runs of indexes (a gap
     of one or two empty buckets is filled, as client_golang does: cheaper than a new span) and each
-    bucket's count as the delta from the previous one."""
-    items = sorted((k, c) for k, c in buckets.items() if c)
-    if not items:
-        return [], []
-    keys = np.fromiter((k for k, _ in items), dtype=np.int64, count=len(items))
-    counts = np.fromiter((c for _, c in items), dtype=np.int64, count=len(items))
-    ends = np.flatnonzero(np.diff(keys) > 3)  # more than two empty buckets between: a new span
-    first = keys[np.r_[0, ends + 1]]
-    last = keys[np.r_[ends, len(keys) - 1]]
-    lengths = last - first + 1
-    offsets = first.copy()
-    offsets[1:] = first[1:] - last[:-1] - 1
-    span_of = np.searchsorted(first, keys, side="right") - 1
-    starts = np.cumsum(lengths) - lengths
-    dense = np.zeros(int(lengths.sum()), dtype=np.int64)
-    dense[starts[span_of] + keys - first[span_of]] = counts
-    deltas = np.diff(dense, prepend=0)
-    return list(zip(offsets.tolist(), lengths.tolist(), strict=True)), deltas.tolist()
+    bucket's count as the delta from the previous one. A plain loop: a series has tens of buckets,
+    too few for numpy's per-call cost."""
+    keys = sorted([k for k, c in buckets.items() if c])
+    spans: list[tuple[int, int]] = []
+    deltas: list[int] = []
+    if not keys:
+        return spans, deltas
+    offset = start = prev = keys[0]
+    prev_count = 0
+    for k in keys:
+        gap = k - prev - 1
+        if gap > 2:
+            spans.append((offset, prev - start + 1))
+            offset, start = gap, k
+        elif gap > 0:
+            deltas.append(-prev_count)
+            deltas.extend([0] * (gap - 1))
+            prev_count = 0
+        c = buckets[k]
+        deltas.append(c - prev_count)
+        prev_count, prev = c, k
+    spans.append((offset, prev - start + 1))
+    return spans, deltas
+
+
+@dataclass(frozen=True)
+class HistogramSeries:
+    """One series of a NativeHistogramFamily as the protobuf format needs it: no sample parsing."""
+
+    labels: Mapping[str, str]
+    bounds: tuple[float, ...]  # the classic upper bounds, +Inf left out
+    cumulative: Sequence[float]  # per finite bound, then the total
+    total: float
+    exemplars: Mapping[int, Exemplar] | None
+    native: NativeBuckets | None
 
 
 class NativeHistogramFamily(HistogramMetricFamily):
     """A histogram family whose series also carry native buckets. The text formats render the
-    classic samples only; the protobuf format adds the native buckets at `schema`."""
+    classic samples only; the protobuf format renders `series` (with the native buckets at
+    `schema`) instead of re-reading the samples."""
 
     def __init__(self, name: str, documentation: str, labels: Sequence[str], schema: int) -> None:
         super().__init__(name, documentation, labels=labels)
         self.native_schema = schema
-        self.native: dict[tuple[tuple[str, str], ...], NativeBuckets] = {}
+        self.series: list[HistogramSeries] = []
 
-    def add_native(self, labels: Mapping[str, str], buckets: NativeBuckets) -> None:
-        self.native[tuple(sorted(labels.items()))] = buckets
+    def add(self, labels: dict[str, str], les: Sequence[str], cumulative_counts: Sequence[float], total: float,
+            exemplars: Mapping[int, Exemplar] | None = None, native: NativeBuckets | None = None) -> None:
+        """add_histogram's samples, and the series kept for the protobuf format."""
+        add_histogram(self, labels, les, cumulative_counts, total, exemplars)
+        self.series.append(HistogramSeries(labels, _float_bounds(tuple(les)), cumulative_counts, total, exemplars,
+                                           native))
+
+
+@functools.lru_cache(maxsize=256)
+def _float_bounds(les: tuple[str, ...]) -> tuple[float, ...]:
+    return tuple(float(le) for le in les[:-1])
 
 
 @dataclass

@@ -117,10 +117,8 @@ def test_protobuf_negotiation_follows_the_first_format_asked_for() -> None:
 def test_every_family_type_round_trips_through_the_protobuf_parser() -> None:
     families = list(_canary_families())
     nh = NativeHistogramFamily("canary_native_seconds", "n", ["m"], 2)
-    add_histogram(nh, {"m": "x"}, ["0.5", "+Inf"], [1.0, 4.0], 3.5)
-    nh.add_native({"m": "x"}, NativeBuckets(4, 1, {-16: 1, 3: 2}))
-    add_histogram(nh, {"m": "empty"}, ["0.5", "+Inf"], [0.0, 0.0], 0.0)
-    nh.add_native({"m": "empty"}, NativeBuckets(4, 0, {}))
+    nh.add({"m": "x"}, ["0.5", "+Inf"], [1.0, 4.0], 3.5, None, NativeBuckets(4, 1, {-16: 1, 3: 2}))
+    nh.add({"m": "empty"}, ["0.5", "+Inf"], [0.0, 0.0], 0.0, None, NativeBuckets(4, 0, {}))
     body = exposition_protobuf.render(_Families([*families, nh]))
     got = {f.name: f for f in parse_delimited(body)}
     assert set(got) == {"canary_requests_total", "canary_temperature_celsius", "canary_seconds", "canary_queue",
@@ -153,9 +151,8 @@ def test_every_family_type_round_trips_through_the_protobuf_parser() -> None:
 def test_text_formats_are_unchanged_by_native_buckets() -> None:
     plain = HistogramMetricFamily("t_seconds", "t", labels=["m"])
     nh = NativeHistogramFamily("t_seconds", "t", ["m"], 3)
-    for f in (plain, nh):
-        add_histogram(f, {"m": "x"}, ["0.5", "+Inf"], [1.0, 2.0], 0.75)
-    nh.add_native({"m": "x"}, NativeBuckets(4, 0, {0: 2}))
+    add_histogram(plain, {"m": "x"}, ["0.5", "+Inf"], [1.0, 2.0], 0.75)
+    nh.add({"m": "x"}, ["0.5", "+Inf"], [1.0, 2.0], 0.75, None, NativeBuckets(4, 0, {0: 2}))
     c = CounterMetricFamily("t_requests", "r")
     c.add_metric([], 2)
     for accept in ("text/plain", "application/openmetrics-text;version=1.0.0"):

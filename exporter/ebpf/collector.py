@@ -18,7 +18,6 @@ from prometheus_client.registry import Collector
 from ..histogram import (
     STORE_SCHEMA,
     NativeHistogramFamily,
-    add_histogram,
     format_le,
     log_linear_bound,
     log_linear_subset,
@@ -121,9 +120,8 @@ def _family(m: MetricDecl, names: list[str], by_labels: Mapping[tuple[str, ...],
         buckets = by_labels[labels]
         counts = {i: n for i, (n, _) in buckets.items()}
         total = sum(x for _, x in buckets.values())
-        series = dict(zip(names, labels, strict=False))
-        add_histogram(h, series, les, subset_cumulative(counts, chosen), total / m.divisor)
-        h.add_native(series, log_linear_to_native(counts, m.divisor, native_schema))
+        h.add(dict(zip(names, labels, strict=False)), les, subset_cumulative(counts, chosen), total / m.divisor,
+              None, log_linear_to_native(counts, m.divisor, native_schema))
     return h
 
 

@@ -12,7 +12,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Exemplar as PromExemplar
 
-from ..histogram import STORE_SCHEMA, NativeHistogramFamily, add_histogram, cumulative, format_le
+from ..histogram import STORE_SCHEMA, NativeHistogramFamily, cumulative, format_le
 from ..source import PREFIX
 from ..stages import ALL_STAGES
 from .aggregate import RESPONSE_BOUNDS
@@ -56,10 +56,8 @@ class TraceCollector(Collector):
                 if e.request_id:
                     lab["request_id"] = e.request_id[:64]
                 exemplars[i] = PromExemplar(lab, e.value, e.timestamp)
-            labels = dict(zip(label_names, key, strict=False))
-            add_histogram(h, labels, les, [float(c) for c in cumulative(hist.counts)], hist.total / 1e9, exemplars)
-            if (nb := hist.native_buckets()) is not None:
-                h.add_native(labels, nb)
+            h.add(dict(zip(label_names, key, strict=False)), les, [float(c) for c in cumulative(hist.counts)],
+                  hist.total / 1e9, exemplars, hist.native_buckets())
         yield h
         t = CounterMetricFamily(PREFIX + "traces", "Traces counted from trace files.",
                                 labels=[*names, "model", "version", "protocol"])
@@ -73,10 +71,8 @@ class TraceCollector(Collector):
                                    r_names, self.native_schema)
         for key in sorted(agg.responses):
             hist = agg.responses[key]
-            labels = dict(zip(r_names, key, strict=False))
-            add_histogram(rh, labels, r_les, [float(c) for c in cumulative(hist.counts)], float(hist.total))
-            if (nb := hist.native_buckets()) is not None:
-                rh.add_native(labels, nb)
+            rh.add(dict(zip(r_names, key, strict=False)), r_les, [float(c) for c in cumulative(hist.counts)],
+                   float(hist.total), None, hist.native_buckets())
         yield rh
         tl = CounterMetricFamily(
             PREFIX + "timeline_seconds",
