@@ -207,3 +207,28 @@ def test_trace_state_keeps_native_buckets_beside_the_classic_ones(tmp_path: Path
     loaded = TraceAggregate.from_json(old, bounds)
     merged = loaded.merged(agg)
     assert all(h.native is None for h in merged.histograms.values())
+
+
+def test_series_caps_and_stage_choice_hold_in_protobuf_as_in_text(tmp_path: Path) -> None:
+    from prometheus_client.exposition import generate_latest
+    from prometheus_client.registry import CollectorRegistry
+
+    from exporter.traces.collector import TraceCollector
+    from exporter.traces.source import bounds_ns
+    from exporter.traces.tailer import TailerSettings, TraceTailer
+
+    trace = tmp_path / "trace.json"
+    tracegen.write_file(str(trace), tracegen.traces(300, seed=5, models=("m1", "m2", "m3", "m4", "m5")))
+    tailer = TraceTailer(TailerSettings(patterns=[str(trace)], state_dir=None, max_models=3, settle_seconds=0,
+                                        bounds_ns=bounds_ns(list(DEFAULT_STAGE_BUCKETS))))
+    tailer.poll()
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(TraceCollector(tailer, native_schema=3, stages=["queue", "end_to_end"]))
+    text = generate_latest(reg).decode()
+    fams = {f.name: f for f in parse_delimited(exposition_protobuf.render(reg))}
+    stage = fams["inference_profiler_stage_duration_seconds"]
+    in_proto = {tuple(sorted((p.name, p.value) for p in m.label)) for m in stage.metric}
+    models = {dict(k)["model"] for k in in_proto}
+    assert len(models) == 3 and {dict(k)["stage"] for k in in_proto} == {"queue", "end_to_end"}
+    assert len(in_proto) == text.count("inference_profiler_stage_duration_seconds_count{")
+    assert all(m.histogram.schema == 3 for m in stage.metric)
