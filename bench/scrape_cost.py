@@ -23,6 +23,7 @@ parsed back by the protobuf library first. --models 8 is about the 3,000 samples
 from __future__ import annotations
 
 import argparse
+import copy
 import random
 import statistics
 import time
@@ -119,7 +120,11 @@ def ours(names: list[str]) -> CollectorRegistry:
     reg = CollectorRegistry(auto_describe=False)
     reg.register(TraceCollector(tailer))
     reg.register(TritonCollector([target]))
+    TAILERS[id(reg)] = tailer
     return reg
+
+
+TAILERS: dict[int, TraceTailer] = {}  # registry -> the tailer its trace collector reads
 
 
 def baseline(names: list[str]) -> CollectorRegistry:
@@ -253,6 +258,25 @@ def main() -> None:
             t_ours, t_pc, ratio = paired(lambda r=reg, f=fast: f(r), lambda r=reg, f=library: f(r), args.rounds)
             print(f"{fmt + ' ' + what:28} {t_pc * 1e3:21.1f} {t_ours * 1e3:9.1f} {ratio:8.3f} {1 / ratio:7.1f}x")
     protobuf_row(a, frozen, args.rounds)
+    reuse_rows(a, args.rounds)
+
+
+def reuse_rows(registry: CollectorRegistry, rounds: int) -> None:
+    """Scrapes between two commits reuse the trace families' rendering (issue 25, item 3): against
+    the same scrape with a commit before each (the aggregate replaced by a copy: nothing reused)."""
+    tailer = TAILERS[id(registry)]
+    print("\nscrape of the same registry: no commit since the last scrape vs a commit before each")
+    print(f"{'format':20} {'reused ms':>10} {'commit ms':>10} {'reused/commit':>14}")
+    for fmt, enc in (("text 0.0.4", choose_encoder("")[0]), ("OpenMetrics 1.0.0", choose_encoder(PROMETHEUS_ACCEPT)[0]),
+                     ("protobuf", exposition_protobuf.render)):
+        def committed(e: Callable[[Collector], bytes] = enc) -> bytes:
+            tailer.live = copy.copy(tailer.live)  # a new committed snapshot, same content
+            return e(registry)
+
+        if committed() != enc(registry):
+            raise SystemExit(f"{fmt}: the reused body differs from a fresh one")
+        t_reused, t_commit, ratio = paired(lambda e=enc: e(registry), committed, rounds)
+        print(f"{fmt:20} {t_reused * 1e3:10.1f} {t_commit * 1e3:10.1f} {ratio:14.3f}")
 
 
 def protobuf_row(registry: Collector, frozen: Frozen, rounds: int) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Exemplar, Sample, Timestamp
 
+from .exposition import RENDERED
 from .histogram import (
     ZERO_THRESHOLD,
     HistogramSeries,
@@ -232,9 +233,16 @@ def render(registry: Collector) -> bytes:
     """The delimited protobuf body for every family of `registry`."""
     out: list[bytes] = []
     for metric in registry.collect():
-        if not metric.samples:  # as client_golang: a family without series is left out
+        rendered: dict[object, bytes] | None = getattr(metric, RENDERED, None)
+        if rendered is not None and "protobuf" in rendered:
+            out.append(rendered["protobuf"])
             continue
-        body = _family(metric).SerializeToString()
-        out.append(_varint(len(body)))
+        if not metric.samples:  # as client_golang: a family without series is left out
+            body = b""
+        else:
+            message = _family(metric).SerializeToString()
+            body = _varint(len(message)) + message
         out.append(body)
+        if rendered is not None:
+            rendered["protobuf"] = body
     return b"".join(out)

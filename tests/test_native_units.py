@@ -232,3 +232,32 @@ def test_series_caps_and_stage_choice_hold_in_protobuf_as_in_text(tmp_path: Path
     assert len(models) == 3 and {dict(k)["stage"] for k in in_proto} == {"queue", "end_to_end"}
     assert len(in_proto) == text.count("inference_profiler_stage_duration_seconds_count{")
     assert all(m.histogram.schema == 3 for m in stage.metric)
+
+
+def test_trace_families_are_rendered_once_per_commit(tmp_path: Path) -> None:
+    from prometheus_client.registry import CollectorRegistry
+
+    from exporter.traces.collector import TraceCollector
+    from exporter.traces.source import bounds_ns
+    from exporter.traces.tailer import TailerSettings, TraceTailer
+
+    trace = tmp_path / "trace.json"
+    tracegen.write_file(str(trace), tracegen.traces(100, seed=9))
+    tailer = TraceTailer(TailerSettings(patterns=[str(tmp_path / "trace.json*")], state_dir=None, settle_seconds=0,
+                                        bounds_ns=bounds_ns(list(DEFAULT_STAGE_BUCKETS))))
+    tailer.poll()
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(TraceCollector(tailer))
+    encoders = [exposition.choose_encoder(a)[0] for a in ("", "application/openmetrics-text;version=1.0.0",
+                                                           PROTOBUF_ACCEPT)]
+    first = [e(reg) for e in encoders]
+    assert [e(reg) for e in encoders] == first  # reused: the same bytes
+    fresh = CollectorRegistry(auto_describe=False)
+    fresh.register(TraceCollector(tailer))
+    assert [e(fresh) for e in encoders] == first  # and the same as a collector that never rendered
+    # the next commit is seen at once
+    tracegen.write_file(str(tmp_path / "trace.json.1"), tracegen.traces(50, seed=10, start_id=1000))
+    tailer.poll()
+    after = [e(reg) for e in encoders]
+    assert all(a != b for a, b in zip(after, first, strict=True))
+    assert b"inference_profiler_traces_total" in after[0] and after == [e(fresh) for e in encoders]

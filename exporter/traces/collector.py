@@ -12,10 +12,11 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Exemplar as PromExemplar
 
+from ..exposition import reusable
 from ..histogram import STORE_SCHEMA, NativeHistogramFamily, cumulative, format_le
 from ..source import PREFIX
 from ..stages import ALL_STAGES
-from .aggregate import RESPONSE_BOUNDS
+from .aggregate import RESPONSE_BOUNDS, TraceAggregate
 from .tailer import TraceTailer
 
 REJECT_REASONS = (
@@ -31,12 +32,21 @@ class TraceCollector(Collector):
         self.native_schema = native_schema  # of the native histograms in the protobuf format
         # built-in stages left out of stage_duration_seconds (--trace-stage picks the rest); none: all exposed
         self.hidden = frozenset(ALL_STAGES) - frozenset(stages) if stages else frozenset()
+        self._committed: tuple[TraceAggregate, list[Metric]] | None = None
 
     def describe(self) -> Iterator[Metric]:
         return self.collect()  # reads the committed snapshot only: cheap at registration
 
     def collect(self) -> Iterator[Metric]:
         agg = self.tailer.live  # one committed snapshot; never mutated after commit
+        cached = self._committed
+        if cached is None or cached[0] is not agg:
+            # the families of a commit, built and rendered once: scrapes until the next commit reuse them
+            cached = self._committed = (agg, [reusable(m) for m in self._families_of(agg)])
+        yield from cached[1]
+        yield from self._live_families()
+
+    def _families_of(self, agg: TraceAggregate) -> Iterator[Metric]:
         names = self.tailer.label_names
         les = [format_le(b / 1e9) for b in agg.bounds_ns] + ["+Inf"]
         label_names = [*names, "model", "version", "protocol", "stage"]
@@ -95,6 +105,10 @@ class TraceCollector(Collector):
                               "Unix time of the last trace file ingested (0: none yet).")
         g.add_metric([], agg.last_ingest)
         yield g
+
+    def _live_families(self) -> Iterator[Metric]:
+        """What changes between commits: the files on disk and the state writes."""
+        names = self.tailer.label_names
         d = GaugeMetricFamily(PREFIX + "trace_files_bytes",
                               "Bytes of trace files on disk under --trace-file, ingested or not.", labels=names)
         for key, size in sorted(self.tailer.disk_bytes.items()):
