@@ -261,3 +261,10 @@ def test_trace_families_are_rendered_once_per_commit(tmp_path: Path) -> None:
     after = [e(reg) for e in encoders]
     assert all(a != b for a, b in zip(after, first, strict=True))
     assert b"inference_profiler_traces_total" in after[0] and after == [e(fresh) for e in encoders]
+
+
+def test_zero_durations_go_to_the_zero_bucket() -> None:
+    from exporter.traces.aggregate import _native_counts
+
+    got = _native_counts(np.asarray([0, 0, 1, 1]), np.asarray([0, 1_000_000, 0, 0]), 1e9)
+    assert got == {0: (1, {int(native_index([1e-3], STORE_SCHEMA)[0]): 1}), 1: (2, {})}
