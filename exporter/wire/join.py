@@ -1,0 +1,147 @@
+"""The join: each traced request matched to its server-side socket turn on the shared clock.
+
+Triton's trace stamps and the kernel's turn stamps are both CLOCK_MONOTONIC ns on one
+host, so a request belongs to the turn whose read came before Triton began reading it
+and whose acknowledgement came after Triton's last response went out. Pure logic over
+plain data; no I/O.
+
+A turn is a candidate for a request when, on a port of the request's protocol:
+
+- its first read is at or before the request's arrival (HTTP_RECV_START; GRPC_WAITREAD_END),
+  and no more than LOOKBACK_NS before it;
+- its response was acknowledged at or after the request's last response out (end_to_end's end);
+- HTTP/1.1 (one request at a time per connection): its last read is at or before
+  HTTP_RECV_END, and its first write at or after the first HTTP_SEND_START (Triton's
+  frontend writes the reply after it stamps the send's start);
+- gRPC: its first write is at or after the arrival.
+
+A request with one candidate that no other request claims is joined; a turn taken this
+way leaves every other request's candidates, and this repeats until nothing changes.
+A request with no candidate is `no_socket_event`; one whose candidates stay shared is
+`ambiguous` (gRPC multiplexes requests on one connection: where several are in flight on
+it, no guess is made). A request of no frontend (in-process, ensemble children) is
+`unsupported`.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from .turns import Turn
+
+JOIN_RESULTS = ("joined", "ambiguous", "no_socket_event", "unsupported")
+WIRE_STAGES = ("socket_wait", "ack_wait", "wire")
+LOOKBACK_NS = 10 * 10**9  # a turn read more than this before the arrival is not its request's
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One traced request as the join sees it; -1 where a stamp is absent."""
+
+    protocol: str  # "http", "grpc"; anything else cannot join
+    arrival_ns: int  # end_to_end's start
+    end_ns: int  # end_to_end's end: the last response out
+    read_end_ns: int = -1  # HTTP_RECV_END
+    send_start_ns: int = -1  # the first response's send start
+
+
+@dataclass(frozen=True, slots=True)
+class Wire:
+    """A joined request's time outside Triton: they add up, socket_wait + end_to_end + ack_wait = wire."""
+
+    turn: Turn
+    socket_wait_ns: int  # first byte in -> arrival
+    ack_wait_ns: int  # last response out -> last byte acknowledged
+    wire_ns: int  # first byte in -> last byte acknowledged
+
+
+def wire_of(req: Request, turn: Turn) -> Wire:
+    start = turn.start_ns
+    return Wire(turn, req.arrival_ns - start, turn.acked_ns - req.end_ns, turn.acked_ns - start)
+
+
+class TurnIndex:
+    """Turns of one protocol's ports, by first read."""
+
+    def __init__(self, turns: Sequence[Turn]) -> None:
+        self.turns = sorted((t for t in turns if t.first_read_ns and t.acked_ns), key=lambda t: t.first_read_ns)
+        self.reads = [t.first_read_ns for t in self.turns]
+
+    def candidates(self, req: Request) -> list[int]:
+        """Positions in self.turns of the turns that can hold `req`."""
+        hi = bisect.bisect_right(self.reads, req.arrival_ns)
+        lo = bisect.bisect_left(self.reads, req.arrival_ns - LOOKBACK_NS)
+        out: list[int] = []
+        for k in range(lo, hi):
+            t = self.turns[k]
+            if t.acked_ns < req.end_ns or t.start_ns > req.arrival_ns:
+                continue
+            if req.protocol == "http":
+                if req.read_end_ns >= 0 and t.last_read_ns > req.read_end_ns:
+                    continue
+                if t.first_write_ns < max(req.send_start_ns, req.arrival_ns):
+                    continue
+            elif t.first_write_ns < req.arrival_ns:
+                continue
+            out.append(k)
+        return out
+
+
+def assign(cands: Sequence[Sequence[int]]) -> dict[int, int]:
+    """request -> turn, where a request's candidates narrow to one turn no other request still
+    holds as its only candidate; repeated as taken turns leave the other requests' sets."""
+    live = [set(c) for c in cands]
+    out: dict[int, int] = {}
+    taken: set[int] = set()
+    changed = True
+    while changed:
+        changed = False
+        single = Counter(next(iter(c)) for i, c in enumerate(live) if len(c) == 1 and i not in out)
+        for i, c in enumerate(live):
+            if i in out or len(c) != 1:
+                continue
+            (k,) = c
+            if single[k] == 1 and k not in taken:
+                out[i] = k
+                taken.add(k)
+                changed = True
+        if changed:
+            for i, c in enumerate(live):
+                if i not in out and c & taken:
+                    live[i] = c - taken
+    return out
+
+
+def join(requests: Sequence[Request], turns: Sequence[Turn],
+         ports: Mapping[str, frozenset[int]]) -> list[tuple[str, Wire | None]]:
+    """Per request its result (one of JOIN_RESULTS) and, where joined, its Wire. `ports`:
+    the server ports of each protocol ("http", "grpc") whose turns it may join."""
+    out: list[tuple[str, Wire | None]] = [("unsupported", None)] * len(requests)
+    for protocol, wanted in ports.items():
+        rows = [i for i, r in enumerate(requests) if r.protocol == protocol and r.arrival_ns >= 0 and r.end_ns >= 0]
+        if not rows:
+            continue
+        index = TurnIndex([t for t in turns if t.lport in wanted])
+        cands = [index.candidates(requests[i]) for i in rows]
+        chosen = assign(cands)
+        for j, i in enumerate(rows):
+            if j in chosen:
+                out[i] = ("joined", wire_of(requests[i], index.turns[chosen[j]]))
+            else:
+                out[i] = ("ambiguous" if cands[j] else "no_socket_event", None)
+    return out
+
+
+def join_counts(results: Sequence[tuple[str, Wire | None]]) -> Counter[str]:
+    """How many requests had each of JOIN_RESULTS (every result present, 0 where none)."""
+    counts: Counter[str] = Counter({r: 0 for r in JOIN_RESULTS})
+    counts.update(r for r, _ in results)
+    return counts
+
+
+def wire_segments(segments: Sequence[int], wire: Wire) -> list[int]:
+    """A joined request's timeline: socket_wait, Triton's own segments, ack_wait; adds up to wire."""
+    return [wire.socket_wait_ns, *segments, wire.ack_wait_ns]
