@@ -115,6 +115,42 @@ def assign(cands: Sequence[Sequence[int]]) -> dict[int, int]:
     return out
 
 
+def in_read_order(arrivals: Sequence[int], cands: Sequence[Sequence[int]], chosen: Mapping[int, int],
+                  index: TurnIndex) -> dict[int, int]:
+    """HTTP/1.1 requests still sharing candidates: Triton stamps HTTP_RECV_START right after it
+    reads a request, so where k requests share exactly k turns, the i-th arrival is the i-th turn
+    read. Applied only where that pairing satisfies every request's own candidates."""
+    taken = set(chosen.values())
+    left = [j for j in range(len(cands)) if j not in chosen and cands[j]]
+    parent = {j: j for j in left}
+
+    def root(j: int) -> int:
+        while parent[j] != j:
+            parent[j] = parent[parent[j]]
+            j = parent[j]
+        return j
+
+    owner: dict[int, int] = {}
+    for j in left:
+        for k in cands[j]:
+            if k in taken:
+                continue
+            if k in owner:
+                parent[root(j)] = root(owner[k])
+            else:
+                owner[k] = j
+    components: dict[int, list[int]] = {}
+    for j in left:
+        components.setdefault(root(j), []).append(j)
+    out: dict[int, int] = {}
+    for members in components.values():
+        turns = sorted({k for j in members for k in cands[j] if k not in taken}, key=lambda k: index.reads[k])
+        ordered = sorted(members, key=lambda j: arrivals[j])
+        if len(turns) == len(ordered) and all(k in cands[j] for j, k in zip(ordered, turns, strict=True)):
+            out.update(zip(ordered, turns, strict=True))
+    return out
+
+
 def join(requests: Sequence[Request], turns: Sequence[Turn],
          ports: Mapping[str, frozenset[int]]) -> list[tuple[str, Wire | None]]:
     """Per request its result (one of JOIN_RESULTS) and, where joined, its Wire. `ports`:
@@ -127,6 +163,8 @@ def join(requests: Sequence[Request], turns: Sequence[Turn],
         index = TurnIndex([t for t in turns if t.lport in wanted])
         cands = [index.candidates(requests[i]) for i in rows]
         chosen = assign(cands)
+        if protocol == "http":
+            chosen.update(in_read_order([requests[i].arrival_ns for i in rows], cands, chosen, index))
         for j, i in enumerate(rows):
             if j in chosen:
                 out[i] = ("joined", wire_of(requests[i], index.turns[chosen[j]]))

@@ -1,0 +1,69 @@
+"""From the wire to the wire on a real Triton: `tcp-events --record` beside rolling traces, clients
+stamping time.monotonic_ns() at send and receipt; every joined request must sit inside them.
+
+Figures of the runs are printed (pytest -s shows them); docs/traces.md quotes them.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from exporter.demo.launcher import TritonServer
+from tests.triton_harness import EXPORTER, flush_until_traced
+from tests.wire_driver import Recorder, http_clients, joined_requests
+
+pytestmark = pytest.mark.ebpf
+
+# The client's ACK reaches the server after the client has read the response (its kernel sends
+# the ACK as the application empties the socket): last byte acknowledged <= receipt + this.
+# Measured on loopback here: at most ~0.5 ms (see the printed figures); stated with margin.
+ACK_AFTER_RECEIPT_NS = 5_000_000
+
+
+def test_http_requests_join_their_socket_turns_exactly(triton_factory: Callable[..., TritonServer],
+                                                       tmp_path: Path) -> None:
+    triton = triton_factory(log_frequency=50)
+    turns_file = tmp_path / "turns.jsonl"
+    rec = Recorder(EXPORTER, turns_file, [triton.http_port, triton.grpc_port])
+    try:
+        sent = http_clients(triton, clients=4, per_client=40, keep_alive=True, prefix="k")
+        sent += http_clients(triton, clients=4, per_client=15, keep_alive=False, prefix="n")
+        files = flush_until_traced(triton, len(sent))
+    finally:
+        err = rec.stop()
+    ports = {"http": frozenset({triton.http_port}), "grpc": frozenset({triton.grpc_port})}
+    joined = [j for j in joined_requests(files, turns_file, ports) if j.protocol == "http"]
+    by_id = {s.request_id: s for s in sent}
+    results = Counter(j.result for j in joined)
+    print(f"\nHTTP, 4 keep-alive + 4 new-connection clients: {dict(results)}; recorder: {err.strip()}")
+    assert len(joined) == len(sent)
+    assert results["joined"] >= 0.95 * len(joined), results
+
+    late: list[int] = []
+    for j in joined:
+        if j.wire is None:
+            continue
+        s = by_id[j.request_id or ""]
+        t = j.wire.turn
+        assert t.rport == s.port, (s, t)  # the turn is on the client's own connection
+        assert s.send_ns <= t.first_in_ns <= j.stamps["HTTP_RECV_START"], (s, t, j.stamps)
+        assert j.stamps["HTTP_SEND_END"] <= t.acked_ns, (t, j.stamps)
+        late.append(t.acked_ns - s.receipt_ns)
+        assert t.acked_ns <= s.receipt_ns + ACK_AFTER_RECEIPT_NS, (s, t)
+        # the timeline from the wire to the wire adds up exactly
+        assert j.wire.socket_wait_ns + (j.request.end_ns - j.request.arrival_ns) + j.wire.ack_wait_ns == j.wire.wire_ns
+    late.sort()
+    print(f"last byte acknowledged - client receipt: median {late[len(late) // 2] / 1e3:.0f} us, "
+          f"max {late[-1] / 1e3:.0f} us over {len(late)} joined requests")
+
+    out = subprocess.run([*EXPORTER, "summary", "--timeline", "--socket-turns", str(turns_file),
+                          "--http-port", str(triton.http_port), "--grpc-port", str(triton.grpc_port),
+                          *map(str, files)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "from the wire to the wire" in out.stdout and "socket_wait" in out.stdout, out.stdout
+    print(out.stdout)
