@@ -67,3 +67,34 @@ def test_http_requests_join_their_socket_turns_exactly(triton_factory: Callable[
     assert out.returncode == 0, out.stderr
     assert "from the wire to the wire" in out.stdout and "socket_wait" in out.stdout, out.stdout
     print(out.stdout)
+
+
+def test_grpc_joins_where_one_request_is_in_flight(triton_factory: Callable[..., TritonServer],
+                                                   tmp_path: Path) -> None:
+    from exporter.demo.launcher import MODEL, STREAM
+    from tests.wire_driver import grpc_clients
+
+    triton = triton_factory(log_frequency=50, models=(MODEL, STREAM))
+    turns_file = tmp_path / "turns.jsonl"
+    rec = Recorder(EXPORTER, turns_file, [triton.http_port, triton.grpc_port])
+    try:
+        n = grpc_clients(triton, 1, 60, "c1-")
+        n += grpc_clients(triton, 8, 15, "c8-")
+        n += grpc_clients(triton, 2, 15, "st-", stream_model=STREAM)
+        files = flush_until_traced(triton, n)
+    finally:
+        rec.stop()
+    ports = {"http": frozenset({triton.http_port}), "grpc": frozenset({triton.grpc_port})}
+    joined = [j for j in joined_requests(files, turns_file, ports) if j.protocol == "grpc"]
+    assert len(joined) == n
+    for prefix, what in (("c1-", "unary, concurrency 1"), ("c8-", "unary, concurrency 8"), ("st-", "2 streams")):
+        mine = [j for j in joined if (j.request_id or "").startswith(prefix)]
+        results = Counter(j.result for j in mine)
+        print(f"\ngRPC {what}: " + ", ".join(f"{r} {results[r] / len(mine):.0%}"
+                                              for r in ("joined", "ambiguous", "no_socket_event")))
+        for j in mine:
+            if j.wire is not None:
+                t = j.wire.turn
+                assert t.first_in_ns <= j.stamps["GRPC_WAITREAD_END"] <= t.first_write_ns <= j.stamps["GRPC_SEND_END"]
+        if prefix == "c1-":  # one request in flight on the connection at a time: these must join
+            assert results["joined"] >= 0.9 * len(mine), results

@@ -133,3 +133,33 @@ def joined_requests(trace_files: list[Path], turns_file: Path, ports: dict[str, 
             meta.append((batch.request_ids[i], PROTOCOLS[int(codes[i])], stamps))
     return [Joined(rid, proto, result, req, w, stamps)
             for (rid, proto, stamps), req, (result, w) in zip(meta, reqs, join(reqs, turns, ports), strict=True)]
+
+
+def grpc_clients(triton: TritonServer, clients: int, per_client: int, prefix: str, stream_model: str | None = None,
+                 tokens: int = 4) -> int:
+    """`clients` threads of gRPC requests, each with its own client: unary add_sub, or (stream_model)
+    requests on one open stream per client. Returns the number of requests answered."""
+    from exporter.demo.traffic import InferenceClients
+
+    done = [0] * clients
+
+    def run(c: int) -> None:
+        cl = InferenceClients(triton.http_address, triton.grpc_address)
+        try:
+            for k in range(per_client):
+                rid = f"{prefix}{c}-{k}"
+                if stream_model:
+                    cl.stream(stream_model, rid, tokens, empty_final=True)
+                else:
+                    cl.infer("grpc", "add_sub", rid)
+                done[c] += 1
+            cl.stop_stream()
+        finally:
+            cl.close()
+
+    threads = [threading.Thread(target=run, args=(c,)) for c in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(done)

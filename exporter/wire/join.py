@@ -9,23 +9,28 @@ A turn is a candidate for a request when, on a port of the request's protocol:
 
 - its first read is at or before the request's arrival (HTTP_RECV_START; GRPC_WAITREAD_END),
   and no more than LOOKBACK_NS before it;
-- its response was acknowledged at or after the request's last response out (end_to_end's end);
+- its first write is at or after the arrival and the first send's start (Triton's frontends
+  stamp a send's start before they write);
 - HTTP/1.1 (one request at a time per connection): its last read is at or before
-  HTTP_RECV_END, and its first write at or after the first HTTP_SEND_START (Triton's
-  frontend writes the reply after it stamps the send's start);
-- gRPC: its first write is at or after the arrival.
+  HTTP_RECV_END, and its response was acknowledged at or after HTTP_SEND_END;
+- gRPC: its first write is at or before the request's last response out. gRPC stamps
+  GRPC_SEND_END when its completion queue reports the write done, which can come after the
+  peer's ACK; there ack_wait is 0 and `wire` ends at GRPC_SEND_END, so the parts still add up.
 
 A request with one candidate that no other request claims is joined; a turn taken this
 way leaves every other request's candidates, and this repeats until nothing changes.
-A request with no candidate is `no_socket_event`; one whose candidates stay shared is
-`ambiguous` (gRPC multiplexes requests on one connection: where several are in flight on
-it, no guess is made). A request of no frontend (in-process, ensemble children) is
+A request whose candidates stay shared, or that has none while turns were under way on the
+ports when it arrived, is `ambiguous` (gRPC multiplexes requests on one connection: where
+several are in flight on it, no guess is made); one that arrived while no turn was under
+way is `no_socket_event` (the recorder was not running, or the kernel dropped the record). A request of no frontend (in-process, ensemble children) is
 `unsupported`.
 """
 
 from __future__ import annotations
 
 import bisect
+import dataclasses
+import itertools
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -45,7 +50,7 @@ class Request:
     arrival_ns: int  # end_to_end's start
     end_ns: int  # end_to_end's end: the last response out
     read_end_ns: int = -1  # HTTP_RECV_END
-    send_start_ns: int = -1  # the first response's send start
+    send_start_ns: int = -1  # the first response's send start (HTTP or gRPC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,8 +64,9 @@ class Wire:
 
 
 def wire_of(req: Request, turn: Turn) -> Wire:
-    start = turn.start_ns
-    return Wire(turn, req.arrival_ns - start, turn.acked_ns - req.end_ns, turn.acked_ns - start)
+    socket_wait = req.arrival_ns - turn.start_ns
+    ack_wait = max(0, turn.acked_ns - req.end_ns)
+    return Wire(turn, socket_wait, ack_wait, socket_wait + (req.end_ns - req.arrival_ns) + ack_wait)
 
 
 class TurnIndex:
@@ -70,6 +76,12 @@ class TurnIndex:
         self.turns = sorted((t for t in turns if t.first_read_ns and t.acked_ns), key=lambda t: t.first_read_ns)
         self.reads = [t.first_read_ns for t in self.turns]
 
+    def seen(self, req: Request) -> bool:
+        """Whether any turn was under way on these ports when the request arrived."""
+        hi = bisect.bisect_right(self.reads, req.arrival_ns)
+        lo = bisect.bisect_left(self.reads, req.arrival_ns - LOOKBACK_NS)
+        return any(max(t.acked_ns, t.last_write_ns, t.last_read_ns) >= req.arrival_ns for t in self.turns[lo:hi])
+
     def candidates(self, req: Request) -> list[int]:
         """Positions in self.turns of the turns that can hold `req`."""
         hi = bisect.bisect_right(self.reads, req.arrival_ns)
@@ -77,17 +89,65 @@ class TurnIndex:
         out: list[int] = []
         for k in range(lo, hi):
             t = self.turns[k]
-            if t.acked_ns < req.end_ns or t.start_ns > req.arrival_ns:
+            if t.start_ns > req.arrival_ns or t.first_write_ns < max(req.send_start_ns, req.arrival_ns):
                 continue
             if req.protocol == "http":
-                if req.read_end_ns >= 0 and t.last_read_ns > req.read_end_ns:
+                if t.acked_ns < req.end_ns or 0 <= req.read_end_ns < t.last_read_ns:
                     continue
-                if t.first_write_ns < max(req.send_start_ns, req.arrival_ns):
-                    continue
-            elif t.first_write_ns < req.arrival_ns:
+            elif t.first_write_ns > req.end_ns:
                 continue
             out.append(k)
         return out
+
+
+class GrpcIndex(TurnIndex):
+    """gRPC turns, joined per connection into exchanges. HTTP/2 peers trade small control frames
+    (window updates, pings) while a request is handled, and each such frame from the client
+    begins a turn; so a request's bytes arrive in one turn (the last read before its arrival)
+    and its response goes out in a later turn of the same connection (the first write within
+    its send). The exchange runs from the first to the second; self.turns holds them as made."""
+
+    def __init__(self, turns: Sequence[Turn]) -> None:
+        super().__init__(turns)
+        self.by_conn: dict[tuple[int, int], list[Turn]] = {}
+        for t in sorted(self.turns, key=lambda t: t.turn):
+            self.by_conn.setdefault(t.connection, []).append(t)
+        self.exchanges: list[Turn] = []
+        self._made: dict[tuple[int, int, int, int], int] = {}
+
+    def candidates(self, req: Request) -> list[int]:
+        hi = bisect.bisect_right(self.reads, req.arrival_ns)
+        lo = bisect.bisect_left(self.reads, req.arrival_ns - LOOKBACK_NS)
+        out: list[int] = []
+        for conn in {t.connection for t in self.turns[lo:hi]}:
+            on = self.by_conn[conn]
+            t_in = max((t for t in on if t.first_read_ns <= req.arrival_ns), key=lambda t: t.turn)
+            t_out = next((t for t in on if t.turn >= t_in.turn
+                          and t.first_write_ns >= max(req.send_start_ns, req.arrival_ns)), None)
+            if t_out is None or t_out.first_write_ns > req.end_ns or t_in.start_ns > req.arrival_ns:
+                continue
+            key = (*conn, t_in.turn, t_out.turn)
+            if key not in self._made:
+                self._made[key] = len(self.exchanges)
+                self.exchanges.append(dataclasses.replace(
+                    t_out, first_in_ns=t_in.first_in_ns, first_read_ns=t_in.first_read_ns))
+            out.append(self._made[key])
+        return out
+
+
+def overlapping(requests: Sequence[Request], joined: Mapping[int, Turn]) -> set[int]:
+    """Joined requests (by position) that were in flight at once on one connection: which bytes
+    were whose cannot be told, so none of them counts as joined."""
+    by_conn: dict[tuple[int, int], list[int]] = {}
+    for i, t in joined.items():
+        by_conn.setdefault(t.connection, []).append(i)
+    out: set[int] = set()
+    for rows in by_conn.values():
+        rows.sort(key=lambda i: requests[i].arrival_ns)
+        for a, b in itertools.pairwise(rows):
+            if requests[b].arrival_ns < requests[a].end_ns:
+                out.update((a, b))
+    return out
 
 
 def assign(cands: Sequence[Sequence[int]]) -> dict[int, int]:
@@ -160,16 +220,23 @@ def join(requests: Sequence[Request], turns: Sequence[Turn],
         rows = [i for i, r in enumerate(requests) if r.protocol == protocol and r.arrival_ns >= 0 and r.end_ns >= 0]
         if not rows:
             continue
-        index = TurnIndex([t for t in turns if t.lport in wanted])
+        mine = [t for t in turns if t.lport in wanted]
+        index = GrpcIndex(mine) if protocol == "grpc" else TurnIndex(mine)
         cands = [index.candidates(requests[i]) for i in rows]
         chosen = assign(cands)
-        if protocol == "http":
+        if isinstance(index, GrpcIndex):
+            picked = {j: index.exchanges[k] for j, k in chosen.items()}
+            for j in overlapping([requests[i] for i in rows], picked):
+                del picked[j]
+        else:
             chosen.update(in_read_order([requests[i].arrival_ns for i in rows], cands, chosen, index))
+            picked = {j: index.turns[k] for j, k in chosen.items()}
         for j, i in enumerate(rows):
-            if j in chosen:
-                out[i] = ("joined", wire_of(requests[i], index.turns[chosen[j]]))
+            if j in picked:
+                out[i] = ("joined", wire_of(requests[i], picked[j]))
             else:
-                out[i] = ("ambiguous" if cands[j] else "no_socket_event", None)
+                seen = bool(cands[j]) or index.seen(requests[i])
+                out[i] = ("ambiguous" if seen else "no_socket_event", None)
     return out
 
 

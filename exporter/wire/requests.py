@@ -25,7 +25,8 @@ def requests_of(stamps: npt.NDArray[np.int64], codes: npt.NDArray[np.int8], an: 
                        np.where(col["GRPC_WAITREAD_END"] >= 0, col["GRPC_WAITREAD_END"], col["REQUEST_START"]))
     e2e = an.durations[:, _E2E]
     end = np.where(e2e >= 0, arrival + e2e, -1)
-    send_start = _first(stamps, "HTTP_SEND_START")
+    http_send, grpc_send = _first(stamps, "HTTP_SEND_START"), _first(stamps, "GRPC_SEND_START")
+    send_start = np.where(http_send >= 0, http_send, grpc_send)
     return [Request(PROTOCOLS[c], a, e, r, s) for c, a, e, r, s in zip(
         codes.tolist(), arrival.tolist(), end.tolist(), col["HTTP_RECV_END"].tolist(), send_start.tolist(),
         strict=True)]
