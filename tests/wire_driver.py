@@ -136,25 +136,49 @@ def joined_requests(trace_files: list[Path], turns_file: Path, ports: dict[str, 
 
 
 def grpc_clients(triton: TritonServer, clients: int, per_client: int, prefix: str, stream_model: str | None = None,
-                 tokens: int = 4) -> int:
+                 tokens: int = 4, own_connection: bool = False) -> int:
     """`clients` threads of gRPC requests, each with its own client: unary add_sub, or (stream_model)
-    requests on one open stream per client. Returns the number of requests answered."""
-    from exporter.demo.traffic import InferenceClients
+    requests on one open stream per client. gRPC shares one connection between the channels of a
+    process unless `own_connection`. Returns the number of requests answered."""
+    import queue
+
+    import tritonclient.grpc as grpcclient
 
     done = [0] * clients
+    args = [("grpc.use_local_subchannel_pool", 1)] if own_connection else None
 
     def run(c: int) -> None:
-        cl = InferenceClients(triton.http_address, triton.grpc_address)
+        cl = grpcclient.InferenceServerClient(triton.grpc_address, channel_args=args)
+        replies: queue.Queue[object] = queue.Queue()
+        if stream_model:
+            cl.start_stream(callback=lambda result, error: replies.put(error or result))
         try:
             for k in range(per_client):
                 rid = f"{prefix}{c}-{k}"
                 if stream_model:
-                    cl.stream(stream_model, rid, tokens, empty_final=True)
+                    text = grpcclient.InferInput("text_input", [1], "BYTES")
+                    text.set_data_from_numpy(np.array([b"wire"], dtype=np.object_))
+                    count = grpcclient.InferInput("max_tokens", [1], "INT32")
+                    count.set_data_from_numpy(np.array([tokens], dtype=np.int32))
+                    cl.async_stream_infer(stream_model, [text, count], request_id=rid,
+                                          enable_empty_final_response=True)
+                    while True:
+                        r = replies.get(timeout=30)
+                        assert not isinstance(r, Exception), r
+                        final = r.get_response().parameters.get("triton_final_response")  # type: ignore[attr-defined]
+                        if final is not None and final.bool_param:
+                            break
                 else:
-                    cl.infer("grpc", "add_sub", rid)
+                    a = np.ones((1, 4), dtype=np.float32)
+                    inputs = [grpcclient.InferInput("INPUT0", [1, 4], "FP32"),
+                              grpcclient.InferInput("INPUT1", [1, 4], "FP32")]
+                    for x in inputs:
+                        x.set_data_from_numpy(a)
+                    cl.infer("add_sub", inputs, request_id=rid)
                 done[c] += 1
-            cl.stop_stream()
         finally:
+            if stream_model:
+                cl.stop_stream()
             cl.close()
 
     threads = [threading.Thread(target=run, args=(c,)) for c in range(clients)]

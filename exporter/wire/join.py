@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
-import itertools
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -76,6 +75,10 @@ class TurnIndex:
         self.turns = sorted((t for t in turns if t.first_read_ns and t.acked_ns), key=lambda t: t.first_read_ns)
         self.reads = [t.first_read_ns for t in self.turns]
 
+    def read_of(self, k: int) -> int:
+        """First read of candidate k."""
+        return self.reads[k]
+
     def seen(self, req: Request) -> bool:
         """Whether any turn was under way on these ports when the request arrived."""
         hi = bisect.bisect_right(self.reads, req.arrival_ns)
@@ -115,6 +118,9 @@ class GrpcIndex(TurnIndex):
         self.exchanges: list[Turn] = []
         self._made: dict[tuple[int, int, int, int], int] = {}
 
+    def read_of(self, k: int) -> int:
+        return self.exchanges[k].first_read_ns
+
     def candidates(self, req: Request) -> list[int]:
         hi = bisect.bisect_right(self.reads, req.arrival_ns)
         lo = bisect.bisect_left(self.reads, req.arrival_ns - LOOKBACK_NS)
@@ -135,18 +141,20 @@ class GrpcIndex(TurnIndex):
         return out
 
 
-def overlapping(requests: Sequence[Request], joined: Mapping[int, Turn]) -> set[int]:
-    """Joined requests (by position) that were in flight at once on one connection: which bytes
-    were whose cannot be told, so none of them counts as joined."""
-    by_conn: dict[tuple[int, int], list[int]] = {}
-    for i, t in joined.items():
-        by_conn.setdefault(t.connection, []).append(i)
+def overlapping(requests: Sequence[Request], joined: Mapping[int, Turn],
+                conns: Sequence[set[tuple[int, int]]]) -> set[int]:
+    """Joined requests (by position) in flight on their connection while another request that
+    may have been on it (conns: each request's candidate connections) was: which bytes were
+    whose cannot be told, so they do not count as joined."""
+    on: dict[tuple[int, int], list[int]] = {}
+    for j, cs in enumerate(conns):
+        for c in cs:
+            on.setdefault(c, []).append(j)
     out: set[int] = set()
-    for rows in by_conn.values():
-        rows.sort(key=lambda i: requests[i].arrival_ns)
-        for a, b in itertools.pairwise(rows):
-            if requests[b].arrival_ns < requests[a].end_ns:
-                out.update((a, b))
+    for j, t in joined.items():
+        a, b = requests[j].arrival_ns, requests[j].end_ns
+        if any(o != j and requests[o].arrival_ns < b and a < requests[o].end_ns for o in on[t.connection]):
+            out.add(j)
     return out
 
 
@@ -177,9 +185,10 @@ def assign(cands: Sequence[Sequence[int]]) -> dict[int, int]:
 
 def in_read_order(arrivals: Sequence[int], cands: Sequence[Sequence[int]], chosen: Mapping[int, int],
                   index: TurnIndex) -> dict[int, int]:
-    """HTTP/1.1 requests still sharing candidates: Triton stamps HTTP_RECV_START right after it
-    reads a request, so where k requests share exactly k turns, the i-th arrival is the i-th turn
-    read. Applied only where that pairing satisfies every request's own candidates."""
+    """HTTP/1.1 requests still sharing candidates: Triton's HTTP frontend stamps HTTP_RECV_START
+    on the thread that read the request, right after reading it, so where k requests share exactly
+    k turns, the i-th arrival is the i-th turn read. Applied only where that pairing satisfies
+    every request's own candidates."""
     taken = set(chosen.values())
     left = [j for j in range(len(cands)) if j not in chosen and cands[j]]
     parent = {j: j for j in left}
@@ -204,7 +213,7 @@ def in_read_order(arrivals: Sequence[int], cands: Sequence[Sequence[int]], chose
         components.setdefault(root(j), []).append(j)
     out: dict[int, int] = {}
     for members in components.values():
-        turns = sorted({k for j in members for k in cands[j] if k not in taken}, key=lambda k: index.reads[k])
+        turns = sorted({k for j in members for k in cands[j] if k not in taken}, key=index.read_of)
         ordered = sorted(members, key=lambda j: arrivals[j])
         if len(turns) == len(ordered) and all(k in cands[j] for j, k in zip(ordered, turns, strict=True)):
             out.update(zip(ordered, turns, strict=True))
@@ -224,9 +233,10 @@ def join(requests: Sequence[Request], turns: Sequence[Turn],
         index = GrpcIndex(mine) if protocol == "grpc" else TurnIndex(mine)
         cands = [index.candidates(requests[i]) for i in rows]
         chosen = assign(cands)
-        if isinstance(index, GrpcIndex):
+        if isinstance(index, GrpcIndex):  # no pairing by order here: gRPC reads on other threads
             picked = {j: index.exchanges[k] for j, k in chosen.items()}
-            for j in overlapping([requests[i] for i in rows], picked):
+            conns = [{index.exchanges[k].connection for k in c} for c in cands]
+            for j in overlapping([requests[i] for i in rows], picked, conns):
                 del picked[j]
         else:
             chosen.update(in_read_order([requests[i].arrival_ns for i in rows], cands, chosen, index))
