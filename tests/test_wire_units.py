@@ -152,7 +152,7 @@ def test_btf_member_offsets_flatten_anonymous_members() -> None:
     blob = _btf(types, strings)
     found = member_offsets({"sk_buff": ("len", "data"), "tcp_sock": ("write_seq",)}, blob)
     assert found == {("sk_buff", "len"): 4, ("sk_buff", "data"): 16, ("tcp_sock", "write_seq"): 4}
-    with pytest.raises(BtfError, match="tcp_sock.snd_una"):
+    with pytest.raises(BtfError, match=r"tcp_sock\.snd_una"):
         member_offsets({"tcp_sock": ("snd_una",)}, blob)
 
 
