@@ -83,15 +83,19 @@ def run_record(path: str, ports: Sequence[int], count: int = 0) -> int:
         out.close()
         print(f"inference-profiler: error: tcp-events: {e}", file=sys.stderr)
         return 1
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops it like Ctrl-C
+    stop: list[int] = []  # a flag, not KeyboardInterrupt: one raised inside BCC's callback is lost
+
+    def on_signal(signum: int, _frame: object) -> None:
+        stop.append(signum)
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
     print(f"recording socket turns on port(s) {', '.join(map(str, ports))} to {path} "
           f"(attach method {recorder.method}); Ctrl-C to stop", file=sys.stderr, flush=True)
     try:
-        while not count or written < count:
+        while not stop and (not count or written < count):
             recorder.poll(200)
             out.flush()
-    except KeyboardInterrupt:
-        pass
     finally:
         recorder.poll(0)  # what the kernel sent before the stop
         dropped = recorder.dropped()
