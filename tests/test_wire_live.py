@@ -43,6 +43,8 @@ def test_turns_wait_for_late_traces_and_join_once() -> None:
     # the same requests again (a trace counted twice upstream would be): their turns are gone
     again = observe(w, (10_015, 10_400))
     assert again.results["joined"] == 0
+    w.add(seq_turn(1))  # the kernel sends a turn again when more was written after its ACK
+    assert len(w) == 1
     late = observe(w, (30_015, 30_400))
     assert late.results["joined"] == 1 and len(w) == 0
 

@@ -89,12 +89,13 @@ class TurnIndex:
         """Positions in self.turns of the turns that can hold `req`."""
         hi = bisect.bisect_right(self.reads, req.arrival_ns)
         lo = bisect.bisect_left(self.reads, req.arrival_ns - LOOKBACK_NS)
+        writes_from = max(req.send_start_ns, req.arrival_ns)
+        http = req.protocol == "http"
         out: list[int] = []
-        for k in range(lo, hi):
-            t = self.turns[k]
-            if t.start_ns > req.arrival_ns or t.first_write_ns < max(req.send_start_ns, req.arrival_ns):
+        for k, t in enumerate(self.turns[lo:hi], start=lo):
+            if t.start_ns > req.arrival_ns or t.first_write_ns < writes_from:
                 continue
-            if req.protocol == "http":
+            if http:
                 if t.acked_ns < req.end_ns or 0 <= req.read_end_ns < t.last_read_ns:
                     continue
             elif t.first_write_ns > req.end_ns:

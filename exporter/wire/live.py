@@ -59,6 +59,7 @@ class TurnWindow:
         self._lock = threading.Lock()
         self._turns: dict[tuple[int, int, int], Turn] = {}
         self._reads: list[tuple[int, tuple[int, int, int]]] = []  # (first read, key), sorted
+        self._joined: dict[tuple[int, int, int], None] = {}  # recently joined, so a re-sent record is ignored
         self._newest = 0
         self.expired = 0  # turns dropped by age, never joined
         self.evicted = 0  # turns dropped for memory, never joined
@@ -71,8 +72,14 @@ class TurnWindow:
         if not turn.first_read_ns:
             return
         with self._lock:
+            if turn.key in self._joined:
+                return
             if turn.key not in self._turns:
-                bisect.insort(self._reads, (turn.first_read_ns, turn.key))
+                entry = (turn.first_read_ns, turn.key)
+                if not self._reads or entry >= self._reads[-1]:
+                    self._reads.append(entry)  # the usual case: turns come in order
+                else:
+                    bisect.insort(self._reads, entry)
             self._turns[turn.key] = turn
             self._newest = max(self._newest, turn.first_read_ns)
             self._trim()
@@ -99,9 +106,14 @@ class TurnWindow:
             hi = bisect.bisect_right(self._reads, (max(arrivals, default=0) + 1,))
             turns = [t for _, key in self._reads[lo:hi] if (t := self._turns.get(key)) is not None]
             out = join(requests, turns, self.ports)
-            for _, w in out:
-                if w is not None:
-                    self._turns.pop(w.turn.key, None)  # joined once; its _reads entry goes with age
+            joined = {w.turn.key for _, w in out if w is not None}
+            for key in joined:
+                self._turns.pop(key, None)  # joined once
+                self._joined[key] = None
+            while len(self._joined) > self.max_turns:
+                del self._joined[next(iter(self._joined))]
+            if joined:
+                self._reads = [e for e in self._reads if e[1] not in joined]
         n = len(requests)
         socket_wait = np.full(n, -1, dtype=np.int64)
         ack_wait = np.full(n, -1, dtype=np.int64)
