@@ -64,9 +64,11 @@ def test_http_requests_sharing_turns_pair_in_read_order() -> None:
     assert [w.turn.sock for _, w in out if w] == [1, 2]
 
 
-def test_a_request_without_any_turn_under_way_has_no_socket_event() -> None:
+def test_a_request_with_no_read_recorded_before_it_has_no_socket_event() -> None:
     old = turn(1, 1, 0, 10, 50, 60)
-    assert results([http(10_000, 10_500)], [old]) == ["no_socket_event"]
+    late = 11 * 10**9  # more than LOOKBACK_NS after the last recorded read
+    assert results([http(late, late + 500)], [old]) == ["no_socket_event"]
+    assert results([http(10_000, 10_500)], [old]) == ["ambiguous"]  # a read shortly before: not its turn
 
 
 def test_turn_whose_ack_precedes_the_send_end_is_not_an_http_candidate() -> None:

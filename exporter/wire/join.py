@@ -19,10 +19,11 @@ A turn is a candidate for a request when, on a port of the request's protocol:
 
 A request with one candidate that no other request claims is joined; a turn taken this
 way leaves every other request's candidates, and this repeats until nothing changes.
-A request whose candidates stay shared, or that has none while turns were under way on the
-ports when it arrived, is `ambiguous` (gRPC multiplexes requests on one connection: where
-several are in flight on it, no guess is made); one that arrived while no turn was under
-way is `no_socket_event` (the recorder was not running, or the kernel dropped the record). A request of no frontend (in-process, ensemble children) is
+A request whose candidates stay shared, or that has none although the kernel recorded reads
+on the ports shortly before it arrived, is `ambiguous` (gRPC multiplexes requests on one
+connection: where several are in flight on it, no guess is made); one before whose arrival
+no read was recorded is `no_socket_event` (the recorder was not running, or the kernel
+dropped the record). A request of no frontend (in-process, ensemble children) is
 `unsupported`.
 """
 
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import itertools
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -72,7 +74,9 @@ class TurnIndex:
     """Turns of one protocol's ports, by first read."""
 
     def __init__(self, turns: Sequence[Turn]) -> None:
-        self.turns = sorted((t for t in turns if t.first_read_ns and t.acked_ns), key=lambda t: t.first_read_ns)
+        self.every = sorted((t for t in turns if t.first_read_ns), key=lambda t: t.first_read_ns)
+        self.every_reads = [t.first_read_ns for t in self.every]
+        self.turns = [t for t in self.every if t.acked_ns]  # a request's turn is acknowledged
         self.reads = [t.first_read_ns for t in self.turns]
 
     def read_of(self, k: int) -> int:
@@ -80,10 +84,10 @@ class TurnIndex:
         return self.reads[k]
 
     def seen(self, req: Request) -> bool:
-        """Whether any turn was under way on these ports when the request arrived."""
-        hi = bisect.bisect_right(self.reads, req.arrival_ns)
-        lo = bisect.bisect_left(self.reads, req.arrival_ns - LOOKBACK_NS)
-        return any(max(t.acked_ns, t.last_write_ns, t.last_read_ns) >= req.arrival_ns for t in self.turns[lo:hi])
+        """Whether the kernel recorded a read on these ports in the LOOKBACK_NS before the
+        request's arrival (its own bytes were read then, if they were recorded at all)."""
+        k = bisect.bisect_right(self.every_reads, req.arrival_ns)
+        return k > 0 and self.every_reads[k - 1] >= req.arrival_ns - LOOKBACK_NS
 
     def candidates(self, req: Request) -> list[int]:
         """Positions in self.turns of the turns that can hold `req`."""
@@ -114,7 +118,7 @@ class GrpcIndex(TurnIndex):
     def __init__(self, turns: Sequence[Turn]) -> None:
         super().__init__(turns)
         self.by_conn: dict[tuple[int, int], list[Turn]] = {}
-        for t in sorted(self.turns, key=lambda t: t.turn):
+        for t in sorted(self.every, key=lambda t: t.turn):
             self.by_conn.setdefault(t.connection, []).append(t)
         self.exchanges: list[Turn] = []
         self._made: dict[tuple[int, int, int, int], int] = {}
@@ -123,15 +127,16 @@ class GrpcIndex(TurnIndex):
         return self.exchanges[k].first_read_ns
 
     def candidates(self, req: Request) -> list[int]:
-        hi = bisect.bisect_right(self.reads, req.arrival_ns)
-        lo = bisect.bisect_left(self.reads, req.arrival_ns - LOOKBACK_NS)
+        hi = bisect.bisect_right(self.every_reads, req.arrival_ns)
+        lo = bisect.bisect_left(self.every_reads, req.arrival_ns - LOOKBACK_NS)
         out: list[int] = []
-        for conn in {t.connection for t in self.turns[lo:hi]}:
+        for conn in {t.connection for t in self.every[lo:hi]}:
             on = self.by_conn[conn]
             t_in = max((t for t in on if t.first_read_ns <= req.arrival_ns), key=lambda t: t.turn)
             t_out = next((t for t in on if t.turn >= t_in.turn
                           and t.first_write_ns >= max(req.send_start_ns, req.arrival_ns)), None)
-            if t_out is None or t_out.first_write_ns > req.end_ns or t_in.start_ns > req.arrival_ns:
+            if (t_out is None or not t_out.acked_ns or t_out.first_write_ns > req.end_ns
+                    or t_in.start_ns > req.arrival_ns):
                 continue
             key = (*conn, t_in.turn, t_out.turn)
             if key not in self._made:
@@ -142,20 +147,33 @@ class GrpcIndex(TurnIndex):
         return out
 
 
-def overlapping(requests: Sequence[Request], joined: Mapping[int, Turn],
-                conns: Sequence[set[tuple[int, int]]]) -> set[int]:
-    """Joined requests (by position) in flight on their connection while another request that
-    may have been on it (conns: each request's candidate connections) was: which bytes were
-    whose cannot be told, so they do not count as joined."""
-    on: dict[tuple[int, int], list[int]] = {}
-    for j, cs in enumerate(conns):
-        for c in cs:
-            on.setdefault(c, []).append(j)
+def overlapping(requests: Sequence[Request], joined: Mapping[int, Turn]) -> set[int]:
+    """Joined requests (by position) that were in flight while another request that may have
+    been on the same connection was: one joined to that connection, or one whose connection
+    is unknown (not joined). Which bytes were whose cannot be told, so they do not count as
+    joined; repeated until none is left (a request taken out is then unknown in turn)."""
+    order = sorted(range(len(requests)), key=lambda i: requests[i].arrival_ns)
+    arrivals = [requests[i].arrival_ns for i in order]
+    latest_end = list(itertools.accumulate((requests[i].end_ns for i in order), max))
     out: set[int] = set()
-    for j, t in joined.items():
-        a, b = requests[j].arrival_ns, requests[j].end_ns
-        if any(o != j and requests[o].arrival_ns < b and a < requests[o].end_ns for o in on[t.connection]):
-            out.add(j)
+    changed = True
+    while changed:
+        changed = False
+        for j in order:
+            if j not in joined or j in out:
+                continue
+            a, b = requests[j].arrival_ns, requests[j].end_ns
+            conn = joined[j].connection
+            k = bisect.bisect_left(arrivals, b) - 1
+            while k >= 0 and latest_end[k] > a:  # earlier ones all ended before j arrived
+                o = order[k]
+                k -= 1
+                if o == j or requests[o].end_ns <= a:
+                    continue
+                if o not in joined or o in out or joined[o].connection == conn:
+                    out.add(j)
+                    changed = True
+                    break
     return out
 
 
@@ -236,8 +254,7 @@ def join(requests: Sequence[Request], turns: Sequence[Turn],
         chosen = assign(cands)
         if isinstance(index, GrpcIndex):  # no pairing by order here: gRPC reads on other threads
             picked = {j: index.exchanges[k] for j, k in chosen.items()}
-            conns = [{index.exchanges[k].connection for k in c} for c in cands]
-            for j in overlapping([requests[i] for i in rows], picked, conns):
+            for j in overlapping([requests[i] for i in rows], picked):
                 del picked[j]
         else:
             chosen.update(in_read_order([requests[i].arrival_ns for i in rows], cands, chosen, index))
