@@ -47,12 +47,13 @@ class TraceSource(PolledSource):
         names = label_names([TracePattern(p) for p in settings.patterns])
         self.aggregator = TraceAggregator(store, names, settings.max_models, on_error)
         self.tailer = TraceTailer(settings, on_error, self.aggregator)
+        self.native_schema, self.stages = cfg.native_schema, cfg.trace_stage
         self._backoff = 0.0
         self._retry_at = 0.0
         self.thread = PollThread("trace-tailer", self._poll, cfg.trace_poll_seconds, on_error, log)
 
     def collectors(self) -> list[Collector]:
-        return [TraceCollector(self.tailer)]
+        return [TraceCollector(self.tailer, self.native_schema, self.stages)]
 
     def _poll(self) -> None:
         if self.tailer.state_error is not None and time.monotonic() < self._retry_at:
