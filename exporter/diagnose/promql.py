@@ -70,8 +70,10 @@ sum by (model, version) (
 unless on ()
 (
   max(
-    sum by (direction) (rate(inference_profiler_tcp_message_bytes_sum{role="server"}[5m]))
-      / sum by (direction) (rate(inference_profiler_tcp_message_bytes_count{role="server"}[5m]))
+    (
+      sum by (direction) (rate(inference_profiler_tcp_message_bytes_sum{role="server"}[5m])) / sum by (direction) (rate(inference_profiler_tcp_message_bytes_count{role="server"}[5m]))
+      or sum by (direction) (histogram_sum(rate(inference_profiler_tcp_message_bytes{role="server"}[5m]))) / sum by (direction) (histogram_count(rate(inference_profiler_tcp_message_bytes{role="server"}[5m])))
+    )
   ) < <large_message_bytes>
 )
 """),
@@ -79,8 +81,10 @@ unless on ()
         "node-wide socket queue time per read against the model's end_to_end",
         """\
 scalar(
-  sum(rate(inference_profiler_tcp_socket_queue_seconds_sum[5m]))
-    / sum(rate(inference_profiler_tcp_socket_queue_seconds_count[5m]))
+  (
+    sum (rate(inference_profiler_tcp_socket_queue_seconds_sum[5m])) / sum (rate(inference_profiler_tcp_socket_queue_seconds_count[5m]))
+    or sum (histogram_sum(rate(inference_profiler_tcp_socket_queue_seconds[5m]))) / sum (histogram_count(rate(inference_profiler_tcp_socket_queue_seconds[5m])))
+  )
 )
 / model_version:inference_profiler_end_to_end_seconds:mean_5m >= <socket_queue_share>
 """),
@@ -92,13 +96,17 @@ scalar(
     / model_version:inference_profiler_traces:rate5m
 )
 / (
-  sum by (model, version) (rate(inference_profiler_stage_duration_seconds_sum{stage="first_response"}[5m]))
-    / sum by (model, version) (rate(inference_profiler_stage_duration_seconds_count{stage="first_response"}[5m]))
+  (
+    sum by (model, version) (rate(inference_profiler_stage_duration_seconds_sum{stage="first_response"}[5m])) / sum by (model, version) (rate(inference_profiler_stage_duration_seconds_count{stage="first_response"}[5m]))
+    or sum by (model, version) (histogram_sum(rate(inference_profiler_stage_duration_seconds{stage="first_response"}[5m]))) / sum by (model, version) (histogram_count(rate(inference_profiler_stage_duration_seconds{stage="first_response"}[5m])))
+  )
 ) >= <first_response_queue_share>
 and on (model, version)
 (
-  sum by (model, version) (rate(inference_profiler_responses_per_request_sum[5m]))
-    / sum by (model, version) (rate(inference_profiler_responses_per_request_count[5m])) >= <streaming_min_responses>
+  (
+    sum by (model, version) (rate(inference_profiler_responses_per_request_sum[5m])) / sum by (model, version) (rate(inference_profiler_responses_per_request_count[5m]))
+    or sum by (model, version) (histogram_sum(rate(inference_profiler_responses_per_request[5m]))) / sum by (model, version) (histogram_count(rate(inference_profiler_responses_per_request[5m])))
+  ) >= <streaming_min_responses>
 )
 """),
 }
