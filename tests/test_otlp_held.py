@@ -68,9 +68,9 @@ def test_a_root_whose_children_never_come_is_an_orphan_after_the_hold(tmp_path: 
 
 
 def test_waiting_spans_stay_out_of_each_posts_commit(tmp_path: Path) -> None:
-    """60,000 spans wait for their roots: a post's journal record holds its own spans, not theirs,
+    """40,000 spans wait for their roots: a post's journal record holds its own spans, not theirs,
     and a 1,000-span post takes about as long as with none waiting."""
-    t, otlp = _ingest(tmp_path)
+    t, otlp = _ingest(tmp_path, max_held_bytes=64 << 20)  # room for all of them
 
     def post_complete(n: int, t0: int) -> float:
         req = export_request([s for r in range(n) for s in request_spans(t0 + r * 10**4, request_id=f"c{r}")])
@@ -79,15 +79,15 @@ def test_waiting_spans_stay_out_of_each_posts_commit(tmp_path: Path) -> None:
         return time.perf_counter() - start
 
     with_none = min(post_complete(333, T0 + i * 10**8) for i in range(3))  # 999 spans each
-    for batch in range(30):  # 30,000 requests without their root: 60,000 spans wait
+    for batch in range(20):  # 20,000 requests without their root: 40,000 spans wait
         otlp.ingest(export_request([s for r in range(1000) for s in request_spans(T0 + (batch * 1000 + r) * 10**5)
                                     if s.parent_span_id]))
-    assert sum(len(tree) for tree, _ in otlp.held.values()) == 60_000
+    assert sum(len(tree) for tree, _ in otlp.held.values()) == 40_000
     before = t.state_written_bytes["journal"]
     spans = request_spans(T0 + 5 * 10**9, request_id="small")
     otlp.ingest(export_request(spans))
     record = t.state_written_bytes["journal"] - before
-    assert record < 4096, record  # the 3 spans' counts and keys, none of the 60,000 waiting
+    assert record < 4096, record  # the 3 spans' counts and keys, none of the 40,000 waiting
     with_waiting = min(post_complete(333, T0 + 10**10 + i * 10**8) for i in range(3))
     assert with_waiting < 3 * with_none + 0.05, (with_waiting, with_none)
 
