@@ -40,7 +40,7 @@ def every_collector(tmp: Path) -> list[Collector]:
                          "ebpf": "off", "otlp_listen": "127.0.0.1:0"})
     errors = ErrorCounts()
     sources = build_sources(cfg, errors)
-    assert {s.name for s in sources} == {"traces", "triton", "perf_analyzer"}
+    assert {s.name for s in sources} == {"traces", "otlp", "triton", "perf_analyzer"}  # OTLP: a peer of the file tailer
     programs = [ProgramState(d, None, "not loaded") for d in metric_programs()]
     return [SelfCollector(errors), ProcessCollector(namespace="inference_profiler", registry=None),
             *(c for s in sources for c in s.collectors()), EbpfCollector(programs, threading.Lock(), errors)]
