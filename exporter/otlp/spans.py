@@ -16,10 +16,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-
 from ..stages import CUSTOM_NAME, KNOWN_TIMESTAMPS
 from ..traces.assembly import Trace
+from .decode import Decoded, SpanRecord
 
 MODEL_NAME, MODEL_VERSION = "triton.model_name", "triton.model_version"
 REQUEST_ID = "triton.request_id"
@@ -56,38 +55,21 @@ class Span:
                    {str(k): str(x) for k, x in v[4].items()}, [(str(n), int(t)) for n, t in v[5]])
 
 
-def _text(value: Any) -> str | None:
-    which = value.WhichOneof("value")
-    if which == "string_value":
-        return str(value.string_value)
-    if which == "int_value":
-        return str(value.int_value)
-    return None
-
-
-def spans_of(req: ExportTraceServiceRequest, reject: Reject, now_ns: int) -> Iterator[Span]:
+def spans_of(records: Decoded, reject: Reject, now_ns: int) -> Iterator[Span]:
     """The request's spans that can be counted; each other span is rejected once, by reason."""
-    for rs in req.resource_spans:
-        for ss in rs.scope_spans:
-            for s in ss.spans:
-                span = _span(s, reject, now_ns)
-                if span is not None:
-                    yield span
+    for r in records:
+        span = _span(r, reject, now_ns)
+        if span is not None:
+            yield span
 
 
-def _span(s: Any, reject: Reject, now_ns: int) -> Span | None:
-    tid, sid, pid = bytes(s.trace_id), bytes(s.span_id), bytes(s.parent_span_id)
+def _span(r: SpanRecord, reject: Reject, now_ns: int) -> Span | None:
+    tid, sid, pid, attrs = r.trace_id, r.span_id, r.parent_id, r.attrs
     if len(tid) != 16 or len(sid) != 8 or len(pid) not in (0, 8) or not any(tid) or not any(sid):
         reject("bad_span_id", 1)
         return None
-    attrs: dict[str, str] = {}
-    for kv in s.attributes:
-        if kv.key.startswith("triton."):
-            text = _text(kv.value)
-            if text is not None:
-                attrs[kv.key] = text
     model = attrs.get(MODEL_NAME)
-    if model is not None or s.name not in ("InferRequest", "compute"):
+    if model is not None or r.name not in ("InferRequest", "compute"):
         if not model or MODEL_VERSION not in attrs:
             reject("missing_attribute", 1)
             return None
@@ -95,16 +77,16 @@ def _span(s: Any, reject: Reject, now_ns: int) -> Span | None:
             reject("bad_label", 1)
             return None
     events: list[tuple[str, int]] = []
-    for e in s.events:
-        t = int(e.time_unix_nano)
-        if t < MIN_WALL_NS or t > now_ns + MAX_AHEAD_NS:
+    latest = now_ns + MAX_AHEAD_NS
+    for name, t in r.events:
+        if t < MIN_WALL_NS or t > latest:
             reject("implausible_time", 1)
             return None
-        if e.name in KNOWN_TIMESTAMPS or CUSTOM_NAME.fullmatch(e.name):
-            events.append((str(e.name), t))
+        if name in KNOWN_TIMESTAMPS or CUSTOM_NAME.fullmatch(name):
+            events.append((name, t))
         else:
             reject("unknown_timestamp", 1)
-    return Span(tid, sid, pid, str(s.name), attrs, events)
+    return Span(tid, sid, pid, r.name, attrs, events)
 
 
 # --- holding a request's spans until its root arrives ---------------------------------
