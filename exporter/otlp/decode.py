@@ -13,7 +13,7 @@ import time
 import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import NamedTuple
+from typing import Annotated, NamedTuple
 
 import msgspec
 from google.protobuf import json_format
@@ -148,10 +148,15 @@ class SpanRecord(NamedTuple):
 Decoded = list[SpanRecord]
 
 
-# OTLP/JSON's shape, only the fields the receiver reads: unknown fields are skipped unparsed
+# OTLP/JSON's shape, only the fields the receiver reads: unknown fields are skipped unparsed.
+# 64-bit integers come as JSON numbers or decimal text (proto3 JSON): the decoder is lax on that.
+_U64 = Annotated[int, msgspec.Meta(ge=0)]
+_I64 = int
+
+
 class _Value(msgspec.Struct, gc=False):
     stringValue: str | None = None
-    intValue: int | str | None = None  # int64: a JSON number or a decimal string
+    intValue: _I64 | None = None
 
 
 class _KeyValue(msgspec.Struct, gc=False):
@@ -161,11 +166,11 @@ class _KeyValue(msgspec.Struct, gc=False):
 
 class _Event(msgspec.Struct, gc=False):
     name: str = ""
-    timeUnixNano: int | str = 0
+    timeUnixNano: _U64 = 0
 
 
 class _Status(msgspec.Struct, gc=False):
-    code: int | str = 0
+    code: int | str = 0  # the enum's number or its name
 
 
 class _Span(msgspec.Struct, gc=False):
@@ -190,24 +195,8 @@ class _Request(msgspec.Struct, gc=False):
     resourceSpans: list[_ResourceSpans] = []
 
 
-_JSON_DECODER = msgspec.json.Decoder(_Request)
+_JSON_DECODER = msgspec.json.Decoder(_Request, strict=False)
 _STATUS_NAMES = {"STATUS_CODE_UNSET": 0, "STATUS_CODE_OK": 1, "STATUS_CODE_ERROR": 2}
-
-
-def _hex(key: str, v: str) -> bytes:
-    try:
-        return bytes.fromhex(v)
-    except ValueError:
-        raise PayloadError(400, "malformed", f"{key} {v[:40]!r} is not hex") from None
-
-
-def _int(key: str, v: int | str) -> int:
-    """An OTLP/JSON 64-bit integer (a number, or its decimal text as proto3 JSON allows)."""
-    if isinstance(v, str):
-        if not v.lstrip("-").isdigit():
-            raise PayloadError(400, "malformed", f"{key} {v[:40]!r} is not an integer")
-        v = int(v)
-    return v
 
 
 def _json_records(data: bytes) -> Decoded:
@@ -216,6 +205,7 @@ def _json_records(data: bytes) -> Decoded:
     except (msgspec.DecodeError, RecursionError) as e:
         raise PayloadError(400, "malformed", f"JSON body is not an ExportTraceServiceRequest: {e}") from None
     out: Decoded = []
+    fromhex = bytes.fromhex
     for rs in req.resourceSpans:
         for ss in rs.scopeSpans:
             for s in ss.spans:
@@ -226,17 +216,15 @@ def _json_records(data: bytes) -> Decoded:
                         if v.stringValue is not None:
                             attrs[kv.key] = v.stringValue
                         elif v.intValue is not None:
-                            attrs[kv.key] = str(_int("intValue", v.intValue))
-                events = []
-                for ev in s.events:
-                    t = _int("timeUnixNano", ev.timeUnixNano)
-                    if t < 0:
-                        raise PayloadError(400, "malformed", f"timeUnixNano {t} is negative")
-                    events.append((ev.name, t))
+                            attrs[kv.key] = str(v.intValue)
                 code = s.status.code if s.status is not None else 0
-                status = _STATUS_NAMES.get(code, 0) if isinstance(code, str) else code
-                out.append(SpanRecord(_hex("traceId", s.traceId), _hex("spanId", s.spanId),
-                                      _hex("parentSpanId", s.parentSpanId), s.name, attrs, events, status))
+                try:
+                    ids = fromhex(s.traceId), fromhex(s.spanId), fromhex(s.parentSpanId)
+                except ValueError:
+                    raise PayloadError(400, "malformed", f"span {s.spanId[:40]!r} of trace {s.traceId[:40]!r}: "
+                                       "ids must be hex") from None
+                out.append(SpanRecord(*ids, s.name, attrs, [(e.name, e.timeUnixNano) for e in s.events],
+                                      _STATUS_NAMES.get(code, 0) if isinstance(code, str) else code))
     return out
 
 
@@ -252,12 +240,14 @@ def _protobuf_records(data: bytes) -> Decoded:
             for s in ss.spans:
                 attrs: dict[str, str] = {}
                 for kv in s.attributes:
-                    if kv.key.startswith("triton."):
-                        which = kv.value.WhichOneof("value")
-                        if which == "string_value":
-                            attrs[kv.key] = kv.value.string_value
-                        elif which == "int_value":
-                            attrs[kv.key] = str(kv.value.int_value)
+                    key = kv.key
+                    if key.startswith("triton."):
+                        v = kv.value
+                        text = v.string_value  # the common case first: one field read, no oneof lookup
+                        if text or v.HasField("string_value"):
+                            attrs[key] = text
+                        elif v.HasField("int_value"):
+                            attrs[key] = str(v.int_value)
                 out.append(SpanRecord(s.trace_id, s.span_id, s.parent_span_id, s.name, attrs,
                                       [(e.name, e.time_unix_nano) for e in s.events], s.status.code))
     return out
