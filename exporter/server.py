@@ -182,7 +182,9 @@ class TrackedHandler(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         super().setup()
-        self.connection.settimeout(cast(_HTTPServer, self.server).idle_seconds)
+        # a read silent this long ends the connection; a second later than the server's own idle
+        # deadline, which closes a waiting connection first (and counts it)
+        self.connection.settimeout(cast(_HTTPServer, self.server).idle_seconds + 1.0)
 
     def handle_one_request(self) -> None:
         httpd = cast(_HTTPServer, self.server)

@@ -272,6 +272,7 @@ class OtlpHandler(TrackedHandler):
             self._refuse(PayloadError(401, "unauthorized", "credentials required"), media)
             return
         length = int(self.headers.get("Content-Length") or -1)  # a number: TrackedHandler checked
+        body: bytes | None = None
         try:
             if length < 0 or self.headers.get("Transfer-Encoding"):
                 self.close_connection = True
@@ -287,6 +288,8 @@ class OtlpHandler(TrackedHandler):
                                         self.headers.get("Content-Encoding"), charge)
                 self._commit(records, body, media)
         except PayloadError as e:
+            if body is None and e.result == "throttled":
+                self._discard(length)  # read away unheld, so the connection serves the retry
             self._refuse(e, media)
 
     def _commit(self, records: Decoded, body: bytes, media: str) -> None:
