@@ -4,6 +4,7 @@ hold no traces. Each ends in one line on stderr and exit 2, in bounded time and 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import subprocess
@@ -46,10 +47,8 @@ class RawServer:
                     return
                 data += chunk
             self.requests += 1
-            try:
+            with contextlib.suppress(OSError):
                 self.respond(c)
-            except OSError:
-                pass
 
 
 @pytest.fixture
