@@ -120,7 +120,7 @@ def triton_bodies(posts: int, copies: int = 2) -> list[bytes]:
     return out
 
 
-def triton_shape(posts: int) -> None:
+def triton_shape(posts: int, exporter: str) -> None:
     import http.client
     import json
     import subprocess
@@ -139,7 +139,7 @@ def triton_shape(posts: int) -> None:
     plain = (time.process_time() - c0) / 5 / n_spans
     with tempfile.TemporaryDirectory() as work:
         port, otlp = free_port(), free_port()
-        proc = subprocess.Popen([str(ROOT / ".venv" / "bin" / "inference-profiler"), "serve", "--listen",
+        proc = subprocess.Popen([exporter, "serve", "--listen",
                                  f"127.0.0.1:{port}", "--otlp-listen", f"127.0.0.1:{otlp}", "--triton", "none",
                                  "--ebpf", "off", "--state-dir", work], stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
@@ -187,7 +187,13 @@ def main() -> None:
     ap.add_argument("--spans", type=int, default=512)
     ap.add_argument("--http", action="store_true", help="through the HTTP listener (same process)")
     ap.add_argument("--triton-posts", type=int, default=1500, help="POSTs in Triton's shape (0: skip)")
+    ap.add_argument("--exporter", default=str(ROOT / ".venv" / "bin" / "inference-profiler"),
+                    help="the inference-profiler serving Triton's shape (another checkout's, for a before/after)")
+    ap.add_argument("--triton-only", action="store_true", help="only Triton's shape")
     a = ap.parse_args()
+    if a.triton_only:
+        triton_shape(a.triton_posts, a.exporter)
+        return
     reqs = payloads(a.payloads, a.spans)
     pb = [r.SerializeToString() for r in reqs]
     js = [to_json(r) for r in reqs]
@@ -204,7 +210,7 @@ def main() -> None:
         print(f"receiver, {name:8}              {rate:12,.0f} spans/s per core  ({base / rate:.1f}x slower than "
               f"plain decoding; {traces} traces counted)")
     if a.triton_posts:
-        triton_shape(a.triton_posts)
+        triton_shape(a.triton_posts, a.exporter)
 
 
 if __name__ == "__main__":
