@@ -227,15 +227,7 @@ class OtlpHandler(TrackedHandler):
         return type(cls.__name__, (cls,), {"owner": owner})
 
     def _reply(self, code: int, body: bytes, media: str, headers: dict[str, str] | None = None) -> None:
-        self.send_response(code)
-        self.send_header("Content-Type", media)
-        for k, v in (headers or {}).items():
-            self.send_header(k, v)
-        self.send_header("Content-Length", str(len(body)))
-        if self.close_connection:
-            self.send_header("Connection", "close")
-        self.end_headers()
-        self.wfile.write(body)
+        self.answer(code, body, media, headers)
 
     def _refuse(self, e: PayloadError, media: str) -> None:
         self.owner.ingest.count_request(e.result)
@@ -286,13 +278,16 @@ class OtlpHandler(TrackedHandler):
                     raise PayloadError(400, "malformed", f"body ended after {len(body)} of {length} bytes")
                 records, media = decode(body, self.headers.get("Content-Type"),
                                         self.headers.get("Content-Encoding"), charge)
-                self._commit(records, body, media)
+                answer = self._commit(records, body, media)
+                del records  # the budget is released below: nothing it charged stays held
+            self._reply(200, answer, media)
         except PayloadError as e:
             if body is None and e.result == "throttled":
                 self._discard(length)  # read away unheld, so the connection serves the retry
             self._refuse(e, media)
 
-    def _commit(self, records: Decoded, body: bytes, media: str) -> None:
+    def _commit(self, records: Decoded, body: bytes, media: str) -> bytes:
+        """Count and commit the records; the reply's body (PayloadError when nothing was counted)."""
         server = self.owner
         try:
             fresh, bad, why = server.ingest.ingest(records)
@@ -308,7 +303,7 @@ class OtlpHandler(TrackedHandler):
             if self.headers.get("Content-Encoding"):
                 fwd["Content-Encoding"] = self.headers["Content-Encoding"]
             server.forwarder.submit(body, fwd)
-        self._reply(200, success_body(media, bad, f"not counted: {why}" if why else ""), media)
+        return success_body(media, bad, f"not counted: {why}" if why else "")
 
     def do_GET(self) -> None:
         self._refuse(PayloadError(404, "not_found", f"POST OTLP traces to {PATH}"), "application/json")
