@@ -1,8 +1,9 @@
 """A real `serve --otlp-listen` fed fuzzed OTLP/JSON and protobuf bodies, and concurrent
 gzip posts that inflate to 24 MiB each: every body is answered (200 or 400, never 500 or a
 dropped connection), the daemon keeps counting good posts, and its memory stays within a
-stated budget: the peak RSS (VmHWM) under MAX_PEAK_MIB, whatever the number of connections
-decoding at once (one decode budget for all of them)."""
+stated budget: peak RSS (VmHWM) under FUZZ_PEAK_MIB through the fuzz, and under
+MAX_PEAK_MIB (below the DaemonSet's 512 Mi) with 8 connections posting 24 MiB of JSON each
+at once (one decode budget for all of them: one such body is decoded at a time)."""
 
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ from exporter.demo.launcher import free_port
 from tests.otlp_payloads import T0, export_request, post, request_spans
 
 ROOT = Path(__file__).resolve().parent.parent
-MAX_PEAK_MIB = 400  # the DaemonSet's limit is 512 Mi; the decode budget is 160 MiB of it
+FUZZ_PEAK_MIB = 150  # small bodies: the daemon's own ~50 MiB and what the fuzz adds
+MAX_PEAK_MIB = 450  # the DaemonSet's limit is 512 Mi; one 24 MiB JSON body in decoding takes ~250 MiB
 
 
 def _status_kib(pid: int, key: str) -> int:
@@ -74,6 +76,13 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     d.stop()
 
 
+@pytest.fixture
+def fresh_daemon(tmp_path: Path) -> Iterator[Daemon]:
+    d = Daemon(tmp_path)
+    yield d
+    d.stop()
+
+
 hexid = st.one_of(st.binary(min_size=0, max_size=17).map(bytes.hex), st.text(max_size=20))
 number = st.one_of(st.integers(-(2**70), 2**70), st.integers(T0 - 10**12, T0 + 10**12), st.floats(allow_nan=False),
                    st.integers(0, 2**64).map(str), st.text(max_size=8))
@@ -117,14 +126,14 @@ def _check(daemon: Daemon, body: bytes, ctype: str, gz: bool) -> None:
 @given(doc=document, gz=st.booleans())
 def test_fuzzed_json_is_answered_within_the_memory_budget(daemon: Daemon, doc: Any, gz: bool) -> None:
     _check(daemon, json.dumps(doc).encode(), "application/json", gz)
-    assert daemon.peak_mib() < MAX_PEAK_MIB
+    assert daemon.peak_mib() < FUZZ_PEAK_MIB
 
 
 @settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck))
 @given(body=protobuf, gz=st.booleans())
 def test_fuzzed_protobuf_is_answered_within_the_memory_budget(daemon: Daemon, body: bytes, gz: bool) -> None:
     _check(daemon, body, "application/x-protobuf", gz)
-    assert daemon.peak_mib() < MAX_PEAK_MIB
+    assert daemon.peak_mib() < FUZZ_PEAK_MIB
 
 
 def _request(i: int) -> list[dict[str, Any]]:
@@ -157,10 +166,11 @@ def _inflating_body(mib: int) -> bytes:
     return gzip.compress(json.dumps(doc).encode(), compresslevel=6)
 
 
-def test_concurrent_gzip_posts_do_not_multiply_memory(daemon: Daemon) -> None:
+def test_concurrent_gzip_posts_do_not_multiply_memory(fresh_daemon: Daemon) -> None:
     """8 connections each post a gzip JSON body inflating to ~24 MiB at once: each is answered
     200 (decoded in turn within the budget) or 503 with Retry-After, and the daemon's peak RSS
     stays under MAX_PEAK_MIB (before the budget: 2,386 MiB for the same load)."""
+    daemon = fresh_daemon
     body = _inflating_body(24)
     answers: list[int] = []
 
