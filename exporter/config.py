@@ -217,6 +217,8 @@ def build(file_values: Mapping[str, Any], env: Mapping[str, str], flag_values: M
 
 
 MAX_BUCKET_SECONDS = 1e6  # ~11.6 days: bounds in ns must fit the int64 stage math with room to spare
+# each bound is a line per series on every scrape and a count in the state: 20 by default
+MAX_STAGE_BUCKETS = 100
 MAX_OPEN_TRACES = 1_000_000  # the scanner allocates this many slots up front
 MAX_POLL_SECONDS = 86400.0
 MIN_POLL_SECONDS = 0.01  # below this a poll loop is a busy loop
@@ -263,6 +265,9 @@ def validate(cfg: Config) -> None:
     if not 1 <= cfg.ebpf_max_sockets <= MAX_EBPF_SOCKETS:
         raise ConfigError(f"ebpf_max_sockets must be 1-{MAX_EBPF_SOCKETS}, got {cfg.ebpf_max_sockets}")
     b = cfg.stage_buckets
+    if len(b) > MAX_STAGE_BUCKETS:
+        raise ConfigError(f"stage_buckets has {len(b)} bounds; at most {MAX_STAGE_BUCKETS} (every bound is a "
+                          "line per series on every scrape)")
     if not b or any(not math.isfinite(x) or x <= 0 for x in b) or any(b2 <= b1 for b1, b2 in itertools.pairwise(b)):
         raise ConfigError("stage_buckets must be finite, positive and strictly increasing")
     if b[-1] > MAX_BUCKET_SECONDS:

@@ -471,12 +471,14 @@ def test_a_payload_whose_commit_fails_gets_503_and_counts_once_when_resent(tmp_p
 
 
 def test_held_spans_are_bounded_oldest_counted_first() -> None:
+    from exporter.otlp.decode import decode
     from exporter.otlp.spans import regroup, spans_of
 
     held: Any = OrderedDict()
     rootless = [[s for s in request_spans(T0 + i * 10**6, protocol="grpc") if s.parent_span_id] for i in range(5)]
     for i, spans in enumerate(rootless):
-        parsed = list(spans_of(export_request(spans), lambda reason, n: None, T0))
+        records, _ = decode(export_request(spans).SerializeToString(), "application/x-protobuf", None)
+        parsed = list(spans_of(records, lambda reason, n: None, T0))
         held, ready = regroup(held, parsed, now=float(i), hold_seconds=60, max_held_spans=4)
         assert sum(len(t) for t, _ in held.values()) <= 4  # 2 spans a request: at most 2 requests wait
         if i >= 2:
