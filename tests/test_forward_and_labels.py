@@ -174,6 +174,11 @@ def test_a_pod_name_with_a_byte_that_is_not_utf8_is_served_not_500(tmp_path: Pat
             with urllib.request.urlopen(req, timeout=5) as r:
                 assert r.status == 200
                 assert 'pod="triton-\ufffd"'.encode() in r.read(), accept
+        proto = "application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; encoding=delimited"
+        req = urllib.request.Request(f"http://127.0.0.1:{server.port}/metrics", headers={"Accept": proto})
+        with urllib.request.urlopen(req, timeout=5) as r:
+            assert r.status == 200 and "protobuf" in r.headers["Content-Type"]
+            assert "triton-\ufffd".encode() in r.read()  # a protobuf string is its UTF-8 bytes
     finally:
         server.stop()
 
