@@ -81,6 +81,22 @@ class Protocol(enum.IntEnum):
 PROTOCOLS: tuple[str, ...] = tuple(p.label for p in Protocol)  # label text by code
 
 
+class Outcome(enum.IntEnum):
+    """What became of a traced request (docs/traces.md, "Outcomes"); the first rule that holds."""
+
+    ANSWERED = 0
+    CANCELLED = 1  # a top-level request that sent nothing (HTTP: nor completed a response)
+    CACHE_HIT = 2  # QUEUE_START and no COMPUTE_*: answered from the response cache
+    FAILED = 3  # where the source says so (OTLP: the span status)
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
+OUTCOMES: tuple[str, ...] = tuple(o.label for o in Outcome)  # label text by code
+
+
 def frontend_protocol(timestamps: Mapping[str, int]) -> Protocol:
     """The frontend of a top-level trace, from its timestamp names."""
     if any(n.startswith("HTTP_") for n in timestamps):
@@ -145,14 +161,18 @@ def countable_rows(stamps: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
 # --- the exclusive timeline ----------------------------------------------------------------
 
 # Segments by priority: an instant of [arrival, end] belongs to the first whose interval holds it.
-# (segment, start name, end name); "send" is every response's send, "frontend_overhead" the rest.
+# (segment, start name, end name); the intervals named "" are built per trace: "send" is every
+# response's send, "between_responses" the first response out to the last (after the release),
+# "frontend_overhead" the rest. "cache_hit" exists only for a cache hit (no COMPUTE_* stamps).
 SEGMENT_SPANS: tuple[tuple[str, str, str], ...] = (
     ("compute_input", "COMPUTE_START", "COMPUTE_INPUT_END"),
     ("compute_infer", "COMPUTE_INPUT_END", "COMPUTE_OUTPUT_START"),
     ("compute_output", "COMPUTE_OUTPUT_START", "COMPUTE_END"),
     ("queue", "QUEUE_START", "COMPUTE_START"),
     ("send", "", ""),
-    ("between_responses", "REQUEST_END", "INFER_RESPONSE_COMPLETE"),
+    ("cache_hit", "QUEUE_START", "REQUEST_END"),
+    ("between_responses", "", ""),
+    ("model_after_release", "REQUEST_END", "INFER_RESPONSE_COMPLETE" + FIRST_SUFFIX),
     ("handler_overhead", "REQUEST_START", "REQUEST_END"),
     ("recv", "HTTP_RECV_START", "HTTP_RECV_END"),
 )
@@ -160,10 +180,10 @@ SEGMENTS: tuple[str, ...] = (*(s for s, _, _ in SEGMENT_SPANS), "frontend_overhe
 SEGMENT: dict[str, int] = {s: i for i, s in enumerate(SEGMENTS)}
 # The order a request passes through them, for display.
 SEGMENT_ORDER: tuple[str, ...] = (
-    "recv", "queue", "compute_input", "compute_infer", "compute_output", "handler_overhead",
-    "between_responses", "send", "frontend_overhead",
+    "recv", "queue", "cache_hit", "compute_input", "compute_infer", "compute_output", "handler_overhead",
+    "model_after_release", "between_responses", "send", "frontend_overhead",
 )
-_SEND = SEGMENT["send"]
+_SEND, _BETWEEN = SEGMENT["send"], SEGMENT["between_responses"]
 
 
 def exclusive_reference(intervals: list[tuple[int, int, int]], lo: int, hi: int, n_segments: int) -> list[int]:
@@ -241,6 +261,7 @@ class Anatomy:
     responses: npt.NDArray[np.int64]  # responses out per row
     gap_rows: npt.NDArray[np.intp]  # inter_response: the row of each gap
     gaps: npt.NDArray[np.int64]  # and its length
+    outcome: npt.NDArray[np.int8]  # Outcome per row; cancelled rows have no response stages
 
 
 def _col(by_column: npt.NDArray[np.int64], name: str) -> npt.NDArray[np.int64]:
@@ -278,22 +299,50 @@ def response_times(row: npt.NDArray[np.int64], extra: Extra) -> list[int]:
 def trace_segments(row: npt.NDArray[np.int64], extra: Extra, lo: int, hi: int) -> list[int]:
     """The timeline of one trace, every response's send an interval of its own."""
     intervals: list[tuple[int, int, int]] = []
+    released = int(row[COLUMN["REQUEST_END"]])
     for j, (seg, a, b) in enumerate(SEGMENT_SPANS):
         if seg == "send":
             for start, end in SEND_PAIRS:
                 pairs = zip(occurrences(row, extra, start), occurrences(row, extra, end), strict=False)
                 intervals.extend((j, x, y) for x, y in pairs)
-        elif row[COLUMN[a]] >= 0 and row[COLUMN[b]] >= 0:
+        elif seg == "between_responses":
+            intervals.append((j, max(released, response_times(row, extra)[0]), hi))
+        elif row[COLUMN[a]] >= 0 and row[COLUMN[b]] >= 0 and (seg != "cache_hit" or not _computed(row)):
             intervals.append((j, int(row[COLUMN[a]]), int(row[COLUMN[b]])))
     return exclusive_reference(intervals, lo, hi, len(SEGMENTS))
+
+
+_COMPUTE_COLS = [COLUMN[n] for n in NAMES if n.startswith("COMPUTE_")]
+
+
+def _computed(row: npt.NDArray[np.int64]) -> bool:
+    return bool((row[_COMPUTE_COLS] >= 0).any())
+
+
+def outcome_codes(by_column: npt.NDArray[np.int64], failed: npt.NDArray[np.bool_] | None) -> npt.NDArray[np.int8]:
+    """The Outcome of each trace; by_column is a stamps matrix transposed (one column a row)."""
+    http = (by_column[_HTTP_COLS] >= 0).any(axis=0)
+    frontend = http | (by_column[_GRPC_COLS] >= 0).any(axis=0)
+    sent = (by_column[[COLUMN[n] for pair in SEND_PAIRS for n in pair]] >= 0).any(axis=0)
+    # gRPC writes every response it delivers (an INFER_RESPONSE_COMPLETE alone: completed after the
+    # client closed its stream); HTTP does not capture the sends of generate, so a completion counts
+    answered = sent | (http & (by_column[COLUMN["INFER_RESPONSE_COMPLETE"]] >= 0))
+    computed = (by_column[_COMPUTE_COLS] >= 0).any(axis=0)
+    hit = (by_column[COLUMN["QUEUE_START"]] >= 0) & ~computed
+    out = np.where(frontend & ~answered, Outcome.CANCELLED, np.where(hit, Outcome.CACHE_HIT, Outcome.ANSWERED))
+    if failed is not None:
+        out = np.where(failed, Outcome.FAILED, out)
+    return out.astype(np.int8)
 
 
 _COUNT_COLS = [COLUMN[n + COUNT_SUFFIX] for n in REPEATED]
 
 
-def anatomy(stamps: npt.NDArray[np.int64], extra_of: Callable[[int], Extra]) -> Anatomy:
+def anatomy(stamps: npt.NDArray[np.int64], extra_of: Callable[[int], Extra],
+            failed: npt.NDArray[np.bool_] | None = None) -> Anatomy:
     """The stage table over every row of a stamps matrix; extra_of(row) gives the every
-    occurrence of the names a row repeats more than twice."""
+    occurrence of the names a row repeats more than twice; `failed` the rows the source
+    says failed. Cancelled requests have no response stages and no timeline."""
     n = stamps.shape[0]
     by_column = np.ascontiguousarray(stamps.T)  # one column a contiguous row: the math below is per column
     out = np.full((len(STAGES), n), -1, dtype=np.int64)  # transposed back at the end
@@ -317,8 +366,10 @@ def anatomy(stamps: npt.NDArray[np.int64], extra_of: Callable[[int], Extra]) -> 
         observe(stage, _col(stamps, a), _col(stamps, b))
 
     # arrival at the frontend, responses out, and the end of the request
+    outcome = outcome_codes(stamps, failed)
     arrival = _first_present(_col(stamps, "HTTP_RECV_START"), _col(stamps, "GRPC_WAITREAD_END"),
                              _col(stamps, "REQUEST_START"))
+    arrival = np.where(outcome == Outcome.CANCELLED, -1, arrival)
     send_end = np.maximum(_col(stamps, "HTTP_SEND_END"), _col(stamps, "GRPC_SEND_END"))
     done = _col(stamps, "INFER_RESPONSE_COMPLETE")
     released = _col(stamps, "REQUEST_END")
@@ -340,9 +391,13 @@ def anatomy(stamps: npt.NDArray[np.int64], extra_of: Callable[[int], Extra]) -> 
             http = (_col(stamps, "HTTP_SEND_START") >= 0) & (_col(stamps, "HTTP_SEND_END") >= 0)
             sa = np.where(http, _col(stamps, "HTTP_SEND_START"), _col(stamps, "GRPC_SEND_START"))
             sb = np.where(http, _col(stamps, "HTTP_SEND_END"), _col(stamps, "GRPC_SEND_END"))
+        elif seg == "between_responses":
+            sa, sb = np.where(first >= 0, np.maximum(first, released), -1), end
         else:
             sa, sb = _col(stamps, a), _col(stamps, b)
         both = (sa >= 0) & (sb >= 0)
+        if seg == "cache_hit":
+            both &= (stamps[_COMPUTE_COLS] < 0).all(axis=0)
         starts[j] = np.where(both, sa, -1)
         ends[j] = np.where(both, sb, -1)
     segments = exclusive(starts, ends, np.where(timed, arrival, 0), np.where(timed, end, 0))
@@ -366,7 +421,7 @@ def anatomy(stamps: npt.NDArray[np.int64], extra_of: Callable[[int], Extra]) -> 
     own_frontend = (stamps[_HTTP_COLS + _GRPC_COLS] >= 0).any(axis=0)
     out[col["frontend_overhead"]] = np.where(timed & own_frontend, segments[:, SEGMENT["frontend_overhead"]], -1)
     return Anatomy(out.T, negative, implausible, segments, timed, responses,
-                   np.asarray(gap_rows, dtype=np.intp), np.asarray(gaps, dtype=np.int64))
+                   np.asarray(gap_rows, dtype=np.intp), np.asarray(gaps, dtype=np.int64), outcome)
 
 
 def custom_spans(stamps: Mapping[str, list[int]]) -> dict[str, int]:

@@ -15,9 +15,12 @@ from prometheus_client.samples import Exemplar as PromExemplar
 
 from ..histogram import add_histogram, cumulative, format_le
 from ..source import PREFIX
+from ..stages import OUTCOMES
 from .aggregate import RESPONSE_BOUNDS
 from .tailer import TraceTailer
 
+# Counted apart from rejections: Triton's tensor dumps at trace level TENSORS are healthy input.
+TENSOR_RECORD = "tensor_record"
 REJECT_REASONS = (
     "malformed_json", "not_utf8", "wrong_type", "missing_field", "unknown_timestamp", "bad_label",
     "missing_header", "incomplete_trace", "negative_span", "implausible_span", "model_cap",
@@ -59,6 +62,15 @@ class TraceCollector(Collector):
         for key, n in sorted(agg.traces.items()):
             t.add_metric(list(key), float(n))
         yield t
+        o = CounterMetricFamily(
+            PREFIX + "requests",
+            "Traced requests by outcome: answered, cancelled (the client gave up or its deadline passed: no "
+            "response went out), cache_hit (answered from the response cache), failed (where the source says so).",
+            labels=[*names, "model", "version", "protocol", "outcome"])
+        for key, n in sorted(agg.outcomes.items(), key=lambda kv: (kv[0][:-1], OUTCOMES.index(kv[0][-1])
+                                                                   if kv[0][-1] in OUTCOMES else len(OUTCOMES))):
+            o.add_metric(list(key), float(n))
+        yield o
         r_les = [format_le(float(b)) for b in RESPONSE_BOUNDS] + ["+Inf"]
         rh = HistogramMetricFamily(PREFIX + "responses_per_request",
                                    "Responses sent per request (several for decoupled, streaming models).",
@@ -83,9 +95,14 @@ class TraceCollector(Collector):
         yield f
         r = CounterMetricFamily(PREFIX + "trace_records_rejected",
                                 "Trace records or spans not counted, by reason.", labels=["reason"])
-        for reason in sorted(set(REJECT_REASONS) | set(agg.rejected)):
+        for reason in sorted((set(REJECT_REASONS) | set(agg.rejected)) - {TENSOR_RECORD}):
             r.add_metric([reason], float(agg.rejected.get(reason, 0)))
         yield r
+        tr = CounterMetricFamily(PREFIX + "trace_tensor_records",
+                                 "Tensor records of trace level TENSORS read and skipped: not timing data, not "
+                                 "rejections (Triton writes UINT8 and BYTES data unescaped).")
+        tr.add_metric([], float(agg.rejected.get(TENSOR_RECORD, 0)))
+        yield tr
         g = GaugeMetricFamily(PREFIX + "trace_last_ingest_timestamp_seconds",
                               "Unix time of the last trace file ingested (0: none yet).")
         g.add_metric([], agg.last_ingest)

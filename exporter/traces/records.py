@@ -9,7 +9,6 @@ whatever the file's size.
 
 from __future__ import annotations
 
-import itertools
 import json
 import re
 from collections.abc import Callable, Generator, Iterator
@@ -30,6 +29,13 @@ LENIENT_HEADER = re.compile(
     rb'(?:,"request_id":"(.*?)")?(?:,"parent_id":(\d+))?\}$',
     re.DOTALL,
 )
+
+# Tensor records of trace level TENSORS: {"id":N,"activity":"TENSOR_...","tensor":{"name":..,"data":..,
+# "shape":..,"dtype":..}}. Triton writes UINT8 and BYTES data unescaped (raw bytes, quotes, even
+# '{"id":'), so such a record is delimited by its fixed tail, not decoded: counted, never a rejection.
+TENSOR_START = re.compile(rb'\{\s*"id"\s*:\s*\d+\s*,\s*"activity"\s*:\s*"TENSOR_')
+TENSOR_END = re.compile(rb'","shape":"[0-9,]*","dtype":"[A-Z0-9_]+"\}\s*\}')
+TENSOR_RECORD = "tensor_record"  # the reason it is noted under (the collector serves it apart)
 
 _decoder = json.JSONDecoder()
 
@@ -128,7 +134,8 @@ def to_record(obj: Any, reject: RejectFn) -> Record | None:
             rid = None
         return Header(tid, model, str(version), None if rid is None or rid == "" else str(rid), pid)
     if "activity" in obj:
-        return None  # tensor records of trace level TENSORS: not timing data
+        reject(TENSOR_RECORD)  # a tensor record Triton wrote as valid JSON: not timing data
+        return None
     reject("missing_field")
     return None
 
@@ -256,15 +263,34 @@ def _python_objects(buf: bytes, base: int, first: int | None, reject: RejectFn,
     where the last begins. Starts before `searched` (but first) were looked for already."""
     if first is None:
         return None
+    a = first
     frm = max(first + 1, searched - START_OVERLAP)
-    starts = [first, *(m.start() for m in OBJECT_START.finditer(buf, frm))]
-    for a, b in itertools.pairwise(starts):
-        rec = decode_object(buf[a:b], reject) if b - a <= MAX_OBJECT else _oversized(reject)
+    while True:
+        b = object_end(buf, a, frm)
+        if b is None:
+            return a
+        if TENSOR_START.match(buf, a):
+            reject(TENSOR_RECORD)
+            rec = None
+        else:
+            rec = decode_object(buf[a:b], reject) if b - a <= MAX_OBJECT else _oversized(reject)
         result.objects += 1
         result.end_offset = base + b
         if rec is not None:
             yield rec
-    return starts[-1]
+        a = b
+
+
+def object_end(buf: bytes, a: int, frm: int = 0) -> int | None:
+    """Where the object starting at `a` ends: the next object's start (searched from `frm` on at
+    the earliest), past a tensor record's tail; None where buf does not show it yet."""
+    if TENSOR_START.match(buf, a):
+        tail = TENSOR_END.search(buf, a)
+        if tail is None:
+            return None
+        frm = tail.end()
+    m = OBJECT_START.search(buf, max(a + 1, frm))
+    return m.start() if m else None
 
 
 def _fast_objects(fast: FastPath, buf: bytes, base: int, first: int | None, reject: RejectFn,
@@ -275,6 +301,15 @@ def _fast_objects(fast: FastPath, buf: bytes, base: int, first: int | None, reje
         pos, status, end = fast(buf, pos)
         if status != 1:
             break
+        if TENSOR_START.match(buf, pos):  # the fast path split it at the first '{"id":' in its data
+            tensor_end = object_end(buf, pos)
+            if tensor_end is None:
+                break  # the rest of it is in the next chunk
+            reject(TENSOR_RECORD)
+            result.objects += 1
+            result.end_offset = base + tensor_end
+            pos = tensor_end
+            continue
         rec = decode_object(buf[pos:end], reject) if end - pos <= MAX_OBJECT else _oversized(reject)
         result.objects += 1
         result.end_offset = base + end
@@ -310,6 +345,12 @@ def _tail(buf: bytes, base: int, last: int | None, start: int, salvage_tail: boo
         result.complete = whole.endswith(b"]") and (start > 0 or result.array)
         return
     stripped = buf[last:].rstrip(b" \t\r\n")
+    if stripped.endswith(b"]") and TENSOR_START.match(stripped) and TENSOR_END.search(stripped):
+        reject(TENSOR_RECORD)  # the file's last object is a tensor record
+        result.objects += 1
+        result.end_offset = base + len(buf)
+        result.complete = True
+        return
     if stripped.endswith(b"]"):
         body = stripped[:-1]
         if _whole_object(body) or _lenient_header(body.rstrip(b" \t\r\n,")) is not None:
