@@ -221,3 +221,66 @@ def stage_stats(paths: list[str]) -> dict[str, Any]:
     return {"traces": dict(counts), "stages": dict(stages), "negative": negative,
             "responses": dict(responses), "timeline": {k: v for k, v in timeline.items() if v},
             "outcomes": dict(outcomes)}
+
+
+def dataflow(path: str) -> str:
+    """The `Data Flow:` block of trace_summary.py for a file json.load reads, by its rules: objects
+    in id order; the tree of the parent of the lowest child id (else the lowest id with a tensor);
+    a box per node with its name where the trace came through a frontend, and its tensors."""
+    import csv
+
+    import numpy as np
+
+    with open(path) as f:
+        objs = sorted(json.load(f), key=lambda o: o.get("id", -1))
+    kids: dict[int, list[int]] = {}
+    for o in objs:
+        if "parent_id" in o:
+            kids.setdefault(o["parent_id"], []).append(o["id"])
+    matched: set[int] = set()
+    for o in objs:
+        if "parent_id" in o:
+            if o["parent_id"] in matched:
+                matched.add(o["id"])
+        elif any(s["name"] in ("HTTP_RECV_START", "GRPC_WAITREAD_START") for s in o.get("timestamps", [])):
+            matched.add(o["id"])
+    dtypes = {"FP32": np.float32, "FP64": np.float64, "INT32": np.int32, "INT64": np.int64, "UINT8": np.uint8,
+              "BOOL": bool, "FP16": np.float16, "INT8": np.int8, "BYTES": np.object_}
+
+    def box(tid: int, step: int, depth: int) -> list[str]:
+        tabs = "\t" * (step + 1)
+        rule = tabs + "=" * (50 + 8 * (depth - step))
+        lines = [rule]
+        header = next((o for o in objs if o.get("id") == tid and "model_name" in o), None)
+        if header is not None and tid in matched:
+            lines += [f"{tabs}Name:   {header['model_name']}", f"{tabs}Version:{header['model_version']}"]
+        for o in objs:
+            if o.get("id") == tid and o.get("activity", "").startswith("TENSOR_"):
+                t = o["tensor"]
+                values = (next(csv.reader([t["data"]], skipinitialspace=True)) if t["dtype"] == "BYTES"
+                          else list(map(float, t["data"].split(","))))
+                arr = np.array(values, dtype=dtypes[t["dtype"]]).reshape([int(x) for x in t["shape"].split(",")])
+                lines += [f"{tabs}{o['activity'][len('TENSOR_'):]}:", f"{tabs}\t{t['name']}: {arr}"]
+        return [*lines, rule]
+
+    if not kids:
+        first = next((o["id"] for o in objs if "activity" in o), None)
+        return "" if first is None else "\n".join(["Data Flow:", *box(first, 0, 0)]) + "\n"
+    first_child = min(c for cs in kids.values() for c in cs)
+    root = next(p for p, cs in kids.items() if first_child in cs)
+    depth = 0
+
+    def walk(tid: int, step: int, out: list[tuple[int, int]]) -> None:
+        nonlocal depth
+        out.append((tid, step))
+        if tid in kids:
+            depth += 1
+            for c in kids[tid]:
+                walk(c, step + 1, out)
+
+    order: list[tuple[int, int]] = []
+    walk(root, 0, order)
+    lines = ["Data Flow:"]
+    for tid, step in order:
+        lines += box(tid, step, depth)
+    return "\n".join(lines) + "\n"

@@ -190,6 +190,13 @@ def decode_object(raw: bytes, reject: RejectFn) -> Record | None:
     return to_record(obj, reject)
 
 
+TensorFn = Callable[[bytes], None]  # a tensor record's bytes
+
+
+def _skip(_: bytes) -> None:
+    """Tensor records are counted, not kept, unless the caller asks for them."""
+
+
 # (buf, pos) -> (pos, status, end): consumes whole objects from pos on; status 1 stops at an
 # object [pos, end) it leaves to Python; status 0 stops at the last object start (or len(buf))
 FastPath = Callable[[bytes, int], tuple[int, int, int]]
@@ -203,6 +210,7 @@ def read_records(
     chunk: int = CHUNK,
     salvage_tail: bool = False,
     fast: FastPath | None = None,
+    on_tensor: TensorFn | None = None,
 ) -> Iterator[Record | ChunkEnd]:
     """Stream the records of one trace file from byte `start` (0 or a past end_offset).
 
@@ -210,8 +218,10 @@ def read_records(
     object, `end_offset` after each whole object. A record is yielded only once the
     start of the next object (or the closing bracket) proves it whole. With `fast`,
     the objects it handles are consumed there and only the others are yielded, in order
-    (then a CHUNK_END follows each chunk).
+    (then a CHUNK_END follows each chunk). `on_tensor` gets each tensor record's bytes, in order
+    with the records (the `Data Flow:` block of `summary --format trace_summary` reads them).
     """
+    tensor: TensorFn = on_tensor or _skip
     fp.seek(start)
     result.end_offset = start
     buf, base = b"", start  # base: file offset of buf[0]
@@ -230,15 +240,15 @@ def read_records(
             seen_open = True
             _check_head(buf, first, reject, result)
         if fast is None:
-            last = yield from _python_objects(buf, base, first, reject, result, searched)
+            last = yield from _python_objects(buf, base, first, reject, result, searched, tensor)
         else:
-            last = yield from _fast_objects(fast, buf, base, first, reject, result)
+            last = yield from _fast_objects(fast, buf, base, first, reject, result, tensor)
         if eof:
             if skipping and last is None:
                 # the file ends inside what was skipped: whole if the array's bracket closes it
                 result.complete = buf.rstrip(b" \t\r\n").endswith(b"]")
                 return
-            yield from _tail(buf, base, last, start, salvage_tail, reject, result)
+            yield from _tail(buf, base, last, start, salvage_tail, reject, result, tensor)
             return
         if not seen_open and last is None and len(buf) > MAX_OBJECT:
             seen_open = True  # a head that never reaches an object: judged by its first bytes
@@ -257,8 +267,8 @@ def _check_head(buf: bytes, first: int | None, reject: RejectFn, result: ReadRes
         reject("malformed_json")
 
 
-def _python_objects(buf: bytes, base: int, first: int | None, reject: RejectFn,
-                    result: ReadResult, searched: int = 0) -> Generator[Record, None, int | None]:
+def _python_objects(buf: bytes, base: int, first: int | None, reject: RejectFn, result: ReadResult,
+                    searched: int = 0, tensor: TensorFn | None = None) -> Generator[Record, None, int | None]:
     """Every object of buf but the last (which may be incomplete) decoded in Python; returns
     where the last begins. Starts before `searched` (but first) were looked for already."""
     if first is None:
@@ -271,6 +281,8 @@ def _python_objects(buf: bytes, base: int, first: int | None, reject: RejectFn,
             return a
         if TENSOR_START.match(buf, a):
             reject(TENSOR_RECORD)
+            if tensor is not None:
+                tensor(buf[a:b])
             rec = None
         else:
             rec = decode_object(buf[a:b], reject) if b - a <= MAX_OBJECT else _oversized(reject)
@@ -294,7 +306,7 @@ def object_end(buf: bytes, a: int, frm: int = 0) -> int | None:
 
 
 def _fast_objects(fast: FastPath, buf: bytes, base: int, first: int | None, reject: RejectFn,
-                  result: ReadResult) -> Generator[Record | ChunkEnd, None, int | None]:
+                  result: ReadResult, tensor: TensorFn) -> Generator[Record | ChunkEnd, None, int | None]:
     """The fast path consumes what it can; the objects it hands back are decoded here."""
     pos = first if first is not None else len(buf)
     while True:
@@ -306,6 +318,7 @@ def _fast_objects(fast: FastPath, buf: bytes, base: int, first: int | None, reje
             if tensor_end is None:
                 break  # the rest of it is in the next chunk
             reject(TENSOR_RECORD)
+            tensor(buf[pos:tensor_end])
             result.objects += 1
             result.end_offset = base + tensor_end
             pos = tensor_end
@@ -338,7 +351,7 @@ def _keep_last(buf: bytes, base: int, last: int | None, reject: RejectFn,
 
 
 def _tail(buf: bytes, base: int, last: int | None, start: int, salvage_tail: bool, reject: RejectFn,
-          result: ReadResult) -> Iterator[Record]:
+          result: ReadResult, tensor: TensorFn) -> Iterator[Record]:
     """At end of file: the last piece must be an object followed by the closing bracket."""
     if last is None:
         whole = buf.strip(b" \t\r\n")
@@ -347,6 +360,7 @@ def _tail(buf: bytes, base: int, last: int | None, start: int, salvage_tail: boo
     stripped = buf[last:].rstrip(b" \t\r\n")
     if stripped.endswith(b"]") and TENSOR_START.match(stripped) and TENSOR_END.search(stripped):
         reject(TENSOR_RECORD)  # the file's last object is a tensor record
+        tensor(stripped[:-1])
         result.objects += 1
         result.end_offset = base + len(buf)
         result.complete = True
