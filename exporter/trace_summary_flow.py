@@ -6,7 +6,8 @@ tree above it), indented one tab per level. Otherwise it is the box of the lowes
 tensor records. A box holds the model's name and version where its trace came through a
 frontend (HTTP or gRPC, or as a child of one), then its tensor records (trace level TENSORS) in
 file order, each as a numpy array of its dtype and shape. The file is read twice (its shape,
-then the chosen traces' tensors), so memory stays bounded by the chosen tree, not the file.
+then, where it has tensor records, the chosen traces' tensors): a name and a parent per trace are
+held, never its timestamps or tensors.
 """
 
 from __future__ import annotations
@@ -21,7 +22,12 @@ from typing import Any, TextIO
 import numpy as np
 
 from .inputs import open_input
-from .traces.records import Header, ReadResult, Stamps, read_records
+from .stages import COLUMN
+from .traces.assembly import TraceBatch
+from .traces.records import ReadResult, read_records
+from .traces.scanner import FileScan
+
+WINDOW = 16384  # traces held open while a file streams, as the daemon's default
 
 FRONTEND_MARKS = ("HTTP_RECV_START", "GRPC_WAITREAD_START")  # what makes a top-level trace a frontend's
 ACTIVITIES = {"TENSOR_QUEUE_INPUT": "QUEUE_INPUT", "TENSOR_BACKEND_INPUT": "BACKEND_INPUT",
@@ -78,22 +84,45 @@ def array_text(t: Tensor) -> str:
 
 @dataclass
 class Shape:
-    """What the first pass learns: headers, parents, frontends and the ids with tensors."""
+    """What the summary's own pass over a file learns for the block: names, parents, frontends,
+    and the lowest id with tensor records."""
 
-    headers: dict[int, Header] = field(default_factory=dict)
+    names: dict[int, tuple[str, str]] = field(default_factory=dict)  # id -> (model, version)
+    parent_of: dict[int, int] = field(default_factory=dict)
     children: dict[int, list[int]] = field(default_factory=dict)  # parent -> child ids
     frontend: set[int] = field(default_factory=set)  # top-level ids with a frontend mark
     first_tensor: int = 0  # the lowest id with a tensor record (0: none)
+    tensors: int = 0
 
-    def matched(self, ids: list[int]) -> set[int]:
-        """Of the given ids (ascending), those trace_summary.py summed under a frontend."""
-        out: set[int] = set()
-        for i in ids:
-            h = self.headers.get(i)
-            parent = None if h is None else h.parent_id
-            if (i in self.frontend) if parent is None else (parent in out):
-                out.add(i)
-        return out
+    def add_batch(self, batch: TraceBatch) -> None:
+        has = batch.hdr >= 0
+        headers = batch.headers
+        self.names.update((i, headers[h]) for i, h in zip(batch.ids[has].tolist(), batch.hdr[has].tolist(),
+                                                            strict=True))
+        child = batch.parents >= 0
+        for i, p in zip(batch.ids[child].tolist(), batch.parents[child].tolist(), strict=True):
+            self.parent_of[i] = p
+            self.children.setdefault(p, []).append(i)
+        marked = (batch.stamps[:, [COLUMN[m] for m in FRONTEND_MARKS]] >= 0).any(axis=1) & ~child
+        self.frontend.update(batch.ids[marked].tolist())
+
+    def tensor(self, raw: bytes) -> None:
+        m = re.match(rb'\{\s*"id"\s*:\s*(\d+)', raw)
+        self.tensors += 1
+        if m is not None and (self.first_tensor == 0 or int(m.group(1)) < self.first_tensor):
+            self.first_tensor = int(m.group(1))
+
+    def matched(self, tid: int) -> bool:
+        """Whether trace_summary.py summed the trace under a frontend: its own mark, or a parent of a
+        lower id that was."""
+        for _ in range(64):
+            parent = self.parent_of.get(tid)
+            if parent is None:
+                return tid in self.frontend
+            if parent >= tid:
+                return False
+            tid = parent
+        return False
 
 
 def _records(path: str, on_tensor: Callable[[bytes], None]) -> Any:
@@ -101,23 +130,13 @@ def _records(path: str, on_tensor: Callable[[bytes], None]) -> Any:
         yield from read_records(fp, lambda _: None, ReadResult(), salvage_tail=True, on_tensor=on_tensor)
 
 
-def _shape(path: str) -> Shape:
+def file_shape(path: str) -> Shape:
+    """The Shape of a file, read with the daemon's scanner."""
     s = Shape()
-
-    def tensor(raw: bytes) -> None:
-        m = re.match(rb'\{\s*"id"\s*:\s*(\d+)', raw)
-        if m is not None and (s.first_tensor == 0 or int(m.group(1)) < s.first_tensor):
-            s.first_tensor = int(m.group(1))
-
-    for rec in _records(path, tensor):
-        if isinstance(rec, Header):
-            s.headers[rec.id] = rec
-            if rec.parent_id is not None:
-                s.children.setdefault(rec.parent_id, []).append(rec.id)
-        elif isinstance(rec, Stamps) and any(n in FRONTEND_MARKS for n, _ in rec.stamps):
-            s.frontend.add(rec.id)
-    for kids in s.children.values():
-        kids.sort()
+    with open_input(path) as fp:
+        for batch in FileScan(WINDOW, lambda _: None).batches(fp, ReadResult(), salvage_tail=True,
+                                                               on_tensor=s.tensor):
+            s.add_batch(batch)
     return s
 
 
@@ -139,9 +158,12 @@ def _tree(s: Shape) -> tuple[list[tuple[int, int]], int]:
     return nodes, depth
 
 
-def write_dataflow(path: str, out: TextIO) -> None:
-    """The block for one file (nothing where no trace has a parent and none has tensors)."""
-    s = _shape(path)
+def write_dataflow(path: str, out: TextIO, shape: Shape | None = None) -> None:
+    """The block for one file (nothing where no trace has a parent and none has tensors); `shape`
+    where the caller's pass over the file gathered it already."""
+    s = shape if shape is not None else file_shape(path)
+    for kids in s.children.values():
+        kids.sort()
     nodes, depth = _tree(s)
     if not nodes:
         return
@@ -153,17 +175,17 @@ def write_dataflow(path: str, out: TextIO) -> None:
         if t is not None and t.id in wanted:
             tensors[t.id].append(t)
 
-    for _ in _records(path, keep):
-        pass
-    matched = s.matched(sorted(set(s.headers) | s.frontend))
+    if s.tensors:  # a second pass, only for the tensors of the chosen traces
+        for _ in _records(path, keep):
+            pass
     out.write("Data Flow:\n")
     for tid, step in nodes:
         tabs = "\t" * (step + 1)
         rule = f"{tabs}{'=' * (50 + 8 * (depth - step))}\n"
         out.write(rule)
-        h = s.headers.get(tid)
-        if h is not None and tid in matched:
-            out.write(f"{tabs}Name:   {h.model}\n{tabs}Version:{h.version}\n")
+        name = s.names.get(tid)
+        if name is not None and s.matched(tid):
+            out.write(f"{tabs}Name:   {name[0]}\n{tabs}Version:{name[1]}\n")
         for t in tensors[tid]:
             label = ACTIVITIES.get(t.activity)
             if label is not None:

@@ -19,7 +19,7 @@ import numpy.typing as npt
 
 from .inputs import open_input
 from .stages import COLUMN, SPANS
-from .trace_summary_flow import write_dataflow
+from .trace_summary_flow import Shape, write_dataflow
 from .traces.assembly import Trace, TraceBatch
 from .traces.records import ChunkEnd, Header, ReadResult, Stamps, read_records
 from .traces.scanner import FileScan
@@ -308,13 +308,18 @@ def _trim(d: OrderedDict[int, Any], bound: int) -> None:
 
 
 def stream_file(path: str, wanted: set[str] | None, out: TextIO) -> int:
-    """One file summarized as it is read (the daemon's scanner, columns summed with numpy)."""
+    """One file summarized as it is read (the daemon's scanner, columns summed with numpy), then
+    its Data Flow block."""
     summed = StreamedFile(wanted)
+    shape = Shape()
     scan = FileScan(WINDOW, lambda r: None)
     with open_input(path) as fp:
-        for batch in scan.batches(fp, ReadResult(), salvage_tail=True):
+        for batch in scan.batches(fp, ReadResult(), salvage_tail=True, on_tensor=shape.tensor):
             summed.add_batch(batch)
-    return summed.write(out)
+            shape.add_batch(batch)
+    n = summed.write(out)
+    write_dataflow(path, out, shape)
+    return n
 
 
 def run_trace_summary(paths: list[str], show_trace: bool, out: TextIO, models: list[str] | None = None) -> int:
@@ -324,7 +329,6 @@ def run_trace_summary(paths: list[str], show_trace: bool, out: TextIO, models: l
         out.write(f"File: {path}\n")
         if not show_trace:
             summed += stream_file(path, wanted, out)
-            write_dataflow(path, out)
             continue
         # -t prints traces in id order with their timestamps in file order: the whole file is needed
         traces, raw, first_parent = load_file(path)

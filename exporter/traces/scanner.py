@@ -15,7 +15,7 @@ import numpy as np
 
 from ..stages import COLUMN, COLUMNS, COUNT_COL, FIRST_COL, MAX_CUSTOM_NAMES, NAMES, NCOLS
 from .assembly import MergeWindow, Trace, TraceBatch
-from .records import ChunkEnd, ReadResult, RejectFn, Stamps, read_records
+from .records import ChunkEnd, ReadResult, RejectFn, Stamps, TensorFn, read_records
 
 BATCH = 8192  # Trace objects held by the Python path before a batch is formed
 C_BATCH = 32768  # rows of the C path (8 bytes a cell): bigger batches, fewer numpy calls
@@ -53,9 +53,9 @@ class PyFileScan(_CustomNames):
     def lookup(self, tid: int) -> Trace | None:
         return self.merge.open_trace(tid)
 
-    def batches(self, fp: BinaryIO, result: ReadResult, start: int = 0,
-                salvage_tail: bool = False) -> Iterator[TraceBatch]:
-        for rec in read_records(fp, self.reject, result, start, salvage_tail=salvage_tail):
+    def batches(self, fp: BinaryIO, result: ReadResult, start: int = 0, salvage_tail: bool = False,
+                on_tensor: TensorFn | None = None) -> Iterator[TraceBatch]:
+        for rec in read_records(fp, self.reject, result, start, salvage_tail=salvage_tail, on_tensor=on_tensor):
             if isinstance(rec, ChunkEnd):
                 continue
             if isinstance(rec, Stamps) and any(n not in COLUMN for n, _ in rec.stamps):
@@ -106,8 +106,8 @@ class CFileScan(_CustomNames):
             self.customs,
         )
 
-    def batches(self, fp: BinaryIO, result: ReadResult, start: int = 0,
-                salvage_tail: bool = False) -> Iterator[TraceBatch]:
+    def batches(self, fp: BinaryIO, result: ReadResult, start: int = 0, salvage_tail: bool = False,
+                on_tensor: TensorFn | None = None) -> Iterator[TraceBatch]:
         sc = self.sc
         before = sc.objects
 
@@ -115,7 +115,7 @@ class CFileScan(_CustomNames):
             out: tuple[int, int, int] = sc.feed(buf, pos, False)
             return out
 
-        for rec in read_records(fp, self.reject, result, start, C_CHUNK, salvage_tail, fast):
+        for rec in read_records(fp, self.reject, result, start, C_CHUNK, salvage_tail, fast, on_tensor):
             if isinstance(rec, ChunkEnd):
                 if sc.finished >= self.batch:
                     yield self._take()
