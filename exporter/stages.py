@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from .exclusive import _exclusive_c, _exclusive_numpy, exclusive, exclusive_reference  # noqa: F401 (re-exported)
+
 # (stage, start timestamp, end timestamp), in request order. Repeated names: the last occurrence.
 SPANS: tuple[tuple[str, str, str], ...] = (
     ("http_infer", "HTTP_RECV_START", "HTTP_SEND_END"),
@@ -183,67 +185,6 @@ SEGMENT_ORDER: tuple[str, ...] = (
     "recv", "queue", "cache_hit", "compute_input", "compute_infer", "compute_output", "handler_overhead",
     "model_after_release", "between_responses", "send", "frontend_overhead",
 )
-_SEND, _BETWEEN = SEGMENT["send"], SEGMENT["between_responses"]
-
-
-def exclusive_reference(intervals: list[tuple[int, int, int]], lo: int, hi: int, n_segments: int) -> list[int]:
-    """Per segment, the time of [lo, hi] it owns: of (segment, start, end) intervals, the lowest
-    segment index wins where they overlap; the last segment owns what none covers."""
-    events: list[tuple[int, int, int]] = []  # (time, +1 open / -1 close, segment)
-    for seg, a, b in intervals:
-        if b > a and a < hi and b > lo:
-            events.extend(((max(a, lo), 1, seg), (min(b, hi), -1, seg)))
-    events.sort()
-    active = [0] * n_segments
-    out = [0] * n_segments
-    at = lo
-    for t, delta, seg in events:
-        if t > at:
-            owner = next((s for s in range(n_segments - 1) if active[s]), n_segments - 1)
-            out[owner] += t - at
-            at = t
-        active[seg] += delta
-    out[n_segments - 1] += hi - at
-    return out
-
-
-def _exclusive_numpy(starts: npt.NDArray[np.int64], ends: npt.NDArray[np.int64],
-                     lo: npt.NDArray[np.int64], hi: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
-    """exclusive_reference() over rows of K intervals each (interval k is segment k), vectorised;
-    starts and ends are [K, rows]."""
-    starts, ends = starts.T, ends.T
-    n, k = starts.shape
-    valid = (starts >= 0) & (ends > starts)
-    pts = np.concatenate([np.clip(starts, lo[:, None], hi[:, None]), np.clip(ends, lo[:, None], hi[:, None]),
-                          lo[:, None], hi[:, None]], axis=1)
-    pts = np.sort(pts, axis=1)
-    a, b = pts[:, :-1], pts[:, 1:]
-    cover = (valid[:, None, :] & (starts[:, None, :] <= a[:, :, None]) & (b[:, :, None] <= ends[:, None, :]))
-    owner = np.where(cover.any(axis=2), cover.argmax(axis=2), k)
-    out = np.zeros((n, k + 1), dtype=np.int64)
-    np.add.at(out, (np.repeat(np.arange(n), a.shape[1]), owner.ravel()), (b - a).ravel())
-    out[hi <= lo] = 0
-    return out
-
-
-try:
-    from .traces._scan import exclusive as _exclusive_c  # type: ignore[import-not-found,unused-ignore]
-except ImportError:  # no compiler where it was installed
-    _exclusive_c = None
-
-
-def exclusive(starts: npt.NDArray[np.int64], ends: npt.NDArray[np.int64],
-              lo: npt.NDArray[np.int64], hi: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
-    """[rows, K+1] exclusive times of K prioritised intervals per row within [lo, hi]; starts and
-    ends are [K, rows] (one interval's column of every row contiguous); rows with hi <= lo get 0."""
-    if _exclusive_c is None or not starts.shape[1]:
-        return _exclusive_numpy(starts, ends, lo, hi)
-    k, n = starts.shape
-    raw = _exclusive_c(np.ascontiguousarray(starts, dtype=np.int64), np.ascontiguousarray(ends, dtype=np.int64),
-                       np.ascontiguousarray(lo, dtype=np.int64), np.ascontiguousarray(hi, dtype=np.int64), k)
-    return np.frombuffer(raw, dtype=np.int64).reshape(n, k + 1).copy()  # writable: streaming rows are redone
-
-
 # --- the request model over a batch --------------------------------------------------------
 
 MAX_SPAN_NS = 7 * 24 * 3600 * 10**9  # longer spans are not plausible: counted, not observed
@@ -339,10 +280,14 @@ _COUNT_COLS = [COLUMN[n + COUNT_SUFFIX] for n in REPEATED]
 
 
 def anatomy(stamps: npt.NDArray[np.int64], extra_of: Callable[[int], Extra],
-            failed: npt.NDArray[np.bool_] | None = None) -> Anatomy:
+            failed: npt.NDArray[np.bool_] | None = None, model: npt.NDArray[np.int64] | None = None) -> Anatomy:
     """The stage table over every row of a stamps matrix; extra_of(row) gives the every
     occurrence of the names a row repeats more than twice; `failed` the rows the source
-    says failed. Cancelled requests have no response stages and no timeline."""
+    says failed; `model` the rows' request model where the C scanner computed it as each
+    trace finished (scan_model()), so only streaming rows are redone here. Cancelled
+    requests have no response stages and no timeline."""
+    if model is not None:
+        return _scanned_anatomy(stamps, extra_of, failed, model)
     n = stamps.shape[0]
     by_column = np.ascontiguousarray(stamps.T)  # one column a contiguous row: the math below is per column
     out = np.full((len(STAGES), n), -1, dtype=np.int64)  # transposed back at the end
@@ -432,3 +377,63 @@ def custom_spans(stamps: Mapping[str, list[int]]) -> dict[str, int]:
         stage, is_start = custom_stage(name)
         edges.setdefault(stage, [-1, -1])[0 if is_start else 1] = max(times)
     return {s: b - a for s, (a, b) in edges.items() if a >= 0 and b >= a}
+
+
+# --- the request model computed by the C scanner ----------------------------------------------
+
+_SEG_KIND = {"send": 1, "between_responses": 2, "cache_hit": 3}  # else a span between two columns
+# a scanner model row: the SPANS' durations, then these, then the segments
+M_E2E, M_FIRST, M_OUTCOME, M_NEGATIVE, M_IMPLAUSIBLE, M_FLAGS, M_ARRIVAL, M_END = range(len(SPANS), len(SPANS) + 8)
+M_SEGMENTS = len(SPANS) + 8
+F_TIMED, F_FRONTEND, F_STREAMING = 1, 2, 4
+
+
+def scan_model() -> tuple[int, ...]:
+    """The columns the C scanner's request model reads, in its set_model() layout; its derive()
+    follows anatomy()'s rules, which stay the reference (tests hold the two equal)."""
+    c = COLUMN
+    out = [len(SPANS), *(c[n] for _, a, b in SPANS for n in (a, b))]
+    out += [c[n] for n in ("HTTP_RECV_START", "GRPC_WAITREAD_END", "REQUEST_START", "HTTP_SEND_START",
+                           "HTTP_SEND_END", "GRPC_SEND_START", "GRPC_SEND_END", "HTTP_SEND_END" + FIRST_SUFFIX,
+                           "GRPC_SEND_END" + FIRST_SUFFIX, "INFER_RESPONSE_COMPLETE",
+                           "INFER_RESPONSE_COMPLETE" + FIRST_SUFFIX, "REQUEST_END", "QUEUE_START")]
+    for cols in (_COMPUTE_COLS, _HTTP_COLS, _GRPC_COLS, _COUNT_COLS):
+        out += [len(cols), *cols]
+    out.append(len(SEGMENT_SPANS))
+    for seg, a, b in SEGMENT_SPANS:
+        out += [_SEG_KIND.get(seg, 0), c[a] if a else 0, c[b] if b else 0]
+    return (*out, MAX_SPAN_NS)
+
+
+def _scanned_anatomy(stamps: npt.NDArray[np.int64], extra_of: Callable[[int], Extra],
+                     failed: npt.NDArray[np.bool_] | None, model: npt.NDArray[np.int64]) -> Anatomy:
+    n = stamps.shape[0]
+    durations = np.empty((n, len(STAGES)), dtype=np.int64)
+    durations[:, :len(SPANS)] = model[:, :len(SPANS)]
+    durations[:, STAGES.index("end_to_end")] = model[:, M_E2E]
+    durations[:, STAGES.index("first_response")] = model[:, M_FIRST]
+    flags = model[:, M_FLAGS]
+    timed = (flags & F_TIMED) != 0
+    streaming = np.flatnonzero(flags & F_STREAMING)
+    segments = model[:, M_SEGMENTS:]
+    outcome = model[:, M_OUTCOME].astype(np.int8)
+    if failed is not None:
+        outcome[failed] = Outcome.FAILED
+    sends = (np.maximum(stamps[:, COLUMN["HTTP_SEND_END" + COUNT_SUFFIX]], 0)
+             + np.maximum(stamps[:, COLUMN["GRPC_SEND_END" + COUNT_SUFFIX]], 0))
+    responses = np.where(sends > 0, sends, np.maximum(stamps[:, COLUMN["INFER_RESPONSE_COMPLETE" + COUNT_SUFFIX]], 1))
+    gap_rows: list[int] = []
+    gaps: list[int] = []
+    if len(streaming):
+        segments = segments.copy()  # the scanner's rows are read-only; streaming rows are redone
+        for i in streaming.tolist():
+            row, ex = stamps[i], extra_of(i)
+            segments[i] = trace_segments(row, ex, int(model[i, M_ARRIVAL]), int(model[i, M_END]))
+            times = response_times(row, ex)
+            gap_rows.extend([i] * (len(times) - 1))
+            gaps.extend(b - a for a, b in itertools.pairwise(times))
+    durations[:, STAGES.index("handler_overhead")] = np.where(timed, segments[:, SEGMENT["handler_overhead"]], -1)
+    durations[:, STAGES.index("frontend_overhead")] = np.where(
+        timed & ((flags & F_FRONTEND) != 0), segments[:, SEGMENT["frontend_overhead"]], -1)
+    return Anatomy(durations, model[:, M_NEGATIVE], model[:, M_IMPLAUSIBLE], segments, timed, responses,
+                   np.asarray(gap_rows, dtype=np.intp), np.asarray(gaps, dtype=np.int64), outcome)

@@ -89,6 +89,7 @@ class TraceBatch:
     customs: list[str] = field(default_factory=list)  # shared by a scan's batches
     trace_ids: list[str] | None = None  # per row, the W3C trace id where there is one (OTLP)
     failed: npt.NDArray[np.bool_] | None = None  # rows the source says failed; None: no such rows
+    model: npt.NDArray[np.int64] | None = None  # the C scanner's request model per row (stages.scan_model)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -175,8 +176,10 @@ class TraceBatch:
 
     def anatomy(self, rows: npt.NDArray[np.intp]) -> Anatomy:
         """The stage table over the given rows."""
-        return anatomy(self.stamps[rows], lambda i: self.repeats(int(rows[i])),
-                       None if self.failed is None else self.failed[rows])
+        every = len(rows) == len(self)  # rows are ascending: all of them, in order, need no copy
+        return anatomy(self.stamps if every else self.stamps[rows], lambda i: self.repeats(int(rows[i])),
+                       None if self.failed is None else self.failed[rows],
+                       None if self.model is None else self.model if every else self.model[rows])
 
     def custom_spans(self, rows: npt.NDArray[np.intp]) -> Iterator[tuple[int, str, int]]:
         """(index into rows, stage, ns) of the custom activity spans of the given rows."""
@@ -210,7 +213,8 @@ class TraceBatch:
         return TraceBatch(self.ids[rows], self.parents[rows], self.stamps[rows], self.hdr[rows], self.headers,
                           [self.request_ids[i] for i in rows.tolist()], extra, self.customs,
                           None if self.trace_ids is None else [self.trace_ids[i] for i in rows.tolist()],
-                          None if self.failed is None else self.failed[rows])
+                          None if self.failed is None else self.failed[rows],
+                          None if self.model is None else self.model[rows])
 
 
 class MergeWindow:

@@ -13,12 +13,21 @@ from typing import BinaryIO
 
 import numpy as np
 
-from ..stages import COLUMN, COLUMNS, COUNT_COL, FIRST_COL, MAX_CUSTOM_NAMES, NAMES, NCOLS
+from ..stages import (
+    COLUMN,
+    COLUMNS,
+    COUNT_COL,
+    FIRST_COL,
+    MAX_CUSTOM_NAMES,
+    NAMES,
+    NCOLS,
+    scan_model,
+)
 from .assembly import MergeWindow, Trace, TraceBatch
 from .records import ChunkEnd, ReadResult, RejectFn, Stamps, TensorFn, read_records
 
 BATCH = 8192  # Trace objects held by the Python path before a batch is formed
-C_BATCH = 32768  # rows of the C path (8 bytes a cell): bigger batches, fewer numpy calls
+C_BATCH = 8192  # rows of the C path: the scanner computes each row's request model, so a batch only bins
 
 
 class _CustomNames:
@@ -85,6 +94,7 @@ class CFileScan(_CustomNames):
         super().__init__(reject)
         self.batch = batch
         self.sc = _scan.Scanner(NAMES, NCOLS, FIRST_COL, COUNT_COL, window)
+        self.width = self.sc.set_model(scan_model())  # each trace's request model, computed as it finishes
 
     def lookup(self, tid: int) -> Trace | None:
         found = self.sc.lookup(tid)
@@ -94,7 +104,7 @@ class CFileScan(_CustomNames):
         return Trace(tid, parent_id=parent, stamps=stamps)
 
     def _take(self) -> TraceBatch:
-        ids, parents, stamps, hdr, rids, extra = self.sc.take()
+        ids, parents, stamps, hdr, rids, extra, model = self.sc.take()
         return TraceBatch(
             np.frombuffer(ids, dtype=np.int64),
             np.frombuffer(parents, dtype=np.int64),
@@ -104,6 +114,7 @@ class CFileScan(_CustomNames):
             rids,
             np.frombuffer(extra, dtype=np.int64).reshape(-1, 3),
             self.customs,
+            model=np.frombuffer(model, dtype=np.int64).reshape(-1, self.width),
         )
 
     def batches(self, fp: BinaryIO, result: ReadResult, start: int = 0, salvage_tail: bool = False,
