@@ -27,7 +27,7 @@ from .assembly import MergeWindow, Trace, TraceBatch
 from .records import ChunkEnd, ReadResult, RejectFn, Stamps, TensorFn, read_records
 
 BATCH = 8192  # Trace objects held by the Python path before a batch is formed
-C_BATCH = 8192  # rows of the C path: the scanner computes each row's request model, so a batch only bins
+C_BATCH = 16384  # rows of the C path: the scanner computes each row's request model, so a batch only bins
 
 
 class _CustomNames:
