@@ -408,10 +408,11 @@ def scan_model() -> tuple[int, ...]:
 def _scanned_anatomy(stamps: npt.NDArray[np.int64], extra_of: Callable[[int], Extra],
                      failed: npt.NDArray[np.bool_] | None, model: npt.NDArray[np.int64]) -> Anatomy:
     n = stamps.shape[0]
-    durations = np.empty((n, len(STAGES)), dtype=np.int64)
-    durations[:, :len(SPANS)] = model[:, :len(SPANS)]
-    durations[:, STAGES.index("end_to_end")] = model[:, M_E2E]
-    durations[:, STAGES.index("first_response")] = model[:, M_FIRST]
+    by_stage = np.empty((len(STAGES), n), dtype=np.int64)  # a stage's rows contiguous, as anatomy() gives
+    by_stage[:len(SPANS)] = model[:, :len(SPANS)].T
+    by_stage[STAGES.index("end_to_end")] = model[:, M_E2E]
+    by_stage[STAGES.index("first_response")] = model[:, M_FIRST]
+    durations = by_stage.T
     flags = model[:, M_FLAGS]
     timed = (flags & F_TIMED) != 0
     streaming = np.flatnonzero(flags & F_STREAMING)
