@@ -84,9 +84,11 @@ def test_timeline_bar_stacks_the_exclusive_segments_in_request_order() -> None:
     assert segments == [[s] for s in SEGMENT_ORDER]
     assert [t["legendFormat"] for t in bar["targets"]] == [s.replace("_", " ") for s in SEGMENT_ORDER]
     for t in bar["targets"]:
-        # a segment's time over every traced request, so that the parts add up to the mean end_to_end
+        # a segment's time over every request with a timeline (all but the cancelled ones), so that
+        # the parts add up to the mean end_to_end
         assert "inference_profiler_timeline_seconds_total" in t["expr"]
-        assert "/ sum by (model) (increase(inference_profiler_traces_total{" in t["expr"]
+        assert "/ sum by (model) (increase(inference_profiler_stage_duration_seconds_count{" in t["expr"]
+        assert t["expr"].endswith('stage="end_to_end"}[$__range]))')
     organize = next(t for t in bar["transformations"] if t["id"] == "organize")
     assert list(organize["options"]["renameByName"].values()) == [t["legendFormat"] for t in bar["targets"]]
     names = {v["name"] for v in d["templating"]["list"]}

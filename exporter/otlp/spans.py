@@ -28,6 +28,7 @@ MAX_AHEAD_NS = 24 * 3600 * 10**9  # events this far in the future are not plausi
 # Triton writes an HTTP send it did not capture as 0, which its OTel mode converts to
 # the wall clock at boot: a send before the request was received is such a zero.
 HTTP_SENDS = ("HTTP_SEND_START", "HTTP_SEND_END")
+STATUS_ERROR = 2  # opentelemetry.proto.trace.v1.Status.STATUS_CODE_ERROR
 
 Reject = Callable[[str, int], None]  # (reason, how many)
 _SINGLE = frozenset(COLUMN) - frozenset(REPEATED)  # names kept as one column each: the last wins
@@ -41,19 +42,23 @@ class Span:
     name: str
     attrs: dict[str, str]  # the triton.* attributes, as text
     events: list[tuple[str, int]]  # (timestamp name, wall-clock ns)
+    error: bool = False  # the span's status is ERROR: its request failed
+
 
     @property
     def is_model(self) -> bool:
         return MODEL_NAME in self.attrs
 
     def to_json(self) -> list[Any]:
-        return [self.trace_id.hex(), self.span_id.hex(), self.parent_id.hex(), self.name, self.attrs,
-                [list(e) for e in self.events]]
+        out = [self.trace_id.hex(), self.span_id.hex(), self.parent_id.hex(), self.name, self.attrs,
+               [list(e) for e in self.events]]
+        return [*out, 1] if self.error else out
 
     @classmethod
     def from_json(cls, v: list[Any]) -> Span:
         return cls(bytes.fromhex(v[0]), bytes.fromhex(v[1]), bytes.fromhex(v[2]), str(v[3]),
-                   {str(k): str(x) for k, x in v[4].items()}, [(str(n), int(t)) for n, t in v[5]])
+                   {str(k): str(x) for k, x in v[4].items()}, [(str(n), int(t)) for n, t in v[5]],
+                   len(v) > 6 and bool(v[6]))
 
 
 def spans_of(records: Decoded, reject: Reject, now_ns: int) -> Iterator[Span]:
@@ -90,7 +95,7 @@ def _span(r: SpanRecord, reject: Reject, now_ns: int) -> Span | None:
                     events.append((name, t))
                 else:
                     reject("unknown_timestamp", 1)
-    return Span(tid, sid, pid, r.name, attrs, events)
+    return Span(tid, sid, pid, r.name, attrs, events, r.status == STATUS_ERROR)
 
 
 # --- holding a request's spans until its root arrives ---------------------------------
@@ -189,7 +194,10 @@ def tree_traces(tree: Tree, ids: Iterator[int], reject: Reject) -> list[tuple[Tr
                 p = tree.get(p.parent_id)
         elif parent is not None:
             _add_frontend(t, parent.events)
-        for c in below.get(sid, ()):
+            t.failed = parent.error
+        t.failed |= s.error
+        for c in below.get(sid, ()):  # the compute span: never a model span
+            t.failed |= c.error
             _add(t, c.events)
         _add(t, s.events)
         out.append((depth, t, s.trace_id.hex()))
