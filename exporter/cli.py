@@ -70,7 +70,8 @@ def parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Start with `inference-profiler demo`. Each command has --help.",
     )
-    p.add_argument("--version", action="version", version=f"inference-profiler {__version__}")
+    version = f"inference-profiler {__version__}"
+    p.add_argument("--version", action="version", version=version)
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     s = sub.add_parser("serve", help="run the exporter daemon", epilog=EPILOG_SERVE,
@@ -136,6 +137,8 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--port", type=int, action="append", metavar="P",
                    help="port to watch (repeatable; default 8000 and 8001)")
     t.add_argument("--count", type=int, default=0, help="exit after this many events (0: until Ctrl-C)")
+    for command in sub.choices.values():  # `serve --version` answers as the top level does
+        command.add_argument("--version", action="version", version=version, help="print the version and exit")
     return p
 
 
