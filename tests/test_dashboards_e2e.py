@@ -399,8 +399,11 @@ def test_network_dashboard_queries_return_data(stack: Stack) -> None:
 def test_every_recording_rule_produces_series(stack: Stack) -> None:
     records = sorted({r["record"] for f in (PROM / "rules").glob("*.rules.yml")
                       for g in yaml.safe_load(f.read_text())["groups"] for r in g["rules"] if "record" in r})
-    # tuning findings are series only while a rule holds
-    empty = [r for r in records if not finite(stack.prometheus.api("query", query=r)) and "tuning_finding" not in r]
+    # tuning findings are series only while a rule holds; the 1m autoscaling signals and GenAI
+    # percentiles only while a model served requests in the last minute, and the traffic has
+    # stopped here (tests/test_autoscaling_rules.py checks them under load)
+    empty = [r for r in records if not finite(stack.prometheus.api("query", query=r))
+             and "tuning_finding" not in r and not r.startswith("namespace_model:") and not r.endswith(":p95_1m")]
     assert not empty, f"recording rules without finite series: {empty}"
     rules = stack.prometheus.api("rules")["groups"]
     unhealthy = [(r["name"], r.get("lastError")) for g in rules for r in g["rules"] if r["health"] != "ok"]

@@ -1,0 +1,139 @@
+"""The autoscaling and GenAI recording rules against a real Prometheus scraping the real exporter
+of a real Triton under load: a loaded model has a number, a model gone idle has none (not NaN),
+which is what prometheus-adapter and KEDA read (deploy/autoscaling)."""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from exporter.demo.launcher import ENSEMBLE, MODEL, free_port
+from exporter.demo.traffic import TrafficDriver
+from tests.test_dashboards_e2e import Prometheus
+from tests.triton_harness import ExporterProcess, start_triton
+
+ROOT = Path(__file__).resolve().parent.parent
+RULES = ("autoscaling.rules.yml", "genai.rules.yml")
+WINDOW = "6s"  # the rules' [1m] windows, shortened so the test sees a model go idle in seconds
+SIGNALS = ("namespace_model:inference_profiler_queue_seconds:p95_1m",
+           "namespace_model:inference_profiler_pending_requests:avg1m",
+           "namespace_model:inference_profiler_first_response_seconds:p95_1m")
+GENAI = ("gen_ai_server_time_to_first_token_seconds:p95_1m", "gen_ai_server_request_duration_seconds:p95_1m")
+
+
+@dataclass
+class Loaded:
+    prometheus: Prometheus
+    exporter: ExporterProcess
+
+
+def config(work: Path, target: str) -> Path:
+    rules = work / "rules"
+    rules.mkdir()
+    for name in RULES:
+        text = (ROOT / "prometheus" / "rules" / name).read_text()
+        assert text.count("[1m]") >= 3
+        (rules / name).write_text(text.replace("[1m]", f"[{WINDOW}]"))
+    cfg = {"global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+           "rule_files": [str(rules / "*.yml")],
+           "scrape_configs": [{"job_name": "inference-profiler", "honor_labels": True, "scrape_timeout": "1s",
+                               "static_configs": [{"targets": [target]}]}]}
+    path = work / "prometheus.yml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def values(prom: Prometheus, expr: str) -> dict[str, float]:
+    return {r["metric"].get("model", r["metric"].get("gen_ai_request_model", "")): float(r["value"][1])
+            for r in prom.api("query", query=expr)["result"]}
+
+
+@pytest.fixture(scope="module")
+def loaded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loaded]:
+    """add_sub under steady load throughout; its ensemble loaded for a few seconds at the start, then idle."""
+    work = tmp_path_factory.mktemp("autoscaling")
+    triton = start_triton(work / "triton", log_frequency=20)
+    stops: list[object] = [triton]
+    try:
+        port = free_port()
+        exporter = ExporterProcess(["--trace-file", str(triton.trace_file), "--state-dir", str(work / "state"),
+                                    "--listen", f"127.0.0.1:{port}", "--triton", "none", "--ebpf", "off",
+                                    "--trace-poll-seconds", "0.2"], work, port)
+        stops.append(exporter)
+        exporter.wait_ready()
+        prom = Prometheus(config(work, f"127.0.0.1:{port}"), work)
+        stops.append(prom)
+        steady = TrafficDriver(triton.http_address, triton.grpc_address, rate=40, models=(MODEL,)).start()
+        burst = TrafficDriver(triton.http_address, triton.grpc_address, rate=20, models=(ENSEMBLE,)).start()
+        try:
+            time.sleep(5)
+            assert sum(burst.stop().succeeded.values()) > 20
+            deadline = time.monotonic() + 60
+            while not (values(prom, SIGNALS[0]).keys() == {MODEL}
+                       and all(values(prom, s).keys() == {MODEL} for s in SIGNALS[1:])):
+                assert time.monotonic() < deadline, {s: values(prom, s) for s in SIGNALS}
+                time.sleep(0.5)
+            yield Loaded(prom, exporter)
+        finally:
+            steady.stop()
+    finally:
+        for p in reversed(stops):
+            p.stop()  # type: ignore[attr-defined]
+
+
+@pytest.mark.prometheus
+def test_a_loaded_model_has_a_number_and_an_idle_one_none(loaded: Loaded) -> None:
+    prom = loaded.prometheus
+    # the idle ensemble did serve: its requests are in the exporter's counters, only not in the window
+    assert loaded.exporter.scrape().total("inference_profiler_traces_total", model=ENSEMBLE) > 20
+    for signal in SIGNALS:
+        got = values(prom, signal)
+        assert got.keys() == {MODEL}, (signal, got)
+        assert math.isfinite(got[MODEL]) and got[MODEL] >= 0, (signal, got)
+    # queue time and time to first response are positive under load; first response covers the queue
+    q, first = values(prom, SIGNALS[0])[MODEL], values(prom, SIGNALS[2])[MODEL]
+    assert 0 < q < first < 5, (q, first)
+    print(f"loaded {MODEL}: queue p95 {q:.4f} s, pending {values(prom, SIGNALS[1])[MODEL]:.4f}, "
+          f"first response p95 {first:.4f} s; idle {ENSEMBLE}: no series")
+    # what KEDA's Prometheus scaler and prometheus-adapter send: one model's value by selector
+    (one,) = prom.api("query", query=f'{SIGNALS[0]}{{model="{MODEL}"}}')["result"]
+    assert float(one["value"][1]) == pytest.approx(q, rel=0.5)
+    assert prom.api("query", query=f'{SIGNALS[0]}{{model="{ENSEMBLE}"}}')["result"] == []
+
+
+@pytest.mark.prometheus
+def test_genai_names_have_a_number_for_the_loaded_model(loaded: Loaded) -> None:
+    for name in GENAI:
+        got = values(loaded.prometheus, name)
+        assert got.keys() == {MODEL}, (name, got)
+        assert math.isfinite(got[MODEL]) and got[MODEL] > 0, (name, got)
+    unhealthy = [(r["name"], r.get("lastError")) for g in loaded.prometheus.api("rules")["groups"]
+                 for r in g["rules"] if r["health"] != "ok"]
+    assert not unhealthy
+
+
+def test_example_manifests_query_the_recorded_signals() -> None:
+    """deploy/autoscaling: the adapter rule and the KEDA triggers name recording rules that exist."""
+    recorded = {r["record"] for name in RULES
+                for g in yaml.safe_load((ROOT / "prometheus" / "rules" / name).read_text())["groups"]
+                for r in g["rules"]}
+    adapter = yaml.safe_load((ROOT / "deploy" / "autoscaling" / "prometheus-adapter-values.yaml").read_text())
+    series = {re.sub(r"\{.*", "", r["seriesQuery"]).strip("'\"") for r in adapter["rules"]["external"]}
+    assert series and series <= recorded
+    keda = [d for d in yaml.safe_load_all((ROOT / "deploy" / "autoscaling" / "keda-scaledobject.yaml").read_text()) if d]
+    queries = [t["metadata"]["query"] for d in keda if d["kind"] == "ScaledObject" for t in d["spec"]["triggers"]]
+    assert queries and all(any(s in q for s in recorded) for q in queries)
+    hpa = [d for d in yaml.safe_load_all((ROOT / "deploy" / "autoscaling" / "hpa.yaml").read_text()) if d]
+    for d in hpa:
+        kubernetes_validate.validate(d, kubernetes_validate.latest_version(), strict=True)
+    metrics = {m["external"]["metric"]["name"] for d in hpa for m in d["spec"]["metrics"]}
+    names = {r["name"]["as"] for r in adapter["rules"]["external"]}
+    assert metrics and metrics <= names
