@@ -494,7 +494,8 @@ def test_sample_traces_timeline_dashboard_queries(sample_stack: SampleStack) -> 
 def test_sample_traces_timeline_bar_adds_up_to_the_mean_end_to_end(sample_stack: SampleStack) -> None:
     s = sample_stack
     bar = next(p for p, _ in panels(DASHBOARDS["inference-stage-timeline"]) if p["type"] == "barchart")
-    values = {"cluster": ".*", "instance": ".*", "namespace": ".*", "pod": ".*", "model": MODEL, "version": ".*",
+    values = {"job": "inference-profiler", "cluster": ".*", "instance": ".*", "namespace": ".*", "pod": ".*",
+              "model": MODEL, "version": ".*",
               "protocol": ".*", "__range": s.window}
     parts: dict[str, float] = {}
     for t in bar["targets"]:
