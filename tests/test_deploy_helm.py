@@ -50,17 +50,23 @@ def helm_python() -> Path:
     return vpy
 
 
-def helm(values: dict[str, Any] | None = None) -> dict[str, Any]:
-    r = subprocess.run([helm_python(), ROOT / "tests" / "helm_render.py", CHART, RELEASE, NAMESPACE,
-                        json.dumps(values or {})], capture_output=True, text=True, timeout=300)
+@cache
+def _helm(values_json: str) -> dict[str, Any]:
+    """Lint, and the install's manifest and objects, for these values (each set rendered once)."""
+    r = subprocess.run([helm_python(), ROOT / "tests" / "helm_render.py", CHART, RELEASE, NAMESPACE, values_json],
+                       capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     out: dict[str, Any] = json.loads(r.stdout)
     return out
 
 
+def helm(values: dict[str, Any] | None = None) -> dict[str, Any]:
+    return _helm(json.dumps(values or {}, sort_keys=True))
+
+
 @cache
 def _rendered(values_json: str) -> list[dict[str, Any]]:
-    out = helm(json.loads(values_json))
+    out = _helm(values_json)
     docs = [d for d in yaml.safe_load_all(out["manifest"]) if d]
     # what Helm sent the API server is what it rendered
     assert sorted((d["kind"], d["metadata"]["name"]) for d in docs) == sorted(
