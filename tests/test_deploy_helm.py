@@ -212,3 +212,14 @@ def test_helm_defaults_render_the_kustomize_overlay() -> None:
     assert sorted(kust) == sorted(chart)
     for key, k in kust.items():
         assert chart[key] == k, key
+
+
+@pytest.mark.parametrize("values, words", [
+    ({"serviceMonitors": {"enabled": True}}, "serviceMonitors"),  # a typo is refused, not ignored
+    ({"seccompProfile": {"type": "unconfined"}}, "seccompProfile"),
+    ({"otlp": {"port": "4318x"}}, "otlp"),
+])
+def test_values_schema_refuses_mistakes(values: dict[str, Any], words: str) -> None:
+    r = subprocess.run([helm_python(), ROOT / "tests" / "helm_render.py", CHART, RELEASE, NAMESPACE,
+                        json.dumps(values)], capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0 and "schema" in r.stderr and words in r.stderr, r.stderr[-2000:]
