@@ -230,12 +230,11 @@ def _check_text(cfg: Config) -> None:
 
 def validate(cfg: Config) -> None:
     _check_text(cfg)
-    for key in ("listen", "otlp_listen"):
-        if key == "listen" or cfg.otlp_listen:
-            try:
-                parse_listen(getattr(cfg, key))
-            except ListenAddressError as e:
-                raise ConfigError(f"{key} must be HOST:PORT (e.g. :9478, 0.0.0.0:4318, [::1]:9478): {e}") from None
+    for key in ("listen", "otlp_listen") if cfg.otlp_listen else ("listen",):
+        try:
+            parse_listen(getattr(cfg, key))
+        except ListenAddressError as e:
+            raise ConfigError(f"{key} must be HOST:PORT (e.g. :9478, 0.0.0.0:4318, [::1]:9478): {e}") from None
     for k in KEYS.values():
         choices = k.metadata.get("choices")
         if choices and getattr(cfg, k.name) not in choices:
