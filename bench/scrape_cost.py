@@ -8,11 +8,15 @@ Triton /metrics text and statistics, held in its cache so no network is involved
 Baseline: prometheus_client Histogram/Counter/Gauge objects holding exactly the same
 series (an exemplar on every bucket too). Both are timed in turn with prometheus_client's
 encoders and through our HTTP server (our renderer for both), and the ratio ours/baseline
-printed (target <= 2).
+printed (target <= 2). Ours is timed as the first scrape after a commit (nothing reused).
 
 Renderer: the same scrape of our registry rendered by prometheus_client and by us, in turn,
 for text 0.0.4 and OpenMetrics 1.0.0 (the Accept headers Prometheus sends), the bodies checked
 byte-identical first; "scrape" includes the collectors, "render" renders families collected once.
+Then the Prometheus protobuf format (exporter/exposition_protobuf.py: every histogram classic and
+native; prometheus_client has no encoder for it), beside our text and OpenMetrics, its body
+parsed back by the protobuf library first. Last, scrapes between two commits, which reuse the
+trace families' rendering, against the same scrapes with a commit before each.
 --models 8 is about the 3,000 samples of the soak.
 
     .venv/bin/python bench/scrape_cost.py [--models 100] [--rounds 10]
@@ -21,6 +25,7 @@ byte-identical first; "scrape" includes the collectors, "render" renders familie
 from __future__ import annotations
 
 import argparse
+import copy
 import random
 import statistics
 import time
@@ -36,8 +41,10 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 from prometheus_client.registry import Collector
 
-from exporter.exposition import choose_encoder
+from exporter import exposition_protobuf
+from exporter.exposition import RENDERED, choose_encoder
 from exporter.histogram import Histogram as BucketCounts
+from exporter.histogram import native_index
 from exporter.server import MetricsServer
 from exporter.stages import STAGES
 from exporter.traces.aggregate import Exemplar, TraceAggregate
@@ -92,6 +99,11 @@ def ours(names: list[str]) -> CollectorRegistry:
             h = BucketCounts(bounds_ns)
             h.counts = [random.randint(0, 1000) for _ in h.counts]
             h.count, h.total = sum(h.counts), random.randint(1, 10**12)
+            # native buckets as real durations fill them: the same count spread log-normally around ~5 ms
+            ks = native_index([random.lognormvariate(-5.3, 1.0) for _ in range(200)], 4).tolist()
+            h.native = {k: 0 for k in ks}
+            for i in range(h.count):
+                h.native[ks[i % len(ks)]] += 1
             agg.histograms[(m, "1", "http", st)] = h
             agg.exemplars[(m, "1", "http", st)] = {
                 b: Exemplar(str(random.randint(1, 10**9)), None, random.random(), time.time())
@@ -110,7 +122,11 @@ def ours(names: list[str]) -> CollectorRegistry:
     reg = CollectorRegistry(auto_describe=False)
     reg.register(TraceCollector(tailer))
     reg.register(TritonCollector([target]))
+    TAILERS[id(reg)] = tailer
     return reg
+
+
+TAILERS: dict[int, TraceTailer] = {}  # registry -> the tailer its trace collector reads
 
 
 def baseline(names: list[str]) -> CollectorRegistry:
@@ -123,6 +139,8 @@ def baseline(names: list[str]) -> CollectorRegistry:
     files = Counter(p + "trace_files", "x", ["result"], registry=reg)
     rej = Counter(p + "trace_records_rejected", "x", ["reason"], registry=reg)
     last = Gauge(p + "trace_last_ingest_timestamp_seconds", "x", registry=reg)
+    writes = Counter(p + "state_writes", "x", ["kind"], registry=reg)
+    written = Counter(p + "state_written_bytes", "x", ["kind"], registry=reg)
     t = p + "triton_"
     up = Gauge(t + "up", "x", ["target"], registry=reg)
     dur = Gauge(t + "scrape_duration_seconds", "x", ["target"], registry=reg)
@@ -140,6 +158,9 @@ def baseline(names: list[str]) -> CollectorRegistry:
         files.labels(r).inc(3)
     for r in REJECT_REASONS:
         rej.labels(r).inc(0)
+    for kind in ("journal", "snapshot"):
+        writes.labels(kind).inc(0)
+        written.labels(kind).inc(0)
     last.set(time.time())
     up.labels(TARGET).set(1)
     dur.labels(TARGET).set(0.004)
@@ -169,11 +190,28 @@ def series(text: str) -> int:
 
 
 class Frozen(Collector):
+    """The families of one scrape, rendered afresh each time (no rendering kept between commits)."""
+
     def __init__(self, registry: Collector) -> None:
-        self.families: list[Metric] = list(registry.collect())
+        self.families: list[Metric] = [copy.copy(m) for m in registry.collect()]
+        for m in self.families:
+            if hasattr(m, RENDERED):
+                delattr(m, RENDERED)
 
     def collect(self) -> list[Metric]:
         return self.families
+
+
+class Recommitting(Collector):
+    """Our registry as the first scrape after a commit sees it: the trace aggregate replaced by a
+    copy (same content) before each collect, so nothing rendered before is reused."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry, self.tailer = registry, TAILERS[id(registry)]
+
+    def collect(self) -> Any:
+        self.tailer.live = copy.copy(self.tailer.live)
+        return self.registry.collect()
 
 
 def paired(a: Callable[[], object], b: Callable[[], object], rounds: int) -> tuple[float, float, float]:
@@ -201,7 +239,8 @@ def main() -> None:
     args = ap.parse_args()
     random.seed(1)
     names = models(args.models)
-    a, b = ours(names), baseline(names)
+    reused, b = ours(names), baseline(names)
+    a = Recommitting(reused)  # the worst case: a commit before every scrape
     na, nb = series(generate_latest(a).decode()), series(generate_latest(b).decode())
     print(f"series: ours {na}, baseline {nb} ({args.models} models x {len(STAGES)} stages x "
           f"{len(BOUNDS_S) + 1} buckets + Triton families)")
@@ -238,6 +277,47 @@ def main() -> None:
         for what, reg in (("scrape", a), ("render", frozen)):
             t_ours, t_pc, ratio = paired(lambda r=reg, f=fast: f(r), lambda r=reg, f=library: f(r), args.rounds)
             print(f"{fmt + ' ' + what:28} {t_pc * 1e3:21.1f} {t_ours * 1e3:9.1f} {ratio:8.3f} {1 / ratio:7.1f}x")
+    protobuf_row(a, frozen, args.rounds)
+    reuse_rows(reused, args.rounds)
+
+
+def reuse_rows(registry: CollectorRegistry, rounds: int) -> None:
+    """Scrapes between two commits reuse the trace families' rendering (issue 25, item 3): against
+    the same scrape with a commit before each (the aggregate replaced by a copy: nothing reused)."""
+    tailer = TAILERS[id(registry)]
+    print("\nscrape of the same registry: no commit since the last scrape vs a commit before each")
+    print(f"{'format':20} {'reused ms':>10} {'commit ms':>10} {'reused/commit':>14}")
+    for fmt, enc in (("text 0.0.4", choose_encoder("")[0]), ("OpenMetrics 1.0.0", choose_encoder(PROMETHEUS_ACCEPT)[0]),
+                     ("protobuf", exposition_protobuf.render)):
+        def committed(e: Callable[[Collector], bytes] = enc) -> bytes:
+            tailer.live = copy.copy(tailer.live)  # a new committed snapshot, same content
+            return e(registry)
+
+        if committed() != enc(registry):
+            raise SystemExit(f"{fmt}: the reused body differs from a fresh one")
+        t_reused, t_commit, ratio = paired(lambda e=enc: e(registry), committed, rounds)
+        print(f"{fmt:20} {t_reused * 1e3:10.1f} {t_commit * 1e3:10.1f} {ratio:14.3f}")
+
+
+def protobuf_row(registry: Collector, frozen: Frozen, rounds: int) -> None:
+    """Our three formats side by side: time per scrape and per render, and body bytes."""
+    from google.protobuf.internal.decoder import _DecodeVarint
+
+    from exporter.vendor.client_model import metrics_pb2
+
+    body = exposition_protobuf.render(frozen)
+    pos, histograms = 0, 0
+    while pos < len(body):  # parsed back by the library first: a body Prometheus can read
+        n, pos = _DecodeVarint(body, pos)
+        fam = metrics_pb2.MetricFamily.FromString(body[pos:pos + n])
+        pos += n
+        histograms += sum(1 for m in fam.metric if m.histogram.positive_span)
+    text, om = choose_encoder("")[0], choose_encoder(PROMETHEUS_ACCEPT)[0]
+    print(f"\nour formats ({histograms} native histograms in protobuf, each beside its classic buckets)")
+    print(f"{'format':20} {'scrape ms':>10} {'render ms':>10} {'body KiB':>9}")
+    for fmt, enc in (("text 0.0.4", text), ("OpenMetrics 1.0.0", om), ("protobuf", exposition_protobuf.render)):
+        t_scrape, t_render, _ = paired(lambda e=enc: e(registry), lambda e=enc: e(frozen), rounds)
+        print(f"{fmt:20} {t_scrape * 1e3:10.1f} {t_render * 1e3:10.1f} {len(enc(frozen)) / 1024:9.0f}")
 
 
 if __name__ == "__main__":

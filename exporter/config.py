@@ -17,8 +17,9 @@ from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
-from .histogram import DEFAULT_STAGE_BUCKETS
+from .histogram import DEFAULT_STAGE_BUCKETS, MIN_SCHEMA, STORE_SCHEMA
 from .listen import ListenAddressError, parse_listen
+from .stages import ALL_STAGES
 from .traces.pipeline import WINDOW
 from .yamlfile import load_mapping
 
@@ -96,6 +97,13 @@ class Config:
     perf_analyzer_csv: list[str] = _opt([], "perf_analyzer -f result file to expose (repeatable, globs)", metavar="PATH")
     perf_analyzer_poll_seconds: float = _opt(5.0, "how often perf_analyzer CSV globs are re-read for new or rewritten files")
     stage_buckets: list[float] = _opt(list(DEFAULT_STAGE_BUCKETS), "stage histogram bucket bounds in seconds")
+    trace_stage: list[str] = _opt([], "stage exposed in stage_duration_seconds (repeatable; default every stage): "
+                                  "leave out the stages you never look at to save series", metavar="STAGE")
+    native_schema: int = _opt(STORE_SCHEMA, f"resolution of the native histograms served in the protobuf format, "
+                              f"{MIN_SCHEMA}..{STORE_SCHEMA}: each bucket is 2**(2**-schema) times the previous, "
+                              f"so {STORE_SCHEMA} keeps a quantile within 4.4 per cent of the true one", metavar="N")
+    ebpf_buckets: int = _opt(20, "classic buckets per eBPF histogram, chosen among the kernel's (which stay "
+                             "4 per power of two); 0: every kernel bucket", metavar="N")
     max_models: int = _opt(100, "cap on distinct (model, version) pairs per source (trace files; each Triton "
                            "target): past it they are left out, counted")
     trace_poll_seconds: float = _opt(0.25, "how often trace directories are scanned")
@@ -288,6 +296,12 @@ def validate(cfg: Config) -> None:
                               f"got {url!r}")
     if cfg.otlp_forward and not cfg.otlp_listen:
         raise ConfigError("otlp_forward needs otlp_listen: only received OTLP payloads are forwarded")
+    if not MIN_SCHEMA <= cfg.native_schema <= STORE_SCHEMA:
+        raise ConfigError(f"native_schema must be {MIN_SCHEMA}..{STORE_SCHEMA}, got {cfg.native_schema}")
+    if cfg.ebpf_buckets < 0:
+        raise ConfigError(f"ebpf_buckets must be 0 (every kernel bucket) or more, got {cfg.ebpf_buckets}")
+    if unknown := sorted(set(cfg.trace_stage) - set(ALL_STAGES)):
+        raise ConfigError(f"trace_stage: unknown stage {', '.join(unknown)} (stages: {', '.join(ALL_STAGES)})")
     if cfg.web_config_file and not os.path.isfile(cfg.web_config_file):
         raise ConfigError(f"web_config_file {cfg.web_config_file} does not exist")
 

@@ -163,12 +163,27 @@ class _Families(Collector):
         return self.families
 
 
+def reusable(metric: Metric) -> Metric:
+    """Marks a family that its collector hands out unchanged until its data changes (the trace
+    families between two commits): each format renders it once and reuses the text."""
+    setattr(metric, RENDERED, {})
+    return metric
+
+
+RENDERED = "_infprof_rendered"  # format -> the family's rendered text or bytes
+
+
 def render(registry: Collector, encoder: Encoder, openmetrics: bool) -> bytes:
     """The body `encoder` (prometheus_client's, underscores or allow-utf-8) would write for `registry`."""
     family = _openmetrics_family if openmetrics else _text_family
     out: list[str] = []
     pairs: dict[tuple[str, str], str] = {}
+    key = (openmetrics, getattr(encoder, "keywords", {}).get("escaping"))
     for metric in registry.collect():
+        rendered: dict[object, str] | None = getattr(metric, RENDERED, None)
+        if rendered is not None and key in rendered:
+            out.append(rendered[key])
+            continue
         n = len(out)
         try:
             family(metric, out, pairs)
@@ -176,6 +191,8 @@ def render(registry: Collector, encoder: Encoder, openmetrics: bool) -> bytes:
             del out[n:]
             body = encoder(_Families([metric])).decode("utf-8")
             out.append(body[: -len(_EOF)] if openmetrics else body)
+        if rendered is not None:
+            rendered[key] = "".join(out[n:])
     if openmetrics:
         out.append(_EOF)
     return "".join(out).encode("utf-8")
@@ -199,7 +216,12 @@ def fast_encoder(encoder: Encoder) -> Encoder | None:
 
 
 def choose_encoder(accept: str) -> tuple[Encoder, str]:
-    """prometheus_client's choice of format for `accept`, rendered by us where we render it the same."""
+    """prometheus_client's choice of format for `accept`, rendered by us where we render it the same;
+    the Prometheus protobuf format (native histograms) where the scraper asks for it first."""
+    from . import exposition_protobuf  # it renders with our RENDERED cache: imported after us
+
+    if exposition_protobuf.asks_for_protobuf(accept):
+        return exposition_protobuf.render, exposition_protobuf.CONTENT_TYPE
     encoder, content_type = text_format.choose_encoder(accept)
     fast = fast_encoder(encoder)
     return (fast if fast is not None and _self_check() else encoder), content_type

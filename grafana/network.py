@@ -18,6 +18,7 @@ from .panels import (
     datasource_variable,
     heatmap_buckets,
     hidden_label_variable,
+    histogram_series,
     label_variable,
     mean,
     merge_columns,
@@ -43,13 +44,13 @@ def variables() -> list[VariableBuilder]:
     return [
         datasource_variable(),
         *target_variables(),
-        *pod_variables(f"{LAT}_count"),
-        label_variable("port", "Port", f'{LAT}_count{{{TARGET}}}',
+        *pod_variables(LAT, histogram=True),
+        label_variable("port", "Port", histogram_series(LAT, TARGET),
                        description="the watched Triton ports (--ebpf-port)"),
-        label_variable("role", "Role", f'{LAT}_count{{{TARGET}, port=~"$port"}}',
+        label_variable("role", "Role", histogram_series(LAT, f'{TARGET}, port=~"$port"'),
                        description="server: the port is local (Triton's side); client: the port is remote"),
-        hidden_label_variable("heatport", "port", f'{LAT}_count{{{TARGET}, port=~"$port"}}'),
-        hidden_label_variable("heatrole", "role", f'{LAT}_count{{{TARGET}, port=~"$port", role=~"$role"}}'),
+        hidden_label_variable("heatport", "port", histogram_series(LAT, f'{TARGET}, port=~"$port"')),
+        hidden_label_variable("heatrole", "role", histogram_series(LAT, f'{TARGET}, port=~"$port", role=~"$role"')),
     ]
 
 

@@ -129,12 +129,16 @@ def target_variables(description: str = "exporter instances (one per node)") -> 
     ]
 
 
-def pod_variables(metric: str) -> list[VariableBuilder]:
-    """namespace and pod of the Triton pods `metric` (a family carrying both labels) has series of."""
+def pod_variables(metric: str, histogram: bool = False) -> list[VariableBuilder]:
+    """namespace and pod of the Triton pods `metric` (a family carrying both labels) has series of;
+    a histogram's series are matched in either storage (histogram_series)."""
+    def series(selector: str) -> str:
+        return histogram_series(metric, selector) if histogram else f"{metric}{{{selector}}}"
+
     return [
-        label_variable("namespace", "Namespace", f"{metric}{{{TARGET}}}",
+        label_variable("namespace", "Namespace", series(TARGET),
                        description="Kubernetes namespace of the Triton pod (empty outside Kubernetes)"),
-        label_variable("pod", "Pod", f'{metric}{{{TARGET}, namespace=~"$namespace"}}',
+        label_variable("pod", "Pod", series(f'{TARGET}, namespace=~"$namespace"'),
                        description="the Triton pod (eBPF: owner of the socket; traces: its trace directory)"),
     ]
 
@@ -167,27 +171,46 @@ def merge_columns(names: dict[str, str], exclude: tuple[str, ...] = ("Time",)) -
     ]
 
 
+# Every histogram query works on classic and on native storage: the classic form `or` the native one.
+# A Prometheus keeps one form of a series (native where it scrapes protobuf with native histograms
+# on), so one side is empty; while both exist, e.g. just after switching, both sides show.
+
+def histogram_series(metric: str, selector: str) -> str:
+    """A series selector of a histogram stored either way: its classic _count or its native series."""
+    return f'{{__name__=~"{metric}(_count)?", {selector}}}'
+
+
+def _mean(metric: str, selector: str, by: str, fn: str, window: str) -> str:
+    return (
+        f"(sum by ({by}) ({fn}({metric}_sum{{{selector}}}[{window}]))\n"
+        f"/ sum by ({by}) ({fn}({metric}_count{{{selector}}}[{window}])))\n"
+        f"or (sum by ({by}) (histogram_sum({fn}({metric}{{{selector}}}[{window}])))\n"
+        f"/ sum by ({by}) (histogram_count({fn}({metric}{{{selector}}}[{window}]))))"
+    )
+
+
 def mean(metric: str, selector: str, by: str, window: str = "$__rate_interval") -> str:
     """Mean observation of a histogram: rate of its sum over rate of its count."""
-    return (
-        f"sum by ({by}) (rate({metric}_sum{{{selector}}}[{window}]))\n"
-        f"/ sum by ({by}) (rate({metric}_count{{{selector}}}[{window}]))"
-    )
+    return _mean(metric, selector, by, "rate", window)
 
 
 def mean_over_range(metric: str, selector: str, by: str) -> str:
     """Mean observation over the dashboard's whole time range."""
-    return (
-        f"sum by ({by}) (increase({metric}_sum{{{selector}}}[$__range]))\n"
-        f"/ sum by ({by}) (increase({metric}_count{{{selector}}}[$__range]))"
-    )
+    return _mean(metric, selector, by, "increase", "$__range")
+
+
+def count_rate(metric: str, selector: str, window: str = "$__rate_interval") -> str:
+    """Observations per second of a histogram (summed)."""
+    return (f"(sum(rate({metric}_count{{{selector}}}[{window}]))\n"
+            f"or sum(histogram_count(rate({metric}{{{selector}}}[{window}]))))")
 
 
 def quantile(q: float, metric: str, selector: str, by: str) -> str:
     by_le = f"{by}, le" if by else "le"
     return (
         f"histogram_quantile({q}, sum by ({by_le}) "
-        f"(rate({metric}_bucket{{{selector}}}[$__rate_interval])))"
+        f"(rate({metric}_bucket{{{selector}}}[$__rate_interval])))\n"
+        f"or histogram_quantile({q}, sum by ({by}) (rate({metric}{{{selector}}}[$__rate_interval])))"
     )
 
 
@@ -207,4 +230,6 @@ SLO_STYLE = [  # a dashed red line, never filled or stacked
 
 
 def heatmap_buckets(metric: str, selector: str) -> str:
-    return f"sum by (le) (increase({metric}_bucket{{{selector}}}[$__rate_interval]))"
+    """A heatmap's buckets: classic le series, or the native histogram Grafana draws as its buckets."""
+    return (f"sum by (le) (increase({metric}_bucket{{{selector}}}[$__rate_interval]))\n"
+            f"or sum(increase({metric}{{{selector}}}[$__rate_interval]))")

@@ -32,9 +32,11 @@ from .panels import (
     PanelBuilder,
     VariableBuilder,
     base_dashboard,
+    count_rate,
     datasource_variable,
     heatmap_buckets,
     hidden_label_variable,
+    histogram_series,
     label_variable,
     mean,
     mean_over_range,
@@ -60,7 +62,7 @@ SOCKET = P + "tcp_socket_queue_seconds"
 SEGMENTS: tuple[tuple[str, str], ...] = tuple((s.replace("_", " "), s) for s in SEGMENT_ORDER)
 
 # a range query's series only while some request of the model had more than one response
-STREAMING = f'sum(rate({STAGE}_count{{{SEL}, stage="inter_response"}}[$__rate_interval])) > 0'
+STREAMING = count_rate(STAGE, f'{SEL}, stage="inter_response"') + " > 0"
 NOT_STREAMING = ("No streaming: no request of this model had more than one response in this time range "
                  "(these panels fill for decoupled models)")
 
@@ -85,12 +87,12 @@ def variables() -> list[VariableBuilder]:
     return [
         datasource_variable(),
         *target_variables("exporter instances (one per node) whose traces are shown"),
-        *pod_variables(f"{STAGE}_count"),
-        label_variable("model", "Model", f'{STAGE}_count{{{TARGET}}}', multi=False),
-        label_variable("version", "Version", f'{STAGE}_count{{{TARGET}, model="$model"}}'),
+        *pod_variables(STAGE, histogram=True),
+        label_variable("model", "Model", histogram_series(STAGE, TARGET), multi=False),
+        label_variable("version", "Version", histogram_series(STAGE, f'{TARGET}, model="$model"')),
         label_variable("protocol", "Protocol",
-                       f'{STAGE}_count{{{TARGET}, model="$model", version=~"$version"}}'),
-        hidden_label_variable("stage", "stage", f'{STAGE}_count{{{SEL}}}'),
+                       histogram_series(STAGE, f'{TARGET}, model="$model", version=~"$version"')),
+        hidden_label_variable("stage", "stage", histogram_series(STAGE, SEL)),
     ]
 
 
@@ -109,9 +111,7 @@ def overview_panels() -> list[PanelBuilder]:
     socket = stat.Panel().title("Mean socket queue before Triton reads (eBPF)").unit("s").height(5).span(6).description(
         "Time request data waits in the kernel socket before Triton reads it (eBPF, all models on the "
         "watched ports). Before arrival and overlapping the frontend's receive, so not part of the bar."
-    ).with_target(query(
-        f'sum(increase({SOCKET}_sum{{{TARGET}, {POD}}}[$__range]))\n'
-        f'/ sum(increase({SOCKET}_count{{{TARGET}, {POD}}}[$__range]))', "mean", instant=True))
+    ).with_target(query(mean_over_range(SOCKET, f"{TARGET}, {POD}", ""), "mean", instant=True))
     return [traces, mean_e2e, p99, socket]
 
 
@@ -236,9 +236,7 @@ def streaming_panels() -> list[PanelBuilder]:
         .height(8)
         .span(8)
         .no_value(NOT_STREAMING)
-        .with_target(query(streaming(
-            f"sum(rate({RESPONSES}_sum{{{SEL}}}[$__rate_interval]))\n"
-            f"/ sum(rate({RESPONSES}_count{{{SEL}}}[$__rate_interval]))"), "mean", "A"))
+        .with_target(query(streaming(mean(RESPONSES, SEL, "")), "mean", "A"))
         .with_target(query(streaming(quantile(0.99, RESPONSES, SEL, "")), "p99", "B"))
     )
     return [ttfr, between, count]

@@ -19,6 +19,7 @@ from .panels import (
     base_dashboard,
     datasource_variable,
     label_variable,
+    mean_over_range,
     merge_columns,
     query,
     target_variables,
@@ -99,10 +100,7 @@ def stage_panels() -> list[PanelBuilder]:
         f"sum by (stage) (increase({T}stage_seconds_total{{{SEL}, stage=~\"{TRITON_STAGES}\"}}[$__range]))\n"
         f"/ scalar(sum(increase({T}requests_total{{{SEL}, outcome=\"success\"}}[$__range])))"
     )
-    traces = (
-        f"sum by (stage) (increase({P}stage_duration_seconds_sum{{{TRACE_SEL}, stage=~\"{TRITON_STAGES}\"}}[$__range]))\n"
-        f"/ sum by (stage) (increase({P}stage_duration_seconds_count{{{TRACE_SEL}, stage=~\"{TRITON_STAGES}\"}}[$__range]))"
-    )
+    traces = mean_over_range(f"{P}stage_duration_seconds", f'{TRACE_SEL}, stage=~"{TRITON_STAGES}"', "stage")
     side = (
         barchart.Panel().title("Mean time per request by stage: Triton counters beside traces").unit("s")
         .height(8).span(12)

@@ -1,6 +1,7 @@
 """The autoscaling and GenAI recording rules against a real Prometheus scraping the real exporter
-of a real Triton under load: a loaded model has a number, a model gone idle has none (not NaN),
-which is what prometheus-adapter and KEDA read (deploy/autoscaling)."""
+of a real Triton under load, with classic and with native histogram storage: a loaded model has
+a number, a model gone idle has none (not NaN), which is what prometheus-adapter and KEDA read
+(deploy/autoscaling)."""
 
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ GENAI = ("gen_ai_server_time_to_first_token_seconds:p95_1m", "gen_ai_server_requ
 
 @dataclass
 class Loaded:
-    prometheus: Prometheus
+    storages: dict[str, Prometheus]  # classic, and native (native histograms on: their native form only)
     exporter: ExporterProcess
 
 
@@ -69,19 +70,19 @@ def loaded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loaded]:
                                     "--trace-poll-seconds", "0.2"], work, port)
         stops.append(exporter)
         exporter.wait_ready()
-        prom = Prometheus(config(work, f"127.0.0.1:{port}"), work)
-        stops.append(prom)
+        cfg = config(work, f"127.0.0.1:{port}")
+        storages = {"classic": Prometheus(cfg, work), "native": Prometheus(cfg, work, native=True)}
+        stops.extend(storages.values())
         steady = TrafficDriver(triton.http_address, triton.grpc_address, rate=40, models=(MODEL,)).start()
         burst = TrafficDriver(triton.http_address, triton.grpc_address, rate=20, models=(ENSEMBLE,)).start()
         try:
             time.sleep(5)
             assert sum(burst.stop().succeeded.values()) > 20
             deadline = time.monotonic() + 60
-            while not (values(prom, SIGNALS[0]).keys() == {MODEL}
-                       and all(values(prom, s).keys() == {MODEL} for s in SIGNALS[1:])):
-                assert time.monotonic() < deadline, {s: values(prom, s) for s in SIGNALS}
+            while not all(values(prom, s).keys() == {MODEL} for prom in storages.values() for s in SIGNALS):
+                assert time.monotonic() < deadline, {(n, s): values(p, s) for n, p in storages.items() for s in SIGNALS}
                 time.sleep(0.5)
-            yield Loaded(prom, exporter)
+            yield Loaded(storages, exporter)
         finally:
             steady.stop()
     finally:
@@ -90,8 +91,9 @@ def loaded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loaded]:
 
 
 @pytest.mark.prometheus
-def test_a_loaded_model_has_a_number_and_an_idle_one_none(loaded: Loaded) -> None:
-    prom = loaded.prometheus
+@pytest.mark.parametrize("storage", ["classic", "native"])
+def test_a_loaded_model_has_a_number_and_an_idle_one_none(loaded: Loaded, storage: str) -> None:
+    prom = loaded.storages[storage]
     # the idle ensemble did serve: its requests are in the exporter's counters, only not in the window
     assert loaded.exporter.scrape().total("inference_profiler_traces_total", model=ENSEMBLE) > 20
     for signal in SIGNALS:
@@ -101,7 +103,7 @@ def test_a_loaded_model_has_a_number_and_an_idle_one_none(loaded: Loaded) -> Non
     # queue time and time to first response are positive under load; first response covers the queue
     q, first = values(prom, SIGNALS[0])[MODEL], values(prom, SIGNALS[2])[MODEL]
     assert 0 < q < first < 5, (q, first)
-    print(f"loaded {MODEL}: queue p95 {q:.4f} s, pending {values(prom, SIGNALS[1])[MODEL]:.4f}, "
+    print(f"{storage}: loaded {MODEL}: queue p95 {q:.4f} s, pending {values(prom, SIGNALS[1])[MODEL]:.4f}, "
           f"first response p95 {first:.4f} s; idle {ENSEMBLE}: no series")
     # what KEDA's Prometheus scaler and prometheus-adapter send: one model's value by selector
     (one,) = prom.api("query", query=f'{SIGNALS[0]}{{model="{MODEL}"}}')["result"]
@@ -110,12 +112,14 @@ def test_a_loaded_model_has_a_number_and_an_idle_one_none(loaded: Loaded) -> Non
 
 
 @pytest.mark.prometheus
-def test_genai_names_have_a_number_for_the_loaded_model(loaded: Loaded) -> None:
+@pytest.mark.parametrize("storage", ["classic", "native"])
+def test_genai_names_have_a_number_for_the_loaded_model(loaded: Loaded, storage: str) -> None:
+    prom = loaded.storages[storage]
     for name in GENAI:
-        got = values(loaded.prometheus, name)
+        got = values(prom, name)
         assert got.keys() == {MODEL}, (name, got)
         assert math.isfinite(got[MODEL]) and got[MODEL] > 0, (name, got)
-    unhealthy = [(r["name"], r.get("lastError")) for g in loaded.prometheus.api("rules")["groups"]
+    unhealthy = [(r["name"], r.get("lastError")) for g in prom.api("rules")["groups"]
                  for r in g["rules"] if r["health"] != "ok"]
     assert not unhealthy
 

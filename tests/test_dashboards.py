@@ -106,7 +106,9 @@ def test_streaming_row_says_so_where_no_model_streams() -> None:
         # Grafana shows noValue as the panel's message when its queries return nothing
         assert p["fieldConfig"]["defaults"]["noValue"].startswith("No streaming"), p["title"]
         for t in p["targets"]:
-            assert 'stage="inter_response"}[$__rate_interval])) > 0' in t["expr"], (p["title"], t["expr"])
+            # more than one response: inter_response observed (classic _count or native histogram_count)
+            assert 'stage="inter_response"}[$__rate_interval])))) > 0)' in t["expr"], (p["title"], t["expr"])
+            assert "histogram_count(rate(inference_profiler_stage_duration_seconds{" in t["expr"], p["title"]
 
 
 def test_p99_panels_draw_the_stage_slo() -> None:

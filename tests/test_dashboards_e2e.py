@@ -68,14 +68,18 @@ def source_of(expr: str) -> str:
 class Prometheus:
     """/usr/bin/prometheus on loopback with tmp storage; stopped by stop()."""
 
-    def __init__(self, config: Path, workdir: Path) -> None:
+    def __init__(self, config: Path, workdir: Path, native: bool = False) -> None:
+        """native: with native histograms on (Prometheus 2.42 then asks for protobuf and keeps
+        only the native form of a histogram that has one)."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = workdir / "prometheus.log"
+        name = "prometheus-native" if native else "prometheus"
+        self.log_path = workdir / f"{name}.log"
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
-                ["prometheus", f"--config.file={config}", f"--storage.tsdb.path={workdir / 'data'}",
-                 f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"],
+                ["prometheus", f"--config.file={config}", f"--storage.tsdb.path={workdir / name / 'data'}",
+                 f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn",
+                 *(["--enable-feature=native-histograms"] if native else [])],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + 30
         while True:
@@ -146,7 +150,11 @@ class Stack:
     prometheus: Prometheus
     instance: str
     ebpf: bool
+    native: Prometheus  # a second one, with native histograms on: it stores their native form only
     started: float = field(default_factory=time.monotonic)
+
+    def storages(self) -> list[tuple[str, Prometheus]]:
+        return [("classic", self.prometheus), ("native", self.native)]
 
     def range(self) -> str:
         return f"{int(time.monotonic() - self.started) + 5}s"
@@ -178,7 +186,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         instance = f"127.0.0.1:{port}"
         prom = Prometheus(prometheus_config(work, instance), work)
         procs.append(prom)
-        s = Stack(triton, exporter, prom, instance, ebpf)
+        (work / "native").mkdir()
+        native = Prometheus(prometheus_config(work / "native", instance), work, native=True)
+        procs.append(native)
+        s = Stack(triton, exporter, prom, instance, ebpf, native)
         driver = TrafficDriver(triton.http_address, triton.grpc_address, rate=60, concurrency=4,
                                extra=STREAM_TRAFFIC).start()
         time.sleep(TRAFFIC_SECONDS)
@@ -275,10 +286,13 @@ def panels(dash: dict[str, Any]) -> Iterator[tuple[dict[str, Any], list[str]]]:
 
 
 def finite(result: dict[str, Any]) -> bool:
+    """Some point is a finite number, or a native histogram (a heatmap's) with a finite count."""
     if result["resultType"] == "matrix":
-        points = [v for series in result["result"] for _, v in series["values"]]
+        points = [v for series in result["result"] for _, v in series.get("values", [])]
+        points += [h["count"] for series in result["result"] for _, h in series.get("histograms", [])]
     else:
-        points = [series["value"][1] for series in result["result"]]
+        points = [series["value"][1] if "value" in series else series["histogram"][1]["count"]
+                  for series in result["result"]]
     return any(math.isfinite(float(p)) for p in points)
 
 
@@ -302,10 +316,10 @@ def expectation(prom: Prometheus, panel: dict[str, Any], expr: str) -> str:
     no-streaming text); an SLO line exists only for the stages that have an SLO; a segment's bar
     part only where the exporter exposes that segment for the model."""
     model = re.search(r'model="([^"$*]+)"', expr)
-    # over a window: one failed scrape must not make a streaming model look unary
-    streams = model is not None and finite(prom.api("query", query=(
-        f'sum(max_over_time(inference_profiler_stage_duration_seconds_count{{model="{model.group(1)}", '
-        f'stage="inter_response"}}[10m])) > 0')))
+    # inter_response has series only where observed; classic or native, in the last 10 minutes
+    streams = model is not None and bool(prom.api("series", **{
+        "match[]": f'{{__name__=~"inference_profiler_stage_duration_seconds(_count)?", model="{model.group(1)}", '
+                   f'stage="inter_response"}}', "start": str(time.time() - 600)}))
     if panel["fieldConfig"]["defaults"].get("noValue", "").startswith("No streaming") and not streams:
         return "empty"
     if "stage_p99_slo_seconds" in expr:
@@ -347,7 +361,12 @@ def dashboard_gaps(prom: Prometheus, name: str, range_: str,
 
 
 def check_dashboard(s: Stack, name: str, preferred: dict[str, str] = PREFERRED) -> None:
-    ran, gaps = dashboard_gaps(s.prometheus, name, s.range(), preferred)
+    """Every query against the classic-only and the native-only Prometheus."""
+    ran, gaps = 0, []
+    for storage, prom in s.storages():
+        n, g = dashboard_gaps(prom, name, s.range(), preferred)
+        ran += n
+        gaps += [f"({storage}) {x}" for x in g]
     assert ran > 0
     # without the eBPF source (not wired into the daemon yet, or no BPF on this machine) its
     # queries cannot have data; they are listed, everything else must have data
@@ -396,22 +415,40 @@ def test_network_dashboard_queries_return_data(stack: Stack) -> None:
     check_dashboard(stack, "inference-profiler-network")
 
 
-def test_every_recording_rule_produces_series(stack: Stack) -> None:
+@pytest.mark.parametrize("storage", ["classic", "native"])
+def test_every_recording_rule_produces_series(stack: Stack, storage: str) -> None:
+    prom = dict(stack.storages())[storage]
     records = sorted({r["record"] for f in (PROM / "rules").glob("*.rules.yml")
                       for g in yaml.safe_load(f.read_text())["groups"] for r in g["rules"] if "record" in r})
-    # tuning findings are series only while a rule holds; the 1m autoscaling signals and GenAI
-    # percentiles only while a model served requests in the last minute, and the traffic has
-    # stopped here (tests/test_autoscaling_rules.py checks them under load)
-    empty = [r for r in records if not finite(stack.prometheus.api("query", query=r))
-             and "tuning_finding" not in r and not r.startswith("namespace_model:") and not r.endswith(":p95_1m")]
+    # tuning findings are series only while a rule holds; the bucket rate is the classic form only;
+    # the 1m autoscaling signals and GenAI percentiles exist only while a model served requests in
+    # the last minute, and the traffic has stopped here (tests/test_autoscaling_rules.py checks them under load)
+    native_less = ("tuning_finding", "_bucket:") if storage == "native" else ("tuning_finding",)
+    empty = [r for r in records if not finite(prom.api("query", query=r)) and not any(x in r for x in native_less)
+             and not r.startswith("namespace_model:") and not r.endswith(":p95_1m")]
     assert not empty, f"recording rules without finite series: {empty}"
-    rules = stack.prometheus.api("rules")["groups"]
+    rules = prom.api("rules")["groups"]
     unhealthy = [(r["name"], r.get("lastError")) for g in rules for r in g["rules"] if r["health"] != "ok"]
     assert not unhealthy, unhealthy
 
 
-def test_no_alert_fires_on_a_healthy_stack(stack: Stack) -> None:
-    firing = [a["labels"] for a in stack.prometheus.api("alerts")["alerts"] if a["state"] == "firing"]
+def test_recording_rules_agree_on_classic_and_native_storage(stack: Stack) -> None:
+    """The same request counts and means from either form (quantiles differ by bucket layout)."""
+    for record in ("model_version_stage:inference_profiler_stage_duration_seconds_count:rate5m",
+                   "model_version_stage:inference_profiler_stage_duration_seconds:mean_5m"):
+        at = str(time.time() - 2)
+        got = {storage: {tuple(sorted(r["metric"].items())): float(r["value"][1])
+                         for r in prom.api("query", query=record, time=at)["result"]}
+               for storage, prom in stack.storages()}
+        assert got["classic"].keys() == got["native"].keys() and got["classic"], record
+        for k, v in got["classic"].items():
+            # the two scrape at their own instants: rates over 5 minutes of the same counters
+            assert got["native"][k] == pytest.approx(v, rel=0.25, abs=1e-9), (record, k)
+
+
+@pytest.mark.parametrize("storage", ["classic", "native"])
+def test_no_alert_fires_on_a_healthy_stack(stack: Stack, storage: str) -> None:
+    firing = [a["labels"] for a in dict(stack.storages())[storage].api("alerts")["alerts"] if a["state"] == "firing"]
     # the stage SLO alerts may legitimately fire on a slow CPU; nothing about availability may
     assert not [a for a in firing if a["alertname"] in {"TritonDown", "InferenceProfilerDown",
                                                         "InferenceProfilerAbsent", "TraceIngestionStalled",

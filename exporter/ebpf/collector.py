@@ -11,12 +11,19 @@ from dataclasses import dataclass, field
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
-    HistogramMetricFamily,
     Metric,
 )
 from prometheus_client.registry import Collector
 
-from ..histogram import add_histogram, log_linear_cumulative, log_linear_les
+from ..histogram import (
+    STORE_SCHEMA,
+    NativeHistogramFamily,
+    format_le,
+    log_linear_bound,
+    log_linear_subset,
+    log_linear_to_native,
+    subset_cumulative,
+)
 from ..source import PREFIX, ErrorCounts
 from .declaration import POD_LABELS, KeyField, MetricDecl, ProgramDecl, metric_key
 from .kernel import bpf_stats_enabled
@@ -50,7 +57,8 @@ def label_names(decl: MetricDecl, fields: Mapping[str, KeyField], pods: bool) ->
 
 def metric_families(decl: ProgramDecl, series: Mapping[SeriesKey, tuple[int, int]],
                     ports: Sequence[int] = (), pods: PodLabeller | None = None,
-                    active: Sequence[bool] | None = None) -> list[Metric]:
+                    active: Sequence[bool] | None = None, classic_buckets: int = 0,
+                    native_schema: int = STORE_SCHEMA) -> list[Metric]:
     """One family per declared metric from the program's raw series (pure: no kernel here).
 
     A metric declared zero_per_port has a series at 0 for every watched port, so a rate
@@ -58,6 +66,8 @@ def metric_families(decl: ProgramDecl, series: Mapping[SeriesKey, tuple[int, int
     (the cgroup id) becomes the namespace, pod and container labels `pods` names for it;
     series of cgroups with the same labels add up. `active` (per metric; default all) leaves
     out the families of metrics not collected (not selected, or their optional part not compiled).
+    A histogram has at most `classic_buckets` classic buckets (0: every kernel bucket in its declared
+    range) and native buckets from every kernel bucket (protobuf only).
     """
     key = metric_key(decl.source.parent)
     fields = [key.field(name) for name in key.names]
@@ -91,33 +101,37 @@ def metric_families(decl: ProgramDecl, series: Mapping[SeriesKey, tuple[int, int
         buckets = grouped[metric][labels]
         c0, s0 = buckets.get(bucket, (0, 0))
         buckets[bucket] = (c0 + count, s0 + total)
-    return [_family(m, label_names(m, by_name, pods is not None), grouped.get(i, {}))
+    return [_family(m, label_names(m, by_name, pods is not None), grouped.get(i, {}), classic_buckets, native_schema)
             for i, m in enumerate(decl.metrics) if on[i]]
 
 
-def _family(m: MetricDecl, names: list[str], by_labels: Mapping[tuple[str, ...], dict[int, tuple[int, int]]]
-            ) -> Metric:
+def _family(m: MetricDecl, names: list[str], by_labels: Mapping[tuple[str, ...], dict[int, tuple[int, int]]],
+            classic_buckets: int, native_schema: int) -> Metric:
     if m.type == "counter":
         c = CounterMetricFamily(PREFIX + m.name, m.help, labels=names)
         for labels in sorted(by_labels):
             c.add_metric(list(labels), sum(n for n, _ in by_labels[labels].values()) / m.divisor)
         return c
     first, last = m.index_range
-    h = HistogramMetricFamily(PREFIX + m.name, m.help, labels=names)
-    les = log_linear_les(first, last, m.divisor)
+    h = NativeHistogramFamily(PREFIX + m.name, m.help, names, native_schema)
+    chosen = log_linear_subset(first, last, classic_buckets)
+    les = (*(format_le(log_linear_bound(i) / m.divisor) for i in chosen), "+Inf")
     for labels in sorted(by_labels):
         buckets = by_labels[labels]
         counts = {i: n for i, (n, _) in buckets.items()}
         total = sum(x for _, x in buckets.values())
-        add_histogram(h, dict(zip(names, labels, strict=False)), les, log_linear_cumulative(counts, first, last),
-                      total / m.divisor)
+        h.add(dict(zip(names, labels, strict=False)), les, subset_cumulative(counts, chosen), total / m.divisor,
+              None, log_linear_to_native(counts, m.divisor, native_schema))
     return h
 
 
 class EbpfCollector(Collector):
     def __init__(self, programs: Sequence[ProgramState], lock: threading.Lock, errors: ErrorCounts,
-                 ports: Sequence[int] = (), pods: PodLabeller | None = None, selected: Sequence[str] = ()) -> None:
+                 ports: Sequence[int] = (), pods: PodLabeller | None = None, selected: Sequence[str] = (),
+                 classic_buckets: int = 0, native_schema: int = STORE_SCHEMA) -> None:
         self.programs = programs
+        self.classic_buckets = classic_buckets  # --ebpf-buckets
+        self.native_schema = native_schema
         self.selected = selected  # --ebpf-metric: the families collected (none: every one)
         self.ports = ports
         self.pods = pods
@@ -135,7 +149,8 @@ class EbpfCollector(Collector):
         yield from _program_families()
         for p in self.programs:
             described = [not self.selected or m.name in self.selected for m in p.decl.metrics]
-            yield from metric_families(p.decl, {}, pods=self.pods, active=described)
+            yield from metric_families(p.decl, {}, pods=self.pods, active=described,
+                                       classic_buckets=self.classic_buckets)
 
     def collect(self) -> Iterator[Metric]:
         up, info, run_s, run_n = _program_families()
@@ -156,7 +171,8 @@ class EbpfCollector(Collector):
                     except Exception as e:  # a map that cannot be read costs its series, not the scrape
                         self._read_failed(name, e)
                 active = p.decl.active(self.selected, loaded.defines if loaded else None)
-                families.extend(metric_families(p.decl, series, self.ports, self.pods, active))
+                families.extend(metric_families(p.decl, series, self.ports, self.pods, active,
+                                                self.classic_buckets, self.native_schema))
                 if loaded and stats:
                     ns, runs = loaded.run_stats()
                     run_s.add_metric([name], ns / 1e9)

@@ -204,7 +204,8 @@ class EbpfSource:
 
     def collectors(self) -> list[Collector]:
         return [EbpfCollector(self.programs, self.lock, self.errors, self.cfg.ebpf_port,
-                              self.pods.labels if self.pods else None, self.cfg.ebpf_metric)]
+                              self.pods.labels if self.pods else None, self.cfg.ebpf_metric,
+                              self.cfg.ebpf_buckets, self.cfg.native_schema)]
 
     def start(self) -> None:
         refused: list[LoadError] = []

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from ..histogram import Histogram
+from ..histogram import STORE_SCHEMA, Histogram, native_index
 from ..stages import ALL_STAGES, INTER_RESPONSE, PROTOCOLS, SEGMENTS
 from .assembly import TraceBatch
 
@@ -136,11 +136,13 @@ class TraceAggregate:
             for g, sums in zip(timed_g[starts].tolist(), seg_sums.tolist(), strict=True):
                 for seg, ns in zip(SEGMENTS, sums, strict=True):
                     self.timeline[(*bases[g], seg)] += ns
+        natives = _native_counts(gidx, an.responses.astype(np.int64), 1.0)
         for g in np.flatnonzero(resp.sum(axis=1)).tolist():
             h = self.responses.get(bases[g])
             if h is None:
                 h = self.responses[bases[g]] = Histogram(RESPONSE_BOUNDS)
-            h.merge(Histogram(RESPONSE_BOUNDS, resp[g].tolist(), int(resp_sum[g]), int(resp[g].sum())))
+            zero, native = natives.get(g, (0, {}))
+            h.merge(Histogram(RESPONSE_BOUNDS, resp[g].tolist(), int(resp_sum[g]), int(resp[g].sum()), native, zero))
 
     def _observe(self, series: npt.NDArray[np.int64], dv: npt.NDArray[np.int64], row_i: npt.NDArray[np.intp],
                  keys: list[SeriesKey], batch: TraceBatch, rows: npt.NDArray[np.intp]) -> None:
@@ -157,6 +159,7 @@ class TraceAggregate:
         else:
             sums = np.zeros(n_series, dtype=np.int64)
             np.add.at(sums, series, dv)
+        natives = _native_counts(series, dv, 1e9)
         for sid in np.flatnonzero(per_series).tolist():
             key = keys[sid]
             h = self.histograms.get(key)
@@ -167,6 +170,8 @@ class TraceAggregate:
                 h.counts[b] += int(row[b])
             h.count += int(per_series[sid])
             h.total += int(sums[sid])
+            zero, native = natives.get(sid, (0, {}))
+            h.merge(Histogram(h.bounds, [], 0, 0, native, zero))
         last_of = np.full(n_series * n_buckets, -1, dtype=np.int64)
         last_of[flat] = np.arange(len(flat))
         cells = np.flatnonzero(last_of >= 0)
@@ -217,9 +222,9 @@ class TraceAggregate:
     def to_json(self) -> dict[str, Any]:
         return {
             "bounds_ns": list(self.bounds_ns),
-            "histograms": [[list(k), h.counts, h.total, h.count] for k, h in self.histograms.items()],
+            "histograms": [[list(k), h.counts, h.total, h.count, h.native_json()] for k, h in self.histograms.items()],
             "traces": [[list(k), n] for k, n in self.traces.items()],
-            "responses": [[list(k), h.counts, h.total, h.count] for k, h in self.responses.items()],
+            "responses": [[list(k), h.counts, h.total, h.count, h.native_json()] for k, h in self.responses.items()],
             "timeline": [[list(k), n] for k, n in self.timeline.items()],
             "files": dict(self.files),
             "rejected": dict(self.rejected),
@@ -239,7 +244,7 @@ class TraceAggregate:
 
         def sparse(h: Histogram) -> list[Any]:
             nz = [i for i, c in enumerate(h.counts) if c]
-            return [nz, [h.counts[i] for i in nz], h.total, h.count]
+            return [nz, [h.counts[i] for i in nz], h.total, h.count, h.native_json()]
 
         v: dict[str, Any] = {
             "h": [[ref(k[:-1]), k[-1], *sparse(h)] for k, h in self.histograms.items()],
@@ -274,13 +279,15 @@ class TraceAggregate:
             return out
 
         if same_buckets:
-            for b, last, idx, counts, total, count in v.get("h", []):
-                agg.histograms[(*at(table, b), last)] = Histogram(
+            for b, last, idx, counts, total, count, *native in v.get("h", []):
+                h = agg.histograms[(*at(table, b), last)] = Histogram(
                     bounds_ns, dense(len(bounds_ns) + 1, idx, counts), int(total), int(count))
+                h.load_native(native[0] if native else None)
         agg.traces = Counter({at(table, b): int(n) for b, n in v.get("t", [])})
-        for b, idx, counts, total, count in v.get("r", []):
-            agg.responses[at(table, b)] = Histogram(
+        for b, idx, counts, total, count, *native in v.get("r", []):
+            h = agg.responses[at(table, b)] = Histogram(
                 RESPONSE_BOUNDS, dense(len(RESPONSE_BOUNDS) + 1, idx, counts), int(total), int(count))
+            h.load_native(native[0] if native else None)
         agg.timeline = Counter({(*at(table, b), last): int(n) for b, last, n in v.get("l", [])})
         agg.files = Counter({str(k): int(n) for k, n in v.get("files", {}).items()})
         agg.rejected = Counter({str(k): int(n) for k, n in v.get("rejected", {}).items()})
@@ -294,11 +301,13 @@ class TraceAggregate:
         agg = cls(bounds_ns)
         same_buckets = tuple(v.get("bounds_ns", ())) == bounds_ns
         if same_buckets:
-            for k, counts, total, count in v.get("histograms", []):
-                agg.histograms[tuple(k)] = Histogram(bounds_ns, [int(c) for c in counts], int(total), int(count))
+            for k, counts, total, count, *native in v.get("histograms", []):
+                h = agg.histograms[tuple(k)] = Histogram(bounds_ns, [int(c) for c in counts], int(total), int(count))
+                h.load_native(native[0] if native else None)
         agg.traces = Counter({tuple(k): int(n) for k, n in v.get("traces", [])})
-        for k, counts, total, count in v.get("responses", []):
-            agg.responses[tuple(k)] = Histogram(RESPONSE_BOUNDS, [int(c) for c in counts], int(total), int(count))
+        for k, counts, total, count, *native in v.get("responses", []):
+            h = agg.responses[tuple(k)] = Histogram(RESPONSE_BOUNDS, [int(c) for c in counts], int(total), int(count))
+            h.load_native(native[0] if native else None)
         agg.timeline = Counter({tuple(k): int(n) for k, n in v.get("timeline", [])})
         agg.files = Counter({str(k): int(n) for k, n in v.get("files", {}).items()})
         agg.rejected = Counter({str(k): int(n) for k, n in v.get("rejected", {}).items()})
@@ -306,6 +315,24 @@ class TraceAggregate:
         agg.custom_stages = {str(c) for c in v.get("custom_stages", [])}
         agg.last_ingest = float(v.get("last_ingest", 0.0))
         return agg
+
+
+def _native_counts(series: npt.NDArray[np.int64], values: npt.NDArray[np.int64], unit: float
+                   ) -> dict[int, tuple[int, dict[int, int]]]:
+    """Per series: (zeros, native bucket index at STORE_SCHEMA -> count) of integer observations
+    in 1/unit of the exposed unit (ns for seconds: the buckets are those of the exact value)."""
+    out: dict[int, tuple[int, dict[int, int]]] = {}
+    if not len(values):
+        return out
+    series = np.asarray(series, dtype=np.int64)
+    pos = values > 0
+    for sid, n in zip(*np.unique(series[~pos], return_counts=True), strict=True):
+        out[int(sid)] = (int(n), {})
+    idx = native_index(values[pos] / unit, STORE_SCHEMA)
+    pairs, counts = np.unique(np.stack([series[pos], idx]), axis=1, return_counts=True)
+    for sid, k, n in zip(pairs[0].tolist(), pairs[1].tolist(), counts.tolist(), strict=True):
+        out.setdefault(sid, (0, {}))[1][k] = n
+    return out
 
 
 def _merged(a: dict[SeriesKey, Histogram], b: dict[SeriesKey, Histogram]) -> dict[SeriesKey, Histogram]:

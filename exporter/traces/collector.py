@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
-    HistogramMetricFamily,
     Metric,
 )
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Exemplar as PromExemplar
 
-from ..histogram import add_histogram, cumulative, format_le
+from ..exposition import reusable
+from ..histogram import STORE_SCHEMA, NativeHistogramFamily, cumulative, format_le
 from ..source import PREFIX
-from .aggregate import RESPONSE_BOUNDS
+from ..stages import ALL_STAGES
+from .aggregate import RESPONSE_BOUNDS, TraceAggregate
 from .tailer import TraceTailer
 
 REJECT_REASONS = (
@@ -26,23 +27,37 @@ REJECT_REASONS = (
 
 
 class TraceCollector(Collector):
-    def __init__(self, tailer: TraceTailer) -> None:
+    def __init__(self, tailer: TraceTailer, native_schema: int = STORE_SCHEMA, stages: Collection[str] = ()) -> None:
         self.tailer = tailer
+        self.native_schema = native_schema  # of the native histograms in the protobuf format
+        # built-in stages left out of stage_duration_seconds (--trace-stage picks the rest); none: all exposed
+        self.hidden = frozenset(ALL_STAGES) - frozenset(stages) if stages else frozenset()
+        self._committed: tuple[TraceAggregate, list[Metric]] | None = None
 
     def describe(self) -> Iterator[Metric]:
         return self.collect()  # reads the committed snapshot only: cheap at registration
 
     def collect(self) -> Iterator[Metric]:
         agg = self.tailer.live  # one committed snapshot; never mutated after commit
+        cached = self._committed
+        if cached is None or cached[0] is not agg:
+            # the families of a commit, built and rendered once: scrapes until the next commit reuse them
+            cached = self._committed = (agg, [reusable(m) for m in self._families_of(agg)])
+        yield from cached[1]
+        yield from self._live_families()
+
+    def _families_of(self, agg: TraceAggregate) -> Iterator[Metric]:
         names = self.tailer.label_names
         les = [format_le(b / 1e9) for b in agg.bounds_ns] + ["+Inf"]
-        h = HistogramMetricFamily(
+        label_names = [*names, "model", "version", "protocol", "stage"]
+        h = NativeHistogramFamily(
             PREFIX + "stage_duration_seconds",
             "Time per Triton request stage, from trace files (stages: docs/metrics.md).",
-            labels=[*names, "model", "version", "protocol", "stage"],
-        )
-        label_names = [*names, "model", "version", "protocol", "stage"]
+            label_names, self.native_schema)
+        hidden = self.hidden
         for key in sorted(agg.histograms):
+            if hidden and key[-1] in hidden:
+                continue
             hist = agg.histograms[key]
             ex = agg.exemplars.get(key)
             exemplars: dict[int, PromExemplar] = {}
@@ -51,8 +66,8 @@ class TraceCollector(Collector):
                 if e.request_id:
                     lab["request_id"] = e.request_id[:64]
                 exemplars[i] = PromExemplar(lab, e.value, e.timestamp)
-            add_histogram(h, dict(zip(label_names, key, strict=False)), les,
-                          [float(c) for c in cumulative(hist.counts)], hist.total / 1e9, exemplars)
+            h.add(dict(zip(label_names, key, strict=False)), les, [float(c) for c in cumulative(hist.counts)],
+                  hist.total / 1e9, exemplars, hist.native_buckets())
         yield h
         t = CounterMetricFamily(PREFIX + "traces", "Traces counted from trace files.",
                                 labels=[*names, "model", "version", "protocol"])
@@ -60,14 +75,14 @@ class TraceCollector(Collector):
             t.add_metric(list(key), float(n))
         yield t
         r_les = [format_le(float(b)) for b in RESPONSE_BOUNDS] + ["+Inf"]
-        rh = HistogramMetricFamily(PREFIX + "responses_per_request",
-                                   "Responses sent per request (several for decoupled, streaming models).",
-                                   labels=[*names, "model", "version", "protocol"])
         r_names = [*names, "model", "version", "protocol"]
+        rh = NativeHistogramFamily(PREFIX + "responses_per_request",
+                                   "Responses sent per request (several for decoupled, streaming models).",
+                                   r_names, self.native_schema)
         for key in sorted(agg.responses):
             hist = agg.responses[key]
-            add_histogram(rh, dict(zip(r_names, key, strict=False)), r_les,
-                          [float(c) for c in cumulative(hist.counts)], float(hist.total))
+            rh.add(dict(zip(r_names, key, strict=False)), r_les, [float(c) for c in cumulative(hist.counts)],
+                   float(hist.total), None, hist.native_buckets())
         yield rh
         tl = CounterMetricFamily(
             PREFIX + "timeline_seconds",
@@ -90,6 +105,10 @@ class TraceCollector(Collector):
                               "Unix time of the last trace file ingested (0: none yet).")
         g.add_metric([], agg.last_ingest)
         yield g
+
+    def _live_families(self) -> Iterator[Metric]:
+        """What changes between commits: the files on disk and the state writes."""
+        names = self.tailer.label_names
         d = GaugeMetricFamily(PREFIX + "trace_files_bytes",
                               "Bytes of trace files on disk under --trace-file, ingested or not.", labels=names)
         for key, size in sorted(self.tailer.disk_bytes.items()):

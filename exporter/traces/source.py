@@ -40,13 +40,14 @@ class TraceSource(PolledSource):
             child_hold_seconds=cfg.trace_child_hold_seconds,
         )
         self.tailer = TraceTailer(settings, on_error=lambda reason: errors.inc("traces", reason))
+        self.native_schema, self.stages = cfg.native_schema, cfg.trace_stage
         self._backoff = 0.0
         self._retry_at = 0.0
         self.thread = PollThread("trace-tailer", self._poll, cfg.trace_poll_seconds, self.tailer.on_error, log)
         self.otlp = OtlpFeed(cfg, self.tailer) if cfg.otlp_listen else None
 
     def collectors(self) -> list[Collector]:
-        return [TraceCollector(self.tailer), *(self.otlp.collectors() if self.otlp else [])]
+        return [TraceCollector(self.tailer, self.native_schema, self.stages), *(self.otlp.collectors() if self.otlp else [])]
 
     def _poll(self) -> None:
         if self.tailer.state_error is not None and time.monotonic() < self._retry_at:
