@@ -11,6 +11,9 @@ client counts exchanges per second. Each round measures, in rotating order,
   ours      the metric programs of bpf/ (tcp_messages)
             watching the workload's port: in-kernel aggregation only (loaded once,
             their tracepoints attached for this slice and detached after),
+  ours+turns  the same plus `tcp-events --record /dev/null` in a process of its own:
+            bpf/socket_turns.c (one record per request/response turn to a ring
+            buffer, the wire join's input) and its reader (CPU: the tool's),
   bpftrace  a bpftrace script printing one line per send/recv on that port (the
             tracepoint version of the old kprobe:tcp_sendmsg/tcp_recvmsg + printf),
             its output drained through a pipe as a terminal would.
@@ -29,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import socket
 import statistics
 import subprocess
@@ -43,6 +47,7 @@ from exporter.ebpf.declaration import metric_programs
 from exporter.ebpf.kernel import BPF_STATS_SYSCTL
 from exporter.ebpf.loader import LoadedProgram, LoadError, load_programs
 
+ROOT = Path(__file__).resolve().parent.parent
 REQUEST, RESPONSE = 100, 1000
 
 SERVER = f"""
@@ -173,6 +178,7 @@ class Result:
         self.kernel_ns = 0
         self.kernel_runs = 0
         self.per_program: dict[str, list[int]] = {}
+        self.notes: list[str] = []
 
 
 class Probes:
@@ -260,6 +266,32 @@ def measure_ours(port: int, seconds: float, r: Result, server_pid: int, probes: 
         ours.detach()
 
 
+def measure_ours_turns(port: int, seconds: float, r: Result, server_pid: int, probes: dict[str, Probes]) -> None:
+    """ours, plus `tcp-events --record` (socket_turns.c and its reader) in a process of its own,
+    started for this slice: its kernel run time from its program fds, its CPU the tool's."""
+    proc = subprocess.Popen([sys.executable, "-m", "exporter.cli", "tcp-events", "--record", os.devnull,
+                             "--port", str(port)], stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline()
+        if "recording socket turns" not in line:
+            sys.exit(f"tcp-events --record failed to start: {line}{proc.stderr.read()}")
+        ns0, runs0 = prog_stats_of_pid(proc.pid)
+        tool0 = cpu_ns(proc.pid)
+        measure_ours(port, seconds, r, server_pid, probes)
+        r.tool_cpu_ns += cpu_ns(proc.pid) - tool0
+        ns1, runs1 = prog_stats_of_pid(proc.pid)
+        acc = r.per_program.setdefault("socket_turns", [0, 0])
+        acc[0] += ns1 - ns0
+        acc[1] += runs1 - runs0
+        r.kernel_ns += ns1 - ns0
+        r.kernel_runs += runs1 - runs0
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+        r.notes.append(err.strip().splitlines()[-1] if err.strip() else "")
+
+
 def measure_bpftrace(port: int, seconds: float, r: Result, server_pid: int, probes: dict[str, Probes]) -> None:
     with tempfile.NamedTemporaryFile("w", suffix=".bt", delete=False) as f:
         f.write(BPFTRACE)
@@ -288,7 +320,8 @@ def measure_bpftrace(port: int, seconds: float, r: Result, server_pid: int, prob
 
 Condition = Callable[[int, float, Result, int, dict[str, Probes]], None]
 CONDITIONS: dict[str, Condition] = {
-    "none": measure_none, "floor": measure_floor, "ours": measure_ours, "bpftrace": measure_bpftrace}
+    "none": measure_none, "floor": measure_floor, "ours": measure_ours, "ours+turns": measure_ours_turns,
+    "bpftrace": measure_bpftrace}
 
 
 def run_workload(work_us: float, seconds: float, rounds: int, pod_labels: bool = False) -> dict[str, Result]:
@@ -321,21 +354,23 @@ def report(work_us: float, seconds: float, rounds: int, results: dict[str, Resul
     base_cpu = none.workload_cpu_ns / none.exchanges
     print(f"\nloopback request/response, {REQUEST} B -> {RESPONSE} B, one connection, server work "
           f"{work_us:g} us per request, {rounds} x {seconds:g} s per condition")
-    print(f"{'condition':10} {'exch/s':>8} {'vs none':>8} {'cpu us/exch':>12} {'vs none':>8} "
+    print(f"{'condition':11} {'exch/s':>8} {'vs none':>8} {'cpu us/exch':>12} {'vs none':>8} "
           f"{'tool cpu us/exch':>17} {'kernel ns/event':>16} {'kernel ns/exch':>15}")
     for name, r in results.items():
         ratio = statistics.median(a / b for a, b in zip(r.rates, none.rates, strict=True))
         cpu = r.workload_cpu_ns / r.exchanges
-        tool = f"{r.tool_cpu_ns / r.exchanges / 1e3:.2f}" if name == "bpftrace" else "-"
+        tool = f"{r.tool_cpu_ns / r.exchanges / 1e3:.2f}" if name in ("bpftrace", "ours+turns") else "-"
         per_event = f"{r.kernel_ns / r.kernel_runs:,.0f}" if r.kernel_runs else "-"
         per_exch = f"{r.kernel_ns / r.exchanges:,.0f}" if r.kernel_runs else "-"
-        print(f"{name:10} {statistics.median(r.rates):8,.0f} {ratio:8.3f} {cpu / 1e3:12.2f} "
+        print(f"{name:11} {statistics.median(r.rates):8,.0f} {ratio:8.3f} {cpu / 1e3:12.2f} "
               f"{cpu / base_cpu:8.3f} {tool:>17} {per_event:>16} {per_exch:>15}")
     ours = results["ours"]
     print(f"ours, kernel time / workload CPU without probes: {ours.kernel_ns / ours.exchanges / base_cpu:.1%} "
           "(the loss the programs' own run time explains)")
-    for prog, (ns, runs) in ours.per_program.items():
-        print(f"  {prog:16} {runs:>10,} runs  {ns / runs if runs else 0:8,.0f} ns/run")
+    for prog, (ns, runs) in results["ours+turns"].per_program.items():
+        print(f"  {prog:16} {runs:>10,} runs  {ns / runs if runs else 0:8,.0f} ns/run  "
+              f"{ns / results['ours+turns'].exchanges:8,.0f} ns/exch")
+    print(f"  tcp-events --record said: {'; '.join(sorted(set(results['ours+turns'].notes)))}")
 
 
 def main() -> int:

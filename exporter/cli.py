@@ -88,7 +88,9 @@ def parser() -> argparse.ArgumentParser:
         epilog="examples:\n  inference-profiler summary /var/log/triton/trace.json.*\n"
         "  inference-profiler summary --format trace_summary -t trace.json.0\n"
         "  inference-profiler summary --timeline --model resnet50 trace.json.*\n"
-        "  inference-profiler summary --format json trace.json.* | jq .",
+        "  inference-profiler summary --format json trace.json.* | jq .\n"
+        "  inference-profiler summary --timeline --socket-turns turns.jsonl trace.json.*"
+        "   (turns from `tcp-events --record turns.jsonl`)",
     )
     m.add_argument("files", nargs="+", metavar="FILE", help="trace files (Triton's triton,file= output)")
     m.add_argument("--format", choices=("table", "json", "trace_summary"), default="table",
@@ -98,6 +100,14 @@ def parser() -> argparse.ArgumentParser:
                    help="print the stage timeline per model: stages in order, offset and interval")
     m.add_argument("--model", action="append", help="only this model (repeatable)")
     m.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    m.add_argument("--socket-turns", metavar="FILE",
+                   help="socket turns recorded by `tcp-events --record FILE` while the traces were written: "
+                        "join each traced request to its turn and add socket_wait, ack_wait and wire (with "
+                        "--timeline: the timeline from the first byte in to the last byte acknowledged)")
+    m.add_argument("--http-port", type=int, action="append", metavar="P",
+                   help="Triton's HTTP port in the recorded turns (repeatable; default 8000)")
+    m.add_argument("--grpc-port", type=int, action="append", metavar="P",
+                   help="Triton's gRPC port in the recorded turns (repeatable; default 8001)")
 
     a = sub.add_parser(
         "diagnose",
@@ -137,6 +147,9 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--port", type=int, action="append", metavar="P",
                    help="port to watch (repeatable; default 8000 and 8001)")
     t.add_argument("--count", type=int, default=0, help="exit after this many events (0: until Ctrl-C)")
+    t.add_argument("--record", metavar="FILE",
+                   help="instead of printing calls, append one JSON line per server-side socket turn (request "
+                        "arrival, reads, writes, ACK of the response) to FILE, for `summary --socket-turns FILE`")
     for command in sub.choices.values():  # `serve --version` answers as the top level does
         command.add_argument("--version", action="version", version=version, help="print the version and exit")
     return p

@@ -313,6 +313,11 @@ def run_summary(args: argparse.Namespace) -> int:
         return _usage_error("-t/--show-trace prints text; it cannot go with --format json")
     if args.timeline and args.format != "table":
         return _usage_error(f"--timeline is a layout of its own; it cannot go with --format {args.format}")
+    if getattr(args, "socket_turns", None):
+        if args.format != "table":
+            return _usage_error(f"--socket-turns prints text; it cannot go with --format {args.format}")
+        if not os.path.isfile(args.socket_turns):
+            return _usage_error(f"--socket-turns: {args.socket_turns} is not a readable file")
     if paths.count("-") > 1:
         return _usage_error("standard input ('-') can be given once")
     for p in paths:
@@ -351,6 +356,10 @@ def _summary(args: argparse.Namespace, paths: list[str]) -> int:
         print_timeline(groups, sys.stdout)
     else:
         print_table(groups, rejected, sys.stdout)
+    if getattr(args, "socket_turns", None):
+        from .wire.report import summarise_wire
+
+        summarise_wire(args, readable, sys.stdout)
     if not groups:
         what = f"for model {', '.join(args.model)}" if args.model else f"in {', '.join(paths)}"
         print(f"inference-profiler: no complete traces found {what}", file=sys.stderr)

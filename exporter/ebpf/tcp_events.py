@@ -38,6 +38,10 @@ def run_tcp_events(args: argparse.Namespace) -> int:
     if bad:
         print(f"inference-profiler: error: --port must be 1-65535, got {bad[0]}", file=sys.stderr)
         return 2
+    if args.record:
+        from ..wire.recorder import run_record
+
+        return run_record(args.record, ports, args.count or 0)
     try:
         prog = load_program(load_declaration(bpf_dir() / "tcp_events.yaml"), ports)
     except (LoadError, DeclarationError) as e:

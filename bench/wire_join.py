@@ -1,0 +1,93 @@
+"""What the wire join costs the daemon: CPU per traced request and the turn window's memory,
+at a given traced request rate, on synthetic turns and traces shaped like the real ones
+(HTTP keep-alive connections, reads ~10 us before HTTP_RECV_START, responses written
+~100 us after HTTP_SEND_START and acknowledged ~500 us later, batches of traces arriving
+as files roll). The kernel side and the ring buffer reader are measured by
+bench/ebpf_overhead.py; this is the user-space joiner alone.
+
+    .venv/bin/python bench/wire_join.py [--rate 300] [--seconds 120] [--connections 16] [--batch 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+import time
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from exporter.stages import COLUMN, anatomy  # noqa: E402
+from exporter.wire.live import TurnWindow  # noqa: E402
+from exporter.wire.turns import Turn  # noqa: E402
+
+PORTS = {"http": frozenset({8000}), "grpc": frozenset({8001})}
+
+
+def workload(rate: float, seconds: float, connections: int, seed: int = 1) -> tuple[list[Turn], np.ndarray]:
+    rng = np.random.default_rng(seed)
+    n = int(rate * seconds)
+    arrivals = np.sort(rng.uniform(0, seconds * 1e9, n)).astype(np.int64) + 10**12
+    turns: list[Turn] = []
+    stamps = np.full((n, len(COLUMN)), -1, dtype=np.int64)
+    next_turn = [0] * connections
+    for i, a in enumerate(arrivals.tolist()):
+        c = i % connections
+        next_turn[c] += 1
+        service = int(rng.exponential(2e6)) + 200_000
+        end = a + service
+        turns.append(Turn(c + 1, 1, a - 40_000, a - 10_000, a - 9_000, end + 100_000, end + 100_000, end + 600_000,
+                          0, next_turn[c], 400, 200, 2, 8000, 40000 + c, 0, "127.0.0.1", "127.0.0.1"))
+        for name, ns in {"HTTP_RECV_START": a, "HTTP_RECV_END": a + 1000, "REQUEST_START": a + 2000,
+                         "QUEUE_START": a + 3000, "COMPUTE_START": a + 4000, "COMPUTE_END": end - 5000,
+                         "REQUEST_END": end - 4000, "HTTP_SEND_START": end - 2000, "HTTP_SEND_END": end,
+                         "HTTP_SEND_START#count": 1, "HTTP_SEND_END#count": 1}.items():
+            stamps[i, COLUMN[name]] = ns
+    return turns, stamps
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    ap.add_argument("--rate", type=float, default=300.0, help="traced requests per second")
+    ap.add_argument("--seconds", type=float, default=120.0, help="of traffic")
+    ap.add_argument("--connections", type=int, default=16)
+    ap.add_argument("--batch", type=int, default=100, help="traces per batch (Triton's log-frequency)")
+    args = ap.parse_args()
+    turns, stamps = workload(args.rate, args.seconds, args.connections)
+    tracemalloc.start()
+    window = TurnWindow(PORTS)
+    codes = np.ones(args.batch, dtype=np.int8)
+    joined = 0
+    add_s = join_s = 0.0
+    peak_turns = 0
+    # turns arrive as requests finish; a batch of traces after `batch` more requests (a file roll)
+    for lo in range(0, len(turns), args.batch):
+        t0 = time.process_time()
+        for t in turns[lo:lo + args.batch]:
+            window.add(t)
+        t1 = time.process_time()
+        peak_turns = max(peak_turns, len(window))
+        if lo >= args.batch:  # traces one file behind their turns
+            part = stamps[lo - args.batch:lo]
+            obs = window.observe(part, codes[:len(part)], anatomy(part, lambda _i: {}))
+            joined += obs.results["joined"]
+        join_s += time.process_time() - t1
+        add_s += t1 - t0
+    _, peak = tracemalloc.get_traced_memory()
+    n = len(turns) - args.batch
+    print(f"{len(turns):,} requests at {args.rate:g}/s over {args.seconds:g} s, {args.connections} connections, "
+          f"batches of {args.batch}: {joined:,} of {n:,} joined")
+    print(f"  window: up to {peak_turns:,} turns held, peak Python heap {peak / 2**20:.1f} MiB, "
+          f"process max RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+    print(f"  CPU: {add_s / len(turns) * 1e6:.1f} us per turn added, {join_s / n * 1e6:.1f} us per trace joined "
+          f"(anatomy included): {(add_s + join_s) / args.seconds:.2%} of one core at {args.rate:g} traced req/s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

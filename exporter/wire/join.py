@@ -1,0 +1,280 @@
+"""The join: each traced request matched to its server-side socket turn on the shared clock.
+
+Triton's trace stamps and the kernel's turn stamps are both CLOCK_MONOTONIC ns on one
+host, so a request belongs to the turn whose read came before Triton began reading it
+and whose acknowledgement came after Triton's last response went out. Pure logic over
+plain data; no I/O.
+
+A turn is a candidate for a request when, on a port of the request's protocol:
+
+- its first read is at or before the request's arrival (HTTP_RECV_START; GRPC_WAITREAD_END),
+  and no more than LOOKBACK_NS before it;
+- its first write is at or after the arrival and the first send's start (Triton's frontends
+  stamp a send's start before they write);
+- HTTP/1.1 (one request at a time per connection): its last read is at or before
+  HTTP_RECV_END, and its response was acknowledged at or after HTTP_SEND_END;
+- gRPC: its first write is at or before the request's last response out. gRPC stamps
+  GRPC_SEND_END when its completion queue reports the write done, which can come after the
+  peer's ACK; there ack_wait is 0 and `wire` ends at GRPC_SEND_END, so the parts still add up.
+
+A request with one candidate that no other request claims is joined; a turn taken this
+way leaves every other request's candidates, and this repeats until nothing changes.
+A request whose candidates stay shared, or that has none although the kernel recorded reads
+on the ports shortly before it arrived, is `ambiguous` (gRPC multiplexes requests on one
+connection: where several are in flight on it, no guess is made); one before whose arrival
+no read was recorded is `no_socket_event` (the recorder was not running, or the kernel
+dropped the record). A request of no frontend (in-process, ensemble children) is
+`unsupported`.
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import itertools
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from .turns import Turn
+
+JOIN_RESULTS = ("joined", "ambiguous", "no_socket_event", "unsupported")
+WIRE_STAGES = ("socket_wait", "ack_wait", "wire")
+LOOKBACK_NS = 10 * 10**9  # a turn read more than this before the arrival is not its request's
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One traced request as the join sees it; -1 where a stamp is absent."""
+
+    protocol: str  # "http", "grpc"; anything else cannot join
+    arrival_ns: int  # end_to_end's start
+    end_ns: int  # end_to_end's end: the last response out
+    read_end_ns: int = -1  # HTTP_RECV_END
+    send_start_ns: int = -1  # the first response's send start (HTTP or gRPC)
+
+
+@dataclass(frozen=True, slots=True)
+class Wire:
+    """A joined request's time outside Triton: they add up, socket_wait + end_to_end + ack_wait = wire."""
+
+    turn: Turn
+    socket_wait_ns: int  # first byte in -> arrival
+    ack_wait_ns: int  # last response out -> last byte acknowledged
+    wire_ns: int  # first byte in -> last byte acknowledged
+
+
+def wire_of(req: Request, turn: Turn) -> Wire:
+    socket_wait = req.arrival_ns - turn.start_ns
+    ack_wait = max(0, turn.acked_ns - req.end_ns)
+    return Wire(turn, socket_wait, ack_wait, socket_wait + (req.end_ns - req.arrival_ns) + ack_wait)
+
+
+class TurnIndex:
+    """Turns of one protocol's ports, by first read."""
+
+    def __init__(self, turns: Sequence[Turn]) -> None:
+        self.every = sorted((t for t in turns if t.first_read_ns), key=lambda t: t.first_read_ns)
+        self.every_reads = [t.first_read_ns for t in self.every]
+        self.turns = [t for t in self.every if t.acked_ns]  # a request's turn is acknowledged
+        self.reads = [t.first_read_ns for t in self.turns]
+
+    def read_of(self, k: int) -> int:
+        """First read of candidate k."""
+        return self.reads[k]
+
+    def seen(self, req: Request) -> bool:
+        """Whether the kernel recorded a read on these ports in the LOOKBACK_NS before the
+        request's arrival (its own bytes were read then, if they were recorded at all)."""
+        k = bisect.bisect_right(self.every_reads, req.arrival_ns)
+        return k > 0 and self.every_reads[k - 1] >= req.arrival_ns - LOOKBACK_NS
+
+    def candidates(self, req: Request) -> list[int]:
+        """Positions in self.turns of the turns that can hold `req`."""
+        hi = bisect.bisect_right(self.reads, req.arrival_ns)
+        lo = bisect.bisect_left(self.reads, req.arrival_ns - LOOKBACK_NS)
+        writes_from = max(req.send_start_ns, req.arrival_ns)
+        http = req.protocol == "http"
+        out: list[int] = []
+        for k, t in enumerate(self.turns[lo:hi], start=lo):
+            if t.start_ns > req.arrival_ns or t.first_write_ns < writes_from:
+                continue
+            if http:
+                if t.acked_ns < req.end_ns or 0 <= req.read_end_ns < t.last_read_ns:
+                    continue
+            elif t.first_write_ns > req.end_ns:
+                continue
+            out.append(k)
+        return out
+
+
+class GrpcIndex(TurnIndex):
+    """gRPC turns, joined per connection into exchanges. HTTP/2 peers trade small control frames
+    (window updates, pings) while a request is handled, and each such frame from the client
+    begins a turn; so a request's bytes arrive in one turn (the last read before its arrival)
+    and its response goes out in a later turn of the same connection (the first write within
+    its send). The exchange runs from the first to the second; self.turns holds them as made."""
+
+    def __init__(self, turns: Sequence[Turn]) -> None:
+        super().__init__(turns)
+        self.by_conn: dict[tuple[int, int], list[Turn]] = {}
+        for t in sorted(self.every, key=lambda t: t.turn):
+            self.by_conn.setdefault(t.connection, []).append(t)
+        self.exchanges: list[Turn] = []
+        self._made: dict[tuple[int, int, int, int], int] = {}
+
+    def read_of(self, k: int) -> int:
+        return self.exchanges[k].first_read_ns
+
+    def candidates(self, req: Request) -> list[int]:
+        hi = bisect.bisect_right(self.every_reads, req.arrival_ns)
+        lo = bisect.bisect_left(self.every_reads, req.arrival_ns - LOOKBACK_NS)
+        out: list[int] = []
+        for conn in {t.connection for t in self.every[lo:hi]}:
+            on = self.by_conn[conn]
+            t_in = max((t for t in on if t.first_read_ns <= req.arrival_ns), key=lambda t: t.turn)
+            t_out = next((t for t in on if t.turn >= t_in.turn
+                          and t.first_write_ns >= max(req.send_start_ns, req.arrival_ns)), None)
+            if (t_out is None or not t_out.acked_ns or t_out.first_write_ns > req.end_ns
+                    or t_in.start_ns > req.arrival_ns):
+                continue
+            key = (*conn, t_in.turn, t_out.turn)
+            if key not in self._made:
+                self._made[key] = len(self.exchanges)
+                self.exchanges.append(dataclasses.replace(
+                    t_out, first_in_ns=t_in.first_in_ns, first_read_ns=t_in.first_read_ns))
+            out.append(self._made[key])
+        return out
+
+
+def overlapping(requests: Sequence[Request], joined: Mapping[int, Turn]) -> set[int]:
+    """Joined requests (by position) that were in flight while another request that may have
+    been on the same connection was: one joined to that connection, or one whose connection
+    is unknown (not joined). Which bytes were whose cannot be told, so they do not count as
+    joined; repeated until none is left (a request taken out is then unknown in turn)."""
+    order = sorted(range(len(requests)), key=lambda i: requests[i].arrival_ns)
+    arrivals = [requests[i].arrival_ns for i in order]
+    latest_end = list(itertools.accumulate((requests[i].end_ns for i in order), max))
+    out: set[int] = set()
+    changed = True
+    while changed:
+        changed = False
+        for j in order:
+            if j not in joined or j in out:
+                continue
+            a, b = requests[j].arrival_ns, requests[j].end_ns
+            conn = joined[j].connection
+            k = bisect.bisect_left(arrivals, b) - 1
+            while k >= 0 and latest_end[k] > a:  # earlier ones all ended before j arrived
+                o = order[k]
+                k -= 1
+                if o == j or requests[o].end_ns <= a:
+                    continue
+                if o not in joined or o in out or joined[o].connection == conn:
+                    out.add(j)
+                    changed = True
+                    break
+    return out
+
+
+def assign(cands: Sequence[Sequence[int]]) -> dict[int, int]:
+    """request -> turn, where a request's candidates narrow to one turn no other request still
+    holds as its only candidate; repeated as taken turns leave the other requests' sets."""
+    live = [set(c) for c in cands]
+    out: dict[int, int] = {}
+    taken: set[int] = set()
+    changed = True
+    while changed:
+        changed = False
+        single = Counter(next(iter(c)) for i, c in enumerate(live) if len(c) == 1 and i not in out)
+        for i, c in enumerate(live):
+            if i in out or len(c) != 1:
+                continue
+            (k,) = c
+            if single[k] == 1 and k not in taken:
+                out[i] = k
+                taken.add(k)
+                changed = True
+        if changed:
+            for i, c in enumerate(live):
+                if i not in out and c & taken:
+                    live[i] = c - taken
+    return out
+
+
+def in_read_order(arrivals: Sequence[int], cands: Sequence[Sequence[int]], chosen: Mapping[int, int],
+                  index: TurnIndex) -> dict[int, int]:
+    """HTTP/1.1 requests still sharing candidates: Triton's HTTP frontend stamps HTTP_RECV_START
+    on the thread that read the request, right after reading it, so where k requests share exactly
+    k turns, the i-th arrival is the i-th turn read. Applied only where that pairing satisfies
+    every request's own candidates."""
+    taken = set(chosen.values())
+    left = [j for j in range(len(cands)) if j not in chosen and cands[j]]
+    parent = {j: j for j in left}
+
+    def root(j: int) -> int:
+        while parent[j] != j:
+            parent[j] = parent[parent[j]]
+            j = parent[j]
+        return j
+
+    owner: dict[int, int] = {}
+    for j in left:
+        for k in cands[j]:
+            if k in taken:
+                continue
+            if k in owner:
+                parent[root(j)] = root(owner[k])
+            else:
+                owner[k] = j
+    components: dict[int, list[int]] = {}
+    for j in left:
+        components.setdefault(root(j), []).append(j)
+    out: dict[int, int] = {}
+    for members in components.values():
+        turns = sorted({k for j in members for k in cands[j] if k not in taken}, key=index.read_of)
+        ordered = sorted(members, key=lambda j: arrivals[j])
+        if len(turns) == len(ordered) and all(k in cands[j] for j, k in zip(ordered, turns, strict=True)):
+            out.update(zip(ordered, turns, strict=True))
+    return out
+
+
+def join(requests: Sequence[Request], turns: Sequence[Turn],
+         ports: Mapping[str, frozenset[int]]) -> list[tuple[str, Wire | None]]:
+    """Per request its result (one of JOIN_RESULTS) and, where joined, its Wire. `ports`:
+    the server ports of each protocol ("http", "grpc") whose turns it may join."""
+    out: list[tuple[str, Wire | None]] = [("unsupported", None)] * len(requests)
+    for protocol, wanted in ports.items():
+        rows = [i for i, r in enumerate(requests) if r.protocol == protocol and r.arrival_ns >= 0 and r.end_ns >= 0]
+        if not rows:
+            continue
+        mine = [t for t in turns if t.lport in wanted]
+        index = GrpcIndex(mine) if protocol == "grpc" else TurnIndex(mine)
+        cands = [index.candidates(requests[i]) for i in rows]
+        chosen = assign(cands)
+        if isinstance(index, GrpcIndex):  # no pairing by order here: gRPC reads on other threads
+            picked = {j: index.exchanges[k] for j, k in chosen.items()}
+            for j in overlapping([requests[i] for i in rows], picked):
+                del picked[j]
+        else:
+            chosen.update(in_read_order([requests[i].arrival_ns for i in rows], cands, chosen, index))
+            picked = {j: index.turns[k] for j, k in chosen.items()}
+        for j, i in enumerate(rows):
+            if j in picked:
+                out[i] = ("joined", wire_of(requests[i], picked[j]))
+            else:
+                seen = bool(cands[j]) or index.seen(requests[i])
+                out[i] = ("ambiguous" if seen else "no_socket_event", None)
+    return out
+
+
+def join_counts(results: Sequence[tuple[str, Wire | None]]) -> Counter[str]:
+    """How many requests had each of JOIN_RESULTS (every result present, 0 where none)."""
+    counts: Counter[str] = Counter({r: 0 for r in JOIN_RESULTS})
+    counts.update(r for r, _ in results)
+    return counts
+
+
+def wire_segments(segments: Sequence[int], wire: Wire) -> list[int]:
+    """A joined request's timeline: socket_wait, Triton's own segments, ack_wait; adds up to wire."""
+    return [wire.socket_wait_ns, *segments, wire.ack_wait_ns]

@@ -1,0 +1,120 @@
+"""Socket turns: the records of bpf/socket_turns.c, as plain data and as JSON lines.
+
+One record describes one request/response exchange on one server-side connection, all
+stamps CLOCK_MONOTONIC ns (0: not seen). The kernel may send a turn twice (when its
+response is acknowledged, and again if more was written before the next request);
+`latest()` keeps the last record of each turn.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, fields
+from typing import IO, Any
+
+# struct socket_turn, little-endian, in field order (bpf/socket_turns.c)
+_LAYOUT = struct.Struct("<9Q3I3HB3x16s16s2x")
+RECORD_SIZE = _LAYOUT.size
+DROP_REASONS = ("ring_full", "rate", "sockets_full")  # slots of the program's `dropped` array
+
+
+class TurnFileError(Exception):
+    """A --socket-turns file that cannot be read; one line."""
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    sock: int
+    born_ns: int
+    first_in_ns: int
+    first_read_ns: int
+    last_read_ns: int
+    first_write_ns: int
+    last_write_ns: int
+    acked_ns: int
+    cgroup: int
+    turn: int
+    bytes_in: int
+    bytes_out: int
+    family: int
+    lport: int
+    rport: int
+    final: int
+    laddr: str
+    raddr: str
+
+    @property
+    def key(self) -> tuple[int, int, int]:
+        """The turn's identity: its socket (address and birth) and its number on it."""
+        return (self.sock, self.born_ns, self.turn)
+
+    @property
+    def connection(self) -> tuple[int, int]:
+        return (self.sock, self.born_ns)
+
+    @property
+    def start_ns(self) -> int:
+        """The request's first byte in, else (arrival not seen) its first read."""
+        return self.first_in_ns or self.first_read_ns
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+
+_FIELDS = [f.name for f in fields(Turn)]
+
+
+def _address(family: int, raw: bytes) -> str:
+    if family == socket.AF_INET6:
+        return socket.inet_ntop(socket.AF_INET6, raw[:16])
+    return socket.inet_ntop(socket.AF_INET, raw[:4])
+
+
+def decode(raw: bytes) -> Turn:
+    """One ring buffer record."""
+    v = _LAYOUT.unpack_from(raw)
+    family = v[12]
+    names = _FIELDS[:16]
+    return Turn(**dict(zip(names, v[:16], strict=True)), laddr=_address(family, v[16]),
+                raddr=_address(family, v[17]))
+
+
+_INT_FIELDS = frozenset(n for n in _FIELDS if n not in ("laddr", "raddr"))
+
+
+def from_json(obj: Any) -> Turn | None:
+    """A Turn from one decoded JSON line; None when it is not one."""
+    if not isinstance(obj, dict) or not set(_FIELDS) <= obj.keys():
+        return None
+    if not all(isinstance(obj[n], int) and obj[n] >= 0 for n in _INT_FIELDS):
+        return None
+    return Turn(**{n: obj[n] for n in _FIELDS})
+
+
+def read_turns(fp: IO[str], rejected: dict[str, int] | None = None) -> Iterator[Turn]:
+    """Turns of a JSON-lines file as `tcp-events --record` writes it; a line that is not one
+    is counted under rejected["bad_turn_line"] and skipped."""
+    for line in fp:
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            t = from_json(json.loads(line))
+        except ValueError:
+            t = None
+        if t is None:
+            if rejected is not None:
+                rejected["bad_turn_line"] = rejected.get("bad_turn_line", 0) + 1
+            continue
+        yield t
+
+
+def latest(turns: Iterable[Turn]) -> list[Turn]:
+    """The last record of each turn, in order of the turns' start."""
+    last: dict[tuple[int, int, int], Turn] = {}
+    for t in turns:
+        last[t.key] = t
+    return sorted(last.values(), key=lambda t: (t.start_ns, t.key))
