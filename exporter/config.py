@@ -18,6 +18,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
 from .histogram import DEFAULT_STAGE_BUCKETS, MIN_SCHEMA, STORE_SCHEMA
+from .listen import ListenAddressError, parse_listen
 from .stages import ALL_STAGES
 from .traces.pipeline import WINDOW
 from .yamlfile import load_mapping
@@ -50,7 +51,9 @@ def _opt(default: Any, help: str, *, metavar: str | None = None, choices: tuple[
 
 @dataclass
 class Config:
-    listen: str = _opt("0.0.0.0:9478", "where /metrics, /healthz and /readyz are served", metavar="HOST:PORT")
+    listen: str = _opt(":9478", "where /metrics, /healthz and /readyz are served: ':P' and '[::]:P' are every "
+                       "address of both families (dual-stack), '0.0.0.0:P' IPv4 only, '[::1]:P' IPv6 loopback",
+                       metavar="HOST:PORT")
     trace_file: list[str] = _opt(
         [],
         "Triton's triton,file= path; PATH and PATH.N are read. Globs allowed; a {name} "
@@ -131,8 +134,7 @@ class Config:
 
     @property
     def listen_host_port(self) -> tuple[str, int]:
-        host, _, port = self.listen.rpartition(":")
-        return host.strip("[]") or "0.0.0.0", int(port)
+        return parse_listen(self.listen)  # host "" is every address, both families
 
 
 KEYS: dict[str, Any] = {f.name: f for f in fields(Config)}
@@ -238,9 +240,11 @@ def _check_text(cfg: Config) -> None:
 
 def validate(cfg: Config) -> None:
     _check_text(cfg)
-    _host, sep, port = cfg.listen.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError(f"listen must be HOST:PORT (e.g. 0.0.0.0:9478), got {cfg.listen!r}")
+    for key in ("listen", "otlp_listen") if cfg.otlp_listen else ("listen",):
+        try:
+            parse_listen(getattr(cfg, key))
+        except ListenAddressError as e:
+            raise ConfigError(f"{key} must be HOST:PORT (e.g. :9478, 0.0.0.0:4318, [::1]:9478): {e}") from None
     for k in KEYS.values():
         choices = k.metadata.get("choices")
         if choices and getattr(cfg, k.name) not in choices:
@@ -291,10 +295,6 @@ def validate(cfg: Config) -> None:
                               f"got {getattr(cfg, k)!r}")
     if not 1 <= cfg.trace_open_traces <= MAX_OPEN_TRACES:
         raise ConfigError(f"trace_open_traces must be between 1 and {MAX_OPEN_TRACES}, got {cfg.trace_open_traces}")
-    if cfg.otlp_listen:
-        _h, sep, port = cfg.otlp_listen.rpartition(":")
-        if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-            raise ConfigError(f"otlp_listen must be HOST:PORT (e.g. 0.0.0.0:4318), got {cfg.otlp_listen!r}")
     for url in cfg.otlp_forward:
         if not url.startswith(("http://", "https://")):
             raise ConfigError(f"otlp_forward must be an http:// or https:// URL (e.g. http://tempo:4318/v1/traces), "

@@ -19,6 +19,7 @@ from typing import cast
 from prometheus_client.registry import CollectorRegistry
 
 from .exposition import choose_encoder
+from .listen import bind_listening
 
 log = logging.getLogger("server")
 
@@ -127,6 +128,14 @@ class _HTTPServer(ThreadingHTTPServer):
         # the plain socket's shutdown: SSLSocket.shutdown would touch TLS state another thread uses
         with contextlib.suppress(OSError):
             socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+    def server_bind(self) -> None:
+        # the address picks the family: ':P' and '[::]:P' dual-stack, '[::1]:P' IPv6 (exporter/listen.py)
+        self.socket.close()
+        host, port = self.server_address[:2]
+        self.socket = bind_listening(str(host), int(port))
+        self.server_address = self.socket.getsockname()[:2]
+        self.server_name, self.server_port = str(self.server_address[0]), int(self.server_address[1])
 
     def service_actions(self) -> None:
         """Runs in the accept loop (every poll interval): drops clients that send headers too slowly."""
