@@ -60,7 +60,7 @@ COPY deploy/docker/healthcheck.py /opt/inference-profiler/healthcheck.py
 ENV PATH=/opt/inference-profiler/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    INFPROF_LISTEN=0.0.0.0:9478 \
+    INFPROF_LISTEN=:9478 \
     INFPROF_STATE_DIR=/var/lib/inference-profiler
 USER 10001:10001
 WORKDIR /var/lib/inference-profiler

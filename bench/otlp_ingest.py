@@ -1,7 +1,7 @@
 """OTLP receiver throughput: spans per second per core, against decoding the same
 payloads with the plain protobuf library in a loop.
 
-    .venv/bin/python bench/otlp_ingest.py [--payloads 40] [--spans 512] [--http]
+    .venv/bin/python bench/otlp_ingest.py [--payloads 40] [--spans 512] [--http] [--triton-posts 1500]
 
 Payloads are Triton-shaped (tests/otlp_payloads.py: InferRequest, model and compute span
 per request, a third of them ensembles) in batches of --spans spans (Triton's default
@@ -9,6 +9,13 @@ batch size is 512), as protobuf and as JSON (what Triton 2.51 sends). The receiv
 contender decodes, regroups, counts and commits each payload with the state file, as
 `serve` does before replying; --http adds the HTTP round trip. CPU time of this process
 (time.process_time) is the denominator, so the figures are per core.
+
+Then Triton's own posting shape: about a dozen spans a POST (two copies of a real Triton 2.51
+body of six spans, tests/samples/otlp, with fresh ids), one POST at a time on one keep-alive connection,
+each committed before its 200, to a real `serve --otlp-listen` process with a state
+directory. The figure is the daemon's CPU per span (psutil, the whole process) against a
+plain json.loads of the same bodies in this process: the ratio says what the receiver
+costs beyond reading the JSON.
 """
 
 from __future__ import annotations
@@ -88,12 +95,105 @@ def receiver(bodies: list[bytes], ctype: str, http: bool) -> tuple[int, float, i
         return n, spent, sum(tailer.live.traces.values())
 
 
+SAMPLE = ROOT / "tests" / "samples" / "otlp" / "triton-2.51-stream.json"
+
+
+def triton_bodies(posts: int, copies: int = 2) -> list[bytes]:
+    """`posts` OTLP/JSON bodies, each `copies` of the real Triton body with fresh trace and span ids
+    and times moved on (so none is a duplicate), serialised as Triton serialises them."""
+    import json
+    import os
+
+    template = SAMPLE.read_text()
+    doc = json.loads(template)
+    ids = {s[k] for rs in doc["resourceSpans"] for ss in rs["scopeSpans"] for s in ss["spans"]
+           for k in ("traceId", "spanId", "parentSpanId") if s.get(k)}
+    out = []
+    for _ in range(posts):
+        bodies = []
+        for _copy in range(copies):
+            text = template
+            for old in ids:
+                text = text.replace(old, os.urandom(len(old) // 2).hex())
+            bodies.append(json.loads(text)["resourceSpans"])
+        out.append(json.dumps({"resourceSpans": [rs for b in bodies for rs in b]}, separators=(",", ":")).encode())
+    return out
+
+
+def triton_shape(posts: int, exporter: str) -> None:
+    import http.client
+    import json
+    import subprocess
+    import urllib.request
+
+    import psutil
+
+    from exporter.demo.launcher import free_port
+
+    bodies = triton_bodies(posts)
+    n_spans = sum(len(ss["spans"]) for b in bodies for rs in json.loads(b)["resourceSpans"] for ss in rs["scopeSpans"])
+    c0 = time.process_time()
+    for _ in range(5):
+        for b in bodies:
+            json.loads(b)
+    plain = (time.process_time() - c0) / 5 / n_spans
+    with tempfile.TemporaryDirectory() as work:
+        port, otlp = free_port(), free_port()
+        proc = subprocess.Popen([exporter, "serve", "--listen",
+                                 f"127.0.0.1:{port}", "--otlp-listen", f"127.0.0.1:{otlp}", "--triton", "none",
+                                 "--ebpf", "off", "--state-dir", work], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        try:
+            for _ in range(300):
+                try:
+                    urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1).read()
+                    break
+                except OSError:
+                    time.sleep(0.1)
+            daemon = psutil.Process(proc.pid)
+            conn = http.client.HTTPConnection("127.0.0.1", otlp, timeout=30)
+            warm = triton_bodies(1)[0]
+            conn.request("POST", "/v1/traces", warm, {"Content-Type": "application/json"})
+            conn.getresponse().read()  # warm: imports, first commit
+            t0 = daemon.cpu_times()
+            w0 = time.monotonic()
+            for b in bodies:
+                conn.request("POST", "/v1/traces", b, {"Content-Type": "application/json"})
+                r = conn.getresponse()
+                r.read()
+                assert r.status == 200, r.status
+            t1 = daemon.cpu_times()
+            wall = time.monotonic() - w0
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as m:
+                text = m.read().decode()
+            accepted = next(float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines()
+                            if ln.startswith('inference_profiler_otlp_spans_total{result="accepted"}'))
+        finally:
+            proc.terminate()
+            proc.wait(20)
+    cpu = (t1.user + t1.system) - (t0.user + t0.system)
+    per_span = cpu / n_spans
+    print(f"\nTriton's shape: {posts} POSTs of {n_spans // posts} spans, one at a time on one connection, "
+          f"each committed before its 200 ({wall:.1f} s)")
+    print(f"plain json.loads of the bodies   {1 / plain:12,.0f} spans/s per core")
+    print(f"daemon (serve --otlp-listen)     {1 / per_span:12,.0f} spans per CPU-second  "
+          f"({per_span / plain:.1f}x json.loads; {accepted - n_spans // posts:.0f} of {n_spans} spans accepted)")
+    assert accepted == n_spans + n_spans // posts, (accepted, n_spans)  # and the warm-up POST
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--payloads", type=int, default=40)
     ap.add_argument("--spans", type=int, default=512)
     ap.add_argument("--http", action="store_true", help="through the HTTP listener (same process)")
+    ap.add_argument("--triton-posts", type=int, default=1500, help="POSTs in Triton's shape (0: skip)")
+    ap.add_argument("--exporter", default=str(ROOT / ".venv" / "bin" / "inference-profiler"),
+                    help="the inference-profiler serving Triton's shape (another checkout's, for a before/after)")
+    ap.add_argument("--triton-only", action="store_true", help="only Triton's shape")
     a = ap.parse_args()
+    if a.triton_only:
+        triton_shape(a.triton_posts, a.exporter)
+        return
     reqs = payloads(a.payloads, a.spans)
     pb = [r.SerializeToString() for r in reqs]
     js = [to_json(r) for r in reqs]
@@ -109,6 +209,8 @@ def main() -> None:
         rate = n / t
         print(f"receiver, {name:8}              {rate:12,.0f} spans/s per core  ({base / rate:.1f}x slower than "
               f"plain decoding; {traces} traces counted)")
+    if a.triton_posts:
+        triton_shape(a.triton_posts, a.exporter)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,14 @@ bytes of trace state (--state-dir) written per ingested trace file.
 
     .venv/bin/python bench/soak.py                       # 10 minutes at 300 req/s
     .venv/bin/python bench/soak.py --duration 120        # a shorter run
+    .venv/bin/python bench/soak.py --otlp                # OTLP mode, see below
+
+--otlp: `serve --otlp-listen` alone, fed by a client that posts Triton-shaped OTLP/JSON
+(about a dozen spans a POST, as Triton 2.51 sends them) over ONE keep-alive connection at
+--rate requests/s, one POST at a time, pausing --otlp-pause seconds (less than the
+listener's 60 s idle deadline) every --otlp-pause-every seconds. Every request must be
+counted once: traces counted == requests posted, every POST answered 200 on the same
+connection (a connection the exporter cut is reported, reopened and its POST resent).
 """
 
 from __future__ import annotations
@@ -110,6 +118,102 @@ class Usage:
                 "rss_max_mb": self.rss_max / 2**20, "seconds": wall}
 
 
+def otlp_soak(args: argparse.Namespace) -> int:
+    import http.client
+
+    from tests.otlp_payloads import T0, export_request, request_spans, to_json
+
+    work = Path(tempfile.mkdtemp(prefix="soak-otlp-"))
+    port, otlp_port = free_port(), free_port()
+    url = f"http://127.0.0.1:{port}"
+    exporter: subprocess.Popen[bytes] | None = None
+    per_post = 4  # requests per POST: 12 spans (InferRequest, model and compute span each)
+    try:
+        with open(work / "exporter.log", "wb") as log:
+            exporter = subprocess.Popen(
+                [args.exporter, "serve", "--listen", f"127.0.0.1:{port}", "--otlp-listen", f"127.0.0.1:{otlp_port}",
+                 "--triton", "none", "--ebpf", "off", "--state-dir", str(work / "state")],
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        for _ in range(300):
+            if exporter.poll() is not None:
+                raise SystemExit(f"exporter exited: {(work / 'exporter.log').read_text()[-2000:]}")
+            try:
+                urllib.request.urlopen(url + "/readyz", timeout=1).read()
+                break
+            except OSError:
+                time.sleep(0.1)
+        print(f"work dir {work}; OTLP at 127.0.0.1:{otlp_port}; {args.rate:g} POST/s of {per_post * 3} spans for "
+              f"{args.duration:g} s on one connection, pausing {args.otlp_pause:g} s every {args.otlp_pause_every:g} s",
+              flush=True)
+        use = Usage(exporter.pid)
+        conn = http.client.HTTPConnection("127.0.0.1", otlp_port, timeout=30)
+        posts = cuts = not_ok = requests = 0
+        t = T0
+        start = time.monotonic()
+        end, next_pause, next_report = start + args.duration, start + args.otlp_pause_every, start + 30
+        next_post = start
+        while time.monotonic() < end:
+            spans = []
+            for i in range(per_post):
+                t += 10**6
+                spans += request_spans(t, protocol=("http", "grpc")[i % 2], request_id=f"s{requests + i}")
+            body = to_json(export_request(spans))
+            for _attempt in range(2):
+                try:
+                    conn.request("POST", "/v1/traces", body, {"Content-Type": "application/json"})
+                    r = conn.getresponse()
+                    r.read()
+                    break
+                except (http.client.HTTPException, OSError):
+                    cuts += 1  # the exporter closed our connection: reopen, resend (a duplicate if it counted)
+                    conn.close()
+                    conn = http.client.HTTPConnection("127.0.0.1", otlp_port, timeout=30)
+            posts += 1
+            requests += per_post
+            not_ok += r.status != 200
+            now = time.monotonic()
+            if now >= next_pause:
+                time.sleep(min(args.otlp_pause, max(0.0, end - now)))
+                next_pause = time.monotonic() + args.otlp_pause_every
+                next_post = time.monotonic()
+            else:
+                next_post += 1 / args.rate
+                time.sleep(max(0.0, next_post - now))
+            if now >= next_report:
+                use.sample()
+                next_report = now + 30
+                print(f"  {now - start:6.0f} s: {posts} POSTs, {cuts} connections cut, exporter RSS "
+                      f"{use.rss_max / 2**20:.1f} MB", flush=True)
+        conn.close()
+        use.sample()
+        exp = use.result()
+        counted = scrape_traces(url)
+        answered = scrape_traces(url, "inference_profiler_otlp_requests_total")
+        ok = counted == requests and cuts == 0 and not_ok == 0 and answered == posts
+        result = {"mode": "otlp", "duration_s": args.duration, "posts": posts, "requests": requests,
+                  "spans": requests * 3, "connections_cut": cuts, "answers_not_200": not_ok,
+                  "otlp_requests_counted": answered, "traces_counted": counted, "exporter": exp}
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"\n{posts} POSTs ({requests} requests, {requests * 3} spans) on one connection in "
+              f"{exp['seconds']:.0f} s; connections cut by the exporter: {cuts}; answers other than 200: {not_ok}")
+        print(f"exporter: CPU {exp['cpu_percent']:.2f} % of a core, RSS {exp['rss_start_mb']:.1f} MB at start, "
+              f"{exp['rss_end_mb']:.1f} MB at end (max {exp['rss_max_mb']:.1f})")
+        print(f"counted:  {answered:.0f} OTLP requests, {counted:.0f} traces for {requests} requests: "
+              f"{'EQUAL' if ok else 'DIFFERENT'}")
+        print(f"written {args.out}")
+        return 0 if ok else 1
+    finally:
+        if exporter is not None and exporter.poll() is None:
+            exporter.send_signal(signal.SIGTERM)
+            try:
+                exporter.wait(20)
+            except subprocess.TimeoutExpired:
+                exporter.kill()
+        if os.environ.get("SOAK_KEEP") is None:
+            subprocess.run(["rm", "-rf", str(work)], check=False)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--duration", type=float, default=600.0, help="seconds of traffic (default 600)")
@@ -123,7 +227,12 @@ def main() -> int:
                     help="the inference-profiler to soak (another checkout's, for a before/after)")
     ap.add_argument("--no-retention", action="store_true",
                     help="keep ingested trace files (for an exporter from before --trace-delete-ingested)")
+    ap.add_argument("--otlp", action="store_true", help="OTLP mode: one keep-alive client posting Triton-shaped spans")
+    ap.add_argument("--otlp-pause", type=float, default=55.0, help="OTLP mode: seconds the connection stays idle")
+    ap.add_argument("--otlp-pause-every", type=float, default=120.0, help="OTLP mode: seconds between pauses")
     args = ap.parse_args()
+    if args.otlp:
+        return otlp_soak(args)
 
     work = Path(tempfile.mkdtemp(prefix="soak-"))
     triton = TritonServer(copy_model_repository(work), work / "triton", trace_file=work / "traces" / "trace.json",

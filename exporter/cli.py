@@ -70,7 +70,8 @@ def parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Start with `inference-profiler demo`. Each command has --help.",
     )
-    p.add_argument("--version", action="version", version=f"inference-profiler {__version__}")
+    version = f"inference-profiler {__version__}"
+    p.add_argument("--version", action="version", version=version)
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     s = sub.add_parser("serve", help="run the exporter daemon", epilog=EPILOG_SERVE,
@@ -149,6 +150,8 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--record", metavar="FILE",
                    help="instead of printing calls, append one JSON line per server-side socket turn (request "
                         "arrival, reads, writes, ACK of the response) to FILE, for `summary --socket-turns FILE`")
+    for command in sub.choices.values():  # `serve --version` answers as the top level does
+        command.add_argument("--version", action="version", version=version, help="print the version and exit")
     return p
 
 

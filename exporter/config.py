@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from .histogram import DEFAULT_STAGE_BUCKETS, MIN_SCHEMA, STORE_SCHEMA
+from .listen import ListenAddressError, parse_listen
 from .stages import ALL_STAGES
 from .yamlfile import load_mapping
 
@@ -57,7 +58,9 @@ def _opt(default: Any, help: str, *, metavar: str | None = None, choices: tuple[
 
 @dataclass
 class Config:
-    listen: str = _opt("0.0.0.0:9478", "where /metrics, /healthz and /readyz are served", metavar="HOST:PORT")
+    listen: str = _opt(":9478", "where /metrics, /healthz and /readyz are served: ':P' and '[::]:P' are every "
+                       "address of both families (dual-stack), '0.0.0.0:P' IPv4 only, '[::1]:P' IPv6 loopback",
+                       metavar="HOST:PORT")
     trace_file: list[str] = _opt(
         [],
         "Triton's triton,file= path; PATH and PATH.N are read. Globs allowed; a {name} "
@@ -142,8 +145,7 @@ class Config:
 
     @property
     def listen_host_port(self) -> tuple[str, int]:
-        host, _, port = self.listen.rpartition(":")
-        return host.strip("[]") or "0.0.0.0", int(port)
+        return parse_listen(self.listen)  # host "" is every address, both families
 
 
 KEYS: dict[str, Any] = {f.name: f for f in fields(Config)}
@@ -227,6 +229,10 @@ def build(file_values: Mapping[str, Any], env: Mapping[str, str], flag_values: M
     return cfg
 
 
+# each bound is a line per series on every scrape and a count in the state: 20 by default
+MAX_STAGE_BUCKETS = 100
+
+
 def _check_text(cfg: Config) -> None:
     """Every string must be valid Unicode: env vars and files may carry undecodable bytes."""
     for f in fields(Config):
@@ -269,9 +275,11 @@ def _check_bounds(cfg: Config) -> None:
 def validate(cfg: Config) -> None:
     """ConfigError for the first value that is wrong; reads only (no files, no changes)."""
     _check_text(cfg)
-    _host, sep, port = cfg.listen.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError(f"listen must be HOST:PORT (e.g. 0.0.0.0:9478), got {cfg.listen!r}")
+    for key in ("listen", "otlp_listen") if cfg.otlp_listen else ("listen",):
+        try:
+            parse_listen(getattr(cfg, key))
+        except ListenAddressError as e:
+            raise ConfigError(f"{key} must be HOST:PORT (e.g. :9478, 0.0.0.0:4318, [::1]:9478): {e}") from None
     for k in KEYS.values():
         choices = k.metadata.get("choices")
         if choices and getattr(cfg, k.name) not in choices:
@@ -283,6 +291,9 @@ def validate(cfg: Config) -> None:
     if cfg.triton_metrics_url and len(cfg.triton_metrics_url) != len(cfg.triton):
         raise ConfigError("give one --triton-metrics-url per --triton, in the same order")
     b = cfg.stage_buckets
+    if len(b) > MAX_STAGE_BUCKETS:
+        raise ConfigError(f"stage_buckets has {len(b)} bounds; at most {MAX_STAGE_BUCKETS} (every bound is a "
+                          "line per series on every scrape)")
     if not b or any(not math.isfinite(x) or x <= 0 for x in b) or any(b2 <= b1 for b1, b2 in itertools.pairwise(b)):
         raise ConfigError("stage_buckets must be finite, positive and strictly increasing")
     if b[-1] > MAX_BUCKET_SECONDS:
@@ -290,10 +301,6 @@ def validate(cfg: Config) -> None:
     ns = [round(x * 1e9) for x in b]
     if any(n2 <= n1 for n1, n2 in itertools.pairwise(ns)) or ns[0] < 1:
         raise ConfigError("stage_buckets must differ by at least a nanosecond")
-    if cfg.otlp_listen:
-        _h, sep, port = cfg.otlp_listen.rpartition(":")
-        if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-            raise ConfigError(f"otlp_listen must be HOST:PORT (e.g. 0.0.0.0:4318), got {cfg.otlp_listen!r}")
     for url in cfg.otlp_forward:
         if not url.startswith(("http://", "https://")):
             raise ConfigError(f"otlp_forward must be an http:// or https:// URL (e.g. http://tempo:4318/v1/traces), "

@@ -61,7 +61,7 @@ class Daemon:
         self.errors = ErrorCounts()
         # our collectors describe() themselves; ProcessCollector is described by one cheap collect()
         self.registry = CollectorRegistry(auto_describe=True)
-        self.registry.register(ProcessCollector(namespace="inference_profiler", registry=None))
+        self.registry.register(ProcessCollector(registry=None))  # the shared process_* names
         self.sources = build_sources(cfg, self.errors)
         if cfg.ebpf != "off":
             release_freed_heap()

@@ -13,6 +13,7 @@ same for such names) and OpenMetrics other than 1.0.0 are served by it whole.
 
 from __future__ import annotations
 
+import copy
 import logging
 import re
 from collections.abc import Callable, Iterable, Iterator
@@ -78,10 +79,42 @@ def go_float(v: float) -> str:
     return s
 
 
+def valid_text(v: str) -> str:
+    """A label value as valid UTF-8: bytes that were not (a file or pod name read with
+    surrogateescape, a lone surrogate from JSON) become U+FFFD, not a failed scrape."""
+    if v.isascii():
+        return v
+    try:
+        v.encode("utf-8")
+        return v
+    except UnicodeEncodeError:
+        try:
+            return v.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        except UnicodeEncodeError:
+            return v.encode("utf-8", "replace").decode("utf-8")
+
+
+def _valid_labels(metric: Metric) -> Metric:
+    """`metric`, or a copy whose label values are valid UTF-8 (for prometheus_client's encoders)."""
+    def valid(v: str) -> str:
+        return valid_text(v) if isinstance(v, str) else v  # a non-string fails as the library fails it
+
+    if all(valid(v) is v for s in metric.samples for v in s.labels.values()):
+        return metric
+    out = copy.copy(metric)
+    out.samples = [s._replace(labels={k: valid(v) for k, v in s.labels.items()}) for s in metric.samples]
+    return out
+
+
+def _valid_encoder(registry: Collector, encoder: Encoder) -> bytes:
+    return encoder(_Families([_valid_labels(m) for m in registry.collect()]))
+
+
 def _pair(item: tuple[str, str]) -> str:
     k, v = item
     if type(k) is not str or type(v) is not str or not _plain(k):
         raise _Fallback
+    v = valid_text(v)  # every label value of the fast path passes here once per scrape
     if "\\" in v or "\n" in v or '"' in v:
         v = v.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
     return f'{k}="{v}"'
@@ -189,7 +222,7 @@ def render(registry: Collector, encoder: Encoder, openmetrics: bool) -> bytes:
             family(metric, out, pairs)
         except Exception:
             del out[n:]
-            body = encoder(_Families([metric])).decode("utf-8")
+            body = encoder(_Families([_valid_labels(metric)])).decode("utf-8")
             out.append(body[: -len(_EOF)] if openmetrics else body)
         if rendered is not None:
             rendered[key] = "".join(out[n:])
@@ -224,7 +257,9 @@ def choose_encoder(accept: str) -> tuple[Encoder, str]:
         return exposition_protobuf.render, exposition_protobuf.CONTENT_TYPE
     encoder, content_type = text_format.choose_encoder(accept)
     fast = fast_encoder(encoder)
-    return (fast if fast is not None and _self_check() else encoder), content_type
+    if fast is not None and _self_check():
+        return fast, content_type
+    return partial(_valid_encoder, encoder=encoder), content_type
 
 
 # --- a check of the installed prometheus_client against us, once per process -----------------

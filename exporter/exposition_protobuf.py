@@ -17,7 +17,7 @@ from typing import Any
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Exemplar, Sample, Timestamp
 
-from .exposition import RENDERED
+from .exposition import RENDERED, valid_text
 from .histogram import (
     ZERO_THRESHOLD,
     HistogramSeries,
@@ -78,7 +78,7 @@ def _timestamp(msg: Any, seconds: float) -> None:
 def _set_exemplar(msg: Any, e: Exemplar) -> None:
     add = msg.label.add
     for k, v in sorted(e.labels.items()):
-        add(name=k, value=v)
+        add(name=k, value=valid_text(v))
     msg.value = e.value
     if e.timestamp is not None:
         ts = e.timestamp
@@ -89,7 +89,7 @@ def _set_exemplar(msg: Any, e: Exemplar) -> None:
 def _labels(metric: Any, labels: Mapping[str, str]) -> None:
     add = metric.label.add
     for k, v in sorted(labels.items()):
-        add(name=k, value=v)
+        add(name=k, value=valid_text(v))  # protobuf refuses what is not UTF-8, as the text formats would
 
 
 def _timestamp_ms(sample: Sample) -> int | None:

@@ -12,13 +12,14 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import cast
 
 from prometheus_client.registry import CollectorRegistry
 
 from .exposition import choose_encoder
+from .listen import bind_listening
 
 log = logging.getLogger("server")
 
@@ -41,11 +42,21 @@ class _Conn:
     since: float  # monotonic time the phase began
 
 
+@dataclass(frozen=True)
+class Timeouts:
+    """A listener's connection deadlines (tests shorten them; defaults read when built)."""
+
+    header: float = field(default_factory=lambda: HEADER_SECONDS)
+    idle: float = field(default_factory=lambda: IDLE_SECONDS)
+
+
 class _HTTPServer(ThreadingHTTPServer):
     request_queue_size = LISTEN_BACKLOG
     daemon_threads = True
 
     def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
+        self.header_seconds = HEADER_SECONDS  # the Listener sets its own; read at every check
+        self.idle_seconds = IDLE_SECONDS
         self.conns: dict[int, _Conn] = {}
         self.conns_lock = threading.Lock()
         self.evicted = 0  # connections closed to make room or for being too slow (tests read it)
@@ -118,13 +129,21 @@ class _HTTPServer(ThreadingHTTPServer):
         with contextlib.suppress(OSError):
             socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
+    def server_bind(self) -> None:
+        # the address picks the family: ':P' and '[::]:P' dual-stack, '[::1]:P' IPv6 (exporter/listen.py)
+        self.socket.close()
+        host, port = self.server_address[:2]
+        self.socket = bind_listening(str(host), int(port))
+        self.server_address = self.socket.getsockname()[:2]
+        self.server_name, self.server_port = str(self.server_address[0]), int(self.server_address[1])
+
     def service_actions(self) -> None:
         """Runs in the accept loop (every poll interval): drops clients that send headers too slowly."""
         now = time.monotonic()
         with self.conns_lock:
             slow = [c for c in self.conns.values()
-                    if (c.phase == "headers" and now - c.since > HEADER_SECONDS)
-                    or (c.phase == "idle" and now - c.since > IDLE_SECONDS)]
+                    if (c.phase == "headers" and now - c.since > self.header_seconds)
+                    or (c.phase == "idle" and now - c.since > self.idle_seconds)]
             for c in slow:
                 c.phase = "busy"
         for c in slow:
@@ -137,8 +156,10 @@ class Listener:
     thread_name = "http"
 
     def __init__(self, host: str, port: int, handler: type[BaseHTTPRequestHandler],
-                 ssl_context: ssl.SSLContext | None = None) -> None:
+                 ssl_context: ssl.SSLContext | None = None, timeouts: Timeouts | None = None) -> None:
         self.httpd = _HTTPServer((host, port), handler)
+        t = timeouts or Timeouts()
+        self.httpd.header_seconds, self.httpd.idle_seconds = t.header, t.idle
         if ssl_context is not None:
             # handshake in the request thread: done in accept(), one idle client would block everyone
             self.httpd.socket = ssl_context.wrap_socket(
@@ -159,6 +180,126 @@ class Listener:
         self.httpd.server_close()
 
 
+class TrackedHandler(BaseHTTPRequestHandler):
+    """The connection life every listener shares: "idle" while waiting for a request (the idle
+    deadline runs from the end of the last answer), "headers" from its first byte (the header
+    deadline), "busy" from the parsed request line and headers until the answer is written.
+    Refuses what a proxy could read otherwise: two Content-Length headers, or one that is not a number."""
+
+    protocol_version = "HTTP/1.1"
+    timeout = IDLE_SECONDS  # one silent read; the whole-header and idle deadlines are the server's
+
+    def setup(self) -> None:
+        super().setup()
+        # a read silent this long ends the connection; a second later than the server's own idle
+        # deadline, which closes a waiting connection first (and counts it)
+        self.connection.settimeout(cast(_HTTPServer, self.server).idle_seconds + 1.0)
+
+    def handle_one_request(self) -> None:
+        httpd = cast(_HTTPServer, self.server)
+        httpd.mark(self.connection, "idle")
+        try:
+            if not self.rfile.peek(1):  # type: ignore[attr-defined]
+                self.close_connection = True
+                return
+        except (OSError, ValueError):
+            self.close_connection = True
+            return
+        httpd.mark(self.connection, "headers")
+        super().handle_one_request()
+
+    def parse_request(self) -> bool:
+        ok = super().parse_request()
+        cast(_HTTPServer, self.server).mark(self.connection, "busy")
+        if not ok:
+            return False
+        lengths = self.headers.get_all("Content-Length") or []
+        if len(lengths) > 1 or (lengths and not lengths[0].strip().isdigit()):
+            self.close_connection = True
+            self.send_error(400, "one Content-Length header with a number is required")
+            return False
+        return True
+
+    def log_message(self, format: str, *args: object) -> None:
+        log.debug("%s " + format, self.client_address[0], *args)
+
+    def answer(self, code: int, body: bytes, ctype: str, headers: dict[str, str] | None = None) -> None:
+        """Status, headers and body in one write: a second small write would wait for the
+        client's delayed ACK (Nagle), 40 ms a request on a keep-alive connection."""
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(body)))
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        if self.command != "HEAD":
+            self._headers_buffer.append(b"\r\n" + body)  # type: ignore[attr-defined]
+        else:
+            self._headers_buffer.append(b"\r\n")  # type: ignore[attr-defined]
+        self.flush_headers()
+
+
+class MetricsHandler(TrackedHandler):
+    """/metrics, /healthz, /readyz of one MetricsServer (bound by `MetricsHandler.factory`)."""
+
+    owner: MetricsServer
+
+    @classmethod
+    def factory(cls, owner: MetricsServer) -> type[MetricsHandler]:
+        return type(cls.__name__, (cls,), {"owner": owner})
+
+    def parse_request(self) -> bool:
+        ok = super().parse_request()
+        # a body on GET/HEAD would be read as the next request (smuggling behind a proxy)
+        if ok and (self.headers.get("Transfer-Encoding")
+                   or self.headers.get("Content-Length", "0").strip() not in ("", "0")):
+            self.close_connection = True
+        return ok
+
+    def _send(self, code: int, body: bytes, ctype: str = "text/plain; charset=utf-8",
+              headers: dict[str, str] | None = None) -> None:
+        self.answer(code, body, ctype, headers)
+
+    def do_HEAD(self) -> None:
+        self.do_GET()
+
+    def do_GET(self) -> None:
+        server = self.owner
+        path = self.path.split("?", 1)[0]
+        # probes (kubelet, Docker HEALTHCHECK) carry no credentials; health reveals nothing
+        if (server.auth is not None and path not in ("/healthz", "/readyz")
+                and not server.auth(self.headers.get("Authorization"))):
+            self._send(401, b"Unauthorized\n", headers={"WWW-Authenticate": 'Basic realm="inference-profiler"'})
+            return
+        if path == "/metrics":
+            encoder, ctype = choose_encoder(self.headers.get("Accept", ""))
+            try:
+                body = encoder(server.registry)
+            except Exception:
+                log.exception("scrape failed")
+                self._send(500, b"scrape failed, see the exporter log\n")
+                return
+            extra: dict[str, str] = {}
+            if "gzip" in self.headers.get("Accept-Encoding", ""):
+                body = gzip.compress(body, compresslevel=1)
+                extra["Content-Encoding"] = "gzip"
+            self._send(200, body, ctype, extra)
+        elif path == "/healthz":
+            self._send(200, b"ok\n")
+        elif path == "/readyz":
+            if server.ready():
+                self._send(200, b"ready\n")
+            else:
+                self._send(503, b"sources initialising\n")
+        elif path == "/":
+            self._send(200, b"<html><body><h1>Inference Profiler</h1><p><a href='/metrics'>/metrics</a> "
+                       b"<a href='/healthz'>/healthz</a> <a href='/readyz'>/readyz</a></p></body></html>\n",
+                       "text/html; charset=utf-8")
+        else:
+            self._send(404, b"not found: try /metrics, /healthz or /readyz\n")
+
+
 class MetricsServer(Listener):
     def __init__(
         self,
@@ -168,92 +309,9 @@ class MetricsServer(Listener):
         ready: Callable[[], bool] = lambda: True,
         ssl_context: ssl.SSLContext | None = None,
         auth: AuthCheck | None = None,
+        timeouts: Timeouts | None = None,
     ) -> None:
         self.registry = registry
         self.ready = ready
         self.auth = auth
-        super().__init__(host, port, self._handler(), ssl_context)
-
-    def _handler(self) -> type[BaseHTTPRequestHandler]:
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            timeout = IDLE_SECONDS  # one silent read; the whole-header deadline is the server's
-
-            def handle_one_request(self) -> None:
-                httpd = cast(_HTTPServer, self.server)
-                httpd.mark(self.connection, "idle")
-                try:
-                    if not self.rfile.peek(1):  # type: ignore[attr-defined]
-                        self.close_connection = True
-                        return
-                except (OSError, ValueError):
-                    self.close_connection = True
-                    return
-                httpd.mark(self.connection, "headers")
-                super().handle_one_request()
-
-            def parse_request(self) -> bool:
-                ok = super().parse_request()
-                cast(_HTTPServer, self.server).mark(self.connection, "busy")
-                # a body on GET/HEAD would be read as the next request (smuggling behind a proxy)
-                if ok and (self.headers.get("Transfer-Encoding")
-                           or self.headers.get("Content-Length", "0").strip() not in ("", "0")):
-                    self.close_connection = True
-                return ok
-
-            def log_message(self, format: str, *args: object) -> None:
-                log.debug("%s " + format, self.client_address[0], *args)
-
-            def _send(self, code: int, body: bytes, ctype: str = "text/plain; charset=utf-8",
-                      headers: dict[str, str] | None = None) -> None:
-                self.send_response(code)
-                self.send_header("Content-Type", ctype)
-                for k, v in (headers or {}).items():
-                    self.send_header(k, v)
-                self.send_header("Content-Length", str(len(body)))
-                if self.close_connection:
-                    self.send_header("Connection", "close")
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(body)
-
-            def do_HEAD(self) -> None:
-                self.do_GET()
-
-            def do_GET(self) -> None:
-                path = self.path.split("?", 1)[0]
-                # probes (kubelet, Docker HEALTHCHECK) carry no credentials; health reveals nothing
-                if (server.auth is not None and path not in ("/healthz", "/readyz")
-                        and not server.auth(self.headers.get("Authorization"))):
-                    self._send(401, b"Unauthorized\n", headers={"WWW-Authenticate": 'Basic realm="inference-profiler"'})
-                    return
-                if path == "/metrics":
-                    encoder, ctype = choose_encoder(self.headers.get("Accept", ""))
-                    try:
-                        body = encoder(server.registry)
-                    except Exception:
-                        log.exception("scrape failed")
-                        self._send(500, b"scrape failed, see the exporter log\n")
-                        return
-                    extra: dict[str, str] = {}
-                    if "gzip" in self.headers.get("Accept-Encoding", ""):
-                        body = gzip.compress(body, compresslevel=1)
-                        extra["Content-Encoding"] = "gzip"
-                    self._send(200, body, ctype, extra)
-                elif path == "/healthz":
-                    self._send(200, b"ok\n")
-                elif path == "/readyz":
-                    if server.ready():
-                        self._send(200, b"ready\n")
-                    else:
-                        self._send(503, b"sources initialising\n")
-                elif path == "/":
-                    self._send(200, b"<html><body><h1>Inference Profiler</h1><p><a href='/metrics'>/metrics</a> "
-                               b"<a href='/healthz'>/healthz</a> <a href='/readyz'>/readyz</a></p></body></html>\n",
-                               "text/html; charset=utf-8")
-                else:
-                    self._send(404, b"not found: try /metrics, /healthz or /readyz\n")
-
-        return Handler
+        super().__init__(host, port, MetricsHandler.factory(self), ssl_context, timeouts)

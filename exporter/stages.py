@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from .exclusive import _exclusive_c, _exclusive_numpy, exclusive, exclusive_reference  # noqa: F401 (re-exported)
+
 # (stage, start timestamp, end timestamp), in request order. Repeated names: the last occurrence.
 SPANS: tuple[tuple[str, str, str], ...] = (
     ("http_infer", "HTTP_RECV_START", "HTTP_SEND_END"),
@@ -79,6 +81,22 @@ class Protocol(enum.IntEnum):
 
 
 PROTOCOLS: tuple[str, ...] = tuple(p.label for p in Protocol)  # label text by code
+
+
+class Outcome(enum.IntEnum):
+    """What became of a traced request (docs/traces.md, "Outcomes"); the first rule that holds."""
+
+    ANSWERED = 0
+    CANCELLED = 1  # a top-level request that sent nothing (HTTP: nor completed a response)
+    CACHE_HIT = 2  # QUEUE_START and no COMPUTE_*: answered from the response cache
+    FAILED = 3  # where the source says so (OTLP: the span status)
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
+OUTCOMES: tuple[str, ...] = tuple(o.label for o in Outcome)  # label text by code
 
 
 def frontend_protocol(timestamps: Mapping[str, int]) -> Protocol:
@@ -145,14 +163,18 @@ def countable_rows(stamps: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
 # --- the exclusive timeline ----------------------------------------------------------------
 
 # Segments by priority: an instant of [arrival, end] belongs to the first whose interval holds it.
-# (segment, start name, end name); "send" is every response's send, "frontend_overhead" the rest.
+# (segment, start name, end name); the intervals named "" are built per trace: "send" is every
+# response's send, "between_responses" the first response out to the last (after the release),
+# "frontend_overhead" the rest. "cache_hit" exists only for a cache hit (no COMPUTE_* stamps).
 SEGMENT_SPANS: tuple[tuple[str, str, str], ...] = (
     ("compute_input", "COMPUTE_START", "COMPUTE_INPUT_END"),
     ("compute_infer", "COMPUTE_INPUT_END", "COMPUTE_OUTPUT_START"),
     ("compute_output", "COMPUTE_OUTPUT_START", "COMPUTE_END"),
     ("queue", "QUEUE_START", "COMPUTE_START"),
     ("send", "", ""),
-    ("between_responses", "REQUEST_END", "INFER_RESPONSE_COMPLETE"),
+    ("cache_hit", "QUEUE_START", "REQUEST_END"),
+    ("between_responses", "", ""),
+    ("model_after_release", "REQUEST_END", "INFER_RESPONSE_COMPLETE" + FIRST_SUFFIX),
     ("handler_overhead", "REQUEST_START", "REQUEST_END"),
     ("recv", "HTTP_RECV_START", "HTTP_RECV_END"),
 )
@@ -160,70 +182,9 @@ SEGMENTS: tuple[str, ...] = (*(s for s, _, _ in SEGMENT_SPANS), "frontend_overhe
 SEGMENT: dict[str, int] = {s: i for i, s in enumerate(SEGMENTS)}
 # The order a request passes through them, for display.
 SEGMENT_ORDER: tuple[str, ...] = (
-    "recv", "queue", "compute_input", "compute_infer", "compute_output", "handler_overhead",
-    "between_responses", "send", "frontend_overhead",
+    "recv", "queue", "cache_hit", "compute_input", "compute_infer", "compute_output", "handler_overhead",
+    "model_after_release", "between_responses", "send", "frontend_overhead",
 )
-_SEND = SEGMENT["send"]
-
-
-def exclusive_reference(intervals: list[tuple[int, int, int]], lo: int, hi: int, n_segments: int) -> list[int]:
-    """Per segment, the time of [lo, hi] it owns: of (segment, start, end) intervals, the lowest
-    segment index wins where they overlap; the last segment owns what none covers."""
-    events: list[tuple[int, int, int]] = []  # (time, +1 open / -1 close, segment)
-    for seg, a, b in intervals:
-        if b > a and a < hi and b > lo:
-            events.extend(((max(a, lo), 1, seg), (min(b, hi), -1, seg)))
-    events.sort()
-    active = [0] * n_segments
-    out = [0] * n_segments
-    at = lo
-    for t, delta, seg in events:
-        if t > at:
-            owner = next((s for s in range(n_segments - 1) if active[s]), n_segments - 1)
-            out[owner] += t - at
-            at = t
-        active[seg] += delta
-    out[n_segments - 1] += hi - at
-    return out
-
-
-def _exclusive_numpy(starts: npt.NDArray[np.int64], ends: npt.NDArray[np.int64],
-                     lo: npt.NDArray[np.int64], hi: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
-    """exclusive_reference() over rows of K intervals each (interval k is segment k), vectorised;
-    starts and ends are [K, rows]."""
-    starts, ends = starts.T, ends.T
-    n, k = starts.shape
-    valid = (starts >= 0) & (ends > starts)
-    pts = np.concatenate([np.clip(starts, lo[:, None], hi[:, None]), np.clip(ends, lo[:, None], hi[:, None]),
-                          lo[:, None], hi[:, None]], axis=1)
-    pts = np.sort(pts, axis=1)
-    a, b = pts[:, :-1], pts[:, 1:]
-    cover = (valid[:, None, :] & (starts[:, None, :] <= a[:, :, None]) & (b[:, :, None] <= ends[:, None, :]))
-    owner = np.where(cover.any(axis=2), cover.argmax(axis=2), k)
-    out = np.zeros((n, k + 1), dtype=np.int64)
-    np.add.at(out, (np.repeat(np.arange(n), a.shape[1]), owner.ravel()), (b - a).ravel())
-    out[hi <= lo] = 0
-    return out
-
-
-try:
-    from .traces._scan import exclusive as _exclusive_c  # type: ignore[import-not-found,unused-ignore]
-except ImportError:  # no compiler where it was installed
-    _exclusive_c = None
-
-
-def exclusive(starts: npt.NDArray[np.int64], ends: npt.NDArray[np.int64],
-              lo: npt.NDArray[np.int64], hi: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
-    """[rows, K+1] exclusive times of K prioritised intervals per row within [lo, hi]; starts and
-    ends are [K, rows] (one interval's column of every row contiguous); rows with hi <= lo get 0."""
-    if _exclusive_c is None or not starts.shape[1]:
-        return _exclusive_numpy(starts, ends, lo, hi)
-    k, n = starts.shape
-    raw = _exclusive_c(np.ascontiguousarray(starts, dtype=np.int64), np.ascontiguousarray(ends, dtype=np.int64),
-                       np.ascontiguousarray(lo, dtype=np.int64), np.ascontiguousarray(hi, dtype=np.int64), k)
-    return np.frombuffer(raw, dtype=np.int64).reshape(n, k + 1).copy()  # writable: streaming rows are redone
-
-
 # --- the request model over a batch --------------------------------------------------------
 
 MAX_SPAN_NS = 7 * 24 * 3600 * 10**9  # longer spans are not plausible: counted, not observed
@@ -241,6 +202,7 @@ class Anatomy:
     responses: npt.NDArray[np.int64]  # responses out per row
     gap_rows: npt.NDArray[np.intp]  # inter_response: the row of each gap
     gaps: npt.NDArray[np.int64]  # and its length
+    outcome: npt.NDArray[np.int8]  # Outcome per row; cancelled rows have no response stages
 
 
 def _col(by_column: npt.NDArray[np.int64], name: str) -> npt.NDArray[np.int64]:
@@ -278,22 +240,54 @@ def response_times(row: npt.NDArray[np.int64], extra: Extra) -> list[int]:
 def trace_segments(row: npt.NDArray[np.int64], extra: Extra, lo: int, hi: int) -> list[int]:
     """The timeline of one trace, every response's send an interval of its own."""
     intervals: list[tuple[int, int, int]] = []
+    released = int(row[COLUMN["REQUEST_END"]])
     for j, (seg, a, b) in enumerate(SEGMENT_SPANS):
         if seg == "send":
             for start, end in SEND_PAIRS:
                 pairs = zip(occurrences(row, extra, start), occurrences(row, extra, end), strict=False)
                 intervals.extend((j, x, y) for x, y in pairs)
-        elif row[COLUMN[a]] >= 0 and row[COLUMN[b]] >= 0:
+        elif seg == "between_responses":
+            intervals.append((j, max(released, response_times(row, extra)[0]), hi))
+        elif row[COLUMN[a]] >= 0 and row[COLUMN[b]] >= 0 and (seg != "cache_hit" or not _computed(row)):
             intervals.append((j, int(row[COLUMN[a]]), int(row[COLUMN[b]])))
     return exclusive_reference(intervals, lo, hi, len(SEGMENTS))
+
+
+_COMPUTE_COLS = [COLUMN[n] for n in NAMES if n.startswith("COMPUTE_")]
+
+
+def _computed(row: npt.NDArray[np.int64]) -> bool:
+    return bool((row[_COMPUTE_COLS] >= 0).any())
+
+
+def outcome_codes(by_column: npt.NDArray[np.int64], failed: npt.NDArray[np.bool_] | None) -> npt.NDArray[np.int8]:
+    """The Outcome of each trace; by_column is a stamps matrix transposed (one column a row)."""
+    http = (by_column[_HTTP_COLS] >= 0).any(axis=0)
+    frontend = http | (by_column[_GRPC_COLS] >= 0).any(axis=0)
+    sent = (by_column[[COLUMN[n] for pair in SEND_PAIRS for n in pair]] >= 0).any(axis=0)
+    # gRPC writes every response it delivers (an INFER_RESPONSE_COMPLETE alone: completed after the
+    # client closed its stream); HTTP does not capture the sends of generate, so a completion counts
+    answered = sent | (http & (by_column[COLUMN["INFER_RESPONSE_COMPLETE"]] >= 0))
+    computed = (by_column[_COMPUTE_COLS] >= 0).any(axis=0)
+    hit = (by_column[COLUMN["QUEUE_START"]] >= 0) & ~computed
+    out = np.where(frontend & ~answered, Outcome.CANCELLED, np.where(hit, Outcome.CACHE_HIT, Outcome.ANSWERED))
+    if failed is not None:
+        out = np.where(failed, Outcome.FAILED, out)
+    return out.astype(np.int8)
 
 
 _COUNT_COLS = [COLUMN[n + COUNT_SUFFIX] for n in REPEATED]
 
 
-def anatomy(stamps: npt.NDArray[np.int64], extra_of: Callable[[int], Extra]) -> Anatomy:
+def anatomy(stamps: npt.NDArray[np.int64], extra_of: Callable[[int], Extra],
+            failed: npt.NDArray[np.bool_] | None = None, model: npt.NDArray[np.int64] | None = None) -> Anatomy:
     """The stage table over every row of a stamps matrix; extra_of(row) gives the every
-    occurrence of the names a row repeats more than twice."""
+    occurrence of the names a row repeats more than twice; `failed` the rows the source
+    says failed; `model` the rows' request model where the C scanner computed it as each
+    trace finished (scan_model()), so only streaming rows are redone here. Cancelled
+    requests have no response stages and no timeline."""
+    if model is not None:
+        return _scanned_anatomy(stamps, extra_of, failed, model)
     n = stamps.shape[0]
     by_column = np.ascontiguousarray(stamps.T)  # one column a contiguous row: the math below is per column
     out = np.full((len(STAGES), n), -1, dtype=np.int64)  # transposed back at the end
@@ -317,8 +311,10 @@ def anatomy(stamps: npt.NDArray[np.int64], extra_of: Callable[[int], Extra]) -> 
         observe(stage, _col(stamps, a), _col(stamps, b))
 
     # arrival at the frontend, responses out, and the end of the request
+    outcome = outcome_codes(stamps, failed)
     arrival = _first_present(_col(stamps, "HTTP_RECV_START"), _col(stamps, "GRPC_WAITREAD_END"),
                              _col(stamps, "REQUEST_START"))
+    arrival = np.where(outcome == Outcome.CANCELLED, -1, arrival)
     send_end = np.maximum(_col(stamps, "HTTP_SEND_END"), _col(stamps, "GRPC_SEND_END"))
     done = _col(stamps, "INFER_RESPONSE_COMPLETE")
     released = _col(stamps, "REQUEST_END")
@@ -340,9 +336,13 @@ def anatomy(stamps: npt.NDArray[np.int64], extra_of: Callable[[int], Extra]) -> 
             http = (_col(stamps, "HTTP_SEND_START") >= 0) & (_col(stamps, "HTTP_SEND_END") >= 0)
             sa = np.where(http, _col(stamps, "HTTP_SEND_START"), _col(stamps, "GRPC_SEND_START"))
             sb = np.where(http, _col(stamps, "HTTP_SEND_END"), _col(stamps, "GRPC_SEND_END"))
+        elif seg == "between_responses":
+            sa, sb = np.where(first >= 0, np.maximum(first, released), -1), end
         else:
             sa, sb = _col(stamps, a), _col(stamps, b)
         both = (sa >= 0) & (sb >= 0)
+        if seg == "cache_hit":
+            both &= (stamps[_COMPUTE_COLS] < 0).all(axis=0)
         starts[j] = np.where(both, sa, -1)
         ends[j] = np.where(both, sb, -1)
     segments = exclusive(starts, ends, np.where(timed, arrival, 0), np.where(timed, end, 0))
@@ -366,7 +366,7 @@ def anatomy(stamps: npt.NDArray[np.int64], extra_of: Callable[[int], Extra]) -> 
     own_frontend = (stamps[_HTTP_COLS + _GRPC_COLS] >= 0).any(axis=0)
     out[col["frontend_overhead"]] = np.where(timed & own_frontend, segments[:, SEGMENT["frontend_overhead"]], -1)
     return Anatomy(out.T, negative, implausible, segments, timed, responses,
-                   np.asarray(gap_rows, dtype=np.intp), np.asarray(gaps, dtype=np.int64))
+                   np.asarray(gap_rows, dtype=np.intp), np.asarray(gaps, dtype=np.int64), outcome)
 
 
 def custom_spans(stamps: Mapping[str, list[int]]) -> dict[str, int]:
@@ -377,3 +377,64 @@ def custom_spans(stamps: Mapping[str, list[int]]) -> dict[str, int]:
         stage, is_start = custom_stage(name)
         edges.setdefault(stage, [-1, -1])[0 if is_start else 1] = max(times)
     return {s: b - a for s, (a, b) in edges.items() if a >= 0 and b >= a}
+
+
+# --- the request model computed by the C scanner ----------------------------------------------
+
+_SEG_KIND = {"send": 1, "between_responses": 2, "cache_hit": 3}  # else a span between two columns
+# a scanner model row: the SPANS' durations, then these, then the segments
+M_E2E, M_FIRST, M_OUTCOME, M_NEGATIVE, M_IMPLAUSIBLE, M_FLAGS, M_ARRIVAL, M_END = range(len(SPANS), len(SPANS) + 8)
+M_SEGMENTS = len(SPANS) + 8
+F_TIMED, F_FRONTEND, F_STREAMING = 1, 2, 4
+
+
+def scan_model() -> tuple[int, ...]:
+    """The columns the C scanner's request model reads, in its set_model() layout; its derive()
+    follows anatomy()'s rules, which stay the reference (tests hold the two equal)."""
+    c = COLUMN
+    out = [len(SPANS), *(c[n] for _, a, b in SPANS for n in (a, b))]
+    out += [c[n] for n in ("HTTP_RECV_START", "GRPC_WAITREAD_END", "REQUEST_START", "HTTP_SEND_START",
+                           "HTTP_SEND_END", "GRPC_SEND_START", "GRPC_SEND_END", "HTTP_SEND_END" + FIRST_SUFFIX,
+                           "GRPC_SEND_END" + FIRST_SUFFIX, "INFER_RESPONSE_COMPLETE",
+                           "INFER_RESPONSE_COMPLETE" + FIRST_SUFFIX, "REQUEST_END", "QUEUE_START")]
+    for cols in (_COMPUTE_COLS, _HTTP_COLS, _GRPC_COLS, _COUNT_COLS):
+        out += [len(cols), *cols]
+    out.append(len(SEGMENT_SPANS))
+    for seg, a, b in SEGMENT_SPANS:
+        out += [_SEG_KIND.get(seg, 0), c[a] if a else 0, c[b] if b else 0]
+    return (*out, MAX_SPAN_NS)
+
+
+def _scanned_anatomy(stamps: npt.NDArray[np.int64], extra_of: Callable[[int], Extra],
+                     failed: npt.NDArray[np.bool_] | None, model: npt.NDArray[np.int64]) -> Anatomy:
+    n = stamps.shape[0]
+    by_stage = np.empty((len(STAGES), n), dtype=np.int64)  # a stage's rows contiguous, as anatomy() gives
+    by_stage[:len(SPANS)] = model[:, :len(SPANS)].T
+    by_stage[STAGES.index("end_to_end")] = model[:, M_E2E]
+    by_stage[STAGES.index("first_response")] = model[:, M_FIRST]
+    durations = by_stage.T
+    flags = model[:, M_FLAGS]
+    timed = (flags & F_TIMED) != 0
+    streaming = np.flatnonzero(flags & F_STREAMING)
+    segments = model[:, M_SEGMENTS:]
+    outcome = model[:, M_OUTCOME].astype(np.int8)
+    if failed is not None:
+        outcome[failed] = Outcome.FAILED
+    sends = (np.maximum(stamps[:, COLUMN["HTTP_SEND_END" + COUNT_SUFFIX]], 0)
+             + np.maximum(stamps[:, COLUMN["GRPC_SEND_END" + COUNT_SUFFIX]], 0))
+    responses = np.where(sends > 0, sends, np.maximum(stamps[:, COLUMN["INFER_RESPONSE_COMPLETE" + COUNT_SUFFIX]], 1))
+    gap_rows: list[int] = []
+    gaps: list[int] = []
+    if len(streaming):
+        segments = segments.copy()  # the scanner's rows are read-only; streaming rows are redone
+        for i in streaming.tolist():
+            row, ex = stamps[i], extra_of(i)
+            segments[i] = trace_segments(row, ex, int(model[i, M_ARRIVAL]), int(model[i, M_END]))
+            times = response_times(row, ex)
+            gap_rows.extend([i] * (len(times) - 1))
+            gaps.extend(b - a for a, b in itertools.pairwise(times))
+    durations[:, STAGES.index("handler_overhead")] = np.where(timed, segments[:, SEGMENT["handler_overhead"]], -1)
+    durations[:, STAGES.index("frontend_overhead")] = np.where(
+        timed & ((flags & F_FRONTEND) != 0), segments[:, SEGMENT["frontend_overhead"]], -1)
+    return Anatomy(durations, model[:, M_NEGATIVE], model[:, M_IMPLAUSIBLE], segments, timed, responses,
+                   np.asarray(gap_rows, dtype=np.intp), np.asarray(gaps, dtype=np.int64), outcome)

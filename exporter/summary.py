@@ -28,6 +28,7 @@ from .stages import (
     COLUMN,
     INTER_RESPONSE,
     KNOWN_TIMESTAMPS,
+    OUTCOMES,
     PROTOCOLS,
     REPEATED,
     SEGMENT,
@@ -41,7 +42,7 @@ from .stages import (
 from .traces.assembly import StreamState, Trace, TraceBatch
 from .traces.discovery import stream_of
 from .traces.pipeline import Batch, file_batches, released
-from .traces.records import ReadResult
+from .traces.records import TENSOR_RECORD, ReadResult
 
 GroupKey = tuple[str, str, str]  # model, version, protocol
 
@@ -114,6 +115,7 @@ def iter_batches(paths: list[str], rejected: Counter[str], progress: Progress) -
 @dataclass
 class Group:
     traces: int = 0
+    outcomes: Counter[str] = field(default_factory=Counter)  # traces by outcome
     stages: dict[str, QuantileSketch] = field(default_factory=dict)
     responses: QuantileSketch = field(default_factory=QuantileSketch)
     segments: list[int] = field(default_factory=lambda: [0] * len(SEGMENTS))  # ns per segment
@@ -158,12 +160,15 @@ def collect(paths: list[str], models: list[str] | None, progress: Progress, show
             g = groups.setdefault((model, version, PROTOCOLS[code]), Group())
             sel = gidx == k
             g.traces += int(sel.sum())
+            for code, n in enumerate(np.bincount(an.outcome[sel], minlength=len(OUTCOMES)).tolist()):
+                if n:
+                    g.outcomes[OUTCOMES[code]] += n
             by_stage = an.durations.T  # [stages, rows], a stage's values contiguous
             for j, stage in enumerate(STAGES):
                 d = by_stage[j] if len(keys) == 1 else by_stage[j][sel]
                 g.add(stage, d[d >= 0])
             g.add(INTER_RESPONSE, an.gaps[sel[an.gap_rows]])
-            g.responses.add_many(an.responses[sel])
+            g.responses.add_many(an.responses[sel & (an.outcome != OUTCOMES.index("cancelled"))])
             timed = sel & an.timed
             g.timed += int(timed.sum())
             g.segments = [a + int(b) for a, b in zip(g.segments, an.segments[timed].sum(axis=0), strict=True)]
@@ -249,7 +254,9 @@ def _ms(v: float) -> str:
 
 def print_table(groups: dict[GroupKey, Group], rejected: Counter[str], out: TextIO) -> None:
     for (model, version, protocol), g in sorted(groups.items()):
-        out.write(f"\n{model} (version {version}) over {protocol}: {g.traces} traces\n")
+        others = ", ".join(f"{n} {o.replace('_', ' ')}" for o, n in sorted(g.outcomes.items()) if o != "answered")
+        out.write(f"\n{model} (version {version}) over {protocol}: {g.traces} traces"
+                  f"{f' ({others})' if others else ''}\n")
         out.write(f"  {'stage':<18}{'count':>8}{'mean ms':>11}{'p50 ms':>11}{'p90 ms':>11}{'p99 ms':>11}\n")
         for stage in sorted(g.stages, key=_stage_order):
             st = stage_stats(g.stages[stage])
@@ -261,8 +268,12 @@ def print_table(groups: dict[GroupKey, Group], rejected: Counter[str], out: Text
                       f"{r['p90']:10.0f} {r['p99']:10.0f}   (per request)\n")
     if not groups:
         out.write("no complete traces found (traces need REQUEST_START and REQUEST_END)\n")
-    if rejected:
-        out.write("\nrejected: " + ", ".join(f"{k}={v}" for k, v in sorted(rejected.items())) + "\n")
+    tensors = rejected.get(TENSOR_RECORD, 0)
+    bad = {k: v for k, v in rejected.items() if k != TENSOR_RECORD}
+    if tensors:
+        out.write(f"\ntensor records (trace level TENSORS) skipped: {tensors}\n")
+    if bad:
+        out.write("\nrejected: " + ", ".join(f"{k}={v}" for k, v in sorted(bad.items())) + "\n")
 
 
 def _stage_order(stage: str) -> tuple[int, str]:
@@ -291,13 +302,15 @@ def as_json(groups: dict[GroupKey, Group], rejected: Counter[str], files: int) -
         "groups": [
             {
                 "model": m, "version": v, "protocol": p, "traces": g.traces,
+                "outcomes": {o: g.outcomes.get(o, 0) for o in OUTCOMES},
                 "stages": {s: stage_stats(g.stages[s]) for s in sorted(g.stages, key=_stage_order)},
                 "responses": stage_stats(g.responses, 1),
                 "timeline": timeline(g),
             }
             for (m, v, p), g in sorted(groups.items())
         ],
-        "rejected": dict(sorted(rejected.items())),
+        "rejected": dict(sorted((k, v) for k, v in rejected.items() if k != TENSOR_RECORD)),
+        "tensor_records": rejected.get(TENSOR_RECORD, 0),
         "unit": "seconds",
     }
 

@@ -1,6 +1,6 @@
 """`summary --format trace_summary`: the layout and numbers of Triton's qa/common/trace_summary.py.
 
-Same spans and arithmetic as its current version (sums of integer ns divided by
+Same spans and arithmetic as its current version, and its `Data Flow:` block (trace_summary_flow) (sums of integer ns divided by
 count*1000, printed with Python's default float formatting), per file, HTTP then
 GRPC; GRPC infer starts at GRPC_WAITREAD_END as in docs/metrics.md. One difference, on purpose:
 a negative span is skipped where trace_summary.py stops with ValueError, and a trace
@@ -19,6 +19,7 @@ import numpy.typing as npt
 
 from .inputs import open_input
 from .stages import COLUMN, SPANS
+from .trace_summary_flow import Shape, write_dataflow
 from .traces.assembly import Trace, TraceBatch
 from .traces.records import ChunkEnd, Header, ReadResult, Stamps, read_records
 from .traces.scanner import FileScan
@@ -187,39 +188,6 @@ def write_models(frontend: str, models: dict[tuple[str, str], _Model], out: Text
             out.write(f"\t\t\tOutput (avg): {sp['COMPUTE_OUTPUT'] / (cnt * 1000)}us\n")
 
 
-def dataflow(traces: dict[int, Trace], out: TextIO) -> None:
-    """The 'Data Flow' block trace_summary.py prints for ensembles (tensor dumps need level TENSORS)."""
-    children: dict[int, list[int]] = {}
-    for tid in sorted(traces):
-        p = traces[tid].parent_id
-        if p is not None:
-            children.setdefault(p, []).append(tid)
-    if children:
-        _write_flow(next(iter(children)), children, traces, out)
-
-
-def _write_flow(root: int, children: dict[int, list[int]], traces: dict[int, Trace], out: TextIO) -> None:
-    out.write("Data Flow:\n")
-
-    def depth_of(tid: int) -> int:
-        return 1 + max((depth_of(c) for c in children.get(tid, [])), default=-1) if tid in children else 0
-
-    depth = depth_of(root)
-
-    def show(tid: int, step: int) -> None:
-        tabs = "\t" * (step + 1)
-        line = "=" * (50 + 8 * (depth - step))
-        out.write(f"{tabs}{line}\n")
-        t = traces.get(tid)
-        if t is not None and t.model is not None and t.stamps:
-            out.write(f"{tabs}Name:   {t.model}\n{tabs}Version:{t.version}\n")
-        out.write(f"{tabs}{line}\n")
-        for c in children.get(tid, []):
-            show(c, step + 1)
-
-    show(root, 0)
-
-
 WINDOW = 16384  # traces held open while a file streams, as the daemon's default
 RECENT = 1 << 15  # frontends remembered for children that finish after their parent
 MAX_WAITING = 10000  # children waiting for a parent not finished yet
@@ -235,15 +203,9 @@ class StreamedFile:
         self.models: dict[str, dict[tuple[str, str], _Model]] = {f: {} for f in FRONTENDS}
         self.frontend: OrderedDict[int, str | None] = OrderedDict()
         self.waiting: OrderedDict[int, list[Trace]] = OrderedDict()
-        self.names: dict[int, tuple[str, str]] = {}  # the first ensemble's traces -> (model, version)
-        self._last: TraceBatch | None = None
-        self.flow_root: int | None = None  # the first ensemble: its tree is the Data Flow block
-        self.flow_children: dict[int, list[int]] = {}
-        self.flow_nodes: set[int] = set()  # ids in the first ensemble's tree
 
     def add(self, t: Trace) -> None:
         if t.parent_id is not None:
-            self._flow(t)
             if t.parent_id not in self.frontend:
                 self.waiting.setdefault(t.parent_id, []).append(t)
                 _trim(self.waiting, MAX_WAITING)
@@ -271,7 +233,6 @@ class StreamedFile:
                 self._resolve(child, frontend_of[pid])
         for i in np.flatnonzero(~top).tolist():
             self.add(batch.trace(i))
-        self._remember_names(batch)
 
     def _sum_rows(self, frontend: str, batch: TraceBatch, rows: npt.NDArray[np.intp]) -> None:
         """_accumulate() over many top-level traces of one frontend at once (exact integer sums)."""
@@ -325,22 +286,6 @@ class StreamedFile:
             for g in np.flatnonzero(present).tolist():
                 out[g].spans[name] += int(sums[g])  # a negative span adds 0 but the key exists
 
-    def _remember_names(self, batch: TraceBatch) -> None:
-        """Names of the first ensemble's traces, for the Data Flow block."""
-        if self.flow_root is None and not (batch.parents >= 0).any():
-            self._last = batch  # the root may finish a batch before its first child
-            return
-        for b in (self._last, batch):
-            if b is None:
-                continue
-            rows = np.flatnonzero(np.isin(b.ids, list(self.flow_nodes)))
-            for i in rows.tolist():
-                h = int(b.hdr[i])
-                if h >= 0 and (b.stamps[i] >= 0).any():
-                    model, version = b.headers[h]
-                    self.names[int(b.ids[i])] = (model, version or "")
-        self._last = batch
-
     def _resolve(self, t: Trace, frontend: str | None) -> None:
         todo = [(t, frontend)]
         while todo:
@@ -351,21 +296,9 @@ class StreamedFile:
                 _accumulate(self.models[f], f, tr, self.wanted)
             todo.extend((c, f) for c in self.waiting.pop(tr.id, []))
 
-    def _flow(self, t: Trace) -> None:
-        assert t.parent_id is not None
-        if self.flow_root is None:
-            self.flow_root = t.parent_id
-            self.flow_nodes.add(t.parent_id)
-        if t.parent_id in self.flow_nodes and len(self.flow_nodes) < 1024:
-            self.flow_children.setdefault(t.parent_id, []).append(t.id)
-            self.flow_nodes.add(t.id)
-
     def write(self, out: TextIO) -> int:
         for f in FRONTENDS:
             write_models(f, self.models[f], out)
-        if self.flow_root is not None:
-            traces = {tid: Trace(tid, name[0], name[1], stamps={"_": 0}) for tid, name in self.names.items()}
-            _write_flow(self.flow_root, self.flow_children, traces, out)
         return sum(m.count for models in self.models.values() for m in models.values())
 
 
@@ -375,13 +308,18 @@ def _trim(d: OrderedDict[int, Any], bound: int) -> None:
 
 
 def stream_file(path: str, wanted: set[str] | None, out: TextIO) -> int:
-    """One file summarized as it is read (the daemon's scanner, columns summed with numpy)."""
+    """One file summarized as it is read (the daemon's scanner, columns summed with numpy), then
+    its Data Flow block."""
     summed = StreamedFile(wanted)
+    shape = Shape()
     scan = FileScan(WINDOW, lambda r: None)
     with open_input(path) as fp:
-        for batch in scan.batches(fp, ReadResult(), salvage_tail=True):
+        for batch in scan.batches(fp, ReadResult(), salvage_tail=True, on_tensor=shape.tensor):
             summed.add_batch(batch)
-    return summed.write(out)
+            shape.add_batch(batch)
+    n = summed.write(out)
+    write_dataflow(path, out, shape)
+    return n
 
 
 def run_trace_summary(paths: list[str], show_trace: bool, out: TextIO, models: list[str] | None = None) -> int:
@@ -396,7 +334,7 @@ def run_trace_summary(paths: list[str], show_trace: bool, out: TextIO, models: l
         traces, raw, first_parent = load_file(path)
         summed += summarize("http", traces, raw, first_parent, show_trace, out, wanted)
         summed += summarize("grpc", traces, raw, first_parent, show_trace, out, wanted)
-        dataflow(traces, out)
+        write_dataflow(path, out)
     if not summed:
         what = f"for model {', '.join(sorted(wanted))}" if wanted else f"in {', '.join(paths)}"
         print(f"inference-profiler: no complete traces found {what}", file=sys.stderr)

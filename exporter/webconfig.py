@@ -22,6 +22,7 @@ import logging
 import os
 import ssl
 import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -48,6 +49,8 @@ CLIENT_AUTH = {
 }
 TLS_KEYS = {"cert_file", "key_file", "client_ca_file", "client_auth_type", "min_version", "max_version"}
 TOP_KEYS = {"tls_server_config", "basic_auth_users", "http_server_config"}
+CHECKS_PER_SECOND = 4.0  # bcrypt checks of unknown headers a second (about 60 ms of CPU each at cost 12)
+CHECKS_BURST = 8
 HASH_WAIT_SECONDS = 5.0  # a check waits this long for the hashing slot, then fails
 
 
@@ -152,15 +155,25 @@ class BasicAuth:
     """Checks an Authorization header against bcrypt hashes; remembers recent successes.
 
     Every failure costs one bcrypt check at the users' own work factor, so timing does not
-    tell an unknown user from a wrong password; one check runs at a time, so a burst of
-    wrong passwords takes one core, not all of them.
+    tell an unknown user from a wrong password; one check runs at a time, and checks that
+    were not answered from memory draw on a token bucket (`checks_per_second`, `burst`): a
+    stream of wrong passwords costs at most that many bcrypt checks a second, the rest are
+    refused unchecked. A header seen to fail is refused from memory; a success refunds its
+    token and is remembered, so a flood does not lock out a scraper that was already in.
     """
 
     CACHE_SIZE = 64
+    FAILED_CACHE_SIZE = 1024
 
-    def __init__(self, users: Mapping[str, bytes]) -> None:
+    def __init__(self, users: Mapping[str, bytes], checks_per_second: float = CHECKS_PER_SECOND,
+                 burst: int = CHECKS_BURST) -> None:
         self.users = dict(users)
+        self.rate, self.burst = checks_per_second, burst
+        self._tokens = float(burst)
+        self._refilled = time.monotonic()
+        self.unchecked = 0  # refused without a bcrypt check (tests read it)
         self._ok: dict[bytes, None] = {}  # digests of accepted header values, oldest first
+        self._failed: dict[bytes, None] = {}  # digests of refused header values, oldest first
         self._lock = threading.Lock()
         self._hashing = threading.BoundedSemaphore(1)
         # checked against when the user is unknown: the same cost as the slowest real hash
@@ -185,6 +198,9 @@ class BasicAuth:
         with self._lock:
             if key in self._ok:
                 return True
+            if key in self._failed or not self._take_token():
+                self.unchecked += 1
+                return False
         pw = password.encode()
         too_long = len(pw) > 72  # bcrypt >= 5 refuses these; still pay the same cost below
         if not self._hashing.acquire(timeout=HASH_WAIT_SECONDS):
@@ -195,9 +211,20 @@ class BasicAuth:
             ok = False
         finally:
             self._hashing.release()
-        if ok:
-            with self._lock:
-                self._ok[key] = None
-                while len(self._ok) > self.CACHE_SIZE:
-                    del self._ok[next(iter(self._ok))]
+        with self._lock:
+            memo, size = (self._ok, self.CACHE_SIZE) if ok else (self._failed, self.FAILED_CACHE_SIZE)
+            memo[key] = None
+            while len(memo) > size:
+                del memo[next(iter(memo))]
+            if ok:
+                self._tokens = min(float(self.burst), self._tokens + 1)
         return ok
+
+    def _take_token(self) -> bool:
+        now = time.monotonic()
+        self._tokens = min(float(self.burst), self._tokens + (now - self._refilled) * self.rate)
+        self._refilled = now
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True

@@ -8,6 +8,7 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from grafana_foundation_sdk.builders.dashboard import Dashboard
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
@@ -25,10 +26,41 @@ DASHBOARDS: dict[str, Callable[[], Dashboard]] = {
 }
 
 
+# Grafana's import asks for this input and writes the chosen Prometheus wherever ${DS_PROMETHEUS}
+# stands: only in the datasource variable's default, so file provisioning (the sidecar), which
+# does not substitute inputs, falls back to its default Prometheus instead of a missing uid
+DS_INPUT = "DS_PROMETHEUS"
+MIN_GRAFANA = "10.0.0"
+
+
+def importable(model: dict[str, Any]) -> dict[str, Any]:
+    """What Grafana's "export for sharing externally" adds: __inputs, __requires and the
+    datasource placeholder; and the Prometheus annotation fields the builder has no setter for."""
+    out = json.loads(json.dumps(model, cls=JSONEncoder))
+    out["__inputs"] = [{"name": DS_INPUT, "label": "Prometheus", "type": "datasource", "pluginId": "prometheus",
+                        "pluginName": "Prometheus",
+                        "description": "the Prometheus that scrapes the inference-profiler exporters"}]
+    panel_types = sorted({p["type"] for top in out["panels"] for p in (top, *top.get("panels", []))
+                          if p["type"] != "row"})
+    out["__requires"] = [
+        {"type": "grafana", "id": "grafana", "name": "Grafana", "version": MIN_GRAFANA},
+        {"type": "datasource", "id": "prometheus", "name": "Prometheus", "version": "1.0.0"},
+        *({"type": "panel", "id": t, "name": t, "version": ""} for t in panel_types),
+    ]
+    for v in out["templating"]["list"]:
+        if v["type"] == "datasource":
+            placeholder = "${" + DS_INPUT + "}"
+            v["current"] = {"selected": True, "text": placeholder, "value": placeholder}
+    for a in out["annotations"]["list"]:
+        a.setdefault("titleFormat", a["name"])
+        a.setdefault("tagKeys", "instance,target")
+    return out
+
+
 def render(name: str) -> str:
     """The dashboard's JSON text, stable across runs (sorted keys, trailing newline)."""
-    model = DASHBOARDS[name]().build()
-    return json.dumps(model, cls=JSONEncoder, sort_keys=True, indent=2) + "\n"
+    model = importable(DASHBOARDS[name]().build())
+    return json.dumps(model, sort_keys=True, indent=2) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:

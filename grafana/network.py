@@ -32,6 +32,7 @@ from .selectors import POD, TARGET
 UID = "inference-profiler-network"
 LAT = P + "tcp_latency_seconds"
 SQ = P + "tcp_socket_queue_seconds"
+STAGE = P + "stage_duration_seconds"  # traced requests, whose buckets carry exemplars
 MSG = P + "tcp_message_bytes"
 RTT = P + "tcp_srtt_seconds"
 SEL = f'{TARGET}, {POD}, port=~"$port", role=~"$role"'
@@ -96,10 +97,14 @@ def latency_heatmap() -> heatmap.Panel:
 def latency_panels() -> list[PanelBuilder]:
     pct = (
         timeseries.Panel().title("Socket latency p50 / p99 by port and role").unit("s").height(8).span(24)
-        .description("Percentiles of socket request-to-response time; compare the server role with "
-                     "Triton's request stage to see time spent outside Triton.")
+        .description("Percentiles of socket request-to-response time, and the traced requests' "
+                     "end_to_end p99 (its exemplar dots open a slow request's trace): the server role "
+                     "above the traced line is time spent outside Triton.")
         .with_target(query(quantile(0.5, LAT, SEL, "port, role"), "{{port}} {{role}} p50", "A"))
         .with_target(query(quantile(0.99, LAT, SEL, "port, role"), "{{port}} {{role}} p99", "B"))
+        # the traced requests' own p99 beside it: its exemplars open the slow request's trace
+        .with_target(query(quantile(0.99, STAGE, f'{TARGET}, {POD}, stage="end_to_end"', ""),
+                           "traced end_to_end p99", "C"))
     )
     return [pct]
 

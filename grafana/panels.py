@@ -20,7 +20,7 @@ from grafana_foundation_sdk.models.dashboard import (
 )
 from grafana_foundation_sdk.models.prometheus import PromQueryFormat
 
-from .selectors import JOB, TARGET
+from .selectors import DASHBOARD_JOB, JOB_NAME, TARGET
 
 P = "inference_profiler_"
 DATASOURCE = DataSourceRef(type_val="prometheus", uid="${datasource}")
@@ -41,18 +41,30 @@ def dashboard_links() -> db.DashboardLink:
     )
 
 
+def restart_annotations() -> list[db.AnnotationQuery]:
+    """Marks where an exporter or a Triton restarted: a step in a latency line often starts there."""
+    return [
+        db.AnnotationQuery().name("Exporter restarts").datasource(DATASOURCE).enable(True).icon_color("orange")
+        .expr(f"changes(process_start_time_seconds{{{TARGET}}}[$__interval]) > 0"),
+        # Triton's counters start again from 0 when it restarts
+        db.AnnotationQuery().name("Triton restarts").datasource(DATASOURCE).enable(True).icon_color("red")
+        .expr(f"sum by (target) (resets({P}triton_requests_total{{{TARGET}}}[$__interval])) > 0"),
+    ]
+
+
 def base_dashboard(title: str, uid: str, description: str, tags: list[str], variables: list[VariableBuilder],
                    *, refresh: str = "30s", since: str = "now-30m") -> db.Dashboard:
-    """What every dashboard of ours sets the same way: identity, refresh, range, shared crosshair, links."""
+    """What every dashboard of ours sets the same way: identity, refresh, range, shared crosshair, links,
+    restart annotations."""
     return (
         db.Dashboard(title).uid(uid).description(description).tags([TAG, *(t for t in tags if t != TAG)])
         .refresh(refresh).time(since, "now").tooltip(DashboardCursorSync.CROSSHAIR).variables(variables)
-        .link(dashboard_links())
+        .link(dashboard_links()).annotations(restart_annotations())
     )
 
 
-# the histogram whose buckets carry exemplars (docs/otlp.md)
-EXEMPLAR_BUCKETS = "inference_profiler_stage_duration_seconds_bucket"
+# the family whose buckets carry exemplars (trace_id, request_id: docs/otlp.md)
+EXEMPLAR_FAMILY = "inference_profiler_stage_duration_seconds"
 
 
 def query(expr: str, legend: str = "", ref: str = "A", *, instant: bool = False,
@@ -62,7 +74,7 @@ def query(expr: str, legend: str = "", ref: str = "A", *, instant: bool = False,
     if legend:
         q = q.legend_format(legend)
     q = q.instant() if instant else q.range()
-    if not instant and expr.startswith("histogram_quantile(") and EXEMPLAR_BUCKETS in expr:
+    if not instant and EXEMPLAR_FAMILY in expr and ("histogram_quantile(" in expr or heatmap):
         q = q.exemplar(True)  # points that open the slow request's trace (the trace_id exemplar label)
     if table:
         q = q.format(PromQueryFormat.TABLE)
@@ -96,13 +108,23 @@ def label_variable(name: str, title: str, metric: str, *, multi: bool = True,
     return v
 
 
+def job_variable() -> db.QueryVariable:
+    """The scrape job of the exporters, default the repository's own (grafana/selectors.py)."""
+    return (
+        label_variable("job", "Job", f"{P}build_info", multi=False,
+                       description=f"the Prometheus job scraping the exporters (ours: {JOB_NAME})")
+        .current(VariableOption(text=JOB_NAME, value=JOB_NAME, selected=True))
+    )
+
+
 def target_variables(description: str = "exporter instances (one per node)") -> list[VariableBuilder]:
-    """cluster (optional: empty without the label) and the exporter instances of the job."""
+    """the job, cluster (optional: empty without the label) and the exporter instances of the job."""
     return [
-        label_variable("cluster", "Cluster", f"{P}build_info{{{JOB}}}",
+        job_variable(),
+        label_variable("cluster", "Cluster", f"{P}build_info{{{DASHBOARD_JOB}}}",
                        description="the cluster label Prometheus adds where one Grafana shows several; "
                                    "empty (All) where it adds none"),
-        label_variable("instance", "Exporter", f'{P}build_info{{{JOB}, cluster=~"$cluster"}}',
+        label_variable("instance", "Exporter", f'{P}build_info{{{DASHBOARD_JOB}, cluster=~"$cluster"}}',
                        description=description),
     ]
 

@@ -53,9 +53,12 @@ UID = "inference-stage-timeline"
 STAGE = P + "stage_duration_seconds"
 TIMELINE = P + "timeline_seconds_total"
 TRACES = P + "traces_total"
+REQUESTS = P + "requests_total"
 RESPONSES = P + "responses_per_request"
 SEL = f'{TARGET}, {POD}, model="$model", version=~"$version", protocol=~"$protocol"'
 SOCKET = P + "tcp_socket_queue_seconds"
+# requests with a timeline: every trace but the cancelled ones (docs/traces.md, "Outcomes")
+TIMED = f'{STAGE}_count{{{SEL}, stage="end_to_end"}}'
 
 # (title, segment) in the order a request passes through Triton: the exporter's own table,
 # whose segments are exclusive (each instant of a request in exactly one) and add up to end_to_end
@@ -70,13 +73,13 @@ NOT_STREAMING = ("No streaming: no request of this model had more than one respo
 def segment_queries() -> tuple[list[prometheus.Dataquery], dict[str, str]]:
     """Per segment, its time per traced request over the range: one table row keyed by model.
 
-    Divided by every trace (not by the traces that have the segment), so the parts add up to
-    the mean end-to-end time."""
+    Divided by every request with a timeline (not by the traces that have the segment), so the
+    parts add up to the mean end-to-end time."""
     targets, names = [], {}
     for i, (title, segment) in enumerate(SEGMENTS):
         expr = (
             f'sum by (model) (increase({TIMELINE}{{{SEL}, segment="{segment}"}}[$__range]))\n'
-            f"/ sum by (model) (increase({TRACES}{{{SEL}}}[$__range]))"
+            f"/ sum by (model) (increase({TIMED}[$__range]))"
         )
         targets.append(query(expr, title, REFS[i], instant=True, table=True))
         names[REFS[i]] = title
@@ -115,6 +118,24 @@ def overview_panels() -> list[PanelBuilder]:
     return [traces, mean_e2e, p99, socket]
 
 
+def outcome_panels() -> list[PanelBuilder]:
+    """What became of the requests, beside their latency: cancellations are a latency symptom."""
+    by_outcome = timeseries.Panel().title("Requests by outcome").unit("reqps").height(7).span(16).description(
+        "Traced requests per second by outcome: answered, cancelled (the client gave up or its deadline "
+        "passed before any response went out; such requests are left out of the latency panels), cache hit "
+        "(answered from Triton's response cache, its own segment in the timeline), failed (where the source "
+        "says so: the OTLP span status)."
+    ).fill_opacity(40).stacking(cb.StackingConfig().mode(common.StackingMode.NORMAL)).with_target(
+        query(f'sum by (outcome) (rate({REQUESTS}{{{SEL}}}[$__rate_interval]))', "{{outcome}}"))
+    cancelled = stat.Panel().title("Cancelled share").unit("percentunit").height(7).span(8).description(
+        "Share of this model's traced requests cancelled before any response went out, over the time range: "
+        "clients timing out or giving up. A rising share fires InferenceProfilerCancelledShareRising."
+    ).with_target(query(
+        f'(sum(increase({REQUESTS}{{{SEL}, outcome="cancelled"}}[$__range])) or vector(0))\n'
+        f'/ sum(increase({REQUESTS}{{{SEL}}}[$__range]))', "cancelled", instant=True))
+    return [by_outcome, cancelled]
+
+
 def timeline_bar() -> barchart.Panel:
     targets, names = segment_queries()
     p = (
@@ -127,7 +148,7 @@ def timeline_bar() -> barchart.Panel:
             "a request belongs to exactly one, the innermost span open then (compute parts over queue, over "
             "send, over the handler, over recv, over the rest of the frontend; between responses is a "
             "streaming request's time after the handler released it). Each part is its total time divided "
-            "by all traced requests."
+            "by all traced requests with a timeline (cancelled requests have none)."
         )
         .unit("s")
         .height(7)
@@ -181,7 +202,7 @@ def means_over_time() -> timeseries.Panel:
     for i, (title, segment) in enumerate(SEGMENTS):
         p = p.with_target(query(
             f'sum by (model) (rate({TIMELINE}{{{SEL}, segment="{segment}"}}[$__rate_interval]))\n'
-            f"/ sum by (model) (rate({TRACES}{{{SEL}}}[$__rate_interval]))", title, REFS[i]))
+            f"/ sum by (model) (rate({TIMED}[$__rate_interval]))", title, REFS[i]))
     return p
 
 
@@ -285,6 +306,8 @@ def dashboard() -> db.Dashboard:
         .with_row(db.Row("Overview"))
     )
     for p in overview_panels():
+        d = d.with_panel(p)
+    for p in outcome_panels():
         d = d.with_panel(p)
     d = d.with_panel(timeline_bar()).with_panel(share_pie()).with_panel(means_over_time())
     d = d.with_panel(findings_panel('model="$model", version=~"$version"'))

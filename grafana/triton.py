@@ -81,10 +81,11 @@ def traffic_panels() -> list[PanelBuilder]:
     )
     outcome = (
         timeseries.Panel().title("Requests by outcome").unit("reqps").height(8).span(8)
-        .description("Successful and failed requests per second: is any model failing?")
+        .description("Successful and failed requests per second, failures by Triton's reason: REJECTED "
+                     "(the queue policy refused them: add capacity), CANCELED, BACKEND, OTHER.")
         .with_target(query(
-            f"sum by (model, outcome) (rate({T}requests_total{{{SEL}}}[$__rate_interval]))",
-            "{{model}} {{outcome}}"))
+            f"sum by (model, outcome, reason) (rate({T}requests_total{{{SEL}}}[$__rate_interval]))",
+            "{{model}} {{outcome}} {{reason}}"))
     )
     pending = (
         timeseries.Panel().title("Pending requests").unit("short").height(8).span(8)

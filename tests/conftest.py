@@ -1,7 +1,7 @@
 """Shared test setup: real parts (Triton, eBPF, Prometheus, a newer CPython, podman) are required where
 the machine can.
 
-A test marked `triton`, `ebpf`, `prometheus`, `newest_python` or `podman` is skipped only when the machine truly
+A test marked `triton`, `ebpf`, `prometheus`, `newest_python`, `podman` or `helm` is skipped only when the machine truly
 cannot run it, with the reason; with INFPROF_REQUIRE=all (as .ci/run sets) such a
 skip is a failure instead, so CI cannot pass by skipping the real tests.
 """
@@ -80,6 +80,13 @@ def _newest_python() -> str | None:
     return None
 
 
+def _helm() -> str | None:
+    found = newest_python()
+    if found is None or found[1] < (3, 12):
+        return "helm-sdkpy (Helm's engine) needs CPython >= 3.12 (pyenv install 3.12)"
+    return None
+
+
 def _podman() -> str | None:
     if os.geteuid() != 0:
         return "building and running the image with podman needs root here"
@@ -90,7 +97,7 @@ def _podman() -> str | None:
 
 
 CAPABILITIES = {"triton": _triton, "ebpf": _ebpf, "prometheus": _prometheus, "newest_python": _newest_python,
-                "podman": _podman}
+                "podman": _podman, "helm": _helm}
 _cache: dict[str, str | None] = {}
 
 

@@ -6,8 +6,8 @@ import re
 from pathlib import Path
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "metrics.md"
-# a table row: | `inference_profiler_x` | type | labels | unit | what |
-ROW = re.compile(r"^\| `(inference_profiler_\w+)` \| (counter|gauge|histogram) \| ([^|]*)\|", re.M)
+# a table row (ours, or the shared process_* names): | `inference_profiler_x` | type | labels | unit | what |
+ROW = re.compile(r"^\| `((?:inference_profiler|process)_\w+)` \| (counter|gauge|histogram|summary) \| ([^|]*)\|", re.M)
 
 
 def documented_families() -> dict[str, str]:

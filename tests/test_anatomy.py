@@ -97,25 +97,31 @@ def test_unary_http_trace_where_the_handler_outlives_the_send() -> None:
     an = batch.anatomy(np.arange(1))
     seg = dict(zip(SEGMENTS, an.segments[0].tolist(), strict=True))
     assert seg == {"compute_input": 10, "compute_infer": 690, "compute_output": 60, "queue": 90, "send": 15,
-                   "between_responses": 0, "handler_overhead": 30, "recv": 10, "frontend_overhead": 90}
+                   "cache_hit": 0, "between_responses": 0, "model_after_release": 0, "handler_overhead": 30, "recv": 10,
+                   "frontend_overhead": 90}
     assert an.durations[0, STAGES.index("end_to_end")] == 995
     assert an.durations[0, STAGES.index("first_response")] == 995
     assert an.negative.sum() == 0
 
 
 def test_streaming_from_a_thread() -> None:
-    """execute() returned at once: the responses come after the release, each send its own."""
+    """execute() returned at once: the responses come after the release, each send its own. As
+    Triton writes it over gRPC: one INFER_RESPONSE_COMPLETE, when the thread completes its first
+    response. Release -> that completion is the model's (its thread); the first response out ->
+    the last is between_responses, sends apart; the frontend keeps only its own gaps."""
     stamps = [("GRPC_WAITREAD_END", 0), ("REQUEST_START", 10), ("QUEUE_START", 20), ("COMPUTE_START", 30),
               ("COMPUTE_INPUT_END", 40), ("COMPUTE_OUTPUT_START", 50), ("COMPUTE_END", 60), ("REQUEST_END", 70)]
     for i in range(3):
         stamps += [("GRPC_SEND_START", 1000 * (i + 1)), ("GRPC_SEND_END", 1000 * (i + 1) + 100)]
-    stamps.append(("INFER_RESPONSE_COMPLETE", 3200))
+    stamps.append(("INFER_RESPONSE_COMPLETE", 990))
     batch = batch_of([[(n, 10**9 + ns) for n, ns in stamps]])  # 0 ns would mean "not captured"
     an = batch.anatomy(np.arange(1))
     seg = dict(zip(SEGMENTS, an.segments[0].tolist(), strict=True))
-    assert an.durations[0, STAGES.index("end_to_end")] == 3200
+    assert an.durations[0, STAGES.index("end_to_end")] == 3100
     assert an.durations[0, STAGES.index("first_response")] == 1100
     assert an.responses[0] == 3 and sorted(an.gaps.tolist()) == [1000, 1000]
-    assert seg["send"] == 300 and seg["between_responses"] == 3200 - 70 - 300
+    assert seg["send"] == 300 and seg["between_responses"] == 3100 - 1100 - 200
+    assert seg["model_after_release"] == 990 - 70
+    assert seg["frontend_overhead"] == 10 + 10  # arrival -> REQUEST_START, completion -> send
     assert seg["handler_overhead"] == 10 + 10 and seg["compute_infer"] == 10
-    assert sum(seg.values()) == 3200
+    assert sum(seg.values()) == 3100

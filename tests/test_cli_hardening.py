@@ -238,3 +238,13 @@ def test_streamed_trace_summary_finds_a_parent_from_an_earlier_batch(
     lines = [[ln for ln in t.splitlines() if ln.startswith("Summary for ") or "(avg): " in ln]
              for t in (streamed, whole)]
     assert lines[0] == lines[1]
+
+
+@pytest.mark.parametrize("command", ["", "serve", "check", "summary", "diagnose", "demo", "tcp-events"])
+def test_every_command_answers_version(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from exporter import __version__
+
+    with pytest.raises(SystemExit) as e:
+        main([*command.split(), "--version"])  # summary's required FILE is not asked for
+    assert e.value.code == 0
+    assert capsys.readouterr().out == f"inference-profiler {__version__}\n"

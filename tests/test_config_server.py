@@ -114,7 +114,7 @@ def test_endpoints_and_openmetrics_exemplars(tmp_path: Path) -> None:
         assert urllib.request.urlopen(base + "/healthz").read() == b"ok\n"
         text = urllib.request.urlopen(base + "/metrics").read().decode()
         assert 'inference_profiler_traces_total{model="add_sub",protocol="http",version="1"}' in text
-        assert "inference_profiler_build_info" in text and "inference_profiler_process_resident_memory_bytes" in text
+        assert "inference_profiler_build_info" in text and "\nprocess_resident_memory_bytes " in text
         assert "# {" not in text  # exemplars only in OpenMetrics
         req = urllib.request.Request(base + "/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"})
         resp = urllib.request.urlopen(req)

@@ -84,9 +84,11 @@ def test_timeline_bar_stacks_the_exclusive_segments_in_request_order() -> None:
     assert segments == [[s] for s in SEGMENT_ORDER]
     assert [t["legendFormat"] for t in bar["targets"]] == [s.replace("_", " ") for s in SEGMENT_ORDER]
     for t in bar["targets"]:
-        # a segment's time over every traced request, so that the parts add up to the mean end_to_end
+        # a segment's time over every request with a timeline (all but the cancelled ones), so that
+        # the parts add up to the mean end_to_end
         assert "inference_profiler_timeline_seconds_total" in t["expr"]
-        assert "/ sum by (model) (increase(inference_profiler_traces_total{" in t["expr"]
+        assert "/ sum by (model) (increase(inference_profiler_stage_duration_seconds_count{" in t["expr"]
+        assert t["expr"].endswith('stage="end_to_end"}[$__range]))')
     organize = next(t for t in bar["transformations"] if t["id"] == "organize")
     assert list(organize["options"]["renameByName"].values()) == [t["legendFormat"] for t in bar["targets"]]
     names = {v["name"] for v in d["templating"]["list"]}
@@ -144,20 +146,65 @@ def test_links_to_the_other_dashboards_carry_model_and_time(name: str) -> None:
 
 
 def test_alerts_and_dashboards_take_their_job_from_grafana_selectors() -> None:
-    """node-mixin style: grafana/selectors.py names the job once; every rule and panel uses exactly it."""
-    from grafana.selectors import JOB
+    """node-mixin style: grafana/selectors.py names the job once; every rule uses exactly it, every
+    panel, variable and annotation the dashboards' `job` variable, whose default it is."""
+    from grafana.selectors import DASHBOARD_JOB, JOB, JOB_NAME
 
     rules = "\n".join(p.read_text() for p in sorted((ROOT / "prometheus" / "rules").glob("*.rules.yml")))
     used = re.findall(r'job\s*=~?\s*"[^"]*"', rules)
     assert used and {u.replace(" ", "") for u in used} == {JOB}
     for path in sorted((ROOT / "grafana" / "dashboards").glob("*.json")):
         d = json.loads(path.read_text())
-        for p in (p for top in d["panels"] for p in (top, *top.get("panels", []))):
-            for t in p.get("targets", []):
-                families = re.findall(r"(inference_profiler_\w+)\{([^}]*)\}", t["expr"])
-                for family, selector in families:
-                    assert JOB in selector and 'cluster=~"$cluster"' in selector, (path.name, family)
-        names = {v["name"] for v in d["templating"]["list"]}
-        assert {"cluster", "instance"} <= names, path.name
+        text = path.read_text()
+        assert "inference-profiler\\\"" not in text, f"{path.name}: a hard-coded job"
+        exprs = [t["expr"] for p in panels(d) for t in p.get("targets", [])]
+        exprs += [a["expr"] for a in d["annotations"]["list"]]
+        variables = [v["query"] for v in d["templating"]["list"] if v["type"] == "query" and v["name"] != "job"]
+        for expr in exprs + variables:
+            for family, selector in re.findall(r"((?:inference_profiler|process)_\w+)\{([^}]*)\}", expr):
+                assert DASHBOARD_JOB in selector, (path.name, family)
+                assert 'cluster=~"$cluster"' in selector or expr in variables, (path.name, family)
+        names = [v["name"] for v in d["templating"]["list"]]
+        assert names[:4] == ["datasource", "job", "cluster", "instance"], path.name
+        job = d["templating"]["list"][1]
+        assert job["current"]["value"] == JOB_NAME and job["query"] == "label_values(inference_profiler_build_info, job)"
         if path.stem in ("inference-stage-timeline", "inference-profiler-network"):
-            assert {"namespace", "pod"} <= names, path.name
+            assert {"namespace", "pod"} <= set(names), path.name
+
+
+@pytest.mark.parametrize("name", sorted(build.DASHBOARDS))
+def test_every_latency_query_of_the_exemplar_family_asks_for_exemplars(name: str) -> None:
+    """A percentile line or heatmap of the stage histogram shows the exemplars (trace ids) of its
+    buckets; no other query asks for them."""
+    from grafana.panels import EXEMPLAR_FAMILY
+
+    for p in panels(load(name)):
+        for t in p.get("targets", []):
+            latency = (EXEMPLAR_FAMILY in t["expr"] and not t.get("instant")
+                       and ("histogram_quantile(" in t["expr"] or t.get("format") == "heatmap"))
+            assert bool(t.get("exemplar")) == latency, (p["title"], t["refId"])
+    if name in ("inference-stage-timeline", "inference-profiler-network"):
+        assert any(t.get("exemplar") for p in panels(load(name)) for t in p.get("targets", [])), name
+
+
+@pytest.mark.parametrize("name", sorted(build.DASHBOARDS))
+def test_dashboards_mark_exporter_and_triton_restarts(name: str) -> None:
+    notes = {a["name"]: a for a in load(name)["annotations"]["list"]}
+    assert set(notes) == {"Exporter restarts", "Triton restarts"}
+    assert "process_start_time_seconds" in notes["Exporter restarts"]["expr"]
+    assert "resets(inference_profiler_triton_requests_total" in notes["Triton restarts"]["expr"]
+    assert all(a["datasource"]["uid"] == "${datasource}" and a["enable"] for a in notes.values())
+
+
+@pytest.mark.parametrize("name", sorted(build.DASHBOARDS))
+def test_dashboards_are_import_ready(name: str) -> None:
+    """Grafana's import: every ${DS_*} placeholder is a declared input, every panel type required,
+    and no datasource is named by a uid of one particular Grafana."""
+    d = load(name)
+    text = (DASHBOARDS / f"{name}.json").read_text()
+    inputs = {i["name"] for i in d["__inputs"]}
+    assert inputs == {"DS_PROMETHEUS"} and set(re.findall(r"\$\{(DS_\w+)\}", text)) == inputs
+    required = {r["id"] for r in d["__requires"] if r["type"] == "panel"}
+    assert required == {p["type"] for p in panels(d) if p["type"] != "row"}
+    uids = {m for m in re.findall(r'"uid": "([^"]*)"', text)} - {name}
+    assert uids == {"${datasource}"}, uids

@@ -84,6 +84,7 @@ class Demo:
 
 
 @pytest.mark.triton
+@pytest.mark.prometheus
 def test_demo_shows_live_stage_histograms_and_exits_cleanly(tmp_path: Path) -> None:
     demo = Demo(tmp_path, "--duration", "25")
     try:
@@ -114,6 +115,12 @@ def test_demo_shows_live_stage_histograms_and_exits_cleanly(tmp_path: Path) -> N
         m = demo.wait_for(lambda m: m.total("inference_profiler_perf_analyzer_throughput") > 0
                           and m.total("inference_profiler_triton_up") == 1)
         assert m.total("inference_profiler_triton_requests_total", model=MODEL, outcome="success") > 0
+        # the text format with every source's families passes promtool's lint (summary quantiles, _total, units)
+        with urllib.request.urlopen(demo.url, timeout=5) as r:
+            text = r.read()
+        assert b"inference_profiler_perf_analyzer_latency_seconds{" in text
+        lint = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, timeout=60)
+        assert lint.returncode == 0, (lint.stdout + lint.stderr).decode()[-3000:]
         assert demo.proc.wait(60) == 0, demo.output()[-3000:]
         out = demo.output()
         assert "traces counted" in out and "compute_infer" in out  # the periodic per-stage summary

@@ -68,7 +68,8 @@ def container(pod_spec: dict[str, Any], name: str) -> dict[str, Any]:
 
 
 def test_every_yaml_file_under_deploy_parses() -> None:
-    files = sorted([*ROOT.glob("deploy/**/*.yaml"), *ROOT.glob("deploy/**/*.yml")])
+    files = sorted(f for f in [*ROOT.glob("deploy/**/*.yaml"), *ROOT.glob("deploy/**/*.yml")]
+                   if f.parent.name != "templates")  # Helm templates are YAML only once rendered
     assert len(files) >= 15
     for f in files:
         docs = [d for d in yaml.safe_load_all(f.read_text()) if d is not None]
@@ -76,7 +77,8 @@ def test_every_yaml_file_under_deploy_parses() -> None:
 
 
 def test_kustomizations_are_the_ones_documented() -> None:
-    assert KUSTOMIZATIONS == ["base", "example-models", "examples", "monitoring", "podmonitor", "sidecar"]
+    assert KUSTOMIZATIONS == ["base", "example-models", "examples", "kube-prometheus-stack", "monitoring",
+                              "podmonitor", "sidecar"]
 
 
 @pytest.mark.parametrize("name", KUSTOMIZATIONS)
@@ -297,12 +299,37 @@ def test_networkpolicies_allow_the_metrics_port() -> None:
         assert "metrics" in ports, name
 
 
-def test_daemonset_exposes_the_otlp_listener_on_the_node() -> None:
+def test_daemonset_networkpolicy_lets_dns_and_the_otlp_forward_out() -> None:
+    egress = {(p["port"], p["protocol"]) for rule in the("base", "NetworkPolicy")["spec"]["egress"] for p in rule["ports"]}
+    assert {(53, "UDP"), (53, "TCP"), (4318, "TCP"), (8000, "TCP"), (8002, "TCP")} <= egress
+
+
+def test_daemonset_tolerates_the_gpu_taint_only_and_has_node_critical_priority() -> None:
+    pod = the("base", "DaemonSet")["spec"]["template"]["spec"]
+    assert pod["priorityClassName"] == "system-node-critical"
+    assert all(t.get("key") and t.get("effect") != "NoExecute" for t in pod["tolerations"]), pod["tolerations"]
+
+
+def test_release_label_component_labels_every_prometheus_operator_object() -> None:
+    found = [o for o in render("kube-prometheus-stack") if (o["apiVersion"], o["kind"]) in CRDS]
+    assert {o["kind"] for o in found} == {"ServiceMonitor", "PrometheusRule"}
+    assert all(o["metadata"]["labels"]["release"] == "kube-prometheus-stack" for o in found)
+    rest = [o for o in render("kube-prometheus-stack") if (o["apiVersion"], o["kind"]) not in CRDS]
+    assert rest == [o for o in render("base") if (o["apiVersion"], o["kind"]) not in CRDS]
+
+
+def test_daemonset_takes_otlp_through_a_node_local_service() -> None:
+    """No hostPort (an OpenTelemetry Collector agent often holds 4318 on the node): a Service with
+    internalTrafficPolicy Local keeps each Triton pod's spans on its own node's exporter."""
     ds = the("base", "DaemonSet")
     c = ds["spec"]["template"]["spec"]["containers"][0]
     listen = next(a.split("=", 1)[1] for a in c["args"] if a.startswith("--otlp-listen="))
     port = next(p for p in c["ports"] if p["name"] == "otlp")
-    assert port["containerPort"] == int(listen.rsplit(":", 1)[1]) and port["hostPort"] == port["containerPort"]
+    assert port["containerPort"] == int(listen.rsplit(":", 1)[1]) and "hostPort" not in port
+    svc = next(s for s in objects("base", "Service") if s["metadata"]["name"] == "inference-profiler-otlp")
+    assert svc["spec"]["internalTrafficPolicy"] == "Local"
+    assert svc["spec"]["selector"].items() <= ds["spec"]["template"]["metadata"]["labels"].items()
+    assert [p["targetPort"] for p in svc["spec"]["ports"]] == ["otlp"]
     np = the("base", "NetworkPolicy")
     assert "otlp" in {p["port"] for rule in np["spec"]["ingress"] for p in rule.get("ports", [])}
 

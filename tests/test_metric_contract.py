@@ -42,7 +42,7 @@ def every_collector(tmp: Path) -> list[Collector]:
     sources = build_sources(cfg, errors)
     assert {s.name for s in sources} == {"traces", "otlp", "triton", "perf_analyzer"}  # OTLP: a peer of the file tailer
     programs = [ProgramState(d, None, "not loaded") for d in metric_programs()]
-    return [SelfCollector(errors), ProcessCollector(namespace="inference_profiler", registry=None),
+    return [SelfCollector(errors), ProcessCollector(registry=None),
             *(c for s in sources for c in s.collectors()), EbpfCollector(programs, threading.Lock(), errors)]
 
 

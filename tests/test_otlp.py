@@ -473,11 +473,13 @@ def test_a_payload_whose_commit_fails_gets_503_and_counts_once_when_resent(tmp_p
 
 
 def test_held_spans_are_bounded_in_bytes_oldest_counted_first() -> None:
+    from exporter.otlp.decode import decode
     from exporter.otlp.held import HeldSpans, span_bytes
     from exporter.otlp.spans import spans_of
 
     rootless = [[s for s in request_spans(T0 + i * 10**6, protocol="grpc") if s.parent_span_id] for i in range(5)]
-    parsed = [list(spans_of(export_request(spans), lambda reason, n: None, T0)) for spans in rootless]
+    parsed = [list(spans_of(decode(export_request(spans).SerializeToString(), "application/x-protobuf", None)[0],
+                            lambda reason, n: None, T0)) for spans in rootless]
     per_request = sum(span_bytes(s) for s in parsed[0])
     held = HeldSpans(hold_seconds=60, max_bytes=2 * per_request)  # room for two requests' spans
     for i, spans in enumerate(parsed):

@@ -126,6 +126,7 @@ def _exemplar_trace_ids(exporter: ExporterProcess) -> set[str]:
 
 
 @pytest.mark.triton
+@pytest.mark.prometheus
 def test_real_triton_over_otlp_counts_what_the_sink_got(stack: Stack) -> None:
     t = stack.triton
     # unary and ensemble over HTTP and gRPC; the decoupled models (responses sent from execute()
@@ -176,6 +177,10 @@ def test_real_triton_over_otlp_counts_what_the_sink_got(stack: Stack) -> None:
     ids = _exemplar_trace_ids(stack.exporter)
     assert ids and all(re.fullmatch(r"[0-9a-f]{32}", i) for i in ids)
     assert ids <= {s["trace"] for s in spans}
+    # the OTLP families in the text format pass promtool's lint (the demo's test covers the other sources)
+    lint = subprocess.run(["promtool", "check", "metrics"], input=stack.exporter.get("/metrics").encode(),
+                          capture_output=True, timeout=60)
+    assert lint.returncode == 0, (lint.stdout + lint.stderr).decode()[-3000:]
 
 
 def test_acknowledged_spans_survive_sigkill_counted_once(tmp_path: Path) -> None:

@@ -7,12 +7,21 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import Any
 
+from exporter.otlp.decode import Decoded
+from exporter.otlp.decode import decode as decode_payload
 from exporter.otlp.held import span_bytes
 from exporter.otlp.ingest import OtlpIngest
 from exporter.otlp.spans import spans_of
 from exporter.traces.tailer import STATE_FILE, TailerSettings, TraceTailer
-from tests.otlp_payloads import T0, _span, export_request, request_spans
+from tests.otlp_payloads import T0, _span, request_spans
+from tests.otlp_payloads import export_request as protobuf_request
+
+
+def export_request(spans: list[Any]) -> Decoded:
+    """The spans of one request as the receiver's decoder hands them to the ingest."""
+    return decode_payload(protobuf_request(spans).SerializeToString(), "application/x-protobuf", None)[0]
 
 BOUNDS = (10_000, 100_000, 1_000_000, 10_000_000, 100_000_000)
 

@@ -19,6 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from exporter.histogram import DEFAULT_STAGE_BUCKETS, Histogram
+from exporter.otlp.decode import Decoded
+from exporter.otlp.decode import decode as decode_payload
 from exporter.otlp.receiver import OtlpIngest
 from exporter.traces.aggregate import TraceAggregate
 from exporter.traces.assembly import StreamState, Trace
@@ -29,8 +31,15 @@ from exporter.traces.source import bounds_ns
 from exporter.traces.store import Change, SectionChange
 from exporter.traces.tailer import JOURNAL_FILE, STATE_FILE, TailerSettings, TraceTailer
 from tests import tracegen
-from tests.otlp_payloads import T0, export_request, request_spans
+from tests.otlp_payloads import T0, request_spans
+from tests.otlp_payloads import export_request as protobuf_request
 from tests.test_hostile_traces import _scrape_both
+
+
+def export_request(spans: list[Any]) -> Decoded:
+    """The spans of one request as the receiver's decoder hands them to the ingest."""
+    return decode_payload(protobuf_request(spans).SerializeToString(), "application/x-protobuf", None)[0]
+
 
 ROOT = Path(__file__).resolve().parent.parent
 B = bounds_ns(list(DEFAULT_STAGE_BUCKETS))

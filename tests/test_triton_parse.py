@@ -46,17 +46,19 @@ def test_metrics_text_counters_match_the_file(metrics_text: str) -> None:
     c = m.models[("add_sub", "1")]
     assert c.stage_us == {"request": 10152103, "queue": 6219389, "compute_input": 54177,
                           "compute_infer": 3612300, "compute_output": 249697}
-    assert (c.success, c.failure, c.inferences, c.executions, c.pending) == (601, 0, 1201, 218, 0)
+    assert (c.success, c.inferences, c.executions, c.pending) == (601, 1201, 218, 0)
+    assert c.failures == {"REJECTED": 0, "CANCELED": 0, "BACKEND": 0, "OTHER": 0}
     assert set(m.models) == {("add_sub", "1")}  # nv_cpu_* etc. have no model label
 
 
-def test_failures_are_summed_over_reasons_and_summaries_ignored(samples: Path) -> None:
+def test_failures_keep_tritons_reason_and_summaries_are_ignored(samples: Path) -> None:
     text = (samples / "triton-2.51" / "metrics.txt").read_text().replace(
         'nv_inference_request_failure{model="add_sub",reason="BACKEND",version="1"} 0',
         'nv_inference_request_failure{model="add_sub",reason="BACKEND",version="1"} 3').replace(
         'nv_inference_request_failure{model="add_sub",reason="REJECTED",version="1"} 0',
         'nv_inference_request_failure{model="add_sub",reason="REJECTED",version="1"} 4')
-    assert parse_metrics_text(text).models[("add_sub", "1")].failure == 7
+    failures = parse_metrics_text(text).models[("add_sub", "1")].failures
+    assert failures == {"REJECTED": 4, "CANCELED": 0, "BACKEND": 3, "OTHER": 0}
     with_summaries = parse_metrics_text((samples / "triton-2.51" / "metrics-with-summaries.txt").read_text())
     c = with_summaries.models[("add_sub", "1")]
     assert c.stage_us["request"] == 3186806 and c.success == 206
@@ -180,8 +182,9 @@ def test_families_from_sample_snapshot(metrics_text: str, api: dict[str, Any]) -
     assert v[("inference_profiler_triton_up", frozenset({("target", "other:8000")}))] == 0
     assert get("inference_profiler_triton_stage_seconds_total", stage="request") == pytest.approx(10.152103)
     assert get("inference_profiler_triton_stage_seconds_total", stage="compute_output") == pytest.approx(0.249697)
-    assert get("inference_profiler_triton_requests_total", outcome="success") == 601
-    assert get("inference_profiler_triton_requests_total", outcome="failure") == 0
+    assert get("inference_profiler_triton_requests_total", outcome="success", reason="") == 601
+    for reason in ("REJECTED", "CANCELED", "BACKEND", "OTHER"):  # an operator alerts on REJECTED alone
+        assert get("inference_profiler_triton_requests_total", outcome="failure", reason=reason) == 0
     assert get("inference_profiler_triton_inferences_total") == 1201
     assert get("inference_profiler_triton_executions_total") == 218
     assert get("inference_profiler_triton_pending_requests") == 0

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from exporter.demo.launcher import ENSEMBLE, MODEL, TritonServer
+from exporter.demo.launcher import ENSEMBLE, MODEL, TritonServer, copy_model_repository
 from exporter.demo.traffic import send_requests
 from exporter.triton.metrics_text import STAGE_FAMILIES, parse_metrics_text
 from exporter.triton.statistics import parse_statistics
@@ -228,3 +228,32 @@ def test_model_config_follows_the_repository(triton_factory: Callable[..., Trito
     s = e.wait_for(lambda s: MODEL in info(s), timeout=20)
     assert info(s)[MODEL]["max_queue_delay_seconds"] == "0.0025"
     assert info(s)[MODEL]["instance_count"] == "2"
+
+
+def test_requests_the_queue_policy_rejects_keep_tritons_reason(
+        tmp_path: Path, exporter_factory: Callable[..., ExporterProcess]) -> None:
+    """A queue policy that rejects requests waiting over 2 ms, under more load than add_sub serves:
+    Triton counts them as failures with reason REJECTED, and so does the exporter, apart from
+    every other failure reason. (Triton 2.51 counts a "queue full" refusal, max_queue_size,
+    nowhere: no failure and no statistics: those requests are seen only by their clients.)"""
+    repo = copy_model_repository(tmp_path, [MODEL])
+    cfg = repo / MODEL / "config.pbtxt"
+    cfg.write_text(cfg.read_text().replace(
+        "max_queue_delay_microseconds: 500",
+        "max_queue_delay_microseconds: 500\n  default_queue_policy { timeout_action: REJECT default_timeout_microseconds: 2000 }"))
+    t = TritonServer(repo, tmp_path / "triton").start()
+    try:
+        sent = send_requests(t.http_address, t.grpc_address, {("http", MODEL): 150, ("grpc", MODEL): 150},
+                             concurrency=24)
+        failed = sum(sent.failed.values())
+        assert failed > 0 and "timeout" in sent.last_error, sent
+        own = parse_metrics_text(triton_own_metrics(t)).models[(MODEL, "1")]
+        assert own.failures["REJECTED"] == failed and own.success == sum(sent.succeeded.values())
+        s = exporter_factory(*triton_args(t)).scrape()
+        assert s.total("inference_profiler_triton_requests_total", model=MODEL, outcome="failure",
+                       reason="REJECTED") == failed
+        assert s.total("inference_profiler_triton_requests_total", model=MODEL, outcome="failure") == failed
+        assert s.total("inference_profiler_triton_requests_total", model=MODEL, outcome="success",
+                       reason="") == own.success
+    finally:
+        t.stop()

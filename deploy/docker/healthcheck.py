@@ -15,9 +15,10 @@ import yaml
 
 
 def target() -> tuple[str, int, bool]:
-    host, _, port = os.environ.get("INFPROF_LISTEN", "0.0.0.0:9478").rpartition(":")
+    host, _, port = os.environ.get("INFPROF_LISTEN", ":9478").rpartition(":")
     host = host.strip("[]")
-    host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    # every-address listens answer on IPv4 loopback, also where a dual-stack ask fell back to IPv4
+    host = {"": "127.0.0.1", "*": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "127.0.0.1"}.get(host, host)
     tls = False
     web = os.environ.get("INFPROF_WEB_CONFIG_FILE")
     if web:

@@ -5,6 +5,8 @@
   Grafana's dashboard sidecar (grafana_dashboard: "1")
 - example-models/models.yaml: the example model repository of exporter/demo_models as a
   ConfigMap; pods mount it with `items` that lay the keys out as Triton's directories
+- deploy/helm/inference-profiler/files/: the same rules and dashboards, byte for byte, for the
+  Helm chart (a chart reads only files inside it)
 
     python deploy/kubernetes/generate.py          # rewrite both
     python deploy/kubernetes/generate.py --check  # exit 1 if either is out of date (tests run this)
@@ -97,12 +99,21 @@ def example_models() -> str:
     return HEADER.format(src="exporter/demo_models") + _dump([doc])
 
 
+def chart_files() -> dict[Path, str]:
+    files = ROOT / "deploy" / "helm" / "inference-profiler" / "files"
+    out = {files / "rules" / f.name: f.read_text() for f in sorted((ROOT / "prometheus" / "rules").glob("*.rules.yml"))}
+    out.update({files / "dashboards" / f.name: f.read_text()
+                for f in sorted((ROOT / "grafana" / "dashboards").glob("*.json"))})
+    return out
+
+
 def outputs() -> dict[Path, str]:
     models = OUT.parent / "example-models"
     return {
         OUT / "prometheusrule.yaml": prometheus_rule(),
         OUT / "grafana-dashboards.yaml": dashboard_configmaps(),
         models / "models.yaml": example_models(),
+        **chart_files(),
     }
 
 
@@ -111,10 +122,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--check", action="store_true", help="only say whether the files are up to date")
     args = p.parse_args(argv)
     stale = [path for path, text in outputs().items() if not path.exists() or path.read_text() != text]
+    chart = ROOT / "deploy" / "helm" / "inference-profiler" / "files"
+    stale += sorted(set(chart.rglob("*.*")) - set(outputs()))  # a copy whose source is gone
     if args.check:
         for path in stale:
             print(f"{path.relative_to(ROOT)} is out of date: run python deploy/kubernetes/generate.py", file=sys.stderr)
         return 1 if stale else 0
+    for path in sorted(set(chart.rglob("*.*")) - set(outputs())):
+        path.unlink()
     for path, text in outputs().items():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
-import socket
 import sys
 import tempfile
 import threading
@@ -22,6 +21,7 @@ from types import FrameType
 
 from ..config import Config, ConfigError, build
 from ..daemon import Daemon
+from ..listen import bind_listening, url_host
 from ..traces.source import TraceSource
 from .launcher import (
     ENSEMBLE,
@@ -64,7 +64,7 @@ def demo_config(args: argparse.Namespace, triton: TritonServer, workdir: Path) -
 
 def _banner(cfg: Config, port: int, triton: TritonServer, workdir: Path, rate: float) -> str:
     host, _ = cfg.listen_host_port
-    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::', '') else host}:{port}/metrics"
+    url = f"http://{'127.0.0.1' if host == '0.0.0.0' else url_host(host)}:{port}/metrics"
     return f"""
 Inference Profiler demo (workdir {workdir})
   Triton     HTTP {triton.http_url}  gRPC {triton.grpc_address}  metrics {triton.metrics_url}
@@ -102,12 +102,10 @@ def _check_listen(cfg: Config) -> None:
     host, port = cfg.listen_host_port
     if port == 0:
         return
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError as e:
-            raise ConfigError(f"cannot listen on {cfg.listen}: {e.strerror}; pick another --listen") from None
+    try:
+        bind_listening(host, port).close()
+    except OSError as e:
+        raise ConfigError(f"cannot listen on {cfg.listen}: {e.strerror}; pick another --listen") from None
 
 
 def run_demo(args: argparse.Namespace) -> int:

@@ -69,6 +69,8 @@ def gather(args: argparse.Namespace) -> tuple[list[Evidence], str]:
         groups, _rejected = collect(args.files, args.model, Progress(0, False), shapes=True)
     except OSError as e:
         raise SourceError(f"cannot read {e.filename}: {e.strerror}") from None
+    if not groups:  # an empty, binary or unrelated file is an error, as for `summary`, not a clean bill
+        raise SourceError(f"no complete traces found in {', '.join(args.files)}")
     models = sorted({(m, v) for m, v, _ in groups})
     configs = triton_configs(args.triton, models) if args.triton else {}
     n = len(args.files)

@@ -8,15 +8,11 @@ happened in the window (counters as increases, the config info as it is), read b
 
 from __future__ import annotations
 
-import json
 import math
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections import Counter, defaultdict
 from collections.abc import Iterable
-from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -25,14 +21,13 @@ from ..stages import SEGMENTS
 from ..summary import Group, GroupKey
 from ..triton.statistics import parse_model_config
 from .evidence import Evidence, ModelConfig
+from .fetch import SourceError, fetch, fetch_json, printable, prometheus_rows
+
+__all__ = ["SourceError"]
 
 P = "inference_profiler_"
 Sample = tuple[str, dict[str, str], float]
 ModelKey = tuple[str, str]
-
-
-class SourceError(Exception):
-    """An input could not be read; the message is one line."""
 
 
 # --- trace files -------------------------------------------------------------------------
@@ -90,18 +85,6 @@ def evidence_from_groups(groups: dict[GroupKey, Group], configs: dict[ModelKey, 
     return [out[k] for k in sorted(out)]
 
 
-def fetch_json(url: str, timeout: float = 10.0) -> Any:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
-            return json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        raise SourceError(f"{url}: HTTP {e.code}") from None
-    except (urllib.error.URLError, OSError) as e:
-        raise SourceError(f"{url}: {getattr(e, 'reason', e)}") from None
-    except ValueError:
-        raise SourceError(f"{url}: not JSON") from None
-
-
 def triton_configs(triton_url: str, models: Iterable[ModelKey]) -> dict[ModelKey, ModelConfig]:
     """Model configs from Triton's HTTP API (GET /v2/models/<m>[/versions/<v>]/config)."""
     out: dict[ModelKey, ModelConfig] = {}
@@ -124,11 +107,12 @@ def triton_configs(triton_url: str, models: Iterable[ModelKey]) -> dict[ModelKey
 # --- samples: /metrics and Prometheus --------------------------------------------------------
 
 def parse_samples(text: str) -> list[Sample]:
+    """The samples of a /metrics page, label values printable (they reach the terminal)."""
     try:
-        return [(s.name, dict(s.labels), float(s.value))
+        return [(s.name, {k: printable(v, 1000) for k, v in s.labels.items()}, float(s.value))
                 for fam in text_string_to_metric_families(text) for s in fam.samples]
-    except (ValueError, TypeError, IndexError) as e:
-        raise SourceError(f"not Prometheus text: {e}") from None
+    except (ValueError, TypeError, IndexError, KeyError, RecursionError) as e:
+        raise SourceError(f"not Prometheus text: {printable(str(e))}") from None
 
 
 def _is_counter(name: str) -> bool:
@@ -147,15 +131,8 @@ def sample_delta(before: list[Sample], after: list[Sample]) -> list[Sample]:
     return out
 
 
-def scrape(url: str, timeout: float = 10.0) -> list[Sample]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
-            text = r.read().decode("utf-8", "replace")
-    except urllib.error.HTTPError as e:
-        raise SourceError(f"{url}: HTTP {e.code}") from None
-    except (urllib.error.URLError, OSError) as e:
-        raise SourceError(f"{url}: {getattr(e, 'reason', e)}") from None
-    return parse_samples(text)
+def scrape(url: str) -> list[Sample]:
+    return parse_samples(fetch(url).decode("utf-8", "replace"))
 
 
 def metrics_window(url: str, window: float) -> tuple[list[Sample], float | None]:
@@ -205,13 +182,8 @@ def prometheus_window(url: str, range_seconds: float, end: float | None = None) 
         params = {"query": query}
         if end is not None:
             params["time"] = f"{end:.3f}"
-        doc = fetch_json(f"{base}/api/v1/query?{urllib.parse.urlencode(params)}")
-        if not isinstance(doc, dict) or doc.get("status") != "success":
-            raise SourceError(f"{base}: query failed: {doc.get('error') if isinstance(doc, dict) else doc}")
-        for row in doc.get("data", {}).get("result", []):
-            value = float(row["value"][1])
-            if math.isfinite(value):
-                out.append((name, dict(row["metric"]), value))
+        for labels, value in prometheus_rows(f"{base}/api/v1/query?{urllib.parse.urlencode(params)}"):
+            out.append((name, labels, value))
     return out, range_seconds
 
 

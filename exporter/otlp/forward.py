@@ -3,8 +3,9 @@
 One bounded queue (payloads and bytes) and one thread per backend: ingestion only ever enqueues (a full queue
 drops the payload, counted), so a slow or dead backend never slows it. A payload is
 retried with backoff only where the backend cannot have taken it (no connection, or
-429/502/503/504); a timeout after sending is counted as dropped, not retried, so nothing
-is forwarded twice.
+429/502/503/504); once the body may have gone out (a timeout or a reset while waiting for
+the answer) it is counted as dropped, not retried, so nothing is forwarded twice.
+Redirects are not followed (a 3xx is a dropped payload).
 """
 
 from __future__ import annotations
@@ -12,10 +13,8 @@ from __future__ import annotations
 import http.client
 import logging
 import queue
-import socket
 import threading
-import urllib.error
-import urllib.request
+import urllib.parse
 
 log = logging.getLogger("otlp")
 
@@ -40,6 +39,11 @@ class _Backend(threading.Thread):
         self.dropped = 0
         self.sent = 0
         self.queued_bytes = 0
+        parts = urllib.parse.urlsplit(url)
+        self.https = parts.scheme == "https"
+        self.host = parts.hostname or ""
+        self.port = parts.port
+        self.target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
 
     def submit(self, payload: Payload) -> None:
         size = len(payload[0])
@@ -75,34 +79,51 @@ class _Backend(threading.Thread):
             self._send(payload)
 
     def _send(self, payload: Payload) -> None:
+        """Retried only while the backend cannot have the payload: the connection failed, or it
+        answered 429/502/503/504. From the moment the body may have gone out, one try only; a
+        redirect is not followed (it would be a GET without the body). Ends counted once: sent or dropped."""
         body, headers = payload
         backoff = self.first_backoff
         why = ""
         for _ in range(MAX_ATTEMPTS):
-            req = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
-            try:
-                with urllib.request.urlopen(req, timeout=self.timeout) as r:
-                    r.read()
+            outcome, why = self._attempt(body, headers)
+            if outcome == "sent":
                 with self.lock:
                     self.sent += 1
                 return
-            except urllib.error.HTTPError as e:
-                why = f"HTTP {e.code}"
-                if e.code not in RETRY_STATUS:
-                    break
-            except (TimeoutError, http.client.RemoteDisconnected) as e:
-                why = f"no answer ({e}); not resent, the backend may have it"
-                break
-            except (urllib.error.URLError, ConnectionError, OSError) as e:
-                reason = getattr(e, "reason", e)
-                if isinstance(reason, (TimeoutError, socket.timeout)):
-                    why = "no answer in time; not resent, the backend may have it"
-                    break
-                why = f"cannot connect ({reason})"
-            if self.stopping.wait(backoff):
+            if outcome == "final" or self.stopping.wait(backoff):
                 break
             backoff = min(backoff * 2, 5.0)
         self._drop(why)
+
+    def _attempt(self, body: bytes, headers: dict[str, str]) -> tuple[str, str]:
+        """("sent" | "retry" | "final", why) of one POST."""
+        conn = self.connection()
+        try:
+            try:
+                conn.connect()
+            except OSError as e:
+                return "retry", f"cannot connect ({e})"
+            try:
+                conn.request("POST", self.target, body=body, headers=headers)
+                r = conn.getresponse()
+                r.read(64 << 10)  # the answer is not used: read a bounded part so the connection ends cleanly
+            except (OSError, http.client.HTTPException) as e:
+                return "final", f"no answer ({e!r}); not resent, the backend may have it"
+        finally:
+            conn.close()
+        if 200 <= r.status < 300:
+            return "sent", ""
+        if r.status in RETRY_STATUS:
+            return "retry", f"HTTP {r.status}"
+        if 300 <= r.status < 400:
+            return "final", f"HTTP {r.status} redirect to {r.getheader('Location', '?')!r} not followed"
+        return "final", f"HTTP {r.status}"
+
+    def connection(self) -> http.client.HTTPConnection:
+        if self.https:
+            return http.client.HTTPSConnection(self.host, self.port, timeout=self.timeout)
+        return http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
 
 
 class Forwarder:

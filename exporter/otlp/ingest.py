@@ -12,12 +12,12 @@ from collections import Counter, OrderedDict
 from collections.abc import Iterator
 
 import numpy as np
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from ..traces.aggregator import TraceAggregator
 from ..traces.assembly import StreamState, Trace, TraceBatch, resolve
 from ..traces.pipeline import Batch, released
 from ..traces.store import Change, SectionChange
+from .decode import Decoded
 from .held import MAX_HELD_BYTES, HeldSpans, HoldPlan
 from .spans import Reject, Span, Tree, new_ids, spans_of, tree_traces
 
@@ -80,13 +80,13 @@ class OtlpIngest:
         with self.lock:
             self.requests[result] += 1
 
-    def ingest(self, req: ExportTraceServiceRequest) -> tuple[int, int, str]:
+    def ingest(self, req: Decoded) -> tuple[int, int, str]:
         """(new spans, rejected spans, why) of one request, committed; raises OSError when the
         state cannot be written (nothing counted then)."""
         with self.state_lock:
             return self._ingest(req)
 
-    def _ingest(self, req: ExportTraceServiceRequest) -> tuple[int, int, str]:
+    def _ingest(self, req: Decoded) -> tuple[int, int, str]:
         now = time.time()
         rejected: Counter[str] = Counter()
         change = self.aggregator.change()
@@ -111,6 +111,7 @@ class OtlpIngest:
             fresh.append(s)
         plan = self.holding.plan(fresh, now)
         gone = self._commit(change, plan, now, reject, keys)
+        rejected["model_cap"] += delta.rejected["model_cap"]  # told in the reply, spans not rejected
         for k in keys:
             self.seen[k] = None
         for c, _ in gone:
@@ -121,7 +122,9 @@ class OtlpIngest:
             self.spans["accepted"] += len(fresh)
             self.spans["duplicate"] += duplicates
             self.spans["rejected"] += bad
-        why = ", ".join(f"{r}={rejected[r]}" for r in SPAN_REJECTS if rejected[r])
+        why = ", ".join(f"{r}={rejected[r]}" for r in (*SPAN_REJECTS, "model_cap") if rejected[r])
+        if rejected["model_cap"]:
+            why += f" (traces of more than {self.aggregator.max_models} model versions are not counted)"
         return len(fresh), bad, why
 
     def expire(self) -> int:

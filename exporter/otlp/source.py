@@ -8,6 +8,7 @@ import logging
 from prometheus_client.registry import Collector
 
 from ..config import Config, ConfigError
+from ..listen import parse_listen
 from ..polling import PollThread
 from ..source import ErrorCounts
 from ..traces.aggregator import TraceAggregator
@@ -29,10 +30,9 @@ class OtlpSource:
             from ..webconfig import load_web_config
 
             ssl_context, auth = load_web_config(cfg.web_config_file)
-        host, _, port = cfg.otlp_listen.rpartition(":")
+        host, port = parse_listen(cfg.otlp_listen)
         try:
-            self.server = OtlpServer(self.ingest, host.strip("[]") or "0.0.0.0", int(port), self.forwarder,
-                                     ssl_context, auth)
+            self.server = OtlpServer(self.ingest, host, port, self.forwarder, ssl_context, auth)
         except OSError as e:
             raise ConfigError(f"cannot listen on {cfg.otlp_listen}: {e.strerror}; pick another --otlp-listen") from None
         self.collector = OtlpCollector(self.ingest, self.forwarder)

@@ -15,10 +15,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-
-from ..stages import CUSTOM_NAME, KNOWN_TIMESTAMPS
+from ..stages import COLUMN, CUSTOM_NAME, KNOWN_TIMESTAMPS, REPEATED
 from ..traces.assembly import Trace
+from .decode import Decoded, SpanRecord
 
 MODEL_NAME, MODEL_VERSION = "triton.model_name", "triton.model_version"
 REQUEST_ID = "triton.request_id"
@@ -28,8 +27,10 @@ MAX_AHEAD_NS = 24 * 3600 * 10**9  # events this far in the future are not plausi
 # Triton writes an HTTP send it did not capture as 0, which its OTel mode converts to
 # the wall clock at boot: a send before the request was received is such a zero.
 HTTP_SENDS = ("HTTP_SEND_START", "HTTP_SEND_END")
+STATUS_ERROR = 2  # opentelemetry.proto.trace.v1.Status.STATUS_CODE_ERROR
 
 Reject = Callable[[str, int], None]  # (reason, how many)
+_SINGLE = frozenset(COLUMN) - frozenset(REPEATED)  # names kept as one column each: the last wins
 
 
 @dataclass(slots=True)
@@ -40,70 +41,60 @@ class Span:
     name: str
     attrs: dict[str, str]  # the triton.* attributes, as text
     events: list[tuple[str, int]]  # (timestamp name, wall-clock ns)
+    error: bool = False  # the span's status is ERROR: its request failed
+
 
     @property
     def is_model(self) -> bool:
         return MODEL_NAME in self.attrs
 
     def to_json(self) -> list[Any]:
-        return [self.trace_id.hex(), self.span_id.hex(), self.parent_id.hex(), self.name, self.attrs,
-                [list(e) for e in self.events]]
+        out = [self.trace_id.hex(), self.span_id.hex(), self.parent_id.hex(), self.name, self.attrs,
+               [list(e) for e in self.events]]
+        return [*out, 1] if self.error else out
 
     @classmethod
     def from_json(cls, v: list[Any]) -> Span:
         return cls(bytes.fromhex(v[0]), bytes.fromhex(v[1]), bytes.fromhex(v[2]), str(v[3]),
-                   {str(k): str(x) for k, x in v[4].items()}, [(str(n), int(t)) for n, t in v[5]])
+                   {str(k): str(x) for k, x in v[4].items()}, [(str(n), int(t)) for n, t in v[5]],
+                   len(v) > 6 and bool(v[6]))
 
 
-def _text(value: Any) -> str | None:
-    which = value.WhichOneof("value")
-    if which == "string_value":
-        return str(value.string_value)
-    if which == "int_value":
-        return str(value.int_value)
-    return None
-
-
-def spans_of(req: ExportTraceServiceRequest, reject: Reject, now_ns: int) -> Iterator[Span]:
+def spans_of(records: Decoded, reject: Reject, now_ns: int) -> Iterator[Span]:
     """The request's spans that can be counted; each other span is rejected once, by reason."""
-    for rs in req.resource_spans:
-        for ss in rs.scope_spans:
-            for s in ss.spans:
-                span = _span(s, reject, now_ns)
-                if span is not None:
-                    yield span
+    for r in records:
+        span = _span(r, reject, now_ns)
+        if span is not None:
+            yield span
 
 
-def _span(s: Any, reject: Reject, now_ns: int) -> Span | None:
-    tid, sid, pid = bytes(s.trace_id), bytes(s.span_id), bytes(s.parent_span_id)
+def _span(r: SpanRecord, reject: Reject, now_ns: int) -> Span | None:
+    tid, sid, pid, attrs = r.trace_id, r.span_id, r.parent_id, r.attrs
     if len(tid) != 16 or len(sid) != 8 or len(pid) not in (0, 8) or not any(tid) or not any(sid):
         reject("bad_span_id", 1)
         return None
-    attrs: dict[str, str] = {}
-    for kv in s.attributes:
-        if kv.key.startswith("triton."):
-            text = _text(kv.value)
-            if text is not None:
-                attrs[kv.key] = text
     model = attrs.get(MODEL_NAME)
-    if model is not None or s.name not in ("InferRequest", "compute"):
+    if model is not None or r.name not in ("InferRequest", "compute"):
         if not model or MODEL_VERSION not in attrs:
             reject("missing_attribute", 1)
             return None
         if len(model) > MAX_NAME or len(attrs.get(REQUEST_ID, "")) > MAX_NAME:
             reject("bad_label", 1)
             return None
-    events: list[tuple[str, int]] = []
-    for e in s.events:
-        t = int(e.time_unix_nano)
-        if t < MIN_WALL_NS or t > now_ns + MAX_AHEAD_NS:
+    events = r.events
+    if events:
+        names, times = zip(*events, strict=True)
+        if min(times) < MIN_WALL_NS or max(times) > now_ns + MAX_AHEAD_NS:
             reject("implausible_time", 1)
             return None
-        if e.name in KNOWN_TIMESTAMPS or CUSTOM_NAME.fullmatch(e.name):
-            events.append((str(e.name), t))
-        else:
-            reject("unknown_timestamp", 1)
-    return Span(tid, sid, pid, str(s.name), attrs, events)
+        if not KNOWN_TIMESTAMPS.issuperset(names):
+            events = []
+            for name, t in r.events:
+                if name in KNOWN_TIMESTAMPS or CUSTOM_NAME.fullmatch(name):
+                    events.append((name, t))
+                else:
+                    reject("unknown_timestamp", 1)
+    return Span(tid, sid, pid, r.name, attrs, events, r.status == STATUS_ERROR)
 
 
 # --- a tree -> traces -------------------------------------------------------------------
@@ -115,47 +106,63 @@ def tree_traces(tree: Tree, ids: Iterator[int], reject: Reject) -> list[tuple[Tr
     """One trace per model span, with its compute span's events and, for a top-level
     request, its root's frontend events; ensemble steps point at their parent's trace.
     Parents come before children. Paired with the W3C trace id (hex)."""
-    models = [s for s in tree.values() if s.is_model]
+    models = {sid: s for sid, s in tree.items() if MODEL_NAME in s.attrs}
+    below: dict[bytes, list[Span]] = {}  # a model span's other children (its compute span)
     if len(models) < len(tree):
-        used = {s.parent_id for s in models} | {s.span_id for s in tree.values()
-                                                 if s.parent_id in tree and tree[s.parent_id].is_model}
-        orphans = sum(1 for s in tree.values() if not s.is_model and s.span_id not in used)
+        above = {s.parent_id for s in models.values()}  # roots (and parents) of model spans
+        orphans = 0
+        for sid, s in tree.items():
+            if sid in models:
+                continue
+            if s.parent_id in models:
+                below.setdefault(s.parent_id, []).append(s)
+            elif sid not in above:
+                orphans += 1
         if orphans:
             reject("orphan_span", orphans)  # a root or compute span whose model span never came
-    trace_of = {s.span_id: next(ids) for s in models}
-    below: dict[bytes, list[Span]] = {}
-    for s in tree.values():
-        below.setdefault(s.parent_id, []).append(s)
+    trace_of = {sid: next(ids) for sid in models}
     out: list[tuple[int, Trace, str]] = []
-    for s in models:
-        t = Trace(trace_of[s.span_id], s.attrs[MODEL_NAME], s.attrs[MODEL_VERSION], s.attrs.get(REQUEST_ID) or None)
+    for sid, s in models.items():
+        attrs = s.attrs
+        t = Trace(trace_of[sid], attrs[MODEL_NAME], attrs[MODEL_VERSION], attrs.get(REQUEST_ID) or None)
         depth = 0
         parent = tree.get(s.parent_id)
-        if parent is not None and parent.is_model:
+        if parent is not None and parent.span_id in models:
             t.parent_id = trace_of[parent.span_id]
             p: Span | None = parent
-            while p is not None and p.is_model and depth < 16:
+            while p is not None and p.span_id in models and depth < 16:
                 depth += 1
                 p = tree.get(p.parent_id)
         elif parent is not None:
             _add_frontend(t, parent.events)
-        for c in below.get(s.span_id, ()):
-            if not c.is_model:
-                for name, ns in c.events:
-                    t.add(name, ns)
-        for name, ns in s.events:
-            t.add(name, ns)
+            t.failed = parent.error
+        t.failed |= s.error
+        for c in below.get(sid, ()):  # the compute span: never a model span
+            t.failed |= c.error
+            _add(t, c.events)
+        _add(t, s.events)
         out.append((depth, t, s.trace_id.hex()))
-    out.sort(key=lambda x: x[0])
+    if len(out) > 1:
+        out.sort(key=lambda x: x[0])
     return [(t, w3c) for _, t, w3c in out]
+
+
+def _add(t: Trace, events: list[tuple[str, int]]) -> None:
+    """Trace.add for each event; a name that is a single column is set directly (most are)."""
+    stamps = t.stamps
+    for name, ns in events:
+        if name in _SINGLE:
+            stamps[name] = ns  # the last wins, as in Trace.add
+        else:
+            t.add(name, ns)
 
 
 def _add_frontend(t: Trace, events: list[tuple[str, int]]) -> None:
     received = min((ns for name, ns in events if name in ("HTTP_RECV_START", "GRPC_WAITREAD_END")), default=0)
-    for name, ns in events:
-        if name in HTTP_SENDS and ns < received:
-            continue  # not captured: a zero converted to the wall clock at boot
-        t.add(name, ns)
+    if received and any(name in HTTP_SENDS and ns < received for name, ns in events):
+        # not captured: a zero converted to the wall clock at boot
+        events = [(name, ns) for name, ns in events if not (name in HTTP_SENDS and ns < received)]
+    _add(t, events)
 
 
 def new_ids() -> Iterator[int]:

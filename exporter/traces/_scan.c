@@ -52,7 +52,30 @@ typedef struct {
     Py_ssize_t objects; /* objects decoded on the fast path */
     int64_t last_id;    /* objects of one trace come together: skip the hash for a repeat */
     Slot *last_slot;
+    /* the request model of each finished trace (set_model; see derive()), out_width int64 a row */
+    int model_set;
+    struct Model *model;
+    int64_t *out_model;
+    Py_ssize_t out_model_cap;
 } Scanner;
+
+/* Which columns the request model reads, given by Python (stages.scan_model()). */
+#define MAX_SPANS 24
+#define MAX_SEGS 16
+typedef struct Model {
+    int nspans, span_a[MAX_SPANS], span_b[MAX_SPANS];
+    int arrival[3];
+    int http_send_start, http_send_end, grpc_send_start, grpc_send_end;
+    int http_send_end_first, grpc_send_end_first;
+    int done, done_first, released, queue_start;
+    int ncompute, compute[MAX_COLS], nhttp, http[MAX_COLS], ngrpc, grpc[MAX_COLS], ncount, count[MAX_COLS];
+    int k, seg_kind[MAX_SEGS], seg_a[MAX_SEGS], seg_b[MAX_SEGS];
+    int64_t max_span;
+    int width;
+} Model;
+enum { SEG_SPAN = 0, SEG_SEND = 1, SEG_BETWEEN = 2, SEG_UNCOMPUTED = 3 };
+enum { F_TIMED = 1, F_FRONTEND = 2, F_STREAMING = 4 };
+enum { O_ANSWERED = 0, O_CANCELLED = 1, O_CACHE_HIT = 2 };
 
 static inline uint64_t hash64(int64_t k) {
     uint64_t x = (uint64_t)k;
@@ -138,6 +161,114 @@ static int set_stamp(Scanner *s, Slot *t, int col, int64_t ns) {
     return 0;
 }
 
+/* Per interval (a[j], b[j]) of k in priority order, the time of [L, H] it owns (lowest j wins
+ * where they overlap), o[k] the time none covers: stages.exclusive_reference's rule. */
+static void sweep(const int64_t *a_in, const int64_t *b_in, int k, int64_t L, int64_t H, int64_t *o) {
+    int64_t a[MAX_SEGS], b[MAX_SEGS], pts[2 * MAX_SEGS + 2];
+    int seg[MAX_SEGS], nv = 0, np_ = 0;
+    for (int j = 0; j <= k; j++) o[j] = 0;
+    if (H <= L) return;
+    for (int j = 0; j < k; j++) { /* the non-empty intervals that meet [L, H], in priority order */
+        int64_t x = a_in[j], y = b_in[j];
+        if (x < 0 || y <= x || y <= L || x >= H) continue;
+        a[nv] = x < L ? L : x;
+        b[nv] = y > H ? H : y;
+        seg[nv++] = j;
+    }
+    if (nv == 0) { o[k] = H - L; return; }
+    pts[np_++] = L; pts[np_++] = H;
+    for (int i = 0; i < nv; i++) { pts[np_++] = a[i]; pts[np_++] = b[i]; }
+    for (int i = 1; i < np_; i++) { /* insertion sort: a handful of points */
+        int64_t v = pts[i];
+        int j = i - 1;
+        while (j >= 0 && pts[j] > v) { pts[j + 1] = pts[j]; j--; }
+        pts[j + 1] = v;
+    }
+    for (int i = 0; i + 1 < np_; i++) {
+        int64_t x = pts[i], y = pts[i + 1];
+        if (y <= x) continue;
+        int owner = k;
+        for (int v = 0; v < nv; v++)
+            if (a[v] <= x && y <= b[v]) { owner = seg[v]; break; }
+        o[owner] += y - x;
+    }
+}
+
+static inline int any_present(const int64_t *st, const int *cols, int n) {
+    for (int i = 0; i < n; i++) if (st[cols[i]] >= 0) return 1;
+    return 0;
+}
+
+static inline int64_t max2(int64_t a, int64_t b) { return a > b ? a : b; }
+
+/* The request model of one trace (stages.anatomy's rules, which stay the reference): per span its
+ * duration (-1: absent or not observed), end_to_end, first_response, the outcome, negative and
+ * implausible spans, flags, arrival, end, then the exclusive segments (streaming rows: redone by
+ * Python with every occurrence). Columns: [spans..., e2e, first, outcome, neg, impl, flags,
+ * arrival, end, seg 0..k]. */
+static void derive(const Model *m, const int64_t *st, int64_t *o) {
+    int64_t neg = 0, impl = 0;
+    for (int i = 0; i < m->nspans; i++) {
+        int64_t a = st[m->span_a[i]], b = st[m->span_b[i]], d = b - a;
+        o[i] = -1;
+        if (a < 0 || b < 0) continue;
+        if (d < 0) { neg++; continue; }
+        if (d > m->max_span) { impl++; continue; }
+        o[i] = d;
+    }
+    int http = any_present(st, m->http, m->nhttp);
+    int frontend = http || any_present(st, m->grpc, m->ngrpc);
+    int sent = st[m->http_send_start] >= 0 || st[m->http_send_end] >= 0 || st[m->grpc_send_start] >= 0
+               || st[m->grpc_send_end] >= 0;
+    int64_t done = st[m->done], released = st[m->released];
+    int outcome = O_ANSWERED;
+    int computed = any_present(st, m->compute, m->ncompute);
+    if (frontend && !(sent || (http && done >= 0))) outcome = O_CANCELLED;
+    else if (st[m->queue_start] >= 0 && !computed) outcome = O_CACHE_HIT;
+    int64_t arrival = -1;
+    for (int i = 0; i < 3 && arrival < 0; i++) arrival = st[m->arrival[i]];
+    if (outcome == O_CANCELLED) arrival = -1;
+    int64_t send_end = max2(st[m->http_send_end], st[m->grpc_send_end]);
+    int64_t end = max2(send_end, done);
+    if (end < 0) end = released;
+    int64_t first_send = st[m->http_send_end_first] >= 0 ? st[m->http_send_end_first] : st[m->grpc_send_end_first];
+    int64_t first = send_end >= 0 ? first_send : (done >= 0 ? st[m->done_first] : released);
+    int n = m->nspans;
+    int64_t e2e = -1, fr = -1;
+    if (arrival >= 0 && end >= 0) {
+        int64_t d = end - arrival;
+        if (d < 0) neg++; else if (d > m->max_span) impl++; else e2e = d;
+    }
+    if (arrival >= 0 && first >= 0) {
+        int64_t d = first - arrival;
+        if (d < 0) neg++; else if (d > m->max_span) impl++; else fr = d;
+    }
+    int streaming = st[m->http_send_end] >= 0 && st[m->grpc_send_end] >= 0;
+    for (int i = 0; i < m->ncount; i++) if (st[m->count[i]] >= 2) streaming = 1;
+    int timed = e2e >= 0;
+    o[n] = e2e; o[n + 1] = fr; o[n + 2] = outcome; o[n + 3] = neg; o[n + 4] = impl;
+    o[n + 5] = (timed ? F_TIMED : 0) | (frontend ? F_FRONTEND : 0) | (timed && streaming ? F_STREAMING : 0);
+    o[n + 6] = arrival; o[n + 7] = end;
+    int64_t a[MAX_SEGS], b[MAX_SEGS];
+    for (int j = 0; j < m->k; j++) {
+        int64_t x, y;
+        switch (m->seg_kind[j]) {
+        case SEG_SEND: {
+            int h = st[m->http_send_start] >= 0 && st[m->http_send_end] >= 0;
+            x = h ? st[m->http_send_start] : st[m->grpc_send_start];
+            y = h ? st[m->http_send_end] : st[m->grpc_send_end];
+            break;
+        }
+        case SEG_BETWEEN: x = first >= 0 ? max2(first, released) : -1; y = end; break;
+        default: x = st[m->seg_a[j]]; y = st[m->seg_b[j]];
+                 if (m->seg_kind[j] == SEG_UNCOMPUTED && computed) x = -1;
+        }
+        a[j] = (x >= 0 && y >= 0) ? x : -1;
+        b[j] = (x >= 0 && y >= 0) ? y : -1;
+    }
+    sweep(a, b, m->k, timed ? arrival : 0, timed ? end : 0, o + n + 8);
+}
+
 /* Move the oldest open trace to the output. */
 static int finish_oldest(Scanner *s) {
     Slot *t = &s->ring[s->head];
@@ -147,6 +278,15 @@ static int finish_oldest(Scanner *s) {
     s->out_ids[n] = t->id;
     s->out_parents[n] = t->parent;
     memcpy(&s->out_stamps[n * s->ncols], t->stamps, s->ncols * sizeof(int64_t));
+    if (s->model_set) {
+        if (n >= s->out_model_cap) {
+            Py_ssize_t cap = s->out_cap;
+            int64_t *a = PyMem_Realloc(s->out_model, cap * s->model->width * sizeof(int64_t));
+            if (!a) { PyErr_NoMemory(); return -1; }
+            s->out_model = a; s->out_model_cap = cap;
+        }
+        derive(s->model, t->stamps, &s->out_model[n * s->model->width]);
+    }
     s->out_hdr[n] = t->hdr;
     if (t->ext_n) {
         if (s->out_ext_n + t->ext_n > s->out_ext_cap) {
@@ -543,6 +683,65 @@ static PyObject *Scanner_lookup(Scanner *s, PyObject *arg) {
     return Py_BuildValue("(NN)", parent, d);
 }
 
+/* set_model(ints): stages.scan_model()'s layout, read in this order. */
+static int take_cols(PyObject *seq, Py_ssize_t *i, int *n, int *cols, int max, int ncols) {
+    long v = PyLong_AsLong(PyTuple_GET_ITEM(seq, (*i)++));
+    if (v < 0 || v > max) return -1;
+    *n = (int)v;
+    for (int j = 0; j < *n; j++) {
+        long c = PyLong_AsLong(PyTuple_GET_ITEM(seq, (*i)++));
+        if (c < 0 || c >= ncols) return -1;
+        cols[j] = (int)c;
+    }
+    return 0;
+}
+
+static PyObject *Scanner_set_model(Scanner *s, PyObject *arg) {
+    if (!PyTuple_Check(arg)) { PyErr_SetString(PyExc_TypeError, "set_model: a tuple"); return NULL; }
+    Model *m = PyMem_Calloc(1, sizeof(Model));
+    if (!m) return PyErr_NoMemory();
+    Py_ssize_t i = 0, len = PyTuple_GET_SIZE(arg);
+    int bad = 0;
+#define NEXT(dst) do { if (i >= len) { bad = 1; break; } long v_ = PyLong_AsLong(PyTuple_GET_ITEM(arg, i++)); \
+        if (v_ < 0 || v_ >= s->ncols) { bad = 1; break; } (dst) = (int)v_; } while (0)
+    long ns = i < len ? PyLong_AsLong(PyTuple_GET_ITEM(arg, i++)) : -1;
+    if (ns < 0 || ns > MAX_SPANS) bad = 1;
+    m->nspans = (int)ns;
+    for (int j = 0; !bad && j < m->nspans; j++) { NEXT(m->span_a[j]); NEXT(m->span_b[j]); }
+    for (int j = 0; !bad && j < 3; j++) NEXT(m->arrival[j]);
+    if (!bad) { NEXT(m->http_send_start); NEXT(m->http_send_end); NEXT(m->grpc_send_start); NEXT(m->grpc_send_end); }
+    if (!bad) { NEXT(m->http_send_end_first); NEXT(m->grpc_send_end_first); }
+    if (!bad) { NEXT(m->done); NEXT(m->done_first); NEXT(m->released); NEXT(m->queue_start); }
+    if (!bad && (i + 4 > len || take_cols(arg, &i, &m->ncompute, m->compute, MAX_COLS, s->ncols) < 0
+                 || take_cols(arg, &i, &m->nhttp, m->http, MAX_COLS, s->ncols) < 0
+                 || take_cols(arg, &i, &m->ngrpc, m->grpc, MAX_COLS, s->ncols) < 0
+                 || take_cols(arg, &i, &m->ncount, m->count, MAX_COLS, s->ncols) < 0)) bad = 1;
+    long k = !bad && i < len ? PyLong_AsLong(PyTuple_GET_ITEM(arg, i++)) : -1;
+    if (k < 1 || k >= MAX_SEGS || i + 3 * k + 1 != len) bad = 1;
+    for (int j = 0; !bad && j < k; j++) {
+        long kind = PyLong_AsLong(PyTuple_GET_ITEM(arg, i++));
+        if (kind < SEG_SPAN || kind > SEG_UNCOMPUTED) { bad = 1; break; }
+        m->seg_kind[j] = (int)kind;
+        NEXT(m->seg_a[j]); NEXT(m->seg_b[j]);
+    }
+#undef NEXT
+    if (!bad) {
+        m->k = (int)k;
+        m->max_span = PyLong_AsLongLong(PyTuple_GET_ITEM(arg, i));
+        if (m->max_span <= 0) bad = 1;
+    }
+    if (bad || PyErr_Occurred()) {
+        PyMem_Free(m);
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "set_model: layout");
+        return NULL;
+    }
+    m->width = m->nspans + 8 + m->k + 1;
+    PyMem_Free(s->model);
+    s->model = m;
+    s->model_set = 1;
+    return PyLong_FromLong(m->width);
+}
+
 static PyObject *Scanner_finish_all(Scanner *s, PyObject *unused) {
     while (s->count > 0)
         if (finish_oldest(s) < 0) return NULL;
@@ -560,7 +759,11 @@ static PyObject *Scanner_take(Scanner *s, PyObject *unused) {
         Py_XDECREF(ids); Py_XDECREF(parents); Py_XDECREF(stamps); Py_XDECREF(hdrs); Py_XDECREF(ext);
         return NULL;
     }
-    PyObject *res = Py_BuildValue("(NNNNON)", ids, parents, stamps, hdrs, s->out_rids, ext);
+    PyObject *model = s->model_set
+        ? PyBytes_FromStringAndSize((const char *)s->out_model, n * s->model->width * sizeof(int64_t))
+        : Py_NewRef(Py_None);
+    if (!model) { Py_DECREF(ids); Py_DECREF(parents); Py_DECREF(stamps); Py_DECREF(hdrs); Py_DECREF(ext); return NULL; }
+    PyObject *res = Py_BuildValue("(NNNNONN)", ids, parents, stamps, hdrs, s->out_rids, ext, model);
     if (!res) return NULL;
     Py_SETREF(s->out_rids, PyList_New(0));
     s->out_n = 0;
@@ -628,6 +831,8 @@ static void Scanner_dealloc(Scanner *s) {
     }
     for (int i = 0; i < s->nnames; i++) PyMem_Free(s->names[i]);
     PyMem_Free(s->out_ext);
+    PyMem_Free(s->model);
+    PyMem_Free(s->out_model);
     PyMem_Free(s->hkeys); PyMem_Free(s->hvals);
     PyMem_Free(s->out_ids); PyMem_Free(s->out_parents); PyMem_Free(s->out_stamps); PyMem_Free(s->out_hdr);
     Py_XDECREF(s->out_rids); Py_XDECREF(s->hdr_index); Py_XDECREF(s->hdr_list);
@@ -640,6 +845,7 @@ static PyMethodDef Scanner_methods[] = {
     {"inject_stamp", (PyCFunction)Scanner_inject_stamp, METH_VARARGS, "a timestamp decoded by Python"},
     {"inject_extra", (PyCFunction)Scanner_inject_extra, METH_VARARGS, "(id, code >= ncols, ns): a custom activity"},
     {"lookup", (PyCFunction)Scanner_lookup, METH_O, "(parent, stamps) of an open trace, or None"},
+    {"set_model", (PyCFunction)Scanner_set_model, METH_O, "the request model's columns (stages.scan_model()); -> row width"},
     {"finish_all", (PyCFunction)Scanner_finish_all, METH_NOARGS, "finish every open trace"},
     {"take", (PyCFunction)Scanner_take, METH_NOARGS, "the finished traces as columns"},
     {NULL, NULL, 0, NULL},
@@ -671,7 +877,7 @@ static PyTypeObject ScannerType = {
  * they overlap, column k the time none covers (stages.exclusive_reference's rule).
  * starts and ends are [k, n] (interval j of row r at j * n + r). An interval with a
  * negative start or end <= start is empty; a row with hi <= lo owns nothing. */
-#define MAX_K 16
+#define MAX_K MAX_SEGS
 static PyObject *exclusive(PyObject *self, PyObject *args) {
     Py_buffer bs, be, bl, bh;
     int k;
@@ -687,36 +893,9 @@ static PyObject *exclusive(PyObject *self, PyObject *args) {
     const int64_t *st = bs.buf, *en = be.buf, *lo = bl.buf, *hi = bh.buf;
     int64_t *out = (int64_t *)PyBytes_AS_STRING(res);
     for (Py_ssize_t r = 0; r < n; r++) {
-        int64_t a[MAX_K], b[MAX_K], pts[2 * MAX_K + 2];
-        int seg[MAX_K], nv = 0, np_ = 0;
-        int64_t *o = out + r * (k + 1);
-        int64_t L = lo[r], H = hi[r];
-        for (int j = 0; j <= k; j++) o[j] = 0;
-        if (H <= L) continue;
-        for (int j = 0; j < k; j++) { /* the non-empty intervals that meet [L, H], in priority order */
-            int64_t x = st[j * n + r], y = en[j * n + r];
-            if (x < 0 || y <= x || y <= L || x >= H) continue;
-            a[nv] = x < L ? L : x;
-            b[nv] = y > H ? H : y;
-            seg[nv++] = j;
-        }
-        if (nv == 0) { o[k] = H - L; continue; }
-        pts[np_++] = L; pts[np_++] = H;
-        for (int i = 0; i < nv; i++) { pts[np_++] = a[i]; pts[np_++] = b[i]; }
-        for (int i = 1; i < np_; i++) { /* insertion sort: a handful of points */
-            int64_t v = pts[i];
-            int j = i - 1;
-            while (j >= 0 && pts[j] > v) { pts[j + 1] = pts[j]; j--; }
-            pts[j + 1] = v;
-        }
-        for (int i = 0; i + 1 < np_; i++) {
-            int64_t x = pts[i], y = pts[i + 1];
-            if (y <= x) continue;
-            int owner = k;
-            for (int v = 0; v < nv; v++)
-                if (a[v] <= x && y <= b[v]) { owner = seg[v]; break; }
-            o[owner] += y - x;
-        }
+        int64_t a[MAX_K], b[MAX_K];
+        for (int j = 0; j < k; j++) { a[j] = st[j * n + r]; b[j] = en[j * n + r]; }
+        sweep(a, b, k, lo[r], hi[r], out + r * (k + 1));
     }
 done:
     PyBuffer_Release(&bs); PyBuffer_Release(&be); PyBuffer_Release(&bl); PyBuffer_Release(&bh);

@@ -13,7 +13,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..histogram import STORE_SCHEMA, Histogram, native_index
-from ..stages import ALL_STAGES, INTER_RESPONSE, PROTOCOLS, SEGMENTS
+from ..stages import ALL_STAGES, INTER_RESPONSE, OUTCOMES, PROTOCOLS, SEGMENTS, Outcome
 from .assembly import TraceBatch
 
 # series key: (*pattern labels, model, version, protocol[, stage | segment])
@@ -36,6 +36,7 @@ class TraceAggregate:
     bounds_ns: tuple[int, ...]
     histograms: dict[SeriesKey, Histogram] = field(default_factory=dict)  # stage durations
     traces: Counter[SeriesKey] = field(default_factory=Counter)  # (*labels, model, version, protocol)
+    outcomes: Counter[SeriesKey] = field(default_factory=Counter)  # (*labels, model, version, protocol, outcome)
     responses: dict[SeriesKey, Histogram] = field(default_factory=dict)  # responses per request
     timeline: Counter[SeriesKey] = field(default_factory=Counter)  # ns per segment
     files: Counter[str] = field(default_factory=Counter)  # parsed | failed
@@ -106,6 +107,10 @@ class TraceAggregate:
             if n:
                 self.traces[bases[g]] += n
         an = batch.anatomy(rows)
+        n_out = len(OUTCOMES)
+        for f, n in enumerate(np.bincount(gidx * n_out + an.outcome, minlength=n_groups * n_out).tolist()):
+            if n:
+                self.outcomes[(*bases[f // n_out], OUTCOMES[f % n_out])] += n
         self.rejected["negative_span"] += int(an.negative.sum())
         self.rejected["implausible_span"] += int(an.implausible.sum())
 
@@ -123,11 +128,13 @@ class TraceAggregate:
         self._observe(gidx[row_i] * len(stage_names) + stage_j, dv, row_i,
                       [(*b, s) for b in bases for s in stage_names], batch, rows)
 
-        # responses per request, and the timeline's segments summed per group
+        # responses per request (cancelled requests had none), and the timeline's segments per group
         bounds = np.asarray(RESPONSE_BOUNDS, dtype=np.int64)
-        resp = np.bincount(gidx * (len(bounds) + 1) + np.searchsorted(bounds, an.responses, side="left"),
+        answered = an.outcome != Outcome.CANCELLED
+        resp = np.bincount(gidx[answered] * (len(bounds) + 1)
+                           + np.searchsorted(bounds, an.responses[answered], side="left"),
                            minlength=n_groups * (len(bounds) + 1)).reshape(n_groups, -1)
-        resp_sum = np.bincount(gidx, weights=an.responses, minlength=n_groups)
+        resp_sum = np.bincount(gidx[answered], weights=an.responses[answered], minlength=n_groups)
         order = np.argsort(gidx[an.timed], kind="stable")
         timed_g = gidx[an.timed][order]
         if len(timed_g):
@@ -136,7 +143,7 @@ class TraceAggregate:
             for g, sums in zip(timed_g[starts].tolist(), seg_sums.tolist(), strict=True):
                 for seg, ns in zip(SEGMENTS, sums, strict=True):
                     self.timeline[(*bases[g], seg)] += ns
-        natives = _native_counts(gidx, an.responses.astype(np.int64), 1.0)
+        natives = _native_counts(gidx[answered], an.responses[answered].astype(np.int64), 1.0)
         for g in np.flatnonzero(resp.sum(axis=1)).tolist():
             h = self.responses.get(bases[g])
             if h is None:
@@ -191,6 +198,7 @@ class TraceAggregate:
         out.histograms = _merged(self.histograms, delta.histograms)
         out.responses = _merged(self.responses, delta.responses)
         out.traces = self.traces + delta.traces
+        out.outcomes = self.outcomes + delta.outcomes
         out.timeline = self.timeline + delta.timeline
         out.files = self.files + delta.files
         out.rejected = self.rejected + delta.rejected
@@ -212,6 +220,7 @@ class TraceAggregate:
                 else:
                     mine[k] = h.copy()
         self.traces += delta.traces  # Counter +=, like +, keeps only positive counts
+        self.outcomes += delta.outcomes
         self.timeline += delta.timeline
         self.files += delta.files
         self.rejected += delta.rejected
@@ -224,6 +233,7 @@ class TraceAggregate:
             "bounds_ns": list(self.bounds_ns),
             "histograms": [[list(k), h.counts, h.total, h.count, h.native_json()] for k, h in self.histograms.items()],
             "traces": [[list(k), n] for k, n in self.traces.items()],
+            "outcomes": [[list(k), n] for k, n in sorted(self.outcomes.items())],  # in any order of arrival
             "responses": [[list(k), h.counts, h.total, h.count, h.native_json()] for k, h in self.responses.items()],
             "timeline": [[list(k), n] for k, n in self.timeline.items()],
             "files": dict(self.files),
@@ -249,6 +259,7 @@ class TraceAggregate:
         v: dict[str, Any] = {
             "h": [[ref(k[:-1]), k[-1], *sparse(h)] for k, h in self.histograms.items()],
             "t": [[ref(k), n] for k, n in self.traces.items()],
+            "o": [[ref(k[:-1]), k[-1], n] for k, n in self.outcomes.items()],
             "r": [[ref(k), *sparse(h)] for k, h in self.responses.items()],
             "l": [[ref(k[:-1]), k[-1], n] for k, n in self.timeline.items()],
             "files": dict(self.files),
@@ -284,6 +295,7 @@ class TraceAggregate:
                     bounds_ns, dense(len(bounds_ns) + 1, idx, counts), int(total), int(count))
                 h.load_native(native[0] if native else None)
         agg.traces = Counter({at(table, b): int(n) for b, n in v.get("t", [])})
+        agg.outcomes = Counter({(*at(table, b), str(o)): _count(n) for b, o, n in v.get("o", [])})
         for b, idx, counts, total, count, *native in v.get("r", []):
             h = agg.responses[at(table, b)] = Histogram(
                 RESPONSE_BOUNDS, dense(len(RESPONSE_BOUNDS) + 1, idx, counts), int(total), int(count))
@@ -305,6 +317,7 @@ class TraceAggregate:
                 h = agg.histograms[tuple(k)] = Histogram(bounds_ns, [int(c) for c in counts], int(total), int(count))
                 h.load_native(native[0] if native else None)
         agg.traces = Counter({tuple(k): int(n) for k, n in v.get("traces", [])})
+        agg.outcomes = Counter({tuple(map(str, k)): _count(n) for k, n in v.get("outcomes", [])})
         for k, counts, total, count, *native in v.get("responses", []):
             h = agg.responses[tuple(k)] = Histogram(RESPONSE_BOUNDS, [int(c) for c in counts], int(total), int(count))
             h.load_native(native[0] if native else None)
@@ -315,6 +328,12 @@ class TraceAggregate:
         agg.custom_stages = {str(c) for c in v.get("custom_stages", [])}
         agg.last_ingest = float(v.get("last_ingest", 0.0))
         return agg
+
+
+def _count(n: Any) -> int:
+    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+        raise ValueError(f"count {n!r} is not a non-negative integer")
+    return n
 
 
 def _native_counts(series: npt.NDArray[np.int64], values: npt.NDArray[np.int64], unit: float

@@ -53,6 +53,7 @@ class Trace:
     stamps: dict[str, int] = field(default_factory=dict)  # by column of stages.COLUMNS
     # every occurrence of a name repeated more than twice, and custom activity timestamps
     extra: list[tuple[str, int]] = field(default_factory=list)
+    failed: bool = False  # the source says the request failed (OTLP: the span status)
 
     def add(self, name: str, ns: int) -> None:
         if name in COLUMN:
@@ -61,13 +62,15 @@ class Trace:
             self.extra.append((name, ns))
 
     def to_json(self) -> list[Any]:
-        return [self.id, self.model, self.version, self.request_id, self.parent_id, self.stamps,
-                [list(e) for e in self.extra]]
+        out = [self.id, self.model, self.version, self.request_id, self.parent_id, self.stamps,
+               [list(e) for e in self.extra]]
+        return [*out, 1] if self.failed else out
 
     @classmethod
     def from_json(cls, v: list[Any]) -> Trace:
         extra = [(str(n), int(ns)) for n, ns in v[6]] if len(v) > 6 else []
-        return cls(int(v[0]), v[1], v[2], v[3], v[4], {str(k): int(n) for k, n in v[5].items()}, extra)
+        return cls(int(v[0]), v[1], v[2], v[3], v[4], {str(k): int(n) for k, n in v[5].items()}, extra,
+                   len(v) > 7 and bool(v[7]))
 
 
 @dataclass
@@ -85,6 +88,8 @@ class TraceBatch:
     extra: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros((0, 3), dtype=np.int64))
     customs: list[str] = field(default_factory=list)  # shared by a scan's batches
     trace_ids: list[str] | None = None  # per row, the W3C trace id where there is one (OTLP)
+    failed: npt.NDArray[np.bool_] | None = None  # rows the source says failed; None: no such rows
+    model: npt.NDArray[np.int64] | None = None  # the C scanner's request model per row (stages.scan_model)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -118,11 +123,13 @@ class TraceBatch:
                     h = index[key] = len(table)
                     table.append(key)
                 hdr[i] = h
+        failed = np.array([t.failed for t in traces], dtype=bool)
         return cls(
             np.array([t.id for t in traces], dtype=np.int64),
             np.array([-1 if t.parent_id is None else t.parent_id for t in traces], dtype=np.int64),
             stamps, hdr, table, [t.request_id for t in traces],
             np.array(extra, dtype=np.int64).reshape(-1, 3), custom_table,
+            failed=failed if failed.any() else None,
         )
 
     def usable(self, reject: Callable[[str, int], None]) -> npt.NDArray[np.bool_]:
@@ -169,7 +176,10 @@ class TraceBatch:
 
     def anatomy(self, rows: npt.NDArray[np.intp]) -> Anatomy:
         """The stage table over the given rows."""
-        return anatomy(self.stamps[rows], lambda i: self.repeats(int(rows[i])))
+        every = len(rows) == len(self)  # rows are ascending: all of them, in order, need no copy
+        return anatomy(self.stamps if every else self.stamps[rows], lambda i: self.repeats(int(rows[i])),
+                       None if self.failed is None else self.failed[rows],
+                       None if self.model is None else self.model if every else self.model[rows])
 
     def custom_spans(self, rows: npt.NDArray[np.intp]) -> Iterator[tuple[int, str, int]]:
         """(index into rows, stage, ns) of the custom activity spans of the given rows."""
@@ -188,7 +198,8 @@ class TraceBatch:
         h = int(self.hdr[i])
         model, version = self.headers[h] if h >= 0 else (None, None)
         return Trace(int(self.ids[i]), model, version, self.request_ids[i], None if p < 0 else p,
-                     {COLUMNS[j]: int(row[j]) for j in np.flatnonzero(row >= 0)}, self.extra_names(i))
+                     {COLUMNS[j]: int(row[j]) for j in np.flatnonzero(row >= 0)}, self.extra_names(i),
+                     self.failed is not None and bool(self.failed[i]))
 
     def select(self, rows: npt.NDArray[np.intp]) -> TraceBatch:
         extra = self.extra
@@ -201,7 +212,9 @@ class TraceBatch:
             extra = extra[np.argsort(extra[:, 0], kind="stable")]
         return TraceBatch(self.ids[rows], self.parents[rows], self.stamps[rows], self.hdr[rows], self.headers,
                           [self.request_ids[i] for i in rows.tolist()], extra, self.customs,
-                          None if self.trace_ids is None else [self.trace_ids[i] for i in rows.tolist()])
+                          None if self.trace_ids is None else [self.trace_ids[i] for i in rows.tolist()],
+                          None if self.failed is None else self.failed[rows],
+                          None if self.model is None else self.model[rows])
 
 
 class MergeWindow:

@@ -15,10 +15,12 @@ from prometheus_client.samples import Exemplar as PromExemplar
 from ..exposition import reusable
 from ..histogram import STORE_SCHEMA, NativeHistogramFamily, cumulative, format_le
 from ..source import PREFIX
-from ..stages import ALL_STAGES
+from ..stages import ALL_STAGES, OUTCOMES
 from .aggregate import RESPONSE_BOUNDS, TraceAggregate
 from .tailer import TraceTailer
 
+# Counted apart from rejections: Triton's tensor dumps at trace level TENSORS are healthy input.
+TENSOR_RECORD = "tensor_record"
 REJECT_REASONS = (
     "malformed_json", "not_utf8", "wrong_type", "missing_field", "unknown_timestamp", "bad_label",
     "missing_header", "incomplete_trace", "negative_span", "implausible_span", "model_cap",
@@ -74,6 +76,15 @@ class TraceCollector(Collector):
         for key, n in sorted(agg.traces.items()):
             t.add_metric(list(key), float(n))
         yield t
+        o = CounterMetricFamily(
+            PREFIX + "requests",
+            "Traced requests by outcome: answered, cancelled (the client gave up or its deadline passed: no "
+            "response went out), cache_hit (answered from the response cache), failed (where the source says so).",
+            labels=[*names, "model", "version", "protocol", "outcome"])
+        for key, n in sorted(agg.outcomes.items(), key=lambda kv: (kv[0][:-1], OUTCOMES.index(kv[0][-1])
+                                                                   if kv[0][-1] in OUTCOMES else len(OUTCOMES))):
+            o.add_metric(list(key), float(n))
+        yield o
         r_les = [format_le(float(b)) for b in RESPONSE_BOUNDS] + ["+Inf"]
         r_names = [*names, "model", "version", "protocol"]
         rh = NativeHistogramFamily(PREFIX + "responses_per_request",
@@ -87,7 +98,8 @@ class TraceCollector(Collector):
         tl = CounterMetricFamily(
             PREFIX + "timeline_seconds",
             "Time of end_to_end per exclusive segment: the segments of a trace add up to its end_to_end, so "
-            "the sum over segments of the rate, divided by the rate of traces_total, is the mean end_to_end.",
+            "the sum over segments of the rate, divided by the rate of the end_to_end count (cancelled requests have "
+            "no timeline), is the mean end_to_end.",
             labels=[*names, "model", "version", "protocol", "segment"])
         for key, ns in sorted(agg.timeline.items()):
             tl.add_metric(list(key), ns / 1e9)
@@ -98,9 +110,14 @@ class TraceCollector(Collector):
         yield f
         r = CounterMetricFamily(PREFIX + "trace_records_rejected",
                                 "Trace records or spans not counted, by reason.", labels=["reason"])
-        for reason in sorted(set(REJECT_REASONS) | set(agg.rejected)):
+        for reason in sorted((set(REJECT_REASONS) | set(agg.rejected)) - {TENSOR_RECORD}):
             r.add_metric([reason], float(agg.rejected.get(reason, 0)))
         yield r
+        tr = CounterMetricFamily(PREFIX + "trace_tensor_records",
+                                 "Tensor records of trace level TENSORS read and skipped: not timing data, not "
+                                 "rejections (Triton writes UINT8 and BYTES data unescaped).")
+        tr.add_metric([], float(agg.rejected.get(TENSOR_RECORD, 0)))
+        yield tr
         g = GaugeMetricFamily(PREFIX + "trace_last_ingest_timestamp_seconds",
                               "Unix time of the last trace file ingested (0: none yet).")
         g.add_metric([], agg.last_ingest)

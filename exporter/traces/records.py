@@ -9,7 +9,6 @@ whatever the file's size.
 
 from __future__ import annotations
 
-import itertools
 import json
 import re
 from collections.abc import Callable, Generator, Iterator
@@ -30,6 +29,13 @@ LENIENT_HEADER = re.compile(
     rb'(?:,"request_id":"(.*?)")?(?:,"parent_id":(\d+))?\}$',
     re.DOTALL,
 )
+
+# Tensor records of trace level TENSORS: {"id":N,"activity":"TENSOR_...","tensor":{"name":..,"data":..,
+# "shape":..,"dtype":..}}. Triton writes UINT8 and BYTES data unescaped (raw bytes, quotes, even
+# '{"id":'), so such a record is delimited by its fixed tail, not decoded: counted, never a rejection.
+TENSOR_START = re.compile(rb'\{\s*"id"\s*:\s*\d+\s*,\s*"activity"\s*:\s*"TENSOR_')
+TENSOR_END = re.compile(rb'","shape":"[0-9,]*","dtype":"[A-Z0-9_]+"\}\s*\}')
+TENSOR_RECORD = "tensor_record"  # the reason it is noted under (the collector serves it apart)
 
 _decoder = json.JSONDecoder()
 
@@ -128,7 +134,8 @@ def to_record(obj: Any, reject: RejectFn) -> Record | None:
             rid = None
         return Header(tid, model, str(version), None if rid is None or rid == "" else str(rid), pid)
     if "activity" in obj:
-        return None  # tensor records of trace level TENSORS: not timing data
+        reject(TENSOR_RECORD)  # a tensor record Triton wrote as valid JSON: not timing data
+        return None
     reject("missing_field")
     return None
 
@@ -183,6 +190,13 @@ def decode_object(raw: bytes, reject: RejectFn) -> Record | None:
     return to_record(obj, reject)
 
 
+TensorFn = Callable[[bytes], None]  # a tensor record's bytes
+
+
+def _skip(_: bytes) -> None:
+    """Tensor records are counted, not kept, unless the caller asks for them."""
+
+
 # (buf, pos) -> (pos, status, end): consumes whole objects from pos on; status 1 stops at an
 # object [pos, end) it leaves to Python; status 0 stops at the last object start (or len(buf))
 FastPath = Callable[[bytes, int], tuple[int, int, int]]
@@ -196,6 +210,7 @@ def read_records(
     chunk: int = CHUNK,
     salvage_tail: bool = False,
     fast: FastPath | None = None,
+    on_tensor: TensorFn | None = None,
 ) -> Iterator[Record | ChunkEnd]:
     """Stream the records of one trace file from byte `start` (0 or a past end_offset).
 
@@ -203,8 +218,10 @@ def read_records(
     object, `end_offset` after each whole object. A record is yielded only once the
     start of the next object (or the closing bracket) proves it whole. With `fast`,
     the objects it handles are consumed there and only the others are yielded, in order
-    (then a CHUNK_END follows each chunk).
+    (then a CHUNK_END follows each chunk). `on_tensor` gets each tensor record's bytes, in order
+    with the records (the `Data Flow:` block of `summary --format trace_summary` reads them).
     """
+    tensor: TensorFn = on_tensor or _skip
     fp.seek(start)
     result.end_offset = start
     buf, base = b"", start  # base: file offset of buf[0]
@@ -223,15 +240,15 @@ def read_records(
             seen_open = True
             _check_head(buf, first, reject, result)
         if fast is None:
-            last = yield from _python_objects(buf, base, first, reject, result, searched)
+            last = yield from _python_objects(buf, base, first, reject, result, searched, tensor)
         else:
-            last = yield from _fast_objects(fast, buf, base, first, reject, result)
+            last = yield from _fast_objects(fast, buf, base, first, reject, result, tensor)
         if eof:
             if skipping and last is None:
                 # the file ends inside what was skipped: whole if the array's bracket closes it
                 result.complete = buf.rstrip(b" \t\r\n").endswith(b"]")
                 return
-            yield from _tail(buf, base, last, start, salvage_tail, reject, result)
+            yield from _tail(buf, base, last, start, salvage_tail, reject, result, tensor)
             return
         if not seen_open and last is None and len(buf) > MAX_OBJECT:
             seen_open = True  # a head that never reaches an object: judged by its first bytes
@@ -250,31 +267,62 @@ def _check_head(buf: bytes, first: int | None, reject: RejectFn, result: ReadRes
         reject("malformed_json")
 
 
-def _python_objects(buf: bytes, base: int, first: int | None, reject: RejectFn,
-                    result: ReadResult, searched: int = 0) -> Generator[Record, None, int | None]:
+def _python_objects(buf: bytes, base: int, first: int | None, reject: RejectFn, result: ReadResult,
+                    searched: int = 0, tensor: TensorFn | None = None) -> Generator[Record, None, int | None]:
     """Every object of buf but the last (which may be incomplete) decoded in Python; returns
     where the last begins. Starts before `searched` (but first) were looked for already."""
     if first is None:
         return None
+    a = first
     frm = max(first + 1, searched - START_OVERLAP)
-    starts = [first, *(m.start() for m in OBJECT_START.finditer(buf, frm))]
-    for a, b in itertools.pairwise(starts):
-        rec = decode_object(buf[a:b], reject) if b - a <= MAX_OBJECT else _oversized(reject)
+    while True:
+        b = object_end(buf, a, frm)
+        if b is None:
+            return a
+        if TENSOR_START.match(buf, a):
+            reject(TENSOR_RECORD)
+            if tensor is not None:
+                tensor(buf[a:b])
+            rec = None
+        else:
+            rec = decode_object(buf[a:b], reject) if b - a <= MAX_OBJECT else _oversized(reject)
         result.objects += 1
         result.end_offset = base + b
         if rec is not None:
             yield rec
-    return starts[-1]
+        a = b
+
+
+def object_end(buf: bytes, a: int, frm: int = 0) -> int | None:
+    """Where the object starting at `a` ends: the next object's start (searched from `frm` on at
+    the earliest), past a tensor record's tail; None where buf does not show it yet."""
+    if TENSOR_START.match(buf, a):
+        tail = TENSOR_END.search(buf, a)
+        if tail is None:
+            return None
+        frm = tail.end()
+    m = OBJECT_START.search(buf, max(a + 1, frm))
+    return m.start() if m else None
 
 
 def _fast_objects(fast: FastPath, buf: bytes, base: int, first: int | None, reject: RejectFn,
-                  result: ReadResult) -> Generator[Record | ChunkEnd, None, int | None]:
+                  result: ReadResult, tensor: TensorFn) -> Generator[Record | ChunkEnd, None, int | None]:
     """The fast path consumes what it can; the objects it hands back are decoded here."""
     pos = first if first is not None else len(buf)
     while True:
         pos, status, end = fast(buf, pos)
         if status != 1:
             break
+        if TENSOR_START.match(buf, pos):  # the fast path split it at the first '{"id":' in its data
+            tensor_end = object_end(buf, pos)
+            if tensor_end is None:
+                break  # the rest of it is in the next chunk
+            reject(TENSOR_RECORD)
+            tensor(buf[pos:tensor_end])
+            result.objects += 1
+            result.end_offset = base + tensor_end
+            pos = tensor_end
+            continue
         rec = decode_object(buf[pos:end], reject) if end - pos <= MAX_OBJECT else _oversized(reject)
         result.objects += 1
         result.end_offset = base + end
@@ -303,13 +351,20 @@ def _keep_last(buf: bytes, base: int, last: int | None, reject: RejectFn,
 
 
 def _tail(buf: bytes, base: int, last: int | None, start: int, salvage_tail: bool, reject: RejectFn,
-          result: ReadResult) -> Iterator[Record]:
+          result: ReadResult, tensor: TensorFn) -> Iterator[Record]:
     """At end of file: the last piece must be an object followed by the closing bracket."""
     if last is None:
         whole = buf.strip(b" \t\r\n")
         result.complete = whole.endswith(b"]") and (start > 0 or result.array)
         return
     stripped = buf[last:].rstrip(b" \t\r\n")
+    if stripped.endswith(b"]") and TENSOR_START.match(stripped) and TENSOR_END.search(stripped):
+        reject(TENSOR_RECORD)  # the file's last object is a tensor record
+        tensor(stripped[:-1])
+        result.objects += 1
+        result.end_offset = base + len(buf)
+        result.complete = True
+        return
     if stripped.endswith(b"]"):
         body = stripped[:-1]
         if _whole_object(body) or _lenient_header(body.rstrip(b" \t\r\n,")) is not None:

@@ -13,12 +13,21 @@ from typing import BinaryIO
 
 import numpy as np
 
-from ..stages import COLUMN, COLUMNS, COUNT_COL, FIRST_COL, MAX_CUSTOM_NAMES, NAMES, NCOLS
+from ..stages import (
+    COLUMN,
+    COLUMNS,
+    COUNT_COL,
+    FIRST_COL,
+    MAX_CUSTOM_NAMES,
+    NAMES,
+    NCOLS,
+    scan_model,
+)
 from .assembly import MergeWindow, Trace, TraceBatch
-from .records import ChunkEnd, ReadResult, RejectFn, Stamps, read_records
+from .records import ChunkEnd, ReadResult, RejectFn, Stamps, TensorFn, read_records
 
 BATCH = 8192  # Trace objects held by the Python path before a batch is formed
-C_BATCH = 32768  # rows of the C path (8 bytes a cell): bigger batches, fewer numpy calls
+C_BATCH = 16384  # rows of the C path: the scanner computes each row's request model, so a batch only bins
 
 
 class _CustomNames:
@@ -53,9 +62,9 @@ class PyFileScan(_CustomNames):
     def lookup(self, tid: int) -> Trace | None:
         return self.merge.open_trace(tid)
 
-    def batches(self, fp: BinaryIO, result: ReadResult, start: int = 0,
-                salvage_tail: bool = False) -> Iterator[TraceBatch]:
-        for rec in read_records(fp, self.reject, result, start, salvage_tail=salvage_tail):
+    def batches(self, fp: BinaryIO, result: ReadResult, start: int = 0, salvage_tail: bool = False,
+                on_tensor: TensorFn | None = None) -> Iterator[TraceBatch]:
+        for rec in read_records(fp, self.reject, result, start, salvage_tail=salvage_tail, on_tensor=on_tensor):
             if isinstance(rec, ChunkEnd):
                 continue
             if isinstance(rec, Stamps) and any(n not in COLUMN for n, _ in rec.stamps):
@@ -85,6 +94,7 @@ class CFileScan(_CustomNames):
         super().__init__(reject)
         self.batch = batch
         self.sc = _scan.Scanner(NAMES, NCOLS, FIRST_COL, COUNT_COL, window)
+        self.width = self.sc.set_model(scan_model())  # each trace's request model, computed as it finishes
 
     def lookup(self, tid: int) -> Trace | None:
         found = self.sc.lookup(tid)
@@ -94,7 +104,7 @@ class CFileScan(_CustomNames):
         return Trace(tid, parent_id=parent, stamps=stamps)
 
     def _take(self) -> TraceBatch:
-        ids, parents, stamps, hdr, rids, extra = self.sc.take()
+        ids, parents, stamps, hdr, rids, extra, model = self.sc.take()
         return TraceBatch(
             np.frombuffer(ids, dtype=np.int64),
             np.frombuffer(parents, dtype=np.int64),
@@ -104,10 +114,11 @@ class CFileScan(_CustomNames):
             rids,
             np.frombuffer(extra, dtype=np.int64).reshape(-1, 3),
             self.customs,
+            model=np.frombuffer(model, dtype=np.int64).reshape(-1, self.width),
         )
 
-    def batches(self, fp: BinaryIO, result: ReadResult, start: int = 0,
-                salvage_tail: bool = False) -> Iterator[TraceBatch]:
+    def batches(self, fp: BinaryIO, result: ReadResult, start: int = 0, salvage_tail: bool = False,
+                on_tensor: TensorFn | None = None) -> Iterator[TraceBatch]:
         sc = self.sc
         before = sc.objects
 
@@ -115,7 +126,7 @@ class CFileScan(_CustomNames):
             out: tuple[int, int, int] = sc.feed(buf, pos, False)
             return out
 
-        for rec in read_records(fp, self.reject, result, start, C_CHUNK, salvage_tail, fast):
+        for rec in read_records(fp, self.reject, result, start, C_CHUNK, salvage_tail, fast, on_tensor):
             if isinstance(rec, ChunkEnd):
                 if sc.finished >= self.batch:
                     yield self._take()

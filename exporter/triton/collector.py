@@ -46,8 +46,9 @@ def families(snaps: Iterable[TritonSnapshot], passthrough: bool = False) -> Iter
                             labels=["target"])
     stage = CounterMetricFamily(P + "stage_seconds", "Triton's cumulative time per stage "
                                 "(nv_inference_*_duration_us in seconds).", labels=[*MODEL, "stage"])
-    req = CounterMetricFamily(P + "requests", "Inference requests by outcome (Triton's counters).",
-                              labels=[*MODEL, "outcome"])
+    req = CounterMetricFamily(P + "requests", "Inference requests by outcome; failures keep Triton's reason "
+                              "(REJECTED: refused by the queue policy, CANCELED, BACKEND, OTHER).",
+                              labels=[*MODEL, "outcome", "reason"])
     inf = CounterMetricFamily(P + "inferences", "Inferences performed (batch items).", labels=MODEL)
     exe = CounterMetricFamily(P + "executions", "Model executions (batches run).", labels=MODEL)
     pend = GaugeMetricFamily(P + "pending_requests", "Requests waiting to execute.", labels=MODEL)
@@ -69,9 +70,9 @@ def families(snaps: Iterable[TritonSnapshot], passthrough: bool = False) -> Iter
                     if st in c.stage_us:
                         stage.add_metric([*lab, st], float(c.stage_us[st]) / 1e6)
                 if c.success is not None:
-                    req.add_metric([*lab, "success"], float(c.success))
-                if c.failure is not None:
-                    req.add_metric([*lab, "failure"], float(c.failure))
+                    req.add_metric([*lab, "success", ""], float(c.success))
+                for reason, n in sorted(c.failures.items()):
+                    req.add_metric([*lab, "failure", reason], float(n))
                 if c.inferences is not None:
                     inf.add_metric(lab, float(c.inferences))
                 if c.executions is not None:

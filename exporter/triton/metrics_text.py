@@ -79,7 +79,7 @@ class MetricsTextError(ValueError):
 class ModelCounters:
     stage_us: dict[str, float] = field(default_factory=dict)
     success: float | None = None
-    failure: float | None = None  # summed over Triton's `reason` label
+    failures: dict[str, float] = field(default_factory=dict)  # by Triton's `reason` ("" where it has none)
     inferences: float | None = None
     executions: float | None = None
     pending: float | None = None
@@ -234,7 +234,8 @@ class _Parser:
         elif family == "nv_inference_request_success":
             c.success = value
         elif family == "nv_inference_request_failure":
-            c.failure = (c.failure or 0.0) + value
+            reason = labels.get("reason", "")
+            c.failures[reason] = c.failures.get(reason, 0.0) + value
         elif family == "nv_inference_count":
             c.inferences = value
         elif family == "nv_inference_exec_count":

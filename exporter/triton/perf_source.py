@@ -112,9 +112,9 @@ def perf_families(results: Mapping[str, PerfResult]) -> Iterator[Metric]:
     thr = GaugeMetricFamily(PREFIX + "perf_analyzer_throughput",
                             "Inferences per second in a perf_analyzer run, per load level.",
                             labels=["run", "concurrency"])
-    lat = GaugeMetricFamily(PREFIX + "perf_analyzer_latency_seconds",
-                            "Client latency percentiles of a perf_analyzer run, per load level.",
-                            labels=["run", "concurrency", "quantile"])
+    # a summary (quantiles only: the CSV has no count or sum), so `quantile` is where tools expect it
+    lat = Metric(PREFIX + "perf_analyzer_latency_seconds",
+                 "Client latency percentiles of a perf_analyzer run, per load level.", "summary")
     for path in sorted(results, key=lambda p: runs[p]):
         run = runs[path]
         for row in results[path].rows:
@@ -122,7 +122,7 @@ def perf_families(results: Mapping[str, PerfResult]) -> Iterator[Metric]:
                 stage.add_metric([run, row.concurrency, st], row.stage_seconds[st])
             thr.add_metric([run, row.concurrency], row.throughput)
             for q, v in row.latency_seconds.items():
-                lat.add_metric([run, row.concurrency, q], v)
+                lat.add_sample(lat.name, {"run": run, "concurrency": row.concurrency, "quantile": q}, v)
     yield stage
     yield thr
     yield lat
