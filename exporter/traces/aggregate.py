@@ -178,7 +178,10 @@ class TraceAggregate:
             h.count += int(per_series[sid])
             h.total += int(sums[sid])
             zero, native = natives.get(sid, (0, {}))
-            h.merge(Histogram(h.bounds, [], 0, 0, native, zero))
+            h.zero += zero
+            if h.native is not None:
+                for k, c in native.items():
+                    h.native[k] = h.native.get(k, 0) + c
         last_of = np.full(n_series * n_buckets, -1, dtype=np.int64)
         last_of[flat] = np.arange(len(flat))
         cells = np.flatnonzero(last_of >= 0)
