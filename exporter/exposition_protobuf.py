@@ -25,6 +25,7 @@ from .histogram import (
     NativeHistogramFamily,
     spans_and_deltas,
 )
+from .varint import varint
 
 MEDIA_TYPE = "application/vnd.google.protobuf"
 PROTO = "io.prometheus.client.MetricFamily"
@@ -55,18 +56,6 @@ def asks_for_protobuf(accept: str) -> bool:
         elif media in ("text/plain", "application/openmetrics-text"):
             return False
     return False
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
 
 
 def _timestamp(msg: Any, seconds: float) -> None:
@@ -241,7 +230,7 @@ def render(registry: Collector) -> bytes:
             body = b""
         else:
             message = _family(metric).SerializeToString()
-            body = _varint(len(message)) + message
+            body = varint(len(message)) + message
         out.append(body)
         if rendered is not None:
             rendered["protobuf"] = body
