@@ -75,6 +75,18 @@ def file_bytes_written(pid: int) -> int:
     return 0
 
 
+def wait_ready(exporter: subprocess.Popen[bytes], url: str, log: Path) -> None:
+    """Until the exporter's /readyz answers (30 s at most); its log's tail if it exits first."""
+    for _ in range(300):
+        if exporter.poll() is not None:
+            raise SystemExit(f"exporter exited: {log.read_text()[-2000:]}")
+        try:
+            urllib.request.urlopen(url + "/readyz", timeout=1).read()
+            return
+        except OSError:
+            time.sleep(0.1)
+
+
 def start_prometheus(work: Path, target: str) -> tuple[subprocess.Popen[bytes], str]:
     cfg = yaml.safe_load((ROOT / "prometheus" / "prometheus.yml").read_text())
     cfg["global"] = {"scrape_interval": "5s", "evaluation_interval": "5s"}
@@ -134,14 +146,7 @@ def otlp_soak(args: argparse.Namespace) -> int:
                 [args.exporter, "serve", "--listen", f"127.0.0.1:{port}", "--otlp-listen", f"127.0.0.1:{otlp_port}",
                  "--triton", "none", "--ebpf", "off", "--state-dir", str(work / "state")],
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        for _ in range(300):
-            if exporter.poll() is not None:
-                raise SystemExit(f"exporter exited: {(work / 'exporter.log').read_text()[-2000:]}")
-            try:
-                urllib.request.urlopen(url + "/readyz", timeout=1).read()
-                break
-            except OSError:
-                time.sleep(0.1)
+        wait_ready(exporter, url, work / "exporter.log")
         print(f"work dir {work}; OTLP at 127.0.0.1:{otlp_port}; {args.rate:g} POST/s of {per_post * 3} spans for "
               f"{args.duration:g} s on one connection, pausing {args.otlp_pause:g} s every {args.otlp_pause_every:g} s",
               flush=True)
@@ -252,14 +257,7 @@ def main() -> int:
                  "--ebpf", args.ebpf, "--ebpf-port", str(triton.http_port), "--ebpf-port", str(triton.grpc_port),
                  *([] if args.no_retention else ["--trace-delete-ingested"])],
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        for _ in range(300):
-            if exporter.poll() is not None:
-                raise SystemExit(f"exporter exited: {(work / 'exporter.log').read_text()[-2000:]}")
-            try:
-                urllib.request.urlopen(url + "/readyz", timeout=1).read()
-                break
-            except OSError:
-                time.sleep(0.1)
+        wait_ready(exporter, url, work / "exporter.log")
         if not args.no_prometheus:
             prom, prom_url = start_prometheus(work, f"127.0.0.1:{port}")
             print(f"prometheus at {prom_url}")
