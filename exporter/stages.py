@@ -45,6 +45,10 @@ INTER_RESPONSE = "inter_response"
 STAGES: tuple[str, ...] = tuple(s for s, _, _ in SPANS) + DERIVED + RESPONSE_STAGES
 # Every stage a histogram series can carry (custom activities add "custom_<name>").
 ALL_STAGES: tuple[str, ...] = (*STAGES, INTER_RESPONSE)
+# from the wire to the wire, where eBPF's socket turns join the traces (exporter/wire)
+WIRE_STAGES = ("socket_wait", "ack_wait", "wire")
+WIRE_SEGMENTS = ("socket_wait", "ack_wait")  # the timeline's segments outside end_to_end
+JOIN_RESULTS = ("joined", "ambiguous", "no_socket_event", "unsupported")
 
 # Names Triton writes once per response of a decoupled (streaming) request.
 REPEATED: tuple[str, ...] = (
