@@ -149,7 +149,8 @@ class TraceAggregate:
         dv = by_stage[stage_j, row_i]
         c_rows, c_stages, c_ns = self._custom_observations(batch, rows, stage_names, live)
         if wire is not None:
-            obs = wire(batch.stamps[rows], codes[rows], an)
+            # children (ensemble steps, BLS calls) came through no frontend of their own: unsupported
+            obs = wire(batch.stamps[rows], np.where(batch.parents[rows] >= 0, 0, codes[rows]).astype(np.int8), an)
             first_wire = len(stage_names)
             stage_names.extend(WIRE_STAGES)
             c_rows += obs.rows.tolist()
