@@ -58,7 +58,13 @@ RESPONSES = P + "responses_per_request"
 SEL = f'{TARGET}, {POD}, model="$model", version=~"$version", protocol=~"$protocol"'
 SOCKET = P + "tcp_socket_queue_seconds"
 # requests with a timeline: every trace but the cancelled ones (docs/traces.md, "Outcomes")
-TIMED = f'{STAGE}_count{{{SEL}, stage="end_to_end"}}'
+TIMED_SEL = f'{SEL}, stage="end_to_end"'
+
+
+def timed(fn: str, window: str) -> str:
+    """Requests with a timeline per model over `window`, classic or native storage."""
+    return (f"(sum by (model) ({fn}({STAGE}_count{{{TIMED_SEL}}}[{window}]))\n"
+            f"or sum by (model) (histogram_count({fn}({STAGE}{{{TIMED_SEL}}}[{window}]))))")
 
 # (title, segment) in the order a request passes through Triton: the exporter's own table,
 # whose segments are exclusive (each instant of a request in exactly one) and add up to end_to_end;
@@ -84,7 +90,7 @@ def segment_queries() -> tuple[list[prometheus.Dataquery], dict[str, str]]:
     for i, (title, segment) in enumerate(SEGMENTS):
         expr = (
             f'sum by (model) (increase({TIMELINE}{{{SEL}, segment="{segment}"}}[$__range]))\n'
-            f"/ sum by (model) (increase({TIMED}[$__range]))"
+            f"/ {timed('increase', '$__range')}"
         )
         targets.append(query(expr, title, REFS[i], instant=True, table=True))
         names[REFS[i]] = title
@@ -211,7 +217,7 @@ def means_over_time() -> timeseries.Panel:
     for i, (title, segment) in enumerate(SEGMENTS):
         p = p.with_target(query(
             f'sum by (model) (rate({TIMELINE}{{{SEL}, segment="{segment}"}}[$__rate_interval]))\n'
-            f"/ sum by (model) (rate({TIMED}[$__rate_interval]))", title, REFS[i]))
+            f"/ {timed('rate', '$__rate_interval')}", title, REFS[i]))
     return p
 
 

@@ -98,8 +98,9 @@ def test_timeline_bar_stacks_the_exclusive_segments_in_request_order() -> None:
         # a segment's time over every request with a timeline (all but the cancelled ones), so that
         # the parts add up to the mean end_to_end
         assert "inference_profiler_timeline_seconds_total" in t["expr"]
-        assert "/ sum by (model) (increase(inference_profiler_stage_duration_seconds_count{" in t["expr"]
-        assert t["expr"].endswith('stage="end_to_end"}[$__range]))')
+        assert "/ (sum by (model) (increase(inference_profiler_stage_duration_seconds_count{" in t["expr"]
+        assert "or sum by (model) (histogram_count(increase(inference_profiler_stage_duration_seconds{" in t["expr"]
+        assert t["expr"].endswith('stage="end_to_end"}[$__range]))))')
     organize = next(t for t in bar["transformations"] if t["id"] == "organize")
     assert list(organize["options"]["renameByName"].values()) == [t["legendFormat"] for t in bar["targets"]]
     names = {v["name"] for v in d["templating"]["list"]}
