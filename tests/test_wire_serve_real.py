@@ -38,6 +38,14 @@ def wire_args(t: TritonServer) -> list[str]:
             "--wire-http-port", str(t.http_port), "--wire-grpc-port", str(t.grpc_port)]
 
 
+def join_running(e: ExporterProcess, timeout: float = 60.0) -> None:
+    """The join's program compiles after the daemon is ready: wait for its feed."""
+    deadline = time.monotonic() + timeout
+    while "socket join on" not in e.log():
+        assert "socket join off" not in e.log() and time.monotonic() < deadline, e.log()[-2000:]
+        time.sleep(0.2)
+
+
 def joins(s: Scrape, protocol: str = "http") -> Counter[str]:
     return Counter({lab["result"]: int(v) for lab, v in s.select(JOINS, protocol=protocol)})
 
@@ -50,6 +58,7 @@ def test_trace_files_join_and_a_restart_counts_nothing_twice(
     rec = Recorder(EXPORTER, turns_file, [triton.http_port, triton.grpc_port])
     try:
         e = exporter_factory(*args)
+        join_running(e)
         first = http_clients(triton, clients=4, per_client=25, keep_alive=True, prefix="a")
         first += http_clients(triton, clients=2, per_client=10, keep_alive=False, prefix="b")
         flush_until_traced(triton, len(first))
@@ -58,6 +67,7 @@ def test_trace_files_join_and_a_restart_counts_nothing_twice(
         assert e.stop() == 0
         # the restart: the same state, a new feed; the files already counted are not read again
         e = exporter_factory(*args)
+        join_running(e)
         second = http_clients(triton, clients=4, per_client=25, keep_alive=True, prefix="c")
         files = flush_until_traced(triton, len(first) + len(second))
         n = len(first) + len(second)
@@ -92,6 +102,7 @@ def test_otlp_joins(exporter_factory: Callable[..., ExporterProcess], tmp_path: 
         "--trace-config", "rate=1", "--trace-config", "level=TIMESTAMPS"])
     e = exporter_factory("--otlp-listen", f"127.0.0.1:{otlp_port}", *wire_args(t))
     t.start()
+    join_running(e)
     try:
         sent = http_clients(t, clients=2, per_client=30, keep_alive=True, prefix="o")
         s = e.wait_for(lambda m: sum(joins(m).values()) >= len(sent))
