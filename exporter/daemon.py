@@ -35,7 +35,7 @@ def build_sources(cfg: Config, errors: ErrorCounts) -> list[Source]:
         if cfg.ebpf != "off" and cfg.wire_join == "on":
             from .wire.source import WireSource
 
-            sources.insert(0, WireSource(cfg, errors, traces.aggregator))  # started first: no trace misses its turns
+            sources.append(WireSource(cfg, errors, traces.aggregator))
     if cfg.triton:
         from .triton.source import TritonSource
 
