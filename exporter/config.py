@@ -19,7 +19,8 @@ from typing import Any
 
 from .histogram import DEFAULT_STAGE_BUCKETS, MIN_SCHEMA, STORE_SCHEMA
 from .listen import ListenAddressError, parse_listen
-from .stages import ALL_STAGES, WIRE_STAGES
+from .stages import ALL_STAGES
+from .wire.names import WIRE_STAGES
 from .yamlfile import load_mapping
 
 ENV_PREFIX = "INFPROF_"

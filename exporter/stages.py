@@ -45,10 +45,6 @@ INTER_RESPONSE = "inter_response"
 STAGES: tuple[str, ...] = tuple(s for s, _, _ in SPANS) + DERIVED + RESPONSE_STAGES
 # Every stage a histogram series can carry (custom activities add "custom_<name>").
 ALL_STAGES: tuple[str, ...] = (*STAGES, INTER_RESPONSE)
-# from the wire to the wire, where eBPF's socket turns join the traces (exporter/wire)
-WIRE_STAGES = ("socket_wait", "ack_wait", "wire")
-WIRE_SEGMENTS = ("socket_wait", "ack_wait")  # the timeline's segments outside end_to_end
-JOIN_RESULTS = ("joined", "ambiguous", "no_socket_event", "unsupported")
 
 # Names Triton writes once per response of a decoupled (streaming) request.
 REPEATED: tuple[str, ...] = (
@@ -281,6 +277,9 @@ def outcome_codes(by_column: npt.NDArray[np.int64], failed: npt.NDArray[np.bool_
 
 
 _COUNT_COLS = [COLUMN[n + COUNT_SUFFIX] for n in REPEATED]
+_SPAN_STARTS = [COLUMN[a] for _, a, _ in SPANS]
+_SPAN_ENDS = [COLUMN[b] for _, _, b in SPANS]
+_SPAN_ROWS = [STAGES.index(stage) for stage, _, _ in SPANS]
 
 
 def anatomy(stamps: npt.NDArray[np.int64], extra_of: Callable[[int], Extra],
@@ -311,8 +310,15 @@ def anatomy(stamps: npt.NDArray[np.int64], extra_of: Callable[[int], Extra],
 
     stamps_in = stamps
     stamps = by_column
-    for stage, a, b in SPANS:
-        observe(stage, _col(stamps, a), _col(stamps, b))
+    sa, sb = stamps[_SPAN_STARTS], stamps[_SPAN_ENDS]  # every span at once, a few array operations
+    d = sb - sa
+    present = (sa >= 0) & (sb >= 0)
+    bad = present & ((d < 0) | (d > MAX_SPAN_NS))
+    if bad.any():
+        negative += (bad & (d < 0)).sum(axis=0)
+        implausible += (bad & (d >= 0)).sum(axis=0)
+        present &= ~bad
+    out[_SPAN_ROWS] = np.where(present, d, -1)
 
     # arrival at the frontend, responses out, and the end of the request
     outcome = outcome_codes(stamps, failed)

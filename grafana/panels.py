@@ -199,6 +199,12 @@ def mean_over_range(metric: str, selector: str, by: str) -> str:
     return _mean(metric, selector, by, "increase", "$__range")
 
 
+def count_by(metric: str, selector: str, by: str, fn: str, window: str) -> str:
+    """Observations of a histogram in the window (fn: rate or increase) per `by`, either form."""
+    return (f"(sum by ({by}) ({fn}({metric}_count{{{selector}}}[{window}]))\n"
+            f"or sum by ({by}) (histogram_count({fn}({metric}{{{selector}}}[{window}]))))")
+
+
 def count_rate(metric: str, selector: str, window: str = "$__rate_interval") -> str:
     """Observations per second of a histogram (summed)."""
     return (f"(sum(rate({metric}_count{{{selector}}}[{window}]))\n"

@@ -32,6 +32,7 @@ from .panels import (
     PanelBuilder,
     VariableBuilder,
     base_dashboard,
+    count_by,
     count_rate,
     datasource_variable,
     heatmap_buckets,
@@ -58,13 +59,7 @@ RESPONSES = P + "responses_per_request"
 SEL = f'{TARGET}, {POD}, model="$model", version=~"$version", protocol=~"$protocol"'
 SOCKET = P + "tcp_socket_queue_seconds"
 # requests with a timeline: every trace but the cancelled ones (docs/traces.md, "Outcomes")
-TIMED_SEL = f'{SEL}, stage="end_to_end"'
-
-
-def timed(fn: str, window: str) -> str:
-    """Requests with a timeline per model over `window`, classic or native storage."""
-    return (f"(sum by (model) ({fn}({STAGE}_count{{{TIMED_SEL}}}[{window}]))\n"
-            f"or sum by (model) (histogram_count({fn}({STAGE}{{{TIMED_SEL}}}[{window}]))))")
+TIMED = f'{SEL}, stage="end_to_end"'
 
 # (title, segment) in the order a request passes through Triton: the exporter's own table,
 # whose segments are exclusive (each instant of a request in exactly one) and add up to end_to_end;
@@ -90,7 +85,7 @@ def segment_queries() -> tuple[list[prometheus.Dataquery], dict[str, str]]:
     for i, (title, segment) in enumerate(SEGMENTS):
         expr = (
             f'sum by (model) (increase({TIMELINE}{{{SEL}, segment="{segment}"}}[$__range]))\n'
-            f"/ {timed('increase', '$__range')}"
+            f"/ {count_by(STAGE, TIMED, 'model', 'increase', '$__range')}"
         )
         targets.append(query(expr, title, REFS[i], instant=True, table=True))
         names[REFS[i]] = title
@@ -217,7 +212,7 @@ def means_over_time() -> timeseries.Panel:
     for i, (title, segment) in enumerate(SEGMENTS):
         p = p.with_target(query(
             f'sum by (model) (rate({TIMELINE}{{{SEL}, segment="{segment}"}}[$__rate_interval]))\n'
-            f"/ {timed('rate', '$__rate_interval')}", title, REFS[i]))
+            f"/ {count_by(STAGE, TIMED, 'model', 'rate', '$__rate_interval')}", title, REFS[i]))
     return p
 
 

@@ -98,6 +98,7 @@ def test_timeline_bar_stacks_the_exclusive_segments_in_request_order() -> None:
         # a segment's time over every request with a timeline (all but the cancelled ones), so that
         # the parts add up to the mean end_to_end
         assert "inference_profiler_timeline_seconds_total" in t["expr"]
+        # (the classic _count or the native histogram's count: a Prometheus stores one of them)
         assert "/ (sum by (model) (increase(inference_profiler_stage_duration_seconds_count{" in t["expr"]
         assert "or sum by (model) (histogram_count(increase(inference_profiler_stage_duration_seconds{" in t["expr"]
         assert t["expr"].endswith('stage="end_to_end"}[$__range]))))')

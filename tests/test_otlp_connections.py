@@ -33,8 +33,8 @@ QUICK = Timeouts(header=0.5, idle=1.0)
 
 class Otlp:
     def __init__(self, state: Path | None, max_models: int = 100, budget: DecodeBudget | None = None) -> None:
-        self.tailer = TraceTailer(TailerSettings([], str(state) if state else None, BOUNDS))
-        self.ingest = OtlpIngest(self.tailer, max_models, 60.0)
+        self.tailer = TraceTailer(TailerSettings([], str(state) if state else None, BOUNDS, max_models=max_models))
+        self.ingest = OtlpIngest(self.tailer.aggregator, 60.0)
         self.server = OtlpServer(self.ingest, "127.0.0.1", 0, timeouts=QUICK, budget=budget)
         self.server.httpd.timeout = 0.05  # the accept loop's deadline checks run this often
         self.server.start()

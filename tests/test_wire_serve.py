@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from exporter.stages import JOIN_RESULTS, PROTOCOLS, protocol_codes
+from exporter.stages import PROTOCOLS, protocol_codes
 from exporter.traces.aggregator import TraceAggregator
 from exporter.traces.assembly import Trace, TraceBatch
 from exporter.traces.store import StateStore
 from exporter.wire.live import TurnWindow, unjoinable
+from exporter.wire.names import JOIN_RESULTS
 from tests.test_wire_live import seq_turn
 from tests.test_wire_units import PORTS
 

@@ -16,15 +16,13 @@ from ..histogram import STORE_SCHEMA, Histogram, native_index
 from ..stages import (
     ALL_STAGES,
     INTER_RESPONSE,
-    JOIN_RESULTS,
     OUTCOMES,
     PROTOCOLS,
     SEGMENTS,
-    WIRE_SEGMENTS,
-    WIRE_STAGES,
     Anatomy,
     Outcome,
 )
+from ..wire.names import JOIN_RESULTS, WIRE_SEGMENTS, WIRE_STAGES
 from .assembly import TraceBatch
 
 # series key: (*pattern labels, model, version, protocol[, stage | segment])
@@ -229,7 +227,10 @@ class TraceAggregate:
             h.count += int(per_series[sid])
             h.total += int(sums[sid])
             zero, native = natives.get(sid, (0, {}))
-            h.merge(Histogram(h.bounds, [], 0, 0, native, zero))
+            h.zero += zero
+            if h.native is not None:
+                for k, c in native.items():
+                    h.native[k] = h.native.get(k, 0) + c
         last_of = np.full(n_series * n_buckets, -1, dtype=np.int64)
         last_of[flat] = np.arange(len(flat))
         cells = np.flatnonzero(last_of >= 0)
@@ -244,22 +245,25 @@ class TraceAggregate:
                 int(dv[pos]) / 1e9, now)
 
     def merged(self, delta: TraceAggregate) -> TraceAggregate:
-        """A new aggregate = self + delta (self is left untouched for concurrent scrapes)."""
+        """A new aggregate = self + delta (self is left untouched for concurrent scrapes). The new
+        one shares every series the delta does not touch with self: a commit costs what it changed
+        (plus a C-level copy of the mappings), not a copy of every histogram."""
         out = TraceAggregate(self.bounds_ns)
         out.histograms = _merged(self.histograms, delta.histograms)
         out.responses = _merged(self.responses, delta.responses)
-        out.traces = self.traces + delta.traces
-        out.outcomes = self.outcomes + delta.outcomes
-        out.timeline = self.timeline + delta.timeline
-        out.joins = self.joins + delta.joins
-        out.files = self.files + delta.files
-        out.rejected = self.rejected + delta.rejected
-        out.models = self.models | delta.models
-        out.custom_stages = self.custom_stages | delta.custom_stages
+        out.traces = _added(self.traces, delta.traces)
+        out.outcomes = _added(self.outcomes, delta.outcomes)
+        out.timeline = _added(self.timeline, delta.timeline)
+        out.joins = _added(self.joins, delta.joins)
+        out.files = _added(self.files, delta.files)
+        out.rejected = _added(self.rejected, delta.rejected)
+        out.models = self.models | delta.models if delta.models - self.models else self.models
+        out.custom_stages = (self.custom_stages | delta.custom_stages if delta.custom_stages - self.custom_stages
+                             else self.custom_stages)
         out.last_ingest = max(self.last_ingest, delta.last_ingest)
-        out.exemplars = {k: dict(v) for k, v in self.exemplars.items()}
+        out.exemplars = dict(self.exemplars)
         for k, v in delta.exemplars.items():
-            out.exemplars.setdefault(k, {}).update(v)
+            out.exemplars[k] = {**out.exemplars.get(k, {}), **v}
         return out
 
     def absorb(self, delta: TraceAggregate) -> None:
@@ -405,18 +409,38 @@ def _native_counts(series: npt.NDArray[np.int64], values: npt.NDArray[np.int64],
     for sid, n in zip(*np.unique(series[~pos], return_counts=True), strict=True):
         out[int(sid)] = (int(n), {})
     idx = native_index(values[pos] / unit, STORE_SCHEMA)
-    pairs, counts = np.unique(np.stack([series[pos], idx]), axis=1, return_counts=True)
-    for sid, k, n in zip(pairs[0].tolist(), pairs[1].tolist(), counts.tolist(), strict=True):
+    if not len(idx):
+        return out
+    # one flat key per (series, bucket): a 1-D unique, far cheaper than np.unique(axis=1)
+    lo = int(idx.min())
+    span = int(idx.max()) - lo + 1
+    keys, counts = np.unique(series[pos] * span + (idx - lo), return_counts=True)
+    sids, ks = np.divmod(keys, span)
+    for sid, k, n in zip(sids.tolist(), (ks + lo).tolist(), counts.tolist(), strict=True):
         out.setdefault(sid, (0, {}))[1][k] = n
     return out
 
 
 def _merged(a: dict[SeriesKey, Histogram], b: dict[SeriesKey, Histogram]) -> dict[SeriesKey, Histogram]:
-    """a + b as new histograms (neither is changed)."""
-    out = {k: h.copy() for k, h in a.items()}
+    """a + b, neither changed: the histograms b touches are new, the others are a's own (shared,
+    never changed in place once committed)."""
+    out = dict(a)
     for k, h in b.items():
-        if k in out:
-            out[k].merge(h)
-        else:
+        mine = out.get(k)
+        if mine is None:
             out[k] = h.copy()
+        else:
+            out[k] = mine = mine.copy()
+            mine.merge(h)
+    return out
+
+
+def _added(a: Counter[Any], b: Counter[Any]) -> Counter[Any]:
+    """a + b as a new Counter in a's order (b's new keys last), neither changed; b's counts are positive."""
+    if not b:
+        return a.copy()
+    out = a.copy()
+    for k, n in b.items():
+        if n > 0:
+            out[k] += n
     return out

@@ -36,8 +36,8 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from ..stages import JOIN_RESULTS as JOIN_RESULTS  # the stage table defines them; re-exported
-from ..stages import WIRE_STAGES as WIRE_STAGES
+from .names import JOIN_RESULTS as JOIN_RESULTS  # re-exported
+from .names import WIRE_STAGES as WIRE_STAGES
 from .turns import Turn
 
 LOOKBACK_NS = 10 * 10**9  # a turn read more than this before the arrival is not its request's
