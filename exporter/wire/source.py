@@ -66,6 +66,8 @@ class WireSource:
                  ",".join(map(str, self.cfg.wire_grpc_port)))
 
     def stop(self) -> None:
+        if self._starting is not None:  # a compile under way ends first: nothing of it outlives the stop
+            self._starting.join(timeout=60)
         with self._lock:
             self._stopped = True
             feed, self.feed = self.feed, None
