@@ -38,7 +38,7 @@ def wire_args(t: TritonServer) -> list[str]:
             "--wire-http-port", str(t.http_port), "--wire-grpc-port", str(t.grpc_port)]
 
 
-def join_running(e: ExporterProcess, timeout: float = 60.0) -> None:
+def join_running(e: ExporterProcess, timeout: float = 120.0) -> None:
     """The join's program compiles after the daemon is ready: wait for its feed."""
     deadline = time.monotonic() + timeout
     while "socket join on" not in e.log():
@@ -62,7 +62,7 @@ def test_trace_files_join_and_a_restart_counts_nothing_twice(
         first = http_clients(triton, clients=4, per_client=25, keep_alive=True, prefix="a")
         first += http_clients(triton, clients=2, per_client=10, keep_alive=False, prefix="b")
         flush_until_traced(triton, len(first))
-        s = e.wait_for(lambda m: sum(joins(m).values()) >= len(first))
+        s = e.wait_for(lambda m: sum(joins(m).values()) >= len(first), timeout=60)
         before = joins(s)
         assert e.stop() == 0
         # the restart: the same state, a new feed; the files already counted are not read again
@@ -71,7 +71,7 @@ def test_trace_files_join_and_a_restart_counts_nothing_twice(
         second = http_clients(triton, clients=4, per_client=25, keep_alive=True, prefix="c")
         files = flush_until_traced(triton, len(first) + len(second))
         n = len(first) + len(second)
-        s = e.wait_for(lambda m: sum(joins(m).values()) >= n)
+        s = e.wait_for(lambda m: sum(joins(m).values()) >= n, timeout=60)
         time.sleep(1.0)  # a scrape later: nothing more may arrive
         s = e.scrape()
     finally:
@@ -105,7 +105,7 @@ def test_otlp_joins(exporter_factory: Callable[..., ExporterProcess], tmp_path: 
     join_running(e)
     try:
         sent = http_clients(t, clients=2, per_client=30, keep_alive=True, prefix="o")
-        s = e.wait_for(lambda m: sum(joins(m).values()) >= len(sent))
+        s = e.wait_for(lambda m: sum(joins(m).values()) >= len(sent), timeout=60)
     finally:
         t.stop()
     result = joins(s)
