@@ -46,11 +46,12 @@ from exporter.demo.launcher import ENSEMBLE, MODEL, TritonServer, copy_model_rep
 from exporter.demo.traffic import TrafficDriver  # noqa: E402
 
 
-def scrape_traces(url: str, family: str = "inference_profiler_traces_total") -> float:
+def scrape_traces(url: str, family: str = "inference_profiler_traces_total", result: str = "") -> float:
+    """The family's total (only its series with result="<result>" where given)."""
     with urllib.request.urlopen(url + "/metrics", timeout=10) as r:
         text = r.read().decode()
     return sum(float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines()
-               if ln.startswith((family + "{", family + " ")))
+               if ln.startswith((family + "{", family + " ")) and (not result or f'result="{result}"' in ln))
 
 
 def state_cost(url: str) -> tuple[float, float]:
@@ -226,6 +227,9 @@ def main() -> int:
     ap.add_argument("--concurrency", type=int, default=8, help="client threads")
     ap.add_argument("--warmup", type=float, default=15.0, help="seconds of traffic before measuring")
     ap.add_argument("--ebpf", default="auto", choices=("auto", "on", "off"))
+    ap.add_argument("--wire-join", default="off", choices=("on", "off"),
+                    help="join traced requests to eBPF socket turns (serve --wire-join; default off here, so a "
+                         "run with it on compares with one without: the joiner's CPU and memory)")
     ap.add_argument("--no-prometheus", action="store_true", help="do not run a Prometheus scraping the exporter")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "soak.json")
     ap.add_argument("--exporter", default=str(ROOT / ".venv" / "bin" / "inference-profiler"),
@@ -255,6 +259,8 @@ def main() -> int:
                  "--trace-file", str(triton.trace_file), "--state-dir", str(work / "state"),
                  "--triton", triton.http_url, "--triton-metrics-url", triton.metrics_url,
                  "--ebpf", args.ebpf, "--ebpf-port", str(triton.http_port), "--ebpf-port", str(triton.grpc_port),
+                 "--wire-join", args.wire_join, "--wire-http-port", str(triton.http_port),
+                 "--wire-grpc-port", str(triton.grpc_port),
                  *([] if args.no_retention else ["--trace-delete-ingested"])],
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         wait_ready(exporter, url, work / "exporter.log")
@@ -305,7 +311,10 @@ def main() -> int:
         state_per_file = state_bytes_per_file(state0, state1)
         files = state1[1] - state0[1]
         wchar_per_file = (file_bytes_written(exporter.pid) - wchar0) / files if files else 0.0
+        joins = {r: scrape_traces(url, "inference_profiler_socket_joins_total", r)
+                 for r in ("joined", "ambiguous", "no_socket_event", "unsupported")}
         result: dict[str, Any] = {
+            "wire_join": args.wire_join, "socket_joins": joins,
             "duration_s": args.duration, "target_rate": args.rate, "achieved_rate": achieved,
             "requests_succeeded": sent, "requests_failed": failed, "ensemble_requests": ensemble,
             "traces_expected": expected, "traces_counted": counted, "exporter": exp, "triton": tri,
@@ -332,6 +341,8 @@ def main() -> int:
         print(f"state:    {state_per_file / 1024:.1f} KiB written per ingested trace file "
               f"({files:.0f} files; all file writes of the exporter, log included: "
               f"{wchar_per_file / 1024:.1f} KiB per file)")
+        if args.wire_join == "on":
+            print("joins:    " + ", ".join(f"{r} {n:.0f}" for r, n in joins.items()))
         print(f"written {args.out}")
         return 0 if ok else 1
     finally:

@@ -20,6 +20,7 @@ from typing import Any
 from .histogram import DEFAULT_STAGE_BUCKETS, MIN_SCHEMA, STORE_SCHEMA
 from .listen import ListenAddressError, parse_listen
 from .stages import ALL_STAGES
+from .wire.names import WIRE_STAGES
 from .yamlfile import load_mapping
 
 ENV_PREFIX = "INFPROF_"
@@ -85,6 +86,13 @@ class Config:
     ebpf: str = _opt("auto", "eBPF TCP collection: auto runs it where the kernel allows", choices=("auto", "on", "off"))
     ebpf_port: list[int] = _opt([8000, 8001], "Triton port watched by eBPF (repeatable)", metavar="N", low=1,
                                 high=65535)
+    wire_join: str = _opt("on", "join each traced request to its socket turn (eBPF): the stages socket_wait, "
+                          "ack_wait, wire and inference_profiler_socket_joins_total; with --ebpf off it is off",
+                          choices=("on", "off"))
+    wire_http_port: list[int] = _opt([8000], "port of Triton's HTTP frontend, for the socket join (repeatable)",
+                                     metavar="N", low=1, high=65535)
+    wire_grpc_port: list[int] = _opt([8001], "port of Triton's gRPC frontend, for the socket join (repeatable)",
+                                     metavar="N", low=1, high=65535)
     ebpf_attach: str = _opt("auto", "eBPF attach method: auto takes the first the kernel allows",
                             choices=("auto", "tracepoint", "fentry", "kprobe"))
     ebpf_metric: list[str] = _opt([], "eBPF family to collect (repeatable; default every one): the programs and "
@@ -311,6 +319,7 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"native_schema must be {MIN_SCHEMA}..{STORE_SCHEMA}, got {cfg.native_schema}")
     if cfg.ebpf_buckets < 0:
         raise ConfigError(f"ebpf_buckets must be 0 (every kernel bucket) or more, got {cfg.ebpf_buckets}")
-    if unknown := sorted(set(cfg.trace_stage) - set(ALL_STAGES)):
-        raise ConfigError(f"trace_stage: unknown stage {', '.join(unknown)} (stages: {', '.join(ALL_STAGES)})")
+    if unknown := sorted(set(cfg.trace_stage) - set(ALL_STAGES) - set(WIRE_STAGES)):
+        raise ConfigError(f"trace_stage: unknown stage {', '.join(unknown)} "
+                          f"(stages: {', '.join((*ALL_STAGES, *WIRE_STAGES))})")
 

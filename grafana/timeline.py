@@ -62,8 +62,13 @@ SOCKET = P + "tcp_socket_queue_seconds"
 TIMED = f'{SEL}, stage="end_to_end"'
 
 # (title, segment) in the order a request passes through Triton: the exporter's own table,
-# whose segments are exclusive (each instant of a request in exactly one) and add up to end_to_end
-SEGMENTS: tuple[tuple[str, str], ...] = tuple((s.replace("_", " "), s) for s in SEGMENT_ORDER)
+# whose segments are exclusive (each instant of a request in exactly one) and add up to end_to_end;
+# where the socket join runs (eBPF), the wire's segments before and after it: then they add up to wire
+SEGMENTS: tuple[tuple[str, str], ...] = (
+    ("socket wait", "socket_wait"),
+    *((s.replace("_", " "), s) for s in SEGMENT_ORDER),
+    ("ack wait", "ack_wait"),
+)
 
 # a range query's series only while some request of the model had more than one response
 STREAMING = count_rate(STAGE, f'{SEL}, stage="inter_response"') + " > 0"
@@ -149,7 +154,11 @@ def timeline_bar() -> barchart.Panel:
             "a request belongs to exactly one, the innermost span open then (compute parts over queue, over "
             "send, over the handler, over recv, over the rest of the frontend; between responses is a "
             "streaming request's time after the handler released it). Each part is its total time divided "
-            "by all traced requests with a timeline (cancelled requests have none)."
+            "by all traced requests with a timeline (cancelled requests have none). Where the exporter joins "
+            "requests to their socket turns (eBPF), the bar starts and ends at the wire: socket wait (the "
+            "request's first byte in the server socket until Triton reads it) first, ack wait (Triton's last "
+            "send until the client acknowledged the last byte) last; for joined requests the segments then add "
+            "up to the wire time."
         )
         .unit("s")
         .height(7)
@@ -204,6 +213,28 @@ def means_over_time() -> timeseries.Panel:
         p = p.with_target(query(
             f'sum by (model) (rate({TIMELINE}{{{SEL}, segment="{segment}"}}[$__rate_interval]))\n'
             f"/ {count_by(STAGE, TIMED, 'model', 'rate', '$__rate_interval')}", title, REFS[i]))
+    return p
+
+
+def frontend_wait() -> timeseries.Panel:
+    """socket_wait beside Triton's own http_recv and queue: requests waiting for a frontend thread."""
+    p = (
+        timeseries.Panel()
+        .title("Waiting for a frontend thread: socket wait against Triton's recv and queue")
+        .description(
+            "Mean time per joined request that its bytes sat in the server socket before Triton began "
+            "reading them (socket_wait, eBPF joined to the trace), beside Triton's own http_recv (reading the "
+            "request) and queue (waiting for a model instance). Triton's trace starts only when a frontend "
+            "thread reads: a socket wait that grows while recv and queue stay flat is time the client sees "
+            "and Triton's trace cannot, requests waiting for a busy frontend thread (raise the HTTP thread "
+            "count, or add replicas). Empty where the socket join does not run."
+        )
+        .unit("s")
+        .height(8)
+        .span(24)
+    )
+    for i, stage in enumerate(("socket_wait", "http_recv", "queue", "ack_wait")):
+        p = p.with_target(query(mean(STAGE, f'{SEL}, stage="{stage}"', "model"), stage.replace("_", " "), REFS[i]))
     return p
 
 
@@ -311,6 +342,7 @@ def dashboard() -> db.Dashboard:
     for p in outcome_panels():
         d = d.with_panel(p)
     d = d.with_panel(timeline_bar()).with_panel(share_pie()).with_panel(means_over_time())
+    d = d.with_panel(frontend_wait())
     d = d.with_panel(findings_panel('model="$model", version=~"$version"'))
     d = d.with_row(db.Row("Streaming (decoupled models)"))
     for p in streaming_panels():

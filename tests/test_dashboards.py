@@ -72,17 +72,28 @@ def test_every_variable_used_is_defined(name: str) -> None:
     assert used <= defined, f"undefined variables: {used - defined}"
 
 
+def test_a_panel_sets_socket_wait_against_triton_recv_and_queue() -> None:
+    d = load("inference-stage-timeline")
+    p = next(p for p in panels(d) if p["title"].startswith("Waiting for a frontend thread"))
+    stages = [re.findall(r'stage="(\w+)"', t["expr"]) for t in p["targets"]]
+    assert [s[0] for s in stages] == ["socket_wait", "http_recv", "queue", "ack_wait"]
+    for t in p["targets"]:  # classic or native storage
+        assert "_sum{" in t["expr"] and "histogram_sum(" in t["expr"]
+
+
 def test_timeline_bar_stacks_the_exclusive_segments_in_request_order() -> None:
     d = load("inference-stage-timeline")
     bar = next(p for p in panels(d) if p["type"] == "barchart")
     assert bar["options"]["orientation"] == "horizontal"
     assert bar["options"]["stacking"] == "normal"
     assert bar["options"]["showValue"] == "always"
-    # the exporter's segments, every one, in request order; nothing that overlaps them (no eBPF)
+    # the exporter's segments, every one, in request order, from the wire to the wire (the joined
+    # socket segments, empty where the join does not run); nothing that overlaps them
     assert sorted(SEGMENT_ORDER) == sorted(SEGMENTS)
+    order = ["socket_wait", *SEGMENT_ORDER, "ack_wait"]
     segments = [re.findall(r'segment="(\w+)"', t["expr"]) for t in bar["targets"]]
-    assert segments == [[s] for s in SEGMENT_ORDER]
-    assert [t["legendFormat"] for t in bar["targets"]] == [s.replace("_", " ") for s in SEGMENT_ORDER]
+    assert segments == [[s] for s in order]
+    assert [t["legendFormat"] for t in bar["targets"]] == [s.replace("_", " ") for s in order]
     for t in bar["targets"]:
         # a segment's time over every request with a timeline (all but the cancelled ones), so that
         # the parts add up to the mean end_to_end

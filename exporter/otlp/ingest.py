@@ -160,7 +160,8 @@ class OtlpIngest:
         if self.legacy and total >= self.seen_spans:
             sections["seen"] = SectionChange(replace=True)  # the window is full of keys: ids alone go
         with self.aggregator.lock:
-            self.aggregator.observe(change, self._batches(plan.ready, now, reject, change), self.labels)
+            self.aggregator.observe(change, self._batches(plan.ready, now, reject, change), self.labels,
+                                    wall_clock=True)
             if sections:
                 change.producers[PRODUCER] = sections
             self.aggregator.commit(change)

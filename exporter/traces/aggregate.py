@@ -5,15 +5,24 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
 from ..histogram import STORE_SCHEMA, Histogram, native_index
-from ..stages import ALL_STAGES, INTER_RESPONSE, OUTCOMES, PROTOCOLS, SEGMENTS, Outcome
+from ..stages import (
+    ALL_STAGES,
+    INTER_RESPONSE,
+    OUTCOMES,
+    PROTOCOLS,
+    SEGMENTS,
+    Anatomy,
+    Outcome,
+)
+from ..wire.names import JOIN_RESULTS, WIRE_SEGMENTS, WIRE_STAGES
 from .assembly import TraceBatch
 
 # series key: (*pattern labels, model, version, protocol[, stage | segment])
@@ -21,6 +30,21 @@ SeriesKey = tuple[str, ...]
 
 RESPONSE_BOUNDS: tuple[int, ...] = tuple(1 << i for i in range(13))  # responses per request: 1 .. 4096
 MAX_CUSTOM_STAGES = 16  # distinct custom activity stages exposed; more are rejected
+
+
+class WireResult(Protocol):
+    """A batch's socket join (exporter/wire/live.py's WireObservations)."""
+
+    rows: npt.NDArray[np.intp]  # index into the batch's observed rows, one per observation
+    stages: npt.NDArray[np.intp]  # index into WIRE_STAGES
+    ns: npt.NDArray[np.int64]
+    socket_wait: npt.NDArray[np.int64]  # per observed row, -1 where not joined
+    ack_wait: npt.NDArray[np.int64]
+    result_of: npt.NDArray[np.intp]  # per observed row, index into JOIN_RESULTS
+
+
+# joins the observed rows of a batch (stamps, protocol codes, anatomy) to socket turns
+WireJoin = Callable[[npt.NDArray[np.int64], npt.NDArray[np.int8], Anatomy], WireResult]
 
 
 @dataclass
@@ -39,6 +63,7 @@ class TraceAggregate:
     outcomes: Counter[SeriesKey] = field(default_factory=Counter)  # (*labels, model, version, protocol, outcome)
     responses: dict[SeriesKey, Histogram] = field(default_factory=dict)  # responses per request
     timeline: Counter[SeriesKey] = field(default_factory=Counter)  # ns per segment
+    joins: Counter[SeriesKey] = field(default_factory=Counter)  # (*labels, model, version, protocol, result)
     files: Counter[str] = field(default_factory=Counter)  # parsed | failed
     rejected: Counter[str] = field(default_factory=Counter)
     models: set[tuple[str, str]] = field(default_factory=set)  # (model, version) pairs admitted
@@ -86,9 +111,10 @@ class TraceAggregate:
         return out
 
     def observe_batch(self, batch: TraceBatch, codes: npt.NDArray[np.int8], labels: Sequence[str],
-                      max_models: int, live: TraceAggregate | None = None) -> None:
+                      max_models: int, live: TraceAggregate | None = None, wire: WireJoin | None = None) -> None:
         """Stages, responses and timeline of a batch of finished traces (vectorised); `live`
-        is the committed aggregate this one will be merged into (for the caps)."""
+        is the committed aggregate this one will be merged into (for the caps); `wire`, where
+        the socket join runs, adds the wire stages, segments and join results."""
         if not len(batch):
             return
         rows = np.flatnonzero(batch.usable(self.reject))
@@ -120,6 +146,15 @@ class TraceAggregate:
         stage_j, row_i = np.nonzero(by_stage >= 0)
         dv = by_stage[stage_j, row_i]
         c_rows, c_stages, c_ns = self._custom_observations(batch, rows, stage_names, live)
+        if wire is not None:
+            # children (ensemble steps, BLS calls) came through no frontend of their own: unsupported
+            obs = wire(batch.stamps[rows], np.where(batch.parents[rows] >= 0, 0, codes[rows]).astype(np.int8), an)
+            first_wire = len(stage_names)
+            stage_names.extend(WIRE_STAGES)
+            c_rows += obs.rows.tolist()
+            c_stages += (obs.stages + first_wire).tolist()
+            c_ns += obs.ns.tolist()
+            self._wire_counts(obs, gidx, bases)
         if len(an.gaps) or c_rows:
             row_i = np.concatenate([row_i, an.gap_rows, np.asarray(c_rows, dtype=np.intp)])
             stage_j = np.concatenate([stage_j, np.full(len(an.gaps), ALL_STAGES.index(INTER_RESPONSE)),
@@ -150,6 +185,20 @@ class TraceAggregate:
                 h = self.responses[bases[g]] = Histogram(RESPONSE_BOUNDS)
             zero, native = natives.get(g, (0, {}))
             h.merge(Histogram(RESPONSE_BOUNDS, resp[g].tolist(), int(resp_sum[g]), int(resp[g].sum()), native, zero))
+
+    def _wire_counts(self, obs: WireResult, gidx: npt.NDArray[np.intp], bases: list[SeriesKey]) -> None:
+        """Per group: the join results of its rows and, for joined rows, the two wire segments."""
+        n_groups = len(bases)
+        for seg, per_row in zip(WIRE_SEGMENTS, (obs.socket_wait, obs.ack_wait), strict=True):
+            joined = per_row >= 0
+            sums = np.zeros(n_groups, dtype=np.int64)
+            np.add.at(sums, gidx[joined], per_row[joined])  # exact: the segments add up to wire
+            for g in np.unique(gidx[joined]).tolist():
+                self.timeline[(*bases[g], seg)] += int(sums[g])
+        n_res = len(JOIN_RESULTS)
+        for f, n in enumerate(np.bincount(gidx * n_res + obs.result_of, minlength=n_groups * n_res).tolist()):
+            if n:
+                self.joins[(*bases[f // n_res], JOIN_RESULTS[f % n_res])] += n
 
     def _observe(self, series: npt.NDArray[np.int64], dv: npt.NDArray[np.int64], row_i: npt.NDArray[np.intp],
                  keys: list[SeriesKey], batch: TraceBatch, rows: npt.NDArray[np.intp]) -> None:
@@ -205,6 +254,7 @@ class TraceAggregate:
         out.traces = _added(self.traces, delta.traces)
         out.outcomes = _added(self.outcomes, delta.outcomes)
         out.timeline = _added(self.timeline, delta.timeline)
+        out.joins = _added(self.joins, delta.joins)
         out.files = _added(self.files, delta.files)
         out.rejected = _added(self.rejected, delta.rejected)
         out.models = self.models | delta.models if delta.models - self.models else self.models
@@ -228,6 +278,7 @@ class TraceAggregate:
         self.traces += delta.traces  # Counter +=, like +, keeps only positive counts
         self.outcomes += delta.outcomes
         self.timeline += delta.timeline
+        self.joins += delta.joins
         self.files += delta.files
         self.rejected += delta.rejected
         self.models |= delta.models
@@ -242,6 +293,7 @@ class TraceAggregate:
             "outcomes": [[list(k), n] for k, n in sorted(self.outcomes.items())],  # in any order of arrival
             "responses": [[list(k), h.counts, h.total, h.count, h.native_json()] for k, h in self.responses.items()],
             "timeline": [[list(k), n] for k, n in self.timeline.items()],
+            "joins": [[list(k), n] for k, n in sorted(self.joins.items())],
             "files": dict(self.files),
             "rejected": dict(self.rejected),
             "models": sorted([m, v] for m, v in self.models),
@@ -268,6 +320,7 @@ class TraceAggregate:
             "o": [[ref(k[:-1]), k[-1], n] for k, n in self.outcomes.items()],
             "r": [[ref(k), *sparse(h)] for k, h in self.responses.items()],
             "l": [[ref(k[:-1]), k[-1], n] for k, n in self.timeline.items()],
+            "j": [[ref(k[:-1]), k[-1], n] for k, n in self.joins.items()],
             "files": dict(self.files),
             "rejected": dict(self.rejected),
             "models": sorted([m, ver] for m, ver in self.models),
@@ -307,6 +360,7 @@ class TraceAggregate:
                 RESPONSE_BOUNDS, dense(len(RESPONSE_BOUNDS) + 1, idx, counts), int(total), int(count))
             h.load_native(native[0] if native else None)
         agg.timeline = Counter({(*at(table, b), last): int(n) for b, last, n in v.get("l", [])})
+        agg.joins = Counter({(*at(table, b), str(r)): _count(n) for b, r, n in v.get("j", [])})
         agg.files = Counter({str(k): int(n) for k, n in v.get("files", {}).items()})
         agg.rejected = Counter({str(k): int(n) for k, n in v.get("rejected", {}).items()})
         agg.models = {(str(p[0]), str(p[1])) for p in v.get("models", []) if isinstance(p, list) and len(p) == 2}
@@ -328,6 +382,7 @@ class TraceAggregate:
             h = agg.responses[tuple(k)] = Histogram(RESPONSE_BOUNDS, [int(c) for c in counts], int(total), int(count))
             h.load_native(native[0] if native else None)
         agg.timeline = Counter({tuple(k): int(n) for k, n in v.get("timeline", [])})
+        agg.joins = Counter({tuple(map(str, k)): _count(n) for k, n in v.get("joins", [])})
         agg.files = Counter({str(k): int(n) for k, n in v.get("files", {}).items()})
         agg.rejected = Counter({str(k): int(n) for k, n in v.get("rejected", {}).items()})
         agg.models = {(str(p[0]), str(p[1])) for p in v.get("models", []) if isinstance(p, list) and len(p) == 2}

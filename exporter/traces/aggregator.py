@@ -12,10 +12,15 @@ from __future__ import annotations
 import copy
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from .aggregate import TraceAggregate
+import numpy as np
+import numpy.typing as npt
+
+from ..stages import Anatomy
+from .aggregate import TraceAggregate, WireJoin, WireResult
 from .checkpoint import FileEntry, StateWriteError
 from .pipeline import Batch
 from .store import Change, Section, State, StateStore, change_record
@@ -35,6 +40,7 @@ class TraceAggregator:
         self.lock = threading.RLock()  # one commit at a time; a producer may hold it across its own reads
         self.state: State = store.load()
         self.state_error: str | None = None  # why the last commit failed; None when it succeeded
+        self.wire: WireJoin | None = None  # the socket join, set before the producers start where it runs
 
     @property
     def live(self) -> TraceAggregate:
@@ -48,12 +54,16 @@ class TraceAggregator:
     def change(self) -> Change:
         return Change(TraceAggregate(self.store.bounds_ns))
 
-    def observe(self, change: Change, batches: Iterable[Batch], labels: list[str]) -> None:
+    def observe(self, change: Change, batches: Iterable[Batch], labels: list[str], wall_clock: bool = False) -> None:
         """Count batches into the change's delta (the model cap is judged against the live state:
-        hold the lock from here to the commit)."""
+        hold the lock from here to the commit). `wall_clock`: the batches' stamps are Unix time
+        (OTLP), moved onto CLOCK_MONOTONIC for the socket join."""
         assert change.delta is not None
+        wire = self.wire
+        if wire is not None and wall_clock:
+            wire = _from_wall_clock(wire)
         for batch, codes in batches:
-            change.delta.observe_batch(batch, codes, labels, self.max_models, self.state.aggregate)
+            change.delta.observe_batch(batch, codes, labels, self.max_models, self.state.aggregate, wire)
 
     def producer(self, name: str) -> dict[str, Section]:
         """A producer's committed sections (read it at start, under the lock; change it by commits)."""
@@ -114,6 +124,15 @@ class TraceAggregator:
             self.store.close(self.state, self.state_error is not None)
         finally:
             self.lock.release()
+
+
+def _from_wall_clock(wire: WireJoin) -> WireJoin:
+    """The join for stamps in Unix ns: each moved by this moment's wall - monotonic offset
+    (a clock step between Triton's stamp and now shifts it: such requests do not join)."""
+    def joined(stamps: npt.NDArray[np.int64], codes: npt.NDArray[np.int8], an: Anatomy) -> WireResult:
+        offset = time.time_ns() - time.monotonic_ns()
+        return wire(np.where(stamps >= 0, stamps - offset, -1), codes, an)
+    return joined
 
 
 def _with(entries: dict[str, FileEntry], changed: dict[str, FileEntry | None]) -> dict[str, FileEntry]:

@@ -104,6 +104,15 @@ class TraceCollector(Collector):
         for key, ns in sorted(agg.timeline.items()):
             tl.add_metric(list(key), ns / 1e9)
         yield tl
+        j = CounterMetricFamily(
+            PREFIX + "socket_joins",
+            "Traced requests by the result of their join to a socket turn (eBPF): joined, ambiguous (several "
+            "candidates, as on a busy gRPC connection), no_socket_event (no turn recorded), unsupported (no "
+            "frontend, or eBPF unavailable). Counted only where the join runs (--wire-join).",
+            labels=[*names, "model", "version", "protocol", "result"])
+        for key, n in sorted(agg.joins.items()):
+            j.add_metric(list(key), float(n))
+        yield j
         f = CounterMetricFamily(PREFIX + "trace_files", "Trace files ingested, by result.", labels=["result"])
         for result in ("parsed", "failed"):
             f.add_metric([result], float(agg.files.get(result, 0)))

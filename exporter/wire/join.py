@@ -36,10 +36,10 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from .names import JOIN_RESULTS as JOIN_RESULTS  # re-exported
+from .names import WIRE_STAGES as WIRE_STAGES
 from .turns import Turn
 
-JOIN_RESULTS = ("joined", "ambiguous", "no_socket_event", "unsupported")
-WIRE_STAGES = ("socket_wait", "ack_wait", "wire")
 LOOKBACK_NS = 10 * 10**9  # a turn read more than this before the arrival is not its request's
 
 

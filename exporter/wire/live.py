@@ -33,6 +33,7 @@ from .turns import Turn
 
 TURN_BYTES = 400  # a held Turn and its index entries (sys.getsizeof of its fields, rounded up)
 HOLD_SECONDS = 300.0
+_RESULT = {r: i for i, r in enumerate(JOIN_RESULTS)}
 MAX_BYTES = 32 << 20  # ~80,000 turns: 300 s at ~270 requests/s
 
 
@@ -45,6 +46,7 @@ class WireObservations:
     ns: npt.NDArray[np.int64]
     socket_wait: npt.NDArray[np.int64]  # per observed row, -1 where not joined (timeline segment)
     ack_wait: npt.NDArray[np.int64]
+    result_of: npt.NDArray[np.intp]  # per observed row, index into JOIN_RESULTS
     results: Counter[str] = field(default_factory=Counter)  # JOIN_RESULTS over the batch's rows
 
 
@@ -130,8 +132,9 @@ class TurnWindow:
                 ns.append(v)
         results: Counter[str] = Counter({r: 0 for r in JOIN_RESULTS})
         results.update(r for r, _ in out)
+        result_of = np.asarray([_RESULT[r] for r, _ in out], dtype=np.intp)
         return WireObservations(np.asarray(rows, dtype=np.intp), np.asarray(stages, dtype=np.intp),
-                                np.asarray(ns, dtype=np.int64), socket_wait, ack_wait, results)
+                                np.asarray(ns, dtype=np.int64), socket_wait, ack_wait, result_of, results)
 
 
 class TurnFeed:
@@ -160,3 +163,12 @@ class TurnFeed:
 
 
 STAGE_NAMES = WIRE_STAGES  # the `stage` label values these observations take
+
+
+def unjoinable(stamps: npt.NDArray[np.int64], codes: npt.NDArray[np.int8], an: Anatomy) -> WireObservations:
+    """The join where it cannot run (eBPF unavailable): every request `unsupported`."""
+    n = len(stamps)
+    none = np.zeros(0, dtype=np.intp)
+    return WireObservations(none, none, np.zeros(0, dtype=np.int64), np.full(n, -1, dtype=np.int64),
+                            np.full(n, -1, dtype=np.int64), np.full(n, _RESULT["unsupported"], dtype=np.intp),
+                            Counter({r: n if r == "unsupported" else 0 for r in JOIN_RESULTS}))

@@ -1,0 +1,78 @@
+"""The wire join as a source of `serve`: the socket_turns recorder feeding a TurnWindow that
+the trace aggregator joins each batch against.
+
+It serves no family of its own: the joined stages, segments and join results are counted
+by the trace aggregator with the rest of each batch, so they are committed with it and a
+restart counts nothing twice. Where the join's program cannot load, every traced request is
+counted `unsupported`, so the join results still add up to the traces; the daemon goes on
+(also with `--ebpf on`: the join is no reason to stop it), the error logged and counted as
+errors_total{source="wire", reason="load_failed"}.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from prometheus_client.registry import Collector
+
+from ..config import Config
+from ..source import ErrorCounts
+from ..traces.aggregator import TraceAggregator
+from .live import TurnFeed, TurnWindow, unjoinable
+
+log = logging.getLogger("wire")
+
+
+class WireSource:
+    name = "wire"
+
+    def __init__(self, cfg: Config, errors: ErrorCounts, aggregator: TraceAggregator) -> None:
+        self.cfg = cfg
+        self.errors = errors
+        self._lock = threading.Lock()
+        self._stopped = False
+        self._starting: threading.Thread | None = None
+        self.aggregator = aggregator
+        self.ports = sorted(set(cfg.wire_http_port) | set(cfg.wire_grpc_port))
+        self.window = TurnWindow({"http": frozenset(cfg.wire_http_port), "grpc": frozenset(cfg.wire_grpc_port)})
+        self.feed: TurnFeed | None = None
+        aggregator.wire = self.window.observe  # before the producers start: their first batch joins
+
+    def collectors(self) -> list[Collector]:
+        return []
+
+    def start(self) -> None:
+        """Compiles the program in the background: the daemon serves (and the other sources run)
+        meanwhile; requests traced before the feed runs count no_socket_event."""
+        self._starting = threading.Thread(target=self._start, name="wire-start", daemon=True)
+        self._starting.start()
+
+    def _start(self) -> None:
+        try:
+            feed = TurnFeed(self.window, self.ports)
+        except Exception as e:  # BCC missing, the kernel refuses the program, no privileges
+            level = logging.ERROR if self.cfg.ebpf == "on" else logging.WARNING
+            log.log(level, "socket join off: %s; traced requests are counted unsupported", e)
+            self.errors.inc("wire", "load_failed")
+            self.aggregator.wire = unjoinable
+            return
+        with self._lock:
+            if self._stopped:
+                feed.recorder.close()
+                return
+            self.feed = feed.start()
+        log.info("socket join on: HTTP ports %s, gRPC ports %s", ",".join(map(str, self.cfg.wire_http_port)),
+                 ",".join(map(str, self.cfg.wire_grpc_port)))
+
+    def stop(self) -> None:
+        if self._starting is not None:  # a compile under way ends first: nothing of it outlives the stop
+            self._starting.join(timeout=60)
+        with self._lock:
+            self._stopped = True
+            feed, self.feed = self.feed, None
+        if feed is not None:
+            feed.stop()
+
+    def ready(self) -> bool:
+        return True

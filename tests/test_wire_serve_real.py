@@ -1,0 +1,115 @@
+"""`serve` joining a real Triton's traces to the kernel's socket turns: trace files (with a
+restart of the daemon mid-stream) and OTLP. The same turns are recorded by `tcp-events
+--record`, so the daemon's counts can be held against the offline join of the same files.
+
+One Triton per mode for the module.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from exporter.demo.launcher import TritonServer, copy_model_repository, free_port
+from tests.triton_harness import EXPORTER, ExporterProcess, Scrape, flush_until_traced, start_triton
+from tests.wire_driver import Recorder, http_clients, joined_requests
+
+pytestmark = pytest.mark.ebpf
+
+JOINS = "inference_profiler_socket_joins_total"
+STAGE = "inference_profiler_stage_duration_seconds_count"
+
+
+@pytest.fixture(scope="module")
+def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
+    server = start_triton(tmp_path_factory.mktemp("triton"), log_frequency=50)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def wire_args(t: TritonServer) -> list[str]:
+    return ["--ebpf", "on", "--ebpf-port", str(t.http_port), "--ebpf-port", str(t.grpc_port),
+            "--wire-http-port", str(t.http_port), "--wire-grpc-port", str(t.grpc_port)]
+
+
+def join_running(e: ExporterProcess, timeout: float = 120.0) -> None:
+    """The join's program compiles after the daemon is ready: wait for its feed."""
+    deadline = time.monotonic() + timeout
+    while "socket join on" not in e.log():
+        assert "socket join off" not in e.log() and time.monotonic() < deadline, e.log()[-2000:]
+        time.sleep(0.2)
+
+
+def joins(s: Scrape, protocol: str = "http") -> Counter[str]:
+    return Counter({lab["result"]: int(v) for lab, v in s.select(JOINS, protocol=protocol)})
+
+
+def test_trace_files_join_and_a_restart_counts_nothing_twice(
+        triton: TritonServer, exporter_factory: Callable[..., ExporterProcess], tmp_path: Path) -> None:
+    state = str(tmp_path / "state")
+    args = ["--trace-file", str(triton.trace_file), "--state-dir", state, *wire_args(triton)]
+    turns_file = tmp_path / "turns.jsonl"
+    rec = Recorder(EXPORTER, turns_file, [triton.http_port, triton.grpc_port])
+    try:
+        e = exporter_factory(*args)
+        join_running(e)
+        first = http_clients(triton, clients=4, per_client=25, keep_alive=True, prefix="a")
+        first += http_clients(triton, clients=2, per_client=10, keep_alive=False, prefix="b")
+        flush_until_traced(triton, len(first))
+        s = e.wait_for(lambda m: sum(joins(m).values()) >= len(first), timeout=60)
+        before = joins(s)
+        assert e.stop() == 0
+        # the restart: the same state, a new feed; the files already counted are not read again
+        e = exporter_factory(*args)
+        join_running(e)
+        second = http_clients(triton, clients=4, per_client=25, keep_alive=True, prefix="c")
+        files = flush_until_traced(triton, len(first) + len(second))
+        n = len(first) + len(second)
+        s = e.wait_for(lambda m: sum(joins(m).values()) >= n, timeout=60)
+        time.sleep(1.0)  # a scrape later: nothing more may arrive
+        s = e.scrape()
+    finally:
+        rec.stop()
+    after = joins(s)
+    print(f"\nserve, HTTP: before the restart {dict(before)}, in all {dict(after)} of {n} requests")
+    assert sum(after.values()) == n == s.total("inference_profiler_traces_total", protocol="http")
+    assert after["joined"] >= 0.95 * n, after
+    assert after["joined"] >= before["joined"]
+    for stage in ("socket_wait", "ack_wait", "wire"):
+        assert s.total(STAGE, stage=stage, protocol="http") == after["joined"], stage
+    # the segments of joined requests add up to wire
+    tl = {lab["segment"]: v for lab, v in s.select("inference_profiler_timeline_seconds_total", protocol="http")}
+    assert tl["socket_wait"] > 0 and tl["ack_wait"] > 0
+    ports = {"http": frozenset({triton.http_port}), "grpc": frozenset({triton.grpc_port})}
+    offline = Counter(j.result for j in joined_requests(files, turns_file, ports) if j.protocol == "http")
+    print(f"offline join of the same files and turns: {dict(offline)}")
+    assert abs(offline["joined"] - after["joined"]) <= 0.02 * n, (offline, after)
+
+
+def test_otlp_joins(exporter_factory: Callable[..., ExporterProcess], tmp_path: Path) -> None:
+    otlp_port = free_port()
+    repo = copy_model_repository(tmp_path / "repo")
+    t = TritonServer(repo, tmp_path / "otlp-triton", extra_args=[
+        "--trace-config", "mode=opentelemetry",
+        "--trace-config", f"opentelemetry,url=http://127.0.0.1:{otlp_port}/v1/traces",
+        "--trace-config", "opentelemetry,bsp_schedule_delay=100",
+        "--trace-config", "rate=1", "--trace-config", "level=TIMESTAMPS"])
+    e = exporter_factory("--otlp-listen", f"127.0.0.1:{otlp_port}", *wire_args(t))
+    t.start()
+    join_running(e)
+    try:
+        sent = http_clients(t, clients=2, per_client=30, keep_alive=True, prefix="o")
+        s = e.wait_for(lambda m: sum(joins(m).values()) >= len(sent), timeout=60)
+    finally:
+        t.stop()
+    result = joins(s)
+    print(f"\nserve, OTLP, HTTP: {dict(result)} of {len(sent)} requests")
+    assert sum(result.values()) == len(sent)
+    assert result["joined"] >= 0.95 * len(sent), result
+    assert s.total(STAGE, stage="wire", protocol="http") == result["joined"]
