@@ -86,8 +86,10 @@ class Config:
     ebpf: str = _opt("auto", "eBPF TCP collection: auto runs it where the kernel allows", choices=("auto", "on", "off"))
     ebpf_port: list[int] = _opt([8000, 8001], "Triton port watched by eBPF (repeatable)", metavar="N", low=1,
                                 high=65535)
-    wire_join: str = _opt("on", "join each traced request to its socket turn (eBPF): the stages socket_wait, "
-                          "ack_wait, wire and inference_profiler_socket_joins_total; with --ebpf off it is off",
+    wire_join: str = _opt("off", "join each traced request to its socket turn (eBPF): the stages socket_wait, "
+                          "ack_wait, wire and inference_profiler_socket_joins_total; needs eBPF. Opt-in: its "
+                          "program is compiled in the daemon (about 150 MB more RSS) and reading every turn "
+                          "costs CPU (docs/traces.md)",
                           choices=("on", "off"))
     wire_http_port: list[int] = _opt([8000], "port of Triton's HTTP frontend, for the socket join (repeatable)",
                                      metavar="N", low=1, high=65535)

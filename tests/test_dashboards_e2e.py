@@ -180,7 +180,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 "--trace-poll-seconds", "0.2"]
         if ebpf:
             args += ["--ebpf", "on", "--ebpf-port", str(triton.http_port), "--ebpf-port", str(triton.grpc_port),
-                     "--wire-http-port", str(triton.http_port), "--wire-grpc-port", str(triton.grpc_port)]
+                     "--wire-join", "on", "--wire-http-port", str(triton.http_port),
+                     "--wire-grpc-port", str(triton.grpc_port)]
         else:
             args += ["--ebpf", "off"]
         exporter = ExporterProcess(args, work, port)

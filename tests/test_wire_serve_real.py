@@ -35,7 +35,7 @@ def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
 
 def wire_args(t: TritonServer) -> list[str]:
     return ["--ebpf", "on", "--ebpf-port", str(t.http_port), "--ebpf-port", str(t.grpc_port),
-            "--wire-http-port", str(t.http_port), "--wire-grpc-port", str(t.grpc_port)]
+            "--wire-join", "on", "--wire-http-port", str(t.http_port), "--wire-grpc-port", str(t.grpc_port)]
 
 
 def join_running(e: ExporterProcess, timeout: float = 120.0) -> None:
