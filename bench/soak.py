@@ -76,6 +76,16 @@ def file_bytes_written(pid: int) -> int:
     return 0
 
 
+def write_result(out: Path, result: dict[str, Any]) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+
+
+def exporter_line(exp: dict[str, float], cpu_digits: int) -> str:
+    return (f"exporter: CPU {exp['cpu_percent']:.{cpu_digits}f} % of a core, RSS {exp['rss_start_mb']:.1f} MB at "
+            f"start, {exp['rss_end_mb']:.1f} MB at end (max {exp['rss_max_mb']:.1f})")
+
+
 def wait_ready(exporter: subprocess.Popen[bytes], url: str, log: Path) -> None:
     """Until the exporter's /readyz answers (30 s at most); its log's tail if it exits first."""
     for _ in range(300):
@@ -199,12 +209,10 @@ def otlp_soak(args: argparse.Namespace) -> int:
         result = {"mode": "otlp", "duration_s": args.duration, "posts": posts, "requests": requests,
                   "spans": requests * 3, "connections_cut": cuts, "answers_not_200": not_ok,
                   "otlp_requests_counted": answered, "traces_counted": counted, "exporter": exp}
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        write_result(args.out, result)
         print(f"\n{posts} POSTs ({requests} requests, {requests * 3} spans) on one connection in "
               f"{exp['seconds']:.0f} s; connections cut by the exporter: {cuts}; answers other than 200: {not_ok}")
-        print(f"exporter: CPU {exp['cpu_percent']:.2f} % of a core, RSS {exp['rss_start_mb']:.1f} MB at start, "
-              f"{exp['rss_end_mb']:.1f} MB at end (max {exp['rss_max_mb']:.1f})")
+        print(exporter_line(exp, cpu_digits=2))
         print(f"counted:  {answered:.0f} OTLP requests, {counted:.0f} traces for {requests} requests: "
               f"{'EQUAL' if ok else 'DIFFERENT'}")
         print(f"written {args.out}")
@@ -324,12 +332,10 @@ def main() -> int:
             "state_bytes_per_ingested_file": state_per_file, "trace_files_ingested": files,
             "file_bytes_written_per_ingested_file": wchar_per_file,
         }
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        write_result(args.out, result)
         print(f"\nmeasured {exp['seconds']:.0f} s at {achieved:.1f} req/s (target {args.rate:g}); "
               f"{sent} requests ok, {failed} failed")
-        print(f"exporter: CPU {exp['cpu_percent']:.1f} % of a core, RSS {exp['rss_start_mb']:.1f} MB at start, "
-              f"{exp['rss_end_mb']:.1f} MB at end (max {exp['rss_max_mb']:.1f})")
+        print(exporter_line(exp, cpu_digits=1))
         print(f"triton:   CPU {tri['cpu_percent']:.1f} % of a core ({tri['processes']:.0f} processes), RSS {tri['rss_start_mb']:.1f} -> "
               f"{tri['rss_end_mb']:.1f} MB")
         print(f"ratios:   exporter/Triton CPU {result['ratio_cpu_exporter_to_triton']:.3f}, "

@@ -31,9 +31,9 @@ from typing import Any
 
 import pytest
 
-from exporter.demo.launcher import STREAM, STREAM_THREAD, TEXT, free_port
+from exporter.demo.launcher import STREAM, STREAM_THREAD, TEXT
 from exporter.demo.traffic import InferenceClients, Reply
-from tests.triton_harness import EXPORTER, ExporterProcess, Scrape, start_triton
+from tests.triton_harness import EXPORTER, Scrape, start_triton, trace_file_scrape
 
 pytestmark = [pytest.mark.triton, pytest.mark.timeout(180)]
 
@@ -194,15 +194,8 @@ def traces(run: Run) -> list[Trace]:
 
 @pytest.fixture(scope="module")
 def scrape(run: Run, traces: list[Trace]) -> Iterator[Scrape]:
-    port = free_port()
-    exporter = ExporterProcess(["--trace-file", str(run.trace_file), "--state-dir", str(run.workdir / "state"),
-                                "--listen", f"127.0.0.1:{port}", "--triton", "none", "--ebpf", "off",
-                                "--trace-poll-seconds", "0.2"], run.workdir, port)
-    try:
-        exporter.wait_ready()
-        yield exporter.wait_for(lambda m: m.total(P + "traces_total") >= len(traces))
-    finally:
-        exporter.stop()
+    with trace_file_scrape(run.trace_file, run.workdir, len(traces)) as m:
+        yield m
 
 
 def series(m: Scrape, name: str, key: tuple[str, str, str], **labels: str) -> float:

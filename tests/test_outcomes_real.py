@@ -38,7 +38,6 @@ from exporter.demo.launcher import (
     STREAM_THREAD,
     TritonServer,
     copy_model_repository,
-    free_port,
     triton_install,
 )
 from exporter.demo.traffic import InferenceClients
@@ -47,7 +46,7 @@ from exporter.traces.assembly import StreamState
 from exporter.traces.pipeline import file_batches
 from exporter.traces.records import ReadResult
 from tests import reference
-from tests.triton_harness import EXPORTER, ExporterProcess, Scrape
+from tests.triton_harness import EXPORTER, Scrape, trace_file_scrape
 
 pytestmark = [pytest.mark.triton, pytest.mark.timeout(240)]
 
@@ -163,15 +162,8 @@ def plain(run: Run) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def scrape(run: Run, plain: dict[str, Any]) -> Iterator[Scrape]:
-    port = free_port()
-    exporter = ExporterProcess(["--trace-file", str(run.trace_file), "--state-dir", str(run.workdir / "state"),
-                                "--listen", f"127.0.0.1:{port}", "--triton", "none", "--ebpf", "off",
-                                "--trace-poll-seconds", "0.2"], run.workdir, port)
-    try:
-        exporter.wait_ready()
-        yield exporter.wait_for(lambda m: m.total(P + "traces_total") >= sum(plain["traces"].values()))
-    finally:
-        exporter.stop()
+    with trace_file_scrape(run.trace_file, run.workdir, sum(plain["traces"].values())) as m:
+        yield m
 
 
 def by_labels(m: Scrape, name: str, *labels: str) -> dict[tuple[str, ...], float]:

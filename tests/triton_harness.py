@@ -27,6 +27,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -217,3 +218,18 @@ def exporter_factory(tmp_path: Path) -> Iterator[Callable[..., ExporterProcess]]
     finally:
         for p in procs:
             p.stop()
+
+
+@contextmanager
+def trace_file_scrape(trace_file: Path, workdir: Path, traces: int) -> Iterator[Scrape]:
+    """A trace-file-only exporter (no Triton endpoints, no eBPF) over Triton's rolling files,
+    scraped once it has counted `traces` traces; stopped afterwards."""
+    port = free_port()
+    exporter = ExporterProcess(["--trace-file", str(trace_file), "--state-dir", str(workdir / "state"),
+                                "--listen", f"127.0.0.1:{port}", "--triton", "none", "--ebpf", "off",
+                                "--trace-poll-seconds", "0.2"], workdir, port)
+    try:
+        exporter.wait_ready()
+        yield exporter.wait_for(lambda m: m.total("inference_profiler_traces_total") >= traces)
+    finally:
+        exporter.stop()
