@@ -21,7 +21,6 @@ import json
 import statistics
 import sys
 import tempfile
-import time
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -31,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from exporter.demo.launcher import MODEL  # noqa: E402
 from tests.triton_harness import EXPORTER, flush_until_traced, start_triton  # noqa: E402
-from tests.wire_driver import Recorder, Sent, http_clients  # noqa: E402
+from tests.wire_driver import Recorder, Sent, http_clients, timed_infer  # noqa: E402
 from tests.wire_driver import joined_requests as joined_of  # noqa: E402
 
 
@@ -56,13 +55,7 @@ def client_process(args: tuple[int, int, str, int, int]) -> list[Sent]:
     for k in range(requests):
         rid = f"{prefix}{c}-{k}"
         payload = body(rid)  # type: ignore[operator]
-        t0 = time.monotonic_ns()
-        conn.request("POST", f"/v2/models/{MODEL}/infer", payload)
-        resp = conn.getresponse()
-        resp.read()
-        t1 = time.monotonic_ns()
-        assert resp.status == 200, resp.status
-        out.append(Sent(rid, conn.sock.getsockname()[1], t0, t1))
+        out.append(timed_infer(conn, MODEL, rid, payload))
     conn.close()
     return out
 

@@ -66,6 +66,17 @@ def infer_body(request_id: str, values: int = 4, batch: int = 1) -> bytes:
         {"name": "INPUT1", "shape": [batch, values], "datatype": "FP32", "data": data}]}).encode()
 
 
+def timed_infer(conn: http.client.HTTPConnection, model: str, rid: str, payload: bytes) -> Sent:
+    """One HTTP infer on conn, bracketed by the client's CLOCK_MONOTONIC at send and at receipt."""
+    t0 = time.monotonic_ns()
+    conn.request("POST", f"/v2/models/{model}/infer", payload)
+    resp = conn.getresponse()
+    resp.read()
+    t1 = time.monotonic_ns()
+    assert resp.status == 200, resp.status
+    return Sent(rid, conn.sock.getsockname()[1], t0, t1)
+
+
 def http_clients(triton: TritonServer, clients: int, per_client: int, keep_alive: bool, prefix: str = "r",
                  body_of: Callable[[str], bytes] = infer_body, model: str = "add_sub") -> list[Sent]:
     """`clients` threads, each sending `per_client` requests, on one connection each
@@ -82,13 +93,7 @@ def http_clients(triton: TritonServer, clients: int, per_client: int, keep_alive
             if conn is None:
                 conn = http.client.HTTPConnection("127.0.0.1", triton.http_port, timeout=60)
                 conn.connect()
-            t0 = time.monotonic_ns()
-            conn.request("POST", f"/v2/models/{model}/infer", payload)
-            resp = conn.getresponse()
-            resp.read()
-            t1 = time.monotonic_ns()
-            assert resp.status == 200, resp.status
-            mine.append(Sent(rid, conn.sock.getsockname()[1], t0, t1))
+            mine.append(timed_infer(conn, model, rid, payload))
             if not keep_alive:
                 conn.close()
                 conn = None
