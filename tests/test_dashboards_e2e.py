@@ -382,6 +382,9 @@ def check_dashboard(s: Stack, name: str, preferred: dict[str, str] = PREFERRED) 
     assert not real, f"{len(real)} of {ran} queries are wrong:\n" + "\n".join(real) + scrape_health(s.prometheus)
 
 
+WELL_FILLED = 100  # observations in a 5-minute window for two storages' means to agree within 25 %
+
+
 def scrape_health(prom: Prometheus) -> str:
     """Failed or slow scrapes of the exporter explain empty instant queries: said with a failure."""
     def value(q: str) -> str:
@@ -437,21 +440,36 @@ def test_every_recording_rule_produces_series(stack: Stack, storage: str) -> Non
 
 
 def test_recording_rules_agree_on_classic_and_native_storage(stack: Stack) -> None:
-    """The same request counts and means from either form (quantiles differ by bucket layout)."""
-    for record in ("model_version_stage:inference_profiler_stage_duration_seconds_count:rate5m",
-                   "model_version_stage:inference_profiler_stage_duration_seconds:mean_5m"):
-        at = str(time.time() - 2)
-        got = {storage: {tuple(sorted(r["metric"].items())): float(r["value"][1])
-                         for r in prom.api("query", query=record, time=at)["result"]}
-               for storage, prom in stack.storages()}
-        assert got["classic"].keys() == got["native"].keys() and got["classic"], record
-        for k, v in got["classic"].items():
-            # the two scrape at their own instants: rates over 5 minutes of the same counters (a mean
-            # is NaN on both where a series, e.g. a sparse joined stage, did not grow in the window)
-            if math.isnan(v):
-                assert math.isnan(got["native"][k]), (record, k)
+    """The same request counts and means from either form (quantiles differ by bucket layout).
+
+    The two Prometheus servers scrape at their own instants, so their 5-minute windows hold
+    different observations at the edges. Where a window holds many observations that is a few
+    per cent; where it holds a handful (a sparse stage, such as a joined socket stage of a model
+    that got little traffic) one slow request more or less moves the mean by half. Those are
+    compared for presence only; the well-filled ones must agree."""
+    at = str(time.time() - 2)
+
+    def query(prom: Prometheus, record: str) -> dict[tuple[tuple[str, str], ...], float]:
+        return {tuple(sorted((k, v) for k, v in r["metric"].items() if k != "__name__")): float(r["value"][1])
+                for r in prom.api("query", query=record, time=at)["result"]}
+
+    rate = "model_version_stage:inference_profiler_stage_duration_seconds_count:rate5m"
+    mean = "model_version_stage:inference_profiler_stage_duration_seconds:mean_5m"
+    got = {record: {storage: query(prom, record) for storage, prom in stack.storages()} for record in (rate, mean)}
+    for record, by_storage in got.items():
+        assert by_storage["classic"].keys() == by_storage["native"].keys() and by_storage["classic"], record
+    # observations in the 5-minute window, the smaller of the two storages' views
+    held = {k: 300 * min(got[rate]["classic"][k], got[rate]["native"][k]) for k in got[rate]["classic"]}
+    filled = [k for k, n in held.items() if n >= WELL_FILLED]
+    whole = {dict(k)["model"] for k in filled if dict(k)["stage"] == "end_to_end"}
+    assert len(filled) >= 10 and len(whole) >= 3, f"too few stages with {WELL_FILLED} observations to compare: {held}"
+    for record, by_storage in got.items():
+        for k in filled:
+            v, w = by_storage["classic"][k], by_storage["native"][k]
+            if math.isnan(v):  # a mean is NaN on both where a series did not grow in the window
+                assert math.isnan(w), (record, k)
                 continue
-            assert got["native"][k] == pytest.approx(v, rel=0.25, abs=1e-9), (record, k)
+            assert w == pytest.approx(v, rel=0.25, abs=1e-9), (record, k, held[k])
 
 
 @pytest.mark.parametrize("storage", ["classic", "native"])
