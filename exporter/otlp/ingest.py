@@ -16,6 +16,7 @@ import numpy as np
 from ..traces.aggregator import TraceAggregator
 from ..traces.assembly import StreamState, Trace, TraceBatch, resolve
 from ..traces.pipeline import Batch, released
+from ..traces.scanner import with_model
 from ..traces.store import Change, SectionChange
 from .decode import Decoded
 from .held import MAX_HELD_BYTES, HeldSpans, HoldPlan
@@ -187,12 +188,13 @@ class OtlpIngest:
             return
         assert change.delta is not None
         change.delta.last_ingest = now  # TraceIngestionStalled watches OTLP-fed traces too
-        batch = TraceBatch.from_traces(traces)
+        batch = with_model(TraceBatch.from_traces(traces))
         batch.trace_ids = [w3c[i] for i in batch.ids.tolist()]
         stream = StreamState()
         by_id = {t.id: t for t in traces}
         yield resolve(batch, stream, by_id.get, now, lambda t: None)
         for b, c in released(stream, now, 0, force=True):  # a parent that never came: protocol none
+            with_model(b)
             b.trace_ids = [w3c[i] for i in b.ids.tolist()]
             yield b, np.asarray(c, dtype=np.int8)
 

@@ -158,3 +158,20 @@ def scanner_name() -> str:
     why = "INFPROF_PURE_PYTHON_SCANNER is set" if os.environ.get("INFPROF_PURE_PYTHON_SCANNER") else \
         "no compiled _scan module"
     return f"pure Python ({why}; about 20x slower)"
+
+
+_MODEL: object = None  # a scanner used only for its request model (model_rows), made at first use
+
+
+def with_model(batch: TraceBatch) -> TraceBatch:
+    """The batch with each row's request model computed in C where the C scanner is built (rows
+    assembled in Python, as OTLP's are), so its anatomy only bins, as a scanned file's does."""
+    global _MODEL
+    if _scan is None or not len(batch):
+        return batch
+    if _MODEL is None:
+        sc = _scan.Scanner(NAMES, NCOLS, FIRST_COL, COUNT_COL, 1)
+        _MODEL = (sc, sc.set_model(scan_model()))
+    sc, width = _MODEL  # type: ignore[misc]
+    batch.model = np.frombuffer(sc.model_rows(np.ascontiguousarray(batch.stamps)), dtype=np.int64).reshape(-1, width)
+    return batch
