@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -160,7 +160,7 @@ def scanner_name() -> str:
     return f"pure Python ({why}; about 20x slower)"
 
 
-_MODEL: object = None  # a scanner used only for its request model (model_rows), made at first use
+_MODEL: tuple[Any, int] | None = None  # a scanner used only for its request model (model_rows), and its row width
 
 
 def with_model(batch: TraceBatch) -> TraceBatch:
@@ -172,6 +172,6 @@ def with_model(batch: TraceBatch) -> TraceBatch:
     if _MODEL is None:
         sc = _scan.Scanner(NAMES, NCOLS, FIRST_COL, COUNT_COL, 1)
         _MODEL = (sc, sc.set_model(scan_model()))
-    sc, width = _MODEL  # type: ignore[misc]
+    sc, width = _MODEL
     batch.model = np.frombuffer(sc.model_rows(np.ascontiguousarray(batch.stamps)), dtype=np.int64).reshape(-1, width)
     return batch
