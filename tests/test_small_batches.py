@@ -78,8 +78,6 @@ def test_small_path_leaves_the_vectorised_state(seed: int, rows: int, max_models
 
 
 def test_c_request_model_of_assembled_rows_equals_the_numpy_rules() -> None:
-    if scanner._scan is None:
-        pytest.skip("no compiled _scan module here")
     for b in random_batches(5, 25):
         with_model = scanner.with_model(TraceBatch(b.ids, b.parents, b.stamps, b.hdr, b.headers, b.request_ids,
                                                    b.extra, b.customs, failed=b.failed))
@@ -89,3 +87,13 @@ def test_c_request_model_of_assembled_rows_equals_the_numpy_rules() -> None:
         for field in ("durations", "negative", "implausible", "segments", "timed", "responses", "gap_rows", "gaps",
                       "outcome"):
             assert np.array_equal(getattr(fast, field), getattr(slow, field)), field
+
+
+def test_model_rows_refuses_a_partial_row() -> None:
+    b = random_batches(6, 4)[0]
+    scanner.with_model(b)  # makes the module's model scanner
+    assert scanner._MODEL is not None
+    sc, width = scanner._MODEL
+    assert len(sc.model_rows(b.stamps.tobytes())) == len(b) * width * 8
+    with pytest.raises(ValueError):
+        sc.model_rows(b.stamps.tobytes()[:-8])

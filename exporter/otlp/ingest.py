@@ -67,6 +67,7 @@ class OtlpIngest:
             # an earlier version remembered span ids alone: they count as seen until the window is full
             self.legacy = {i for c in state.get("seen", {}).values() for i in _ids(c)}
         self.seen: OrderedDict[bytes, None] = OrderedDict.fromkeys(i for c, _ in self.chunks for i in _ids(c))
+        self.seen_total = sum(n for _, n in self.chunks)  # keys in self.chunks (kept, not summed per commit)
         self._rewrite: dict[str, SectionChange] = {"held": self.holding.section()} if rewrite else {}
         self.lock = threading.Lock()  # the counters
         self.state_lock = threading.Lock()  # one ingest at a time: held and seen change in order
@@ -150,7 +151,7 @@ class OtlpIngest:
         # chunks added and how many went
         old = len(self.chunks)
         chunks = self.chunks + _chunks(keys)
-        total = sum(n for _, n in chunks)
+        total = self.seen_total + len(keys)
         d = 0
         while d < len(chunks) and total - chunks[d][1] >= self.seen_spans:
             total -= chunks[d][1]
@@ -169,6 +170,7 @@ class OtlpIngest:
         self._rewrite = {}
         self.holding.apply(plan)
         self.chunks = chunks[d:]
+        self.seen_total = total
         self.next_chunk += len(chunks) - old
         if "seen" in sections:
             self.legacy = set()
