@@ -14,6 +14,13 @@ bytes of trace state (--state-dir) written per ingested trace file.
     .venv/bin/python bench/soak.py --duration 120        # a shorter run
     .venv/bin/python bench/soak.py --otlp                # OTLP mode, see below
 
+--otlp-triton: the same run with Triton's own OpenTelemetry tracing (--trace-config
+mode=opentelemetry, its batch span processor at its defaults unless --otlp-bsp-delay is given)
+posting to `serve --otlp-listen` instead of a trace file; reports Triton's CPU beside the
+exporter's and the spans per POST Triton sent.
+
+    .venv/bin/python bench/soak.py --otlp-triton --duration 120
+
 --otlp: `serve --otlp-listen` alone, fed by a client that posts Triton-shaped OTLP/JSON
 (about a dozen spans a POST, as Triton 2.51 sends them) over ONE keep-alive connection at
 --rate requests/s, one POST at a time, pausing --otlp-pause seconds (less than the
@@ -193,7 +200,7 @@ def otlp_soak(args: argparse.Namespace) -> int:
                 next_pause = time.monotonic() + args.otlp_pause_every
                 next_post = time.monotonic()
             else:
-                next_post += 1 / args.rate
+                next_post += per_post / args.rate  # --rate is requests/s: a POST carries per_post of them
                 time.sleep(max(0.0, next_post - now))
             if now >= next_report:
                 use.sample()
@@ -245,6 +252,10 @@ def main() -> int:
     ap.add_argument("--no-retention", action="store_true",
                     help="keep ingested trace files (for an exporter from before --trace-delete-ingested)")
     ap.add_argument("--otlp", action="store_true", help="OTLP mode: one keep-alive client posting Triton-shaped spans")
+    ap.add_argument("--otlp-triton", action="store_true",
+                    help="Triton's OpenTelemetry tracing posts to the exporter's OTLP listener (no trace file)")
+    ap.add_argument("--otlp-bsp-delay", type=int, default=None,
+                    help="--otlp-triton: Triton's bsp_schedule_delay in ms (default: Triton's own)")
     ap.add_argument("--otlp-pause", type=float, default=55.0, help="OTLP mode: seconds the connection stays idle")
     ap.add_argument("--otlp-pause-every", type=float, default=120.0, help="OTLP mode: seconds between pauses")
     args = ap.parse_args()
@@ -252,8 +263,18 @@ def main() -> int:
         return otlp_soak(args)
 
     work = Path(tempfile.mkdtemp(prefix="soak-"))
-    triton = TritonServer(copy_model_repository(work), work / "triton", trace_file=work / "traces" / "trace.json",
-                          log_frequency=1000, trace_rate=1)
+    otlp_port = free_port()
+    if args.otlp_triton:  # Triton posts its spans to the exporter's OTLP listener
+        otel = ["--trace-config", "mode=opentelemetry", "--trace-config", "rate=1", "--trace-config", "level=TIMESTAMPS",
+                "--trace-config", f"opentelemetry,url=http://127.0.0.1:{otlp_port}/v1/traces"]
+        if args.otlp_bsp_delay is not None:
+            otel += ["--trace-config", f"opentelemetry,bsp_schedule_delay={args.otlp_bsp_delay}"]
+        triton = TritonServer(copy_model_repository(work), work / "triton", extra_args=otel)
+        traces_from = ["--otlp-listen", f"127.0.0.1:{otlp_port}"]
+    else:
+        triton = TritonServer(copy_model_repository(work), work / "triton", trace_file=work / "traces" / "trace.json",
+                              log_frequency=1000, trace_rate=1)
+        traces_from = ["--trace-file", str(triton.trace_file), *([] if args.no_retention else ["--trace-delete-ingested"])]
     exporter: subprocess.Popen[bytes] | None = None
     prom: subprocess.Popen[bytes] | None = None
     driver: TrafficDriver | None = None
@@ -264,12 +285,11 @@ def main() -> int:
         with open(work / "exporter.log", "wb") as log:
             exporter = subprocess.Popen(
                 [args.exporter, "serve", "--listen", f"127.0.0.1:{port}",
-                 "--trace-file", str(triton.trace_file), "--state-dir", str(work / "state"),
+                 *traces_from, "--state-dir", str(work / "state"),
                  "--triton", triton.http_url, "--triton-metrics-url", triton.metrics_url,
                  "--ebpf", args.ebpf, "--ebpf-port", str(triton.http_port), "--ebpf-port", str(triton.grpc_port),
                  "--wire-join", args.wire_join, "--wire-http-port", str(triton.http_port),
-                 "--wire-grpc-port", str(triton.grpc_port),
-                 *([] if args.no_retention else ["--trace-delete-ingested"])],
+                 "--wire-grpc-port", str(triton.grpc_port)],
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         wait_ready(exporter, url, work / "exporter.log")
         if not args.no_prometheus:
@@ -307,11 +327,15 @@ def main() -> int:
         expected = sent + ensemble
 
         # every trace must reach the exporter: flush Triton's pending traces until the count settles
-        deadline, counted = time.monotonic() + 120, 0.0
+        deadline, counted, settled = time.monotonic() + 120, 0.0, 0
         while time.monotonic() < deadline:
-            triton.flush_traces()
-            counted = scrape_traces(url)
+            if not args.otlp_triton:  # Triton's span processor exports on its own schedule
+                triton.flush_traces()
+            before, counted = counted, scrape_traces(url)
             if counted >= expected:
+                break
+            settled = settled + 1 if counted == before else 0
+            if args.otlp_triton and settled >= 15:  # Triton dropped the rest (see dropped_spans)
                 break
             time.sleep(1.0)
         failed = sum(counts.failed.values())
@@ -321,7 +345,13 @@ def main() -> int:
         wchar_per_file = (file_bytes_written(exporter.pid) - wchar0) / files if files else 0.0
         joins = {r: scrape_traces(url, "inference_profiler_socket_joins_total", r)
                  for r in ("joined", "ambiguous", "no_socket_event", "unsupported")}
+        posts = scrape_traces(url, "inference_profiler_otlp_requests_total")
+        # Triton's batch span processor logs one line per span it drops with its queue full
+        dropped = triton.log_path.read_text(errors="replace").count("queue is full") if args.otlp_triton else 0
+        spans = scrape_traces(url, "inference_profiler_otlp_spans_total", "accepted")
         result: dict[str, Any] = {
+            "traces_from": "otlp" if args.otlp_triton else "file", "otlp_posts": posts, "otlp_spans": spans,
+            "triton_dropped_spans": dropped,
             "wire_join": args.wire_join, "socket_joins": joins,
             "duration_s": args.duration, "target_rate": args.rate, "achieved_rate": achieved,
             "requests_succeeded": sent, "requests_failed": failed, "ensemble_requests": ensemble,
@@ -343,6 +373,9 @@ def main() -> int:
         ok = counted == expected
         print(f"traces:   counted {counted:.0f}, expected {expected} ({sent} requests + {ensemble} ensemble "
               f"children): {'EQUAL' if ok else 'DIFFERENT'}")
+        if args.otlp_triton:
+            print(f"otlp:     Triton posted {posts:.0f} times, {spans:.0f} spans accepted "
+                  f"({spans / max(posts, 1):.1f} spans a POST); Triton dropped {dropped} spans (its queue full)")
         print(f"disk:     trace files at most {disk_max / 2**20:.1f} MB on disk (sampled every 10 s)")
         print(f"state:    {state_per_file / 1024:.1f} KiB written per ingested trace file "
               f"({files:.0f} files; all file writes of the exporter, log included: "

@@ -312,8 +312,11 @@ class Histogram:
             self.counts = [0] * (len(self.bounds) + 1)
 
     def merge(self, other: Histogram) -> None:
-        for i, c in enumerate(other.counts):
-            self.counts[i] += c
+        if len(other.counts) == len(self.counts):  # always, but for a state file written otherwise
+            self.counts[:] = [a + b for a, b in zip(self.counts, other.counts, strict=True)]
+        else:
+            for i, c in enumerate(other.counts):
+                self.counts[i] += c
         self.total += other.total
         self.count += other.count
         if self.native is None or other.native is None:

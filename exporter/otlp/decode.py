@@ -269,13 +269,18 @@ def decode(body: bytes, content_type: str | None, encoding: str | None,
 
 def success_body(media: str, rejected: int, message: str) -> bytes:
     """ExportTraceServiceResponse; partial_success when spans were rejected or with a warning."""
+    if not (rejected or message):
+        return _FULL_SUCCESS[media]  # every span taken: the same bytes each time
     resp = ExportTraceServiceResponse()
-    if rejected or message:
-        resp.partial_success.rejected_spans = rejected
-        resp.partial_success.error_message = message
+    resp.partial_success.rejected_spans = rejected
+    resp.partial_success.error_message = message
     if media == JSON:
         return json.dumps(json_format.MessageToDict(resp)).encode()
     return bytes(resp.SerializeToString())
+
+
+_FULL_SUCCESS = {JSON: json.dumps(json_format.MessageToDict(ExportTraceServiceResponse())).encode(),
+                 PROTOBUF: ExportTraceServiceResponse().SerializeToString()}
 
 
 def status_body(media: str, code: int, message: str) -> bytes:

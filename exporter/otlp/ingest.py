@@ -16,6 +16,7 @@ import numpy as np
 from ..traces.aggregator import TraceAggregator
 from ..traces.assembly import StreamState, Trace, TraceBatch, resolve
 from ..traces.pipeline import Batch, released
+from ..traces.scanner import with_model
 from ..traces.store import Change, SectionChange
 from .decode import Decoded
 from .held import MAX_HELD_BYTES, HeldSpans, HoldPlan
@@ -66,6 +67,7 @@ class OtlpIngest:
             # an earlier version remembered span ids alone: they count as seen until the window is full
             self.legacy = {i for c in state.get("seen", {}).values() for i in _ids(c)}
         self.seen: OrderedDict[bytes, None] = OrderedDict.fromkeys(i for c, _ in self.chunks for i in _ids(c))
+        self.seen_total = sum(n for _, n in self.chunks)  # keys in self.chunks (kept, not summed per commit)
         self._rewrite: dict[str, SectionChange] = {"held": self.holding.section()} if rewrite else {}
         self.lock = threading.Lock()  # the counters
         self.state_lock = threading.Lock()  # one ingest at a time: held and seen change in order
@@ -149,7 +151,7 @@ class OtlpIngest:
         # chunks added and how many went
         old = len(self.chunks)
         chunks = self.chunks + _chunks(keys)
-        total = sum(n for _, n in chunks)
+        total = self.seen_total + len(keys)
         d = 0
         while d < len(chunks) and total - chunks[d][1] >= self.seen_spans:
             total -= chunks[d][1]
@@ -168,6 +170,7 @@ class OtlpIngest:
         self._rewrite = {}
         self.holding.apply(plan)
         self.chunks = chunks[d:]
+        self.seen_total = total
         self.next_chunk += len(chunks) - old
         if "seen" in sections:
             self.legacy = set()
@@ -187,12 +190,13 @@ class OtlpIngest:
             return
         assert change.delta is not None
         change.delta.last_ingest = now  # TraceIngestionStalled watches OTLP-fed traces too
-        batch = TraceBatch.from_traces(traces)
+        batch = with_model(TraceBatch.from_traces(traces))
         batch.trace_ids = [w3c[i] for i in batch.ids.tolist()]
         stream = StreamState()
         by_id = {t.id: t for t in traces}
         yield resolve(batch, stream, by_id.get, now, lambda t: None)
         for b, c in released(stream, now, 0, force=True):  # a parent that never came: protocol none
+            with_model(b)
             b.trace_ids = [w3c[i] for i in b.ids.tolist()]
             yield b, np.asarray(c, dtype=np.int8)
 

@@ -742,6 +742,26 @@ static PyObject *Scanner_set_model(Scanner *s, PyObject *arg) {
     return PyLong_FromLong(m->width);
 }
 
+/* model_rows(stamps) -> bytes: derive() over each row of a C-contiguous int64 [n, ncols] matrix
+ * (rows assembled by Python, e.g. from OTLP spans), the same request model a scanned trace gets. */
+static PyObject *Scanner_model_rows(Scanner *s, PyObject *arg) {
+    if (!s->model_set) { PyErr_SetString(PyExc_ValueError, "model_rows: set_model first"); return NULL; }
+    Py_buffer b;
+    if (PyObject_GetBuffer(arg, &b, PyBUF_C_CONTIGUOUS) < 0) return NULL;
+    PyObject *res = NULL;
+    Py_ssize_t row = s->ncols * (Py_ssize_t)sizeof(int64_t);
+    if (b.len % row != 0) { PyErr_SetString(PyExc_ValueError, "model_rows: not whole rows"); goto done; }
+    Py_ssize_t n = b.len / row;
+    res = PyBytes_FromStringAndSize(NULL, n * s->model->width * (Py_ssize_t)sizeof(int64_t));
+    if (!res) goto done;
+    const int64_t *st = b.buf;
+    int64_t *out = (int64_t *)PyBytes_AS_STRING(res);
+    for (Py_ssize_t r = 0; r < n; r++) derive(s->model, st + r * s->ncols, out + r * s->model->width);
+done:
+    PyBuffer_Release(&b);
+    return res;
+}
+
 static PyObject *Scanner_finish_all(Scanner *s, PyObject *unused) {
     while (s->count > 0)
         if (finish_oldest(s) < 0) return NULL;
@@ -846,6 +866,7 @@ static PyMethodDef Scanner_methods[] = {
     {"inject_extra", (PyCFunction)Scanner_inject_extra, METH_VARARGS, "(id, code >= ncols, ns): a custom activity"},
     {"lookup", (PyCFunction)Scanner_lookup, METH_O, "(parent, stamps) of an open trace, or None"},
     {"set_model", (PyCFunction)Scanner_set_model, METH_O, "the request model's columns (stages.scan_model()); -> row width"},
+    {"model_rows", (PyCFunction)Scanner_model_rows, METH_O, "model_rows(stamps) -> bytes: the request model of each row"},
     {"finish_all", (PyCFunction)Scanner_finish_all, METH_NOARGS, "finish every open trace"},
     {"take", (PyCFunction)Scanner_take, METH_NOARGS, "the finished traces as columns"},
     {NULL, NULL, 0, NULL},

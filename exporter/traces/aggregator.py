@@ -23,6 +23,7 @@ from ..stages import Anatomy
 from .aggregate import TraceAggregate, WireJoin, WireResult
 from .checkpoint import FileEntry, StateWriteError
 from .pipeline import Batch
+from .small import SMALL_ROWS, observe_small
 from .store import Change, Section, State, StateStore, change_record
 
 log = logging.getLogger("traces")
@@ -63,7 +64,10 @@ class TraceAggregator:
         if wire is not None and wall_clock:
             wire = _from_wall_clock(wire)
         for batch, codes in batches:
-            change.delta.observe_batch(batch, codes, labels, self.max_models, self.state.aggregate, wire)
+            if wire is None and len(batch) <= SMALL_ROWS:  # numpy's cost per call would dominate
+                observe_small(change.delta, batch, codes, labels, self.max_models, self.state.aggregate)
+            else:
+                change.delta.observe_batch(batch, codes, labels, self.max_models, self.state.aggregate, wire)
 
     def producer(self, name: str) -> dict[str, Section]:
         """A producer's committed sections (read it at start, under the lock; change it by commits)."""

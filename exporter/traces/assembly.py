@@ -105,9 +105,14 @@ class TraceBatch:
         stamps = np.full((n, len(COLUMNS)), -1, dtype=np.int64)
         hdr = np.full(n, -1, dtype=np.int32)
         extra: list[tuple[int, int, int]] = []
+        cells: list[int] = []  # flat index of every stamp, set in one assignment below
+        values: list[int] = []
+        width = len(COLUMNS)
         for i, t in enumerate(traces):
+            base = i * width
             for name, ns in t.stamps.items():
-                stamps[i, COLUMN[name]] = ns
+                cells.append(base + COLUMN[name])
+                values.append(ns)
             for name, ns in t.extra:
                 c = COLUMN.get(name)
                 if c is None:
@@ -123,6 +128,8 @@ class TraceBatch:
                     h = index[key] = len(table)
                     table.append(key)
                 hdr[i] = h
+        if cells:
+            stamps.reshape(-1)[cells] = values
         failed = np.array([t.failed for t in traces], dtype=bool)
         return cls(
             np.array([t.id for t in traces], dtype=np.int64),

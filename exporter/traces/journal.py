@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any, BinaryIO, TypeVar
 
+import msgspec
+
 from .checkpoint import StateWriteError, write_durably
 
 JOURNAL_VERSION = 2  # 2: named fields; 1 (one-letter keys) is still read
@@ -37,9 +39,15 @@ K = TypeVar("K")
 V = TypeVar("V")
 
 
+_ENCODER = msgspec.json.Encoder()
+
+
 def encode(record: Mapping[str, Any]) -> bytes:
     """One line: the record's compact JSON and a checksum of exactly those bytes."""
-    body = json.dumps(record, separators=(",", ":")).encode()
+    try:  # the checksum covers these bytes, whichever encoder made them: msgspec's is ~5x faster
+        body = _ENCODER.encode(record)
+    except (TypeError, msgspec.EncodeError):
+        body = json.dumps(record, separators=(",", ":")).encode()
     return _HEAD + hashlib.blake2b(body, digest_size=16).hexdigest().encode() + _MID + body + b"}\n"
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -158,3 +158,20 @@ def scanner_name() -> str:
     why = "INFPROF_PURE_PYTHON_SCANNER is set" if os.environ.get("INFPROF_PURE_PYTHON_SCANNER") else \
         "no compiled _scan module"
     return f"pure Python ({why}; about 20x slower)"
+
+
+_MODEL: tuple[Any, int] | None = None  # a scanner used only for its request model (model_rows), and its row width
+
+
+def with_model(batch: TraceBatch) -> TraceBatch:
+    """The batch with each row's request model computed in C where the C scanner is built (rows
+    assembled in Python, as OTLP's are), so its anatomy only bins, as a scanned file's does."""
+    global _MODEL
+    if _scan is None or not len(batch):
+        return batch
+    if _MODEL is None:
+        sc = _scan.Scanner(NAMES, NCOLS, FIRST_COL, COUNT_COL, 1)
+        _MODEL = (sc, sc.set_model(scan_model()))
+    sc, width = _MODEL
+    batch.model = np.frombuffer(sc.model_rows(np.ascontiguousarray(batch.stamps)), dtype=np.int64).reshape(-1, width)
+    return batch

@@ -1,0 +1,171 @@
+"""TraceAggregate.observe_batch for a batch of a few traces, in plain Python.
+
+An OTLP sender posts a dozen spans at a time (a few traces), and each POST is committed on its
+own: numpy's fixed cost per call, paid a few hundred times a batch, was most of a POST's cost.
+This path computes the same thing row by row over Python lists, in the same order, so the
+aggregate it leaves is identical to the vectorised one's (tests/test_small_batches.py feeds the
+same random traces through both and compares the state exactly). The request anatomy itself
+stays the vectorised one (from the C scanner's model where there is one)."""
+
+from __future__ import annotations
+
+import time
+from bisect import bisect_left
+from collections.abc import Sequence
+from math import frexp
+
+import numpy as np
+import numpy.typing as npt
+
+from ..histogram import STORE_SCHEMA, Histogram, _fraction_bounds
+from ..stages import ALL_STAGES, INTER_RESPONSE, OUTCOMES, PROTOCOLS, SEGMENTS, Outcome
+from .aggregate import RESPONSE_BOUNDS, Exemplar, SeriesKey, TraceAggregate
+from .assembly import TraceBatch
+
+SMALL_ROWS = 64  # batches of at most this many traces take this path (where no socket join runs)
+
+_FRACTIONS: list[float] = _fraction_bounds(STORE_SCHEMA).tolist()
+_PER_EXP = 1 << STORE_SCHEMA
+
+
+def _native(v: int, unit: float) -> int:
+    """histogram.native_index of one positive integer observation in 1/unit (the same float math)."""
+    frac, exp = frexp(v / unit)
+    return bisect_left(_FRACTIONS, frac) + (exp - 1) * _PER_EXP
+
+
+def _fill(h: Histogram, values: list[int], unit: float) -> None:
+    """Add observations to h: buckets, count, exact sum, native buckets (keys added in order)."""
+    bounds = h.bounds
+    native: dict[int, int] = {}
+    for v in values:
+        h.counts[bisect_left(bounds, v)] += 1
+        if v > 0:
+            k = _native(v, unit)
+            native[k] = native.get(k, 0) + 1
+        else:
+            h.zero += 1
+    h.count += len(values)
+    h.total += sum(values)
+    if h.native is not None:
+        for k in sorted(native):
+            h.native[k] = h.native.get(k, 0) + native[k]
+
+
+def observe_small(agg: TraceAggregate, batch: TraceBatch, codes: npt.NDArray[np.int8], labels: Sequence[str],
+                  max_models: int, live: TraceAggregate | None = None) -> None:
+    """agg.observe_batch(batch, codes, labels, max_models, live) without a socket join."""
+    if not len(batch):
+        return
+    rows_a = np.flatnonzero(batch.usable(agg.reject))
+    if not len(rows_a):
+        return
+    n_proto = len(PROTOCOLS)
+    hdr = batch.hdr.tolist()
+    code = codes.tolist()
+    rows = rows_a.tolist()
+    flat = [hdr[r] * n_proto + code[r] for r in rows]
+    uniq = sorted(set(flat))
+    group_keys = [(*batch.headers[u // n_proto], u % n_proto) for u in uniq]
+    allowed = agg._admit(group_keys, max_models, live).tolist()
+    where = {u: g for g, u in enumerate(uniq)}
+    gidx_all = [where[f] for f in flat]
+    keep = [i for i, g in enumerate(gidx_all) if allowed[g]]
+    agg.rejected["model_cap"] += len(rows) - len(keep)
+    if not keep:
+        return
+    if len(keep) < len(rows):
+        rows_a = rows_a[keep]
+        rows = [rows[i] for i in keep]
+    gidx = [gidx_all[i] for i in keep]
+    n_groups = len(group_keys)
+    bases: list[SeriesKey] = [(*labels, m, v, PROTOCOLS[c]) for m, v, c in group_keys]
+    per_group = [0] * n_groups
+    for g in gidx:
+        per_group[g] += 1
+    for g, n in enumerate(per_group):
+        if n:
+            agg.traces[bases[g]] += n
+    an = batch.anatomy(rows_a)
+    outcome = an.outcome.tolist()
+    n_out = len(OUTCOMES)
+    cells = sorted({g * n_out + o for g, o in zip(gidx, outcome, strict=True)})
+    for f in cells:
+        agg.outcomes[(*bases[f // n_out], OUTCOMES[f % n_out])] += sum(
+            1 for g, o in zip(gidx, outcome, strict=True) if g * n_out + o == f)
+    agg.rejected["negative_span"] += int(sum(an.negative.tolist()))
+    agg.rejected["implausible_span"] += int(sum(an.implausible.tolist()))
+
+    # the observations in the vectorised path's order: stage by stage, then the gaps, then custom spans
+    stage_names = list(ALL_STAGES)
+    obs_j: list[int] = []
+    obs_r: list[int] = []
+    obs_v: list[int] = []
+    for j, per_row in enumerate(an.durations.T.tolist()):
+        for r, d in enumerate(per_row):
+            if d >= 0:
+                obs_j.append(j)
+                obs_r.append(r)
+                obs_v.append(d)
+    c_rows, c_stages, c_ns = agg._custom_observations(batch, rows_a, stage_names, live)
+    gap_rows = an.gap_rows.tolist()
+    obs_r += gap_rows
+    obs_j += [ALL_STAGES.index(INTER_RESPONSE)] * len(gap_rows)
+    obs_v += an.gaps.tolist()
+    obs_r += c_rows
+    obs_j += c_stages
+    obs_v += c_ns
+    _observe(agg, [gidx[r] * len(stage_names) + j for r, j in zip(obs_r, obs_j, strict=True)], obs_v, obs_r,
+             [(*b, s) for b in bases for s in stage_names], batch, rows)
+
+    # responses per request (cancelled requests had none), and the timeline's segments per group
+    responses = an.responses.tolist()
+    answered: dict[int, list[int]] = {}
+    for g, o, n in zip(gidx, outcome, responses, strict=True):
+        if o != Outcome.CANCELLED:
+            answered.setdefault(g, []).append(n)
+    timed = an.timed.tolist()
+    segments = an.segments.tolist()
+    sums: dict[int, list[int]] = {}
+    for i, g in enumerate(gidx):
+        if timed[i]:
+            acc = sums.get(g)
+            if acc is None:
+                sums[g] = list(segments[i])
+            else:
+                sums[g] = [a + b for a, b in zip(acc, segments[i], strict=True)]
+    for g in sorted(sums):
+        for seg, ns in zip(SEGMENTS, sums[g], strict=True):
+            agg.timeline[(*bases[g], seg)] += ns
+    for g in sorted(answered):
+        h = agg.responses.get(bases[g])
+        if h is None:
+            h = agg.responses[bases[g]] = Histogram(RESPONSE_BOUNDS)
+        add = Histogram(RESPONSE_BOUNDS)
+        _fill(add, answered[g], 1.0)
+        h.merge(add)
+
+
+def _observe(agg: TraceAggregate, series: list[int], dv: list[int], row_i: list[int], keys: list[SeriesKey],
+             batch: TraceBatch, rows: list[int]) -> None:
+    """TraceAggregate._observe: each series' histogram filled, the newest of each bucket its exemplar."""
+    bounds = agg.bounds_ns
+    by_series: dict[int, list[int]] = {}
+    last: dict[tuple[int, int], int] = {}  # (series, bucket) -> the last observation's position
+    for pos, (sid, v) in enumerate(zip(series, dv, strict=True)):
+        by_series.setdefault(sid, []).append(v)
+        last[(sid, bisect_left(bounds, v))] = pos
+    for sid in sorted(by_series):
+        key = keys[sid]
+        h = agg.histograms.get(key)
+        if h is None:
+            h = agg.histograms[key] = Histogram(bounds)
+        _fill(h, by_series[sid], 1e9)
+    now = time.time()
+    w3c = batch.trace_ids
+    ids = batch.ids
+    for sid, b in sorted(last):
+        pos = last[(sid, b)]
+        row = rows[row_i[pos]]
+        agg.exemplars.setdefault(keys[sid], {})[b] = Exemplar(
+            str(int(ids[row])) if w3c is None else w3c[row], batch.request_ids[row], dv[pos] / 1e9, now)

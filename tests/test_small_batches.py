@@ -1,0 +1,99 @@
+"""Small batches (an OTLP POST's few traces) are counted in plain Python (traces/small.py) and
+OTLP rows get their request model from the C scanner (scanner.with_model): both must leave
+exactly the state the vectorised path leaves, on the same random traces."""
+
+from __future__ import annotations
+
+import io
+import random
+from typing import Any
+
+import numpy as np
+import pytest
+
+from exporter.stages import COLUMN, anatomy, protocol_codes
+from exporter.traces import scanner
+from exporter.traces.aggregate import TraceAggregate
+from exporter.traces.assembly import TraceBatch
+from exporter.traces.records import ReadResult
+from exporter.traces.small import observe_small
+from tests import tracegen
+
+BOUNDS = tuple(10**i for i in range(3, 10))
+
+
+def random_batches(seed: int, rows: int) -> list[TraceBatch]:
+    """Synthetic traces (unary, ensembles, streams with custom activities, four models) in batches
+    of at most `rows`, some rows spoiled (no header, no REQUEST_END), some failed, some with W3C ids."""
+    rng = random.Random(seed)
+    data = ("[" + ",".join(tracegen.traces(300, seed=seed, ensemble_every=4, streaming_every=3,
+                                           models=("a", "b", "c", "d"))) + "]").encode()
+    out = []
+    for b in scanner.PyFileScan(64, lambda r: None, batch=rows).batches(io.BytesIO(data), ReadResult()):
+        b.stamps = b.stamps.copy()
+        for i in range(len(b)):
+            roll = rng.random()
+            if roll < 0.05:
+                b.hdr[i] = -1
+            elif roll < 0.1:
+                b.stamps[i, COLUMN["REQUEST_END"]] = -1
+            elif roll < 0.2 and b.stamps[i, COLUMN["QUEUE_START"]] >= 0:  # a zero or a negative queue
+                b.stamps[i, COLUMN["COMPUTE_START"]] = b.stamps[i, COLUMN["QUEUE_START"]] - (roll < 0.15)
+        if rng.random() < 0.3:
+            b.failed = np.array([rng.random() < 0.3 for _ in range(len(b))], dtype=bool)
+        if rng.random() < 0.5:
+            b.trace_ids = [f"{rng.getrandbits(128):032x}" for _ in range(len(b))]
+        out.append(b)
+    return out
+
+
+def state(agg: TraceAggregate) -> dict[str, Any]:
+    v = agg.to_json()
+    v["exemplars"] = {k: {b: (e.trace_id, e.request_id, e.value) for b, e in per.items()}
+                      for k, per in agg.exemplars.items()}
+    v["exemplar_order"] = [(k, list(per)) for k, per in agg.exemplars.items()]
+    v["native"] = {k: (h.zero, sorted((h.native or {}).items())) for k, h in agg.histograms.items()}
+    v["response_native"] = {k: (h.zero, sorted((h.native or {}).items())) for k, h in agg.responses.items()}
+    v["rejected_keys"] = list(agg.rejected)
+    return v
+
+
+@pytest.mark.parametrize("seed,rows,max_models", [(1, 1, 100), (2, 3, 100), (3, 12, 3), (4, 40, 2)])
+def test_small_path_leaves_the_vectorised_state(seed: int, rows: int, max_models: int) -> None:
+    fast, slow = TraceAggregate(BOUNDS), TraceAggregate(BOUNDS)
+    live = TraceAggregate(BOUNDS)
+    live.models = {("a", "1")}
+    n = 0
+    for b in random_batches(seed, rows):
+        codes = protocol_codes(b.stamps)
+        slow.observe_batch(b, codes, ("pod",), max_models, live)
+        observe_small(fast, b, codes, ("pod",), max_models, live)
+        n += len(b)
+    assert n > 300 and sum(slow.traces.values()) > 80
+    assert slow.rejected["missing_header"] and slow.rejected["incomplete_trace"] and slow.rejected["negative_span"]
+    assert any(h.zero for h in slow.histograms.values())
+    assert any(k[-1] == "failed" for k in slow.outcomes) and slow.exemplars
+    assert slow.rejected["model_cap"] if max_models < 4 else slow.custom_stages
+    assert state(fast) == state(slow)
+
+
+def test_c_request_model_of_assembled_rows_equals_the_numpy_rules() -> None:
+    for b in random_batches(5, 25):
+        with_model = scanner.with_model(TraceBatch(b.ids, b.parents, b.stamps, b.hdr, b.headers, b.request_ids,
+                                                   b.extra, b.customs, failed=b.failed))
+        assert with_model.model is not None
+        fast = anatomy(b.stamps, b.repeats, b.failed, with_model.model)
+        slow = anatomy(b.stamps, b.repeats, b.failed, None)
+        for field in ("durations", "negative", "implausible", "segments", "timed", "responses", "gap_rows", "gaps",
+                      "outcome"):
+            assert np.array_equal(getattr(fast, field), getattr(slow, field)), field
+
+
+def test_model_rows_refuses_a_partial_row() -> None:
+    b = random_batches(6, 4)[0]
+    scanner.with_model(b)  # makes the module's model scanner
+    assert scanner._MODEL is not None
+    sc, width = scanner._MODEL
+    assert len(sc.model_rows(b.stamps.tobytes())) == len(b) * width * 8
+    with pytest.raises(ValueError):
+        sc.model_rows(b.stamps.tobytes()[:-8])
