@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import socket
 import statistics
 import sys
 import tempfile
@@ -45,16 +46,20 @@ def padded_body(kb: int) -> object:
     return body
 
 
-def client_process(args: tuple[int, int, str, int, int]) -> list[Sent]:
-    """One client in a process of its own (no GIL shared with the other clients)."""
-    port, requests, prefix, body_kb, c = args
+def client_process(args: tuple[int, int, str, int, int, bool]) -> list[Sent]:
+    """One client in a process of its own (no GIL shared with the other clients); `quickack`:
+    its kernel acknowledges each response at once rather than delaying the ACK."""
+    port, requests, prefix, body_kb, c, quickack = args
     body = padded_body(body_kb)
+    # every body built first: the client sends its next request as soon as it has read a response,
+    # and its kernel's ACK of that response rides on it (no delayed ACK in ack_wait)
+    payloads = [(f"{prefix}{c}-{k}", body(f"{prefix}{c}-{k}")) for k in range(requests)]  # type: ignore[operator]
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
     conn.connect()
     out: list[Sent] = []
-    for k in range(requests):
-        rid = f"{prefix}{c}-{k}"
-        payload = body(rid)  # type: ignore[operator]
+    for rid, payload in payloads:
+        if quickack:  # the kernel leaves quick-ACK mode on its own: asked again before each request
+            conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
         out.append(timed_infer(conn, MODEL, rid, payload))
     conn.close()
     return out
@@ -66,7 +71,8 @@ def ms(values: list[float]) -> str:
             f"p99 {values[len(values) * 99 // 100] / 1e6:7.2f} ms")
 
 
-def run(threads: int, clients: int, requests: int, body_kb: int, workdir: Path, processes: bool) -> None:
+def run(threads: int, clients: int, requests: int, body_kb: int, workdir: Path, processes: bool,
+        quickack: bool) -> None:
     triton = start_triton(workdir / f"t{threads}", log_frequency=100, models=(MODEL,),
                           extra_args=["--http-thread-count", str(threads)])
     turns_file = workdir / f"turns{threads}.jsonl"
@@ -76,7 +82,7 @@ def run(threads: int, clients: int, requests: int, body_kb: int, workdir: Path, 
             http_clients(triton, 2, 5, keep_alive=True, prefix="warm")
             if processes:
                 with ProcessPoolExecutor(clients) as pool:
-                    sent = [x for part in pool.map(client_process, [(triton.http_port, requests, "b", body_kb, c)
+                    sent = [x for part in pool.map(client_process, [(triton.http_port, requests, "b", body_kb, c, quickack)
                                                                   for c in range(clients)]) for x in part]
             else:
                 sent = http_clients(triton, clients, requests, keep_alive=True, prefix="b",
@@ -101,7 +107,12 @@ def run(threads: int, clients: int, requests: int, body_kb: int, workdir: Path, 
     print(f"  Triton http_infer             {ms(triton_says)}")
     print(f"  gap (client - Triton)         {ms(gap)}")
     print(f"  socket_wait                   {ms([j.wire.socket_wait_ns for j in ok if j.wire])}")
+    print(f"    first byte in -> first read {ms([j.wire.turn.first_read_ns - j.wire.turn.start_ns for j in ok if j.wire])}")
+    print(f"    first read -> RECV_START    {ms([j.stamps['HTTP_RECV_START'] - j.wire.turn.first_read_ns for j in ok if j.wire])}")
+    print(f"  gap - socket_wait             {ms([g - j.wire.socket_wait_ns for g, j in zip(gap, ok, strict=True) if j.wire])}")
     print(f"  ack_wait                      {ms([j.wire.ack_wait_ns for j in ok if j.wire])}")
+    print(f"    SEND_END -> last write      {ms([j.wire.turn.last_write_ns - j.stamps['HTTP_SEND_END'] for j in ok if j.wire])}")
+    print(f"    last write -> ACK           {ms([j.wire.turn.acked_ns - j.wire.turn.last_write_ns for j in ok if j.wire])}")
     print(f"  wire                          {ms([j.wire.wire_ns for j in ok if j.wire])}")
     outside = [j.wire.socket_wait_ns + j.wire.ack_wait_ns for j in ok if j.wire]
     print(f"  socket_wait + ack_wait        {ms(outside)}")
@@ -115,12 +126,15 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=40, help="per client")
     ap.add_argument("--body-kb", type=int, default=512, help="padding per request body, KiB")
     ap.add_argument("--threads", default="1,8", help="Triton --http-thread-count values to compare")
+    ap.add_argument("--quickack", action="store_true",
+                    help="client processes acknowledge responses at once (TCP_QUICKACK): ack_wait then holds "
+                         "no delayed ACK")
     ap.add_argument("--client-threads", action="store_true",
                     help="clients as threads of this process (default: a process each, so they read promptly)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="wire-frontend.") as d:
         for t in args.threads.split(","):
-            run(int(t), args.clients, args.requests, args.body_kb, Path(d), not args.client_threads)
+            run(int(t), args.clients, args.requests, args.body_kb, Path(d), not args.client_threads, args.quickack)
     return 0
 
 

@@ -72,19 +72,20 @@ class TurnWindow:
 
     def add(self, turn: Turn) -> None:
         """A record from the kernel; a later record of the same turn replaces the earlier."""
-        if not turn.first_read_ns:
+        at = turn.first_read_ns or turn.first_write_ns  # a gRPC response can begin a turn of writes only
+        if not at:
             return
         with self._lock:
             if turn.key in self._joined:
                 return
             if turn.key not in self._turns:
-                entry = (turn.first_read_ns, turn.key)
+                entry = (at, turn.key)
                 if not self._reads or entry >= self._reads[-1]:
                     self._reads.append(entry)  # the usual case: turns come in order
                 else:
                     bisect.insort(self._reads, entry)
             self._turns[turn.key] = turn
-            self._newest = max(self._newest, turn.first_read_ns)
+            self._newest = max(self._newest, at)
             self._trim()
 
     def _trim(self) -> None:
@@ -108,9 +109,12 @@ class TurnWindow:
     def join(self, requests: Sequence[Request]) -> list[tuple[str, Wire | None]]:
         """Join requests with the held turns; a turn joined leaves the window."""
         arrivals = [r.arrival_ns for r in requests if r.arrival_ns >= 0]
+        ends = [r.end_ns for r in requests if r.end_ns >= 0]
         with self._lock:
             lo = bisect.bisect_left(self._reads, (min(arrivals, default=0) - LOOKBACK_NS,))
-            hi = bisect.bisect_right(self._reads, (max(arrivals, default=0) + 1,))
+            # and turns begun up to a second after the last response: a gRPC response's own turn,
+            # the turn after it (see join.acked_by_next)
+            hi = bisect.bisect_right(self._reads, (max(ends, default=0) + 10**9,))
             turns = [t for _, key in self._reads[lo:hi] if (t := self._turns.get(key)) is not None]
             out = join(requests, turns, self.ports)
             joined = {w.turn.key for _, w in out if w is not None}
