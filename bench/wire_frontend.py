@@ -18,19 +18,26 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import re
 import socket
 import statistics
 import sys
 import tempfile
+import time
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from exporter.demo.launcher import MODEL  # noqa: E402
-from tests.triton_harness import EXPORTER, flush_until_traced, start_triton  # noqa: E402
+from exporter.demo.launcher import (  # noqa: E402
+    MODEL,
+    TritonServer,
+    free_port,
+)
+from tests.triton_harness import EXPORTER, ExporterProcess, flush_until_traced, start_triton  # noqa: E402
 from tests.wire_driver import Recorder, Sent, http_clients, timed_infer  # noqa: E402
 from tests.wire_driver import joined_requests as joined_of  # noqa: E402
 
@@ -46,6 +53,19 @@ def padded_body(kb: int) -> object:
     return body
 
 
+def quick_infer(conn: http.client.HTTPConnection, rid: str, payload: bytes) -> Sent:
+    """timed_infer, with quick ACKs asked for once the request is sent (sending data can put the
+    kernel back into delayed-ACK mode), so the response is acknowledged as it arrives."""
+    t0 = time.monotonic_ns()
+    conn.request("POST", f"/v2/models/{MODEL}/infer", payload)
+    conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
+    resp = conn.getresponse()
+    resp.read()
+    t1 = time.monotonic_ns()
+    assert resp.status == 200, resp.status
+    return Sent(rid, conn.sock.getsockname()[1], t0, t1)
+
+
 def client_process(args: tuple[int, int, str, int, int, bool]) -> list[Sent]:
     """One client in a process of its own (no GIL shared with the other clients); `quickack`:
     its kernel acknowledges each response at once rather than delaying the ACK."""
@@ -58,9 +78,7 @@ def client_process(args: tuple[int, int, str, int, int, bool]) -> list[Sent]:
     conn.connect()
     out: list[Sent] = []
     for rid, payload in payloads:
-        if quickack:  # the kernel leaves quick-ACK mode on its own: asked again before each request
-            conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
-        out.append(timed_infer(conn, MODEL, rid, payload))
+        out.append(quick_infer(conn, rid, payload) if quickack else timed_infer(conn, MODEL, rid, payload))
     conn.close()
     return out
 
@@ -71,12 +89,66 @@ def ms(values: list[float]) -> str:
             f"p99 {values[len(values) * 99 // 100] / 1e6:7.2f} ms")
 
 
+PANEL = "Waiting for a frontend thread"
+
+
+def panel_expr(legend: str) -> str:
+    """The stage timeline dashboard's frontend-wait query of `legend`, for add_sub over any
+    job, instance, pod, version and protocol, averaged over the whole run."""
+    dash = json.loads((ROOT / "grafana" / "dashboards" / "inference-stage-timeline.json").read_text())
+    panels = [p for row in dash["panels"] for p in [row, *row.get("panels", [])]]
+    (panel,) = [p for p in panels if p.get("title", "").startswith(PANEL)]
+    (expr,) = [t["expr"] for t in panel["targets"] if t.get("legendFormat") == legend]
+    expr = expr.replace('"$model"', f'"{MODEL}"').replace("$__rate_interval", "10m")
+    return re.sub(r"\$\{?\w+\}?", ".*", expr)
+
+
+class Dashboard:
+    """`serve --wire-join on` over the run's trace files and a Prometheus scraping it each second:
+    what the dashboard's frontend-wait panel shows."""
+
+    def __init__(self, triton: TritonServer, workdir: Path) -> None:
+        from tests.test_dashboards_e2e import Prometheus, prometheus_config
+
+        port = free_port()
+        workdir.mkdir()
+        self.exporter = ExporterProcess([
+            "--trace-file", str(triton.trace_file), "--state-dir", str(workdir / "state"),
+            "--listen", f"127.0.0.1:{port}", "--trace-poll-seconds", "0.2", "--ebpf", "on",
+            "--ebpf-port", str(triton.http_port), "--wire-join", "on", "--wire-http-port", str(triton.http_port)],
+            workdir, port)
+        self.prometheus: Any = None
+        self.exporter.wait_ready()
+        deadline = time.monotonic() + 120
+        while "socket join on" not in self.exporter.log():
+            assert "socket join off" not in self.exporter.log() and time.monotonic() < deadline, self.exporter.log()
+            time.sleep(0.2)
+        self.prometheus = Prometheus(prometheus_config(workdir, f"127.0.0.1:{port}"), workdir)
+
+    def show(self, joined: int) -> None:
+        self.exporter.wait_for(lambda m: m.total("inference_profiler_socket_joins_total", result="joined") >= joined,
+                               timeout=60)
+        time.sleep(4)  # scraped a few times since
+        for legend in ("socket wait", "http recv", "queue", "ack wait"):
+            res = self.prometheus.api("query", query=panel_expr(legend))["result"]
+            v = ", ".join(f"{float(r['value'][1]) * 1e3:.2f}" for r in res) or "no data"
+            print(f"  dashboard panel '{PANEL}', {legend:11s} (mean over the run, Prometheus): {v} ms")
+
+    def stop(self) -> None:
+        for p in (self.prometheus, self.exporter):
+            if p is not None:
+                p.stop()
+
+
 def run(threads: int, clients: int, requests: int, body_kb: int, workdir: Path, processes: bool,
-        quickack: bool) -> None:
+        quickack: bool, dashboard: bool) -> None:
     triton = start_triton(workdir / f"t{threads}", log_frequency=100, models=(MODEL,),
                           extra_args=["--http-thread-count", str(threads)])
     turns_file = workdir / f"turns{threads}.jsonl"
+    shown = None
     try:
+        if dashboard:
+            shown = Dashboard(triton, workdir / f"d{threads}")
         rec = Recorder(EXPORTER, turns_file, [triton.http_port])
         try:
             http_clients(triton, 2, 5, keep_alive=True, prefix="warm")
@@ -90,7 +162,11 @@ def run(threads: int, clients: int, requests: int, body_kb: int, workdir: Path, 
             files = flush_until_traced(triton, len(sent) + 10, timeout=60)
         finally:
             rec.stop()
+        if shown is not None:
+            shown.show(len(sent))
     finally:
+        if shown is not None:
+            shown.stop()
         triton.stop()
     by_id = {s.request_id: s for s in sent}
     joined = [j for j in joined_of(files, turns_file, {"http": frozenset({triton.http_port})})
@@ -129,12 +205,15 @@ def main() -> int:
     ap.add_argument("--quickack", action="store_true",
                     help="client processes acknowledge responses at once (TCP_QUICKACK): ack_wait then holds "
                          "no delayed ACK")
+    ap.add_argument("--dashboard", action="store_true",
+                    help="also run serve --wire-join on and Prometheus, and print the dashboard's frontend-wait panel")
     ap.add_argument("--client-threads", action="store_true",
                     help="clients as threads of this process (default: a process each, so they read promptly)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="wire-frontend.") as d:
         for t in args.threads.split(","):
-            run(int(t), args.clients, args.requests, args.body_kb, Path(d), not args.client_threads, args.quickack)
+            run(int(t), args.clients, args.requests, args.body_kb, Path(d), not args.client_threads, args.quickack,
+                args.dashboard)
     return 0
 
 

@@ -113,3 +113,5 @@ def test_grpc_joins_where_one_request_is_in_flight(triton_factory: Callable[...,
             assert len(set().union(*conns.values())) == sum(len(c) for c in conns.values()), conns
         if prefix == "c1-":  # one request in flight on the one connection: these must join
             assert results["joined"] >= 0.9 * len(mine), results
+        if prefix == "o8-":  # one request in flight on each connection: most join (72-98 % measured)
+            assert results["joined"] >= 0.4 * len(mine), results
