@@ -79,9 +79,9 @@ def test_trace_files_join_and_a_restart_counts_nothing_twice(
                                extra=STREAM_TRAFFIC).start()
         started = time.monotonic()
         second = http_clients(triton, clients=4, per_client=25, keep_alive=True, prefix="c")
-        time.sleep(max(0.0, started + 8 - time.monotonic()))
+        time.sleep(max(0.0, started + 5 - time.monotonic()))
         mixed = driver.stop()
-        assert mixed.succeeded[("http", MODEL)] > 20, mixed
+        assert mixed.succeeded[("http", MODEL)] > 10, mixed
         n = len(first) + len(second) + mixed.succeeded[("http", MODEL)]
         files = flush_until_traced(triton, len(first) + len(second) + sum(mixed.succeeded.values()))
         traced = lambda m: m.total("inference_profiler_traces_total")  # noqa: E731
