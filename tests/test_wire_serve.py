@@ -165,3 +165,11 @@ def test_held_requests_settle_by_trace_time_by_wall_time_and_by_count(tmp_path: 
     commit_traces(agg, A)
     commit_traces(agg, (5, 20_000, 20_400))
     assert results(agg) == {"ambiguous": 1} and len(agg.producer("wire")["held"]) == 1
+
+
+def test_a_damaged_held_entry_is_dropped_and_the_rest_goes_on(tmp_path: Path) -> None:
+    agg = aggregator(tmp_path, window_of(SHARED))
+    commit_traces(agg, A)
+    agg.state.producers["wire"]["held"]["junk"] = ["not", "a", "request"]
+    commit_traces(agg, B)  # joins A with B; the junk entry leaves the state uncounted
+    assert results(agg) == {"joined": 2} and agg.producer("wire")["held"] == {}

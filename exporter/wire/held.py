@@ -21,6 +21,7 @@ resumes them, and a request is counted once (the commit that counts it drops it)
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -34,6 +35,8 @@ from ..traces.store import Change, Section, SectionChange
 from .join import Request, Wire
 from .live import WireObservations, observations
 from .requests import requests_of
+
+log = logging.getLogger("wire")
 
 PRODUCER, SECTION = "wire", "held"
 SETTLE_NS = 2 * 10**9  # trace clock: a request is settled once requests ending this much later are traced
@@ -99,11 +102,21 @@ class Joiner:
         """The joins of one commit; `committed` is the held section as committed. `offset_ns`: the
         batches' stamps minus this are CLOCK_MONOTONIC (OTLP's Unix-time stamps)."""
         held: dict[str, Held] = {}
+        bad: list[str] = []
         for k, v in committed.items():
             h = self._parsed.get(k)
             if h is None:
-                h = self._parsed[k] = Held.from_json(v)
+                try:
+                    h = self._parsed[k] = Held.from_json(v)
+                except (TypeError, ValueError) as e:  # a state edited by hand: dropped, never counted
+                    log.warning("held request %s in the state is not one (%s); dropped", k, e)
+                    bad.append(k)
+                    continue
             held[k] = h
+        if bad:
+            dropping = change.producers.setdefault(PRODUCER, {}).setdefault(SECTION, SectionChange(drop=[]))
+            if isinstance(dropping.drop, list):
+                dropping.drop.extend(k for k in bad if k not in dropping.drop)
         if len(self._parsed) > 2 * len(committed) + 1000:  # forget what commits dropped
             self._parsed = {k: h for k, h in self._parsed.items() if k in committed}
         edit = change.producers.get(PRODUCER, {}).get(SECTION)
