@@ -101,7 +101,9 @@ def test_grpc_joins_where_one_request_is_in_flight(triton_factory: Callable[...,
         for j in mine:
             if j.wire is not None:
                 t = j.wire.turn
-                assert t.first_in_ns <= j.stamps["GRPC_WAITREAD_END"] <= t.first_write_ns <= j.stamps["GRPC_SEND_END"]
+                # the response turn may have begun with a control frame (a window update) before it
+                assert t.first_in_ns <= j.stamps["GRPC_WAITREAD_END"] <= t.last_write_ns
+                assert t.first_write_ns <= j.stamps["GRPC_SEND_END"]
         if prefix in ("o8-", "os-"):  # a client's requests all joined to its own connection, no other's
             conns = {(j.request_id or "").split("-")[1]: set() for j in mine}  # type: dict[str, set[tuple[int, int]]]
             for j in mine:
@@ -111,3 +113,5 @@ def test_grpc_joins_where_one_request_is_in_flight(triton_factory: Callable[...,
             assert len(set().union(*conns.values())) == sum(len(c) for c in conns.values()), conns
         if prefix == "c1-":  # one request in flight on the one connection: these must join
             assert results["joined"] >= 0.9 * len(mine), results
+        if prefix == "o8-":  # one request in flight on each connection: most join (72-98 % measured)
+            assert results["joined"] >= 0.4 * len(mine), results

@@ -1,5 +1,6 @@
 """`serve` joining a real Triton's traces to the kernel's socket turns: trace files (with a
-restart of the daemon mid-stream) and OTLP. The same turns are recorded by `tcp-events
+restart of the daemon mid-stream, then mixed load of every model and way of asking while
+small trace files roll, so requests join across files) and OTLP. The same turns are recorded by `tcp-events
 --record`, so the daemon's counts can be held against the offline join of the same files.
 
 One Triton per mode for the module.
@@ -14,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from exporter.demo.launcher import TritonServer, copy_model_repository, free_port
+from exporter.demo.launcher import ALL_MODELS, MODEL, TritonServer, copy_model_repository, free_port
+from exporter.demo.traffic import STREAM_TRAFFIC, TrafficDriver
 from tests.triton_harness import EXPORTER, ExporterProcess, Scrape, flush_until_traced, start_triton
 from tests.wire_driver import Recorder, http_clients, joined_requests
 
@@ -26,7 +28,8 @@ STAGE = "inference_profiler_stage_duration_seconds_count"
 
 @pytest.fixture(scope="module")
 def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
-    server = start_triton(tmp_path_factory.mktemp("triton"), log_frequency=50)
+    # files of 10 traces: under mixed load a request's turn is often shared with one of the next file
+    server = start_triton(tmp_path_factory.mktemp("triton"), log_frequency=10, models=ALL_MODELS)
     try:
         yield server
     finally:
@@ -46,8 +49,11 @@ def join_running(e: ExporterProcess, timeout: float = 120.0) -> None:
         time.sleep(0.2)
 
 
-def joins(s: Scrape, protocol: str = "http") -> Counter[str]:
-    return Counter({lab["result"]: int(v) for lab, v in s.select(JOINS, protocol=protocol)})
+def joins(s: Scrape, **labels: str) -> Counter[str]:
+    out: Counter[str] = Counter()
+    for lab, v in s.select(JOINS, **labels):
+        out[lab["result"]] += int(v)
+    return out
 
 
 def test_trace_files_join_and_a_restart_counts_nothing_twice(
@@ -62,32 +68,48 @@ def test_trace_files_join_and_a_restart_counts_nothing_twice(
         first = http_clients(triton, clients=4, per_client=25, keep_alive=True, prefix="a")
         first += http_clients(triton, clients=2, per_client=10, keep_alive=False, prefix="b")
         flush_until_traced(triton, len(first))
-        s = e.wait_for(lambda m: sum(joins(m).values()) >= len(first), timeout=60)
-        before = joins(s)
+        s = e.wait_for(lambda m: sum(joins(m, protocol="http").values()) >= len(first), timeout=60)
+        before = joins(s, protocol="http")
         assert e.stop() == 0
         # the restart: the same state, a new feed; the files already counted are not read again
         e = exporter_factory(*args)
         join_running(e)
+        # mixed load: HTTP and gRPC, unary, ensembles, streams, generate, beside four HTTP clients
+        driver = TrafficDriver(triton.http_address, triton.grpc_address, rate=60, concurrency=4,
+                               extra=STREAM_TRAFFIC).start()
+        started = time.monotonic()
         second = http_clients(triton, clients=4, per_client=25, keep_alive=True, prefix="c")
-        files = flush_until_traced(triton, len(first) + len(second))
-        n = len(first) + len(second)
-        s = e.wait_for(lambda m: sum(joins(m).values()) >= n, timeout=60)
+        time.sleep(max(0.0, started + 5 - time.monotonic()))
+        mixed = driver.stop()
+        assert mixed.succeeded[("http", MODEL)] > 10, mixed
+        n = len(first) + len(second) + mixed.succeeded[("http", MODEL)]
+        files = flush_until_traced(triton, len(first) + len(second) + sum(mixed.succeeded.values()))
+        traced = lambda m: m.total("inference_profiler_traces_total")  # noqa: E731
+        # every trace's join counted once, the held ones too (within the 10 s hold)
+        s = e.wait_for(lambda m: sum(joins(m).values()) >= traced(m) > 0, timeout=60)
         time.sleep(1.0)  # a scrape later: nothing more may arrive
         s = e.scrape()
     finally:
         rec.stop()
-    after = joins(s)
-    print(f"\nserve, HTTP: before the restart {dict(before)}, in all {dict(after)} of {n} requests")
-    assert sum(after.values()) == n == s.total("inference_profiler_traces_total", protocol="http")
+    after = joins(s, protocol="http", model=MODEL)
+    print(f"\nserve, HTTP {MODEL}: before the restart {dict(before)}, in all {dict(after)} of {n} requests; "
+          f"{len(files)} trace files; every protocol and model: {dict(joins(s))} of {traced(s):.0f} traces")
+    assert sum(joins(s).values()) == traced(s)
+    # the ensemble's add_sub steps are traced as http add_sub too, without a frontend: unsupported
+    assert sum(after.values()) == s.total("inference_profiler_traces_total", protocol="http", model=MODEL)
+    assert sum(after.values()) - after["unsupported"] == n
     assert after["joined"] >= 0.95 * n, after
     assert after["joined"] >= before["joined"]
+    http_joined = sum(n for r, n in joins(s, protocol="http").items() if r == "joined")
     for stage in ("socket_wait", "ack_wait", "wire"):
-        assert s.total(STAGE, stage=stage, protocol="http") == after["joined"], stage
+        assert s.total(STAGE, stage=stage, protocol="http") == http_joined, stage
     # the segments of joined requests add up to wire
     tl = {lab["segment"]: v for lab, v in s.select("inference_profiler_timeline_seconds_total", protocol="http")}
     assert tl["socket_wait"] > 0 and tl["ack_wait"] > 0
     ports = {"http": frozenset({triton.http_port}), "grpc": frozenset({triton.grpc_port})}
-    offline = Counter(j.result for j in joined_requests(files, turns_file, ports) if j.protocol == "http")
+    mine = lambda rid: rid[:1] in ("a", "b", "c") or rid.startswith(f"http-{MODEL}-")  # noqa: E731
+    offline = Counter(j.result for j in joined_requests(files, turns_file, ports)
+                      if j.protocol == "http" and mine(j.request_id or ""))
     print(f"offline join of the same files and turns: {dict(offline)}")
     assert abs(offline["joined"] - after["joined"]) <= 0.02 * n, (offline, after)
 

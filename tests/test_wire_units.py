@@ -97,6 +97,33 @@ def test_grpc_exchange_spans_turns_split_by_control_frames() -> None:
     assert w2 is not None and w2.ack_wait_ns == 0 and w2.wire_ns == 100 + 1100
 
 
+def test_grpc_response_in_a_turn_begun_by_a_control_frame_or_of_writes_only() -> None:
+    # turn 3 reads the request, writes a window update before the arrival and the response after
+    t3 = turn(1, 3, 100, 110, 120, 1000, port=GRPC, last_write=900)
+    req = Request("grpc", 200, 950, -1, 850)
+    ((result, w),) = join([req], [t3], PORTS)
+    assert result == "joined" and w is not None and w.ack_wait_ns == 50
+    # the response begins a turn of writes only, whose ACK rode on the client's next frames (turn 5)
+    t4 = turn(1, 4, 0, 0, 880, 0, port=GRPC, last_write=900)
+    t5 = turn(1, 5, 990, 995, 0, 0, port=GRPC)
+    ((result, w),) = join([req], [turn(1, 3, 100, 110, 120, 130, port=GRPC), t4, t5], PORTS)
+    assert result == "joined" and w is not None and w.ack_wait_ns == 990 - 950  # an upper bound
+    # without a next turn its ACK is unknown: not joined
+    assert results([req], [turn(1, 3, 100, 110, 120, 130, port=GRPC), t4]) == ["ambiguous"]
+
+
+def test_grpc_connections_each_with_one_request_in_flight_join_by_their_response_turns() -> None:
+    # two connections, a request each at once; B's turn 2 wrote within A's send span too, but that
+    # response is B's own (its only candidate): A is left its own connection
+    a1 = turn(1, 1, 100, 110, 880, 1000, port=GRPC)
+    b1 = turn(2, 1, 105, 115, 870, 990, port=GRPC)
+    a, b = Request("grpc", 200, 900, -1, 860), Request("grpc", 210, 875, -1, 865)
+    assert results([a, b], [a1, b1]) == ["joined", "joined"]
+    # a third request in flight with no candidate at all could have been on either: no guess
+    c = Request("grpc", 220, 890, -1, 2000)
+    assert results([a, b, c], [a1, b1]) == ["ambiguous"] * 3
+
+
 def test_grpc_requests_in_flight_together_on_one_connection_are_ambiguous() -> None:
     t1 = turn(1, 1, 100, 110, 500, 600, port=GRPC)
     t2 = turn(1, 2, 520, 530, 900, 1000, port=GRPC)

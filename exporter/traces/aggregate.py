@@ -7,7 +7,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -19,32 +19,17 @@ from ..stages import (
     OUTCOMES,
     PROTOCOLS,
     SEGMENTS,
-    Anatomy,
     Outcome,
 )
-from ..wire.names import JOIN_RESULTS, WIRE_SEGMENTS, WIRE_STAGES
+from ..wire.names import WIRE_STAGES
 from .assembly import TraceBatch
+from .wire_counts import WireJoin, wire_counts
 
 # series key: (*pattern labels, model, version, protocol[, stage | segment])
 SeriesKey = tuple[str, ...]
 
 RESPONSE_BOUNDS: tuple[int, ...] = tuple(1 << i for i in range(13))  # responses per request: 1 .. 4096
 MAX_CUSTOM_STAGES = 16  # distinct custom activity stages exposed; more are rejected
-
-
-class WireResult(Protocol):
-    """A batch's socket join (exporter/wire/live.py's WireObservations)."""
-
-    rows: npt.NDArray[np.intp]  # index into the batch's observed rows, one per observation
-    stages: npt.NDArray[np.intp]  # index into WIRE_STAGES
-    ns: npt.NDArray[np.int64]
-    socket_wait: npt.NDArray[np.int64]  # per observed row, -1 where not joined
-    ack_wait: npt.NDArray[np.int64]
-    result_of: npt.NDArray[np.intp]  # per observed row, index into JOIN_RESULTS
-
-
-# joins the observed rows of a batch (stamps, protocol codes, anatomy) to socket turns
-WireJoin = Callable[[npt.NDArray[np.int64], npt.NDArray[np.int8], Anatomy], WireResult]
 
 
 @dataclass
@@ -148,20 +133,21 @@ class TraceAggregate:
         c_rows, c_stages, c_ns = self._custom_observations(batch, rows, stage_names, live)
         if wire is not None:
             # children (ensemble steps, BLS calls) came through no frontend of their own: unsupported
-            obs = wire(batch.stamps[rows], np.where(batch.parents[rows] >= 0, 0, codes[rows]).astype(np.int8), an)
+            obs = wire(batch.stamps[rows], np.where(batch.parents[rows] >= 0, 0, codes[rows]).astype(np.int8), an,
+                       [bases[g] for g in gidx.tolist()], _ids_of(batch, rows))
             first_wire = len(stage_names)
             stage_names.extend(WIRE_STAGES)
             c_rows += obs.rows.tolist()
             c_stages += (obs.stages + first_wire).tolist()
             c_ns += obs.ns.tolist()
-            self._wire_counts(obs, gidx, bases)
+            wire_counts(self, obs, gidx, bases)
         if len(an.gaps) or c_rows:
             row_i = np.concatenate([row_i, an.gap_rows, np.asarray(c_rows, dtype=np.intp)])
             stage_j = np.concatenate([stage_j, np.full(len(an.gaps), ALL_STAGES.index(INTER_RESPONSE)),
                                       np.asarray(c_stages, dtype=np.intp)])
             dv = np.concatenate([dv, an.gaps, np.asarray(c_ns, dtype=np.int64)])
-        self._observe(gidx[row_i] * len(stage_names) + stage_j, dv, row_i,
-                      [(*b, s) for b in bases for s in stage_names], batch, rows)
+        self.observe_values(gidx[row_i] * len(stage_names) + stage_j, dv, row_i,
+                            [(*b, s) for b in bases for s in stage_names], _ids_of(batch, rows))
 
         # responses per request (cancelled requests had none), and the timeline's segments per group
         bounds = np.asarray(RESPONSE_BOUNDS, dtype=np.int64)
@@ -186,24 +172,10 @@ class TraceAggregate:
             zero, native = natives.get(g, (0, {}))
             h.merge(Histogram(RESPONSE_BOUNDS, resp[g].tolist(), int(resp_sum[g]), int(resp[g].sum()), native, zero))
 
-    def _wire_counts(self, obs: WireResult, gidx: npt.NDArray[np.intp], bases: list[SeriesKey]) -> None:
-        """Per group: the join results of its rows and, for joined rows, the two wire segments."""
-        n_groups = len(bases)
-        for seg, per_row in zip(WIRE_SEGMENTS, (obs.socket_wait, obs.ack_wait), strict=True):
-            joined = per_row >= 0
-            sums = np.zeros(n_groups, dtype=np.int64)
-            np.add.at(sums, gidx[joined], per_row[joined])  # exact: the segments add up to wire
-            for g in np.unique(gidx[joined]).tolist():
-                self.timeline[(*bases[g], seg)] += int(sums[g])
-        n_res = len(JOIN_RESULTS)
-        for f, n in enumerate(np.bincount(gidx * n_res + obs.result_of, minlength=n_groups * n_res).tolist()):
-            if n:
-                self.joins[(*bases[f // n_res], JOIN_RESULTS[f % n_res])] += n
-
-    def _observe(self, series: npt.NDArray[np.int64], dv: npt.NDArray[np.int64], row_i: npt.NDArray[np.intp],
-                 keys: list[SeriesKey], batch: TraceBatch, rows: npt.NDArray[np.intp]) -> None:
-        """Bucket every observation into its series' histogram; the newest of each bucket
-        becomes its exemplar."""
+    def observe_values(self, series: npt.NDArray[np.int64], dv: npt.NDArray[np.int64], row_i: npt.NDArray[np.intp],
+                       keys: list[SeriesKey], ids_of: Callable[[int], tuple[str, str | None]]) -> None:
+        """Bucket every observation (series index into keys, value, row) into its series'
+        histogram; the newest of each bucket becomes its exemplar, with ids_of(row)."""
         bounds = np.asarray(self.bounds_ns, dtype=np.int64)
         n_buckets = len(bounds) + 1
         n_series = len(keys)
@@ -235,14 +207,9 @@ class TraceAggregate:
         last_of[flat] = np.arange(len(flat))
         cells = np.flatnonzero(last_of >= 0)
         now = time.time()
-        ids = batch.ids[rows]
-        w3c = batch.trace_ids
         for f, pos in zip(cells.tolist(), last_of[cells].tolist(), strict=True):
             sid, b = divmod(f, n_buckets)
-            r = int(row_i[pos])
-            self.exemplars.setdefault(keys[sid], {})[b] = Exemplar(
-                str(int(ids[r])) if w3c is None else w3c[int(rows[r])], batch.request_ids[int(rows[r])],
-                int(dv[pos]) / 1e9, now)
+            self.exemplars.setdefault(keys[sid], {})[b] = Exemplar(*ids_of(int(row_i[pos])), int(dv[pos]) / 1e9, now)
 
     def merged(self, delta: TraceAggregate) -> TraceAggregate:
         """A new aggregate = self + delta (self is left untouched for concurrent scrapes). The new
@@ -389,6 +356,12 @@ class TraceAggregate:
         agg.custom_stages = {str(c) for c in v.get("custom_stages", [])}
         agg.last_ingest = float(v.get("last_ingest", 0.0))
         return agg
+
+
+def _ids_of(batch: TraceBatch, rows: npt.NDArray[np.intp]) -> Callable[[int], tuple[str, str | None]]:
+    """(trace id, request id) of the batch's r-th observed row: the exemplar's labels."""
+    ids, w3c = batch.ids[rows], batch.trace_ids
+    return lambda r: (str(int(ids[r])) if w3c is None else w3c[int(rows[r])], batch.request_ids[int(rows[r])])
 
 
 def _count(n: Any) -> int:

@@ -14,17 +14,17 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import numpy.typing as npt
-
-from ..stages import Anatomy
-from .aggregate import TraceAggregate, WireJoin, WireResult
+from .aggregate import TraceAggregate
 from .checkpoint import FileEntry, StateWriteError
 from .pipeline import Batch
 from .small import SMALL_ROWS, observe_small
 from .store import Change, Section, State, StateStore, change_record
+from .wire_counts import count_settled
+
+if TYPE_CHECKING:
+    from ..wire.held import Joiner
 
 log = logging.getLogger("traces")
 
@@ -41,7 +41,7 @@ class TraceAggregator:
         self.lock = threading.RLock()  # one commit at a time; a producer may hold it across its own reads
         self.state: State = store.load()
         self.state_error: str | None = None  # why the last commit failed; None when it succeeded
-        self.wire: WireJoin | None = None  # the socket join, set before the producers start where it runs
+        self.wire: Joiner | None = None  # the socket join, set before the producers start where it runs
 
     @property
     def live(self) -> TraceAggregate:
@@ -60,14 +60,38 @@ class TraceAggregator:
         hold the lock from here to the commit). `wall_clock`: the batches' stamps are Unix time
         (OTLP), moved onto CLOCK_MONOTONIC for the socket join."""
         assert change.delta is not None
-        wire = self.wire
-        if wire is not None and wall_clock:
-            wire = _from_wall_clock(wire)
+        joins = None
+        if self.wire is not None:
+            offset = time.time_ns() - time.monotonic_ns() if wall_clock else 0
+            joins = self.wire.round(change, self._held(), offset)
         for batch, codes in batches:
-            if wire is None and len(batch) <= SMALL_ROWS:  # numpy's cost per call would dominate
+            if joins is None and len(batch) <= SMALL_ROWS:  # numpy's cost per call would dominate
                 observe_small(change.delta, batch, codes, labels, self.max_models, self.state.aggregate)
             else:
-                change.delta.observe_batch(batch, codes, labels, self.max_models, self.state.aggregate, wire)
+                change.delta.observe_batch(batch, codes, labels, self.max_models, self.state.aggregate,
+                                           joins.batch if joins is not None else None)
+        if joins is not None:
+            count_settled(change.delta, joins.settled)
+
+    def _held(self) -> Section:
+        from ..wire.held import PRODUCER, SECTION
+
+        return self.producer(PRODUCER).get(SECTION, {})
+
+    def settle_wire(self) -> int:
+        """The socket join's requests held from earlier batches: those joined or due now are counted,
+        in a commit of their own (the daemon's tick, when no batch comes). Returns how many."""
+        with self.lock:
+            if self.wire is None or not self._held():
+                return 0
+            change = self.change()
+            joins = self.wire.round(change, self._held())
+            n = joins.settle()
+            if n:
+                assert change.delta is not None
+                count_settled(change.delta, joins.settled)
+                self.commit(change)
+            return n
 
     def producer(self, name: str) -> dict[str, Section]:
         """A producer's committed sections (read it at start, under the lock; change it by commits)."""
@@ -128,15 +152,6 @@ class TraceAggregator:
             self.store.close(self.state, self.state_error is not None)
         finally:
             self.lock.release()
-
-
-def _from_wall_clock(wire: WireJoin) -> WireJoin:
-    """The join for stamps in Unix ns: each moved by this moment's wall - monotonic offset
-    (a clock step between Triton's stamp and now shifts it: such requests do not join)."""
-    def joined(stamps: npt.NDArray[np.int64], codes: npt.NDArray[np.int8], an: Anatomy) -> WireResult:
-        offset = time.time_ns() - time.monotonic_ns()
-        return wire(np.where(stamps >= 0, stamps - offset, -1), codes, an)
-    return joined
 
 
 def _with(entries: dict[str, FileEntry], changed: dict[str, FileEntry | None]) -> dict[str, FileEntry]:

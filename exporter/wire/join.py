@@ -13,7 +13,8 @@ A turn is a candidate for a request when, on a port of the request's protocol:
   stamp a send's start before they write);
 - HTTP/1.1 (one request at a time per connection): its last read is at or before
   HTTP_RECV_END, and its response was acknowledged at or after HTTP_SEND_END;
-- gRPC: its first write is at or before the request's last response out. gRPC stamps
+- gRPC: a turn of the same connection (the one its bytes were read in, or a later one) wrote
+  at or after its first send's start, and began writing at or before its last response out. gRPC stamps
   GRPC_SEND_END when its completion queue reports the write done, which can come after the
   peer's ACK; there ack_wait is 0 and `wire` ends at GRPC_SEND_END, so the parts still add up.
 
@@ -108,20 +109,32 @@ class TurnIndex:
         return out
 
 
+def acked_by_next(t: Turn, after: Turn) -> Turn:
+    """A response turn whose ACK was not recorded (the client's ACK rode on its next frames,
+    which began the next turn before the ACK was seen), acknowledged at the latest when the
+    next turn's first byte came in: that upper bound, where it is after the last write."""
+    ack = after.first_in_ns or after.first_read_ns
+    return dataclasses.replace(t, acked_ns=ack) if ack >= t.last_write_ns > 0 else t
+
+
 class GrpcIndex(TurnIndex):
     """gRPC turns, joined per connection into exchanges. HTTP/2 peers trade small control frames
     (window updates, pings) while a request is handled, and each such frame from the client
     begins a turn; so a request's bytes arrive in one turn (the last read before its arrival)
     and its response goes out in a later turn of the same connection (the first write within
-    its send). The exchange runs from the first to the second; self.turns holds them as made."""
+    its send; a turn of writes only where the kernel began one for them). The exchange runs
+    from the first to the second; self.exchanges holds them as made. Two exchanges that end in
+    one response turn exclude each other (`assign`): one response is one request's."""
 
     def __init__(self, turns: Sequence[Turn]) -> None:
         super().__init__(turns)
         self.by_conn: dict[tuple[int, int], list[Turn]] = {}
-        for t in sorted(self.every, key=lambda t: t.turn):
+        for t in sorted(turns, key=lambda t: t.turn):  # write-only turns too: a response can start one
             self.by_conn.setdefault(t.connection, []).append(t)
         self.exchanges: list[Turn] = []
         self._made: dict[tuple[int, int, int, int], int] = {}
+        self.resource: list[int] = []  # per exchange: the turn it shares with any other exchange holding it
+        self._resources: dict[tuple[int, int, int], int] = {}
 
     def read_of(self, k: int) -> int:
         return self.exchanges[k].first_read_ns
@@ -132,26 +145,41 @@ class GrpcIndex(TurnIndex):
         out: list[int] = []
         for conn in {t.connection for t in self.every[lo:hi]}:
             on = self.by_conn[conn]
-            t_in = max((t for t in on if t.first_read_ns <= req.arrival_ns), key=lambda t: t.turn)
-            t_out = next((t for t in on if t.turn >= t_in.turn
-                          and t.first_write_ns >= max(req.send_start_ns, req.arrival_ns)), None)
-            if (t_out is None or not t_out.acked_ns or t_out.first_write_ns > req.end_ns
-                    or t_in.start_ns > req.arrival_ns):
+            t_in = max((t for t in on if 0 < t.first_read_ns <= req.arrival_ns), key=lambda t: t.turn)
+            at = next((k for k, t in enumerate(on) if t.turn >= t_in.turn
+                       and t.last_write_ns >= max(req.send_start_ns, req.arrival_ns)), None)
+            if at is None:
+                continue
+            t_out = on[at]
+            if not t_out.acked_ns and at + 1 < len(on):  # see acked_by_next
+                t_out = acked_by_next(t_out, on[at + 1])
+            if not t_out.acked_ns or t_out.first_write_ns > req.end_ns or t_in.start_ns > req.arrival_ns:
                 continue
             key = (*conn, t_in.turn, t_out.turn)
             if key not in self._made:
                 self._made[key] = len(self.exchanges)
                 self.exchanges.append(dataclasses.replace(
                     t_out, first_in_ns=t_in.first_in_ns, first_read_ns=t_in.first_read_ns))
+                shared = (*conn, t_out.turn)
+                self.resource.append(self._resources.setdefault(shared, len(self._resources)))
             out.append(self._made[key])
         return out
 
 
-def overlapping(requests: Sequence[Request], joined: Mapping[int, Turn]) -> set[int]:
+    def assign(self, cands: Sequence[Sequence[int]]) -> dict[int, int]:
+        """assign() over the turns the exchanges hold, so that two exchanges holding one turn
+        (one request's read, another's exchange built on it) exclude each other."""
+        by_turn = assign([[self.resource[k] for k in c] for c in cands])
+        return {j: next(k for k in cands[j] if self.resource[k] == r) for j, r in by_turn.items()}
+
+
+def overlapping(requests: Sequence[Request], joined: Mapping[int, Turn],
+                may_be_on: Sequence[set[tuple[int, int]] | None]) -> set[int]:
     """Joined requests (by position) that were in flight while another request that may have
-    been on the same connection was: one joined to that connection, or one whose connection
-    is unknown (not joined). Which bytes were whose cannot be told, so they do not count as
-    joined; repeated until none is left (a request taken out is then unknown in turn)."""
+    been on the same connection was: one joined to that connection, or one not joined that
+    may have been on it (`may_be_on[o]`: the connections of o's candidates; None: any, where
+    it has none, its turns not recorded). Which bytes were whose cannot be told, so they do not
+    count as joined; repeated until none is left (a request taken out is then unknown in turn)."""
     order = sorted(range(len(requests)), key=lambda i: requests[i].arrival_ns)
     arrivals = [requests[i].arrival_ns for i in order]
     latest_end = list(itertools.accumulate((requests[i].end_ns for i in order), max))
@@ -170,7 +198,9 @@ def overlapping(requests: Sequence[Request], joined: Mapping[int, Turn]) -> set[
                 k -= 1
                 if o == j or requests[o].end_ns <= a:
                     continue
-                if o not in joined or o in out or joined[o].connection == conn:
+                unknown = o not in joined or o in out
+                if (unknown and (may_be_on[o] is None or conn in (may_be_on[o] or ()))) or (
+                        not unknown and joined[o].connection == conn):
                     out.add(j)
                     changed = True
                     break
@@ -251,12 +281,14 @@ def join(requests: Sequence[Request], turns: Sequence[Turn],
         mine = [t for t in turns if t.lport in wanted]
         index = GrpcIndex(mine) if protocol == "grpc" else TurnIndex(mine)
         cands = [index.candidates(requests[i]) for i in rows]
-        chosen = assign(cands)
         if isinstance(index, GrpcIndex):  # no pairing by order here: gRPC reads on other threads
+            chosen = index.assign(cands)
             picked = {j: index.exchanges[k] for j, k in chosen.items()}
-            for j in overlapping([requests[i] for i in rows], picked):
+            may_be_on = [{index.exchanges[k].connection for k in c} or None for c in cands]
+            for j in overlapping([requests[i] for i in rows], picked, may_be_on):
                 del picked[j]
         else:
+            chosen = assign(cands)
             chosen.update(in_read_order([requests[i].arrival_ns for i in rows], cands, chosen, index))
             picked = {j: index.turns[k] for j, k in chosen.items()}
         for j, i in enumerate(rows):

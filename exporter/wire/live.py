@@ -27,13 +27,14 @@ import numpy as np
 import numpy.typing as npt
 
 from ..stages import Anatomy
-from .join import JOIN_RESULTS, LOOKBACK_NS, WIRE_STAGES, join
+from .join import JOIN_RESULTS, LOOKBACK_NS, WIRE_STAGES, Request, Wire, join
 from .requests import requests_of
 from .turns import Turn
 
 TURN_BYTES = 400  # a held Turn and its index entries (sys.getsizeof of its fields, rounded up)
 HOLD_SECONDS = 300.0
 _RESULT = {r: i for i, r in enumerate(JOIN_RESULTS)}
+HELD = -1  # result_of of a request held for a later batch (exporter/wire/held.py)
 MAX_BYTES = 32 << 20  # ~80,000 turns: 300 s at ~270 requests/s
 
 
@@ -46,7 +47,7 @@ class WireObservations:
     ns: npt.NDArray[np.int64]
     socket_wait: npt.NDArray[np.int64]  # per observed row, -1 where not joined (timeline segment)
     ack_wait: npt.NDArray[np.int64]
-    result_of: npt.NDArray[np.intp]  # per observed row, index into JOIN_RESULTS
+    result_of: npt.NDArray[np.intp]  # per observed row, index into JOIN_RESULTS (HELD: counted later)
     results: Counter[str] = field(default_factory=Counter)  # JOIN_RESULTS over the batch's rows
 
 
@@ -71,19 +72,20 @@ class TurnWindow:
 
     def add(self, turn: Turn) -> None:
         """A record from the kernel; a later record of the same turn replaces the earlier."""
-        if not turn.first_read_ns:
+        at = turn.first_read_ns or turn.first_write_ns  # a gRPC response can begin a turn of writes only
+        if not at:
             return
         with self._lock:
             if turn.key in self._joined:
                 return
             if turn.key not in self._turns:
-                entry = (turn.first_read_ns, turn.key)
+                entry = (at, turn.key)
                 if not self._reads or entry >= self._reads[-1]:
                     self._reads.append(entry)  # the usual case: turns come in order
                 else:
                     bisect.insort(self._reads, entry)
             self._turns[turn.key] = turn
-            self._newest = max(self._newest, turn.first_read_ns)
+            self._newest = max(self._newest, at)
             self._trim()
 
     def _trim(self) -> None:
@@ -102,10 +104,17 @@ class TurnWindow:
     def observe(self, stamps: npt.NDArray[np.int64], codes: npt.NDArray[np.int8], an: Anatomy) -> WireObservations:
         """Join the rows of a batch (the rows `an` was computed over) with the held turns."""
         requests = requests_of(stamps, codes, an)
+        return observations(self.join(requests))
+
+    def join(self, requests: Sequence[Request]) -> list[tuple[str, Wire | None]]:
+        """Join requests with the held turns; a turn joined leaves the window."""
         arrivals = [r.arrival_ns for r in requests if r.arrival_ns >= 0]
+        ends = [r.end_ns for r in requests if r.end_ns >= 0]
         with self._lock:
             lo = bisect.bisect_left(self._reads, (min(arrivals, default=0) - LOOKBACK_NS,))
-            hi = bisect.bisect_right(self._reads, (max(arrivals, default=0) + 1,))
+            # and turns begun up to a second after the last response: a gRPC response's own turn,
+            # the turn after it (see join.acked_by_next)
+            hi = bisect.bisect_right(self._reads, (max(ends, default=0) + 10**9,))
             turns = [t for _, key in self._reads[lo:hi] if (t := self._turns.get(key)) is not None]
             out = join(requests, turns, self.ports)
             joined = {w.turn.key for _, w in out if w is not None}
@@ -116,25 +125,32 @@ class TurnWindow:
                 del self._joined[next(iter(self._joined))]
             if joined:
                 self._reads = [e for e in self._reads if e[1] not in joined]
-        n = len(requests)
-        socket_wait = np.full(n, -1, dtype=np.int64)
-        ack_wait = np.full(n, -1, dtype=np.int64)
-        rows: list[int] = []
-        stages: list[int] = []
-        ns: list[int] = []
-        for i, (_, w) in enumerate(out):
-            if w is None:
-                continue
-            socket_wait[i], ack_wait[i] = w.socket_wait_ns, w.ack_wait_ns
-            for j, v in enumerate((w.socket_wait_ns, w.ack_wait_ns, w.wire_ns)):
-                rows.append(i)
-                stages.append(j)
-                ns.append(v)
-        results: Counter[str] = Counter({r: 0 for r in JOIN_RESULTS})
-        results.update(r for r, _ in out)
-        result_of = np.asarray([_RESULT[r] for r, _ in out], dtype=np.intp)
-        return WireObservations(np.asarray(rows, dtype=np.intp), np.asarray(stages, dtype=np.intp),
-                                np.asarray(ns, dtype=np.int64), socket_wait, ack_wait, result_of, results)
+        return out
+
+
+def observations(out: Sequence[tuple[str, Wire | None]], held: Sequence[bool] = ()) -> WireObservations:
+    """A batch's WireObservations from its join results; rows marked in `held` count nothing now
+    (result_of HELD: their result comes with a later commit)."""
+    n = len(out)
+    socket_wait = np.full(n, -1, dtype=np.int64)
+    ack_wait = np.full(n, -1, dtype=np.int64)
+    rows: list[int] = []
+    stages: list[int] = []
+    ns: list[int] = []
+    for i, (_, w) in enumerate(out):
+        if w is None or (held and held[i]):
+            continue
+        socket_wait[i], ack_wait[i] = w.socket_wait_ns, w.ack_wait_ns
+        for j, v in enumerate((w.socket_wait_ns, w.ack_wait_ns, w.wire_ns)):
+            rows.append(i)
+            stages.append(j)
+            ns.append(v)
+    results: Counter[str] = Counter({r: 0 for r in JOIN_RESULTS})
+    results.update(r for i, (r, _) in enumerate(out) if not (held and held[i]))
+    result_of = np.asarray([HELD if held and held[i] else _RESULT[r] for i, (r, _) in enumerate(out)],
+                           dtype=np.intp)
+    return WireObservations(np.asarray(rows, dtype=np.intp), np.asarray(stages, dtype=np.intp),
+                            np.asarray(ns, dtype=np.int64), socket_wait, ack_wait, result_of, results)
 
 
 class TurnFeed:
@@ -164,11 +180,3 @@ class TurnFeed:
 
 STAGE_NAMES = WIRE_STAGES  # the `stage` label values these observations take
 
-
-def unjoinable(stamps: npt.NDArray[np.int64], codes: npt.NDArray[np.int8], an: Anatomy) -> WireObservations:
-    """The join where it cannot run (eBPF unavailable): every request `unsupported`."""
-    n = len(stamps)
-    none = np.zeros(0, dtype=np.intp)
-    return WireObservations(none, none, np.zeros(0, dtype=np.int64), np.full(n, -1, dtype=np.int64),
-                            np.full(n, -1, dtype=np.int64), np.full(n, _RESULT["unsupported"], dtype=np.intp),
-                            Counter({r: n if r == "unsupported" else 0 for r in JOIN_RESULTS}))

@@ -19,7 +19,8 @@ from prometheus_client.registry import Collector
 from ..config import Config
 from ..source import ErrorCounts
 from ..traces.aggregator import TraceAggregator
-from .live import TurnFeed, TurnWindow, unjoinable
+from .held import Joiner
+from .live import TurnFeed, TurnWindow
 
 log = logging.getLogger("wire")
 
@@ -37,7 +38,10 @@ class WireSource:
         self.ports = sorted(set(cfg.wire_http_port) | set(cfg.wire_grpc_port))
         self.window = TurnWindow({"http": frozenset(cfg.wire_http_port), "grpc": frozenset(cfg.wire_grpc_port)})
         self.feed: TurnFeed | None = None
-        aggregator.wire = self.window.observe  # before the producers start: their first batch joins
+        self.joiner = Joiner(self.window.join)
+        aggregator.wire = self.joiner  # before the producers start: their first batch joins
+        self._tick = threading.Thread(target=self._settle, name="wire-settle", daemon=True)
+        self._stop = threading.Event()
 
     def collectors(self) -> list[Collector]:
         return []
@@ -47,6 +51,16 @@ class WireSource:
         meanwhile; requests traced before the feed runs count no_socket_event."""
         self._starting = threading.Thread(target=self._start, name="wire-start", daemon=True)
         self._starting.start()
+        self._tick.start()
+
+    def _settle(self) -> None:
+        """Once a second: requests held from earlier batches that are now joined or due are counted
+        (a commit of their own), so they are not kept waiting when no trace batch comes."""
+        while not self._stop.wait(1.0):
+            try:
+                self.aggregator.settle_wire()
+            except Exception as e:  # a failed state write is logged and counted by the aggregator
+                log.debug("settling held requests: %s", e)
 
     def _start(self) -> None:
         try:
@@ -55,7 +69,7 @@ class WireSource:
             level = logging.ERROR if self.cfg.ebpf == "on" else logging.WARNING
             log.log(level, "socket join off: %s; traced requests are counted unsupported", e)
             self.errors.inc("wire", "load_failed")
-            self.aggregator.wire = unjoinable
+            self.joiner.join = None
             return
         with self._lock:
             if self._stopped:
@@ -66,6 +80,9 @@ class WireSource:
                  ",".join(map(str, self.cfg.wire_grpc_port)))
 
     def stop(self) -> None:
+        self._stop.set()
+        if self._tick.is_alive():
+            self._tick.join(timeout=30)
         if self._starting is not None:  # a compile under way ends first: nothing of it outlives the stop
             self._starting.join(timeout=60)
         with self._lock:
