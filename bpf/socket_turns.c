@@ -107,7 +107,7 @@ static __always_inline void send_turn(struct turn_state *st, u64 now, u8 final)
         r->sent++;
     }
     st->rec.final = final;
-    if (turns.ringbuf_output(&st->rec, sizeof(st->rec), 0))
+    if (turns.ringbuf_output(&st->rec, sizeof(st->rec), BPF_RB_NO_WAKEUP))
         count_drop(DROP_RING_FULL);
     st->dirty = 0;
 }

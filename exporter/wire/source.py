@@ -14,12 +14,15 @@ from __future__ import annotations
 import logging
 import threading
 
+import numpy as np
+import numpy.typing as npt
 from prometheus_client.registry import Collector
 
 from ..config import Config
 from ..source import ErrorCounts
+from ..stages import Anatomy
 from ..traces.aggregator import TraceAggregator
-from .live import TurnFeed, TurnWindow, unjoinable
+from .live import TurnFeed, TurnWindow, WireObservations, unjoinable
 
 log = logging.getLogger("wire")
 
@@ -37,7 +40,14 @@ class WireSource:
         self.ports = sorted(set(cfg.wire_http_port) | set(cfg.wire_grpc_port))
         self.window = TurnWindow({"http": frozenset(cfg.wire_http_port), "grpc": frozenset(cfg.wire_grpc_port)})
         self.feed: TurnFeed | None = None
-        aggregator.wire = self.window.observe  # before the producers start: their first batch joins
+        aggregator.wire = self._observe  # before the producers start: their first batch joins
+
+    def _observe(self, stamps: npt.NDArray[np.int64], codes: npt.NDArray[np.int8], an: Anatomy) -> WireObservations:
+        """A batch of traces joined against the turns held, after those the kernel sent meanwhile."""
+        feed = self.feed
+        if feed is not None:
+            feed.drain()
+        return self.window.observe(stamps, codes, an)
 
     def collectors(self) -> list[Collector]:
         return []
@@ -59,7 +69,7 @@ class WireSource:
             return
         with self._lock:
             if self._stopped:
-                feed.recorder.close()
+                feed.stop()
                 return
             self.feed = feed.start()
         log.info("socket join on: HTTP ports %s, gRPC ports %s", ",".join(map(str, self.cfg.wire_http_port)),
