@@ -17,24 +17,25 @@ stages are committed (and survive a restart) with the rest of the batch.
 
 from __future__ import annotations
 
-import bisect
 import threading
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from ..stages import Anatomy
+from .held import HELD, JOINED, HeldTurns, held_rows, row_of, turn_of
 from .join import JOIN_RESULTS, LOOKBACK_NS, WIRE_STAGES, join
 from .requests import requests_of
 from .turns import Turn
 
-TURN_BYTES = 400  # a held Turn and its index entries (sys.getsizeof of its fields, rounded up)
+TURN_BYTES = HELD.itemsize  # a held turn: one numpy row (held.py)
 HOLD_SECONDS = 300.0
 _RESULT = {r: i for i, r in enumerate(JOIN_RESULTS)}
-MAX_BYTES = 32 << 20  # ~80,000 turns: 300 s at ~270 requests/s
+MAX_BYTES = 16 << 20  # ~176,000 records: 300 s at ~580 records/s (joined ones stay until they age out)
 # The ring buffer (1 MiB, 7,710 records) is read this often: up to 77,000 records/s are
 # taken before it fills; more are dropped in the kernel and counted.
 READ_EVERY = 0.1
@@ -62,71 +63,53 @@ class TurnWindow:
         self.hold_ns = int(hold_seconds * 1e9)
         self.max_turns = max(1, max_bytes // TURN_BYTES)
         self._lock = threading.Lock()
-        self._turns: dict[tuple[int, int, int], Turn] = {}
-        self._reads: list[tuple[int, tuple[int, int, int]]] = []  # (first read, key), sorted
-        self._joined: dict[tuple[int, int, int], None] = {}  # recently joined, so a re-sent record is ignored
+        self._held = HeldTurns()
         self._newest = 0
         self.expired = 0  # turns dropped by age, never joined
         self.evicted = 0  # turns dropped for memory, never joined
 
     def __len__(self) -> int:
-        return len(self._turns)
+        """Turns waiting (not joined)."""
+        return self._held.waiting
 
     def add(self, turn: Turn) -> None:
         """A record from the kernel; a later record of the same turn replaces the earlier."""
-        self.add_many((turn,))
+        if turn.first_read_ns:
+            self._add(row_of(turn))
 
-    def add_many(self, turns: Sequence[Turn]) -> None:
-        """Records from the kernel, in the order it sent them."""
+    def add_records(self, records: npt.NDArray[Any]) -> None:
+        """Records from the kernel (turns.RECORD_DTYPE), in the order it sent them."""
+        self._add(held_rows(records))
+
+    def _add(self, rows: npt.NDArray[Any]) -> None:
+        if not len(rows):
+            return
         with self._lock:
-            for t in turns:
-                self._add(t)
-
-    def _add(self, turn: Turn) -> None:
-        if not turn.first_read_ns:
-            return
-        if turn.key in self._joined:
-            return
-        if turn.key not in self._turns:
-            entry = (turn.first_read_ns, turn.key)
-            if not self._reads or entry >= self._reads[-1]:
-                self._reads.append(entry)  # the usual case: turns come in order
-            else:
-                bisect.insort(self._reads, entry)
-        self._turns[turn.key] = turn
-        self._newest = max(self._newest, turn.first_read_ns)
-        self._trim()
-
-    def _trim(self) -> None:
-        cut = 0
-        while cut < len(self._reads) and self._reads[cut][0] < self._newest - self.hold_ns:
-            cut += 1
-        self.expired += self._drop(cut)
-        self.evicted += self._drop(max(0, len(self._reads) - self.max_turns))
-
-    def _drop(self, n: int) -> int:
-        """Drop the n oldest entries; how many of them were still unjoined."""
-        lost = sum(self._turns.pop(key, None) is not None for _, key in self._reads[:n])
-        del self._reads[:n]
-        return lost
+            self._held.add(rows)
+            self._newest = max(self._newest, int(rows["first_read_ns"].max()))
+            self.expired += self._held.drop_before(self._newest - self.hold_ns)
+            if self._held.rows > self.max_turns:  # down to 90 %: the merge this takes is not paid per add
+                self.evicted += self._held.drop_oldest(self._held.rows - (self.max_turns - self.max_turns // 10))
 
     def observe(self, stamps: npt.NDArray[np.int64], codes: npt.NDArray[np.int8], an: Anatomy) -> WireObservations:
         """Join the rows of a batch (the rows `an` was computed over) with the held turns."""
         requests = requests_of(stamps, codes, an)
         arrivals = [r.arrival_ns for r in requests if r.arrival_ns >= 0]
         with self._lock:
-            lo = bisect.bisect_left(self._reads, (min(arrivals, default=0) - LOOKBACK_NS,))
-            hi = bisect.bisect_right(self._reads, (max(arrivals, default=0) + 1,))
-            turns = [t for _, key in self._reads[lo:hi] if (t := self._turns.get(key)) is not None]
+            turns: list[Turn] = []
+            where: dict[tuple[int, int, int], tuple[npt.NDArray[Any], int]] = {}
+            lo, hi = min(arrivals, default=0) - LOOKBACK_NS, max(arrivals, default=0)
+            for block, idx in self._held.between(lo, hi):
+                for i, values in zip(idx.tolist(), block[idx].tolist(), strict=True):
+                    t = turn_of(values)
+                    turns.append(t)
+                    where[t.key] = (block, i)
             out = join(requests, turns, self.ports)
-            joined = {w.turn.key for _, w in out if w is not None}
-            for key in joined:
-                self._turns.pop(key, None)  # joined once
-                self._joined[key] = None
-            while len(self._joined) > self.max_turns:
-                del self._joined[next(iter(self._joined))]
-            if joined:
-                self._reads = [e for e in self._reads if e[1] not in joined]
+            for _, w in out:
+                if w is not None:
+                    block, i = where[w.turn.key]
+                    block["state"][i] = JOINED  # joined once: stays marked until it ages out
+                    self._held.waiting -= 1
         n = len(requests)
         socket_wait = np.full(n, -1, dtype=np.int64)
         ack_wait = np.full(n, -1, dtype=np.int64)
@@ -169,7 +152,7 @@ class TurnFeed:
         """Every record the kernel has sent, into the window (turns never read are left out)."""
         with self._reading:
             if not self._stop.is_set():
-                self.window.add_many(self.recorder.take(read_only=True))
+                self.window.add_records(self.recorder.ring.read())
 
     def _run(self) -> None:
         while not self._stop.wait(READ_EVERY):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import socket
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import IO, Any
 
@@ -116,6 +116,23 @@ def decode_many(records: npt.NDArray[Any], read_only: bool = False) -> list[Turn
     laddrs = [text(f, bytes(a)) for f, a in zip(families, records["laddr"].tolist(), strict=True)]
     raddrs = [text(f, bytes(a)) for f, a in zip(families, records["raddr"].tolist(), strict=True)]
     return [Turn(*v) for v in zip(*columns, laddrs, raddrs, strict=True)]
+
+
+def records_of(turns: Sequence[Turn]) -> npt.NDArray[Any]:
+    """Turns as the kernel's records (RECORD_DTYPE), as a ring buffer read returns them."""
+    out = np.zeros(len(turns), dtype=RECORD_DTYPE)
+    for name, _, _ in _INTS:
+        out[name] = [getattr(t, name) for t in turns]
+    for name in ("laddr", "raddr"):
+        out[name] = [_packed(t.family, getattr(t, name)) for t in turns]
+    return out
+
+
+def _packed(family: int, text: str) -> bytes:
+    if not text:
+        return bytes(16)
+    raw = socket.inet_pton(socket.AF_INET6 if family == socket.AF_INET6 else socket.AF_INET, text)
+    return raw.ljust(16, b"\0")
 
 
 _INT_FIELDS = frozenset(n for n in _FIELDS if n not in ("laddr", "raddr"))
