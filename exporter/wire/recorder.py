@@ -126,7 +126,7 @@ def run_record(path: str, ports: Sequence[int], count: int = 0) -> int:
           f"(attach method {recorder.method}); Ctrl-C to stop", file=sys.stderr, flush=True)
     try:
         while not stop and (not count or written < count):
-            recorder.poll(200)
+            recorder.poll(50)  # the 1 MiB ring fills in ~0.3 s at 25,000 records/s
             out.flush()
     finally:
         recorder.poll(0)  # what the kernel sent before the stop
