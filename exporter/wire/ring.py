@@ -9,9 +9,11 @@ writing it and a discard bit for one it gave up) and its bytes, padded to 8.
 Here every record has one size (socket_turns.c's struct), so a batch of committed
 records is one strided block, taken with a numpy dtype in one copy; a record of
 another size or a discarded one is stepped over (and counted), a busy one ends the read.
-Positions are read and written as whole aligned 8-byte words; the kernel publishes a
-record by clearing its busy bit after writing it (release), and x86 and arm64 keep
-an aligned word load whole.
+Positions are read and written as whole aligned 8-byte words. The kernel publishes a
+record by clearing its busy bit after writing it (a release store); reading the header
+and then the record in that order is exact on x86, which does not reorder loads. On
+arm64 no explicit acquire separates the two loads here (the interpreter's own work
+does in practice).
 """
 
 from __future__ import annotations
