@@ -6,10 +6,11 @@ response is acknowledged. So turns wait here, bounded:
 
 - by age: a turn whose first read is more than `hold_seconds` before the newest turn seen
   is dropped (its request, if traced later, is counted `no_socket_event` or `ambiguous`);
-- by memory: at most `max_bytes` of turns (TURN_BYTES each, measured), the oldest dropped
-  first, for every port and pod together.
+- by memory: at most `max_bytes` of turns (TURN_BYTES each: one numpy row, held.py), the
+  oldest dropped first (down to 90 %), for every port and pod together.
 
-A turn joined to a request leaves the window, so a later batch cannot join it twice.
+A turn joined to a request stays marked joined until it ages out, so neither a later batch
+nor a record of it the kernel sends again can join it twice.
 `observe()` is what a trace pipeline calls per batch of finished traces; it returns
 plain arrays the aggregator adds to its own histograms and counters, so the joined
 stages are committed (and survive a restart) with the rest of the batch.
