@@ -62,25 +62,30 @@ def main() -> int:
     turns, stamps = workload(args.rate, args.seconds, args.connections)
     records = records_of(turns)
     per_read = max(1, round(args.rate * READ_EVERY))  # the records one read of the ring buffer takes
-    tracemalloc.start()
-    window = TurnWindow(PORTS)
     codes = np.ones(args.batch, dtype=np.int8)
-    joined = 0
-    add_s = join_s = 0.0
-    peak_turns = 0
-    # turns arrive as requests finish; a batch of traces after `batch` more requests (a file roll)
-    for lo in range(0, len(turns), args.batch):
-        t0 = time.process_time()
-        for at in range(lo, min(lo + args.batch, len(turns)), per_read):  # as the daemon reads the ring
-            window.add_records(records[at:min(at + per_read, lo + args.batch)])
-        t1 = time.process_time()
-        peak_turns = max(peak_turns, len(window))
-        if lo >= args.batch:  # traces one file behind their turns
-            part = stamps[lo - args.batch:lo]
-            obs = window.observe(part, codes[:len(part)], anatomy(part, lambda _i: {}))
-            joined += obs.results["joined"]
-        join_s += time.process_time() - t1
-        add_s += t1 - t0
+
+    def replay() -> tuple[int, float, float, int]:
+        """(joined, CPU s adding, CPU s joining, most turns held) over the whole workload."""
+        window = TurnWindow(PORTS)
+        joined, add_s, join_s, peak_turns = 0, 0.0, 0.0, 0
+        # turns arrive as requests finish; a batch of traces after `batch` more requests (a file roll)
+        for lo in range(0, len(turns), args.batch):
+            t0 = time.process_time()
+            for at in range(lo, min(lo + args.batch, len(turns)), per_read):  # as the daemon reads the ring
+                window.add_records(records[at:min(at + per_read, lo + args.batch)])
+            t1 = time.process_time()
+            peak_turns = max(peak_turns, len(window))
+            if lo >= args.batch:  # traces one file behind their turns
+                part = stamps[lo - args.batch:lo]
+                obs = window.observe(part, codes[:len(part)], anatomy(part, lambda _i: {}))
+                joined += obs.results["joined"]
+            join_s += time.process_time() - t1
+            add_s += t1 - t0
+        return joined, add_s, join_s, peak_turns
+
+    joined, add_s, join_s, peak_turns = replay()  # timed without tracemalloc: it slows every allocation
+    tracemalloc.start()
+    replay()
     _, peak = tracemalloc.get_traced_memory()
     n = len(turns) - args.batch
     print(f"{len(turns):,} requests at {args.rate:g}/s over {args.seconds:g} s, {args.connections} connections, "
