@@ -252,29 +252,15 @@ def _table_names(bpf: Any) -> list[bytes]:
     return [lib.bpf_table_name(bpf.module, i) for i in range(lib.bpf_num_tables(bpf.module))]
 
 
-def _btf_defines(wanted: dict[str, list[str]]) -> list[str]:
-    """DEFINE=offset of each (struct, member) asked, from the kernel's BTF; none where it has none
-    (the program then uses its headers' offsetof). Read here: the blob is megabytes of types."""
-    from ..wire.btf import kernel_offsets
-
-    if not wanted:
-        return []
-    members: dict[str, tuple[str, ...]] = {}
-    for struct_name, member in wanted.values():
-        members[struct_name] = (*members.get(struct_name, ()), member)
-    found = kernel_offsets(members)
-    if found is None:
-        return []
-    return [f"{define}={found[(sn, m)]}" for define, (sn, m) in sorted(wanted.items())]
-
-
 def _child(request: dict[str, Any]) -> tuple[dict[str, Any], list[int]]:
     problem = environment_problem()
     if problem:
         return {"problem": problem}, []
     wanted = set(request["programs"])
     decls = [d for d in declared_programs(Path(request["bpf_dir"])) if d.program in wanted]
-    defines = [*request["defines"], *_btf_defines(request.get("btf", {}))]
+    from ..wire.btf import btf_defines  # read here: the kernel's BTF is megabytes of types
+
+    defines = [*request["defines"], *btf_defines(request.get("btf", {}))]
     fds: list[int] = []
     programs: list[dict[str, Any]] = []
     for d, r in zip(decls, load_programs(decls, request["ports"], request["forced"], defines,

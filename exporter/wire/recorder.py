@@ -17,24 +17,13 @@ from ..ebpf import handoff
 from ..ebpf.bpfsys import BpfMap
 from ..ebpf.declaration import bpf_dir, load_declaration
 from ..ebpf.loader import load_program
-from .btf import kernel_offsets
+from .btf import btf_defines
 from .ring import RingReader
 from .turns import DROP_REASONS, RECORD_DTYPE, Turn, decode_many
 
 # The fields bpf/socket_turns.c reads beyond the head of struct sock_common, by the -D naming each.
 BTF_MEMBERS = {"TCP_WRITE_SEQ_OFFSET": ("tcp_sock", "write_seq"), "SKB_DATA_OFFSET": ("sk_buff", "data")}
 _U32, _U64 = struct.Struct("<I"), struct.Struct("<Q")
-
-
-def offset_defines() -> list[str]:
-    """-D values for the running kernel's struct layout (none: the headers' layout is used)."""
-    wanted: dict[str, tuple[str, ...]] = {}
-    for struct_name, member in BTF_MEMBERS.values():
-        wanted[struct_name] = (*wanted.get(struct_name, ()), member)
-    found = kernel_offsets(wanted)
-    if not found:
-        return []
-    return [f"{define}={found[m]}" for define, m in sorted(BTF_MEMBERS.items())]
 
 
 class TurnRecorder:
@@ -50,7 +39,7 @@ class TurnRecorder:
             self._dropped = self.program.maps["dropped"]
             turns_fd = self.program.maps["turns"].fd
         else:  # no bpf(2) number known here: BCC in this process
-            self._bcc = load_program(decl, ports, extra_defines=offset_defines())
+            self._bcc = load_program(decl, ports, extra_defines=btf_defines(BTF_MEMBERS))
             self.method = self._bcc.method
             self._dropped = BpfMap(os.dup(self._bcc.bpf[b"dropped"].map_fd))
             turns_fd = self._bcc.bpf[b"turns"].map_fd
