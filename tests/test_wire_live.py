@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from exporter.stages import COLUMN, anatomy
-from exporter.wire.live import TURN_BYTES, TurnWindow
+from exporter.wire.live import TURN_BYTES, DropCounter, TurnWindow
 from exporter.wire.turns import Turn, records_of
 from tests.test_wire_units import HTTP, PORTS, turn
 
@@ -103,3 +103,12 @@ def test_memory_bound_in_rows_of_held_turns() -> None:
     w.add_records(records_of([seq_turn(k) for k in range(1, 26)]))
     assert len(w) <= 10 and w.evicted == 25 - len(w)
     assert observe(w, (250_015, 250_400)).results["joined"] == 1  # the newest is kept
+
+
+def test_kernel_drop_totals_become_error_count_deltas() -> None:
+    counted: list[tuple[str, int]] = []
+    drops = DropCounter(lambda reason, n: counted.append((reason, n)))
+    drops.update({"ring_full": 0, "rate": 0, "sockets_full": 0})
+    drops.update({"ring_full": 5, "rate": 0, "sockets_full": 1})
+    drops.update({"ring_full": 12, "rate": 0, "sockets_full": 1})
+    assert counted == [("ring_full", 5), ("sockets_full", 1), ("ring_full", 7)]

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +40,7 @@ MAX_BYTES = 16 << 20  # ~176,000 records: 300 s at ~580 records/s (joined ones s
 # The ring buffer (1 MiB, 7,710 records) is read this often: up to 77,000 records/s are
 # taken before it fills; more are dropped in the kernel and counted.
 READ_EVERY = 0.1
+DROPS_EVERY = 10  # reads: the kernel's drop counts are read once a second
 
 
 @dataclass
@@ -132,15 +133,33 @@ class TurnWindow:
                                 np.asarray(ns, dtype=np.int64), socket_wait, ack_wait, result_of, results)
 
 
+class DropCounter:
+    """The kernel's counts of records it could not send (ever growing) into errors_total deltas."""
+
+    def __init__(self, count: Callable[[str, int], None]) -> None:
+        self._count = count
+        self._seen: dict[str, int] = {}
+
+    def update(self, totals: dict[str, int]) -> None:
+        for reason, n in totals.items():
+            delta = n - self._seen.get(reason, 0)
+            if delta > 0:
+                self._count(reason, delta)
+            self._seen[reason] = n
+
+
 class TurnFeed:
     """The reader thread: socket_turns.c's ring buffer into a TurnWindow, a batch every READ_EVERY
-    seconds (and whenever a trace batch is about to join: drain())."""
+    seconds (and whenever a trace batch is about to join: drain()); the kernel's drops counted
+    every DROPS_EVERY reads."""
 
-    def __init__(self, window: TurnWindow, ports: Sequence[int]) -> None:
+    def __init__(self, window: TurnWindow, ports: Sequence[int],
+                 on_dropped: Callable[[str, int], None] = lambda _reason, _n: None) -> None:
         from .recorder import TurnRecorder
 
         self.window = window
         self.recorder = TurnRecorder(ports)
+        self.drops = DropCounter(on_dropped)
         self._reading = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="wire-turns", daemon=True)
@@ -156,14 +175,21 @@ class TurnFeed:
                 self.window.add_records(self.recorder.ring.read())
 
     def _run(self) -> None:
+        reads = 0
         while not self._stop.wait(READ_EVERY):
             self.drain()
+            reads += 1
+            if reads % DROPS_EVERY == 0:
+                with self._reading:
+                    if not self._stop.is_set():
+                        self.drops.update(self.recorder.dropped())
 
     def stop(self) -> None:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join()
         with self._reading:
+            self.drops.update(self.recorder.dropped())
             self.recorder.close()
 
 

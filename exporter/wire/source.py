@@ -6,7 +6,8 @@ by the trace aggregator with the rest of each batch, so they are committed with 
 restart counts nothing twice. Where the join's program cannot load, every traced request is
 counted `unsupported`, so the join results still add up to the traces; the daemon goes on
 (also with `--ebpf on`: the join is no reason to stop it), the error logged and counted as
-errors_total{source="wire", reason="load_failed"}.
+errors_total{source="wire", reason="load_failed"}. Records the kernel could not send count
+errors_total{source="wire"} by the program's reason: ring_full, rate, sockets_full.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ class WireSource:
 
     def _start(self) -> None:
         try:
-            feed = TurnFeed(self.window, self.ports)
+            feed = TurnFeed(self.window, self.ports, lambda reason, n: self.errors.inc("wire", reason, n))
         except Exception as e:  # BCC missing, the kernel refuses the program, no privileges
             level = logging.ERROR if self.cfg.ebpf == "on" else logging.WARNING
             log.log(level, "socket join off: %s; traced requests are counted unsupported", e)
