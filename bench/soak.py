@@ -120,6 +120,17 @@ def start_prometheus(work: Path, target: str) -> tuple[subprocess.Popen[bytes], 
     return proc, f"http://127.0.0.1:{port}"
 
 
+def wait_logged(log: Path, lines: tuple[str, ...], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = log.read_text(errors="replace")
+        if any(ln in text for ln in lines):
+            print(next(ln for ln in text.splitlines() if any(w in ln for w in lines)).strip(), flush=True)
+            return
+        time.sleep(0.5)
+    sys.exit(f"the exporter did not log any of {lines} within {timeout:g} s")
+
+
 class Usage:
     """CPU seconds and RSS of a process and its children (Triton's python backend stubs)
     between two points in time."""
@@ -127,16 +138,29 @@ class Usage:
     def __init__(self, pid: int) -> None:
         self.proc = psutil.Process(pid)
         self.procs = [self.proc, *self.proc.children(recursive=True)]
+        self._cpu_seen: dict[int, float] = {}  # a child that ends (a compile child) keeps its last CPU
         self.t0 = time.monotonic()
         self.cpu0 = self._cpu()
         self.rss0 = self._rss()
         self.rss_max = self.rss0
 
     def _cpu(self) -> float:
-        return float(sum(t.user + t.system for t in (p.cpu_times() for p in self.procs)))
+        for p in self.procs:
+            try:
+                t = p.cpu_times()
+            except psutil.NoSuchProcess:
+                continue
+            self._cpu_seen[p.pid] = t.user + t.system
+        return float(sum(self._cpu_seen.values()))
 
     def _rss(self) -> int:
-        return sum(p.memory_info().rss for p in self.procs)
+        total = 0
+        for p in self.procs:
+            try:
+                total += p.memory_info().rss
+            except psutil.NoSuchProcess:
+                continue
+        return total
 
     def sample(self) -> None:
         self.rss_max = max(self.rss_max, self._rss())
@@ -292,6 +316,8 @@ def main() -> int:
                  "--wire-grpc-port", str(triton.grpc_port)],
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         wait_ready(exporter, url, work / "exporter.log")
+        if args.wire_join == "on":  # its program compiles in the background: measure once it runs
+            wait_logged(work / "exporter.log", ("socket join on", "socket join off"), 180.0)
         if not args.no_prometheus:
             prom, prom_url = start_prometheus(work, f"127.0.0.1:{port}")
             print(f"prometheus at {prom_url}")

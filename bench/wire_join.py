@@ -2,7 +2,8 @@
 at a given traced request rate, on synthetic turns and traces shaped like the real ones
 (HTTP keep-alive connections, reads ~10 us before HTTP_RECV_START, responses written
 ~100 us after HTTP_SEND_START and acknowledged ~500 us later, batches of traces arriving
-as files roll). The kernel side and the ring buffer reader are measured by
+as files roll; turns added as the daemon reads them, a ring buffer read of records every
+READ_EVERY). The kernel side and the ring buffer reader are measured by
 bench/ebpf_overhead.py; this is the user-space joiner alone.
 
     .venv/bin/python bench/wire_join.py [--rate 300] [--seconds 120] [--connections 16] [--batch 100]
@@ -23,8 +24,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from exporter.stages import COLUMN, anatomy  # noqa: E402
-from exporter.wire.live import TurnWindow  # noqa: E402
-from exporter.wire.turns import Turn  # noqa: E402
+from exporter.wire.live import READ_EVERY, TurnWindow  # noqa: E402
+from exporter.wire.turns import Turn, records_of  # noqa: E402
 
 PORTS = {"http": frozenset({8000}), "grpc": frozenset({8001})}
 
@@ -59,25 +60,32 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=100, help="traces per batch (Triton's log-frequency)")
     args = ap.parse_args()
     turns, stamps = workload(args.rate, args.seconds, args.connections)
-    tracemalloc.start()
-    window = TurnWindow(PORTS)
+    records = records_of(turns)
+    per_read = max(1, round(args.rate * READ_EVERY))  # the records one read of the ring buffer takes
     codes = np.ones(args.batch, dtype=np.int8)
-    joined = 0
-    add_s = join_s = 0.0
-    peak_turns = 0
-    # turns arrive as requests finish; a batch of traces after `batch` more requests (a file roll)
-    for lo in range(0, len(turns), args.batch):
-        t0 = time.process_time()
-        for t in turns[lo:lo + args.batch]:
-            window.add(t)
-        t1 = time.process_time()
-        peak_turns = max(peak_turns, len(window))
-        if lo >= args.batch:  # traces one file behind their turns
-            part = stamps[lo - args.batch:lo]
-            obs = window.observe(part, codes[:len(part)], anatomy(part, lambda _i: {}))
-            joined += obs.results["joined"]
-        join_s += time.process_time() - t1
-        add_s += t1 - t0
+
+    def replay() -> tuple[int, float, float, int]:
+        """(joined, CPU s adding, CPU s joining, most turns held) over the whole workload."""
+        window = TurnWindow(PORTS)
+        joined, add_s, join_s, peak_turns = 0, 0.0, 0.0, 0
+        # turns arrive as requests finish; a batch of traces after `batch` more requests (a file roll)
+        for lo in range(0, len(turns), args.batch):
+            t0 = time.process_time()
+            for at in range(lo, min(lo + args.batch, len(turns)), per_read):  # as the daemon reads the ring
+                window.add_records(records[at:min(at + per_read, lo + args.batch)])
+            t1 = time.process_time()
+            peak_turns = max(peak_turns, len(window))
+            if lo >= args.batch:  # traces one file behind their turns
+                part = stamps[lo - args.batch:lo]
+                obs = window.observe(part, codes[:len(part)], anatomy(part, lambda _i: {}))
+                joined += obs.results["joined"]
+            join_s += time.process_time() - t1
+            add_s += t1 - t0
+        return joined, add_s, join_s, peak_turns
+
+    joined, add_s, join_s, peak_turns = replay()  # timed without tracemalloc: it slows every allocation
+    tracemalloc.start()
+    replay()
     _, peak = tracemalloc.get_traced_memory()
     n = len(turns) - args.batch
     print(f"{len(turns):,} requests at {args.rate:g}/s over {args.seconds:g} s, {args.connections} connections, "

@@ -15,7 +15,7 @@
 #include <linux/tcp.h>
 
 #include "histogram.h"
-#include "socket_role.h"
+#include "ports.h"
 
 /* Offsets the loader takes from the kernel's BTF; the headers' own where it has none. */
 #ifndef TCP_WRITE_SEQ_OFFSET
@@ -107,22 +107,23 @@ static __always_inline void send_turn(struct turn_state *st, u64 now, u8 final)
         r->sent++;
     }
     st->rec.final = final;
-    if (turns.ringbuf_output(&st->rec, sizeof(st->rec), 0))
+    if (turns.ringbuf_output(&st->rec, sizeof(st->rec), BPF_RB_NO_WAKEUP))
         count_drop(DROP_RING_FULL);
     st->dirty = 0;
 }
 
-/* The state of a server-side socket on a watched port, made on first sight when `create`. */
-static __always_inline struct turn_state *turn_socket(struct sock *sk, int create, u64 now)
+/* The state of a server-side socket on a watched port, made on first sight. The local port
+ * is checked first: every other socket's event (clients of the watched ports included)
+ * ends here with one read and an array lookup, before any hash lookup. */
+static __always_inline struct turn_state *turn_socket(struct sock *sk, u64 now)
 {
+    u16 port = 0;
+    if (bpf_probe_read_kernel(&port, sizeof(port), &sk->__sk_common.skc_num) || !port_watched(port))
+        return 0;
     u64 key = (u64)sk;
     struct turn_state *st = turn_sockets.lookup(&key);
-    if (st || !create)
+    if (st)
         return st;
-    int read_failed = 0;
-    u16 port = 0;
-    if (socket_role(sk, &port, &read_failed) != ROLE_SERVER)
-        return 0;
     u8 state = 0;
     bpf_probe_read_kernel(&state, sizeof(state), (void *)&sk->__sk_common.skc_state);
     if (state == TCP_LISTEN || state == TCP_CLOSE)
@@ -171,7 +172,7 @@ static __always_inline void begin_turn(struct turn_state *st, u64 first_in, u64 
 static __always_inline int on_tcp_recv(void *ctx, struct sock *sk, u32 bytes)
 {
     u64 now = bpf_ktime_get_ns();
-    struct turn_state *st = turn_socket(sk, 1, now);
+    struct turn_state *st = turn_socket(sk, now);
     if (!st)
         return 0;
     if (st->phase != TURN_REQUEST)
@@ -180,7 +181,8 @@ static __always_inline int on_tcp_recv(void *ctx, struct sock *sk, u32 bytes)
         st->rec.first_read_ns = now;
     st->rec.last_read_ns = now;
     st->rec.bytes_in += bytes;
-    st->rec.cgroup = bpf_get_current_cgroup_id();
+    if (!st->rec.cgroup) /* a connection's reader stays in its cgroup: taken once */
+        st->rec.cgroup = bpf_get_current_cgroup_id();
     st->dirty = 1;
     return 0;
 }
@@ -188,7 +190,7 @@ static __always_inline int on_tcp_recv(void *ctx, struct sock *sk, u32 bytes)
 static __always_inline int on_tcp_send(void *ctx, struct sock *sk, u32 bytes)
 {
     u64 now = bpf_ktime_get_ns();
-    struct turn_state *st = turn_socket(sk, 1, now);
+    struct turn_state *st = turn_socket(sk, now);
     if (!st)
         return 0;
     if (st->phase == TURN_IDLE)
@@ -201,7 +203,8 @@ static __always_inline int on_tcp_send(void *ctx, struct sock *sk, u32 bytes)
     st->rec.bytes_out += bytes;
     st->rec.acked_ns = 0;
     bpf_probe_read_kernel(&st->end_seq, sizeof(st->end_seq), (void *)sk + TCP_WRITE_SEQ_OFFSET);
-    st->rec.cgroup = bpf_get_current_cgroup_id();
+    if (!st->rec.cgroup)
+        st->rec.cgroup = bpf_get_current_cgroup_id();
     st->dirty = 1;
     return 0;
 }
@@ -215,7 +218,7 @@ TRACEPOINT_PROBE(sock, sk_data_ready)
     if (args->protocol != IPPROTO_TCP)
         return 0;
     u64 now = bpf_ktime_get_ns();
-    struct turn_state *st = turn_socket((struct sock *)args->skaddr, 1, now);
+    struct turn_state *st = turn_socket((struct sock *)args->skaddr, now);
     if (st && st->phase != TURN_REQUEST)
         begin_turn(st, now, now);
     return 0;

@@ -1,4 +1,5 @@
-"""The daemon's footprint with eBPF on: BCC compiles in a child that hands the programs over.
+"""The daemon's footprint with eBPF on, the socket join too: BCC compiles in a child that hands
+the programs over.
 
 BCC (libbcc with clang and LLVM inside) is about 100 MB file-backed and, after a compile,
 about 80 MB of anonymous heap. `serve` runs the compile in a short-lived child
@@ -8,6 +9,7 @@ of Python, numpy and prometheus_client plus its own data.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,8 +30,16 @@ def status_mb(pid: int, field: str) -> float:
     raise AssertionError(f"no {field} in /proc/PID/status")
 
 
-def test_the_daemon_never_maps_bcc_and_stays_in_budget(exporter_factory: Callable[..., ExporterProcess]) -> None:
-    e = exporter_factory("--triton", "none", "--ebpf", "on")
+def test_the_daemon_never_maps_bcc_and_stays_in_budget(exporter_factory: Callable[..., ExporterProcess],
+                                                       tmp_path: Path) -> None:
+    # the socket join's program too (it compiles in the background, after the daemon is ready)
+    e = exporter_factory("--triton", "none", "--ebpf", "on", "--wire-join", "on",
+                         "--trace-file", str(tmp_path / "trace.json"))
+    deadline = time.monotonic() + 120
+    while "socket join on" not in e.log() and time.monotonic() < deadline:
+        assert "socket join off" not in e.log(), e.log()[-2000:]
+        time.sleep(0.5)
+    assert "socket join on" in e.log()
     scrape = e.scrape()
     assert scrape.total("inference_profiler_ebpf_up") == len(metric_programs())  # every program loaded
     mapped = Path(f"/proc/{e.proc.pid}/maps").read_text()

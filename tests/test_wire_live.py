@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 
 from exporter.stages import COLUMN, anatomy
-from exporter.wire.live import TURN_BYTES, TurnWindow
-from exporter.wire.turns import Turn
+from exporter.wire.live import TURN_BYTES, DropCounter, TurnWindow
+from exporter.wire.turns import Turn, records_of
 from tests.test_wire_units import HTTP, PORTS, turn
 
 
@@ -79,3 +79,36 @@ def test_turns_of_other_ports_are_not_held_against_http_requests() -> None:
     w = TurnWindow(PORTS)
     w.add(turn(1, 1, 0, 10, 500, 600, port=HTTP + 100))
     assert observe(w, (15, 400)).results["no_socket_event"] == 1
+
+
+def test_records_read_in_batches_keep_the_last_of_each_turn_and_never_rejoin() -> None:
+    """The daemon's path: ring buffer reads as records arrays, a turn re-sent within a batch or
+    across batches, records of turns never read left out."""
+    w = TurnWindow(PORTS)
+    unacked, acked = turn(1, 1, 0, 10, 500, 0), turn(1, 1, 0, 10, 500, 600)
+    never_read = turn(2, 1, 0, 0, 0, 0)
+    w.add_records(records_of([unacked, never_read, acked]))
+    assert len(w) == 1
+    w.add_records(records_of([seq_turn(2), seq_turn(3)]))
+    assert len(w) == 3
+    res = observe(w, (15, 400), (20_015, 20_400))
+    assert res.results["joined"] == 2 and res.ns.tolist() == [5, 200, 590, 15, 200, 600]
+    w.add_records(records_of([acked, seq_turn(2)]))  # sent again after their join: ignored
+    assert len(w) == 1
+    assert observe(w, (15, 400), (20_015, 20_400), (30_015, 30_400)).results["joined"] == 1
+
+
+def test_memory_bound_in_rows_of_held_turns() -> None:
+    w = TurnWindow(PORTS, max_bytes=10 * TURN_BYTES)
+    w.add_records(records_of([seq_turn(k) for k in range(1, 26)]))
+    assert len(w) <= 10 and w.evicted == 25 - len(w)
+    assert observe(w, (250_015, 250_400)).results["joined"] == 1  # the newest is kept
+
+
+def test_kernel_drop_totals_become_error_count_deltas() -> None:
+    counted: list[tuple[str, int]] = []
+    drops = DropCounter(lambda reason, n: counted.append((reason, n)))
+    drops.update({"ring_full": 0, "rate": 0, "sockets_full": 0})
+    drops.update({"ring_full": 5, "rate": 0, "sockets_full": 1})
+    drops.update({"ring_full": 12, "rate": 0, "sockets_full": 1})
+    assert counted == [("ring_full", 5), ("sockets_full", 1), ("ring_full", 7)]

@@ -260,11 +260,15 @@ def unknown_metrics(selected: Collection[str], decls: Collection[ProgramDecl]) -
     return f"ebpf_metric {bad[0]!r} is not an eBPF family; choose from {', '.join(known)}"
 
 
-def metric_programs(directory: Path | None = None) -> list[ProgramDecl]:
-    """Every declared program that feeds metrics (tcp_events.yaml feeds none)."""
+def declared_programs(directory: Path | None = None) -> list[ProgramDecl]:
+    """Every declared program, those that feed metrics and those read otherwise."""
     d = directory or bpf_dir()
-    decls = [load_declaration(p) for p in sorted(d.glob("*.yaml")) if p.name != SHARED_DECLARATION]
-    return [x for x in decls if x.metrics]
+    return [load_declaration(p) for p in sorted(d.glob("*.yaml")) if p.name != SHARED_DECLARATION]
+
+
+def metric_programs(directory: Path | None = None) -> list[ProgramDecl]:
+    """Every declared program that feeds metrics (tcp_events.yaml and socket_turns.yaml feed none)."""
+    return [x for x in declared_programs(directory) if x.metrics]
 
 
 def _key_field(raw: Any, path: Path) -> KeyField:

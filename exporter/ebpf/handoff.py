@@ -27,10 +27,10 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from .bpfsys import BpfError, BpfMap, syscall_number
-from .declaration import ProgramDecl, metric_key, metric_programs
+from .declaration import ProgramDecl, declared_programs, metric_key
 from .loader import (
     LoadedProgram,
     LoadError,
@@ -57,7 +57,7 @@ def available() -> bool:
 
 
 @dataclass
-class HandedProgram:
+class Handed:
     """A program the child loaded and attached; this process holds every fd keeping it alive."""
 
     decl: ProgramDecl
@@ -68,6 +68,27 @@ class HandedProgram:
     links: list[int]  # perf event / link fds: the attachments; closing them detaches
     attached: bool = True
     _closed: bool = field(default=False, repr=False)
+
+    def run_stats(self) -> tuple[int, int]:
+        return fdinfo_run_stats(self.progs)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.attached = False
+        for fd in [*self.links, *self.progs]:  # detach first
+            os.close(fd)
+        for m in self.maps.values():
+            m.close()
+
+
+H = TypeVar("H", bound=Handed)
+
+
+@dataclass
+class HandedProgram(Handed):
+    """A metric program (bpf/histogram.h's maps), read as the collector reads a loaded one."""
 
     def __post_init__(self) -> None:
         self._key = metric_key(self.decl.source.parent).packing()
@@ -105,19 +126,6 @@ class HandedProgram:
             out.append(_U64.unpack_from(v)[0] if v else 0)
         return out
 
-    def run_stats(self) -> tuple[int, int]:
-        return fdinfo_run_stats(self.progs)
-
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self.attached = False
-        for fd in [*self.links, *self.progs]:  # detach first
-            os.close(fd)
-        for m in self.maps.values():
-            m.close()
-
 
 # --- the parent ------------------------------------------------------------------
 
@@ -130,9 +138,29 @@ def load_in_child(decls: Sequence[ProgramDecl], ports: Sequence[int], forced: st
     Programs come back loaded and attached. The child's compiler output goes to the debug log."""
     if not decls:
         return None, []
-    directory = decls[0].source.parent
-    request = {"bpf_dir": str(directory), "programs": [d.program for d in decls], "ports": list(ports),
+    request = {"bpf_dir": str(decls[0].source.parent), "programs": [d.program for d in decls], "ports": list(ports),
                "forced": forced, "defines": list(extra_defines), "selected": list(selected)}
+    return _load(decls, request, timeout, HandedProgram)
+
+
+def load_plain_in_child(decl: ProgramDecl, ports: Sequence[int], btf: dict[str, tuple[str, str]],
+                        timeout: float = 300.0) -> Handed:
+    """One program that feeds no metric (its maps read by whoever asked), loaded and attached by a
+    child; LoadError if not. `btf` names -D values the child takes from the kernel's BTF:
+    {define: (struct, member)} for the member's byte offset (none defined where there is no BTF)."""
+    request = {"bpf_dir": str(decl.source.parent), "programs": [decl.program], "ports": list(ports),
+               "forced": "auto", "defines": [], "selected": [], "btf": {k: list(v) for k, v in btf.items()}}
+    problem, results = _load([decl], request, timeout, Handed)
+    if problem:
+        raise LoadError(problem)
+    (result,) = results
+    if isinstance(result, LoadError):
+        raise result
+    return result
+
+
+def _load(decls: Sequence[ProgramDecl], request: dict[str, Any], timeout: float,
+          kind: type[H]) -> tuple[str | None, list[H | LoadError]]:
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     err = scratch_fd("compile-child-stderr")
     with ours:
@@ -160,15 +188,15 @@ def load_in_child(decls: Sequence[ProgramDecl], ports: Sequence[int], forced: st
             lines = [ln for ln in text.splitlines() if ln.strip()]
             why = lines[-1] if lines else f"exit status {proc.returncode}"
             return f"the BPF compile child ended without handing programs over: {why}", []
-    return _receive(decls, json.loads(data), fds)
+    return _receive(decls, json.loads(data), fds, kind)
 
 
-def _receive(decls: Sequence[ProgramDecl], reply: dict[str, Any],
-             fds: list[int]) -> tuple[str | None, list[HandedProgram | LoadError]]:
+def _receive(decls: Sequence[ProgramDecl], reply: dict[str, Any], fds: list[int],
+             kind: type[H]) -> tuple[str | None, list[H | LoadError]]:
     for line in reply.get("debug", []):
         log.debug("bcc: %s", line)
     owned = set(fds)
-    results: list[HandedProgram | LoadError] = []
+    results: list[H | LoadError] = []
     try:
         if reply.get("problem"):
             return str(reply["problem"]), []
@@ -182,7 +210,7 @@ def _receive(decls: Sequence[ProgramDecl], reply: dict[str, Any],
             progs, links = [fds[i] for i in p["progs"]], [fds[i] for i in p["links"]]
             owned -= {*(fds[i] for i in p["maps"].values()), *progs, *links}
             try:
-                results.append(HandedProgram(d, p["method"], tuple(p["defines"]), maps, progs, links))
+                results.append(kind(d, p["method"], tuple(p["defines"]), maps, progs, links))
             except LoadError as e:
                 for fd in (*links, *progs):
                     os.close(fd)
@@ -191,7 +219,7 @@ def _receive(decls: Sequence[ProgramDecl], reply: dict[str, Any],
                 results.append(e)
     except (KeyError, IndexError, TypeError, BpfError) as e:
         for r in results:
-            if isinstance(r, HandedProgram):
+            if isinstance(r, Handed):
                 r.close()
         return f"the BPF compile child's answer is unusable: {type(e).__name__}: {e}", []
     finally:
@@ -229,10 +257,13 @@ def _child(request: dict[str, Any]) -> tuple[dict[str, Any], list[int]]:
     if problem:
         return {"problem": problem}, []
     wanted = set(request["programs"])
-    decls = [d for d in metric_programs(Path(request["bpf_dir"])) if d.program in wanted]
+    decls = [d for d in declared_programs(Path(request["bpf_dir"])) if d.program in wanted]
+    from ..wire.btf import btf_defines  # read here: the kernel's BTF is megabytes of types
+
+    defines = [*request["defines"], *btf_defines(request.get("btf", {}))]
     fds: list[int] = []
     programs: list[dict[str, Any]] = []
-    for d, r in zip(decls, load_programs(decls, request["ports"], request["forced"], request["defines"],
+    for d, r in zip(decls, load_programs(decls, request["ports"], request["forced"], defines,
                                               request["selected"]),
                     strict=True):
         if isinstance(r, LoadedProgram):

@@ -10,7 +10,7 @@ description where it has one; without BTF the program falls back to the headers'
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 VMLINUX = Path("/sys/kernel/btf/vmlinux")
@@ -94,3 +94,15 @@ def kernel_offsets(wanted: dict[str, tuple[str, ...]], path: Path = VMLINUX) -> 
         return member_offsets(wanted, blob)
     except (BtfError, struct.error, ValueError, IndexError):
         return None
+
+
+def btf_defines(wanted: Mapping[str, Sequence[str]], path: Path = VMLINUX) -> list[str]:
+    """`DEFINE=offset` for each {DEFINE: (struct, member)} from the running kernel's BTF; none
+    where it has none (a program then falls back to its headers' offsetof)."""
+    members: dict[str, tuple[str, ...]] = {}
+    for struct_name, member in wanted.values():
+        members[struct_name] = (*members.get(struct_name, ()), member)
+    found = kernel_offsets(members, path) if members else None
+    if found is None:
+        return []
+    return [f"{define}={found[(sn, m)]}" for define, (sn, m) in sorted(wanted.items())]

@@ -4,12 +4,13 @@ Traces reach the exporter late (a trace file rolls after log-frequency requests;
 spans after Triton's export delay), while the kernel sends a turn as soon as its
 response is acknowledged. So turns wait here, bounded:
 
-- by age: a turn whose first read is more than `hold_seconds` before the newest turn seen
+- by age: a turn whose first read (or, for a turn of writes only, first write) is more than `hold_seconds` before the newest turn seen
   is dropped (its request, if traced later, is counted `no_socket_event` or `ambiguous`);
-- by memory: at most `max_bytes` of turns (TURN_BYTES each, measured), the oldest dropped
-  first, for every port and pod together.
+- by memory: at most `max_bytes` of turns (TURN_BYTES each: one numpy row, window.py), the
+  oldest dropped first (down to 90 %), for every port and pod together.
 
-A turn joined to a request leaves the window, so a later batch cannot join it twice.
+A turn joined to a request stays marked joined until it ages out, so neither a later batch
+nor a record of it the kernel sends again can join it twice.
 `observe()` is what a trace pipeline calls per batch of finished traces; it returns
 plain arrays the aggregator adds to its own histograms and counters, so the joined
 stages are committed (and survive a restart) with the rest of the batch.
@@ -17,11 +18,11 @@ stages are committed (and survive a restart) with the rest of the batch.
 
 from __future__ import annotations
 
-import bisect
 import threading
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -30,12 +31,17 @@ from ..stages import Anatomy
 from .join import JOIN_RESULTS, LOOKBACK_NS, WIRE_STAGES, Request, Wire, join
 from .requests import requests_of
 from .turns import Turn
+from .window import JOINED, TURN_ROW, HeldTurns, held_rows, row_of, turn_of
 
-TURN_BYTES = 400  # a held Turn and its index entries (sys.getsizeof of its fields, rounded up)
+TURN_BYTES = TURN_ROW.itemsize  # a held turn: one numpy row (window.py)
 HOLD_SECONDS = 300.0
 _RESULT = {r: i for i, r in enumerate(JOIN_RESULTS)}
 HELD = -1  # result_of of a request held for a later batch (exporter/wire/held.py)
-MAX_BYTES = 32 << 20  # ~80,000 turns: 300 s at ~270 requests/s
+MAX_BYTES = 16 << 20  # ~176,000 records: 300 s at ~580 records/s (joined ones stay until they age out)
+# The ring buffer (1 MiB, 7,710 records) is read this often: up to 77,000 records/s are
+# taken before it fills; more are dropped in the kernel and counted.
+READ_EVERY = 0.1
+DROPS_EVERY = 10  # reads: the kernel's drop counts are read once a second
 
 
 @dataclass
@@ -60,71 +66,59 @@ class TurnWindow:
         self.hold_ns = int(hold_seconds * 1e9)
         self.max_turns = max(1, max_bytes // TURN_BYTES)
         self._lock = threading.Lock()
-        self._turns: dict[tuple[int, int, int], Turn] = {}
-        self._reads: list[tuple[int, tuple[int, int, int]]] = []  # (first read, key), sorted
-        self._joined: dict[tuple[int, int, int], None] = {}  # recently joined, so a re-sent record is ignored
+        self._held = HeldTurns()
         self._newest = 0
         self.expired = 0  # turns dropped by age, never joined
         self.evicted = 0  # turns dropped for memory, never joined
 
     def __len__(self) -> int:
-        return len(self._turns)
+        """Turns waiting (not joined)."""
+        return self._held.waiting
 
     def add(self, turn: Turn) -> None:
         """A record from the kernel; a later record of the same turn replaces the earlier."""
-        at = turn.first_read_ns or turn.first_write_ns  # a gRPC response can begin a turn of writes only
-        if not at:
+        if turn.first_read_ns or turn.first_write_ns:  # a gRPC response can begin a turn of writes only
+            self._add(row_of(turn))
+
+    def add_records(self, records: npt.NDArray[Any]) -> None:
+        """Records from the kernel (turns.RECORD_DTYPE), in the order it sent them."""
+        self._add(held_rows(records))
+
+    def _add(self, rows: npt.NDArray[Any]) -> None:
+        if not len(rows):
             return
         with self._lock:
-            if turn.key in self._joined:
-                return
-            if turn.key not in self._turns:
-                entry = (at, turn.key)
-                if not self._reads or entry >= self._reads[-1]:
-                    self._reads.append(entry)  # the usual case: turns come in order
-                else:
-                    bisect.insort(self._reads, entry)
-            self._turns[turn.key] = turn
-            self._newest = max(self._newest, at)
-            self._trim()
-
-    def _trim(self) -> None:
-        cut = 0
-        while cut < len(self._reads) and self._reads[cut][0] < self._newest - self.hold_ns:
-            cut += 1
-        self.expired += self._drop(cut)
-        self.evicted += self._drop(max(0, len(self._reads) - self.max_turns))
-
-    def _drop(self, n: int) -> int:
-        """Drop the n oldest entries; how many of them were still unjoined."""
-        lost = sum(self._turns.pop(key, None) is not None for _, key in self._reads[:n])
-        del self._reads[:n]
-        return lost
+            self._held.add(rows)
+            self._newest = max(self._newest, int(rows["at_ns"].max()))
+            self.expired += self._held.drop_before(self._newest - self.hold_ns)
+            if self._held.rows > self.max_turns:  # down to 90 %: the merge this takes is not paid per add
+                self.evicted += self._held.drop_oldest(self._held.rows - (self.max_turns - self.max_turns // 10))
 
     def observe(self, stamps: npt.NDArray[np.int64], codes: npt.NDArray[np.int8], an: Anatomy) -> WireObservations:
         """Join the rows of a batch (the rows `an` was computed over) with the held turns."""
-        requests = requests_of(stamps, codes, an)
-        return observations(self.join(requests))
+        return observations(self.join(requests_of(stamps, codes, an)))
 
     def join(self, requests: Sequence[Request]) -> list[tuple[str, Wire | None]]:
-        """Join requests with the held turns; a turn joined leaves the window."""
+        """Join requests with the held turns; a turn joined is marked so and joins nothing again."""
         arrivals = [r.arrival_ns for r in requests if r.arrival_ns >= 0]
         ends = [r.end_ns for r in requests if r.end_ns >= 0]
         with self._lock:
-            lo = bisect.bisect_left(self._reads, (min(arrivals, default=0) - LOOKBACK_NS,))
+            turns: list[Turn] = []
+            where: dict[tuple[int, int, int], tuple[npt.NDArray[Any], int]] = {}
             # and turns begun up to a second after the last response: a gRPC response's own turn,
             # the turn after it (see join.acked_by_next)
-            hi = bisect.bisect_right(self._reads, (max(ends, default=0) + 10**9,))
-            turns = [t for _, key in self._reads[lo:hi] if (t := self._turns.get(key)) is not None]
+            lo, hi = min(arrivals, default=0) - LOOKBACK_NS, max(ends, default=0) + 10**9
+            for block, idx in self._held.between(lo, hi):
+                for i, values in zip(idx.tolist(), block[idx].tolist(), strict=True):
+                    t = turn_of(values)
+                    turns.append(t)
+                    where[t.key] = (block, i)
             out = join(requests, turns, self.ports)
-            joined = {w.turn.key for _, w in out if w is not None}
-            for key in joined:
-                self._turns.pop(key, None)  # joined once
-                self._joined[key] = None
-            while len(self._joined) > self.max_turns:
-                del self._joined[next(iter(self._joined))]
-            if joined:
-                self._reads = [e for e in self._reads if e[1] not in joined]
+            for _, w in out:
+                if w is not None:
+                    block, i = where[w.turn.key]
+                    block["state"][i] = JOINED  # joined once: stays marked until it ages out
+                    self._held.waiting -= 1
         return out
 
 
@@ -153,14 +147,34 @@ def observations(out: Sequence[tuple[str, Wire | None]], held: Sequence[bool] = 
                             np.asarray(ns, dtype=np.int64), socket_wait, ack_wait, result_of, results)
 
 
-class TurnFeed:
-    """The reader thread: socket_turns.c's ring buffer into a TurnWindow."""
+class DropCounter:
+    """The kernel's counts of records it could not send (ever growing) into errors_total deltas."""
 
-    def __init__(self, window: TurnWindow, ports: Sequence[int]) -> None:
+    def __init__(self, count: Callable[[str, int], None]) -> None:
+        self._count = count
+        self._seen: dict[str, int] = {}
+
+    def update(self, totals: dict[str, int]) -> None:
+        for reason, n in totals.items():
+            delta = n - self._seen.get(reason, 0)
+            if delta > 0:
+                self._count(reason, delta)
+            self._seen[reason] = n
+
+
+class TurnFeed:
+    """The reader thread: socket_turns.c's ring buffer into a TurnWindow, a batch every READ_EVERY
+    seconds (and whenever a trace batch is about to join: drain()); the kernel's drops counted
+    every DROPS_EVERY reads."""
+
+    def __init__(self, window: TurnWindow, ports: Sequence[int],
+                 on_dropped: Callable[[str, int], None] = lambda _reason, _n: None) -> None:
         from .recorder import TurnRecorder
 
         self.window = window
-        self.recorder = TurnRecorder(ports, window.add)
+        self.recorder = TurnRecorder(ports)
+        self.drops = DropCounter(on_dropped)
+        self._reading = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="wire-turns", daemon=True)
 
@@ -168,14 +182,29 @@ class TurnFeed:
         self._thread.start()
         return self
 
+    def drain(self) -> None:
+        """Every record the kernel has sent, into the window (turns never read are left out)."""
+        with self._reading:
+            if not self._stop.is_set():
+                self.window.add_records(self.recorder.ring.read())
+
     def _run(self) -> None:
-        while not self._stop.is_set():
-            self.recorder.poll(200)
+        reads = 0
+        while not self._stop.wait(READ_EVERY):
+            self.drain()
+            reads += 1
+            if reads % DROPS_EVERY == 0:
+                with self._reading:
+                    if not self._stop.is_set():
+                        self.drops.update(self.recorder.dropped())
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join()
-        self.recorder.close()
+        if self._thread.is_alive():
+            self._thread.join()
+        with self._reading:
+            self.drops.update(self.recorder.dropped())
+            self.recorder.close()
 
 
 STAGE_NAMES = WIRE_STAGES  # the `stage` label values these observations take

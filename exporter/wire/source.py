@@ -6,13 +6,15 @@ by the trace aggregator with the rest of each batch, so they are committed with 
 restart counts nothing twice. Where the join's program cannot load, every traced request is
 counted `unsupported`, so the join results still add up to the traces; the daemon goes on
 (also with `--ebpf on`: the join is no reason to stop it), the error logged and counted as
-errors_total{source="wire", reason="load_failed"}.
+errors_total{source="wire", reason="load_failed"}. Records the kernel could not send count
+errors_total{source="wire"} by the program's reason: ring_full, rate, sockets_full.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Sequence
 
 from prometheus_client.registry import Collector
 
@@ -20,6 +22,7 @@ from ..config import Config
 from ..source import ErrorCounts
 from ..traces.aggregator import TraceAggregator
 from .held import Joiner
+from .join import Request, Wire
 from .live import TurnFeed, TurnWindow
 
 log = logging.getLogger("wire")
@@ -38,10 +41,17 @@ class WireSource:
         self.ports = sorted(set(cfg.wire_http_port) | set(cfg.wire_grpc_port))
         self.window = TurnWindow({"http": frozenset(cfg.wire_http_port), "grpc": frozenset(cfg.wire_grpc_port)})
         self.feed: TurnFeed | None = None
-        self.joiner = Joiner(self.window.join)
+        self.joiner = Joiner(self._join)
         aggregator.wire = self.joiner  # before the producers start: their first batch joins
         self._tick = threading.Thread(target=self._settle, name="wire-settle", daemon=True)
         self._stop = threading.Event()
+
+    def _join(self, requests: Sequence[Request]) -> list[tuple[str, Wire | None]]:
+        """Requests joined against the turns held, after those the kernel sent meanwhile."""
+        feed = self.feed
+        if feed is not None:
+            feed.drain()
+        return self.window.join(requests)
 
     def collectors(self) -> list[Collector]:
         return []
@@ -64,7 +74,7 @@ class WireSource:
 
     def _start(self) -> None:
         try:
-            feed = TurnFeed(self.window, self.ports)
+            feed = TurnFeed(self.window, self.ports, lambda reason, n: self.errors.inc("wire", reason, n))
         except Exception as e:  # BCC missing, the kernel refuses the program, no privileges
             level = logging.ERROR if self.cfg.ebpf == "on" else logging.WARNING
             log.log(level, "socket join off: %s; traced requests are counted unsupported", e)
@@ -73,7 +83,7 @@ class WireSource:
             return
         with self._lock:
             if self._stopped:
-                feed.recorder.close()
+                feed.stop()
                 return
             self.feed = feed.start()
         log.info("socket join on: HTTP ports %s, gRPC ports %s", ",".join(map(str, self.cfg.wire_http_port)),

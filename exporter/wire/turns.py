@@ -11,9 +11,12 @@ from __future__ import annotations
 import json
 import socket
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import IO, Any
+
+import numpy as np
+import numpy.typing as npt
 
 # struct socket_turn, little-endian, in field order (bpf/socket_turns.c)
 _LAYOUT = struct.Struct("<9Q3I3HB3x16s16s2x")
@@ -73,6 +76,17 @@ def _address(family: int, raw: bytes) -> str:
     return socket.inet_ntop(socket.AF_INET, raw[:4])
 
 
+# the same record as a numpy dtype, to decode a batch of records at once
+_INTS = [("sock", "<u8", 0), ("born_ns", "<u8", 8), ("first_in_ns", "<u8", 16), ("first_read_ns", "<u8", 24),
+         ("last_read_ns", "<u8", 32), ("first_write_ns", "<u8", 40), ("last_write_ns", "<u8", 48),
+         ("acked_ns", "<u8", 56), ("cgroup", "<u8", 64), ("turn", "<u4", 72), ("bytes_in", "<u4", 76),
+         ("bytes_out", "<u4", 80), ("family", "<u2", 84), ("lport", "<u2", 86), ("rport", "<u2", 88),
+         ("final", "u1", 90)]
+RECORD_DTYPE = np.dtype({"names": [n for n, _, _ in _INTS] + ["laddr", "raddr"],
+                         "formats": [f for _, f, _ in _INTS] + ["V16", "V16"],
+                         "offsets": [o for _, _, o in _INTS] + [94, 110], "itemsize": 128})
+
+
 def decode(raw: bytes) -> Turn:
     """One ring buffer record."""
     v = _LAYOUT.unpack_from(raw)
@@ -80,6 +94,45 @@ def decode(raw: bytes) -> Turn:
     names = _FIELDS[:16]
     return Turn(**dict(zip(names, v[:16], strict=True)), laddr=_address(family, v[16]),
                 raddr=_address(family, v[17]))
+
+
+def decode_many(records: npt.NDArray[Any], read_only: bool = False) -> list[Turn]:
+    """Turns of a batch of records (RECORD_DTYPE); with read_only, only those whose request was
+    read (first_read_ns set: the others can join nothing)."""
+    if read_only:
+        records = records[records["first_read_ns"] != 0]
+    if not len(records):
+        return []
+    columns = [records[n].tolist() for n, _, _ in _INTS]
+    names: dict[tuple[int, bytes], str] = {}  # an address's text made once a batch and shared
+
+    def text(family: int, raw: bytes) -> str:
+        key = (family, raw)
+        if key not in names:
+            names[key] = _address(family, raw)
+        return names[key]
+
+    families = columns[12]
+    laddrs = [text(f, bytes(a)) for f, a in zip(families, records["laddr"].tolist(), strict=True)]
+    raddrs = [text(f, bytes(a)) for f, a in zip(families, records["raddr"].tolist(), strict=True)]
+    return [Turn(*v) for v in zip(*columns, laddrs, raddrs, strict=True)]
+
+
+def records_of(turns: Sequence[Turn]) -> npt.NDArray[Any]:
+    """Turns as the kernel's records (RECORD_DTYPE), as a ring buffer read returns them."""
+    out = np.zeros(len(turns), dtype=RECORD_DTYPE)
+    for name, _, _ in _INTS:
+        out[name] = [getattr(t, name) for t in turns]
+    for name in ("laddr", "raddr"):
+        out[name] = [_packed(t.family, getattr(t, name)) for t in turns]
+    return out
+
+
+def _packed(family: int, text: str) -> bytes:
+    if not text:
+        return bytes(16)
+    raw = socket.inet_pton(socket.AF_INET6 if family == socket.AF_INET6 else socket.AF_INET, text)
+    return raw.ljust(16, b"\0")
 
 
 _INT_FIELDS = frozenset(n for n in _FIELDS if n not in ("laddr", "raddr"))
