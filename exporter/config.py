@@ -88,7 +88,7 @@ class Config:
                                 high=65535)
     wire_join: str = _opt("off", "join each traced request to its socket turn (eBPF): the stages socket_wait, "
                           "ack_wait, wire and inference_profiler_socket_joins_total; needs eBPF. Opt-in: "
-                          "matching requests to turns costs several % of a core at a few hundred traced "
+                          "matching requests to turns costs several %% of a core at a few hundred traced "
                           "requests/s (docs/traces.md)",
                           choices=("on", "off"))
     wire_http_port: list[int] = _opt([8000], "port of Triton's HTTP frontend, for the socket join (repeatable)",
