@@ -31,7 +31,7 @@ from ..stages import Anatomy
 from .join import JOIN_RESULTS, LOOKBACK_NS, WIRE_STAGES, Request, Wire, join
 from .requests import requests_of
 from .turns import Turn
-from .window import JOINED, TURN_ROW, HeldTurns, held_rows, row_of, turn_of
+from .window import JOINED, TURN_ROW, HeldTurns, held_rows, joinable, row_of, turn_of
 
 TURN_BYTES = TURN_ROW.itemsize  # a held turn: one numpy row (window.py)
 HOLD_SECONDS = 300.0
@@ -41,6 +41,7 @@ MAX_BYTES = 16 << 20  # ~176,000 records: 300 s at ~580 records/s (joined ones s
 # The ring buffer (1 MiB, 7,710 records) is read this often: up to 77,000 records/s are
 # taken before it fills; more are dropped in the kernel and counted.
 READ_EVERY = 0.1
+JOIN_BLOCKS = 4  # a join merges more blocks into one first: each costs it a numpy call or two
 DROPS_EVERY = 10  # reads: the kernel's drop counts are read once a second
 
 
@@ -103,21 +104,24 @@ class TurnWindow:
         arrivals = [r.arrival_ns for r in requests if r.arrival_ns >= 0]
         ends = [r.end_ns for r in requests if r.end_ns >= 0]
         with self._lock:
-            turns: list[Turn] = []
-            where: dict[tuple[int, int, int], tuple[npt.NDArray[Any], int]] = {}
             # and turns begun up to a second after the last response: a gRPC response's own turn,
             # the turn after it (see join.acked_by_next)
             lo, hi = min(arrivals, default=0) - LOOKBACK_NS, max(ends, default=0) + 10**9
-            for block, idx in self._held.between(lo, hi):
-                for i, values in zip(idx.tolist(), block[idx].tolist(), strict=True):
-                    t = turn_of(values)
-                    turns.append(t)
-                    where[t.key] = (block, i)
+            if len(self._held.blocks) > JOIN_BLOCKS:
+                self._held.merge()
+            parts = list(self._held.between(lo, hi))
+            rows = np.concatenate([block[idx] for block, idx in parts]) if parts else np.zeros(0, dtype=TURN_ROW)
+            need = np.flatnonzero(joinable(rows, requests, self.ports, LOOKBACK_NS))  # made Turns: these only
+            turns = [turn_of(values) for values in rows[need].tolist()]
+            where = {t.key: k for t, k in zip(turns, need.tolist(), strict=True)}  # its row in `rows`
+            starts = np.cumsum([0] + [len(idx) for _, idx in parts])
             out = join(requests, turns, self.ports)
             for _, w in out:
                 if w is not None:
-                    block, i = where[w.turn.key]
-                    block["state"][i] = JOINED  # joined once: stays marked until it ages out
+                    k = where[w.turn.key]
+                    part = int(np.searchsorted(starts, k, side="right")) - 1
+                    block, idx = parts[part]
+                    block["state"][idx[k - starts[part]]] = JOINED  # joined once: stays marked until it ages out
                     self._held.waiting -= 1
         return out
 
