@@ -15,6 +15,7 @@ import pytest
 
 from exporter.wire import join as join_module
 from exporter.wire.join import LOOKBACK_NS, GrpcIndex, Request, TurnIndex, acked_by_next, join
+from exporter.wire.live import TurnWindow
 from exporter.wire.turns import Turn
 from exporter.wire.window import joinable, row_of
 
@@ -153,3 +154,23 @@ def test_the_rows_a_batch_can_need_join_as_all_rows_do() -> None:
         assert join(reqs, needed, PORTS) == join(reqs, turns, PORTS), f"case {case}"
         left_out += len(turns) - len(needed)
     assert left_out > 1000  # it does leave turns out
+
+
+def test_a_join_that_joined_nothing_is_not_redone_while_its_turns_are_unchanged() -> None:
+    w = TurnWindow(PORTS)
+    shared = [Turn(s, 7, 0, 10 + s, 10 + s, 900, 900, 1000, 0, 1, 100, 100, 2, HTTP, 40000 + s, 0, "", "")
+              for s in (1, 2)]
+    for t in shared:
+        w.add(t)
+    held = [Request("http", 15, 800, 16, 850)]  # two turns fit it: ambiguous, held for later
+    assert [r for r, _ in w.join(held)] == ["ambiguous"] and w.reused == 0
+    w.add(Turn(3, 7, 0, 50 * 10**9, 50 * 10**9, 0, 0, 0, 0, 1, 100, 0, 2, HTTP, 40003, 0, "", ""))  # far later
+    assert [r for r, _ in w.join(held)] == ["ambiguous"] and w.reused == 1
+    # the second request that shares the turns comes: a different join, and both join
+    both = [*held, Request("http", 17, 800, 18, 850)]
+    assert [r for r, _ in w.join(both)] == ["joined", "joined"] and w.reused == 1
+    # their turns taken (no longer waiting), nothing is left for the held request: no stale answer
+    assert [r for r, _ in w.join(held)] == ["no_socket_event"] and w.reused == 1
+    w.add(Turn(4, 7, 0, 12, 12, 900, 900, 1000, 0, 1, 100, 100, 2, HTTP, 40004, 0, "", ""))
+    (result, wire), = w.join(held)
+    assert result == "joined" and wire is not None and wire.turn.sock == 4 and w.reused == 1
