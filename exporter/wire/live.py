@@ -45,7 +45,6 @@ MAX_BYTES = 16 << 20  # ~176,000 records: 300 s at ~580 records/s (joined ones s
 # taken before it fills; more are dropped in the kernel and counted.
 READ_EVERY = 0.1
 RECENT_JOINS = 4  # joins that joined nothing, remembered with a digest of the rows they read
-JOIN_BLOCKS = 4  # a join merges more blocks into one first: each costs it a numpy call or two
 DROPS_EVERY = 10  # reads: the kernel's drop counts are read once a second
 
 
@@ -113,10 +112,11 @@ class TurnWindow:
             # and turns begun up to a second after the last response: a gRPC response's own turn,
             # the turn after it (see join.acked_by_next)
             lo, hi = min(arrivals, default=0) - LOOKBACK_NS, max(ends, default=0) + 10**9
-            if len(self._held.blocks) > JOIN_BLOCKS:
-                self._held.merge()
-            parts = list(self._held.between(lo, hi))
-            rows = np.concatenate([block[idx] for block, idx in parts]) if parts else np.zeros(0, dtype=TURN_ROW)
+            parts = [(block, idx) for block, idx in self._held.between(lo, hi) if len(idx)]
+            starts = np.cumsum([0] + [len(idx) for _, idx in parts])
+            rows = np.empty(int(starts[-1]), dtype=TURN_ROW)  # filled part by part: cheaper than concatenate
+            for (block, idx), a, b in zip(parts, starts[:-1].tolist(), starts[1:].tolist(), strict=True):
+                rows[a:b] = block[idx]
             need = np.flatnonzero(joinable(rows, requests, self.ports, LOOKBACK_NS))  # made Turns: these only
             needed = rows[need]
             asked = (tuple(requests), hashlib.blake2b(needed.tobytes(), digest_size=16).digest())
@@ -125,7 +125,6 @@ class TurnWindow:
                 return list(self._recent[asked])
             turns = [turn_of(values) for values in needed.tolist()]
             where = {t.key: k for t, k in zip(turns, need.tolist(), strict=True)}  # its row in `rows`
-            starts = np.cumsum([0] + [len(idx) for _, idx in parts])
             out = join(requests, turns, self.ports)
             for _, w in out:
                 if w is not None:

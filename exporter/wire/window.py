@@ -183,7 +183,8 @@ class HeldTurns:
         for block, reads in zip(self.blocks, self.reads, strict=True):
             if reads[-1] < first or reads[0] > last:
                 continue
-            a, b = int(np.searchsorted(reads, first)), int(np.searchsorted(reads, last, side="right"))
+            a = 0 if reads[0] >= first else int(np.searchsorted(reads, first))
+            b = len(reads) if reads[-1] <= last else int(np.searchsorted(reads, last, side="right"))
             if a < b:
                 yield block, a + np.flatnonzero(block["state"][a:b] == WAITING)
 
