@@ -71,14 +71,41 @@ def wire_of(req: Request, turn: Turn) -> Wire:
     return Wire(turn, socket_wait, ack_wait, socket_wait + (req.end_ns - req.arrival_ns) + ack_wait)
 
 
+def previous_greater(values: Sequence[int]) -> list[int]:
+    """Per position, the nearest earlier one holding a greater value (-1: none): walking back
+    from k to it passes only values at most values[k]."""
+    out, stack = [-1] * len(values), list[int]()
+    for k, v in enumerate(values):
+        while stack and values[stack[-1]] <= v:
+            stack.pop()
+        out[k] = stack[-1] if stack else -1
+        stack.append(k)
+    return out
+
+
+def next_greater(values: Sequence[int]) -> list[int]:
+    """Per position, the nearest later one holding a greater value (len(values): none)."""
+    out, stack = [len(values)] * len(values), list[int]()
+    for k in range(len(values) - 1, -1, -1):
+        while stack and values[stack[-1]] <= values[k]:
+            stack.pop()
+        out[k] = stack[-1] if stack else len(values)
+        stack.append(k)
+    return out
+
+
 class TurnIndex:
-    """Turns of one protocol's ports, by first read."""
+    """Turns of one protocol's ports, by first read. A request's candidates are found walking
+    back from its arrival over the turns that wrote late enough (previous_greater skips the
+    runs that wrote before its send began), so a request costs its candidates, not the turns
+    read in the LOOKBACK_NS before it."""
 
     def __init__(self, turns: Sequence[Turn]) -> None:
         self.every = sorted((t for t in turns if t.first_read_ns), key=lambda t: t.first_read_ns)
         self.every_reads = [t.first_read_ns for t in self.every]
         self.turns = [t for t in self.every if t.acked_ns]  # a request's turn is acknowledged
         self.reads = [t.first_read_ns for t in self.turns]
+        self._back = previous_greater([t.first_write_ns for t in self.turns])
 
     def read_of(self, k: int) -> int:
         """First read of candidate k."""
@@ -90,22 +117,32 @@ class TurnIndex:
         k = bisect.bisect_right(self.every_reads, req.arrival_ns)
         return k > 0 and self.every_reads[k - 1] >= req.arrival_ns - LOOKBACK_NS
 
+    def candidate_lists(self, reqs: Sequence[Request]) -> list[list[int]]:
+        """candidates() of each request."""
+        return [self.candidates(r) for r in reqs]
+
     def candidates(self, req: Request) -> list[int]:
-        """Positions in self.turns of the turns that can hold `req`."""
-        hi = bisect.bisect_right(self.reads, req.arrival_ns)
+        """Positions in self.turns of the turns that can hold `req`, in read order."""
         lo = bisect.bisect_left(self.reads, req.arrival_ns - LOOKBACK_NS)
         writes_from = max(req.send_start_ns, req.arrival_ns)
         http = req.protocol == "http"
         out: list[int] = []
-        for k, t in enumerate(self.turns[lo:hi], start=lo):
-            if t.start_ns > req.arrival_ns or t.first_write_ns < writes_from:
+        k = bisect.bisect_right(self.reads, req.arrival_ns) - 1
+        while k >= lo:
+            t = self.turns[k]
+            if t.first_write_ns < writes_from:
+                k = self._back[k]  # the turns between wrote no later than this one
+                continue
+            k -= 1
+            if t.start_ns > req.arrival_ns:
                 continue
             if http:
                 if t.acked_ns < req.end_ns or 0 <= req.read_end_ns < t.last_read_ns:
                     continue
             elif t.first_write_ns > req.end_ns:
                 continue
-            out.append(k)
+            out.append(k + 1)
+        out.reverse()
         return out
 
 
@@ -131,6 +168,7 @@ class GrpcIndex(TurnIndex):
         self.by_conn: dict[tuple[int, int], list[Turn]] = {}
         for t in sorted(turns, key=lambda t: t.turn):  # write-only turns too: a response can start one
             self.by_conn.setdefault(t.connection, []).append(t)
+        self._on: dict[tuple[int, int], _Connection] = {}
         self.exchanges: list[Turn] = []
         self._made: dict[tuple[int, int, int, int], int] = {}
         self.resource: list[int] = []  # per exchange: the turn it shares with any other exchange holding it
@@ -139,38 +177,81 @@ class GrpcIndex(TurnIndex):
     def read_of(self, k: int) -> int:
         return self.exchanges[k].first_read_ns
 
-    def candidates(self, req: Request) -> list[int]:
-        hi = bisect.bisect_right(self.every_reads, req.arrival_ns)
-        lo = bisect.bisect_left(self.every_reads, req.arrival_ns - LOOKBACK_NS)
-        out: list[int] = []
-        for conn in {t.connection for t in self.every[lo:hi]}:
-            on = self.by_conn[conn]
-            t_in = max((t for t in on if 0 < t.first_read_ns <= req.arrival_ns), key=lambda t: t.turn)
-            at = next((k for k, t in enumerate(on) if t.turn >= t_in.turn
-                       and t.last_write_ns >= max(req.send_start_ns, req.arrival_ns)), None)
-            if at is None:
-                continue
-            t_out = on[at]
-            if not t_out.acked_ns and at + 1 < len(on):  # see acked_by_next
-                t_out = acked_by_next(t_out, on[at + 1])
-            if not t_out.acked_ns or t_out.first_write_ns > req.end_ns or t_in.start_ns > req.arrival_ns:
-                continue
-            key = (*conn, t_in.turn, t_out.turn)
-            if key not in self._made:
-                self._made[key] = len(self.exchanges)
-                self.exchanges.append(dataclasses.replace(
-                    t_out, first_in_ns=t_in.first_in_ns, first_read_ns=t_in.first_read_ns))
-                shared = (*conn, t_out.turn)
-                self.resource.append(self._resources.setdefault(shared, len(self._resources)))
-            out.append(self._made[key])
+    def candidate_lists(self, reqs: Sequence[Request]) -> list[list[int]]:
+        """candidates() of each request, taken in arrival order so that the connections read
+        in the LOOKBACK_NS before each arrival are kept as a sliding count, not found again."""
+        out: list[list[int]] = [[] for _ in reqs]
+        live: dict[tuple[int, int], int] = {}  # connection -> its reads in the window
+        lo = hi = 0
+        for j in sorted(range(len(reqs)), key=lambda j: reqs[j].arrival_ns):
+            req = reqs[j]
+            new_hi = bisect.bisect_right(self.every_reads, req.arrival_ns)
+            new_lo = bisect.bisect_left(self.every_reads, req.arrival_ns - LOOKBACK_NS)
+            for t in self.every[hi:new_hi]:
+                live[t.connection] = live.get(t.connection, 0) + 1
+            hi = max(hi, new_hi)
+            for t in self.every[lo:new_lo]:
+                if live[t.connection] == 1:
+                    del live[t.connection]
+                else:
+                    live[t.connection] -= 1
+            lo = max(lo, new_lo)
+            out[j] = [k for conn in live if (k := self._exchange(req, conn)) is not None]
         return out
 
+    def candidates(self, req: Request) -> list[int]:
+        return self.candidate_lists([req])[0]
+
+    def _exchange(self, req: Request, conn: tuple[int, int]) -> int | None:
+        """The exchange of `req` on connection `conn` (one read in the look-back), if any."""
+        c = self._on.get(conn)
+        if c is None:
+            c = self._on[conn] = _Connection(self.by_conn[conn])
+        on = c.on
+        t_in = on[c.latest[bisect.bisect_right(c.reads, req.arrival_ns) - 1]]
+        at = bisect.bisect_left(c.numbers, t_in.turn)
+        writes_from = max(req.send_start_ns, req.arrival_ns)
+        while at < len(on) and on[at].last_write_ns < writes_from:
+            at = c.ahead[at]  # the turns between wrote no later than this one
+        if at == len(on):
+            return None
+        t_out = on[at]
+        if not t_out.acked_ns and at + 1 < len(on):  # see acked_by_next
+            t_out = acked_by_next(t_out, on[at + 1])
+        if not t_out.acked_ns or t_out.first_write_ns > req.end_ns or t_in.start_ns > req.arrival_ns:
+            return None
+        key = (*conn, t_in.turn, t_out.turn)
+        if key not in self._made:
+            self._made[key] = len(self.exchanges)
+            self.exchanges.append(dataclasses.replace(
+                t_out, first_in_ns=t_in.first_in_ns, first_read_ns=t_in.first_read_ns))
+            shared = (*conn, t_out.turn)
+            self.resource.append(self._resources.setdefault(shared, len(self._resources)))
+        return self._made[key]
 
     def assign(self, cands: Sequence[Sequence[int]]) -> dict[int, int]:
         """assign() over the turns the exchanges hold, so that two exchanges holding one turn
         (one request's read, another's exchange built on it) exclude each other."""
         by_turn = assign([[self.resource[k] for k in c] for c in cands])
         return {j: next(k for k in cands[j] if self.resource[k] == r) for j, r in by_turn.items()}
+
+
+class _Connection:
+    """One connection's turns by number, searchable: its reads in time order with, per read, the
+    highest-numbered turn read by then (the first of equals), and next_greater over last writes."""
+
+    def __init__(self, on: list[Turn]) -> None:
+        self.on = on
+        self.numbers = [t.turn for t in on]
+        read = sorted((t.first_read_ns, k) for k, t in enumerate(on) if t.first_read_ns > 0)
+        self.reads = [r for r, _ in read]
+        self.latest: list[int] = []
+        best = -1
+        for _, k in read:
+            if best < 0 or on[k].turn > on[best].turn or (on[k].turn == on[best].turn and k < best):
+                best = k
+            self.latest.append(best)
+        self.ahead = next_greater([t.last_write_ns for t in on])
 
 
 def overlapping(requests: Sequence[Request], joined: Mapping[int, Turn],
@@ -280,7 +361,7 @@ def join(requests: Sequence[Request], turns: Sequence[Turn],
             continue
         mine = [t for t in turns if t.lport in wanted]
         index = GrpcIndex(mine) if protocol == "grpc" else TurnIndex(mine)
-        cands = [index.candidates(requests[i]) for i in rows]
+        cands = index.candidate_lists([requests[i] for i in rows])
         if isinstance(index, GrpcIndex):  # no pairing by order here: gRPC reads on other threads
             chosen = index.assign(cands)
             picked = {j: index.exchanges[k] for j, k in chosen.items()}

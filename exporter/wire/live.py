@@ -10,7 +10,9 @@ response is acknowledged. So turns wait here, bounded:
   oldest dropped first (down to 90 %), for every port and pod together.
 
 A turn joined to a request stays marked joined until it ages out, so neither a later batch
-nor a record of it the kernel sends again can join it twice.
+nor a record of it the kernel sends again can join it twice. A join reads only the rows its
+requests can need (window.joinable); one that joined nothing is remembered with those rows,
+so requests held across batches (held.py) are not joined again while their turns are unchanged.
 `observe()` is what a trace pipeline calls per batch of finished traces; it returns
 plain arrays the aggregator adds to its own histograms and counters, so the joined
 stages are committed (and survive a restart) with the rest of the batch.
@@ -18,6 +20,7 @@ stages are committed (and survive a restart) with the rest of the batch.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -31,7 +34,7 @@ from ..stages import Anatomy
 from .join import JOIN_RESULTS, LOOKBACK_NS, WIRE_STAGES, Request, Wire, join
 from .requests import requests_of
 from .turns import Turn
-from .window import JOINED, TURN_ROW, HeldTurns, held_rows, row_of, turn_of
+from .window import JOINED, TURN_ROW, HeldTurns, held_rows, joinable, row_of, turn_of
 
 TURN_BYTES = TURN_ROW.itemsize  # a held turn: one numpy row (window.py)
 HOLD_SECONDS = 300.0
@@ -41,6 +44,7 @@ MAX_BYTES = 16 << 20  # ~176,000 records: 300 s at ~580 records/s (joined ones s
 # The ring buffer (1 MiB, 7,710 records) is read this often: up to 77,000 records/s are
 # taken before it fills; more are dropped in the kernel and counted.
 READ_EVERY = 0.1
+RECENT_JOINS = 4  # joins that joined nothing, remembered with a digest of the rows they read
 DROPS_EVERY = 10  # reads: the kernel's drop counts are read once a second
 
 
@@ -70,6 +74,8 @@ class TurnWindow:
         self._newest = 0
         self.expired = 0  # turns dropped by age, never joined
         self.evicted = 0  # turns dropped for memory, never joined
+        self._recent: dict[tuple[tuple[Request, ...], bytes], list[tuple[str, Wire | None]]] = {}
+        self.reused = 0  # joins answered from _recent
 
     def __len__(self) -> int:
         """Turns waiting (not joined)."""
@@ -103,22 +109,34 @@ class TurnWindow:
         arrivals = [r.arrival_ns for r in requests if r.arrival_ns >= 0]
         ends = [r.end_ns for r in requests if r.end_ns >= 0]
         with self._lock:
-            turns: list[Turn] = []
-            where: dict[tuple[int, int, int], tuple[npt.NDArray[Any], int]] = {}
             # and turns begun up to a second after the last response: a gRPC response's own turn,
             # the turn after it (see join.acked_by_next)
             lo, hi = min(arrivals, default=0) - LOOKBACK_NS, max(ends, default=0) + 10**9
-            for block, idx in self._held.between(lo, hi):
-                for i, values in zip(idx.tolist(), block[idx].tolist(), strict=True):
-                    t = turn_of(values)
-                    turns.append(t)
-                    where[t.key] = (block, i)
+            parts = [(block, idx) for block, idx in self._held.between(lo, hi) if len(idx)]
+            starts = np.cumsum([0] + [len(idx) for _, idx in parts])
+            rows = np.empty(int(starts[-1]), dtype=TURN_ROW)  # filled part by part: cheaper than concatenate
+            for (block, idx), a, b in zip(parts, starts[:-1].tolist(), starts[1:].tolist(), strict=True):
+                rows[a:b] = block[idx]
+            need = np.flatnonzero(joinable(rows, requests, self.ports, LOOKBACK_NS))  # made Turns: these only
+            needed = rows[need]
+            asked = (tuple(requests), hashlib.blake2b(needed.tobytes(), digest_size=16).digest())
+            if asked in self._recent:  # the same requests and turns (held ones settling): the same results
+                self.reused += 1
+                return list(self._recent[asked])
+            turns = [turn_of(values) for values in needed.tolist()]
+            where = {t.key: k for t, k in zip(turns, need.tolist(), strict=True)}  # its row in `rows`
             out = join(requests, turns, self.ports)
             for _, w in out:
                 if w is not None:
-                    block, i = where[w.turn.key]
-                    block["state"][i] = JOINED  # joined once: stays marked until it ages out
+                    k = where[w.turn.key]
+                    part = int(np.searchsorted(starts, k, side="right")) - 1
+                    block, idx = parts[part]
+                    block["state"][idx[k - starts[part]]] = JOINED  # joined once: stays marked until it ages out
                     self._held.waiting -= 1
+            if all(w is None for _, w in out):  # else the turns change: the rows joined are not waiting now
+                self._recent[asked] = list(out)
+                while len(self._recent) > RECENT_JOINS:
+                    del self._recent[next(iter(self._recent))]
         return out
 
 

@@ -15,12 +15,13 @@ of it sent again is ignored, never joined twice.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from .join import Request
 from .turns import Turn
 
 TURN_ROW = np.dtype([("first_read_ns", "<u8"), ("key", "<u8"), ("sock", "<u8"), ("born_ns", "<u8"),
@@ -182,6 +183,58 @@ class HeldTurns:
         for block, reads in zip(self.blocks, self.reads, strict=True):
             if reads[-1] < first or reads[0] > last:
                 continue
-            a, b = int(np.searchsorted(reads, first)), int(np.searchsorted(reads, last, side="right"))
+            a = 0 if reads[0] >= first else int(np.searchsorted(reads, first))
+            b = len(reads) if reads[-1] <= last else int(np.searchsorted(reads, last, side="right"))
             if a < b:
                 yield block, a + np.flatnonzero(block["state"][a:b] == WAITING)
+
+
+def joinable(rows: npt.NDArray[Any], requests: Sequence[Request], ports: Mapping[str, frozenset[int]],
+             lookback_ns: int) -> npt.NDArray[np.bool_]:
+    """Which of `rows` the join of `requests` can need; joining only those gives the same results
+    as joining them all (join.py's rules):
+
+    - HTTP: the acknowledged turns read in the look-back of some arrival that wrote after the
+      first arrival (any candidate is one), and per request the last turn read before it (so a
+      read in its look-back is seen as before);
+    - gRPC: per connection, the turn of highest number read before the first arrival (n0) and
+      every later-numbered one (a request's bytes are in the last turn read before it, its
+      response in a later one), and any earlier-numbered one read after n0 (turn numbers follow
+      time, so rarely any); an earlier one read before n0 has n0 read in every look-back it is in.
+    """
+    keep = np.zeros(len(rows), dtype=bool)
+    lport, read = rows["lport"].astype(np.int64), rows["first_read_ns"].astype(np.int64)
+    for protocol, wanted in ports.items():
+        arrivals = np.asarray([r.arrival_ns for r in requests
+                               if r.protocol == protocol and r.arrival_ns >= 0 and r.end_ns >= 0], dtype=np.int64)
+        mine = np.isin(lport, np.fromiter(wanted, dtype=np.int64, count=len(wanted)))
+        if not len(arrivals) or not mine.any():
+            continue
+        first = int(arrivals.min())
+        if protocol == "grpc":
+            keep |= mine & _grpc_needed(rows, read, mine, first)
+            continue
+        keep |= (mine & (rows["acked_ns"] != 0) & (read != 0) & (read >= first - lookback_ns)
+                 & (read <= int(arrivals.max())) & (rows["first_write_ns"].astype(np.int64) >= first))
+        reading = np.flatnonzero(mine & (read != 0))
+        by_read = reading[np.argsort(read[reading], kind="stable")]
+        last = np.searchsorted(read[by_read], arrivals, side="right") - 1
+        keep[by_read[last[last >= 0]]] = True
+    return keep
+
+
+def _grpc_needed(rows: npt.NDArray[Any], read: npt.NDArray[np.int64], mine: npt.NDArray[np.bool_],
+                 first: int) -> npt.NDArray[np.bool_]:
+    order = np.lexsort((rows["born_ns"], rows["sock"]))  # a connection: (sock, born_ns), numbered in order
+    sock, born = rows["sock"][order], rows["born_ns"][order]
+    conn = np.empty(len(rows), dtype=np.int64)
+    conn[order] = np.cumsum(np.concatenate(([0], (sock[1:] != sock[:-1]) | (born[1:] != born[:-1]))))
+    number = rows["turn"].astype(np.int64)
+    before = mine & (read > 0) & (read <= first)
+    n0 = np.full(int(conn.max()) + 1, -1, dtype=np.int64)
+    np.maximum.at(n0, conn[before], number[before])
+    r0 = np.zeros(len(n0), dtype=np.int64)
+    at_n0 = before & (number == n0[conn])
+    np.maximum.at(r0, conn[at_n0], read[at_n0])
+    needed: npt.NDArray[np.bool_] = (n0[conn] < 0) | (number >= n0[conn]) | (read > r0[conn])
+    return needed
