@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from exporter.diagnose.fetch import SourceError, fetch, printable, prometheus_rows
+from tests.raw_http import read_head, serve_forever
 
 Respond = Callable[[socket.socket], None]
 
@@ -28,24 +29,12 @@ class RawServer:
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
         self.requests = 0
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                c, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._one, args=(c,), daemon=True).start()
+        serve_forever(self.sock, lambda c: threading.Thread(target=self._one, args=(c,), daemon=True).start())
 
     def _one(self, c: socket.socket) -> None:
         with c:
-            data = b""
-            while b"\r\n\r\n" not in data:
-                chunk = c.recv(4096)
-                if not chunk:
-                    return
-                data += chunk
+            if b"\r\n\r\n" not in read_head(c):
+                return
             self.requests += 1
             with contextlib.suppress(OSError):
                 self.respond(c)

@@ -7,7 +7,6 @@ import base64
 import os
 import socket
 import struct
-import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -23,6 +22,7 @@ from exporter.ebpf.pods import container_logs
 from exporter.otlp.forward import Forwarder
 from exporter.server import MetricsServer
 from exporter.webconfig import BasicAuth
+from tests.raw_http import read_head, serve_forever
 
 BODY = b"\x0a\x00" * 500  # what is forwarded is opaque to the forwarder
 
@@ -37,33 +37,22 @@ class RawBackend:
         self.requests: list[bytes] = []  # request lines
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
-        threading.Thread(target=self._serve, daemon=True).start()
+        serve_forever(self.sock, self._one)
 
-    def _serve(self) -> None:
-        while True:
-            try:
-                c, _ = self.sock.accept()
-            except OSError:
-                return
-            with c:
-                data = b""
-                while b"\r\n\r\n" not in data:
-                    chunk = c.recv(65536)
-                    if not chunk:
-                        break
-                    data += chunk
-                head, _, rest = data.partition(b"\r\n\r\n")
-                self.requests.append(head.split(b"\r\n", 1)[0])
-                length = next((int(h.split(b":", 1)[1]) for h in head.split(b"\r\n")
-                               if h.lower().startswith(b"content-length:")), 0)
-                while len(rest) < length:
-                    chunk = c.recv(65536)
-                    if not chunk:
-                        break
-                    rest += chunk
-                if length and len(rest) >= length:
-                    self.bodies += 1
-                self.then(c)
+    def _one(self, c: socket.socket) -> None:
+        with c:
+            head, _, rest = read_head(c).partition(b"\r\n\r\n")
+            self.requests.append(head.split(b"\r\n", 1)[0])
+            length = next((int(h.split(b":", 1)[1]) for h in head.split(b"\r\n")
+                           if h.lower().startswith(b"content-length:")), 0)
+            while len(rest) < length:
+                chunk = c.recv(65536)
+                if not chunk:
+                    break
+                rest += chunk
+            if length and len(rest) >= length:
+                self.bodies += 1
+            self.then(c)
 
     def close(self) -> None:
         self.sock.close()

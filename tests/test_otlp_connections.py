@@ -26,6 +26,7 @@ from exporter.server import Listener, MetricsServer, Timeouts
 from exporter.source import ErrorCounts, SelfCollector
 from exporter.traces.tailer import TailerSettings, TraceTailer
 from tests.otlp_payloads import T0, export_request, post, request_spans, to_json
+from tests.raw_http import read_head
 
 BOUNDS = (10_000, 100_000, 1_000_000, 10_000_000, 100_000_000)
 QUICK = Timeouts(header=0.5, idle=1.0)
@@ -71,13 +72,7 @@ def _raw_post(body: bytes, extra: bytes = b"") -> bytes:
 
 def _answer(s: socket.socket) -> bytes:
     s.settimeout(5)
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = s.recv(65536)
-        if not chunk:
-            break
-        data += chunk
-    return data
+    return read_head(s)
 
 
 def test_keep_alive_connection_lives_from_its_last_answer_not_from_accept(otlp: Otlp) -> None:
