@@ -19,6 +19,7 @@ from typing import cast
 from prometheus_client.registry import CollectorRegistry
 
 from .exposition import choose_encoder
+from .httphead import HeadError, http_date, read_fields, request_line
 from .listen import bind_listening
 
 log = logging.getLogger("server")
@@ -209,15 +210,38 @@ class TrackedHandler(BaseHTTPRequestHandler):
         super().handle_one_request()
 
     def parse_request(self) -> bool:
-        ok = super().parse_request()
-        cast(_HTTPServer, self.server).mark(self.connection, "busy")
-        if not ok:
+        """The request line and headers (exporter/httphead.py: no email parser), with
+        http.server's limits and replies; False when the request was refused here."""
+        # refusals before the version is known still get a status line (http.server sent a bare body)
+        self.command, self.request_version, self.close_connection = "", self.protocol_version, True
+        raw: bytes = self.raw_requestline  # type: ignore[attr-defined]
+        self.requestline = str(raw, "latin-1").rstrip("\r\n")
+        if not self.requestline.strip():
+            cast(_HTTPServer, self.server).mark(self.connection, "busy")
+            return False  # an empty line: close without an answer, as http.server does
+        try:
+            self.command, self.path, version = request_line(raw)
+            self.request_version = f"HTTP/{version[0]}.{version[1]}"
+            self.close_connection = version < (1, 1)
+            self.headers = read_fields(self.rfile)  # type: ignore[assignment]
+        except HeadError as e:
+            cast(_HTTPServer, self.server).mark(self.connection, "busy")
+            self.close_connection = True
+            self.send_error(e.status, str(e))
             return False
+        cast(_HTTPServer, self.server).mark(self.connection, "busy")  # the header deadline stops here
         lengths = self.headers.get_all("Content-Length") or []
         if len(lengths) > 1 or (lengths and not lengths[0].strip().isdigit()):
             self.close_connection = True
             self.send_error(400, "one Content-Length header with a number is required")
             return False
+        connection = (self.headers.get("Connection") or "").lower()
+        if connection == "close":
+            self.close_connection = True
+        elif connection == "keep-alive":
+            self.close_connection = False
+        if (self.headers.get("Expect") or "").lower() == "100-continue" and version >= (1, 1):
+            return self.handle_expect_100()
         return True
 
     def log_message(self, format: str, *args: object) -> None:
@@ -226,18 +250,18 @@ class TrackedHandler(BaseHTTPRequestHandler):
     def answer(self, code: int, body: bytes, ctype: str, headers: dict[str, str] | None = None) -> None:
         """Status, headers and body in one write: a second small write would wait for the
         client's delayed ACK (Nagle), 40 ms a request on a keep-alive connection."""
-        self.send_response(code)
-        self.send_header("Content-Type", ctype)
-        for k, v in (headers or {}).items():
-            self.send_header(k, v)
-        self.send_header("Content-Length", str(len(body)))
+        if log.isEnabledFor(logging.DEBUG):
+            self.log_request(code, len(body))
+        phrase = self.responses[code][0] if code in self.responses else ""
+        head = [f"{self.protocol_version} {code} {phrase}\r\nServer: {self.version_string()}\r\n"
+                f"Date: {http_date()}\r\nContent-Type: {ctype}\r\n"]
+        head += [f"{k}: {v}\r\n" for k, v in (headers or {}).items()]
+        head.append(f"Content-Length: {len(body)}\r\n")
         if self.close_connection:
-            self.send_header("Connection", "close")
-        if self.command != "HEAD":
-            self._headers_buffer.append(b"\r\n" + body)  # type: ignore[attr-defined]
-        else:
-            self._headers_buffer.append(b"\r\n")  # type: ignore[attr-defined]
-        self.flush_headers()
+            head.append("Connection: close\r\n")
+        head.append("\r\n")
+        data = "".join(head).encode("latin-1")
+        self.wfile.write(data if self.command == "HEAD" else data + body)
 
 
 class MetricsHandler(TrackedHandler):
