@@ -45,6 +45,7 @@ class OtlpHandler(TrackedHandler):
     life (idle, header and busy deadlines) is TrackedHandler's, as on /metrics."""
 
     owner: OtlpServer
+    rbufsize = 1 << 16  # a small POST's head and body in one read (the default 8 KiB takes two or three)
 
     @classmethod
     def factory(cls, owner: OtlpServer) -> type[OtlpHandler]:
