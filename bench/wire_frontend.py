@@ -22,13 +22,14 @@ Its responses are written at once: nothing else waits for the thread by then.
 
 Why these choices (each measured, docs/traces.md): a body Triton must read in many pieces
 (the default --body params, or large uncompressed bodies) moves the thread's contention
-inside the trace (`http_recv`: libevent reads a connection a few KiB per pass of its event
-loop, between other connections' requests); padding in the request's `parameters` also
+inside the trace (`http_recv`: the frontend reads a large body in many small reads, between
+the other connections'); padding in the request's `parameters` also
 reaches the model (the Python backend gets the parameters), which then becomes a
 bottleneck of its own; clients that send again as soon as they read a response (no waves)
-make the response wait for the thread as long as the next request does (the one thread
-handles one finished response per pass of its loop, behind the requests read in that pass),
-and that wait is after HTTP_SEND_END (ack_wait), not before the trace. `--realtime` runs the
+make the response wait for the thread about as long as the next request does (the one
+thread sends a finished response in a later pass of its event loop, behind the requests it
+parses in this one), and that wait is after HTTP_SEND_END (in ack_wait), not before the
+trace: `--preset socket-wait --no-waves` shows it. `--realtime` runs the
 client process at SCHED_FIFO priority (root) so that on a busy machine it reads each response
 when it arrives rather than when the scheduler gets to it.
 
@@ -311,9 +312,9 @@ def options(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--client", choices=("processes", "threads", "loop"), default="processes",
                     help="processes: a process per client (default); threads: threads of this process (they read "
                          "late behind one interpreter lock); loop: one process, raw sockets, one selector")
-    ap.add_argument("--waves", action="store_true",
+    ap.add_argument("--waves", action=argparse.BooleanOptionalAction, default=False,
                     help="with --client loop: every connection sends at once, the next wave once all are answered")
-    ap.add_argument("--realtime", action="store_true",
+    ap.add_argument("--realtime", action=argparse.BooleanOptionalAction, default=False,
                     help="with --client loop: the client process at SCHED_FIFO priority while it sends (root)")
     ap.add_argument("--quickack", action="store_true",
                     help="client processes acknowledge responses at once (TCP_QUICKACK): ack_wait then holds "
