@@ -31,7 +31,9 @@ thread sends a finished response in a later pass of its event loop, behind the r
 parses in this one), and that wait is after HTTP_SEND_END (in ack_wait), not before the
 trace: `--preset socket-wait --no-waves` shows it. `--realtime` runs the
 client process at SCHED_FIFO priority (root) so that on a busy machine it reads each response
-when it arrives rather than when the scheduler gets to it.
+when it arrives rather than when the scheduler gets to it; the loop client also asks its kernel
+to acknowledge each response once read (TCP_QUICKACK), not with its next request (the next
+wave), so ack_wait ends about when the client has the response.
 
     sudo .venv/bin/python bench/wire_frontend.py [--clients 16] [--requests 40] [--body-kb 512] [--threads 1,8]
 

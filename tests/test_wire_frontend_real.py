@@ -50,25 +50,27 @@ def test_socket_wait_grows_where_the_frontend_thread_is_the_bottleneck(
               if j.request_id in sent]
     assert len(joined) == len(sent)
 
-    def figures(prefix: str) -> tuple[float, float, float]:
-        """Mean socket_wait, mean gap (client send -> receipt less Triton's RECV_START -> SEND_END),
-        the share of the prefix's requests joined."""
+    def figures(prefix: str) -> tuple[float, float, float, float]:
+        """Mean and median socket_wait, mean gap (client send -> receipt less Triton's RECV_START ->
+        SEND_END), the share of the prefix's requests joined."""
         mine = [j for j in joined if (j.request_id or "").startswith(prefix)]
         ok = [j for j in mine if j.wire is not None]
         waits = [j.wire.socket_wait_ns for j in ok if j.wire is not None]
         gaps = [sent[j.request_id or ""].receipt_ns - sent[j.request_id or ""].send_ns
                 - (j.stamps["HTTP_SEND_END"] - j.stamps["HTTP_RECV_START"]) for j in ok]
-        return statistics.fmean(waits) / 1e6, statistics.fmean(gaps) / 1e6, len(ok) / len(mine)
+        return (statistics.fmean(waits) / 1e6, statistics.median(waits) / 1e6, statistics.fmean(gaps) / 1e6,
+                len(ok) / len(mine))
 
-    wait_alone, gap_alone, joined_alone = figures("a")
-    wait_burst, gap_burst, joined_burst = figures("w")
+    wait_alone, median_alone, gap_alone, joined_alone = figures("a")
+    wait_burst, median_burst, gap_burst, joined_burst = figures("w")
     print(f"\none at a time: socket_wait {wait_alone:.2f} ms of a {gap_alone:.2f} ms gap; "
           f"{BURST} at once: socket_wait {wait_burst:.2f} ms of a {gap_burst:.2f} ms gap "
           f"({wait_burst / gap_burst:.0%}); joined {joined_alone:.0%} / {joined_burst:.0%}; "
           f"client at {'realtime' if realtime else 'normal'} priority")
     assert joined_alone >= 0.95 and joined_burst >= 0.95
-    # the burst's requests wait for the thread (the k-th for k-1 requests' inflating and parsing) ...
-    assert wait_burst > 4 * wait_alone and wait_burst > 1.0, (wait_alone, wait_burst)
+    # the burst's requests wait for the thread (the k-th for k-1 requests' inflating and parsing);
+    # medians: one request alone that the scheduler held up must not decide it ...
+    assert median_burst > 4 * median_alone and median_burst > 1.0, (median_alone, median_burst)
     # ... and that wait is most of what the clients see and Triton's trace does not (measured here:
-    # 96-98 % with the client at realtime priority, 65-76 % without)
+    # 95-98 % with the client at realtime priority, 65-76 % without)
     assert wait_burst >= (0.75 if realtime else 0.5) * gap_burst, (wait_burst, gap_burst, realtime)

@@ -86,7 +86,8 @@ def loop_clients(port: int, clients: int, requests: int, body: Body, waves: bool
     """`clients` keep-alive connections of this process, `requests` each (ids prefix{c}-{k}): each
     sends its next request as soon as it read a response, or (`waves`) every connection sends at
     once and the next wave starts when every response is in. Every body is built before the first
-    is sent. `realtime`: the process runs at SCHED_FIFO (root) while it sends, so that on a busy
+    is sent; a response read whole is acknowledged at once (TCP_QUICKACK), so the server sees its
+    ACK when the client has it, not with the client's next request. `realtime`: the process runs at SCHED_FIFO (root) while it sends, so that on a busy
     machine it reads each response when it arrives (call it in a process of its own)."""
     conns = []
     for c in range(clients):
@@ -119,6 +120,8 @@ def loop_clients(port: int, clients: int, requests: int, body: Body, waves: bool
                 conn.buf += chunk
                 if not conn.response_done():
                     continue
+                # acknowledged now, not with the next request (a wave's next request can be ms away)
+                conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
                 out.append(Sent(conn.payloads[conn.next][0], conn.local_port, conn.sent_ns, time.monotonic_ns()))
                 conn.next += 1
                 if conn.next == requests:
