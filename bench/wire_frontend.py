@@ -273,7 +273,7 @@ def report(threads: int, opts: argparse.Namespace, sent: list[Sent], joined: lis
 
     waves = " in waves" if opts.client == "loop" and opts.waves else ""
     print(f"\n--http-thread-count {threads}: {opts.clients} keep-alive clients ({opts.client}{waves}) "
-          f"x {opts.requests} requests, {opts.body} bodies of {opts.body_kb} KiB, {len(sent) / seconds:.0f} req/s; "
+          f"x {opts.requests} requests, {opts.body} bodies of {opts.body_kb} KiB, {len(sent) / seconds:.0f} req/s with the bodies' building; "
           f"joins: {dict(results)}")
     print(f"  client send -> receipt        {ms(client)}")
     print(f"  Triton http_infer             {ms(triton_says)}")
