@@ -100,10 +100,10 @@ def loop_clients(port: int, clients: int, requests: int, body: Body, waves: bool
     sel = selectors.DefaultSelector()
     for conn in conns:
         sel.register(conn.sock, selectors.EVENT_READ, conn)
-    if realtime:
-        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
     out: list[Sent] = []
     try:
+        if realtime:
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
         idle: list[_Conn] = []
         for conn in conns:
             conn.send()
