@@ -283,14 +283,15 @@ _SPAN_ROWS = [STAGES.index(stage) for stage, _, _ in SPANS]
 
 
 def anatomy(stamps: npt.NDArray[np.int64], extra_of: Callable[[int], Extra],
-            failed: npt.NDArray[np.bool_] | None = None, model: npt.NDArray[np.int64] | None = None) -> Anatomy:
+            failed: npt.NDArray[np.bool_] | None = None, model: npt.NDArray[np.int64] | None = None,
+            model_gaps: npt.NDArray[np.int64] | None = None) -> Anatomy:
     """The stage table over every row of a stamps matrix; extra_of(row) gives the every
-    occurrence of the names a row repeats more than twice; `failed` the rows the source
-    says failed; `model` the rows' request model where the C scanner computed it as each
-    trace finished (scan_model()), so only streaming rows are redone here. Cancelled
-    requests have no response stages and no timeline."""
+    occurrence of the names a row repeats more than twice; `failed` the rows the source says
+    failed; `model` the rows' request model where the C scanner computed it (scan_model()), so
+    only streaming rows are redone here (none where it had every occurrence: `model_gaps` then
+    holds their (row, gap) pairs). Cancelled requests have no response stages and no timeline."""
     if model is not None:
-        return _scanned_anatomy(stamps, extra_of, failed, model)
+        return _scanned_anatomy(stamps, extra_of, failed, model, model_gaps)
     n = stamps.shape[0]
     by_column = np.ascontiguousarray(stamps.T)  # one column a contiguous row: the math below is per column
     out = np.full((len(STAGES), n), -1, dtype=np.int64)  # transposed back at the end
@@ -308,8 +309,7 @@ def anatomy(stamps: npt.NDArray[np.int64], extra_of: Callable[[int], Extra],
             present &= ~bad
         out[col[stage]] = np.where(present, d, -1)
 
-    stamps_in = stamps
-    stamps = by_column
+    stamps_in, stamps = stamps, by_column
     sa, sb = stamps[_SPAN_STARTS], stamps[_SPAN_ENDS]  # every span at once, a few array operations
     d = sb - sa
     present = (sa >= 0) & (sb >= 0)
@@ -359,8 +359,7 @@ def anatomy(stamps: npt.NDArray[np.int64], extra_of: Callable[[int], Extra],
 
     sends = (np.maximum(_col(stamps, "HTTP_SEND_END" + COUNT_SUFFIX), 0)
              + np.maximum(_col(stamps, "GRPC_SEND_END" + COUNT_SUFFIX), 0))
-    done_count = _col(stamps, "INFER_RESPONSE_COMPLETE" + COUNT_SUFFIX)
-    responses = np.where(sends > 0, sends, np.maximum(done_count, 1))
+    responses = np.where(sends > 0, sends, np.maximum(_col(stamps, "INFER_RESPONSE_COMPLETE" + COUNT_SUFFIX), 1))
     gap_rows: list[int] = []
     gaps: list[int] = []
     both_frontends = (_col(stamps, "HTTP_SEND_END") >= 0) & (_col(stamps, "GRPC_SEND_END") >= 0)
@@ -395,7 +394,7 @@ _SEG_KIND = {"send": 1, "between_responses": 2, "cache_hit": 3}  # else a span b
 # a scanner model row: the SPANS' durations, then these, then the segments
 M_E2E, M_FIRST, M_OUTCOME, M_NEGATIVE, M_IMPLAUSIBLE, M_FLAGS, M_ARRIVAL, M_END = range(len(SPANS), len(SPANS) + 8)
 M_SEGMENTS = len(SPANS) + 8
-F_TIMED, F_FRONTEND, F_STREAMING = 1, 2, 4
+F_TIMED, F_FRONTEND, F_STREAMING, F_EXACT = 1, 2, 4, 8  # F_EXACT: a streaming row model_rows finished
 
 
 def scan_model() -> tuple[int, ...]:
@@ -416,7 +415,8 @@ def scan_model() -> tuple[int, ...]:
 
 
 def _scanned_anatomy(stamps: npt.NDArray[np.int64], extra_of: Callable[[int], Extra],
-                     failed: npt.NDArray[np.bool_] | None, model: npt.NDArray[np.int64]) -> Anatomy:
+                     failed: npt.NDArray[np.bool_] | None, model: npt.NDArray[np.int64],
+                     model_gaps: npt.NDArray[np.int64] | None) -> Anatomy:
     n = stamps.shape[0]
     by_stage = np.empty((len(STAGES), n), dtype=np.int64)  # a stage's rows contiguous, as anatomy() gives
     by_stage[:len(SPANS)] = model[:, :len(SPANS)].T
@@ -425,7 +425,8 @@ def _scanned_anatomy(stamps: npt.NDArray[np.int64], extra_of: Callable[[int], Ex
     durations = by_stage.T
     flags = model[:, M_FLAGS]
     timed = (flags & F_TIMED) != 0
-    streaming = np.flatnonzero(flags & F_STREAMING)
+    exact = F_EXACT if model_gaps is not None else 0  # model_rows finishes them all or none; no gaps: redone
+    streaming = np.flatnonzero((flags & (F_STREAMING | exact)) == F_STREAMING)
     segments = model[:, M_SEGMENTS:]
     outcome = model[:, M_OUTCOME].astype(np.int8)
     if failed is not None:
@@ -433,8 +434,7 @@ def _scanned_anatomy(stamps: npt.NDArray[np.int64], extra_of: Callable[[int], Ex
     sends = (np.maximum(stamps[:, COLUMN["HTTP_SEND_END" + COUNT_SUFFIX]], 0)
              + np.maximum(stamps[:, COLUMN["GRPC_SEND_END" + COUNT_SUFFIX]], 0))
     responses = np.where(sends > 0, sends, np.maximum(stamps[:, COLUMN["INFER_RESPONSE_COMPLETE" + COUNT_SUFFIX]], 1))
-    gap_rows: list[int] = []
-    gaps: list[int] = []
+    gap_rows, gaps = ([], []) if model_gaps is None else (model_gaps[:, 0].tolist(), model_gaps[:, 1].tolist())
     if len(streaming):
         segments = segments.copy()  # the scanner's rows are read-only; streaming rows are redone
         for i in streaming.tolist():

@@ -74,7 +74,8 @@ typedef struct Model {
     int width;
 } Model;
 enum { SEG_SPAN = 0, SEG_SEND = 1, SEG_BETWEEN = 2, SEG_UNCOMPUTED = 3 };
-enum { F_TIMED = 1, F_FRONTEND = 2, F_STREAMING = 4 };
+/* F_EXACT: a streaming row whose segments and gaps model_rows computed with every occurrence */
+enum { F_TIMED = 1, F_FRONTEND = 2, F_STREAMING = 4, F_EXACT = 8 };
 enum { O_ANSWERED = 0, O_CANCELLED = 1, O_CACHE_HIT = 2 };
 
 static inline uint64_t hash64(int64_t k) {
@@ -267,6 +268,115 @@ static void derive(const Model *m, const int64_t *st, int64_t *o) {
         b[j] = (x >= 0 && y >= 0) ? y : -1;
     }
     sweep(a, b, m->k, timed ? arrival : 0, timed ? end : 0, o + n + 8);
+}
+
+/* ---- streaming rows: every occurrence (model_rows with the rows' extra occurrences) ---- */
+
+static int cmp_i64(const void *x, const void *y) {
+    int64_t a = *(const int64_t *)x, b = *(const int64_t *)y;
+    return (a > b) - (a < b);
+}
+
+typedef struct { int64_t t; int delta, seg; } Ev;
+
+static int cmp_ev(const void *x, const void *y) {
+    const Ev *a = x, *b = y;
+    if (a->t != b->t) return (a->t > b->t) - (a->t < b->t);
+    if (a->delta != b->delta) return a->delta - b->delta;
+    return a->seg - b->seg;
+}
+
+/* Every time of the repeated column col in one row (stages.occurrences): the row's extra
+ * (code, ns) pairs sorted where it occurred more than twice. buf holds exn + 2. */
+static Py_ssize_t occurrences(const Scanner *s, const int64_t *st, const int64_t *ex, Py_ssize_t exn, int col,
+                              int64_t *buf) {
+    if (col >= s->nnames || s->count_col[col] < 0) return 0;
+    int64_t count = st[s->count_col[col]];
+    Py_ssize_t n = 0;
+    if (count >= 3) {
+        for (Py_ssize_t i = 0; i < exn; i++) if (ex[3 * i + 1] == col) buf[n++] = ex[3 * i + 2];
+        qsort(buf, (size_t)n, sizeof(int64_t), cmp_i64);
+    } else if (count == 2) {
+        buf[0] = st[s->first_col[col]]; buf[1] = st[col]; n = 2;
+    } else if (count == 1) {
+        buf[0] = st[col]; n = 1;
+    }
+    return n;
+}
+
+/* A streaming row's segments (stages.trace_segments: every response's send an interval of its
+ * own, swept as exclusive_reference does) into seg[k + 1], and its gaps between responses
+ * (stages.response_times) appended to *gaps as (row, gap). -1: no memory. */
+static int stream_row(const Scanner *s, const int64_t *st, const int64_t *ex, Py_ssize_t exn, Py_ssize_t row,
+                      int64_t lo, int64_t hi, int64_t *seg, int64_t **gaps, Py_ssize_t *ngaps, Py_ssize_t *gcap) {
+    const Model *m = s->model;
+    Py_ssize_t cap = exn + 2;
+    int64_t *buf = PyMem_Malloc(6 * cap * sizeof(int64_t));
+    int64_t *ia = PyMem_Malloc((2 * cap + m->k) * 3 * sizeof(int64_t));
+    Ev *ev = PyMem_Malloc((2 * cap + m->k) * 2 * sizeof(Ev));
+    int rc = -1;
+    if (!buf || !ia || !ev) { PyErr_NoMemory(); goto done; }
+    int64_t *hs = buf, *he = buf + cap, *gs = buf + 2 * cap, *ge = buf + 3 * cap, *tm = buf + 4 * cap;
+    Py_ssize_t nhs = occurrences(s, st, ex, exn, m->http_send_start, hs);
+    Py_ssize_t nhe = occurrences(s, st, ex, exn, m->http_send_end, he);
+    Py_ssize_t ngs = occurrences(s, st, ex, exn, m->grpc_send_start, gs);
+    Py_ssize_t nge = occurrences(s, st, ex, exn, m->grpc_send_end, ge);
+    /* response times: the sends' ends, else the responses' completions, else the release */
+    Py_ssize_t nt = 0;
+    for (Py_ssize_t i = 0; i < nhe; i++) tm[nt++] = he[i];
+    for (Py_ssize_t i = 0; i < nge; i++) tm[nt++] = ge[i];
+    if (nt) qsort(tm, (size_t)nt, sizeof(int64_t), cmp_i64);
+    else nt = occurrences(s, st, ex, exn, m->done, tm);
+    if (!nt) { tm[0] = st[m->released]; nt = 1; }
+    int computed = any_present(st, m->compute, m->ncompute);
+    Py_ssize_t ni = 0;
+    for (int j = 0; j < m->k; j++) {
+        if (m->seg_kind[j] == SEG_SEND) {
+            for (Py_ssize_t i = 0; i < nhs && i < nhe; i++) { ia[3 * ni] = j; ia[3 * ni + 1] = hs[i]; ia[3 * ni++ + 2] = he[i]; }
+            for (Py_ssize_t i = 0; i < ngs && i < nge; i++) { ia[3 * ni] = j; ia[3 * ni + 1] = gs[i]; ia[3 * ni++ + 2] = ge[i]; }
+        } else if (m->seg_kind[j] == SEG_BETWEEN) {
+            ia[3 * ni] = j; ia[3 * ni + 1] = max2(st[m->released], tm[0]); ia[3 * ni++ + 2] = hi;
+        } else if (st[m->seg_a[j]] >= 0 && st[m->seg_b[j]] >= 0 && (m->seg_kind[j] != SEG_UNCOMPUTED || !computed)) {
+            ia[3 * ni] = j; ia[3 * ni + 1] = st[m->seg_a[j]]; ia[3 * ni++ + 2] = st[m->seg_b[j]];
+        }
+    }
+    Py_ssize_t ne = 0;
+    for (Py_ssize_t i = 0; i < ni; i++) {
+        int64_t a = ia[3 * i + 1], b = ia[3 * i + 2];
+        if (b > a && a < hi && b > lo) {
+            ev[ne++] = (Ev){a > lo ? a : lo, 1, (int)ia[3 * i]};
+            ev[ne++] = (Ev){b < hi ? b : hi, -1, (int)ia[3 * i]};
+        }
+    }
+    qsort(ev, (size_t)ne, sizeof(Ev), cmp_ev);
+    int64_t active[MAX_SEGS + 1] = {0};
+    int nseg = m->k + 1;
+    for (int j = 0; j < nseg; j++) seg[j] = 0;
+    int64_t at = lo;
+    for (Py_ssize_t i = 0; i < ne; i++) {
+        if (ev[i].t > at) {
+            int owner = nseg - 1;
+            for (int j = 0; j < nseg - 1; j++) if (active[j]) { owner = j; break; }
+            seg[owner] += ev[i].t - at;
+            at = ev[i].t;
+        }
+        active[ev[i].seg] += ev[i].delta;
+    }
+    seg[nseg - 1] += hi - at;
+    if (*ngaps + nt > *gcap) {
+        Py_ssize_t c = *gcap ? *gcap : 64;
+        while (c < *ngaps + nt) c *= 2;
+        int64_t *g = PyMem_Realloc(*gaps, c * 2 * sizeof(int64_t));
+        if (!g) { PyErr_NoMemory(); goto done; }
+        *gaps = g; *gcap = c;
+    }
+    for (Py_ssize_t i = 1; i < nt; i++) {
+        (*gaps)[2 * *ngaps] = row; (*gaps)[2 * *ngaps + 1] = tm[i] - tm[i - 1]; (*ngaps)++;
+    }
+    rc = 0;
+done:
+    PyMem_Free(buf); PyMem_Free(ia); PyMem_Free(ev);
+    return rc;
 }
 
 /* Move the oldest open trace to the output. */
@@ -742,23 +852,59 @@ static PyObject *Scanner_set_model(Scanner *s, PyObject *arg) {
     return PyLong_FromLong(m->width);
 }
 
-/* model_rows(stamps) -> bytes: derive() over each row of a C-contiguous int64 [n, ncols] matrix
- * (rows assembled by Python, e.g. from OTLP spans), the same request model a scanned trace gets. */
-static PyObject *Scanner_model_rows(Scanner *s, PyObject *arg) {
+/* model_rows(stamps[, extra]) -> bytes: derive() over each row of a C-contiguous int64 [n, ncols] matrix
+ * (rows assembled by Python, e.g. from OTLP spans), the same request model a scanned trace gets.
+ * With extra, the rows' (row, code, ns) occurrences sorted by row (TraceBatch.extra): streaming rows
+ * are done here too (flag F_EXACT), and the result is (model, gaps), gaps (row, gap) int64 pairs. */
+static PyObject *Scanner_model_rows(Scanner *s, PyObject *args) {
+    PyObject *arg, *extra = NULL;
+    if (!PyArg_ParseTuple(args, "O|O", &arg, &extra)) return NULL;
     if (!s->model_set) { PyErr_SetString(PyExc_ValueError, "model_rows: set_model first"); return NULL; }
-    Py_buffer b;
+    Py_buffer b, e = {0};
     if (PyObject_GetBuffer(arg, &b, PyBUF_C_CONTIGUOUS) < 0) return NULL;
-    PyObject *res = NULL;
+    if (extra && PyObject_GetBuffer(extra, &e, PyBUF_C_CONTIGUOUS) < 0) { PyBuffer_Release(&b); return NULL; }
+    PyObject *res = NULL, *model = NULL;
+    int64_t *gaps = NULL;
+    Py_ssize_t ngaps = 0, gcap = 0;
     Py_ssize_t row = s->ncols * (Py_ssize_t)sizeof(int64_t);
     if (b.len % row != 0) { PyErr_SetString(PyExc_ValueError, "model_rows: not whole rows"); goto done; }
-    Py_ssize_t n = b.len / row;
-    res = PyBytes_FromStringAndSize(NULL, n * s->model->width * (Py_ssize_t)sizeof(int64_t));
-    if (!res) goto done;
+    Py_ssize_t n = b.len / row, width = s->model->width;
+    Py_ssize_t exn = extra ? e.len / (3 * (Py_ssize_t)sizeof(int64_t)) : 0;
+    const int64_t *ex = extra ? e.buf : NULL;
+    if (extra && e.len != exn * 3 * (Py_ssize_t)sizeof(int64_t)) {
+        PyErr_SetString(PyExc_ValueError, "model_rows: extra is not (row, code, ns) triples"); goto done;
+    }
+    for (Py_ssize_t i = 0; i < exn; i++)
+        if (ex[3 * i] < 0 || ex[3 * i] >= n || (i && ex[3 * i] < ex[3 * i - 3])) {
+            PyErr_SetString(PyExc_ValueError, "model_rows: extra rows out of order"); goto done;
+        }
+    model = PyBytes_FromStringAndSize(NULL, n * width * (Py_ssize_t)sizeof(int64_t));
+    if (!model) goto done;
     const int64_t *st = b.buf;
-    int64_t *out = (int64_t *)PyBytes_AS_STRING(res);
-    for (Py_ssize_t r = 0; r < n; r++) derive(s->model, st + r * s->ncols, out + r * s->model->width);
+    int64_t *out = (int64_t *)PyBytes_AS_STRING(model);
+    Py_ssize_t x = 0;
+    for (Py_ssize_t r = 0; r < n; r++) {
+        int64_t *o = out + r * width;
+        derive(s->model, st + r * s->ncols, o);
+        Py_ssize_t x0 = x;
+        while (x < exn && ex[3 * x] == r) x++;
+        int64_t *flags = &o[s->model->nspans + 5];
+        if (extra && (*flags & F_STREAMING)) {
+            int64_t lo = o[s->model->nspans + 6], hi = o[s->model->nspans + 7];
+            if (stream_row(s, st + r * s->ncols, ex + 3 * x0, x - x0, r, lo, hi, o + s->model->nspans + 8,
+                           &gaps, &ngaps, &gcap) < 0) goto done;
+            *flags |= F_EXACT;
+        }
+    }
+    if (!extra) { res = model; model = NULL; goto done; }
+    PyObject *g = PyBytes_FromStringAndSize((const char *)gaps, ngaps * 2 * (Py_ssize_t)sizeof(int64_t));
+    if (g) res = PyTuple_Pack(2, model, g);
+    Py_XDECREF(g);
 done:
+    Py_XDECREF(model);
+    PyMem_Free(gaps);
     PyBuffer_Release(&b);
+    if (extra) PyBuffer_Release(&e);
     return res;
 }
 
@@ -866,7 +1012,8 @@ static PyMethodDef Scanner_methods[] = {
     {"inject_extra", (PyCFunction)Scanner_inject_extra, METH_VARARGS, "(id, code >= ncols, ns): a custom activity"},
     {"lookup", (PyCFunction)Scanner_lookup, METH_O, "(parent, stamps) of an open trace, or None"},
     {"set_model", (PyCFunction)Scanner_set_model, METH_O, "the request model's columns (stages.scan_model()); -> row width"},
-    {"model_rows", (PyCFunction)Scanner_model_rows, METH_O, "model_rows(stamps) -> bytes: the request model of each row"},
+    {"model_rows", (PyCFunction)Scanner_model_rows, METH_VARARGS,
+     "model_rows(stamps[, extra]) -> bytes, or (bytes, gaps) with extra: the request model of each row"},
     {"finish_all", (PyCFunction)Scanner_finish_all, METH_NOARGS, "finish every open trace"},
     {"take", (PyCFunction)Scanner_take, METH_NOARGS, "the finished traces as columns"},
     {NULL, NULL, 0, NULL},

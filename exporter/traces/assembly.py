@@ -90,6 +90,7 @@ class TraceBatch:
     trace_ids: list[str] | None = None  # per row, the W3C trace id where there is one (OTLP)
     failed: npt.NDArray[np.bool_] | None = None  # rows the source says failed; None: no such rows
     model: npt.NDArray[np.int64] | None = None  # the C scanner's request model per row (stages.scan_model)
+    model_gaps: npt.NDArray[np.int64] | None = None  # (row, gap) of streaming rows the model finished
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -186,7 +187,17 @@ class TraceBatch:
         every = len(rows) == len(self)  # rows are ascending: all of them, in order, need no copy
         return anatomy(self.stamps if every else self.stamps[rows], lambda i: self.repeats(int(rows[i])),
                        None if self.failed is None else self.failed[rows],
-                       None if self.model is None else self.model if every else self.model[rows])
+                       None if self.model is None else self.model if every else self.model[rows],
+                       self.model_gaps if every else self._gaps_of(rows))
+
+    def _gaps_of(self, rows: npt.NDArray[np.intp]) -> npt.NDArray[np.int64] | None:
+        """model_gaps of the given (ascending) rows, renumbered as their index in rows."""
+        g = self.model_gaps
+        if g is None or not len(g):
+            return g
+        pos = np.searchsorted(rows, g[:, 0])
+        keep = (pos < len(rows)) & (rows[np.minimum(pos, len(rows) - 1)] == g[:, 0]) if len(rows) else pos < 0
+        return np.column_stack([pos[keep], g[keep, 1]]).astype(np.int64)
 
     def custom_spans(self, rows: npt.NDArray[np.intp]) -> Iterator[tuple[int, str, int]]:
         """(index into rows, stage, ns) of the custom activity spans of the given rows."""
@@ -221,7 +232,7 @@ class TraceBatch:
                           [self.request_ids[i] for i in rows.tolist()], extra, self.customs,
                           None if self.trace_ids is None else [self.trace_ids[i] for i in rows.tolist()],
                           None if self.failed is None else self.failed[rows],
-                          None if self.model is None else self.model[rows])
+                          None if self.model is None else self.model[rows], self._gaps_of(rows))
 
 
 class MergeWindow:

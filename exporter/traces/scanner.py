@@ -173,5 +173,8 @@ def with_model(batch: TraceBatch) -> TraceBatch:
         sc = _scan.Scanner(NAMES, NCOLS, FIRST_COL, COUNT_COL, 1)
         _MODEL = (sc, sc.set_model(scan_model()))
     sc, width = _MODEL
-    batch.model = np.frombuffer(sc.model_rows(np.ascontiguousarray(batch.stamps)), dtype=np.int64).reshape(-1, width)
+    # with the rows' every occurrence: streaming rows (Triton's streams) are finished in C too
+    model, gaps = sc.model_rows(np.ascontiguousarray(batch.stamps), np.ascontiguousarray(batch.extra))
+    batch.model = np.frombuffer(model, dtype=np.int64).reshape(-1, width)
+    batch.model_gaps = np.frombuffer(gaps, dtype=np.int64).reshape(-1, 2)
     return batch
