@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import math
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -190,6 +191,10 @@ def _fraction_bounds(schema: int) -> npt.NDArray[np.float64]:
     return np.asarray([2.0 ** (j / n - 1.0) for j in range(n)], dtype=np.float64)
 
 
+_FRACTIONS: list[float] = _fraction_bounds(STORE_SCHEMA).tolist()  # Histogram.fill's, one value at a time
+_PER_EXP = 1 << STORE_SCHEMA
+
+
 def native_index(values: npt.ArrayLike, schema: int) -> npt.NDArray[np.int64]:
     """Native bucket index of each positive value: the k with base**(k-1) < v <= base**k, against
     the float64 bounds (a value equal to a bound lands in that bound's bucket)."""
@@ -329,6 +334,26 @@ class Histogram:
     def copy(self) -> Histogram:
         return Histogram(self.bounds, list(self.counts), self.total, self.count,
                          None if self.native is None else dict(self.native), self.zero)
+
+    def fill(self, values: Sequence[int], unit: float) -> None:
+        """Add integer observations one by one (a few: a vectorised fill costs more per call): the
+        buckets, count, exact sum and native buckets of value / unit (native_index's float math)."""
+        bounds, counts = self.bounds, self.counts
+        native: dict[int, int] = {}
+        for v in values:
+            counts[bisect_left(bounds, v)] += 1
+            if v > 0:
+                frac, exp = math.frexp(v / unit)
+                k = bisect_left(_FRACTIONS, frac) + (exp - 1) * _PER_EXP
+                native[k] = native.get(k, 0) + 1
+            else:
+                self.zero += 1
+        self.count += len(values)
+        self.total += sum(values)
+        if self.native is not None:
+            mine = self.native
+            for k in sorted(native):
+                mine[k] = mine.get(k, 0) + native[k]
 
     def native_buckets(self) -> NativeBuckets | None:
         return None if self.native is None else NativeBuckets(STORE_SCHEMA, self.zero, self.native)

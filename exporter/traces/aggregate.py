@@ -56,6 +56,10 @@ class TraceAggregate:
     last_ingest: float = 0.0
     # newest exemplar per series and bucket; not persisted (they describe recent traces)
     exemplars: dict[SeriesKey, dict[int, Exemplar]] = field(default_factory=dict)
+    # a delta's observations not binned yet (small batches: stage ns, responses per request), binned
+    # by merged()/absorb() and journaled as they are: a POST's few values, not its whole histograms
+    values: dict[SeriesKey, list[int]] = field(default_factory=dict)
+    response_values: dict[SeriesKey, list[int]] = field(default_factory=dict)
 
     def reject(self, reason: str, n: int = 1) -> None:
         self.rejected[reason] += n
@@ -216,8 +220,8 @@ class TraceAggregate:
         one shares every series the delta does not touch with self: a commit costs what it changed
         (plus a C-level copy of the mappings), not a copy of every histogram."""
         out = TraceAggregate(self.bounds_ns)
-        out.histograms = _merged(self.histograms, delta.histograms)
-        out.responses = _merged(self.responses, delta.responses)
+        out.histograms = _merged(self.histograms, delta.histograms, delta.values, self.bounds_ns, 1e9)
+        out.responses = _merged(self.responses, delta.responses, delta.response_values, RESPONSE_BOUNDS, 1.0)
         out.traces = _added(self.traces, delta.traces)
         out.outcomes = _added(self.outcomes, delta.outcomes)
         out.timeline = _added(self.timeline, delta.timeline)
@@ -242,6 +246,10 @@ class TraceAggregate:
                     mine[k].merge(h)
                 else:
                     mine[k] = h.copy()
+        for mine, values, bounds, unit in ((self.histograms, delta.values, self.bounds_ns, 1e9),
+                                           (self.responses, delta.response_values, RESPONSE_BOUNDS, 1.0)):
+            for k, vs in values.items():
+                mine.setdefault(k, Histogram(bounds)).fill(vs, unit)
         self.traces += delta.traces  # Counter +=, like +, keeps only positive counts
         self.outcomes += delta.outcomes
         self.timeline += delta.timeline
@@ -288,6 +296,8 @@ class TraceAggregate:
             "r": [[ref(k), *sparse(h)] for k, h in self.responses.items()],
             "l": [[ref(k[:-1]), k[-1], n] for k, n in self.timeline.items()],
             "j": [[ref(k[:-1]), k[-1], n] for k, n in self.joins.items()],
+            "v": [[ref(k[:-1]), k[-1], vs] for k, vs in self.values.items()],
+            "rv": [[ref(k), vs] for k, vs in self.response_values.items()],
             "files": dict(self.files),
             "rejected": dict(self.rejected),
             "models": sorted([m, ver] for m, ver in self.models),
@@ -320,6 +330,8 @@ class TraceAggregate:
                 h = agg.histograms[(*at(table, b), last)] = Histogram(
                     bounds_ns, dense(len(bounds_ns) + 1, idx, counts), int(total), int(count))
                 h.load_native(native[0] if native else None)
+            agg.values = {(*at(table, b), str(last)): [_count(x) for x in vs] for b, last, vs in v.get("v", [])}
+        agg.response_values = {at(table, b): [_count(x) for x in vs] for b, vs in v.get("rv", [])}
         agg.traces = Counter({at(table, b): int(n) for b, n in v.get("t", [])})
         agg.outcomes = Counter({(*at(table, b), str(o)): _count(n) for b, o, n in v.get("o", [])})
         for b, idx, counts, total, count, *native in v.get("r", []):
@@ -394,9 +406,10 @@ def _native_counts(series: npt.NDArray[np.int64], values: npt.NDArray[np.int64],
     return out
 
 
-def _merged(a: dict[SeriesKey, Histogram], b: dict[SeriesKey, Histogram]) -> dict[SeriesKey, Histogram]:
-    """a + b, neither changed: the histograms b touches are new, the others are a's own (shared,
-    never changed in place once committed)."""
+def _merged(a: dict[SeriesKey, Histogram], b: dict[SeriesKey, Histogram], values: dict[SeriesKey, list[int]],
+            bounds: tuple[int, ...], unit: float) -> dict[SeriesKey, Histogram]:
+    """a + b + values (observations in 1/unit), none changed: the histograms b or values touch are
+    new, the others are a's own (shared, never changed in place once committed)."""
     out = dict(a)
     for k, h in b.items():
         mine = out.get(k)
@@ -405,6 +418,10 @@ def _merged(a: dict[SeriesKey, Histogram], b: dict[SeriesKey, Histogram]) -> dic
         else:
             out[k] = mine = mine.copy()
             mine.merge(h)
+    for k, vs in values.items():
+        mine = out.get(k)
+        out[k] = mine = Histogram(bounds) if mine is None else mine if k in b else mine.copy()
+        mine.fill(vs, unit)
     return out
 
 

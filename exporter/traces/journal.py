@@ -29,8 +29,10 @@ import msgspec
 
 from .checkpoint import StateWriteError, write_durably
 
-JOURNAL_VERSION = 2  # 2: named fields; 1 (one-letter keys) is still read
-JOURNAL_VERSIONS = (1, 2)
+# 3: small batches' observations as values ("v", "rv": an earlier version would drop them, so it
+# refuses the journal); 2: named fields; 1: one-letter keys. 1 and 2 are still read.
+JOURNAL_VERSION = 3
+JOURNAL_VERSIONS = (1, 2, 3)
 _HEAD = b'{"c":"'
 _MID = b'","r":'
 _BODY = len(_HEAD) + 32 + len(_MID)  # where a record's JSON starts in its line
@@ -93,7 +95,7 @@ def read_journal(path: str, base: str) -> JournalRead:
         if head["base"] != base or not base:
             return JournalRead(stale=True)
         out = JournalRead(upgraded=head["journal"] != JOURNAL_VERSION)
-        number = "number" if not out.upgraded else "n"
+        number = "n" if head["journal"] == 1 else "number"
         line = f.readline()
         i = 1
         while line:

@@ -5,52 +5,23 @@ own: numpy's fixed cost per call, paid a few hundred times a batch, was most of 
 This path computes the same thing row by row over Python lists, in the same order, so the
 aggregate it leaves is identical to the vectorised one's (tests/test_small_batches.py feeds the
 same random traces through both and compares the state exactly). The request anatomy itself
-stays the vectorised one (from the C scanner's model where there is one)."""
+stays the vectorised one (from the C scanner's model where there is one). Stage durations and
+responses are left as values in the delta (TraceAggregate.values), binned when it is merged."""
 
 from __future__ import annotations
 
 import time
 from bisect import bisect_left
 from collections.abc import Sequence
-from math import frexp
 
 import numpy as np
 import numpy.typing as npt
 
-from ..histogram import STORE_SCHEMA, Histogram, _fraction_bounds
 from ..stages import ALL_STAGES, INTER_RESPONSE, OUTCOMES, PROTOCOLS, SEGMENTS, Outcome
-from .aggregate import RESPONSE_BOUNDS, Exemplar, SeriesKey, TraceAggregate
+from .aggregate import Exemplar, SeriesKey, TraceAggregate
 from .assembly import TraceBatch
 
 SMALL_ROWS = 64  # batches of at most this many traces take this path (where no socket join runs)
-
-_FRACTIONS: list[float] = _fraction_bounds(STORE_SCHEMA).tolist()
-_PER_EXP = 1 << STORE_SCHEMA
-
-
-def _native(v: int, unit: float) -> int:
-    """histogram.native_index of one positive integer observation in 1/unit (the same float math)."""
-    frac, exp = frexp(v / unit)
-    return bisect_left(_FRACTIONS, frac) + (exp - 1) * _PER_EXP
-
-
-def _fill(h: Histogram, values: list[int], unit: float) -> None:
-    """Add observations to h: buckets, count, exact sum, native buckets (keys added in order)."""
-    bounds = h.bounds
-    native: dict[int, int] = {}
-    for v in values:
-        h.counts[bisect_left(bounds, v)] += 1
-        if v > 0:
-            k = _native(v, unit)
-            native[k] = native.get(k, 0) + 1
-        else:
-            h.zero += 1
-    h.count += len(values)
-    h.total += sum(values)
-    if h.native is not None:
-        for k in sorted(native):
-            h.native[k] = h.native.get(k, 0) + native[k]
-
 
 def observe_small(agg: TraceAggregate, batch: TraceBatch, codes: npt.NDArray[np.int8], labels: Sequence[str],
                   max_models: int, live: TraceAggregate | None = None) -> None:
@@ -138,12 +109,7 @@ def observe_small(agg: TraceAggregate, batch: TraceBatch, codes: npt.NDArray[np.
         for seg, ns in zip(SEGMENTS, sums[g], strict=True):
             agg.timeline[(*bases[g], seg)] += ns
     for g in sorted(answered):
-        h = agg.responses.get(bases[g])
-        if h is None:
-            h = agg.responses[bases[g]] = Histogram(RESPONSE_BOUNDS)
-        add = Histogram(RESPONSE_BOUNDS)
-        _fill(add, answered[g], 1.0)
-        h.merge(add)
+        agg.response_values.setdefault(bases[g], []).extend(answered[g])
 
 
 def _observe(agg: TraceAggregate, series: list[int], dv: list[int], row_i: list[int], keys: list[SeriesKey],
@@ -155,12 +121,8 @@ def _observe(agg: TraceAggregate, series: list[int], dv: list[int], row_i: list[
     for pos, (sid, v) in enumerate(zip(series, dv, strict=True)):
         by_series.setdefault(sid, []).append(v)
         last[(sid, bisect_left(bounds, v))] = pos
-    for sid in sorted(by_series):
-        key = keys[sid]
-        h = agg.histograms.get(key)
-        if h is None:
-            h = agg.histograms[key] = Histogram(bounds)
-        _fill(h, by_series[sid], 1e9)
+    for sid in sorted(by_series):  # binned when the delta is merged (and journaled as they are)
+        agg.values.setdefault(keys[sid], []).extend(by_series[sid])
     now = time.time()
     w3c = batch.trace_ids
     ids = batch.ids
