@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from ..stages import frontend_protocol
 from ..traces.aggregator import TraceAggregator
 from ..traces.assembly import StreamState, Trace, TraceBatch, resolve
 from ..traces.pipeline import Batch, released
@@ -182,17 +183,22 @@ class OtlpIngest:
         ids = new_ids()
         traces: list[Trace] = []
         w3c: dict[int, str] = {}
+        codes: dict[int, int] = {}  # each trace's protocol: a child takes its parent's, which came before it
         for tree in trees:
             for t, trace_id in tree_traces(tree, ids, reject):
                 traces.append(t)
                 w3c[t.id] = trace_id
+                codes[t.id] = int(frontend_protocol(t.stamps)) if t.parent_id is None else codes.get(t.parent_id, -1)
         if not traces:
             return
         assert change.delta is not None
         change.delta.last_ingest = now  # TraceIngestionStalled watches OTLP-fed traces too
         batch = with_model(TraceBatch.from_traces(traces))
-        batch.trace_ids = [w3c[i] for i in batch.ids.tolist()]
-        stream = StreamState()
+        batch.trace_ids = list(w3c.values())
+        if -1 not in codes.values():  # what resolve() gives, without its table of a stream's protocols
+            yield batch, np.fromiter(codes.values(), dtype=np.int8, count=len(codes))
+            return
+        stream = StreamState()  # a chain of ensembles too deep for tree_traces' order
         by_id = {t.id: t for t in traces}
         yield resolve(batch, stream, by_id.get, now, lambda t: None)
         for b, c in released(stream, now, 0, force=True):  # a parent that never came: protocol none
