@@ -338,22 +338,17 @@ class Histogram:
     def fill(self, values: Sequence[int], unit: float) -> None:
         """Add integer observations one by one (a few: a vectorised fill costs more per call): the
         buckets, count, exact sum and native buckets of value / unit (native_index's float math)."""
-        bounds, counts = self.bounds, self.counts
-        native: dict[int, int] = {}
+        bounds, counts, native = self.bounds, self.counts, self.native
         for v in values:
             counts[bisect_left(bounds, v)] += 1
-            if v > 0:
+            if v <= 0:
+                self.zero += 1
+            elif native is not None:
                 frac, exp = math.frexp(v / unit)
                 k = bisect_left(_FRACTIONS, frac) + (exp - 1) * _PER_EXP
                 native[k] = native.get(k, 0) + 1
-            else:
-                self.zero += 1
         self.count += len(values)
         self.total += sum(values)
-        if self.native is not None:
-            mine = self.native
-            for k in sorted(native):
-                mine[k] = mine.get(k, 0) + native[k]
 
     def native_buckets(self) -> NativeBuckets | None:
         return None if self.native is None else NativeBuckets(STORE_SCHEMA, self.zero, self.native)
