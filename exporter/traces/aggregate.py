@@ -294,12 +294,12 @@ class TraceAggregate:
             "t": [[ref(k), n] for k, n in self.traces.items()],
             "o": [[ref(k[:-1]), k[-1], n] for k, n in self.outcomes.items()],
             "r": [[ref(k), *sparse(h)] for k, h in self.responses.items()],
-            "l": [[ref(k[:-1]), k[-1], n] for k, n in self.timeline.items()],
+            "l": [[ref(k[:-1]), k[-1], n] for k, n in self.timeline.items() if n > 0],  # a merge drops the rest
             "j": [[ref(k[:-1]), k[-1], n] for k, n in self.joins.items()],
             "v": [[ref(k[:-1]), k[-1], vs] for k, vs in self.values.items()],
             "rv": [[ref(k), vs] for k, vs in self.response_values.items()],
             "files": dict(self.files),
-            "rejected": dict(self.rejected),
+            "rejected": {r: n for r, n in self.rejected.items() if n > 0},
             "models": sorted([m, ver] for m, ver in self.models),
             "custom_stages": sorted(self.custom_stages),
             "last_ingest": self.last_ingest,
@@ -426,11 +426,12 @@ def _merged(a: dict[SeriesKey, Histogram], b: dict[SeriesKey, Histogram], values
 
 
 def _added(a: Counter[Any], b: Counter[Any]) -> Counter[Any]:
-    """a + b as a new Counter in a's order (b's new keys last), neither changed; b's counts are positive."""
-    if not b:
-        return a.copy()
+    """a + b's positive counts as a new Counter in a's order (b's new keys last), neither changed;
+    a itself where b adds nothing (a committed Counter is never changed in place)."""
+    add = [(k, n) for k, n in b.items() if n > 0]
+    if not add:
+        return a
     out = a.copy()
-    for k, n in b.items():
-        if n > 0:
-            out[k] += n
+    for k, n in add:
+        out[k] += n
     return out
