@@ -191,8 +191,12 @@ def _fraction_bounds(schema: int) -> npt.NDArray[np.float64]:
     return np.asarray([2.0 ** (j / n - 1.0) for j in range(n)], dtype=np.float64)
 
 
-_FRACTIONS: list[float] = _fraction_bounds(STORE_SCHEMA).tolist()  # Histogram.fill's, one value at a time
+_FRACTIONS: tuple[float, ...] = tuple(_fraction_bounds(STORE_SCHEMA).tolist())  # Histogram.fill's, one at a time
 _PER_EXP = 1 << STORE_SCHEMA
+try:  # the same loop in C, where the trace scanner is built (a commit fills every series a POST touched)
+    from .traces._scan import fill as _fill_c  # type: ignore[import-not-found,unused-ignore]
+except ImportError:
+    _fill_c = None
 
 
 def native_index(values: npt.ArrayLike, schema: int) -> npt.NDArray[np.int64]:
@@ -335,18 +339,21 @@ class Histogram:
         return Histogram(self.bounds, list(self.counts), self.total, self.count,
                          None if self.native is None else dict(self.native), self.zero)
 
-    def fill(self, values: Sequence[int], unit: float) -> None:
+    def fill(self, values: list[int], unit: float) -> None:
         """Add integer observations one by one (a few: a vectorised fill costs more per call): the
         buckets, count, exact sum and native buckets of value / unit (native_index's float math)."""
-        bounds, counts, native = self.bounds, self.counts, self.native
-        for v in values:
-            counts[bisect_left(bounds, v)] += 1
-            if v <= 0:
-                self.zero += 1
-            elif native is not None:
-                frac, exp = math.frexp(v / unit)
-                k = bisect_left(_FRACTIONS, frac) + (exp - 1) * _PER_EXP
-                native[k] = native.get(k, 0) + 1
+        if _fill_c is not None and len(self.counts) == len(self.bounds) + 1:
+            self.zero += _fill_c(self.counts, self.native, self.bounds, _FRACTIONS, _PER_EXP, values, unit)
+        else:
+            bounds, counts, native = self.bounds, self.counts, self.native
+            for v in values:
+                counts[bisect_left(bounds, v)] += 1
+                if v <= 0:
+                    self.zero += 1
+                elif native is not None:
+                    frac, exp = math.frexp(v / unit)
+                    k = bisect_left(_FRACTIONS, frac) + (exp - 1) * _PER_EXP
+                    native[k] = native.get(k, 0) + 1
         self.count += len(values)
         self.total += sum(values)
 

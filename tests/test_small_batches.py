@@ -121,3 +121,23 @@ def test_model_rows_refuses_a_partial_row() -> None:
     assert len(sc.model_rows(b.stamps.tobytes())) == len(b) * width * 8
     with pytest.raises(ValueError):
         sc.model_rows(b.stamps.tobytes()[:-8])
+
+
+def test_fill_in_c_equals_the_python_loop_and_the_vectorised_buckets(monkeypatch: pytest.MonkeyPatch) -> None:
+    from exporter import histogram
+    from exporter.histogram import Histogram
+
+    assert histogram._fill_c is not None  # the C scanner is built wherever the tests run
+    rng = random.Random(7)
+    values = [0, 1, *BOUNDS, *(b + 1 for b in BOUNDS), *(rng.randrange(1, 10**11) for _ in range(300))]
+    c, slow = Histogram(BOUNDS), Histogram(BOUNDS)
+    c.fill(values, 1e9)
+    monkeypatch.setattr(histogram, "_fill_c", None)
+    slow.fill(values, 1e9)
+    ref = TraceAggregate(BOUNDS)
+    ref.observe_values(np.zeros(len(values), dtype=np.int64), np.asarray(values, dtype=np.int64),
+                       np.zeros(len(values), dtype=np.intp), [("s",)], lambda r: ("t", None))
+    for h in (c, slow):
+        assert (h.counts, h.total, h.count, h.zero, sorted((h.native or {}).items())) == (
+            ref.histograms[("s",)].counts, ref.histograms[("s",)].total, ref.histograms[("s",)].count,
+            ref.histograms[("s",)].zero, sorted((ref.histograms[("s",)].native or {}).items()))

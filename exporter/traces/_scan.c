@@ -12,6 +12,7 @@
 #include <Python.h>
 #include <stdint.h>
 #include <string.h>
+#include <math.h>
 
 #define MAX_COLS 32
 #define MAX_NAME 256
@@ -1070,8 +1071,63 @@ done:
     return res;
 }
 
+/* ---- a few observations into a histogram (histogram.Histogram.fill) ---------------------- */
+
+/* fill(counts, native, bounds, fractions, per_exp, values, unit) -> zeros: each value's bucket
+ * (bisect_left over bounds) counted in the list `counts`, and, positive ones, their native
+ * bucket bisect_left(fractions, frexp(v / unit)[0]) + (exp - 1) * per_exp in the dict `native`
+ * (None: not kept); returns how many were <= 0 (the zero bucket). */
+static PyObject *fill(PyObject *self, PyObject *args) {
+    PyObject *counts, *native, *bounds, *fractions, *values;
+    long per_exp;
+    double unit;
+    if (!PyArg_ParseTuple(args, "O!OO!O!lO!d", &PyList_Type, &counts, &native, &PyTuple_Type, &bounds,
+                          &PyTuple_Type, &fractions, &per_exp, &PyList_Type, &values, &unit)) return NULL;
+    if (native != Py_None && !PyDict_Check(native)) { PyErr_SetString(PyExc_TypeError, "fill: native"); return NULL; }
+    Py_ssize_t nb = PyTuple_GET_SIZE(bounds), nf = PyTuple_GET_SIZE(fractions);
+    if (PyList_GET_SIZE(counts) != nb + 1 || nb > 512 || nf > 512) {
+        PyErr_SetString(PyExc_ValueError, "fill: shapes"); return NULL;
+    }
+    int64_t b[512];
+    double f[512];
+    for (Py_ssize_t i = 0; i < nb; i++) b[i] = PyLong_AsLongLong(PyTuple_GET_ITEM(bounds, i));
+    for (Py_ssize_t i = 0; i < nf; i++) f[i] = PyFloat_AsDouble(PyTuple_GET_ITEM(fractions, i));
+    if (PyErr_Occurred()) return NULL;
+    long zeros = 0;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(values); i++) {
+        int64_t v = PyLong_AsLongLong(PyList_GET_ITEM(values, i));
+        if (v == -1 && PyErr_Occurred()) return NULL;
+        Py_ssize_t lo = 0, hi = nb;
+        while (lo < hi) { Py_ssize_t mid = (lo + hi) / 2; if (b[mid] < v) lo = mid + 1; else hi = mid; }
+        long long c = PyLong_AsLongLong(PyList_GET_ITEM(counts, lo));
+        if (c == -1 && PyErr_Occurred()) return NULL;
+        PyObject *c1 = PyLong_FromLongLong(c + 1);
+        if (!c1) return NULL;
+        PyList_SetItem(counts, lo, c1); /* steals c1, drops the old count */
+        if (v <= 0) { zeros++; continue; }
+        if (native == Py_None) continue;
+        int exp;
+        double frac = frexp((double)v / unit, &exp);
+        Py_ssize_t a = 0, z = nf;
+        while (a < z) { Py_ssize_t mid = (a + z) / 2; if (f[mid] < frac) a = mid + 1; else z = mid; }
+        PyObject *key = PyLong_FromLongLong((long long)a + (long long)(exp - 1) * per_exp);
+        if (!key) return NULL;
+        PyObject *old = PyDict_GetItemWithError(native, key);
+        if (!old && PyErr_Occurred()) { Py_DECREF(key); return NULL; }
+        long long was = old ? PyLong_AsLongLong(old) : 0;
+        if (was == -1 && PyErr_Occurred()) { Py_DECREF(key); return NULL; }
+        PyObject *n = PyLong_FromLongLong(was + 1);
+        int rc = n ? PyDict_SetItem(native, key, n) : -1;
+        Py_XDECREF(n);
+        Py_DECREF(key);
+        if (rc < 0) return NULL;
+    }
+    return PyLong_FromLong(zeros);
+}
+
 static PyMethodDef module_methods[] = {
     {"exclusive", exclusive, METH_VARARGS, "exclusive(starts, ends, lo, hi, k): the timeline's per-row sweep"},
+    {"fill", fill, METH_VARARGS, "fill(counts, native, bounds, fractions, per_exp, values, unit) -> zeros"},
     {NULL, NULL, 0, NULL},
 };
 
