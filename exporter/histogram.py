@@ -342,7 +342,7 @@ class Histogram:
     def fill(self, values: list[int], unit: float) -> None:
         """Add integer observations one by one (a few: a vectorised fill costs more per call): the
         buckets, count, exact sum and native buckets of value / unit (native_index's float math)."""
-        if _fill_c is not None and len(self.counts) == len(self.bounds) + 1:
+        if _fill_c is not None:  # (ValueError where counts and bounds disagree, as from a hand-edited state)
             self.zero += _fill_c(self.counts, self.native, self.bounds, _FRACTIONS, _PER_EXP, values, unit)
         else:
             bounds, counts, native = self.bounds, self.counts, self.native
