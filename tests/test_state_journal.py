@@ -642,3 +642,31 @@ def test_otlp_state_written_before_chunks_is_read(tmp_path: Path) -> None:
     for s, i in zip(spans, ids[-3:], strict=True):
         s.span_id = i  # resent from before the upgrade: still recognised
     assert otlp.ingest(export_request(spans))[0] == 0 and otlp.spans["duplicate"] == 3
+
+
+def test_a_version_2_journal_of_histograms_loads_as_the_values_it_replaced(tmp_path: Path) -> None:
+    """The journal of the version before small batches were journaled as values held each POST's
+    histograms: it loads to the same counts, and the next commit writes a whole state file."""
+    state = tmp_path / "state"
+    t = TraceTailer(TailerSettings([], str(state), B))
+    t.aggregator.store.journal_min_bytes = 1 << 30
+    otlp = OtlpIngest(t.aggregator, 60.0)
+    for i in range(6):
+        otlp.ingest(export_request(request_spans(T0 + i * 10**9, protocol=("http", "grpc")[i % 2], responses=1 + i,
+                                                 ensemble="ens" if i == 3 else None)))
+    before = counts(t)
+    path = state / JOURNAL_FILE
+    lines = path.read_bytes().splitlines(keepends=True)
+    old = [decode(line) for line in lines]
+    assert old[0] == {"journal": 3, "base": t.aggregator.store.base}
+    assert all("v" in r["aggregate"] and "h" not in r["aggregate"] for r in old[1:] if r is not None)
+    v2 = [encode({"journal": 2, "base": t.aggregator.store.base})]
+    for rec in old[1:]:
+        assert rec is not None
+        binned = TraceAggregate(B).merged(TraceAggregate.from_delta_json(rec["aggregate"], B, True))
+        v2.append(encode({**rec, "aggregate": binned.to_delta_json()}))  # histograms, as version 2 wrote
+    path.write_bytes(b"".join(v2))
+    t2 = TraceTailer(TailerSettings([], str(state), B))
+    assert counts(t2) == before and t2.aggregator.store.outdated
+    OtlpIngest(t2.aggregator, 60.0).ingest(export_request(request_spans(T0 + 10**10)))
+    assert t2.state_writes == {"journal": 0, "snapshot": 1}  # the next commit rewrote it whole
