@@ -32,7 +32,7 @@ RESPONSE_BOUNDS: tuple[int, ...] = tuple(1 << i for i in range(13))  # responses
 MAX_CUSTOM_STAGES = 16  # distinct custom activity stages exposed; more are rejected
 
 
-@dataclass
+@dataclass(slots=True)  # dozens made per commit
 class Exemplar:
     trace_id: str
     request_id: str | None

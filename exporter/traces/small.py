@@ -69,15 +69,11 @@ def observe_small(agg: TraceAggregate, batch: TraceBatch, codes: npt.NDArray[np.
 
     # the observations in the vectorised path's order: stage by stage, then the gaps, then custom spans
     stage_names = list(ALL_STAGES)
-    obs_j: list[int] = []
-    obs_r: list[int] = []
-    obs_v: list[int] = []
-    for j, per_row in enumerate(an.durations.T.tolist()):
-        for r, d in enumerate(per_row):
-            if d >= 0:
-                obs_j.append(j)
-                obs_r.append(r)
-                obs_v.append(d)
+    by_stage = an.durations.T  # [stages, rows]: stage by stage, a stage's rows in order
+    stage_j, row_i = np.nonzero(by_stage >= 0)
+    obs_j: list[int] = stage_j.tolist()
+    obs_r: list[int] = row_i.tolist()
+    obs_v: list[int] = by_stage[stage_j, row_i].tolist()
     c_rows, c_stages, c_ns = agg._custom_observations(batch, rows_a, stage_names, live)
     gap_rows = an.gap_rows.tolist()
     obs_r += gap_rows
@@ -119,15 +115,29 @@ def _observe(agg: TraceAggregate, series: list[int], dv: list[int], row_i: list[
     by_series: dict[int, list[int]] = {}
     last: dict[tuple[int, int], int] = {}  # (series, bucket) -> the last observation's position
     for pos, (sid, v) in enumerate(zip(series, dv, strict=True)):
-        by_series.setdefault(sid, []).append(v)
+        vs = by_series.get(sid)
+        if vs is None:
+            by_series[sid] = [v]
+        else:
+            vs.append(v)
         last[(sid, bisect_left(bounds, v))] = pos
+    values = agg.values
     for sid in sorted(by_series):  # binned when the delta is merged (and journaled as they are)
-        agg.values.setdefault(keys[sid], []).extend(by_series[sid])
+        key = keys[sid]
+        if key in values:
+            values[key] += by_series[sid]
+        else:
+            values[key] = by_series[sid]
     now = time.time()
     w3c = batch.trace_ids
     ids = batch.ids
+    rids = batch.request_ids
+    exemplars = agg.exemplars
     for sid, b in sorted(last):
         pos = last[(sid, b)]
         row = rows[row_i[pos]]
-        agg.exemplars.setdefault(keys[sid], {})[b] = Exemplar(
-            str(int(ids[row])) if w3c is None else w3c[row], batch.request_ids[row], dv[pos] / 1e9, now)
+        key = keys[sid]
+        per = exemplars.get(key)
+        if per is None:
+            per = exemplars[key] = {}
+        per[b] = Exemplar(str(int(ids[row])) if w3c is None else w3c[row], rids[row], dv[pos] / 1e9, now)
