@@ -12,7 +12,7 @@ import math
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -374,6 +374,25 @@ class Histogram:
             return
         self.zero = int(v[1])
         self.native = {int(k): int(c) for k, c in zip(v[2], v[3], strict=True)}
+
+
+Key = TypeVar("Key")
+
+
+def binned_beyond(hists: dict[Key, Histogram], values: dict[Key, list[int]], most: int, bounds: tuple[int, ...],
+                  unit: float) -> tuple[dict[Key, Histogram], dict[Key, list[int]]]:
+    """(histograms, values) with each series of more than `most` values binned into its histogram
+    (a copy; neither mapping changed), the others' values left as they are."""
+    if all(len(vs) <= most for vs in values.values()):
+        return hists, values
+    hists, few = dict(hists), {}
+    for k, vs in values.items():
+        if len(vs) <= most:
+            few[k] = vs
+        else:
+            h = hists[k] = hists[k].copy() if k in hists else Histogram(bounds)
+            h.fill(vs, unit)
+    return hists, few
 
 
 class QuantileSketch:

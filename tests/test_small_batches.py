@@ -70,6 +70,10 @@ def test_small_path_leaves_the_vectorised_state(seed: int, rows: int, max_models
         codes = protocol_codes(b.stamps)
         slow.observe_batch(b, codes, ("pod",), max_models, live)
         observe_small(fast, b, codes, ("pod",), max_models, live)
+        if n == 0:  # one batch of a few traces: journaled as its values
+            one = TraceAggregate(BOUNDS)
+            observe_small(one, b, codes, ("pod",), max_models, live)
+            assert one.values and "v" in one.to_delta_json()
         n += len(b)
     assert n > 300 and sum(slow.traces.values()) > 80
     assert slow.rejected["missing_header"] and slow.rejected["incomplete_trace"] and slow.rejected["negative_span"]
@@ -79,8 +83,10 @@ def test_small_path_leaves_the_vectorised_state(seed: int, rows: int, max_models
     assert fast.values and not fast.histograms  # left as values, binned by the commit's merge
     assert list(fast.rejected.items()) == list(slow.rejected.items())
     assert state(TraceAggregate(BOUNDS).merged(fast)) == state(TraceAggregate(BOUNDS).merged(slow))
+    record = fast.to_delta_json()  # a series' few values as they are, its many binned (fewer bytes)
+    assert "h" in record and len(json.dumps(record)) < len(json.dumps(slow.to_delta_json())) * 1.5
     replayed = TraceAggregate(BOUNDS)  # as the journal holds and start-up replays them
-    replayed.absorb(TraceAggregate.from_delta_json(json.loads(json.dumps(fast.to_delta_json())), BOUNDS, True))
+    replayed.absorb(TraceAggregate.from_delta_json(json.loads(json.dumps(record)), BOUNDS, True))
     expect = state(TraceAggregate(BOUNDS).merged(slow))
     got = state(replayed)
     for k in ("exemplars", "exemplar_order"):

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from ..histogram import STORE_SCHEMA, Histogram, native_index
+from ..histogram import STORE_SCHEMA, Histogram, binned_beyond, native_index
 from ..stages import (
     ALL_STAGES,
     INTER_RESPONSE,
@@ -30,6 +30,7 @@ SeriesKey = tuple[str, ...]
 
 RESPONSE_BOUNDS: tuple[int, ...] = tuple(1 << i for i in range(13))  # responses per request: 1 .. 4096
 MAX_CUSTOM_STAGES = 16  # distinct custom activity stages exposed; more are rejected
+JOURNALED_VALUES = 8  # a delta series' values are journaled as they are up to this many
 
 
 @dataclass(slots=True)  # dozens made per commit
@@ -220,8 +221,12 @@ class TraceAggregate:
         one shares every series the delta does not touch with self: a commit costs what it changed
         (plus a C-level copy of the mappings), not a copy of every histogram."""
         out = TraceAggregate(self.bounds_ns)
-        out.histograms = _merged(self.histograms, delta.histograms, delta.values, self.bounds_ns, 1e9)
-        out.responses = _merged(self.responses, delta.responses, delta.response_values, RESPONSE_BOUNDS, 1.0)
+        # in the journal record's form, so that a replay adds new series in the same order
+        out.histograms = _merged(self.histograms, *binned_beyond(delta.histograms, delta.values, JOURNALED_VALUES,
+                                                                 self.bounds_ns, 1e9), self.bounds_ns, 1e9)
+        out.responses = _merged(self.responses, *binned_beyond(delta.responses, delta.response_values,
+                                                               JOURNALED_VALUES, RESPONSE_BOUNDS, 1.0),
+                                RESPONSE_BOUNDS, 1.0)
         out.traces = _added(self.traces, delta.traces)
         out.outcomes = _added(self.outcomes, delta.outcomes)
         out.timeline = _added(self.timeline, delta.timeline)
@@ -289,15 +294,19 @@ class TraceAggregate:
             nz = [i for i, c in enumerate(h.counts) if c]
             return [nz, [h.counts[i] for i in nz], h.total, h.count, h.native_json()]
 
+        # a series' few values as they are, its many binned (fewer bytes)
+        hists, values = binned_beyond(self.histograms, self.values, JOURNALED_VALUES, self.bounds_ns, 1e9)
+        responses, response_values = binned_beyond(self.responses, self.response_values, JOURNALED_VALUES,
+                                                   RESPONSE_BOUNDS, 1.0)
         v: dict[str, Any] = {
-            "h": [[ref(k[:-1]), k[-1], *sparse(h)] for k, h in self.histograms.items()],
+            "h": [[ref(k[:-1]), k[-1], *sparse(h)] for k, h in hists.items()],
             "t": [[ref(k), n] for k, n in self.traces.items()],
             "o": [[ref(k[:-1]), k[-1], n] for k, n in self.outcomes.items()],
-            "r": [[ref(k), *sparse(h)] for k, h in self.responses.items()],
+            "r": [[ref(k), *sparse(h)] for k, h in responses.items()],
             "l": [[ref(k[:-1]), k[-1], n] for k, n in self.timeline.items() if n > 0],  # a merge drops the rest
             "j": [[ref(k[:-1]), k[-1], n] for k, n in self.joins.items()],
-            "v": [[ref(k[:-1]), k[-1], vs] for k, vs in self.values.items()],
-            "rv": [[ref(k), vs] for k, vs in self.response_values.items()],
+            "v": [[ref(k[:-1]), k[-1], vs] for k, vs in values.items()],
+            "rv": [[ref(k), vs] for k, vs in response_values.items()],
             "files": dict(self.files),
             "rejected": {r: n for r, n in self.rejected.items() if n > 0},
             "models": sorted([m, ver] for m, ver in self.models),
