@@ -101,9 +101,11 @@ def observe_small(agg: TraceAggregate, batch: TraceBatch, codes: npt.NDArray[np.
                 sums[g] = list(segments[i])
             else:
                 sums[g] = [a + b for a, b in zip(acc, segments[i], strict=True)]
+    timeline = agg.timeline
     for g in sorted(sums):
         for seg, ns in zip(SEGMENTS, sums[g], strict=True):
-            agg.timeline[(*bases[g], seg)] += ns
+            key = (*bases[g], seg)
+            timeline[key] = timeline.get(key, 0) + ns  # (a new key through Counter.__missing__ costs more)
     for g in sorted(answered):
         agg.response_values.setdefault(bases[g], []).extend(answered[g])
 
