@@ -9,7 +9,6 @@ of Python, numpy and prometheus_client plus its own data.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -35,11 +34,7 @@ def test_the_daemon_never_maps_bcc_and_stays_in_budget(exporter_factory: Callabl
     # the socket join's program too (it compiles in the background, after the daemon is ready)
     e = exporter_factory("--triton", "none", "--ebpf", "on", "--wire-join", "on",
                          "--trace-file", str(tmp_path / "trace.json"))
-    deadline = time.monotonic() + 120
-    while "socket join on" not in e.log() and time.monotonic() < deadline:
-        assert "socket join off" not in e.log(), e.log()[-2000:]
-        time.sleep(0.5)
-    assert "socket join on" in e.log()
+    e.wait_join()
     scrape = e.scrape()
     assert scrape.total("inference_profiler_ebpf_up") == len(metric_programs())  # every program loaded
     mapped = Path(f"/proc/{e.proc.pid}/maps").read_text()

@@ -187,6 +187,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         exporter = ExporterProcess(args, work, port)
         procs.append(exporter)
         exporter.wait_ready()
+        if ebpf:
+            exporter.wait_join()  # traffic sent before the join's program runs has no socket turns
         instance = f"127.0.0.1:{port}"
         prom = Prometheus(prometheus_config(work, instance), work)
         procs.append(prom)
@@ -379,7 +381,8 @@ def check_dashboard(s: Stack, name: str, preferred: dict[str, str] = PREFERRED) 
     real = [g for g in gaps if g not in absent]
     if absent:
         print(f"{name}: {len(absent)} queries need the eBPF source, not running here:\n" + "\n".join(absent))
-    assert not real, f"{len(real)} of {ran} queries are wrong:\n" + "\n".join(real) + scrape_health(s.prometheus)
+    assert not real, (f"{len(real)} of {ran} queries are wrong:\n" + "\n".join(real) + scrape_health(s.prometheus)
+                      + (wire_health(s) if any("[ebpf]" in g for g in real) else ""))
 
 
 WELL_FILLED = 100  # observations in a 5-minute window for two storages' means to agree within 25 %
@@ -393,6 +396,14 @@ def scrape_health(prom: Prometheus) -> str:
 
     return (f"\n(exporter scrapes over 10 min: min up {value('min_over_time(up[10m])')}, "
             f"max duration {value('max_over_time(scrape_duration_seconds[10m])')} s)")
+
+
+def wire_health(s: Stack) -> str:
+    """The exporter's own word on the socket join, said with a failure of its panels."""
+    lines = [ln for ln in s.exporter.get("/metrics").splitlines()
+             if "socket_joins" in ln or 'source="wire"' in ln or ('stage="socket_wait"' in ln and "_count" in ln)]
+    wire_log = [ln for ln in s.exporter.log().splitlines() if "wire" in ln.lower() or "join" in ln.lower()]
+    return "\nexporter's join series:\n" + "\n".join(lines[:30]) + "\nits log on the join:\n" + "\n".join(wire_log[-10:])
 
 
 # --- tests --------------------------------------------------------------------------

@@ -41,14 +41,6 @@ def wire_args(t: TritonServer) -> list[str]:
             "--wire-join", "on", "--wire-http-port", str(t.http_port), "--wire-grpc-port", str(t.grpc_port)]
 
 
-def join_running(e: ExporterProcess, timeout: float = 120.0) -> None:
-    """The join's program compiles after the daemon is ready: wait for its feed."""
-    deadline = time.monotonic() + timeout
-    while "socket join on" not in e.log():
-        assert "socket join off" not in e.log() and time.monotonic() < deadline, e.log()[-2000:]
-        time.sleep(0.2)
-
-
 def joins(s: Scrape, **labels: str) -> Counter[str]:
     out: Counter[str] = Counter()
     for lab, v in s.select(JOINS, **labels):
@@ -64,7 +56,7 @@ def test_trace_files_join_and_a_restart_counts_nothing_twice(
     rec = Recorder(EXPORTER, turns_file, [triton.http_port, triton.grpc_port])
     try:
         e = exporter_factory(*args)
-        join_running(e)
+        e.wait_join()
         first = http_clients(triton, clients=4, per_client=25, keep_alive=True, prefix="a")
         first += http_clients(triton, clients=2, per_client=10, keep_alive=False, prefix="b")
         flush_until_traced(triton, len(first))
@@ -73,7 +65,7 @@ def test_trace_files_join_and_a_restart_counts_nothing_twice(
         assert e.stop() == 0
         # the restart: the same state, a new feed; the files already counted are not read again
         e = exporter_factory(*args)
-        join_running(e)
+        e.wait_join()
         # mixed load: HTTP and gRPC, unary, ensembles, streams, generate, beside four HTTP clients
         driver = TrafficDriver(triton.http_address, triton.grpc_address, rate=60, concurrency=4,
                                extra=STREAM_TRAFFIC).start()
@@ -124,7 +116,7 @@ def test_otlp_joins(exporter_factory: Callable[..., ExporterProcess], tmp_path: 
         "--trace-config", "rate=1", "--trace-config", "level=TIMESTAMPS"])
     e = exporter_factory("--otlp-listen", f"127.0.0.1:{otlp_port}", *wire_args(t))
     t.start()
-    join_running(e)
+    e.wait_join()
     try:
         sent = http_clients(t, clients=2, per_client=30, keep_alive=True, prefix="o")
         s = e.wait_for(lambda m: sum(joins(m).values()) >= len(sent), timeout=60)

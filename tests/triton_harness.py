@@ -165,6 +165,15 @@ class ExporterProcess:
                 time.sleep(0.1)
         raise AssertionError(f"exporter not ready after {timeout}s:\n{self.log()[-3000:]}")
 
+    def wait_join(self, timeout: float = 120.0) -> None:
+        """The socket join's program compiles after the daemon is ready (longer on a busy machine):
+        wait for its feed, so that load sent from here on is joined."""
+        deadline = time.monotonic() + timeout
+        while "socket join on" not in self.log():
+            assert "socket join off" not in self.log(), self.log()[-2000:]
+            assert time.monotonic() < deadline, f"no socket join after {timeout}s:\n{self.log()[-2000:]}"
+            time.sleep(0.2)
+
     def wait_for(self, cond: Callable[[Scrape], bool], timeout: float = 30.0) -> Scrape:
         """Scrape until `cond` holds; fails with the last scrape's relevant lines otherwise."""
         deadline = time.monotonic() + timeout
