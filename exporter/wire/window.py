@@ -31,7 +31,8 @@ TURN_ROW = np.dtype([("first_read_ns", "<u8"), ("key", "<u8"), ("sock", "<u8"), 
                  ("at_ns", "<u8")])  # the turn's first read, or its first write where that came first
 RAW_ROW = np.dtype((np.void, TURN_ROW.itemsize))  # a row as bytes (taken)
 WAITING, JOINED, REPLACED = 0, 1, 2  # `state` of a row
-MAX_BLOCKS = 64  # more are merged into one (compaction keeps them about log2(rows) anyway)
+MAX_BLOCKS = 64  # more are merged into one (compaction keeps them far fewer anyway)
+COMPACT_AT = 8  # more blocks than this: the newest are merged (HeldTurns._newest_to_merge)
 _MIX = (np.uint64(0x9E3779B97F4A7C15), np.uint64(0xC2B2AE3D27D4EB4F))
 _COPIED = [n for n in TURN_ROW.names or () if n not in ("key", "state", "at_ns")]
 
@@ -143,11 +144,21 @@ class HeldTurns:
             self.reads.append(np.ascontiguousarray(rows["at_ns"]))
             self.waiting += len(rows)
             self.rows += len(rows)
-        while len(self.blocks) > 1 and 2 * len(self.blocks[-1]) >= len(self.blocks[-2]):
-            self.merge(2)  # block sizes at least double from the newest back: ~log2(rows) blocks, so
-            # a join or an add looks at a few blocks, and a row is copied ~log2(rows) times in all
+        if len(self.blocks) > COMPACT_AT:
+            self.merge(self._newest_to_merge())
         if len(self.blocks) > MAX_BLOCKS:
             self.merge()
+
+    def _newest_to_merge(self) -> int:
+        """How many of the newest blocks to merge: those up to a block more than twice their rows
+        (at least 2). Blocks then grow geometrically from the newest back: a join or an add looks
+        at a few blocks, a row is copied about log(rows) times in all, and a small read does not
+        cost a merge of its own."""
+        k, rows = 1, len(self.blocks[-1])
+        while k < len(self.blocks) and len(self.blocks[-k - 1]) <= 2 * rows:
+            rows += len(self.blocks[-k - 1])
+            k += 1
+        return max(k, 2)
 
     def merge(self, newest: int = 0) -> None:
         """The `newest` blocks (0: all) as one, of their rows still useful, sorted by first read."""
