@@ -266,9 +266,9 @@ def main() -> int:
     ap.add_argument("--concurrency", type=int, default=8, help="client threads")
     ap.add_argument("--warmup", type=float, default=15.0, help="seconds of traffic before measuring")
     ap.add_argument("--ebpf", default="auto", choices=("auto", "on", "off"))
-    ap.add_argument("--wire-join", default="off", choices=("on", "off"),
-                    help="join traced requests to eBPF socket turns (serve --wire-join; default off here, so a "
-                         "run with it on compares with one without: the joiner's CPU and memory)")
+    ap.add_argument("--wire-join", default="off", choices=("auto", "on", "off"),
+                    help="join traced requests to eBPF socket turns (serve --wire-join, default off as there); "
+                         "a run with it on against one with it off gives the joiner's CPU and memory")
     ap.add_argument("--no-prometheus", action="store_true", help="do not run a Prometheus scraping the exporter")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "soak.json")
     ap.add_argument("--exporter", default=str(ROOT / ".venv" / "bin" / "inference-profiler"),
@@ -316,7 +316,8 @@ def main() -> int:
                  "--wire-grpc-port", str(triton.grpc_port)],
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         wait_ready(exporter, url, work / "exporter.log")
-        if args.wire_join == "on":  # its program compiles in the background: measure once it runs
+        joining = args.wire_join != "off" and args.ebpf != "off"
+        if joining:  # its program compiles in the background (auto: or says why not): measure once it runs
             wait_logged(work / "exporter.log", ("socket join on", "socket join off"), 180.0)
         if not args.no_prometheus:
             prom, prom_url = start_prometheus(work, f"127.0.0.1:{port}")
@@ -406,7 +407,7 @@ def main() -> int:
         print(f"state:    {state_per_file / 1024:.1f} KiB written per ingested trace file "
               f"({files:.0f} files; all file writes of the exporter, log included: "
               f"{wchar_per_file / 1024:.1f} KiB per file)")
-        if args.wire_join == "on":
+        if joining:
             print("joins:    " + ", ".join(f"{r} {n:.0f}" for r, n in joins.items()))
         print(f"written {args.out}")
         return 0 if ok else 1

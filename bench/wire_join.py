@@ -27,7 +27,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from exporter.stages import COLUMN, PROTOCOLS, anatomy  # noqa: E402
-from exporter.wire.live import READ_EVERY, TurnWindow  # noqa: E402
+from exporter.wire import live  # noqa: E402
+from exporter.wire.live import TurnWindow  # noqa: E402
 from exporter.wire.turns import Turn, records_of  # noqa: E402
 
 PORTS = {"http": frozenset({8000}), "grpc": frozenset({8001})}
@@ -82,17 +83,23 @@ def main() -> int:
     ap.add_argument("--connections", type=int, default=16)
     ap.add_argument("--batch", type=int, default=100, help="traces per batch (Triton's log-frequency)")
     ap.add_argument("--grpc", type=float, default=0.0, help="share of the requests over gRPC (0 to 1)")
+    ap.add_argument("--read-every", type=float, default=0.0,
+                    help="seconds between reads of the ring buffer (default: the daemon's)")
     args = ap.parse_args()
     turns, stamps, codes = workload(args.rate, args.seconds, args.connections, args.grpc)
     records = records_of(turns)
-    per_read = max(1, round(args.rate * READ_EVERY))  # the records one read of the ring buffer takes
+    # the records one read of the ring buffer takes: the daemon reads it at least this often (and
+    # before every join, i.e. at each batch here); READ_EVERY where it read on a timer alone
+    read_every = args.read_every or getattr(live, "READ_AT_LEAST", live.READ_EVERY)
+    per_read = max(1, round(args.rate * read_every))
 
     n_req = len(stamps)
 
-    def replay() -> tuple[int, float, float, int]:
-        """(joined, CPU s adding, CPU s joining, most turns held) over the whole workload."""
+    def replay() -> tuple[int, float, float, float, int]:
+        """(joined, CPU s adding, CPU s joining, CPU s of the batches' anatomy, most turns held)
+        over the whole workload."""
         window = TurnWindow(PORTS)
-        joined, add_s, join_s, peak_turns = 0, 0.0, 0.0, 0
+        joined, add_s, join_s, anatomy_s, peak_turns = 0, 0.0, 0.0, 0.0, 0
         # turns arrive as requests finish; a batch of traces after `batch` more requests (a file roll)
         per_request = len(turns) / n_req
         for lo in range(0, n_req, args.batch):
@@ -101,16 +108,19 @@ def main() -> int:
             for at in range(first, last, per_read):  # as the daemon reads the ring
                 window.add_records(records[at:min(at + per_read, last)])
             t1 = time.process_time()
+            add_s += t1 - t0
             peak_turns = max(peak_turns, len(window))
             if lo >= args.batch:  # traces one file behind their turns
                 part = stamps[lo - args.batch:lo]
-                obs = window.observe(part, codes[lo - args.batch:lo], anatomy(part, lambda _i: {}))
+                an = anatomy(part, lambda _i: {})  # the daemon computes it for Triton's stages, join or not
+                t2 = time.process_time()
+                obs = window.observe(part, codes[lo - args.batch:lo], an)
                 joined += obs.results["joined"]
-            join_s += time.process_time() - t1
-            add_s += t1 - t0
-        return joined, add_s, join_s, peak_turns
+                anatomy_s += t2 - t1
+                join_s += time.process_time() - t2
+        return joined, add_s, join_s, anatomy_s, peak_turns
 
-    joined, add_s, join_s, peak_turns = replay()  # timed without tracemalloc: it slows every allocation
+    joined, add_s, join_s, anatomy_s, peak_turns = replay()  # timed without tracemalloc: it slows allocations
     tracemalloc.start()
     replay()
     _, peak = tracemalloc.get_traced_memory()
@@ -119,8 +129,10 @@ def main() -> int:
           f"{args.connections} connections, batches of {args.batch}: {joined:,} of {n:,} joined")
     print(f"  window: up to {peak_turns:,} turns held, peak Python heap {peak / 2**20:.1f} MiB, "
           f"process max RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
-    print(f"  CPU: {add_s / len(turns) * 1e6:.1f} us per turn added, {join_s / n * 1e6:.1f} us per trace joined "
-          f"(anatomy included): {(add_s + join_s) / args.seconds:.2%} of one core at {args.rate:g} traced req/s")
+    print(f"  CPU: {add_s / len(turns) * 1e6:.1f} us per turn added (reads every {read_every:g} s), "
+          f"{join_s / n * 1e6:.1f} us per trace joined: {(add_s + join_s) / args.seconds:.2%} of one core at "
+          f"{args.rate:g} traced req/s (the batches' anatomy, which the daemon computes without the join too: "
+          f"{anatomy_s / n * 1e6:.1f} us per trace more)")
     return 0
 
 

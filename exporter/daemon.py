@@ -32,10 +32,11 @@ def build_sources(cfg: Config, errors: ErrorCounts) -> list[Source]:
             from .otlp.source import OtlpSource
 
             sources.append(OtlpSource(cfg, errors, traces.aggregator))
-        if cfg.ebpf != "off" and cfg.wire_join == "on":
-            from .wire.source import WireSource
+        if cfg.ebpf != "off" and cfg.wire_join != "off":
+            from .wire.source import WireSource, join_runs
 
-            sources.append(WireSource(cfg, errors, traces.aggregator))
+            if join_runs(cfg):
+                sources.append(WireSource(cfg, errors, traces.aggregator))
     if cfg.triton:
         from .triton.source import TritonSource
 

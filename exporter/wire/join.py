@@ -44,7 +44,7 @@ from .turns import Turn
 LOOKBACK_NS = 10 * 10**9  # a turn read more than this before the arrival is not its request's
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)  # not frozen, for speed as Turn (one per traced request); never assigned to
 class Request:
     """One traced request as the join sees it; -1 where a stamp is absent."""
 
@@ -55,7 +55,7 @@ class Request:
     send_start_ns: int = -1  # the first response's send start (HTTP or gRPC)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)  # not frozen, for speed as Turn; never assigned to
 class Wire:
     """A joined request's time outside Triton: they add up, socket_wait + end_to_end + ack_wait = wire."""
 
@@ -173,6 +173,11 @@ class GrpcIndex(TurnIndex):
         self._made: dict[tuple[int, int, int, int], int] = {}
         self.resource: list[int] = []  # per exchange: the turn it shares with any other exchange holding it
         self._resources: dict[tuple[int, int, int], int] = {}
+        by_write = sorted(turns, key=lambda t: t.first_write_ns)  # every turn (0: wrote nothing), see _writing
+        self._writes = [t.first_write_ns for t in by_write]
+        self._write_ends = [t.last_write_ns for t in by_write]
+        self._writers = [t.connection for t in by_write]
+        self._write_back = previous_greater(self._write_ends)
 
     def read_of(self, k: int) -> int:
         return self.exchanges[k].first_read_ns
@@ -196,7 +201,24 @@ class GrpcIndex(TurnIndex):
                 else:
                     live[t.connection] -= 1
             lo = max(lo, new_lo)
-            out[j] = [k for conn in live if (k := self._exchange(req, conn)) is not None]
+            writing = self._writing(max(req.send_start_ns, req.arrival_ns), req.end_ns)
+            out[j] = [k for conn in live if conn in writing and (k := self._exchange(req, conn)) is not None]
+        return out
+
+    def _writing(self, writes_from: int, end: int) -> set[tuple[int, int]]:
+        """The connections with a turn that wrote between writes_from and end (first write at or
+        before end, last at or after writes_from). A request's response turn is one (_exchange),
+        so the other connections read in its look-back are not searched. Walks back from the last
+        turn that began writing by `end`, over the turns that wrote late enough (previous_greater
+        skips the runs that ended writing before writes_from)."""
+        out: set[tuple[int, int]] = set()
+        k = bisect.bisect_right(self._writes, end) - 1
+        while k >= 0:
+            if self._write_ends[k] < writes_from:
+                k = self._write_back[k]
+                continue
+            out.add(self._writers[k])
+            k -= 1
         return out
 
     def candidates(self, req: Request) -> list[int]:
@@ -223,8 +245,7 @@ class GrpcIndex(TurnIndex):
         key = (*conn, t_in.turn, t_out.turn)
         if key not in self._made:
             self._made[key] = len(self.exchanges)
-            self.exchanges.append(dataclasses.replace(
-                t_out, first_in_ns=t_in.first_in_ns, first_read_ns=t_in.first_read_ns))
+            self.exchanges.append(_spanning(t_in, t_out))
             shared = (*conn, t_out.turn)
             self.resource.append(self._resources.setdefault(shared, len(self._resources)))
         return self._made[key]
@@ -234,6 +255,15 @@ class GrpcIndex(TurnIndex):
         (one request's read, another's exchange built on it) exclude each other."""
         by_turn = assign([[self.resource[k] for k in c] for c in cands])
         return {j: next(k for k in cands[j] if self.resource[k] == r) for j, r in by_turn.items()}
+
+
+def _spanning(t_in: Turn, t_out: Turn) -> Turn:
+    """An exchange: t_out with t_in's first byte in and first read (dataclasses.replace, without
+    its cost per call)."""
+    return Turn(t_out.sock, t_out.born_ns, t_in.first_in_ns, t_in.first_read_ns, t_out.last_read_ns,
+                t_out.first_write_ns, t_out.last_write_ns, t_out.acked_ns, t_out.cgroup, t_out.turn,
+                t_out.bytes_in, t_out.bytes_out, t_out.family, t_out.lport, t_out.rport, t_out.final,
+                t_out.laddr, t_out.raddr)
 
 
 class _Connection:

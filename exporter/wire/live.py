@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -34,18 +35,32 @@ from ..stages import Anatomy
 from .join import JOIN_RESULTS, LOOKBACK_NS, WIRE_STAGES, Request, Wire, join
 from .requests import requests_of
 from .turns import Turn
-from .window import JOINED, TURN_ROW, HeldTurns, held_rows, joinable, row_of, turn_of
+from .window import (
+    JOINED,
+    RAW_ROW,
+    TURN_ROW,
+    HeldTurns,
+    held_rows,
+    joinable,
+    row_of,
+    taken,
+    turn_of,
+)
 
 TURN_BYTES = TURN_ROW.itemsize  # a held turn: one numpy row (window.py)
 HOLD_SECONDS = 300.0
 _RESULT = {r: i for i, r in enumerate(JOIN_RESULTS)}
 HELD = -1  # result_of of a request held for a later batch (exporter/wire/held.py)
 MAX_BYTES = 16 << 20  # ~176,000 records: 300 s at ~580 records/s (joined ones stay until they age out)
-# The ring buffer (1 MiB, 7,710 records) is read this often: up to 77,000 records/s are
-# taken before it fills; more are dropped in the kernel and counted.
+# The ring buffer (1 MiB, 7,710 records) is looked at this often, and read when an eighth of it
+# is waiting or READ_AT_LEAST seconds went by (and before every join): up to ~67,000 records/s
+# are taken before it fills (more are dropped in the kernel and counted), and at a few hundred
+# records/s it is read about once a second, not ten times (each read has a fixed cost).
 READ_EVERY = 0.1
+READ_AT_LEAST = 1.0
+READ_FILLED = 1 / 8
 RECENT_JOINS = 4  # joins that joined nothing, remembered with a digest of the rows they read
-DROPS_EVERY = 10  # reads: the kernel's drop counts are read once a second
+DROPS_EVERY = 10  # looks: the kernel's drop counts are read once a second
 
 
 @dataclass
@@ -115,10 +130,11 @@ class TurnWindow:
             parts = [(block, idx) for block, idx in self._held.between(lo, hi) if len(idx)]
             starts = np.cumsum([0] + [len(idx) for _, idx in parts])
             rows = np.empty(int(starts[-1]), dtype=TURN_ROW)  # filled part by part: cheaper than concatenate
+            raw = rows.view(RAW_ROW)  # copied as bytes (window.taken)
             for (block, idx), a, b in zip(parts, starts[:-1].tolist(), starts[1:].tolist(), strict=True):
-                rows[a:b] = block[idx]
+                raw[a:b] = block.view(RAW_ROW)[idx]
             need = np.flatnonzero(joinable(rows, requests, self.ports, LOOKBACK_NS))  # made Turns: these only
-            needed = rows[need]
+            needed = taken(rows, need)
             asked = (tuple(requests), hashlib.blake2b(needed.tobytes(), digest_size=16).digest())
             if asked in self._recent:  # the same requests and turns (held ones settling): the same results
                 self.reused += 1
@@ -143,26 +159,20 @@ class TurnWindow:
 def observations(out: Sequence[tuple[str, Wire | None]], held: Sequence[bool] = ()) -> WireObservations:
     """A batch's WireObservations from its join results; rows marked in `held` count nothing now
     (result_of HELD: their result comes with a later commit)."""
-    n = len(out)
-    socket_wait = np.full(n, -1, dtype=np.int64)
-    ack_wait = np.full(n, -1, dtype=np.int64)
-    rows: list[int] = []
-    stages: list[int] = []
-    ns: list[int] = []
-    for i, (_, w) in enumerate(out):
-        if w is None or (held and held[i]):
-            continue
-        socket_wait[i], ack_wait[i] = w.socket_wait_ns, w.ack_wait_ns
-        for j, v in enumerate((w.socket_wait_ns, w.ack_wait_ns, w.wire_ns)):
-            rows.append(i)
-            stages.append(j)
-            ns.append(v)
+    counted = [(i, r, w) for i, (r, w) in enumerate(out) if not (held and held[i])]
+    joined = [(i, w) for i, _, w in counted if w is not None]
+    socket_wait = np.full(len(out), -1, dtype=np.int64)
+    ack_wait = np.full(len(out), -1, dtype=np.int64)
+    at = np.asarray([i for i, _ in joined], dtype=np.intp)
+    ns = np.asarray([(w.socket_wait_ns, w.ack_wait_ns, w.wire_ns) for _, w in joined], dtype=np.int64).reshape(-1, 3)
+    socket_wait[at], ack_wait[at] = ns[:, 0], ns[:, 1]
     results: Counter[str] = Counter({r: 0 for r in JOIN_RESULTS})
-    results.update(r for i, (r, _) in enumerate(out) if not (held and held[i]))
-    result_of = np.asarray([HELD if held and held[i] else _RESULT[r] for i, (r, _) in enumerate(out)],
-                           dtype=np.intp)
-    return WireObservations(np.asarray(rows, dtype=np.intp), np.asarray(stages, dtype=np.intp),
-                            np.asarray(ns, dtype=np.int64), socket_wait, ack_wait, result_of, results)
+    results.update(r for _, r, _ in counted)
+    result_of = np.full(len(out), HELD, dtype=np.intp)
+    result_of[[i for i, _, _ in counted]] = [_RESULT[r] for _, r, _ in counted]
+    # per joined row its three stages, in row order
+    return WireObservations(np.repeat(at, len(WIRE_STAGES)), np.tile(np.arange(len(WIRE_STAGES), dtype=np.intp), len(at)),
+                            ns.ravel(), socket_wait, ack_wait, result_of, results)
 
 
 class DropCounter:
@@ -181,9 +191,9 @@ class DropCounter:
 
 
 class TurnFeed:
-    """The reader thread: socket_turns.c's ring buffer into a TurnWindow, a batch every READ_EVERY
-    seconds (and whenever a trace batch is about to join: drain()); the kernel's drops counted
-    every DROPS_EVERY reads."""
+    """The reader thread: socket_turns.c's ring buffer into a TurnWindow, a batch when READ_FILLED
+    of it waits or every READ_AT_LEAST seconds (and whenever a trace batch is about to join:
+    drain()); the kernel's drops counted every DROPS_EVERY looks."""
 
     def __init__(self, window: TurnWindow, ports: Sequence[int],
                  on_dropped: Callable[[str, int], None] = lambda _reason, _n: None) -> None:
@@ -207,11 +217,17 @@ class TurnFeed:
                 self.window.add_records(self.recorder.ring.read())
 
     def _run(self) -> None:
-        reads = 0
+        looks = 0
+        ring = self.recorder.ring
+        full = ring.size * READ_FILLED
+        last = time.monotonic()
         while not self._stop.wait(READ_EVERY):
-            self.drain()
-            reads += 1
-            if reads % DROPS_EVERY == 0:
+            now = time.monotonic()
+            if now - last >= READ_AT_LEAST or ring.pending() >= full:
+                self.drain()
+                last = now
+            looks += 1
+            if looks % DROPS_EVERY == 0:
                 with self._reading:
                     if not self._stop.is_set():
                         self.drops.update(self.recorder.dropped())

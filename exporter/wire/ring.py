@@ -46,6 +46,7 @@ class RingReader:
             raise RingError(f"map {info.name} is of type {info.type}, not a ring buffer")
         self.size = info.max_entries  # bytes of data, a power of 2 pages
         self.dtype = dtype
+        self._raw = np.dtype((np.void, dtype.itemsize))
         self.slot = (dtype.itemsize + _HEADER + 7) // 8 * 8
         self._slot_dtype = np.dtype({"names": ["len", "rec"], "formats": ["<u4", dtype],
                                      "offsets": [0, _HEADER], "itemsize": self.slot})
@@ -77,7 +78,9 @@ class RingReader:
                 odd = np.flatnonzero(slots["len"] != self.dtype.itemsize)
                 k = int(odd[0]) if len(odd) else n
                 if k:
-                    parts.append(slots["rec"][:k].copy())
+                    records = slots["rec"][:k]  # copied as bytes: numpy copies a structured array field by field
+                    parts.append(records.view(self._raw).copy().view(self.dtype))
+                    del records
                     cons += k * self.slot
                 del slots  # no view may outlive the read: the mapping closes later
                 if k == n:

@@ -28,6 +28,31 @@ from .live import TurnFeed, TurnWindow
 log = logging.getLogger("wire")
 
 
+def join_runs(cfg: Config) -> bool:
+    """Whether `serve`, reading traces, joins them to socket turns: `--wire-join on` where eBPF is
+    not off; `auto` where, besides, eBPF watches one of the join's ports
+    (--wire-http-port, --wire-grpc-port among --ebpf-port) and the kernel lets it run here (the
+    check `--ebpf auto` makes); where not, it says why in one line and the join stays off."""
+    if cfg.ebpf == "off" or cfg.wire_join == "off":
+        return False
+    if cfg.wire_join == "on":
+        return True
+    ports = sorted(set(cfg.wire_http_port) | set(cfg.wire_grpc_port))
+    if not set(ports) & set(cfg.ebpf_port):
+        log.info("socket join off (--wire-join auto): eBPF watches ports %s, the join ports %s (set "
+                 "--wire-http-port/--wire-grpc-port to Triton's)", ",".join(map(str, cfg.ebpf_port)),
+                 ",".join(map(str, ports)))
+        return False
+    from ..ebpf import handoff
+    from ..ebpf.loader import environment_problem
+
+    problem = environment_problem(bcc=not handoff.available())
+    if problem:
+        log.info("socket join off (--wire-join auto): %s", problem)
+        return False
+    return True
+
+
 class WireSource:
     name = "wire"
 

@@ -29,8 +29,10 @@ TURN_ROW = np.dtype([("first_read_ns", "<u8"), ("key", "<u8"), ("sock", "<u8"), 
                  ("last_write_ns", "<u8"), ("acked_ns", "<u8"), ("cgroup", "<u8"), ("turn", "<u4"),
                  ("bytes_in", "<u4"), ("bytes_out", "<u4"), ("lport", "<u2"), ("state", "u1"),
                  ("at_ns", "<u8")])  # the turn's first read, or its first write where that came first
+RAW_ROW = np.dtype((np.void, TURN_ROW.itemsize))  # a row as bytes (taken)
 WAITING, JOINED, REPLACED = 0, 1, 2  # `state` of a row
-MAX_BLOCKS = 64  # more are merged into one
+MAX_BLOCKS = 64  # more are merged into one (compaction keeps them far fewer anyway)
+COMPACT_AT = 8  # more blocks than this: the newest are merged (HeldTurns._newest_to_merge)
 _MIX = (np.uint64(0x9E3779B97F4A7C15), np.uint64(0xC2B2AE3D27D4EB4F))
 _COPIED = [n for n in TURN_ROW.names or () if n not in ("key", "state", "at_ns")]
 
@@ -53,10 +55,25 @@ def _at(rows: npt.NDArray[Any]) -> npt.NDArray[np.uint64]:
     return at
 
 
+def taken(rows: npt.NDArray[Any], index: Any) -> npt.NDArray[Any]:
+    """rows[index] (a copy), copied as whole rows of bytes: numpy copies a structured array of
+    unaligned fields field by field, about ten times slower."""
+    raw = np.dtype((np.void, rows.dtype.itemsize))
+    out: npt.NDArray[Any] = rows.view(raw)[index].view(rows.dtype)
+    return out
+
+
+def joined_blocks(blocks: Sequence[npt.NDArray[Any]]) -> npt.NDArray[Any]:
+    """np.concatenate of blocks of one structured dtype, as bytes (see taken)."""
+    raw = np.dtype((np.void, blocks[0].dtype.itemsize))
+    out: npt.NDArray[Any] = np.concatenate([b.view(raw) for b in blocks]).view(blocks[0].dtype)
+    return out
+
+
 def held_rows(records: npt.NDArray[Any]) -> npt.NDArray[Any]:
     """Rows of the records that read or wrote (the others can join nothing), the last record of
     each turn, sorted by the instant they are indexed by (_at)."""
-    records = records[(records["first_read_ns"] != 0) | (records["first_write_ns"] != 0)]
+    records = taken(records, (records["first_read_ns"] != 0) | (records["first_write_ns"] != 0))
     rows = np.zeros(len(records), dtype=TURN_ROW)
     for name in _COPIED:
         rows[name] = records[name]
@@ -64,8 +81,8 @@ def held_rows(records: npt.NDArray[Any]) -> npt.NDArray[Any]:
     rows["at_ns"] = _at(rows)
     if len(rows) > 1:
         _, last = np.unique(rows["key"][::-1], return_index=True)
-        rows = rows[np.sort(len(rows) - 1 - last)]  # the last of each turn, in the order sent
-    return rows[np.argsort(rows["at_ns"], kind="stable")]
+        rows = taken(rows, np.sort(len(rows) - 1 - last))  # the last of each turn, in the order sent
+    return taken(rows, np.argsort(rows["at_ns"], kind="stable"))
 
 
 def row_of(t: Turn) -> npt.NDArray[Any]:
@@ -121,30 +138,45 @@ class HeldTurns:
             waiting = old[states == WAITING]
             block["state"][lo + waiting] = REPLACED
             self.waiting -= len(waiting)
-        rows = rows[keep]
+        rows = taken(rows, keep)
         if len(rows):
             self.blocks.append(rows)
             self.reads.append(np.ascontiguousarray(rows["at_ns"]))
             self.waiting += len(rows)
             self.rows += len(rows)
+        if len(self.blocks) > COMPACT_AT:
+            self.merge(self._newest_to_merge())
         if len(self.blocks) > MAX_BLOCKS:
             self.merge()
 
-    def merge(self) -> None:
-        """One block of the rows still useful, sorted by first read."""
-        if len(self.blocks) < 2:
+    def _newest_to_merge(self) -> int:
+        """How many of the newest blocks to merge: those up to a block more than twice their rows
+        (at least 2). Blocks then grow geometrically from the newest back: a join or an add looks
+        at a few blocks, a row is copied about log(rows) times in all, and a small read does not
+        cost a merge of its own."""
+        k, rows = 1, len(self.blocks[-1])
+        while k < len(self.blocks) and len(self.blocks[-k - 1]) <= 2 * rows:
+            rows += len(self.blocks[-k - 1])
+            k += 1
+        return max(k, 2)
+
+    def merge(self, newest: int = 0) -> None:
+        """The `newest` blocks (0: all) as one, of their rows still useful, sorted by first read."""
+        newest = len(self.blocks) if newest <= 0 else min(newest, len(self.blocks))
+        if newest < 2:
             return
-        by_start = sorted(range(len(self.blocks)), key=lambda i: int(self.reads[i][0]))
-        every = np.concatenate([self.blocks[i] for i in by_start])
+        first = len(self.blocks) - newest
+        by_start = sorted(range(first, len(self.blocks)), key=lambda i: int(self.reads[i][0]))
+        every = joined_blocks([self.blocks[i] for i in by_start])
         reads = np.concatenate([self.reads[i] for i in by_start])
         if np.any(reads[1:] < reads[:-1]):  # blocks overlapping in time: sort (nearly sorted: cheap)
             order = np.argsort(reads, kind="stable")
-            every, reads = every[order], reads[order]
+            every, reads = taken(every, order), reads[order]
         live = every["state"] != REPLACED
         if not live.all():
-            every, reads = every[live], reads[live]
-        self.blocks, self.reads = [every], [reads]
-        self.rows = len(every)
+            every, reads = taken(every, live), reads[live]
+        self.rows -= sum(len(b) for b in self.blocks[first:]) - len(every)
+        self.blocks[first:], self.reads[first:] = [every], [reads]
 
     def drop_before(self, cut: int) -> int:
         """Drop the rows read before `cut`; how many of them were waiting."""
@@ -189,6 +221,14 @@ class HeldTurns:
                 yield block, a + np.flatnonzero(block["state"][a:b] == WAITING)
 
 
+def on_ports(lport: npt.NDArray[np.int64], ports: frozenset[int]) -> npt.NDArray[np.bool_]:
+    """Which rows are of one of `ports` (a few): a comparison each, cheaper than np.isin's sort."""
+    mine = np.zeros(len(lport), dtype=bool)
+    for port in ports:
+        mine |= lport == port
+    return mine
+
+
 def joinable(rows: npt.NDArray[Any], requests: Sequence[Request], ports: Mapping[str, frozenset[int]],
              lookback_ns: int) -> npt.NDArray[np.bool_]:
     """Which of `rows` the join of `requests` can need; joining only those gives the same results
@@ -207,7 +247,7 @@ def joinable(rows: npt.NDArray[Any], requests: Sequence[Request], ports: Mapping
     for protocol, wanted in ports.items():
         arrivals = np.asarray([r.arrival_ns for r in requests
                                if r.protocol == protocol and r.arrival_ns >= 0 and r.end_ns >= 0], dtype=np.int64)
-        mine = np.isin(lport, np.fromiter(wanted, dtype=np.int64, count=len(wanted)))
+        mine = on_ports(lport, wanted)
         if not len(arrivals) or not mine.any():
             continue
         first = int(arrivals.min())
