@@ -86,11 +86,11 @@ class Config:
     ebpf: str = _opt("auto", "eBPF TCP collection: auto runs it where the kernel allows", choices=("auto", "on", "off"))
     ebpf_port: list[int] = _opt([8000, 8001], "Triton port watched by eBPF (repeatable)", metavar="N", low=1,
                                 high=65535)
-    wire_join: str = _opt("off", "join each traced request to its socket turn: the stages socket_wait, "
+    wire_join: str = _opt("auto", "join each traced request to its socket turn: the stages socket_wait, "
                           "ack_wait, wire and inference_profiler_socket_joins_total. auto: where traces are "
                           "read, eBPF runs here and --ebpf-port holds a --wire-http-port or --wire-grpc-port; "
-                          "on: wherever eBPF is not off. Off by default: it costs about 3 %% of a core more "
-                          "at 300 traced requests/s (docs/traces.md)",
+                          "on: wherever eBPF is not off; off saves about 3 %% of a core at 300 traced "
+                          "requests/s (docs/traces.md)",
                           choices=("auto", "on", "off"))
     wire_http_port: list[int] = _opt([8000], "port of Triton's HTTP frontend, for the socket join (repeatable)",
                                      metavar="N", low=1, high=65535)

@@ -26,10 +26,10 @@ def kernel_allows(monkeypatch: pytest.MonkeyPatch, problem: str | None) -> None:
     monkeypatch.setattr("exporter.ebpf.loader.environment_problem", lambda bcc=True: problem)
 
 
-def test_off_is_the_default_and_on_and_off_mean_what_they_say(tmp_path: Path,
+def test_auto_is_the_default_and_on_and_off_mean_what_they_say(tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     kernel_allows(monkeypatch, "loading BPF programs needs root")  # `on` does not ask the kernel first
-    assert config(tmp_path).wire_join == "off" and not join_runs(config(tmp_path))
+    assert config(tmp_path).wire_join == "auto"  # the contract: with eBPF on Triton's ports, requests join
     assert join_runs(config(tmp_path, ebpf="auto", wire_join="on"))
     assert not join_runs(config(tmp_path, ebpf="on", wire_join="off"))
     assert not join_runs(config(tmp_path, ebpf="off", wire_join="on"))  # no eBPF, no turns
@@ -60,8 +60,8 @@ def test_serve_builds_the_join_only_where_auto_finds_it_runs(tmp_path: Path,
     kernel_allows(monkeypatch, "seccomp forbids bpf(2)")
     assert wire_sources(config(tmp_path, wire_join="auto")) == []
     kernel_allows(monkeypatch, None)
-    assert wire_sources(config(tmp_path)) == []  # off by default
-    (wire,) = wire_sources(config(tmp_path, wire_join="auto"))
+    assert wire_sources(config(tmp_path, wire_join="off")) == []
+    (wire,) = wire_sources(config(tmp_path))  # auto, the default
     assert wire.aggregator.wire is wire.joiner  # traced batches join from the first
     # no traces read: nothing to join
     assert wire_sources(config(tmp_path, wire_join="auto", trace_file=[])) == []
