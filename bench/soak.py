@@ -17,16 +17,20 @@ bytes of trace state (--state-dir) written per ingested trace file.
 --otlp-triton: the same run with Triton's own OpenTelemetry tracing (--trace-config
 mode=opentelemetry, its batch span processor at its defaults unless --otlp-bsp-delay is given)
 posting to `serve --otlp-listen` instead of a trace file; reports Triton's CPU beside the
-exporter's and the spans per POST Triton sent.
+exporter's and the spans per POST Triton sent. --otlp-pace S runs the exporter with
+`--otlp-pace-seconds S` (0: every answer at once, as before the pacing; unset: the exporter's
+default), so one checkout compares both.
 
     .venv/bin/python bench/soak.py --otlp-triton --duration 120
+    .venv/bin/python bench/soak.py --otlp-triton --duration 120 --otlp-pace 0
 
 --otlp: `serve --otlp-listen` alone, fed by a client that posts Triton-shaped OTLP/JSON
 (about a dozen spans a POST, as Triton 2.51 sends them) over ONE keep-alive connection at
 --rate requests/s, one POST at a time, pausing --otlp-pause seconds (less than the
 listener's 60 s idle deadline) every --otlp-pause-every seconds. Every request must be
 counted once: traces counted == requests posted, every POST answered 200 on the same
-connection (a connection the exporter cut is reported, reopened and its POST resent).
+connection (a connection the exporter cut is reported, reopened and its POST resent). This
+client does not batch: give --otlp-pace 0 to post at --rate (paced answers slow it down).
 """
 
 from __future__ import annotations
@@ -81,6 +85,11 @@ def file_bytes_written(pid: int) -> int:
         if line.startswith("wchar:"):
             return int(line.split()[1])
     return 0
+
+
+def pace_args(args: argparse.Namespace) -> list[str]:
+    """serve's --otlp-pace-seconds when --otlp-pace is given (an exporter before it has no such flag)."""
+    return [] if args.otlp_pace is None else ["--otlp-pace-seconds", f"{args.otlp_pace:g}"]
 
 
 def write_result(out: Path, result: dict[str, Any]) -> None:
@@ -186,7 +195,7 @@ def otlp_soak(args: argparse.Namespace) -> int:
         with open(work / "exporter.log", "wb") as log:
             exporter = subprocess.Popen(
                 [args.exporter, "serve", "--listen", f"127.0.0.1:{port}", "--otlp-listen", f"127.0.0.1:{otlp_port}",
-                 "--triton", "none", "--ebpf", "off", "--state-dir", str(work / "state")],
+                 "--triton", "none", "--ebpf", "off", "--state-dir", str(work / "state"), *pace_args(args)],
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         wait_ready(exporter, url, work / "exporter.log")
         print(f"work dir {work}; OTLP at 127.0.0.1:{otlp_port}; {args.rate:g} POST/s of {per_post * 3} spans for "
@@ -280,6 +289,8 @@ def main() -> int:
                     help="Triton's OpenTelemetry tracing posts to the exporter's OTLP listener (no trace file)")
     ap.add_argument("--otlp-bsp-delay", type=int, default=None,
                     help="--otlp-triton: Triton's bsp_schedule_delay in ms (default: Triton's own)")
+    ap.add_argument("--otlp-pace", type=float, default=None,
+                    help="serve --otlp-pace-seconds in the OTLP modes (default: the exporter's own)")
     ap.add_argument("--otlp-pause", type=float, default=55.0, help="OTLP mode: seconds the connection stays idle")
     ap.add_argument("--otlp-pause-every", type=float, default=120.0, help="OTLP mode: seconds between pauses")
     args = ap.parse_args()
@@ -294,7 +305,7 @@ def main() -> int:
         if args.otlp_bsp_delay is not None:
             otel += ["--trace-config", f"opentelemetry,bsp_schedule_delay={args.otlp_bsp_delay}"]
         triton = TritonServer(copy_model_repository(work), work / "triton", extra_args=otel)
-        traces_from = ["--otlp-listen", f"127.0.0.1:{otlp_port}"]
+        traces_from = ["--otlp-listen", f"127.0.0.1:{otlp_port}", *pace_args(args)]
     else:
         triton = TritonServer(copy_model_repository(work), work / "triton", trace_file=work / "traces" / "trace.json",
                               log_frequency=1000, trace_rate=1)
@@ -377,6 +388,7 @@ def main() -> int:
         spans = scrape_traces(url, "inference_profiler_otlp_spans_total", "accepted")
         result: dict[str, Any] = {
             "traces_from": "otlp" if args.otlp_triton else "file", "otlp_posts": posts, "otlp_spans": spans,
+            "otlp_pace": args.otlp_pace,
             "triton_dropped_spans": dropped,
             "wire_join": args.wire_join, "socket_joins": joins,
             "duration_s": args.duration, "target_rate": args.rate, "achieved_rate": achieved,
