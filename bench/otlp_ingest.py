@@ -11,7 +11,7 @@ contender decodes, regroups, counts and commits each payload with the state file
 (time.process_time) is the denominator, so the figures are per core.
 
 Then Triton's own posting shape: about a dozen spans a POST (two copies of a real Triton 2.51
-body of six spans, tests/samples/otlp, with fresh ids), one POST at a time on one keep-alive connection,
+body of six spans, tests/samples/otlp, with fresh ids; --triton-copies for more), one POST at a time on one keep-alive connection,
 each committed before its 200, to a real `serve --otlp-listen` process with a state
 directory. The figure is the daemon's CPU per span (psutil, the whole process) against a
 plain json.loads of the same bodies in this process: the ratio says what the receiver
@@ -122,7 +122,7 @@ def triton_bodies(posts: int, copies: int = 2) -> list[bytes]:
     return out
 
 
-def triton_shape(posts: int, exporter: str) -> None:
+def triton_shape(posts: int, exporter: str, copies: int = 2) -> None:
     import http.client
     import json
     import subprocess
@@ -132,7 +132,7 @@ def triton_shape(posts: int, exporter: str) -> None:
 
     from exporter.demo.launcher import free_port
 
-    bodies = triton_bodies(posts)
+    bodies = triton_bodies(posts, copies)
     n_spans = sum(len(ss["spans"]) for b in bodies for rs in json.loads(b)["resourceSpans"] for ss in rs["scopeSpans"])
     c0 = time.process_time()
     for _ in range(5):
@@ -193,10 +193,12 @@ def main() -> None:
     ap.add_argument("--triton-posts", type=int, default=1500, help="POSTs in Triton's shape (0: skip)")
     ap.add_argument("--exporter", default=str(ROOT / ".venv" / "bin" / "inference-profiler"),
                     help="the inference-profiler serving Triton's shape (another checkout's, for a before/after)")
+    ap.add_argument("--triton-copies", type=int, default=2,
+                    help="copies of the 6-span Triton body a POST (2: a quickly answered Triton; 32: a paced one)")
     ap.add_argument("--triton-only", action="store_true", help="only Triton's shape")
     a = ap.parse_args()
     if a.triton_only:
-        triton_shape(a.triton_posts, a.exporter)
+        triton_shape(a.triton_posts, a.exporter, a.triton_copies)
         return
     reqs = payloads(a.payloads, a.spans)
     pb = [r.SerializeToString() for r in reqs]
@@ -214,7 +216,7 @@ def main() -> None:
         print(f"receiver, {name:8}              {rate:12,.0f} spans/s per core  ({base / rate:.1f}x slower than "
               f"plain decoding; {traces} traces counted)")
     if a.triton_posts:
-        triton_shape(a.triton_posts, a.exporter)
+        triton_shape(a.triton_posts, a.exporter, a.triton_copies)
 
 
 if __name__ == "__main__":
