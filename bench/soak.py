@@ -345,11 +345,19 @@ def main() -> int:
         wchar0 = file_bytes_written(exporter.pid)
         end = time.monotonic() + args.duration
         disk_max = 0.0  # bytes of trace files on disk: retention keeps them bounded
+        sent_before, stalled = -1, 0
         while time.monotonic() < end:
             time.sleep(min(10.0, max(0.0, end - time.monotonic())))
             exp_use.sample()
             tri_use.sample()
             c = driver.counts
+            stalled = stalled + 1 if sum(c.sent.values()) == sent_before else 0
+            sent_before = sum(c.sent.values())
+            if stalled >= 2:  # Triton 2.51 sometimes dies in its tracing (heap corruption) and hangs
+                tail = triton.log_path.read_text(errors="replace").splitlines()[-3:]
+                triton.stop(5.0)
+                raise SystemExit("Triton stopped serving (no request answered for 20 s); its log ends: "
+                                 + " | ".join(tail))
             disk = scrape_traces(url, "inference_profiler_trace_files_bytes")
             disk_max = max(disk_max, disk)
             print(f"  {time.monotonic() - exp_use.t0:6.0f} s: sent {sum(c.sent.values())}, "
