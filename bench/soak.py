@@ -391,12 +391,14 @@ def main() -> int:
         joins = {r: scrape_traces(url, "inference_profiler_socket_joins_total", r)
                  for r in ("joined", "ambiguous", "no_socket_event", "unsupported")}
         posts = scrape_traces(url, "inference_profiler_otlp_requests_total")
+        refused = {r: n for r in ("malformed", "too_large", "throttled", "failed")
+                   if (n := scrape_traces(url, "inference_profiler_otlp_requests_total", r))}
         # Triton's batch span processor logs one line per span it drops with its queue full
         dropped = triton.log_path.read_text(errors="replace").count("queue is full") if args.otlp_triton else 0
         spans = scrape_traces(url, "inference_profiler_otlp_spans_total", "accepted")
         result: dict[str, Any] = {
             "traces_from": "otlp" if args.otlp_triton else "file", "otlp_posts": posts, "otlp_spans": spans,
-            "otlp_pace": args.otlp_pace,
+            "otlp_pace": args.otlp_pace, "otlp_requests_refused": refused,
             "triton_dropped_spans": dropped,
             "wire_join": args.wire_join, "socket_joins": joins,
             "duration_s": args.duration, "target_rate": args.rate, "achieved_rate": achieved,
@@ -421,7 +423,8 @@ def main() -> int:
               f"children): {'EQUAL' if ok else 'DIFFERENT'}")
         if args.otlp_triton:
             print(f"otlp:     Triton posted {posts:.0f} times, {spans:.0f} spans accepted "
-                  f"({spans / max(posts, 1):.1f} spans a POST); Triton dropped {dropped} spans (its queue full)")
+                  f"({spans / max(posts, 1):.1f} spans a POST); Triton dropped {dropped} spans (its queue full); "
+                  f"POSTs refused by the exporter: {refused or 'none'}")
         print(f"disk:     trace files at most {disk_max / 2**20:.1f} MB on disk (sampled every 10 s)")
         print(f"state:    {state_per_file / 1024:.1f} KiB written per ingested trace file "
               f"({files:.0f} files; all file writes of the exporter, log included: "
