@@ -149,6 +149,7 @@ class SpanRecord(NamedTuple):
 
 
 Decoded = list[SpanRecord]
+_record = tuple.__new__  # a SpanRecord from a tuple of its fields, without NamedTuple's Python-level __new__
 
 
 # OTLP/JSON's shape, only the fields the receiver reads: unknown fields are skipped unparsed.
@@ -226,8 +227,8 @@ def _json_records(data: bytes) -> Decoded:
                 except ValueError:
                     raise PayloadError(400, "malformed", f"span {s.spanId[:40]!r} of trace {s.traceId[:40]!r}: "
                                        "ids must be hex") from None
-                out.append(SpanRecord(*ids, s.name, attrs, [(e.name, e.timeUnixNano) for e in s.events],
-                                      _STATUS_NAMES.get(code, 0) if isinstance(code, str) else code))
+                out.append(_record(SpanRecord, (*ids, s.name, attrs, [(e.name, e.timeUnixNano) for e in s.events],
+                                                _STATUS_NAMES.get(code, 0) if isinstance(code, str) else code)))
     return out
 
 
