@@ -156,7 +156,7 @@ def triton_shape(posts: int, exporter: str, copies: int = 2) -> None:
                     time.sleep(0.1)
             daemon = psutil.Process(proc.pid)
             conn = http.client.HTTPConnection("127.0.0.1", otlp, timeout=30)
-            warm = triton_bodies(1)[0]
+            warm = triton_bodies(1, copies)[0]
             conn.request("POST", "/v1/traces", warm, {"Content-Type": "application/json"})
             conn.getresponse().read()  # warm: imports, first commit
             t0 = daemon.cpu_times()
