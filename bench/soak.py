@@ -351,12 +351,12 @@ def main() -> int:
             exp_use.sample()
             tri_use.sample()
             c = driver.counts
-            stalled = stalled + 1 if sum(c.sent.values()) == sent_before else 0
-            sent_before = sum(c.sent.values())
-            if stalled >= 2:  # Triton 2.51 sometimes dies in its tracing (heap corruption) and hangs
+            stalled = stalled + 1 if sum(c.succeeded.values()) == sent_before else 0
+            sent_before = sum(c.succeeded.values())
+            if stalled >= 2:  # Triton 2.51 sometimes dies in its tracing (heap corruption), hung or gone
                 tail = triton.log_path.read_text(errors="replace").splitlines()[-3:]
                 triton.stop(5.0)
-                raise SystemExit("Triton stopped serving (no request answered for 20 s); its log ends: "
+                raise SystemExit("Triton stopped serving (no request succeeded for 20 s); its log ends: "
                                  + " | ".join(tail))
             disk = scrape_traces(url, "inference_profiler_trace_files_bytes")
             disk_max = max(disk_max, disk)
