@@ -160,7 +160,7 @@ _I64 = int
 
 class _Value(msgspec.Struct, gc=False):
     stringValue: str | None = None
-    intValue: _I64 | None = None
+    intValue: _I64 | str | None = None  # text that is not a number drops the attribute, not the body
 
 
 class _KeyValue(msgspec.Struct, gc=False):
@@ -203,6 +203,13 @@ _JSON_DECODER = msgspec.json.Decoder(_Request, strict=False)
 _STATUS_NAMES = {"STATUS_CODE_UNSET": 0, "STATUS_CODE_OK": 1, "STATUS_CODE_ERROR": 2}
 
 
+def _integer(text: str) -> str | None:
+    """proto3 JSON's int64 as decimal text, normalised ("007" -> "7"); None for anything else (a span
+    whose triton.model_version is unreadable is then rejected alone, as missing_attribute)."""
+    digits = text[1:] if text[:1] == "-" else text
+    return str(int(text)) if digits.isascii() and digits.isdigit() else None
+
+
 def _json_records(data: bytes) -> Decoded:
     try:
         req = _JSON_DECODER.decode(data)
@@ -219,8 +226,10 @@ def _json_records(data: bytes) -> Decoded:
                     if v is not None and kv.key.startswith("triton."):
                         if v.stringValue is not None:
                             attrs[kv.key] = v.stringValue
-                        elif v.intValue is not None:
+                        elif isinstance(v.intValue, int):
                             attrs[kv.key] = str(v.intValue)
+                        elif v.intValue is not None and (n := _integer(v.intValue)) is not None:
+                            attrs[kv.key] = n
                 code = s.status.code if s.status is not None else 0
                 try:
                     ids = fromhex(s.traceId), fromhex(s.spanId), fromhex(s.parentSpanId)
