@@ -1,6 +1,6 @@
 """OTLP/JSON attribute values: proto3 JSON writes an int64 as a number or as decimal text. Text that
-is not a number (a real Triton 2.51 sent one under load) costs that attribute only: the body is
-decoded, and a span left without triton.model_version is rejected alone."""
+is not a number, or a null attribute or event (a real Triton 2.51 sent both under load), costs that
+item only: the body is decoded, and a span left without triton.model_version is rejected alone."""
 
 from __future__ import annotations
 
@@ -26,3 +26,15 @@ def test_int_values_as_numbers_or_text_and_unreadable_ones_reject_their_span_onl
     rejected: Counter[str] = Counter()
     kept = list(spans_of(records, lambda reason, n: rejected.update({reason: n}), time.time_ns()))
     assert len(kept) == 4 and rejected == {"missing_attribute": 4}
+
+
+def test_null_attributes_and_events_are_skipped() -> None:
+    doc = json.loads(_body([1, 2]))
+    spans = doc["resourceSpans"][0]["scopeSpans"][0]["spans"]
+    spans[0]["attributes"].insert(1, None)
+    spans[0]["events"] = [None, {"name": "REQUEST_START", "timeUnixNano": "1790000000000000000"}]
+    spans[1]["attributes"][1] = None
+    records, _ = decode(json.dumps(doc).encode(), "application/json", None)
+    assert records[0].attrs == {"triton.model_name": "add_sub", "triton.model_version": "1"}
+    assert records[0].events == [("REQUEST_START", 1_790_000_000 * 10**9)]
+    assert records[1].attrs == {"triton.model_name": "add_sub"}

@@ -182,8 +182,8 @@ class _Span(msgspec.Struct, gc=False):
     spanId: str = ""
     parentSpanId: str = ""
     name: str = ""
-    attributes: list[_KeyValue] = []
-    events: list[_Event] = []
+    attributes: list[_KeyValue | None] = []  # a null item (a real Triton 2.51 sent one under load) is skipped
+    events: list[_Event | None] = []
     status: _Status | None = None
 
 
@@ -222,21 +222,22 @@ def _json_records(data: bytes) -> Decoded:
             for s in ss.spans:
                 attrs: dict[str, str] = {}
                 for kv in s.attributes:
+                    if kv is None or kv.value is None or not kv.key.startswith("triton."):
+                        continue
                     v = kv.value
-                    if v is not None and kv.key.startswith("triton."):
-                        if v.stringValue is not None:
-                            attrs[kv.key] = v.stringValue
-                        elif isinstance(v.intValue, int):
-                            attrs[kv.key] = str(v.intValue)
-                        elif v.intValue is not None and (n := _integer(v.intValue)) is not None:
-                            attrs[kv.key] = n
+                    if v.stringValue is not None:
+                        attrs[kv.key] = v.stringValue
+                    elif isinstance(v.intValue, int):
+                        attrs[kv.key] = str(v.intValue)
+                    elif v.intValue is not None and (n := _integer(v.intValue)) is not None:
+                        attrs[kv.key] = n
                 code = s.status.code if s.status is not None else 0
                 try:
                     ids = fromhex(s.traceId), fromhex(s.spanId), fromhex(s.parentSpanId)
                 except ValueError:
                     raise PayloadError(400, "malformed", f"span {s.spanId[:40]!r} of trace {s.traceId[:40]!r}: "
                                        "ids must be hex") from None
-                out.append(_record(SpanRecord, (*ids, s.name, attrs, [(e.name, e.timeUnixNano) for e in s.events],
+                out.append(_record(SpanRecord, (*ids, s.name, attrs, [(e.name, e.timeUnixNano) for e in s.events if e is not None],
                                                 _STATUS_NAMES.get(code, 0) if isinstance(code, str) else code)))
     return out
 
