@@ -11,11 +11,13 @@ contender decodes, regroups, counts and commits each payload with the state file
 (time.process_time) is the denominator, so the figures are per core.
 
 Then Triton's own posting shape: about a dozen spans a POST (two copies of a real Triton 2.51
-body of six spans, tests/samples/otlp, with fresh ids), one POST at a time on one keep-alive connection,
+body of six spans, tests/samples/otlp, with fresh ids; --triton-copies for more), one POST at a time on one keep-alive connection,
 each committed before its 200, to a real `serve --otlp-listen` process with a state
 directory. The figure is the daemon's CPU per span (psutil, the whole process) against a
 plain json.loads of the same bodies in this process: the ratio says what the receiver
-costs beyond reading the JSON.
+costs beyond reading the JSON. The daemon runs with `--otlp-pace-seconds 0` where it has the
+flag: pacing spaces the answers (a client that does not batch would only wait), it does not
+change what a POST costs.
 """
 
 from __future__ import annotations
@@ -120,7 +122,7 @@ def triton_bodies(posts: int, copies: int = 2) -> list[bytes]:
     return out
 
 
-def triton_shape(posts: int, exporter: str) -> None:
+def triton_shape(posts: int, exporter: str, copies: int = 2) -> None:
     import http.client
     import json
     import subprocess
@@ -130,7 +132,7 @@ def triton_shape(posts: int, exporter: str) -> None:
 
     from exporter.demo.launcher import free_port
 
-    bodies = triton_bodies(posts)
+    bodies = triton_bodies(posts, copies)
     n_spans = sum(len(ss["spans"]) for b in bodies for rs in json.loads(b)["resourceSpans"] for ss in rs["scopeSpans"])
     c0 = time.process_time()
     for _ in range(5):
@@ -139,9 +141,11 @@ def triton_shape(posts: int, exporter: str) -> None:
     plain = (time.process_time() - c0) / 5 / n_spans
     with tempfile.TemporaryDirectory() as work:
         port, otlp = free_port(), free_port()
+        helps = subprocess.run([exporter, "serve", "--help"], capture_output=True, text=True, check=True).stdout
+        pace = ["--otlp-pace-seconds", "0"] if "--otlp-pace-seconds" in helps else []  # older exporters: none
         proc = subprocess.Popen([exporter, "serve", "--listen",
                                  f"127.0.0.1:{port}", "--otlp-listen", f"127.0.0.1:{otlp}", "--triton", "none",
-                                 "--ebpf", "off", "--state-dir", work], stdout=subprocess.DEVNULL,
+                                 "--ebpf", "off", "--state-dir", work, *pace], stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
         try:
             for _ in range(300):
@@ -152,7 +156,7 @@ def triton_shape(posts: int, exporter: str) -> None:
                     time.sleep(0.1)
             daemon = psutil.Process(proc.pid)
             conn = http.client.HTTPConnection("127.0.0.1", otlp, timeout=30)
-            warm = triton_bodies(1)[0]
+            warm = triton_bodies(1, copies)[0]
             conn.request("POST", "/v1/traces", warm, {"Content-Type": "application/json"})
             conn.getresponse().read()  # warm: imports, first commit
             t0 = daemon.cpu_times()
@@ -189,10 +193,12 @@ def main() -> None:
     ap.add_argument("--triton-posts", type=int, default=1500, help="POSTs in Triton's shape (0: skip)")
     ap.add_argument("--exporter", default=str(ROOT / ".venv" / "bin" / "inference-profiler"),
                     help="the inference-profiler serving Triton's shape (another checkout's, for a before/after)")
+    ap.add_argument("--triton-copies", type=int, default=2,
+                    help="copies of the 6-span Triton body a POST (2: a quickly answered Triton; 32: a paced one)")
     ap.add_argument("--triton-only", action="store_true", help="only Triton's shape")
     a = ap.parse_args()
     if a.triton_only:
-        triton_shape(a.triton_posts, a.exporter)
+        triton_shape(a.triton_posts, a.exporter, a.triton_copies)
         return
     reqs = payloads(a.payloads, a.spans)
     pb = [r.SerializeToString() for r in reqs]
@@ -210,7 +216,7 @@ def main() -> None:
         print(f"receiver, {name:8}              {rate:12,.0f} spans/s per core  ({base / rate:.1f}x slower than "
               f"plain decoding; {traces} traces counted)")
     if a.triton_posts:
-        triton_shape(a.triton_posts, a.exporter)
+        triton_shape(a.triton_posts, a.exporter, a.triton_copies)
 
 
 if __name__ == "__main__":

@@ -17,16 +17,20 @@ bytes of trace state (--state-dir) written per ingested trace file.
 --otlp-triton: the same run with Triton's own OpenTelemetry tracing (--trace-config
 mode=opentelemetry, its batch span processor at its defaults unless --otlp-bsp-delay is given)
 posting to `serve --otlp-listen` instead of a trace file; reports Triton's CPU beside the
-exporter's and the spans per POST Triton sent.
+exporter's and the spans per POST Triton sent. --otlp-pace S runs the exporter with
+`--otlp-pace-seconds S` (0: every answer at once, as before the pacing; unset: the exporter's
+default), so one checkout compares both.
 
     .venv/bin/python bench/soak.py --otlp-triton --duration 120
+    .venv/bin/python bench/soak.py --otlp-triton --duration 120 --otlp-pace 0
 
 --otlp: `serve --otlp-listen` alone, fed by a client that posts Triton-shaped OTLP/JSON
 (about a dozen spans a POST, as Triton 2.51 sends them) over ONE keep-alive connection at
 --rate requests/s, one POST at a time, pausing --otlp-pause seconds (less than the
 listener's 60 s idle deadline) every --otlp-pause-every seconds. Every request must be
 counted once: traces counted == requests posted, every POST answered 200 on the same
-connection (a connection the exporter cut is reported, reopened and its POST resent).
+connection (a connection the exporter cut is reported, reopened and its POST resent). This
+client does not batch: give --otlp-pace 0 to post at --rate (paced answers slow it down).
 """
 
 from __future__ import annotations
@@ -81,6 +85,11 @@ def file_bytes_written(pid: int) -> int:
         if line.startswith("wchar:"):
             return int(line.split()[1])
     return 0
+
+
+def pace_args(args: argparse.Namespace) -> list[str]:
+    """serve's --otlp-pace-seconds when --otlp-pace is given (an exporter before it has no such flag)."""
+    return [] if args.otlp_pace is None else ["--otlp-pace-seconds", f"{args.otlp_pace:g}"]
 
 
 def write_result(out: Path, result: dict[str, Any]) -> None:
@@ -186,7 +195,7 @@ def otlp_soak(args: argparse.Namespace) -> int:
         with open(work / "exporter.log", "wb") as log:
             exporter = subprocess.Popen(
                 [args.exporter, "serve", "--listen", f"127.0.0.1:{port}", "--otlp-listen", f"127.0.0.1:{otlp_port}",
-                 "--triton", "none", "--ebpf", "off", "--state-dir", str(work / "state")],
+                 "--triton", "none", "--ebpf", "off", "--state-dir", str(work / "state"), *pace_args(args)],
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         wait_ready(exporter, url, work / "exporter.log")
         print(f"work dir {work}; OTLP at 127.0.0.1:{otlp_port}; {args.rate:g} POST/s of {per_post * 3} spans for "
@@ -280,6 +289,8 @@ def main() -> int:
                     help="Triton's OpenTelemetry tracing posts to the exporter's OTLP listener (no trace file)")
     ap.add_argument("--otlp-bsp-delay", type=int, default=None,
                     help="--otlp-triton: Triton's bsp_schedule_delay in ms (default: Triton's own)")
+    ap.add_argument("--otlp-pace", type=float, default=None,
+                    help="serve --otlp-pace-seconds in the OTLP modes (default: the exporter's own)")
     ap.add_argument("--otlp-pause", type=float, default=55.0, help="OTLP mode: seconds the connection stays idle")
     ap.add_argument("--otlp-pause-every", type=float, default=120.0, help="OTLP mode: seconds between pauses")
     args = ap.parse_args()
@@ -294,7 +305,7 @@ def main() -> int:
         if args.otlp_bsp_delay is not None:
             otel += ["--trace-config", f"opentelemetry,bsp_schedule_delay={args.otlp_bsp_delay}"]
         triton = TritonServer(copy_model_repository(work), work / "triton", extra_args=otel)
-        traces_from = ["--otlp-listen", f"127.0.0.1:{otlp_port}"]
+        traces_from = ["--otlp-listen", f"127.0.0.1:{otlp_port}", *pace_args(args)]
     else:
         triton = TritonServer(copy_model_repository(work), work / "triton", trace_file=work / "traces" / "trace.json",
                               log_frequency=1000, trace_rate=1)
@@ -335,11 +346,19 @@ def main() -> int:
         wchar0 = file_bytes_written(exporter.pid)
         end = time.monotonic() + args.duration
         disk_max = 0.0  # bytes of trace files on disk: retention keeps them bounded
+        sent_before, stalled = -1, 0
         while time.monotonic() < end:
             time.sleep(min(10.0, max(0.0, end - time.monotonic())))
             exp_use.sample()
             tri_use.sample()
             c = driver.counts
+            stalled = stalled + 1 if sum(c.succeeded.values()) == sent_before else 0
+            sent_before = sum(c.succeeded.values())
+            if stalled >= 2:  # Triton 2.51 sometimes dies in its tracing (heap corruption), hung or gone
+                tail = triton.log_path.read_text(errors="replace").splitlines()[-3:]
+                triton.stop(5.0)
+                raise SystemExit("Triton stopped serving (no request succeeded for 20 s); its log ends: "
+                                 + " | ".join(tail))
             disk = scrape_traces(url, "inference_profiler_trace_files_bytes")
             disk_max = max(disk_max, disk)
             print(f"  {time.monotonic() - exp_use.t0:6.0f} s: sent {sum(c.sent.values())}, "
@@ -373,11 +392,14 @@ def main() -> int:
         joins = {r: scrape_traces(url, "inference_profiler_socket_joins_total", r)
                  for r in ("joined", "ambiguous", "no_socket_event", "unsupported")}
         posts = scrape_traces(url, "inference_profiler_otlp_requests_total")
+        refused = {r: n for r in ("malformed", "too_large", "throttled", "failed")
+                   if (n := scrape_traces(url, "inference_profiler_otlp_requests_total", r))}
         # Triton's batch span processor logs one line per span it drops with its queue full
         dropped = triton.log_path.read_text(errors="replace").count("queue is full") if args.otlp_triton else 0
         spans = scrape_traces(url, "inference_profiler_otlp_spans_total", "accepted")
         result: dict[str, Any] = {
             "traces_from": "otlp" if args.otlp_triton else "file", "otlp_posts": posts, "otlp_spans": spans,
+            "otlp_pace": args.otlp_pace, "otlp_requests_refused": refused,
             "triton_dropped_spans": dropped,
             "wire_join": args.wire_join, "socket_joins": joins,
             "duration_s": args.duration, "target_rate": args.rate, "achieved_rate": achieved,
@@ -402,7 +424,8 @@ def main() -> int:
               f"children): {'EQUAL' if ok else 'DIFFERENT'}")
         if args.otlp_triton:
             print(f"otlp:     Triton posted {posts:.0f} times, {spans:.0f} spans accepted "
-                  f"({spans / max(posts, 1):.1f} spans a POST); Triton dropped {dropped} spans (its queue full)")
+                  f"({spans / max(posts, 1):.1f} spans a POST); Triton dropped {dropped} spans (its queue full); "
+                  f"POSTs refused by the exporter: {refused or 'none'}")
         print(f"disk:     trace files at most {disk_max / 2**20:.1f} MB on disk (sampled every 10 s)")
         print(f"state:    {state_per_file / 1024:.1f} KiB written per ingested trace file "
               f"({files:.0f} files; all file writes of the exporter, log included: "

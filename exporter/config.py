@@ -150,6 +150,11 @@ class Config:
         [], "pass every accepted OTLP payload on, unchanged, to this trace backend URL (repeatable)", metavar="URL")
     otlp_hold_seconds: float = _opt(
         60.0, "how long a request's spans wait for its root span (a gRPC stream's comes when it closes)", low=0.0)
+    otlp_pace_seconds: float = _opt(
+        0.2, "answer an OTLP POST smaller than its connection's largest (and than 512 spans) no sooner than "
+        "this after the connection's previous answer; it is committed first. A sender that exports again "
+        "as soon as it is answered (Triton's batch span processor) then sends fewer, larger POSTs, each "
+        "costing one commit (docs/otlp.md); 0: answer at once", low=0.0, high=2.0)
     web_config_file: str = _opt("", "TLS and basic auth for the endpoint (exporter-toolkit web config)", metavar="FILE")
     log_level: str = _opt("info", "log level", choices=("debug", "info", "warning", "error"))
     log_format: str = _opt("text", "log line format", choices=("text", "json"))

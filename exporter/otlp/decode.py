@@ -149,6 +149,7 @@ class SpanRecord(NamedTuple):
 
 
 Decoded = list[SpanRecord]
+_record = tuple.__new__  # a SpanRecord from a tuple of its fields, without NamedTuple's Python-level __new__
 
 
 # OTLP/JSON's shape, only the fields the receiver reads: unknown fields are skipped unparsed.
@@ -159,7 +160,7 @@ _I64 = int
 
 class _Value(msgspec.Struct, gc=False):
     stringValue: str | None = None
-    intValue: _I64 | None = None
+    intValue: _I64 | str | None = None  # text that is not a number drops the attribute, not the body
 
 
 class _KeyValue(msgspec.Struct, gc=False):
@@ -181,8 +182,8 @@ class _Span(msgspec.Struct, gc=False):
     spanId: str = ""
     parentSpanId: str = ""
     name: str = ""
-    attributes: list[_KeyValue] = []
-    events: list[_Event] = []
+    attributes: list[_KeyValue | None] = []  # a null item (a real Triton 2.51 sent one under load) is skipped
+    events: list[_Event | None] = []
     status: _Status | None = None
 
 
@@ -202,6 +203,13 @@ _JSON_DECODER = msgspec.json.Decoder(_Request, strict=False)
 _STATUS_NAMES = {"STATUS_CODE_UNSET": 0, "STATUS_CODE_OK": 1, "STATUS_CODE_ERROR": 2}
 
 
+def _integer(text: str) -> str | None:
+    """proto3 JSON's int64 as decimal text, normalised ("007" -> "7"); None for anything else (a span
+    whose triton.model_version is unreadable is then rejected alone, as missing_attribute)."""
+    digits = text[1:] if text[:1] == "-" else text
+    return str(int(text)) if digits.isascii() and digits.isdigit() else None
+
+
 def _json_records(data: bytes) -> Decoded:
     try:
         req = _JSON_DECODER.decode(data)
@@ -214,20 +222,23 @@ def _json_records(data: bytes) -> Decoded:
             for s in ss.spans:
                 attrs: dict[str, str] = {}
                 for kv in s.attributes:
+                    if kv is None or kv.value is None or not kv.key.startswith("triton."):
+                        continue
                     v = kv.value
-                    if v is not None and kv.key.startswith("triton."):
-                        if v.stringValue is not None:
-                            attrs[kv.key] = v.stringValue
-                        elif v.intValue is not None:
-                            attrs[kv.key] = str(v.intValue)
+                    if v.stringValue is not None:
+                        attrs[kv.key] = v.stringValue
+                    elif isinstance(v.intValue, int):
+                        attrs[kv.key] = str(v.intValue)
+                    elif v.intValue is not None and (n := _integer(v.intValue)) is not None:
+                        attrs[kv.key] = n
                 code = s.status.code if s.status is not None else 0
                 try:
                     ids = fromhex(s.traceId), fromhex(s.spanId), fromhex(s.parentSpanId)
                 except ValueError:
                     raise PayloadError(400, "malformed", f"span {s.spanId[:40]!r} of trace {s.traceId[:40]!r}: "
                                        "ids must be hex") from None
-                out.append(SpanRecord(*ids, s.name, attrs, [(e.name, e.timeUnixNano) for e in s.events],
-                                      _STATUS_NAMES.get(code, 0) if isinstance(code, str) else code))
+                out.append(_record(SpanRecord, (*ids, s.name, attrs, [(e.name, e.timeUnixNano) for e in s.events if e is not None],
+                                                _STATUS_NAMES.get(code, 0) if isinstance(code, str) else code)))
     return out
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+import time
 from collections.abc import Iterator
 
 from prometheus_client.core import CounterMetricFamily, Metric
@@ -38,6 +39,9 @@ DRAIN_BYTES = 64 << 20  # a refused body is read away up to this, then the conne
 REQUEST_RESULTS = ("success", "partial", "malformed", "too_large", "unsupported_media_type",
                    "unauthorized", "not_found", "throttled", "failed")
 SPAN_RESULTS = ("accepted", "duplicate", "rejected")
+# A POST this large is answered at once whatever the pacing: an OTel SDK exports at most 512 spans
+# a POST by default, so its queue may hold more and must drain, not fill.
+PACE_FULL_SPANS = 512
 
 
 class OtlpHandler(TrackedHandler):
@@ -46,6 +50,8 @@ class OtlpHandler(TrackedHandler):
 
     owner: OtlpServer
     rbufsize = 1 << 16  # a small POST's head and body in one read (the default 8 KiB takes two or three)
+    answered = 0.0  # time.monotonic() of this connection's last answer (one handler per connection)
+    largest = 0  # spans in this connection's largest POST so far
 
     @classmethod
     def factory(cls, owner: OtlpServer) -> type[OtlpHandler]:
@@ -53,6 +59,22 @@ class OtlpHandler(TrackedHandler):
 
     def _reply(self, code: int, body: bytes, media: str, headers: dict[str, str] | None = None) -> None:
         self.answer(code, body, media, headers)
+        self.answered = time.monotonic()
+
+    def _pace(self, spans: int) -> None:
+        """Hold a small POST's answer (already committed) until `pace` seconds after this connection's
+        last answer. An OTel batch span processor has one export in flight and exports again as soon
+        as it is answered, so a quick answer brings many small POSTs, each costing a commit; a paced
+        one lets the sender's queue gather the spans into fewer, larger POSTs.
+
+        A POST as large as the connection's largest so far (or of PACE_FULL_SPANS) is answered at once:
+        it may be a full batch with more spans queued behind it, whatever batch size the sender uses.
+        One smaller than that emptied the sender's queue, which then fills only for `pace` seconds."""
+        full = spans >= min(PACE_FULL_SPANS, self.largest)
+        self.largest = max(self.largest, spans)
+        wait = self.answered + self.owner.pace - time.monotonic()
+        if not full and wait > 0:
+            time.sleep(wait)
 
     def _refuse(self, e: PayloadError, media: str) -> None:
         self.owner.ingest.count_request(e.result)
@@ -104,7 +126,9 @@ class OtlpHandler(TrackedHandler):
                 records, media = decode(body, self.headers.get("Content-Type"),
                                         self.headers.get("Content-Encoding"), charge)
                 answer = self._commit(records, body, media)
+                spans = len(records)
                 del records  # the budget is released below: nothing it charged stays held
+            self._pace(spans)
             self._reply(200, answer, media)
         except PayloadError as e:
             if body is None and e.result == "throttled":
@@ -141,11 +165,12 @@ class OtlpServer(Listener):
 
     def __init__(self, ingest: OtlpIngest, host: str, port: int, forwarder: Forwarder | None = None,
                  ssl_context: ssl.SSLContext | None = None, auth: AuthCheck | None = None,
-                 timeouts: Timeouts | None = None, budget: DecodeBudget | None = None) -> None:
+                 timeouts: Timeouts | None = None, budget: DecodeBudget | None = None, pace: float = 0.0) -> None:
         self.ingest = ingest
         self.forwarder = forwarder
         self.auth = auth
         self.budget = budget or DecodeBudget()
+        self.pace = pace  # seconds: a small POST's answer comes no sooner after its connection's last (0: at once)
         super().__init__(host, port, OtlpHandler.factory(self), ssl_context, timeouts)
 
 

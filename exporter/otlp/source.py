@@ -32,7 +32,8 @@ class OtlpSource:
             ssl_context, auth = load_web_config(cfg.web_config_file)
         host, port = parse_listen(cfg.otlp_listen)
         try:
-            self.server = OtlpServer(self.ingest, host, port, self.forwarder, ssl_context, auth)
+            self.server = OtlpServer(self.ingest, host, port, self.forwarder, ssl_context, auth,
+                                     pace=cfg.otlp_pace_seconds)
         except OSError as e:
             raise ConfigError(f"cannot listen on {cfg.otlp_listen}: {e.strerror}; pick another --otlp-listen") from None
         self.collector = OtlpCollector(self.ingest, self.forwarder)

@@ -26,7 +26,9 @@ MIN_WALL_NS = 946_684_800 * 10**9  # 2000-01-01: earlier event times are not a w
 MAX_AHEAD_NS = 24 * 3600 * 10**9  # events this far in the future are not plausible
 # Triton writes an HTTP send it did not capture as 0, which its OTel mode converts to
 # the wall clock at boot: a send before the request was received is such a zero.
-HTTP_SENDS = ("HTTP_SEND_START", "HTTP_SEND_END")
+HTTP_SENDS = frozenset(("HTTP_SEND_START", "HTTP_SEND_END"))
+_RECEIVED = frozenset(("HTTP_RECV_START", "GRPC_WAITREAD_END"))  # when the frontend had the request
+_NEVER = 1 << 64  # later than any uint64 time
 STATUS_ERROR = 2  # opentelemetry.proto.trace.v1.Status.STATUS_CODE_ERROR
 
 Reject = Callable[[str, int], None]  # (reason, how many)
@@ -158,9 +160,14 @@ def _add(t: Trace, events: list[tuple[str, int]]) -> None:
 
 
 def _add_frontend(t: Trace, events: list[tuple[str, int]]) -> None:
-    received = min((ns for name, ns in events if name in ("HTTP_RECV_START", "GRPC_WAITREAD_END")), default=0)
-    if received and any(name in HTTP_SENDS and ns < received for name, ns in events):
-        # not captured: a zero converted to the wall clock at boot
+    received = first_send = _NEVER  # one pass: roots carry most events, and come with every request
+    for name, ns in events:
+        if name in _RECEIVED:
+            received = min(received, ns)
+        elif name in HTTP_SENDS:
+            first_send = min(first_send, ns)
+    if first_send < received < _NEVER:
+        # a send before the request was received was not captured: a zero converted to the wall clock at boot
         events = [(name, ns) for name, ns in events if not (name in HTTP_SENDS and ns < received)]
     _add(t, events)
 
