@@ -30,9 +30,10 @@ def config_check(cfg: Config) -> Iterable[CheckResult]:
             yield CheckResult("web config", "pass", f"{cfg.web_config_file} valid")
         except ConfigError as e:
             yield CheckResult("web config", "fail", str(e))
+    from .traces.compiled import STALE
     from .traces.scanner import scanner_name
 
-    yield CheckResult("trace scanner", "pass", scanner_name())
+    yield CheckResult("trace scanner", "warn" if STALE else "pass", scanner_name())
 
 
 # imported statically: a check module that does not import is a bug to see, not an item to skip

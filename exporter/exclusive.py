@@ -7,6 +7,8 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
+from .traces import compiled
+
 __all__ = ["_exclusive_c", "_exclusive_numpy", "exclusive", "exclusive_reference"]
 
 
@@ -50,10 +52,7 @@ def _exclusive_numpy(starts: npt.NDArray[np.int64], ends: npt.NDArray[np.int64],
     return out
 
 
-try:
-    from .traces._scan import exclusive as _exclusive_c  # type: ignore[import-not-found,unused-ignore]
-except ImportError:  # no compiler where it was installed
-    _exclusive_c = None
+_exclusive_c = getattr(compiled.SCAN, "exclusive", None)  # None: no compiler where it was installed
 
 
 def exclusive(starts: npt.NDArray[np.int64], ends: npt.NDArray[np.int64],

@@ -20,6 +20,8 @@ from prometheus_client import utils as client_python_utils
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.samples import Exemplar, Sample
 
+from .traces import compiled
+
 # 4 sub-buckets per power of two: bounds are m * 2**e with m in 5..8 (plus 0..4).
 LOG_LINEAR_SUB = 4
 
@@ -193,10 +195,8 @@ def _fraction_bounds(schema: int) -> npt.NDArray[np.float64]:
 
 _FRACTIONS: tuple[float, ...] = tuple(_fraction_bounds(STORE_SCHEMA).tolist())  # Histogram.fill's, one at a time
 _PER_EXP = 1 << STORE_SCHEMA
-try:  # the same loop in C, where the trace scanner is built (a commit fills every series a POST touched)
-    from .traces._scan import fill as _fill_c  # type: ignore[import-not-found,unused-ignore]
-except ImportError:
-    _fill_c = None
+# the same loop in C, where the trace scanner is built (a commit fills every series a POST touched)
+_fill_c = getattr(compiled.SCAN, "fill", None)
 
 
 def native_index(values: npt.ArrayLike, schema: int) -> npt.NDArray[np.int64]:

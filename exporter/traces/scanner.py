@@ -23,6 +23,7 @@ from ..stages import (
     NCOLS,
     scan_model,
 )
+from . import compiled
 from .assembly import MergeWindow, Trace, TraceBatch
 from .records import ChunkEnd, ReadResult, RejectFn, Stamps, TensorFn, read_records
 
@@ -79,10 +80,7 @@ class PyFileScan(_CustomNames):
             self._done.clear()
 
 
-try:
-    from . import _scan  # type: ignore[attr-defined,unused-ignore]
-except ImportError:  # no compiler where it was installed: the pure-Python path serves
-    _scan = None
+_scan: Any = compiled.SCAN  # None: no compiler where it was installed, or a stale build; Python serves
 if os.environ.get("INFPROF_PURE_PYTHON_SCANNER"):  # for benchmarks and debugging
     _scan = None
 
@@ -156,7 +154,7 @@ def scanner_name() -> str:
     if FileScan is CFileScan:
         return "C (compiled _scan module)"
     why = "INFPROF_PURE_PYTHON_SCANNER is set" if os.environ.get("INFPROF_PURE_PYTHON_SCANNER") else \
-        "no compiled _scan module"
+        compiled.STALE or "no compiled _scan module"
     return f"pure Python ({why}; about 20x slower)"
 
 

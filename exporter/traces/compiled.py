@@ -1,0 +1,33 @@
+"""The compiled helpers of exporter/traces/_scan.c (the trace scanner, the exclusive-time sweep,
+the histogram fill), where pip built them and the build matches its source.
+
+A build older than its source (the checkout moved on and nobody ran `pip install -e .` again)
+may take other arguments or compute another model than the Python beside it expects; using it
+could miscount without an error. So a stale build is not used: the pure-Python paths serve, and
+`STALE` says why for the log and `check`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import ModuleType
+
+
+def _load() -> tuple[ModuleType | None, str]:
+    try:
+        from . import _scan  # type: ignore[attr-defined,unused-ignore]
+    except ImportError:  # no compiler where it was installed
+        return None, ""
+    why = stale(Path(__file__).with_name("_scan.c"), Path(str(_scan.__file__)))
+    return (None, why) if why else (_scan, "")
+
+
+def stale(source: Path, built: Path) -> str:
+    """Why `built` must not be used ("" where it may): it is older than `source`. Where the
+    source is not installed beside it (a wheel), the build is trusted."""
+    if source.exists() and source.stat().st_mtime > built.stat().st_mtime:
+        return f"the compiled {built.name} is older than {source.name}; rebuild it (pip install -e . in the checkout)"
+    return ""
+
+
+SCAN, STALE = _load()
