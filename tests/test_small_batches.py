@@ -4,6 +4,7 @@ exactly the state the vectorised path leaves, on the same random traces."""
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import random
@@ -63,6 +64,9 @@ def state(agg: TraceAggregate) -> dict[str, Any]:
 @pytest.mark.parametrize("seed,rows,max_models", [(1, 1, 100), (2, 3, 100), (3, 12, 3), (4, 40, 2)])
 def test_small_path_leaves_the_vectorised_state(seed: int, rows: int, max_models: int) -> None:
     fast, slow = TraceAggregate(BOUNDS), TraceAggregate(BOUNDS)
+    # the small path read from the C request model (as OTLP's rows are): streams finished in C
+    # with their gaps, and without them (streaming rows redone from their every response)
+    modelled, ungapped = TraceAggregate(BOUNDS), TraceAggregate(BOUNDS)
     live = TraceAggregate(BOUNDS)
     live.models = {("a", "1")}
     n = 0
@@ -70,6 +74,11 @@ def test_small_path_leaves_the_vectorised_state(seed: int, rows: int, max_models
         codes = protocol_codes(b.stamps)
         slow.observe_batch(b, codes, ("pod",), max_models, live)
         observe_small(fast, b, codes, ("pod",), max_models, live)
+        with_model = scanner.with_model(copy.copy(b))
+        assert with_model.model is not None
+        observe_small(modelled, with_model, codes, ("pod",), max_models, live)
+        with_model.model_gaps = None
+        observe_small(ungapped, with_model, codes, ("pod",), max_models, live)
         if n == 0:  # one batch of a few traces: journaled as its values
             one = TraceAggregate(BOUNDS)
             observe_small(one, b, codes, ("pod",), max_models, live)
@@ -83,6 +92,9 @@ def test_small_path_leaves_the_vectorised_state(seed: int, rows: int, max_models
     assert fast.values and not fast.histograms  # left as values, binned by the commit's merge
     assert list(fast.rejected.items()) == list(slow.rejected.items())
     assert state(TraceAggregate(BOUNDS).merged(fast)) == state(TraceAggregate(BOUNDS).merged(slow))
+    for other in (modelled, ungapped):
+        assert list(other.rejected.items()) == list(slow.rejected.items())
+        assert state(TraceAggregate(BOUNDS).merged(other)) == state(TraceAggregate(BOUNDS).merged(slow))
     record = fast.to_delta_json()  # a series' few values as they are, its many binned (fewer bytes)
     assert "h" in record and len(json.dumps(record)) < len(json.dumps(slow.to_delta_json())) * 1.5
     replayed = TraceAggregate(BOUNDS)  # as the journal holds and start-up replays them
