@@ -134,6 +134,19 @@ def test_unknown_version_is_moved_aside_not_overwritten(tmp_path: Path, good_sta
     assert json.loads((state / (STATE_FILE + ".corrupt")).read_text())["version"] == 99
 
 
+@pytest.mark.parametrize("family", ["outcomes", "joins", "traces", "timeline"])
+def test_a_series_key_too_short_for_its_labels_is_moved_aside(tmp_path: Path, good_state: dict[str, Any],
+                                                               caplog: pytest.LogCaptureFixture, family: str) -> None:
+    """Found by the fuzz below: an outcome's key emptied passed the checks and failed every scrape."""
+    state = tmp_path / "state"
+    state.mkdir()
+    agg = dict(good_state["aggregate"])
+    agg[family] = [*agg.get(family, []), [[], 1]]
+    _write_checksummed(state, {**good_state, "aggregate": agg})
+    t = _start(state, tmp_path, caplog)
+    _assert_moved_aside(state, t, caplog)
+
+
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=8),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),

@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import os
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -151,10 +152,24 @@ def check_state(agg: TraceAggregate, entries: dict[str, FileEntry], streams: dic
         if not isinstance(v, int) or isinstance(v, bool) or v < 0:
             raise ValueError(f"count {v!r} is not a non-negative integer")
 
-    for hists, n_buckets in ((agg.histograms, len(agg.bounds_ns) + 1), (agg.responses, len(RESPONSE_BOUNDS) + 1)):
-        for key, h in hists.items():
+    def series(keys: Iterable[tuple[object, ...]], least: int) -> None:
+        """model, version, protocol (after any extra labels), and the family's own last label"""
+        for key in keys:
+            if not isinstance(key, tuple) or len(key) < least:
+                raise ValueError(f"series key {key!r} has fewer than {least} labels")
             for x in key:
                 label(x)
+
+    series(agg.histograms, 4)
+    series(agg.responses, 3)
+    series(agg.traces, 3)
+    series(agg.outcomes, 4)
+    series(agg.timeline, 4)
+    series(agg.joins, 4)
+    for n in (*agg.outcomes.values(), *agg.joins.values()):
+        count(n)
+    for hists, n_buckets in ((agg.histograms, len(agg.bounds_ns) + 1), (agg.responses, len(RESPONSE_BOUNDS) + 1)):
+        for key, h in hists.items():
             if len(h.counts) != n_buckets:
                 raise ValueError(f"histogram {key} has {len(h.counts)} buckets, not {n_buckets}")
             for c in h.counts:
@@ -163,13 +178,7 @@ def check_state(agg: TraceAggregate, entries: dict[str, FileEntry], streams: dic
             count(h.total)  # a negative _sum fails the scrape
             if sum(h.counts) != h.count:
                 raise ValueError(f"histogram {key} counts do not add up")
-    for key, n in agg.timeline.items():
-        for x in key:
-            label(x)
-        count(n)
-    for key, n in agg.traces.items():
-        for x in key:
-            label(x)
+    for n in (*agg.timeline.values(), *agg.traces.values()):
         count(n)
     for counter in (agg.files, agg.rejected):
         for k, n in counter.items():
