@@ -87,7 +87,7 @@ def test_small_posts_are_paced_full_ones_and_new_connections_answered_at_once(se
         requests += 4
         answers = [time.monotonic()]
         for _ in range(3):  # 6 spans each, sent the moment the previous answer came: paced
-            _post(conn, _body(2, requests))
+            _post(conn, _body(2, requests))  # built after the answer, but small: at most a few ms
             requests += 2
             answers.append(time.monotonic())
             # committed before its answer: counted already
@@ -99,9 +99,12 @@ def test_small_posts_are_paced_full_ones_and_new_connections_answered_at_once(se
         requests += 4
         assert _post(other, _body(1, requests)) < PACE * 0.6  # another connection: its own pace, none yet
         requests += 1
-        assert _post(conn, _body(171, requests)) < PACE * 0.6  # 513 spans: at once whatever came before
+        # both bodies built first: the pace counts from the server's answer, so time spent building the
+        # next body after it would shorten the wait the client sees
+        full, smaller = _body(171, requests), _body(100, requests + 171)
+        assert _post(conn, full) < PACE * 0.6  # 513 spans: at once whatever came before
         requests += 171
-        assert _post(conn, _body(100, requests)) >= PACE - 0.05  # 300 spans, below the largest: paced
+        assert _post(conn, smaller) >= PACE - 0.05  # 300 spans, below the largest: paced
         requests += 100
     finally:
         conn.close()
