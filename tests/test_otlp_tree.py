@@ -20,13 +20,12 @@ from exporter.otlp import ingest as ingest_module
 from exporter.otlp import whole
 from exporter.otlp.decode import Decoded, SpanRecord, decode
 from exporter.otlp.ingest import OtlpIngest
-from exporter.traces import compiled
 from exporter.traces.tailer import TailerSettings, TraceTailer
 from tests.otlp_payloads import BOOT, T0, export_request, request_spans
 
 BOUNDS = (10_000, 100_000, 1_000_000, 10_000_000, 100_000_000)
 SAMPLE = Path(__file__).parent / "samples" / "otlp" / "triton-2.51-stream.json"
-TREE, STALE = compiled.load("exporter.otlp._tree")
+TREE, STALE = whole.BUILT, whole.STALE
 
 
 def test_the_compiled_path_is_built_and_fresh() -> None:

@@ -33,16 +33,16 @@ from .spans import (
 # the reasons _tree.build counts, in its order
 REASONS = ("bad_span_id", "missing_attribute", "bad_label", "implausible_time", "unknown_timestamp", "orphan_span")
 
-TREE: Any
-TREE, STALE = compiled.load(__package__ + "._tree")
-if os.environ.get("INFPROF_PURE_PYTHON_OTLP"):  # for benchmarks, debugging and the tests of the Python path
-    TREE = None
-if TREE is not None:
-    TREE.configure({n: COLUMN[n] for n in NAMES}, NCOLS, FIRST_COL, COUNT_COL,
-                   [COLUMN[n] for n in COLUMNS if n.startswith("HTTP_")],
-                   [COLUMN[n] for n in COLUMNS if n.startswith("GRPC_")],
-                   sorted(COLUMN[n] for n in RECEIVED), sorted(COLUMN[n] for n in HTTP_SENDS),
-                   MIN_WALL_NS, MAX_AHEAD_NS, MODEL_NAME, MODEL_VERSION, REQUEST_ID)
+BUILT: Any  # the compiled module where it is built and fresh, else None (STALE says why)
+BUILT, STALE = compiled.load(__package__ + "._tree")
+if BUILT is not None:
+    BUILT.configure({n: COLUMN[n] for n in NAMES}, NCOLS, FIRST_COL, COUNT_COL,
+                    [COLUMN[n] for n in COLUMNS if n.startswith("HTTP_")],
+                    [COLUMN[n] for n in COLUMNS if n.startswith("GRPC_")],
+                    sorted(COLUMN[n] for n in RECEIVED), sorted(COLUMN[n] for n in HTTP_SENDS),
+                    MIN_WALL_NS, MAX_AHEAD_NS, MODEL_NAME, MODEL_VERSION, REQUEST_ID)
+# the path in use; INFPROF_PURE_PYTHON_OTLP: the Python path alone (benchmarks, debugging, tests)
+TREE: Any = None if os.environ.get("INFPROF_PURE_PYTHON_OTLP") else BUILT
 
 Rows = tuple[TraceBatch, npt.NDArray[np.int8]]  # a batch and each row's protocol code
 
