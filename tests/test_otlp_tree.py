@@ -218,3 +218,12 @@ def test_fuzzed_trees_split_across_requests_count_the_same(rng: random.Random, t
     cuts = sorted(rng.randrange(0, len(spans) + 1) for _ in range(posts - 1))
     requests = [spans[a:b] for a, b in zip([0, *cuts], [*cuts, len(spans)], strict=True)]
     _same(requests, monkeypatch)
+
+
+def test_check_names_the_path_in_use(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert whole.path_name().startswith("C (compiled _tree") == (whole.TREE is not None)
+    monkeypatch.setattr(whole, "TREE", None)
+    assert whole.path_name().startswith("pure Python (INFPROF_PURE_PYTHON_OTLP is set")
+    monkeypatch.setattr(whole, "BUILT", None)
+    monkeypatch.setattr(whole, "STALE", "the compiled _tree.so is older than _tree.c; rebuild it")
+    assert "older than _tree.c" in whole.path_name()

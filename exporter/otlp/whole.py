@@ -44,6 +44,16 @@ if BUILT is not None:
 # the path in use; INFPROF_PURE_PYTHON_OTLP: the Python path alone (benchmarks, debugging, tests)
 TREE: Any = None if os.environ.get("INFPROF_PURE_PYTHON_OTLP") else BUILT
 
+
+
+def path_name() -> str:
+    """Which path counts OTLP spans here, for `check`."""
+    if TREE is not None:
+        return "C (compiled _tree module) for whole trees, Python for the rest"
+    why = "INFPROF_PURE_PYTHON_OTLP is set" if BUILT is not None else STALE or "no compiled _tree module"
+    return f"pure Python ({why}; several times slower per span)"
+
+
 Rows = tuple[TraceBatch, npt.NDArray[np.int8]]  # a batch and each row's protocol code
 
 
