@@ -189,6 +189,8 @@ def _tree(rng: random.Random, t0: int) -> list[SpanRecord]:
 
     def model(parent: bytes, depth: int) -> None:
         sid = _span_id(rng)
+        if rng.random() < 0.02:
+            parent = sid  # its own parent: a loop no tree has, counted (not followed) all the same
         attrs = {"triton.model_name": rng.choice(("m", "ens", "x" * 300, "")), "triton.model_version": "1",
                  "triton.request_id": rng.choice(("", "r1", "r2"))}
         if rng.random() < 0.05:
@@ -233,3 +235,21 @@ def test_check_names_the_path_in_use(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(whole, "BUILT", None)
     monkeypatch.setattr(whole, "STALE", "the compiled _tree.so is older than _tree.c; rebuild it")
     assert "older than _tree.c" in whole.path_name()
+
+
+@pytest.mark.parametrize("levels", [16, 17, 20])
+def test_a_chain_of_ensembles_deeper_than_the_order_bound_counts_the_same(levels: int,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    tid, root = os.urandom(16), os.urandom(8)
+    spans = [SpanRecord(tid, root, b"", "InferRequest", {}, [("GRPC_WAITREAD_END", T0)], 0)]
+    parent = root
+    for depth in range(levels):  # each step a child of the last: tree_traces orders 16 levels
+        sid = os.urandom(8)
+        spans.append(SpanRecord(tid, sid, parent, f"m{depth}", {"triton.model_name": f"m{depth}",
+                                "triton.model_version": "1"},
+                                [("REQUEST_START", T0 + depth), ("REQUEST_END", T0 + 10**6 - depth)], 0))
+        parent = sid
+    out = _same([spans[::-1]], monkeypatch)
+    assert sum(out["traces"].values()) == levels
+    assert out["fast rows"] == (levels if levels <= 16 else 0)  # deeper: the Python path orders it
+    assert {k[2] for k in out["traces"]} == {"grpc"}
