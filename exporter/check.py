@@ -34,6 +34,10 @@ def config_check(cfg: Config) -> Iterable[CheckResult]:
     from .traces.scanner import scanner_name
 
     yield CheckResult("trace scanner", "warn" if STALE else "pass", scanner_name())
+    if cfg.otlp_listen:
+        from .otlp import whole
+
+        yield CheckResult("OTLP span path", "warn" if whole.STALE else "pass", whole.path_name())
 
 
 # imported statically: a check module that does not import is a bug to see, not an item to skip

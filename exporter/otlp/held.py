@@ -13,6 +13,7 @@ edits, and applied (`apply`) only once it is durable.
 
 from __future__ import annotations
 
+import itertools
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -112,7 +113,8 @@ class HeldSpans:
         total -= sum(self.entries[t].size for t in p.held if t in self.entries)
         total -= sum(self.entries[t].size for t in p.gone)
         gone = set(p.gone)
-        order = [t for t in self.entries if t not in gone] + [t for t in p.held if t not in self.entries]
+        # the held entries lazily (a POST looks at the oldest only), then this POST's new ones (popped below)
+        order = itertools.chain((t for t in self.entries if t not in gone), [t for t in p.held if t not in self.entries])
         for tid in order:
             e = p.held.get(tid) or self.entries[tid]
             if now - e.since < self.hold_seconds and total <= self.max_bytes:

@@ -22,6 +22,7 @@ from ..traces.store import Change, SectionChange
 from .decode import Decoded
 from .held import MAX_HELD_BYTES, HeldSpans, HoldPlan
 from .spans import Reject, Span, Tree, new_ids, spans_of, tree_traces
+from .whole import Rows, split
 
 PRODUCER = "otlp"  # the name of this producer's sections in the trace state
 PATH = "/v1/traces"
@@ -100,6 +101,34 @@ class OtlpIngest:
             rejected[reason] += n
             delta.reject(reason, n)
 
+        fast = split(req, time.time_ns(), self.holding.entries, self.seen, self.legacy)
+        if fast is not None:  # the compiled path: whole trees are rows already, the rest placed below
+            for reason, n in fast.rejects.items():
+                if n:
+                    reject(reason, n)
+            fresh, keys, duplicates, rows = fast.slow, fast.keys, fast.duplicates, fast.rows
+        else:
+            fresh, keys, duplicates, rows = self._fresh(req, reject)
+        plan = self.holding.plan(fresh, now)
+        gone = self._commit(change, plan, now, reject, keys, rows)
+        rejected["model_cap"] += delta.rejected["model_cap"]  # told in the reply, spans not rejected
+        for k in keys:
+            self.seen[k] = None
+        for c, _ in gone:
+            for i in _ids(c):
+                self.seen.pop(i, None)
+        bad = sum(rejected[r] for r in SPAN_REJECTS)
+        with self.lock:
+            self.spans["accepted"] += len(keys)
+            self.spans["duplicate"] += duplicates
+            self.spans["rejected"] += bad
+        why = ", ".join(f"{r}={rejected[r]}" for r in (*SPAN_REJECTS, "model_cap") if rejected[r])
+        if rejected["model_cap"]:
+            why += f" (traces of more than {self.aggregator.max_models} model versions are not counted)"
+        return len(keys), bad, why
+
+    def _fresh(self, req: Decoded, reject: Reject) -> tuple[list[Span], list[bytes], int, None]:
+        """The Python path: (the request's new spans, their keys, how many were duplicates, no rows)."""
         fresh: list[Span] = []
         keys: list[bytes] = []
         in_batch: set[bytes] = set()
@@ -112,23 +141,7 @@ class OtlpIngest:
             in_batch.add(k)
             keys.append(k)
             fresh.append(s)
-        plan = self.holding.plan(fresh, now)
-        gone = self._commit(change, plan, now, reject, keys)
-        rejected["model_cap"] += delta.rejected["model_cap"]  # told in the reply, spans not rejected
-        for k in keys:
-            self.seen[k] = None
-        for c, _ in gone:
-            for i in _ids(c):
-                self.seen.pop(i, None)
-        bad = sum(rejected[r] for r in SPAN_REJECTS)
-        with self.lock:
-            self.spans["accepted"] += len(fresh)
-            self.spans["duplicate"] += duplicates
-            self.spans["rejected"] += bad
-        why = ", ".join(f"{r}={rejected[r]}" for r in (*SPAN_REJECTS, "model_cap") if rejected[r])
-        if rejected["model_cap"]:
-            why += f" (traces of more than {self.aggregator.max_models} model versions are not counted)"
-        return len(fresh), bad, why
+        return fresh, keys, duplicates, None
 
     def expire(self) -> int:
         """Count the requests that waited hold_seconds for their root; returns how many."""
@@ -143,7 +156,7 @@ class OtlpIngest:
             return len(plan.ready)
 
     def _commit(self, change: Change, plan: HoldPlan, now: float, reject: Reject,
-                keys: list[bytes]) -> list[tuple[str, int]]:
+                keys: list[bytes], rows: Rows | None = None) -> list[tuple[str, int]]:
         """The plan's ready requests counted, this producer's sections edited, as one commit; held
         spans and remembered keys change only once it is durable. Returns the chunks of keys that
         went."""
@@ -163,7 +176,7 @@ class OtlpIngest:
         if self.legacy and total >= self.seen_spans:
             sections["seen"] = SectionChange(replace=True)  # the window is full of keys: ids alone go
         with self.aggregator.lock:
-            self.aggregator.observe(change, self._batches(plan.ready, now, reject, change), self.labels,
+            self.aggregator.observe(change, self._batches(plan.ready, now, reject, change, rows), self.labels,
                                     wall_clock=True)
             if sections:
                 change.producers[PRODUCER] = sections
@@ -178,9 +191,15 @@ class OtlpIngest:
         return chunks[:d]
 
     @staticmethod
-    def _batches(trees: list[Tree], now: float, reject: Reject, change: Change) -> Iterator[Batch]:
-        """The same path as trace files from here: a batch and its protocols."""
-        ids = new_ids()
+    def _batches(trees: list[Tree], now: float, reject: Reject, change: Change,
+                 rows: Rows | None = None) -> Iterator[Batch]:
+        """The same path as trace files from here: a batch and its protocols (the compiled path's
+        rows of whole trees first, where there are some)."""
+        assert change.delta is not None
+        if rows is not None:
+            change.delta.last_ingest = now
+            yield with_model(rows[0]), rows[1]
+        ids = new_ids(1 if rows is None else len(rows[0]) + 1)
         traces: list[Trace] = []
         w3c: dict[int, str] = {}
         codes: dict[int, int] = {}  # each trace's protocol: a child takes its parent's, which came before it
@@ -191,7 +210,6 @@ class OtlpIngest:
                 codes[t.id] = int(frontend_protocol(t.stamps)) if t.parent_id is None else codes.get(t.parent_id, -1)
         if not traces:
             return
-        assert change.delta is not None
         change.delta.last_ingest = now  # TraceIngestionStalled watches OTLP-fed traces too
         batch = with_model(TraceBatch.from_traces(traces))
         batch.trace_ids = list(w3c.values())

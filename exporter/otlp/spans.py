@@ -27,7 +27,7 @@ MAX_AHEAD_NS = 24 * 3600 * 10**9  # events this far in the future are not plausi
 # Triton writes an HTTP send it did not capture as 0, which its OTel mode converts to
 # the wall clock at boot: a send before the request was received is such a zero.
 HTTP_SENDS = frozenset(("HTTP_SEND_START", "HTTP_SEND_END"))
-_RECEIVED = frozenset(("HTTP_RECV_START", "GRPC_WAITREAD_END"))  # when the frontend had the request
+RECEIVED = frozenset(("HTTP_RECV_START", "GRPC_WAITREAD_END"))  # when the frontend had the request
 _NEVER = 1 << 64  # later than any uint64 time
 STATUS_ERROR = 2  # opentelemetry.proto.trace.v1.Status.STATUS_CODE_ERROR
 
@@ -99,6 +99,14 @@ def _span(r: SpanRecord, reject: Reject, now_ns: int) -> Span | None:
     return Span(tid, sid, pid, r.name, attrs, events, r.status == STATUS_ERROR)
 
 
+def checked_span(r: SpanRecord) -> Span:
+    """The span of a record that passed _span's checks elsewhere (its unknown names counted there)."""
+    events = r.events
+    if not KNOWN_TIMESTAMPS.issuperset(n for n, _ in events):
+        events = [(n, t) for n, t in events if n in KNOWN_TIMESTAMPS or CUSTOM_NAME.fullmatch(n)]
+    return Span(r.trace_id, r.span_id, r.parent_id, r.name, r.attrs, events, r.status == STATUS_ERROR)
+
+
 # --- a tree -> traces -------------------------------------------------------------------
 
 Tree = dict[bytes, Span]  # one OTel trace's spans by span id
@@ -162,7 +170,7 @@ def _add(t: Trace, events: list[tuple[str, int]]) -> None:
 def _add_frontend(t: Trace, events: list[tuple[str, int]]) -> None:
     received = first_send = _NEVER  # one pass: roots carry most events, and come with every request
     for name, ns in events:
-        if name in _RECEIVED:
+        if name in RECEIVED:
             received = min(received, ns)
         elif name in HTTP_SENDS:
             first_send = min(first_send, ns)
@@ -172,5 +180,5 @@ def _add_frontend(t: Trace, events: list[tuple[str, int]]) -> None:
     _add(t, events)
 
 
-def new_ids() -> Iterator[int]:
-    return itertools.count(1)
+def new_ids(start: int = 1) -> Iterator[int]:
+    return itertools.count(start)

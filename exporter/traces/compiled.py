@@ -9,17 +9,21 @@ could miscount without an error. So a stale build is not used: the pure-Python p
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from types import ModuleType
 
 
-def _load() -> tuple[ModuleType | None, str]:
+def load(name: str) -> tuple[ModuleType | None, str]:
+    """(the compiled module `name`, e.g. "exporter.otlp._tree", or None; why not, for the log)
+    where it is built and not older than the C source beside it (its name with .c)."""
     try:
-        from . import _scan  # type: ignore[attr-defined,unused-ignore]
+        module = importlib.import_module(name)
     except ImportError:  # no compiler where it was installed
         return None, ""
-    why = stale(Path(__file__).with_name("_scan.c"), Path(str(_scan.__file__)))
-    return (None, why) if why else (_scan, "")
+    built = Path(str(module.__file__))
+    why = stale(built.with_name(name.rpartition(".")[2] + ".c"), built)
+    return (None, why) if why else (module, "")
 
 
 def stale(source: Path, built: Path) -> str:
@@ -30,4 +34,4 @@ def stale(source: Path, built: Path) -> str:
     return ""
 
 
-SCAN, STALE = _load()
+SCAN, STALE = load(__name__.rpartition(".")[0] + "._scan")
