@@ -34,6 +34,9 @@ def config_check(cfg: Config) -> Iterable[CheckResult]:
     from .traces.scanner import scanner_name
 
     yield CheckResult("trace scanner", "warn" if STALE else "pass", scanner_name())
+    from .otlp.cdecode import decoder_name, decoder_warning
+
+    yield CheckResult("OTLP decoder", "warn" if decoder_warning() else "pass", decoder_name())
 
 
 # imported statically: a check module that does not import is a bug to see, not an item to skip

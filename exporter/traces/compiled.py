@@ -1,5 +1,6 @@
 """The compiled helpers of exporter/traces/_scan.c (the trace scanner, the exclusive-time sweep,
-the histogram fill), where pip built them and the build matches its source.
+the histogram fill), where pip built them and the build matches its source; `load` serves the
+other compiled modules (exporter/otlp/_otlp.c) by the same rule.
 
 A build older than its source (the checkout moved on and nobody ran `pip install -e .` again)
 may take other arguments or compute another model than the Python beside it expects; using it
@@ -9,17 +10,21 @@ could miscount without an error. So a stale build is not used: the pure-Python p
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from types import ModuleType
 
 
-def _load() -> tuple[ModuleType | None, str]:
+def load(module: str) -> tuple[ModuleType | None, str]:
+    """The compiled `module` (dotted name; its source is the .c file of its last name beside it),
+    or None and why not: "" where it was not built (no compiler where it was installed)."""
     try:
-        from . import _scan  # type: ignore[attr-defined,unused-ignore]
-    except ImportError:  # no compiler where it was installed
+        built = importlib.import_module(module)
+    except ImportError:
         return None, ""
-    why = stale(Path(__file__).with_name("_scan.c"), Path(str(_scan.__file__)))
-    return (None, why) if why else (_scan, "")
+    path = Path(str(built.__file__))
+    why = stale(path.with_name(module.rsplit(".", 1)[-1] + ".c"), path)
+    return (None, why) if why else (built, "")
 
 
 def stale(source: Path, built: Path) -> str:
@@ -30,4 +35,4 @@ def stale(source: Path, built: Path) -> str:
     return ""
 
 
-SCAN, STALE = _load()
+SCAN, STALE = load(f"{__package__}._scan")
