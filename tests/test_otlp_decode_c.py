@@ -28,7 +28,7 @@ SAMPLES = Path(__file__).resolve().parent / "samples" / "otlp"
 COMPILED = decode._COMPILED
 pytestmark = pytest.mark.skipif(COMPILED is None and bool(os.environ.get(cdecode.ENV)),
                                 reason=f"{cdecode.ENV} is set: the Python decoders serve")
-FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+FUZZ = settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck))
 
 
 def compiled(kind: str, data: bytes) -> str:
