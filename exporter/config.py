@@ -26,7 +26,7 @@ from .yamlfile import load_mapping
 ENV_PREFIX = "INFPROF_"
 # INFPROF_* variables that are not config keys: the config file path, the test suite's
 # switch that turns skips of real-part tests into failures, and the scanner override
-NOT_KEYS = frozenset({"config", "require", "pure_python_scanner"})
+NOT_KEYS = frozenset({"config", "require", "pure_python_scanner", "pure_python_otlp"})
 MAX_EBPF_SOCKETS = 1 << 22  # ~4M sockets: about 470 MB of kernel memory for the map (112 B each)
 OPEN_TRACES = 16384  # traces held open while a file streams (the trace pipeline's default window)
 MAX_BUCKET_SECONDS = 1e6  # ~11.6 days: bounds in ns must fit the int64 stage math with room to spare

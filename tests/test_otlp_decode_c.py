@@ -608,3 +608,9 @@ def test_a_stale_build_or_the_switch_leaves_the_python_decoders_serving(tmp_path
     want = "True True pure Python (the compiled _otlp" if case == "stale" else \
         f"True False pure Python ({cdecode.ENV} is set"
     assert out.stdout.startswith(want), out.stdout
+
+
+def test_the_switch_is_not_taken_for_a_setting() -> None:
+    from exporter.config import build
+
+    build({}, {cdecode.ENV: "1"}, {})  # the daemon starts with it set (its settings refuse unknown INFPROF_*)
