@@ -68,6 +68,38 @@ static PyObject *make_str(const unsigned char *s, Py_ssize_t n, int ascii) {
     return o;
 }
 
+/* Short strings repeat from span to span (event names, attribute keys, model names): one str
+ * each, from a small direct-mapped cache, saves building it again and hashing it again as a
+ * dict key later. A miss only replaces the slot. */
+#define CACHE_SLOTS 512
+#define CACHE_MAX_LEN 48
+typedef struct { PyObject *str; Py_ssize_t n; unsigned char bytes[CACHE_MAX_LEN]; } CacheSlot;
+static CacheSlot str_cache[CACHE_SLOTS];
+
+static PyObject *cached_str(const unsigned char *s, Py_ssize_t n, int ascii) {
+    if (n > CACHE_MAX_LEN || n == 0) return make_str(s, n, ascii);
+    uint64_t a = 0, b = 0;
+    if (n >= 8) {
+        memcpy(&a, s, 8);
+        memcpy(&b, s + n - 8, 8);
+    } else {
+        memcpy(&a, s, n);
+    }
+    uint64_t h = (a * 0x9E3779B97F4A7C15ULL) ^ (b * 0xC2B2AE3D27D4EB4FULL) ^ (uint64_t)n;
+    CacheSlot *c = &str_cache[(h ^ h >> 32) & (CACHE_SLOTS - 1)];
+    if (c->str && c->n == n && memcmp(c->bytes, s, n) == 0) {
+        Py_INCREF(c->str);
+        return c->str;
+    }
+    PyObject *o = make_str(s, n, ascii);
+    if (!o) return NULL;
+    Py_INCREF(o);
+    Py_XSETREF(c->str, o);
+    memcpy(c->bytes, s, n);
+    c->n = n;
+    return o;
+}
+
 static PyObject *int64_text(int64_t v) {
     char buf[24];
     int n = snprintf(buf, sizeof buf, "%lld", (long long)v);
@@ -322,8 +354,8 @@ static int pb_key_value(Pb *s, const uint8_t *p, const uint8_t *end, int depth, 
         }
     }
     if (nkey < 7 || memcmp(key, "triton.", 7) != 0 || (av.kind != 1 && av.kind != 2)) return 0;
-    PyObject *k = make_str(key, nkey, key_ascii);
-    PyObject *v = av.kind == 1 ? make_str(av.s, av.n, av.ascii) : int64_text(av.i);
+    PyObject *k = cached_str(key, nkey, key_ascii);
+    PyObject *v = av.kind == 1 ? cached_str(av.s, av.n, av.ascii) : int64_text(av.i);
     int r = k && v ? PyDict_SetItem(attrs, k, v) : -1;
     Py_XDECREF(k);
     Py_XDECREF(v);
@@ -352,7 +384,7 @@ static PyObject *pb_event(Pb *s, const uint8_t *p, const uint8_t *end, int depth
             return NULL;
         }
     }
-    return event_tuple(make_str(name, nname, ascii), PyLong_FromUnsignedLongLong(t));
+    return event_tuple(cached_str(name, nname, ascii), PyLong_FromUnsignedLongLong(t));
 }
 
 static int pb_status(Pb *s, const uint8_t *p, const uint8_t *end, int depth, int32_t *code) {
@@ -415,7 +447,7 @@ static int pb_span(Pb *s, const uint8_t *p, const uint8_t *end, int depth, PyObj
     PyObject *r = record(PyBytes_FromStringAndSize((const char *)id[0], nid[0]),
                          PyBytes_FromStringAndSize((const char *)id[1], nid[1]),
                          PyBytes_FromStringAndSize((const char *)id[2], nid[2]),
-                         make_str(name, nname, name_ascii), attrs, events, PyLong_FromLong(code));
+                         cached_str(name, nname, name_ascii), attrs, events, PyLong_FromLong(code));
     if (!r) return -1;
     int rc = PyList_Append(out, r);
     Py_DECREF(r);
@@ -563,7 +595,20 @@ static inline const unsigned char *j_plain(J *j, const unsigned char *q, int *as
     while (e - q >= 8) {
         uint64_t w;
         memcpy(&w, q, 8);
-        if (HAS_ZERO(w ^ (ONES * '"')) | HAS_ZERO(w ^ (ONES * '\\')) | ((w - ONES * 0x20) & ~w & HIGHS)) break;
+        uint64_t m = HAS_ZERO(w ^ (ONES * '"')) | HAS_ZERO(w ^ (ONES * '\\')) | ((w - ONES * 0x20) & ~w & HIGHS);
+        if (m) {
+#if defined(__GNUC__) && defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+            /* the lowest flagged byte is the first special one (a false flag needs a borrow from below) */
+            int i = __builtin_ctzll(m) >> 3;
+            if (i) any |= w & (~0ULL >> (64 - 8 * i));
+            q += i;
+            if (*q >= 0x20) {
+                if (any & HIGHS) *ascii = 0;
+                return q;
+            }
+#endif
+            break;
+        }
         any |= w;
         q += 8;
     }
@@ -632,7 +677,7 @@ static int j_text(J *j, View *v) {
     return 0;
 }
 
-static PyObject *j_str(J *j, View *v) { return make_str(v->s, v->n, v->ascii); }
+static PyObject *j_str(J *j, View *v) { return cached_str(v->s, v->n, v->ascii); }
 
 static int j_literal(J *j, const char *word, Py_ssize_t n) {
     if (j->end - j->p < n) return j_fail(j, "truncated");
@@ -756,6 +801,8 @@ static int integer_text(const unsigned char *s, Py_ssize_t n, PyObject **out) {
     if (d >= e || e - d > 4300) return 0;  /* int() takes at most 4300 digits */
     for (const unsigned char *c = d; c < e; c++)
         if (!IS_DIGIT(*c)) return 0;
+    if (*d != '0' || e - d == 1 - neg)  /* already normal: "7", "-7", "0" */
+        return (*out = cached_str(s, n, 1)) ? 0 : -1;
     while (d < e - 1 && *d == '0') d++;
     if (*d == '0') neg = 0;
     if (!(*out = PyUnicode_New(e - d + neg, 127))) return -1;
