@@ -20,7 +20,7 @@ ARG DEBIAN_IMAGE=debian:bookworm-slim
 
 FROM ${DEBIAN_IMAGE} AS build
 # Debian's stable release pins package versions; the base image tag is the pin.
-# gcc and python3-dev build the trace scanner's optional C fast path (build stage only).
+# gcc and python3-dev build the optional C fast paths, the trace scanner's and the OTLP decoders' (build stage only).
 # hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 python3-venv python3-dev gcc libc6-dev \

@@ -8,7 +8,10 @@ per request, a third of them ensembles) in batches of --spans spans (Triton's de
 batch size is 512), as protobuf and as JSON (what Triton 2.51 sends). The receiver
 contender decodes, regroups, counts and commits each payload with the state file, as
 `serve` does before replying; --http adds the HTTP round trip. CPU time of this process
-(time.process_time) is the denominator, so the figures are per core.
+(time.process_time) is the denominator, so the figures are per core. Beside plain protobuf
+decoding: the receiver's own decoding alone (the compiled decoders of exporter/otlp/_otlp.c),
+and every receiver figure again with the Python decoders (what INFPROF_PURE_PYTHON_OTLP=1 or a
+checkout without a compiler runs), in the same run.
 
 Then Triton's own posting shape: about a dozen spans a POST (two copies of a real Triton 2.51
 body of six spans, tests/samples/otlp, with fresh ids; --triton-copies for more), one POST at a time on one keep-alive connection,
@@ -17,15 +20,18 @@ directory. The figure is the daemon's CPU per span (psutil, the whole process) a
 plain json.loads of the same bodies in this process: the ratio says what the receiver
 costs beyond reading the JSON. The daemon runs with `--otlp-pace-seconds 0` where it has the
 flag: pacing spaces the answers (a client that does not batch would only wait), it does not
-change what a POST costs.
+change what a POST costs. --triton-baseline runs it again with a daemon on the Python decoders.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,6 +40,8 @@ sys.path.insert(0, str(ROOT))
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest  # noqa: E402
 
 from exporter.histogram import DEFAULT_STAGE_BUCKETS  # noqa: E402
+from exporter.otlp import cdecode  # noqa: E402
+from exporter.otlp import decode as decode_module  # noqa: E402
 from exporter.otlp.decode import decode  # noqa: E402
 from exporter.otlp.receiver import OtlpIngest, OtlpServer  # noqa: E402
 from exporter.traces.source import bounds_ns  # noqa: E402
@@ -70,6 +78,24 @@ def plain_protobuf(bodies: list[bytes]) -> tuple[int, float]:
                     n += 1
                     for e in s.events:
                         _ = (e.name, e.time_unix_nano)
+    return n, time.process_time() - c0
+
+
+@contextmanager
+def python_decoders() -> Iterator[None]:
+    """decode() on the Python decoders (the reference), as without the compiled module."""
+    saved = decode_module._COMPILED
+    decode_module._COMPILED = None
+    try:
+        yield
+    finally:
+        decode_module._COMPILED = saved
+
+
+def decode_only(bodies: list[bytes], ctype: str) -> tuple[int, float]:
+    """The receiver's decoding alone (decode(): body to span records), nothing counted."""
+    c0 = time.process_time()
+    n = sum(len(decode(b, ctype, None)[0]) for b in bodies)
     return n, time.process_time() - c0
 
 
@@ -122,7 +148,7 @@ def triton_bodies(posts: int, copies: int = 2) -> list[bytes]:
     return out
 
 
-def triton_shape(posts: int, exporter: str, copies: int = 2) -> None:
+def triton_shape(posts: int, exporter: str, copies: int = 2, python_decoders: bool = False) -> None:
     import http.client
     import json
     import subprocess
@@ -146,7 +172,7 @@ def triton_shape(posts: int, exporter: str, copies: int = 2) -> None:
         proc = subprocess.Popen([exporter, "serve", "--listen",
                                  f"127.0.0.1:{port}", "--otlp-listen", f"127.0.0.1:{otlp}", "--triton", "none",
                                  "--ebpf", "off", "--state-dir", work, *pace], stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
+                                stderr=subprocess.DEVNULL, env={**os.environ, cdecode.ENV: "1" if python_decoders else ""})
         try:
             for _ in range(300):
                 try:
@@ -178,7 +204,7 @@ def triton_shape(posts: int, exporter: str, copies: int = 2) -> None:
     cpu = (t1.user + t1.system) - (t0.user + t0.system)
     per_span = cpu / n_spans
     print(f"\nTriton's shape: {posts} POSTs of {n_spans // posts} spans, one at a time on one connection, "
-          f"each committed before its 200 ({wall:.1f} s)")
+          f"each committed before its 200 ({wall:.1f} s){', the daemon on the Python decoders' if python_decoders else ''}")
     print(f"plain json.loads of the bodies   {1 / plain:12,.0f} spans/s per core")
     print(f"daemon (serve --otlp-listen)     {1 / per_span:12,.0f} spans per CPU-second  "
           f"({per_span / plain:.1f}x json.loads; {accepted - n_spans // posts:.0f} of {n_spans} spans accepted)")
@@ -196,9 +222,13 @@ def main() -> None:
     ap.add_argument("--triton-copies", type=int, default=2,
                     help="copies of the 6-span Triton body a POST (2: a quickly answered Triton; 32: a paced one)")
     ap.add_argument("--triton-only", action="store_true", help="only Triton's shape")
+    ap.add_argument("--triton-baseline", action="store_true",
+                    help=f"Triton's shape again with the daemon on the Python decoders ({cdecode.ENV}=1)")
     a = ap.parse_args()
     if a.triton_only:
         triton_shape(a.triton_posts, a.exporter, a.triton_copies)
+        if a.triton_baseline:
+            triton_shape(a.triton_posts, a.exporter, a.triton_copies, python_decoders=True)
         return
     reqs = payloads(a.payloads, a.spans)
     pb = [r.SerializeToString() for r in reqs]
@@ -208,15 +238,31 @@ def main() -> None:
           f"{sum(map(len, js)) / 1e6:.1f} MB JSON){', over HTTP' if a.http else ''}")
     n, t = plain_protobuf(pb)
     base = n / t
-    print(f"plain protobuf decode         {base:12,.0f} spans/s per core")
-    for name, bodies, ctype in (("protobuf", pb, "application/x-protobuf"), ("JSON", js, "application/json")):
-        n, t, traces = receiver(bodies, ctype, a.http)
-        assert n == n_spans, (n, n_spans)
-        rate = n / t
-        print(f"receiver, {name:8}              {rate:12,.0f} spans/s per core  ({base / rate:.1f}x slower than "
-              f"plain decoding; {traces} traces counted)")
+    print(f"plain protobuf decode                 {base:12,.0f} spans/s per core")
+    kinds = (("protobuf", pb, "application/x-protobuf"), ("JSON", js, "application/json"))
+    print(f"OTLP decoders: {cdecode.decoder_name()}")
+    for name, bodies, ctype in kinds:
+        n, t = decode_only(bodies, ctype)
+        with python_decoders():
+            n_py, t_py = decode_only(bodies, ctype)
+        assert n == n_py == n_spans, (n, n_py, n_spans)
+        print(f"decode only, {name:8}                 {n / t:12,.0f} spans/s per core  "
+              f"(Python decoders: {n_py / t_py:,.0f}, {t_py / t:.1f}x the time)")
+    for decoders in ("compiled", "Python"):
+        for name, bodies, ctype in kinds:
+            if decoders == "Python":
+                with python_decoders():
+                    n, t, traces = receiver(bodies, ctype, a.http)
+            else:
+                n, t, traces = receiver(bodies, ctype, a.http)
+            assert n == n_spans, (n, n_spans)
+            rate = n / t
+            print(f"receiver, {name:8} ({decoders + ' decoders)':18} {rate:12,.0f} spans/s per core  ({base / rate:.1f}x "
+                  f"the time of plain decoding; {traces} traces counted)")
     if a.triton_posts:
         triton_shape(a.triton_posts, a.exporter, a.triton_copies)
+        if a.triton_baseline:
+            triton_shape(a.triton_posts, a.exporter, a.triton_copies, python_decoders=True)
 
 
 if __name__ == "__main__":

@@ -38,6 +38,9 @@ def config_check(cfg: Config) -> Iterable[CheckResult]:
         from .otlp import whole
 
         yield CheckResult("OTLP span path", "warn" if whole.STALE else "pass", whole.path_name())
+    from .otlp.cdecode import decoder_name, decoder_warning
+
+    yield CheckResult("OTLP decoder", "warn" if decoder_warning() else "pass", decoder_name())
 
 
 # imported statically: a check module that does not import is a bug to see, not an item to skip
