@@ -83,7 +83,7 @@ def observe_small(agg: TraceAggregate, batch: TraceBatch, codes: npt.NDArray[np.
     obs_j += c_stages
     obs_v += c_ns
     _observe(agg, [gidx[r] * len(stage_names) + j for r, j in zip(obs_r, obs_j, strict=True)], obs_v, obs_r,
-             [(*b, s) for b in bases for s in stage_names], batch, rows)
+             bases, stage_names, batch, rows)
 
     # responses per request (cancelled requests had none), and the timeline's segments per group
     responses = an.responses.tolist()
@@ -110,9 +110,10 @@ def observe_small(agg: TraceAggregate, batch: TraceBatch, codes: npt.NDArray[np.
         agg.response_values.setdefault(bases[g], []).extend(answered[g])
 
 
-def _observe(agg: TraceAggregate, series: list[int], dv: list[int], row_i: list[int], keys: list[SeriesKey],
-             batch: TraceBatch, rows: list[int]) -> None:
-    """TraceAggregate._observe: each series' histogram filled, the newest of each bucket its exemplar."""
+def _observe(agg: TraceAggregate, series: list[int], dv: list[int], row_i: list[int], bases: list[SeriesKey],
+             stage_names: list[str], batch: TraceBatch, rows: list[int]) -> None:
+    """TraceAggregate._observe: each series' histogram filled, the newest of each bucket its exemplar
+    (series = group * len(stage_names) + stage)."""
     bounds = agg.bounds_ns
     by_series: dict[int, list[int]] = {}
     last: dict[tuple[int, int], int] = {}  # (series, bucket) -> the last observation's position
@@ -123,23 +124,26 @@ def _observe(agg: TraceAggregate, series: list[int], dv: list[int], row_i: list[
         else:
             vs.append(v)
         last[(sid, bisect_left(bounds, v))] = pos
+    n_stages = len(stage_names)
+    keys = {sid: (*bases[sid // n_stages], stage_names[sid % n_stages]) for sid in sorted(by_series)}
     values = agg.values
-    for sid in sorted(by_series):  # binned when the delta is merged (and journaled as they are)
-        key = keys[sid]
-        if key in values:
-            values[key] += by_series[sid]
-        else:
+    for sid, key in keys.items():  # binned when the delta is merged (and journaled as they are)
+        known = values.get(key)
+        if known is None:
             values[key] = by_series[sid]
+        else:
+            known += by_series[sid]
     now = time.time()
     w3c = batch.trace_ids
-    ids = batch.ids
+    trace_ids = w3c if w3c is not None else [str(i) for i in batch.ids.tolist()]
     rids = batch.request_ids
     exemplars = agg.exemplars
-    for sid, b in sorted(last):
-        pos = last[(sid, b)]
+    at = -1
+    per: dict[int, Exemplar] = {}
+    for (sid, b), pos in sorted(last.items()):
         row = rows[row_i[pos]]
-        key = keys[sid]
-        per = exemplars.get(key)
-        if per is None:
-            per = exemplars[key] = {}
-        per[b] = Exemplar(str(int(ids[row])) if w3c is None else w3c[row], rids[row], dv[pos] / 1e9, now)
+        if sid != at:
+            at = sid
+            key = keys[sid]
+            per = exemplars.get(key) or exemplars.setdefault(key, {})
+        per[b] = Exemplar(trace_ids[row], rids[row], dv[pos] / 1e9, now)
