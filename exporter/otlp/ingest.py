@@ -8,7 +8,7 @@ import base64
 import hashlib
 import threading
 import time
-from collections import Counter, OrderedDict
+from collections import Counter, OrderedDict, deque
 from collections.abc import Iterator
 
 import numpy as np
@@ -64,7 +64,7 @@ class OtlpIngest:
             state = aggregator.producer(PRODUCER)
             self.holding, rewrite = HeldSpans.from_section(state.get("held", {}), hold_seconds, max_held_bytes)
             # keys of the last seen_spans spans (and up to a chunk more), oldest first, as (base64, n) chunks
-            self.chunks = [(c, len(_ids(c))) for c in state.get("seen_keys", {}).values()]
+            self.chunks = deque((c, len(_ids(c))) for c in state.get("seen_keys", {}).values())
             self.next_chunk = 1 + max((int(k) for k in state.get("seen_keys", {})), default=-1)
             # an earlier version remembered span ids alone: they count as seen until the window is full
             self.legacy = {i for c in state.get("seen", {}).values() for i in _ids(c)}
@@ -162,15 +162,18 @@ class OtlpIngest:
         went."""
         sections = {**self._rewrite, **plan.sections()}
         # whole chunks go while the rest still hold seen_spans keys: the journal records only the
-        # chunks added and how many went
+        # chunks added and how many went (self.chunks changed only once the commit is durable)
         old = len(self.chunks)
-        chunks = self.chunks + _chunks(keys)
+        new = _chunks(keys)
         total = self.seen_total + len(keys)
         d = 0
-        while d < len(chunks) and total - chunks[d][1] >= self.seen_spans:
-            total -= chunks[d][1]
+        while d < old + len(new):
+            n = self.chunks[d][1] if d < old else new[d - old][1]
+            if total - n < self.seen_spans:
+                break
+            total -= n
             d += 1
-        added = [(str(self.next_chunk + i), c) for i, (c, _) in enumerate(chunks[old:]) if old + i >= d]
+        added = [(str(self.next_chunk + i), c) for i, (c, _) in enumerate(new) if old + i >= d]
         if d or added:
             sections["seen_keys"] = SectionChange(min(d, old), added)
         if self.legacy and total >= self.seen_spans:
@@ -183,12 +186,13 @@ class OtlpIngest:
             self.aggregator.commit(change)
         self._rewrite = {}
         self.holding.apply(plan)
-        self.chunks = chunks[d:]
+        gone = [self.chunks.popleft() for _ in range(min(d, old))] + new[:max(0, d - old)]
+        self.chunks.extend(new[max(0, d - old):])
         self.seen_total = total
-        self.next_chunk += len(chunks) - old
+        self.next_chunk += len(new)
         if "seen" in sections:
             self.legacy = set()
-        return chunks[:d]
+        return gone
 
     @staticmethod
     def _batches(trees: list[Tree], now: float, reject: Reject, change: Change,
