@@ -193,28 +193,29 @@ class TraceAggregate:
             sums = np.zeros(n_series, dtype=np.int64)
             np.add.at(sums, series, dv)
         natives = _native_counts(series, dv, 1e9)
-        for sid in np.flatnonzero(per_series).tolist():
+        used = np.flatnonzero(per_series)
+        histograms = self.histograms
+        for sid, row, n, total in zip(used.tolist(), counts[used].tolist(), per_series[used].tolist(),
+                                      sums[used].tolist(), strict=True):
             key = keys[sid]
-            h = self.histograms.get(key)
-            if h is None:
-                h = self.histograms[key] = Histogram(self.bounds_ns)
-            row = counts[sid]
-            for b in np.flatnonzero(row).tolist():
-                h.counts[b] += int(row[b])
-            h.count += int(per_series[sid])
-            h.total += int(sums[sid])
             zero, native = natives.get(sid, (0, {}))
-            h.zero += zero
-            if h.native is not None:
-                for k, c in native.items():
-                    h.native[k] = h.native.get(k, 0) + c
+            h = histograms.get(key)
+            if h is None:
+                histograms[key] = Histogram(self.bounds_ns, row, total, n, dict(native), zero)
+                continue
+            h.merge(Histogram(self.bounds_ns, row, total, n, native, zero))
         last_of = np.full(n_series * n_buckets, -1, dtype=np.int64)
         last_of[flat] = np.arange(len(flat))
         cells = np.flatnonzero(last_of >= 0)
+        last = last_of[cells]
         now = time.time()
-        for f, pos in zip(cells.tolist(), last_of[cells].tolist(), strict=True):
+        exemplars = self.exemplars
+        for f, r, v in zip(cells.tolist(), row_i[last].tolist(), (dv[last] / 1e9).tolist(), strict=True):
             sid, b = divmod(f, n_buckets)
-            self.exemplars.setdefault(keys[sid], {})[b] = Exemplar(*ids_of(int(row_i[pos])), int(dv[pos]) / 1e9, now)
+            per = exemplars.get(keys[sid])
+            if per is None:
+                per = exemplars[keys[sid]] = {}
+            per[b] = Exemplar(*ids_of(r), v, now)
 
     def merged(self, delta: TraceAggregate) -> TraceAggregate:
         """A new aggregate = self + delta (self is left untouched for concurrent scrapes). The new
