@@ -35,12 +35,12 @@ def config_check(cfg: Config) -> Iterable[CheckResult]:
 
     yield CheckResult("trace scanner", "warn" if STALE else "pass", scanner_name())
     if cfg.otlp_listen:
+        # protobuf's modules are imported only where OTLP is on
         from .otlp import whole
+        from .otlp.cdecode import decoder_name, decoder_warning
 
+        yield CheckResult("OTLP decoder", "warn" if decoder_warning() else "pass", decoder_name())
         yield CheckResult("OTLP span path", "warn" if whole.STALE else "pass", whole.path_name())
-    from .otlp.cdecode import decoder_name, decoder_warning
-
-    yield CheckResult("OTLP decoder", "warn" if decoder_warning() else "pass", decoder_name())
 
 
 # imported statically: a check module that does not import is a bug to see, not an item to skip

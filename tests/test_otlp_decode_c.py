@@ -580,6 +580,9 @@ def test_check_names_the_otlp_decoder(tmp_path: Path, capsys: pytest.CaptureFixt
     for k in [k for k in os.environ if k.startswith("INFPROF_")]:
         monkeypatch.delenv(k)
     main(["check", "--state-dir", str(tmp_path / "s"), "--triton", "none", "--ebpf", "off"])
+    assert "OTLP decoder" not in capsys.readouterr().out  # without OTLP on, protobuf is not even imported
+    main(["check", "--state-dir", str(tmp_path / "s"), "--triton", "none", "--ebpf", "off",
+          "--otlp-listen", "127.0.0.1:0"])
     assert "PASS  OTLP decoder: C (compiled _otlp module)" in capsys.readouterr().out
 
 
