@@ -17,6 +17,7 @@ import numpy.typing as npt
 from ..stages import COLUMN, COLUMNS, COUNT_COL, FIRST_COL, NAMES, NCOLS
 from ..traces import compiled
 from ..traces.assembly import TraceBatch
+from .cdecode import ENV
 from .decode import Decoded
 from .spans import (
     HTTP_SENDS,
@@ -41,8 +42,8 @@ if BUILT is not None:
                     [COLUMN[n] for n in COLUMNS if n.startswith("GRPC_")],
                     sorted(COLUMN[n] for n in RECEIVED), sorted(COLUMN[n] for n in HTTP_SENDS),
                     MIN_WALL_NS, MAX_AHEAD_NS, MODEL_NAME, MODEL_VERSION, REQUEST_ID)
-# the path in use; INFPROF_PURE_PYTHON_OTLP: the Python path alone (benchmarks, debugging, tests)
-TREE: Any = None if os.environ.get("INFPROF_PURE_PYTHON_OTLP") else BUILT
+# the path in use; ENV (INFPROF_PURE_PYTHON_OTLP): the Python path alone, as for the decoders
+TREE: Any = None if os.environ.get(ENV) else BUILT
 
 
 
@@ -50,7 +51,7 @@ def path_name() -> str:
     """Which path counts OTLP spans here, for `check`."""
     if TREE is not None:
         return "C (compiled _tree module) for whole trees, Python for the rest"
-    why = "INFPROF_PURE_PYTHON_OTLP is set" if BUILT is not None else STALE or "no compiled _tree module"
+    why = f"{ENV} is set" if BUILT is not None else STALE or "no compiled _tree module"
     return f"pure Python ({why}; several times slower per span)"
 
 
