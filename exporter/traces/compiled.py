@@ -1,6 +1,6 @@
 """The compiled helpers of exporter/traces/_scan.c (the trace scanner, the exclusive-time sweep,
 the histogram fill), where pip built them and the build matches its source; `load` serves the
-other compiled modules (exporter/otlp/_otlp.c) by the same rule.
+other compiled modules (exporter/otlp/_otlp.c, _tree.c) by the same rule.
 
 A build older than its source (the checkout moved on and nobody ran `pip install -e .` again)
 may take other arguments or compute another model than the Python beside it expects; using it
