@@ -63,6 +63,7 @@ struct socket_turn {
     u8 pad[3];
     u8 laddr[16];
     u8 raddr[16];
+    u32 reader;         /* thread id of the turn's first read: one thread serves its reads in order */
 };
 
 struct turn_state {
@@ -159,6 +160,7 @@ static __always_inline void begin_turn(struct turn_state *st, u64 first_in, u64 
     st->rec.turn++;
     st->rec.first_in_ns = first_in;
     st->rec.first_read_ns = 0;
+    st->rec.reader = 0;
     st->rec.last_read_ns = 0;
     st->rec.first_write_ns = 0;
     st->rec.last_write_ns = 0;
@@ -177,8 +179,10 @@ static __always_inline int on_tcp_recv(void *ctx, struct sock *sk, u32 bytes)
         return 0;
     if (st->phase != TURN_REQUEST)
         begin_turn(st, 0, now); /* its arrival was not seen */
-    if (!st->rec.first_read_ns)
+    if (!st->rec.first_read_ns) {
         st->rec.first_read_ns = now;
+        st->rec.reader = (u32)bpf_get_current_pid_tgid();
+    }
     st->rec.last_read_ns = now;
     st->rec.bytes_in += bytes;
     if (!st->rec.cgroup) /* a connection's reader stays in its cgroup: taken once */

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from exporter.demo.launcher import MODEL, TritonServer
+from exporter.wire.turns import latest, read_turns
 from tests.triton_harness import EXPORTER, flush_until_traced
 from tests.wire_burst import gzip_body, loop_clients
 from tests.wire_driver import Recorder, http_clients, joined_requests
@@ -46,6 +47,10 @@ def test_socket_wait_grows_where_the_frontend_thread_is_the_bottleneck(
     finally:
         rec.stop()
     sent = {s.request_id: s for s in alone + burst}
+    with turns_file.open() as fp:  # the one HTTP thread read every request: paired in read order
+        readers = {t.reader for t in latest(read_turns(fp)) if t.first_read_ns and t.rport in
+                   {s.port for s in sent.values()}}
+    assert len(readers) == 1 and 0 not in readers, readers
     joined = [j for j in joined_requests(files, turns_file, {"http": frozenset({triton.http_port})})
               if j.request_id in sent]
     assert len(joined) == len(sent)

@@ -166,8 +166,9 @@ def test_a_join_that_joined_nothing_is_not_redone_while_its_turns_are_unchanged(
     assert [r for r, _ in w.join(held)] == ["ambiguous"] and w.reused == 0
     w.add(Turn(3, 7, 0, 50 * 10**9, 50 * 10**9, 0, 0, 0, 0, 1, 100, 0, 2, HTTP, 40003, 0, "", ""))  # far later
     assert [r for r, _ in w.join(held)] == ["ambiguous"] and w.reused == 1
-    # the second request that shares the turns comes: a different join, and both join
-    both = [*held, Request("http", 17, 800, 18, 850)]
+    # a second request comes, stamped before the second turn's read: it can only be the first
+    # turn's, so the held one is the second's; a different join, and both join
+    both = [*held, Request("http", 11, 800, 11, 850)]
     assert [r for r, _ in w.join(both)] == ["joined", "joined"] and w.reused == 1
     # their turns taken (no longer waiting), nothing is left for the held request: no stale answer
     assert [r for r, _ in w.join(held)] == ["no_socket_event"] and w.reused == 1

@@ -6,6 +6,7 @@ Figures of the runs are printed (pytest -s shows them); docs/traces.md quotes th
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections import Counter
 from collections.abc import Callable
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from exporter.demo.launcher import TritonServer
+from exporter.wire.turns import latest, read_turns
 from tests.triton_harness import EXPORTER, flush_until_traced
 from tests.wire_driver import Recorder, http_clients, joined_requests
 
@@ -38,6 +40,12 @@ def test_http_requests_join_their_socket_turns_exactly(triton_factory: Callable[
         files = flush_until_traced(triton, len(sent))
     finally:
         err = rec.stop()
+    # each turn names the thread that read it: one of Triton's (the join pairs by read order only
+    # the turns one thread read)
+    tasks = {int(t) for t in os.listdir(f"/proc/{triton.pid}/task")}
+    with turns_file.open() as fp:
+        read = [t for t in latest(read_turns(fp)) if t.first_read_ns and t.lport == triton.http_port]
+    assert read and all(t.reader in tasks for t in read), ({t.reader for t in read}, tasks)
     ports = {"http": frozenset({triton.http_port}), "grpc": frozenset({triton.grpc_port})}
     joined = [j for j in joined_requests(files, turns_file, ports) if j.protocol == "http"]
     by_id = {s.request_id: s for s in sent}

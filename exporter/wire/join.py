@@ -20,7 +20,8 @@ A turn is a candidate for a request when, on a port of the request's protocol:
 
 A request with one candidate that no other request claims is joined; a turn taken this
 way leaves every other request's candidates, and this repeats until nothing changes.
-A request whose candidates stay shared, or that has none although the kernel recorded reads
+HTTP requests that still share turns all read by one thread are paired in read order
+(in_read_order). A request whose candidates stay shared, or that has none although the kernel recorded reads
 on the ports shortly before it arrived, is `ambiguous` (gRPC multiplexes requests on one
 connection: where several are in flight on it, no guess is made); one before whose arrival
 no read was recorded is `no_socket_event` (the recorder was not running, or the kernel
@@ -107,10 +108,6 @@ class TurnIndex:
         self.reads = [t.first_read_ns for t in self.turns]
         self._back = previous_greater([t.first_write_ns for t in self.turns])
 
-    def read_of(self, k: int) -> int:
-        """First read of candidate k."""
-        return self.reads[k]
-
     def seen(self, req: Request) -> bool:
         """Whether the kernel recorded a read on these ports in the LOOKBACK_NS before the
         request's arrival (its own bytes were read then, if they were recorded at all)."""
@@ -178,9 +175,6 @@ class GrpcIndex(TurnIndex):
         self._write_ends = [t.last_write_ns for t in by_write]
         self._writers = [t.connection for t in by_write]
         self._write_back = previous_greater(self._write_ends)
-
-    def read_of(self, k: int) -> int:
-        return self.exchanges[k].first_read_ns
 
     def candidate_lists(self, reqs: Sequence[Request]) -> list[list[int]]:
         """candidates() of each request, taken in arrival order so that the connections read
@@ -344,11 +338,13 @@ def assign(cands: Sequence[Sequence[int]]) -> dict[int, int]:
 
 
 def in_read_order(arrivals: Sequence[int], cands: Sequence[Sequence[int]], chosen: Mapping[int, int],
-                  index: TurnIndex) -> dict[int, int]:
-    """HTTP/1.1 requests still sharing candidates: Triton's HTTP frontend stamps HTTP_RECV_START
-    on the thread that read the request, right after reading it, so where k requests share exactly
-    k turns, the i-th arrival is the i-th turn read. Applied only where that pairing satisfies
-    every request's own candidates."""
+                  turns: Sequence[Turn]) -> dict[int, int]:
+    """HTTP/1.1 requests still sharing candidates, where every turn they share was read by one
+    thread: a thread of Triton's HTTP frontend takes the requests it read in that order (it reads
+    every connection that is ready, then handles them one by one), so where k requests share
+    exactly k such turns, the i-th arrival is the i-th turn read. Applied only where that pairing
+    satisfies every request's own candidates. Turns of several threads, or of an unknown one
+    (reader 0), are not paired: the thread that read second can stamp HTTP_RECV_START first."""
     taken = set(chosen.values())
     left = [j for j in range(len(cands)) if j not in chosen and cands[j]]
     parent = {j: j for j in left}
@@ -373,10 +369,13 @@ def in_read_order(arrivals: Sequence[int], cands: Sequence[Sequence[int]], chose
         components.setdefault(root(j), []).append(j)
     out: dict[int, int] = {}
     for members in components.values():
-        turns = sorted({k for j in members for k in cands[j] if k not in taken}, key=index.read_of)
+        free = sorted({k for j in members for k in cands[j] if k not in taken}, key=lambda k: (turns[k].first_read_ns, k))
+        readers = {turns[k].reader for k in free}
+        if len(readers) != 1 or 0 in readers:
+            continue
         ordered = sorted(members, key=lambda j: arrivals[j])
-        if len(turns) == len(ordered) and all(k in cands[j] for j, k in zip(ordered, turns, strict=True)):
-            out.update(zip(ordered, turns, strict=True))
+        if len(free) == len(ordered) and all(k in cands[j] for j, k in zip(ordered, free, strict=True)):
+            out.update(zip(ordered, free, strict=True))
     return out
 
 
@@ -400,7 +399,7 @@ def join(requests: Sequence[Request], turns: Sequence[Turn],
                 del picked[j]
         else:
             chosen = assign(cands)
-            chosen.update(in_read_order([requests[i].arrival_ns for i in rows], cands, chosen, index))
+            chosen.update(in_read_order([requests[i].arrival_ns for i in rows], cands, chosen, index.turns))
             picked = {j: index.turns[k] for j, k in chosen.items()}
         for j, i in enumerate(rows):
             if j in picked:

@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 # struct socket_turn, little-endian, in field order (bpf/socket_turns.c)
-_LAYOUT = struct.Struct("<9Q3I3HB3x16s16s2x")
+_LAYOUT = struct.Struct("<9Q3I3HB3x16s16s2xI4x")
 RECORD_SIZE = _LAYOUT.size
 DROP_REASONS = ("ring_full", "rate", "sockets_full")  # slots of the program's `dropped` array
 
@@ -48,6 +48,7 @@ class Turn:                                 # makes one per row it reads); never
     final: int
     laddr: str
     raddr: str
+    reader: int = 0  # thread id of the turn's first read; 0: not known (a record of an older version)
 
     @property
     def key(self) -> tuple[int, int, int]:
@@ -82,9 +83,9 @@ _INTS = [("sock", "<u8", 0), ("born_ns", "<u8", 8), ("first_in_ns", "<u8", 16), 
          ("acked_ns", "<u8", 56), ("cgroup", "<u8", 64), ("turn", "<u4", 72), ("bytes_in", "<u4", 76),
          ("bytes_out", "<u4", 80), ("family", "<u2", 84), ("lport", "<u2", 86), ("rport", "<u2", 88),
          ("final", "u1", 90)]
-RECORD_DTYPE = np.dtype({"names": [n for n, _, _ in _INTS] + ["laddr", "raddr"],
-                         "formats": [f for _, f, _ in _INTS] + ["V16", "V16"],
-                         "offsets": [o for _, _, o in _INTS] + [94, 110], "itemsize": 128})
+RECORD_DTYPE = np.dtype({"names": [n for n, _, _ in _INTS] + ["laddr", "raddr", "reader"],
+                         "formats": [f for _, f, _ in _INTS] + ["V16", "V16", "<u4"],
+                         "offsets": [o for _, _, o in _INTS] + [94, 110, 128], "itemsize": 136})
 
 
 def decode(raw: bytes) -> Turn:
@@ -93,7 +94,7 @@ def decode(raw: bytes) -> Turn:
     family = v[12]
     names = _FIELDS[:16]
     return Turn(**dict(zip(names, v[:16], strict=True)), laddr=_address(family, v[16]),
-                raddr=_address(family, v[17]))
+                raddr=_address(family, v[17]), reader=v[18])
 
 
 def decode_many(records: npt.NDArray[Any], read_only: bool = False) -> list[Turn]:
@@ -115,13 +116,13 @@ def decode_many(records: npt.NDArray[Any], read_only: bool = False) -> list[Turn
     families = columns[12]
     laddrs = [text(f, bytes(a)) for f, a in zip(families, records["laddr"].tolist(), strict=True)]
     raddrs = [text(f, bytes(a)) for f, a in zip(families, records["raddr"].tolist(), strict=True)]
-    return [Turn(*v) for v in zip(*columns, laddrs, raddrs, strict=True)]
+    return [Turn(*v) for v in zip(*columns, laddrs, raddrs, records["reader"].tolist(), strict=True)]
 
 
 def records_of(turns: Sequence[Turn]) -> npt.NDArray[Any]:
     """Turns as the kernel's records (RECORD_DTYPE), as a ring buffer read returns them."""
     out = np.zeros(len(turns), dtype=RECORD_DTYPE)
-    for name, _, _ in _INTS:
+    for name in [n for n, _, _ in _INTS] + ["reader"]:
         out[name] = [getattr(t, name) for t in turns]
     for name in ("laddr", "raddr"):
         out[name] = [_packed(t.family, getattr(t, name)) for t in turns]
@@ -135,16 +136,18 @@ def _packed(family: int, text: str) -> bytes:
     return raw.ljust(16, b"\0")
 
 
+_OPTIONAL = frozenset({"reader"})  # absent from the files of older versions
+_REQUIRED = frozenset(_FIELDS) - _OPTIONAL
 _INT_FIELDS = frozenset(n for n in _FIELDS if n not in ("laddr", "raddr"))
 
 
 def from_json(obj: Any) -> Turn | None:
     """A Turn from one decoded JSON line; None when it is not one."""
-    if not isinstance(obj, dict) or not set(_FIELDS) <= obj.keys():
+    if not isinstance(obj, dict) or not obj.keys() >= _REQUIRED:
         return None
-    if not all(isinstance(obj[n], int) and obj[n] >= 0 for n in _INT_FIELDS):
+    if not all(isinstance(obj[n], int) and obj[n] >= 0 for n in _INT_FIELDS if n in obj):
         return None
-    return Turn(**{n: obj[n] for n in _FIELDS})
+    return Turn(**{n: obj[n] for n in _FIELDS if n in obj})
 
 
 def read_turns(fp: IO[str], rejected: dict[str, int] | None = None) -> Iterator[Turn]:

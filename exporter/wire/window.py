@@ -27,7 +27,7 @@ from .turns import Turn
 TURN_ROW = np.dtype([("first_read_ns", "<u8"), ("key", "<u8"), ("sock", "<u8"), ("born_ns", "<u8"),
                  ("first_in_ns", "<u8"), ("last_read_ns", "<u8"), ("first_write_ns", "<u8"),
                  ("last_write_ns", "<u8"), ("acked_ns", "<u8"), ("cgroup", "<u8"), ("turn", "<u4"),
-                 ("bytes_in", "<u4"), ("bytes_out", "<u4"), ("lport", "<u2"), ("state", "u1"),
+                 ("bytes_in", "<u4"), ("bytes_out", "<u4"), ("reader", "<u4"), ("lport", "<u2"), ("state", "u1"),
                  ("at_ns", "<u8")])  # the turn's first read, or its first write where that came first
 RAW_ROW = np.dtype((np.void, TURN_ROW.itemsize))  # a row as bytes (taken)
 WAITING, JOINED, REPLACED = 0, 1, 2  # `state` of a row
@@ -97,9 +97,9 @@ def row_of(t: Turn) -> npt.NDArray[Any]:
 def turn_of(row: tuple[Any, ...]) -> Turn:
     """A Turn from a TURN_ROW row's values (.tolist()); addresses are not held."""
     (first_read, _key, sock, born, first_in, last_read, first_write, last_write, acked, cgroup, turn,
-     bytes_in, bytes_out, lport, _state, _at_ns) = row
+     bytes_in, bytes_out, reader, lport, _state, _at_ns) = row
     return Turn(sock, born, first_in, first_read, last_read, first_write, last_write, acked, cgroup, turn,
-                bytes_in, bytes_out, 0, lport, 0, 0, "", "")
+                bytes_in, bytes_out, 0, lport, 0, 0, "", "", reader)
 
 
 class HeldTurns:
