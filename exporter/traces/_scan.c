@@ -1127,14 +1127,6 @@ static PyObject *fill(PyObject *self, PyObject *args) {
 
 /* ---- a batch's observations binned per series (traces.binning.bin_values) --------------------- */
 
-typedef struct { int64_t u, k; } NativeKey;
-
-static int native_key_cmp(const void *a, const void *b) {
-    const NativeKey *x = a, *y = b;
-    if (x->u != y->u) return x->u < y->u ? -1 : 1;
-    return x->k < y->k ? -1 : x->k > y->k;
-}
-
 /* An exact sum as a Python int (a series' sum may pass 2**63). */
 static PyObject *int128_to_py(__int128 t) {
     if (t >= INT64_MIN && t <= INT64_MAX) return PyLong_FromLongLong((long long)t);
@@ -1169,10 +1161,12 @@ static PyObject *bin_values(PyObject *self, PyObject *args) {
     Py_ssize_t *dense = NULL, *last = NULL;
     int64_t *cnt = NULL, *nobs = NULL, *zeros = NULL;
     __int128 *tot = NULL;
-    NativeKey *keys = NULL;
+    int64_t *keys = NULL, *grouped = NULL, *at = NULL, *tally = NULL;
+    Py_ssize_t *posu = NULL;
     Py_ssize_t n = bv.len / (Py_ssize_t)sizeof(int64_t);
     Py_ssize_t nb = PyTuple_GET_SIZE(bounds), nf = PyTuple_GET_SIZE(fractions), w = nb + 1;
-    if (bs.len != bv.len || bv.len % (Py_ssize_t)sizeof(int64_t) || n_series < 0 || nb > 512 || nf > 512) {
+    if (bs.len != bv.len || bv.len % (Py_ssize_t)sizeof(int64_t) || n_series < 0 || nb > 512 || nf > 512
+        || !(unit > 0 && unit < INFINITY) || per_exp < 1 || per_exp > 1024) {
         PyErr_SetString(PyExc_ValueError, "bin_values: shapes");
         goto done;
     }
@@ -1196,9 +1190,14 @@ static PyObject *bin_values(PyObject *self, PyObject *args) {
     nobs = PyMem_Calloc(m, sizeof(int64_t));
     zeros = PyMem_Calloc(m, sizeof(int64_t));
     tot = PyMem_Calloc(m, sizeof(__int128));
-    keys = PyMem_Malloc((n ? (size_t)n : 1) * sizeof(NativeKey));
-    if (!cnt || !last || !nobs || !zeros || !tot || !keys) { PyErr_NoMemory(); goto done; }
+    size_t nn = n ? (size_t)n : 1;
+    keys = PyMem_Malloc(nn * sizeof(int64_t));
+    grouped = PyMem_Malloc(nn * sizeof(int64_t));
+    posu = PyMem_Malloc(nn * sizeof(Py_ssize_t));
+    at = PyMem_Calloc(m + 1, sizeof(int64_t));
+    if (!cnt || !last || !nobs || !zeros || !tot || !keys || !grouped || !posu || !at) { PyErr_NoMemory(); goto done; }
     Py_ssize_t nk = 0;
+    int64_t kmin = INT64_MAX, kmax = INT64_MIN;
     for (Py_ssize_t i = 0; i < n; i++) {
         int64_t v = vv[i];
         Py_ssize_t u = dense[sv[i]] - 1;
@@ -1213,16 +1212,28 @@ static PyObject *bin_values(PyObject *self, PyObject *args) {
         double frac = frexp((double)v / unit, &exp);
         Py_ssize_t a = 0, z = nf;
         while (a < z) { Py_ssize_t mid = (a + z) / 2; if (f[mid] < frac) a = mid + 1; else z = mid; }
-        keys[nk].u = u;
-        keys[nk].k = (int64_t)a + (int64_t)(exp - 1) * per_exp;
-        nk++;
+        int64_t k = (int64_t)a + (int64_t)(exp - 1) * per_exp;
+        keys[nk] = k;
+        posu[nk++] = u;
+        at[u + 1]++;
+        if (k < kmin) kmin = k;
+        if (k > kmax) kmax = k;
     }
-    qsort(keys, (size_t)nk, sizeof(NativeKey), native_key_cmp);
+    /* the native keys grouped by series (a counting sort), then counted per series in a dense tally
+     * over the keys' range: a positive int64 over a fixed unit spans at most 64 powers of two, so the
+     * range stays near 64 * per_exp whatever the values */
+    for (Py_ssize_t x = 0; x < nu; x++) at[x + 1] += at[x];
+    for (Py_ssize_t i = 0; i < nk; i++) grouped[at[posu[i]]++] = keys[i];
+    for (Py_ssize_t x = nu; x > 0; x--) at[x] = at[x - 1];
+    at[0] = 0;
+    if (nk && kmax - kmin > 1 << 20) { PyErr_SetString(PyExc_ValueError, "bin_values: native range"); goto done; }
+    tally = PyMem_Calloc(nk ? (size_t)(kmax - kmin + 1) : 1, sizeof(int64_t));
+    if (!tally) { PyErr_NoMemory(); goto done; }
     per = PyList_New(nu);
     cells = PyList_New(0);
     lasts = PyList_New(0);
     if (!per || !cells || !lasts) goto done;
-    Py_ssize_t j = 0, u = 0;
+    Py_ssize_t u = 0;
     for (Py_ssize_t s = 0; s < n_series; s++) {
         if (!dense[s]) continue;
         PyObject *counts = PyList_New(w), *native = PyDict_New();
@@ -1239,14 +1250,21 @@ static PyObject *bin_values(PyObject *self, PyObject *args) {
                     if (rc < 0) goto item_done;
                 }
             }
-            while (j < nk && keys[j].u == u) {
-                Py_ssize_t e = j;
-                while (e < nk && keys[e].u == u && keys[e].k == keys[j].k) e++;
-                PyObject *key = PyLong_FromLongLong(keys[j].k), *c = PyLong_FromSsize_t(e - j);
-                int rc = (key && c) ? PyDict_SetItem(native, key, c) : -1;
-                Py_XDECREF(key); Py_XDECREF(c);
+            int64_t lo_k = INT64_MAX, hi_k = INT64_MIN;
+            for (int64_t i = at[u]; i < at[u + 1]; i++) {
+                int64_t k = grouped[i];
+                tally[k - kmin]++;
+                if (k < lo_k) lo_k = k;
+                if (k > hi_k) hi_k = k;
+            }
+            for (int64_t k = lo_k; at[u] < at[u + 1] && k <= hi_k; k++) {
+                int64_t c = tally[k - kmin];
+                if (!c) continue;
+                tally[k - kmin] = 0;
+                PyObject *key = PyLong_FromLongLong(k), *cn = PyLong_FromLongLong(c);
+                int rc = (key && cn) ? PyDict_SetItem(native, key, cn) : -1;
+                Py_XDECREF(key); Py_XDECREF(cn);
                 if (rc < 0) goto item_done;
-                j = e;
             }
             PyObject *total = int128_to_py(tot[u]);
             if (total) item = Py_BuildValue("(nOOLLO)", s, counts, total, (long long)nobs[u], (long long)zeros[u], native);
@@ -1262,7 +1280,7 @@ static PyObject *bin_values(PyObject *self, PyObject *args) {
 done:
     Py_XDECREF(per); Py_XDECREF(cells); Py_XDECREF(lasts);
     PyMem_Free(dense); PyMem_Free(cnt); PyMem_Free(last); PyMem_Free(nobs); PyMem_Free(zeros); PyMem_Free(tot);
-    PyMem_Free(keys);
+    PyMem_Free(keys); PyMem_Free(grouped); PyMem_Free(posu); PyMem_Free(at); PyMem_Free(tally);
     PyBuffer_Release(&bs); PyBuffer_Release(&bv);
     return res;
 }
