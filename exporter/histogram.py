@@ -304,7 +304,7 @@ def _float_bounds(les: tuple[str, ...]) -> tuple[float, ...]:
     return tuple(float(le) for le in les[:-1])
 
 
-@dataclass
+@dataclass(slots=True)  # dozens made per commit
 class Histogram:
     """One series' bucket counts over integer observations (ns, bytes), with exact sum; filled by
     vectorised bucketing (traces.aggregate), merged and copied here. `native` holds the same

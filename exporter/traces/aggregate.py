@@ -365,8 +365,11 @@ class TraceAggregate:
 
 def _ids_of(batch: TraceBatch, rows: npt.NDArray[np.intp]) -> Callable[[int], tuple[str, str | None]]:
     """(trace id, request id) of the batch's r-th observed row: the exemplar's labels."""
-    ids, w3c = batch.ids[rows], batch.trace_ids
-    return lambda r: (str(int(ids[r])) if w3c is None else w3c[int(rows[r])], batch.request_ids[int(rows[r])])
+    at, rids, w3c = rows.tolist(), batch.request_ids, batch.trace_ids
+    if w3c is None:
+        ids = batch.ids[rows].tolist()
+        return lambda r: (str(ids[r]), rids[at[r]])
+    return lambda r: (w3c[at[r]], rids[at[r]])
 
 
 def _count(n: Any) -> int:
