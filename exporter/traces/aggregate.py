@@ -163,9 +163,11 @@ class TraceAggregate:
         if len(timed_g):
             starts = np.flatnonzero(np.r_[True, timed_g[1:] != timed_g[:-1]])
             seg_sums = np.add.reduceat(an.segments[an.timed][order], starts, axis=0)
+            timeline = self.timeline
             for g, sums in zip(timed_g[starts].tolist(), seg_sums.tolist(), strict=True):
                 for seg, ns in zip(SEGMENTS, sums, strict=True):
-                    self.timeline[(*bases[g], seg)] += ns
+                    key = (*bases[g], seg)
+                    timeline[key] = timeline.get(key, 0) + ns  # (a new key through Counter.__missing__ costs more)
         binned, _, _ = bin_values(gidx[answered], an.responses[answered], n_groups, RESPONSE_BOUNDS, 1.0)
         for g, row, total, n, zero, native in binned:
             h = self.responses.get(bases[g])
