@@ -194,8 +194,10 @@ def _fraction_bounds(schema: int) -> npt.NDArray[np.float64]:
     return np.asarray([2.0 ** (j / n - 1.0) for j in range(n)], dtype=np.float64)
 
 
-_FRACTIONS: tuple[float, ...] = tuple(_fraction_bounds(STORE_SCHEMA).tolist())  # Histogram.fill's, one at a time
-_PER_EXP = 1 << STORE_SCHEMA
+# STORE_SCHEMA's bounds within a power of two (frexp fractions) and buckets per power of two: the
+# native index of a value one at a time (Histogram.fill) or a batch at a time (traces.binning)
+STORE_FRACTIONS: tuple[float, ...] = tuple(_fraction_bounds(STORE_SCHEMA).tolist())
+STORE_PER_EXP = 1 << STORE_SCHEMA
 # the same loop in C, where the trace scanner is built (a commit fills every series a POST touched)
 _fill_c = getattr(compiled.SCAN, "fill", None)
 
@@ -361,7 +363,7 @@ class Histogram:
         """Add integer observations one by one (a few: a vectorised fill costs more per call): the
         buckets, count, exact sum and native buckets of value / unit (native_index's float math)."""
         if _fill_c is not None:  # (ValueError where counts and bounds disagree, as from a hand-edited state)
-            self.zero += _fill_c(self.counts, self.native, self.bounds, _FRACTIONS, _PER_EXP, values, unit)
+            self.zero += _fill_c(self.counts, self.native, self.bounds, STORE_FRACTIONS, STORE_PER_EXP, values, unit)
         else:
             bounds, counts, native = self.bounds, self.counts, self.native
             for v in values:
@@ -370,7 +372,7 @@ class Histogram:
                     self.zero += 1
                 elif native is not None:
                     frac, exp = math.frexp(v / unit)
-                    k = bisect_left(_FRACTIONS, frac) + (exp - 1) * _PER_EXP
+                    k = bisect_left(STORE_FRACTIONS, frac) + (exp - 1) * STORE_PER_EXP
                     native[k] = native.get(k, 0) + 1
         self.count += len(values)
         self.total += sum(values)

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from ..histogram import _FRACTIONS, _PER_EXP, STORE_SCHEMA, Histogram, native_index
+from ..histogram import STORE_FRACTIONS, STORE_PER_EXP, STORE_SCHEMA, Histogram, native_index
 from . import compiled
 
 # (series, counts per bucket, exact sum, count, zeros, native bucket -> count), by ascending series
@@ -33,7 +33,7 @@ def bin_values(series: npt.ArrayLike, values: npt.ArrayLike, n_series: int, boun
     s = np.ascontiguousarray(series, dtype=np.int64)
     v = np.ascontiguousarray(values, dtype=np.int64)
     if _bin_c is not None:
-        per, cells, lasts = _bin_c(s, v, n_series, bounds, _FRACTIONS, _PER_EXP, unit)
+        per, cells, lasts = _bin_c(s, v, n_series, bounds, STORE_FRACTIONS, STORE_PER_EXP, unit)
         return per, cells, lasts
     return bin_reference(s, v, n_series, bounds, unit)
 
