@@ -124,3 +124,27 @@ def test_observe_batch_leaves_the_same_state_with_and_without_the_compiled_binni
     for a, b in zip(fast, slow, strict=True):
         assert a == b
     assert fast[0]["histograms"] and fast[0]["responses"] and fast[0]["exemplars"] and fast[1]["h"]
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.data())
+def test_plus_and_add_equal_copy_then_merge(data: st.DataObject) -> None:
+    def histogram() -> Histogram:
+        n = data.draw(st.sampled_from([len(STAGE_BOUNDS) + 1, 3]))  # 3: a state file written with other bounds
+        native = data.draw(st.one_of(st.none(), st.dictionaries(st.integers(-300, 300), st.integers(1, 10**6))))
+        return Histogram(STAGE_BOUNDS, data.draw(st.lists(st.integers(0, 2**62), min_size=n, max_size=n)),
+                         data.draw(st.integers(0, 2**70)), data.draw(st.integers(0, 2**40)), native,
+                         data.draw(st.integers(0, 10**6)))
+
+    a, b = histogram(), histogram()
+    if len(b.counts) > len(a.counts):
+        a, b = b, a
+    was = (a.copy(), b.copy())
+    counts = [c + (b.counts[i] if i < len(b.counts) else 0) for i, c in enumerate(a.counts)]
+    native = None if a.native is None or b.native is None else {
+        k: a.native.get(k, 0) + b.native.get(k, 0) for k in {*a.native, *b.native}}
+    ref = Histogram(STAGE_BOUNDS, counts, a.total + b.total, a.count + b.count, native, a.zero + b.zero)
+    assert a.plus(b) == ref
+    assert (a, b) == was  # neither changed
+    a.add(b.counts, b.total, b.count, b.native, b.zero)
+    assert a == ref
