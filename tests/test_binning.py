@@ -90,6 +90,7 @@ def test_many_series_and_edges() -> None:
     values = edges + [rng.randrange(0, 10**11) for _ in range(5000)]
     series = [rng.randrange(0, 3000) for _ in values]
     _check(series, values, 3000, STAGE_BOUNDS, 1e9)
+    _check([0, 1, 0], [-5, 3, 0], 2, STAGE_BOUNDS, 1e9)  # (none reach it: a negative counts as a zero, as fill())
     big = [2**63 - 1] * 5  # one series' sum far past 2**63, exact
     _check([7] * 5, big, 8, STAGE_BOUNDS, 1e9)
     assert bin_values(np.full(5, 7), np.asarray(big), 8, STAGE_BOUNDS, 1e9)[0][0][2] == 5 * (2**63 - 1)
