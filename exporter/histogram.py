@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import functools
 import math
+import operator
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -193,8 +194,10 @@ def _fraction_bounds(schema: int) -> npt.NDArray[np.float64]:
     return np.asarray([2.0 ** (j / n - 1.0) for j in range(n)], dtype=np.float64)
 
 
-_FRACTIONS: tuple[float, ...] = tuple(_fraction_bounds(STORE_SCHEMA).tolist())  # Histogram.fill's, one at a time
-_PER_EXP = 1 << STORE_SCHEMA
+# STORE_SCHEMA's bounds within a power of two (frexp fractions) and buckets per power of two: the
+# native index of a value one at a time (Histogram.fill) or a batch at a time (traces.binning)
+STORE_FRACTIONS: tuple[float, ...] = tuple(_fraction_bounds(STORE_SCHEMA).tolist())
+STORE_PER_EXP = 1 << STORE_SCHEMA
 # the same loop in C, where the trace scanner is built (a commit fills every series a POST touched)
 _fill_c = getattr(compiled.SCAN, "fill", None)
 
@@ -303,7 +306,7 @@ def _float_bounds(les: tuple[str, ...]) -> tuple[float, ...]:
     return tuple(float(le) for le in les[:-1])
 
 
-@dataclass
+@dataclass(slots=True)  # dozens made per commit
 class Histogram:
     """One series' bucket counts over integer observations (ns, bytes), with exact sum; filled by
     vectorised bucketing (traces.aggregate), merged and copied here. `native` holds the same
@@ -321,29 +324,46 @@ class Histogram:
             self.counts = [0] * (len(self.bounds) + 1)
 
     def merge(self, other: Histogram) -> None:
-        if len(other.counts) == len(self.counts):  # always, but for a state file written otherwise
-            self.counts[:] = [a + b for a, b in zip(self.counts, other.counts, strict=True)]
+        self.add(other.counts, other.total, other.count, other.native, other.zero)
+
+    def add(self, counts: list[int], total: int, count: int, native: Mapping[int, int] | None, zero: int) -> None:
+        """merge() of another histogram's parts, without building it."""
+        if len(counts) == len(self.counts):  # always, but for a state file written otherwise
+            self.counts[:] = map(operator.add, self.counts, counts)
         else:
-            for i, c in enumerate(other.counts):
+            for i, c in enumerate(counts):
                 self.counts[i] += c
-        self.total += other.total
-        self.count += other.count
-        if self.native is None or other.native is None:
+        self.total += total
+        self.count += count
+        if self.native is None or native is None:
             self.native = None
         else:
-            for k, c in other.native.items():
-                self.native[k] = self.native.get(k, 0) + c
-        self.zero += other.zero
+            mine = self.native
+            for k, c in native.items():
+                mine[k] = mine.get(k, 0) + c
+        self.zero += zero
 
     def copy(self) -> Histogram:
         return Histogram(self.bounds, list(self.counts), self.total, self.count,
                          None if self.native is None else dict(self.native), self.zero)
 
+    def plus(self, other: Histogram) -> Histogram:
+        """A new histogram, self + other (a commit's merge: neither is changed)."""
+        if len(other.counts) != len(self.counts) or self.native is None or other.native is None:
+            out = self.copy()
+            out.merge(other)
+            return out
+        native = dict(self.native)
+        for k, c in other.native.items():
+            native[k] = native.get(k, 0) + c
+        return Histogram(self.bounds, list(map(operator.add, self.counts, other.counts)), self.total + other.total,
+                         self.count + other.count, native, self.zero + other.zero)
+
     def fill(self, values: list[int], unit: float) -> None:
         """Add integer observations one by one (a few: a vectorised fill costs more per call): the
         buckets, count, exact sum and native buckets of value / unit (native_index's float math)."""
         if _fill_c is not None:  # (ValueError where counts and bounds disagree, as from a hand-edited state)
-            self.zero += _fill_c(self.counts, self.native, self.bounds, _FRACTIONS, _PER_EXP, values, unit)
+            self.zero += _fill_c(self.counts, self.native, self.bounds, STORE_FRACTIONS, STORE_PER_EXP, values, unit)
         else:
             bounds, counts, native = self.bounds, self.counts, self.native
             for v in values:
@@ -352,7 +372,7 @@ class Histogram:
                     self.zero += 1
                 elif native is not None:
                     frac, exp = math.frexp(v / unit)
-                    k = bisect_left(_FRACTIONS, frac) + (exp - 1) * _PER_EXP
+                    k = bisect_left(STORE_FRACTIONS, frac) + (exp - 1) * STORE_PER_EXP
                     native[k] = native.get(k, 0) + 1
         self.count += len(values)
         self.total += sum(values)
@@ -365,7 +385,7 @@ class Histogram:
         if self.native is None:
             return None
         keys = sorted(self.native)
-        return [STORE_SCHEMA, self.zero, keys, [self.native[k] for k in keys]]
+        return [STORE_SCHEMA, self.zero, keys, list(map(self.native.__getitem__, keys))]
 
     def load_native(self, v: Any) -> None:
         """The inverse of native_json; a missing or other-schema entry leaves the buckets unknown."""
@@ -374,25 +394,6 @@ class Histogram:
             return
         self.zero = int(v[1])
         self.native = {int(k): int(c) for k, c in zip(v[2], v[3], strict=True)}
-
-
-Key = TypeVar("Key")
-
-
-def binned_beyond(hists: dict[Key, Histogram], values: dict[Key, list[int]], most: int, bounds: tuple[int, ...],
-                  unit: float) -> tuple[dict[Key, Histogram], dict[Key, list[int]]]:
-    """(histograms, values) with each series of more than `most` values binned into its histogram
-    (a copy; neither mapping changed), the others' values left as they are."""
-    if all(len(vs) <= most for vs in values.values()):
-        return hists, values
-    hists, few = dict(hists), {}
-    for k, vs in values.items():
-        if len(vs) <= most:
-            few[k] = vs
-        else:
-            h = hists[k] = hists[k].copy() if k in hists else Histogram(bounds)
-            h.fill(vs, unit)
-    return hists, few
 
 
 class QuantileSketch:

@@ -264,7 +264,7 @@ def test_trace_families_are_rendered_once_per_commit(tmp_path: Path) -> None:
 
 
 def test_zero_durations_go_to_the_zero_bucket() -> None:
-    from exporter.traces.aggregate import _native_counts
+    from exporter.traces.binning import native_counts as _native_counts
 
     got = _native_counts(np.asarray([0, 0, 1, 1]), np.asarray([0, 1_000_000, 0, 0]), 1e9)
     assert got == {0: (1, {int(native_index([1e-3], STORE_SCHEMA)[0]): 1}), 1: (2, {})}

@@ -1125,9 +1125,171 @@ static PyObject *fill(PyObject *self, PyObject *args) {
     return PyLong_FromLong(zeros);
 }
 
+/* ---- a batch's observations binned per series (traces.binning.bin_values) --------------------- */
+
+/* An exact sum as a Python int (a series' sum may pass 2**63). */
+static PyObject *int128_to_py(__int128 t) {
+    if (t >= INT64_MIN && t <= INT64_MAX) return PyLong_FromLongLong((long long)t);
+    int neg = t < 0;
+    unsigned __int128 m = neg ? -(unsigned __int128)t : (unsigned __int128)t;
+    PyObject *hi = PyLong_FromUnsignedLongLong((unsigned long long)(m >> 64));
+    PyObject *lo = PyLong_FromUnsignedLongLong((unsigned long long)m);
+    PyObject *sh = PyLong_FromLong(64);
+    PyObject *a = (hi && sh) ? PyNumber_Lshift(hi, sh) : NULL;
+    PyObject *r = (a && lo) ? PyNumber_Or(a, lo) : NULL;
+    Py_XDECREF(hi); Py_XDECREF(lo); Py_XDECREF(sh); Py_XDECREF(a);
+    if (r && neg) { PyObject *q = PyNumber_Negative(r); Py_DECREF(r); r = q; }
+    return r;
+}
+
+/* bin_values(series, values, n_series, bounds, fractions, per_exp, unit) -> (per_series, cells, lasts):
+ * series and values are int64 buffers of one length (observation i: values[i] in series series[i]).
+ * per_series lists, by ascending series, each series observed: (series, counts, total, count, zeros,
+ * native), counts per bucket as fill() bins (bisect_left over bounds, len(bounds) + 1 buckets), total
+ * the exact sum, zeros the observations <= 0, native a new dict of native bucket -> count of the
+ * positive ones (fill()'s index, keys ascending). cells (ascending) are series * (len(bounds) + 1) +
+ * bucket of every bucket observed, lasts the position of each one's last observation. */
+static PyObject *bin_values(PyObject *self, PyObject *args) {
+    Py_buffer bs, bv;
+    Py_ssize_t n_series;
+    PyObject *bounds, *fractions;
+    long per_exp;
+    double unit;
+    if (!PyArg_ParseTuple(args, "y*y*nO!O!ld", &bs, &bv, &n_series, &PyTuple_Type, &bounds, &PyTuple_Type,
+                          &fractions, &per_exp, &unit)) return NULL;
+    PyObject *res = NULL, *per = NULL, *cells = NULL, *lasts = NULL;
+    Py_ssize_t *dense = NULL, *last = NULL;
+    int64_t *cnt = NULL, *nobs = NULL, *zeros = NULL;
+    __int128 *tot = NULL;
+    int64_t *keys = NULL, *grouped = NULL, *at = NULL, *tally = NULL;
+    Py_ssize_t *posu = NULL;
+    Py_ssize_t n = bv.len / (Py_ssize_t)sizeof(int64_t);
+    Py_ssize_t nb = PyTuple_GET_SIZE(bounds), nf = PyTuple_GET_SIZE(fractions), w = nb + 1;
+    if (bs.len != bv.len || bv.len % (Py_ssize_t)sizeof(int64_t) || n_series < 0 || nb > 512 || nf > 512
+        || !(unit > 0 && unit < INFINITY) || per_exp < 1 || per_exp > 1024) {
+        PyErr_SetString(PyExc_ValueError, "bin_values: shapes");
+        goto done;
+    }
+    int64_t b[512];
+    double f[512];
+    for (Py_ssize_t i = 0; i < nb; i++) b[i] = PyLong_AsLongLong(PyTuple_GET_ITEM(bounds, i));
+    for (Py_ssize_t i = 0; i < nf; i++) f[i] = PyFloat_AsDouble(PyTuple_GET_ITEM(fractions, i));
+    if (PyErr_Occurred()) goto done;
+    const int64_t *sv = bs.buf, *vv = bv.buf;
+    dense = PyMem_Calloc(n_series ? n_series : 1, sizeof(Py_ssize_t));
+    if (!dense) { PyErr_NoMemory(); goto done; }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (sv[i] < 0 || sv[i] >= n_series) { PyErr_SetString(PyExc_ValueError, "bin_values: series"); goto done; }
+        dense[sv[i]] = 1;
+    }
+    Py_ssize_t nu = 0;
+    for (Py_ssize_t s = 0; s < n_series; s++) if (dense[s]) dense[s] = ++nu; /* 1 + the series' rank */
+    size_t m = nu ? (size_t)nu : 1;
+    cnt = PyMem_Calloc(m * (size_t)w, sizeof(int64_t));
+    last = PyMem_Malloc(m * (size_t)w * sizeof(Py_ssize_t));
+    nobs = PyMem_Calloc(m, sizeof(int64_t));
+    zeros = PyMem_Calloc(m, sizeof(int64_t));
+    tot = PyMem_Calloc(m, sizeof(__int128));
+    size_t nn = n ? (size_t)n : 1;
+    keys = PyMem_Malloc(nn * sizeof(int64_t));
+    grouped = PyMem_Malloc(nn * sizeof(int64_t));
+    posu = PyMem_Malloc(nn * sizeof(Py_ssize_t));
+    at = PyMem_Calloc(m + 1, sizeof(int64_t));
+    if (!cnt || !last || !nobs || !zeros || !tot || !keys || !grouped || !posu || !at) { PyErr_NoMemory(); goto done; }
+    Py_ssize_t nk = 0;
+    int64_t kmin = INT64_MAX, kmax = INT64_MIN;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        int64_t v = vv[i];
+        Py_ssize_t u = dense[sv[i]] - 1;
+        Py_ssize_t lo = 0, hi = nb;
+        while (lo < hi) { Py_ssize_t mid = (lo + hi) / 2; if (b[mid] < v) lo = mid + 1; else hi = mid; }
+        cnt[u * w + lo]++;
+        last[u * w + lo] = i;
+        tot[u] += v;
+        nobs[u]++;
+        if (v <= 0) { zeros[u]++; continue; }
+        int exp;
+        double frac = frexp((double)v / unit, &exp);
+        Py_ssize_t a = 0, z = nf;
+        while (a < z) { Py_ssize_t mid = (a + z) / 2; if (f[mid] < frac) a = mid + 1; else z = mid; }
+        int64_t k = (int64_t)a + (int64_t)(exp - 1) * per_exp;
+        keys[nk] = k;
+        posu[nk++] = u;
+        at[u + 1]++;
+        if (k < kmin) kmin = k;
+        if (k > kmax) kmax = k;
+    }
+    /* the native keys grouped by series (a counting sort), then counted per series in a dense tally
+     * over the keys' range: a positive int64 over a fixed unit spans at most 64 powers of two, so the
+     * range stays near 64 * per_exp whatever the values */
+    for (Py_ssize_t x = 0; x < nu; x++) at[x + 1] += at[x];
+    for (Py_ssize_t i = 0; i < nk; i++) grouped[at[posu[i]]++] = keys[i];
+    for (Py_ssize_t x = nu; x > 0; x--) at[x] = at[x - 1];
+    at[0] = 0;
+    if (nk && kmax - kmin > 1 << 20) { PyErr_SetString(PyExc_ValueError, "bin_values: native range"); goto done; }
+    tally = PyMem_Calloc(nk ? (size_t)(kmax - kmin + 1) : 1, sizeof(int64_t));
+    if (!tally) { PyErr_NoMemory(); goto done; }
+    per = PyList_New(nu);
+    cells = PyList_New(0);
+    lasts = PyList_New(0);
+    if (!per || !cells || !lasts) goto done;
+    Py_ssize_t u = 0;
+    for (Py_ssize_t s = 0; s < n_series; s++) {
+        if (!dense[s]) continue;
+        PyObject *counts = PyList_New(w), *native = PyDict_New();
+        PyObject *item = NULL;
+        if (counts && native) {
+            for (Py_ssize_t k = 0; k < w; k++) {
+                PyObject *c = PyLong_FromLongLong(cnt[u * w + k]);
+                if (!c) goto item_done;
+                PyList_SET_ITEM(counts, k, c);
+                if (cnt[u * w + k]) {
+                    PyObject *cell = PyLong_FromSsize_t(s * w + k), *pos = PyLong_FromSsize_t(last[u * w + k]);
+                    int rc = (cell && pos) ? PyList_Append(cells, cell) | PyList_Append(lasts, pos) : -1;
+                    Py_XDECREF(cell); Py_XDECREF(pos);
+                    if (rc < 0) goto item_done;
+                }
+            }
+            int64_t lo_k = INT64_MAX, hi_k = INT64_MIN;
+            for (int64_t i = at[u]; i < at[u + 1]; i++) {
+                int64_t k = grouped[i];
+                tally[k - kmin]++;
+                if (k < lo_k) lo_k = k;
+                if (k > hi_k) hi_k = k;
+            }
+            for (int64_t k = lo_k; at[u] < at[u + 1] && k <= hi_k; k++) {
+                int64_t c = tally[k - kmin];
+                if (!c) continue;
+                tally[k - kmin] = 0;
+                PyObject *key = PyLong_FromLongLong(k), *cn = PyLong_FromLongLong(c);
+                int rc = (key && cn) ? PyDict_SetItem(native, key, cn) : -1;
+                Py_XDECREF(key); Py_XDECREF(cn);
+                if (rc < 0) goto item_done;
+            }
+            PyObject *total = int128_to_py(tot[u]);
+            if (total) item = Py_BuildValue("(nOOLLO)", s, counts, total, (long long)nobs[u], (long long)zeros[u], native);
+            Py_XDECREF(total);
+        }
+    item_done:
+        Py_XDECREF(counts); Py_XDECREF(native);
+        if (!item) goto done;
+        PyList_SET_ITEM(per, u, item);
+        u++;
+    }
+    res = PyTuple_Pack(3, per, cells, lasts);
+done:
+    Py_XDECREF(per); Py_XDECREF(cells); Py_XDECREF(lasts);
+    PyMem_Free(dense); PyMem_Free(cnt); PyMem_Free(last); PyMem_Free(nobs); PyMem_Free(zeros); PyMem_Free(tot);
+    PyMem_Free(keys); PyMem_Free(grouped); PyMem_Free(posu); PyMem_Free(at); PyMem_Free(tally);
+    PyBuffer_Release(&bs); PyBuffer_Release(&bv);
+    return res;
+}
+
 static PyMethodDef module_methods[] = {
     {"exclusive", exclusive, METH_VARARGS, "exclusive(starts, ends, lo, hi, k): the timeline's per-row sweep"},
     {"fill", fill, METH_VARARGS, "fill(counts, native, bounds, fractions, per_exp, values, unit) -> zeros"},
+    {"bin_values", bin_values, METH_VARARGS,
+     "bin_values(series, values, n_series, bounds, fractions, per_exp, unit) -> (per_series, cells, lasts)"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -7,12 +7,13 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from itertools import compress
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from ..histogram import STORE_SCHEMA, Histogram, binned_beyond, native_index
+from ..histogram import Histogram
 from ..stages import (
     ALL_STAGES,
     INTER_RESPONSE,
@@ -23,6 +24,7 @@ from ..stages import (
 )
 from ..wire.names import WIRE_STAGES
 from .assembly import TraceBatch
+from .binning import bin_values, binned_beyond
 from .wire_counts import WireJoin, wire_counts
 
 # series key: (*pattern labels, model, version, protocol[, stage | segment])
@@ -155,62 +157,45 @@ class TraceAggregate:
                             [(*b, s) for b in bases for s in stage_names], _ids_of(batch, rows))
 
         # responses per request (cancelled requests had none), and the timeline's segments per group
-        bounds = np.asarray(RESPONSE_BOUNDS, dtype=np.int64)
         answered = an.outcome != Outcome.CANCELLED
-        resp = np.bincount(gidx[answered] * (len(bounds) + 1)
-                           + np.searchsorted(bounds, an.responses[answered], side="left"),
-                           minlength=n_groups * (len(bounds) + 1)).reshape(n_groups, -1)
-        resp_sum = np.bincount(gidx[answered], weights=an.responses[answered], minlength=n_groups)
         order = np.argsort(gidx[an.timed], kind="stable")
         timed_g = gidx[an.timed][order]
         if len(timed_g):
             starts = np.flatnonzero(np.r_[True, timed_g[1:] != timed_g[:-1]])
             seg_sums = np.add.reduceat(an.segments[an.timed][order], starts, axis=0)
+            timeline = self.timeline
             for g, sums in zip(timed_g[starts].tolist(), seg_sums.tolist(), strict=True):
                 for seg, ns in zip(SEGMENTS, sums, strict=True):
-                    self.timeline[(*bases[g], seg)] += ns
-        natives = _native_counts(gidx[answered], an.responses[answered].astype(np.int64), 1.0)
-        for g in np.flatnonzero(resp.sum(axis=1)).tolist():
+                    key = (*bases[g], seg)
+                    timeline[key] = timeline.get(key, 0) + ns  # (a new key through Counter.__missing__ costs more)
+        binned, _, _ = bin_values(gidx[answered], an.responses[answered], n_groups, RESPONSE_BOUNDS, 1.0)
+        for g, row, total, n, zero, native in binned:
             h = self.responses.get(bases[g])
             if h is None:
-                h = self.responses[bases[g]] = Histogram(RESPONSE_BOUNDS)
-            zero, native = natives.get(g, (0, {}))
-            h.merge(Histogram(RESPONSE_BOUNDS, resp[g].tolist(), int(resp_sum[g]), int(resp[g].sum()), native, zero))
+                self.responses[bases[g]] = Histogram(RESPONSE_BOUNDS, row, total, n, native, zero)
+            else:
+                h.add(row, total, n, native, zero)
 
     def observe_values(self, series: npt.NDArray[np.int64], dv: npt.NDArray[np.int64], row_i: npt.NDArray[np.intp],
                        keys: list[SeriesKey], ids_of: Callable[[int], tuple[str, str | None]]) -> None:
         """Bucket every observation (series index into keys, value, row) into its series'
         histogram; the newest of each bucket becomes its exemplar, with ids_of(row)."""
-        bounds = np.asarray(self.bounds_ns, dtype=np.int64)
-        n_buckets = len(bounds) + 1
-        n_series = len(keys)
-        flat = series * n_buckets + np.searchsorted(bounds, dv, side="left")
-        counts = np.bincount(flat, minlength=n_series * n_buckets).reshape(n_series, n_buckets)
-        per_series = np.bincount(series, minlength=n_series)
-        if len(dv) and int(dv.max()) * len(dv) < 1 << 53:  # float64 sums are exact below 2**53
-            sums = np.rint(np.bincount(series, weights=dv, minlength=n_series)).astype(np.int64)
-        else:
-            sums = np.zeros(n_series, dtype=np.int64)
-            np.add.at(sums, series, dv)
-        natives = _native_counts(series, dv, 1e9)
-        used = np.flatnonzero(per_series)
+        binned, cells, lasts = bin_values(series, dv, len(keys), self.bounds_ns, 1e9)
         histograms = self.histograms
-        for sid, row, n, total in zip(used.tolist(), counts[used].tolist(), per_series[used].tolist(),
-                                      sums[used].tolist(), strict=True):
+        for sid, row, total, n, zero, native in binned:
             key = keys[sid]
-            zero, native = natives.get(sid, (0, {}))
             h = histograms.get(key)
             if h is None:
-                histograms[key] = Histogram(self.bounds_ns, row, total, n, dict(native), zero)
-                continue
-            h.merge(Histogram(self.bounds_ns, row, total, n, native, zero))
-        last_of = np.full(n_series * n_buckets, -1, dtype=np.int64)
-        last_of[flat] = np.arange(len(flat))
-        cells = np.flatnonzero(last_of >= 0)
-        last = last_of[cells]
+                histograms[key] = Histogram(self.bounds_ns, row, total, n, native, zero)
+            else:
+                h.add(row, total, n, native, zero)
+        if not cells:
+            return
+        at = np.asarray(lasts, dtype=np.intp)
+        n_buckets = len(self.bounds_ns) + 1
         now = time.time()
         exemplars = self.exemplars
-        for f, r, v in zip(cells.tolist(), row_i[last].tolist(), (dv[last] / 1e9).tolist(), strict=True):
+        for f, r, v in zip(cells, row_i[at].tolist(), (dv[at] / 1e9).tolist(), strict=True):
             sid, b = divmod(f, n_buckets)
             per = exemplars.get(keys[sid])
             if per is None:
@@ -292,8 +277,8 @@ class TraceAggregate:
             return table.setdefault(base, len(table))
 
         def sparse(h: Histogram) -> list[Any]:
-            nz = [i for i, c in enumerate(h.counts) if c]
-            return [nz, [h.counts[i] for i in nz], h.total, h.count, h.native_json()]
+            return [list(compress(range(len(h.counts)), h.counts)), list(filter(None, h.counts)), h.total, h.count,
+                    h.native_json()]
 
         # a series' few values as they are, its many binned (fewer bytes)
         hists, values = binned_beyond(self.histograms, self.values, JOURNALED_VALUES, self.bounds_ns, 1e9)
@@ -382,38 +367,17 @@ class TraceAggregate:
 
 def _ids_of(batch: TraceBatch, rows: npt.NDArray[np.intp]) -> Callable[[int], tuple[str, str | None]]:
     """(trace id, request id) of the batch's r-th observed row: the exemplar's labels."""
-    ids, w3c = batch.ids[rows], batch.trace_ids
-    return lambda r: (str(int(ids[r])) if w3c is None else w3c[int(rows[r])], batch.request_ids[int(rows[r])])
+    at, rids, w3c = rows.tolist(), batch.request_ids, batch.trace_ids
+    if w3c is None:
+        ids = batch.ids[rows].tolist()
+        return lambda r: (str(ids[r]), rids[at[r]])
+    return lambda r: (w3c[at[r]], rids[at[r]])
 
 
 def _count(n: Any) -> int:
     if not isinstance(n, int) or isinstance(n, bool) or n < 0:
         raise ValueError(f"count {n!r} is not a non-negative integer")
     return n
-
-
-def _native_counts(series: npt.NDArray[np.int64], values: npt.NDArray[np.int64], unit: float
-                   ) -> dict[int, tuple[int, dict[int, int]]]:
-    """Per series: (zeros, native bucket index at STORE_SCHEMA -> count) of integer observations
-    in 1/unit of the exposed unit (ns for seconds: the buckets are those of the exact value)."""
-    out: dict[int, tuple[int, dict[int, int]]] = {}
-    if not len(values):
-        return out
-    series = np.asarray(series, dtype=np.int64)
-    pos = values > 0
-    for sid, n in zip(*np.unique(series[~pos], return_counts=True), strict=True):
-        out[int(sid)] = (int(n), {})
-    idx = native_index(values[pos] / unit, STORE_SCHEMA)
-    if not len(idx):
-        return out
-    # one flat key per (series, bucket): a 1-D unique, far cheaper than np.unique(axis=1)
-    lo = int(idx.min())
-    span = int(idx.max()) - lo + 1
-    keys, counts = np.unique(series[pos] * span + (idx - lo), return_counts=True)
-    sids, ks = np.divmod(keys, span)
-    for sid, k, n in zip(sids.tolist(), (ks + lo).tolist(), counts.tolist(), strict=True):
-        out.setdefault(sid, (0, {}))[1][k] = n
-    return out
 
 
 def _merged(a: dict[SeriesKey, Histogram], b: dict[SeriesKey, Histogram], values: dict[SeriesKey, list[int]],
@@ -423,11 +387,7 @@ def _merged(a: dict[SeriesKey, Histogram], b: dict[SeriesKey, Histogram], values
     out = dict(a)
     for k, h in b.items():
         mine = out.get(k)
-        if mine is None:
-            out[k] = h.copy()
-        else:
-            out[k] = mine = mine.copy()
-            mine.merge(h)
+        out[k] = h.copy() if mine is None else mine.plus(h)
     for k, vs in values.items():
         mine = out.get(k)
         out[k] = mine = Histogram(bounds) if mine is None else mine if k in b else mine.copy()
