@@ -348,16 +348,12 @@ class Histogram:
                          None if self.native is None else dict(self.native), self.zero)
 
     def plus(self, other: Histogram) -> Histogram:
-        """A new histogram, self + other (a commit's merge: neither is changed)."""
-        if len(other.counts) != len(self.counts) or self.native is None or other.native is None:
-            out = self.copy()
-            out.merge(other)
-            return out
-        native = dict(self.native)
-        for k, c in other.native.items():
-            native[k] = native.get(k, 0) + c
-        return Histogram(self.bounds, list(map(operator.add, self.counts, other.counts)), self.total + other.total,
-                         self.count + other.count, native, self.zero + other.zero)
+        """A new histogram, self + other (a commit's merge: neither is changed): a copy (its native
+        buckets only where both know theirs) merged with other."""
+        out = Histogram(self.bounds, list(self.counts), self.total, self.count,
+                        None if self.native is None or other.native is None else dict(self.native), self.zero)
+        out.merge(other)
+        return out
 
     def fill(self, values: list[int], unit: float) -> None:
         """Add integer observations one by one (a few: a vectorised fill costs more per call): the
